@@ -1,0 +1,1 @@
+//! sipmesh: a peer-to-peer mesh of stateful SIP proxy/registrar supernodes.

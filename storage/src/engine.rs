@@ -1,0 +1,201 @@
+//! The ordered key-value engine under the keyspace: sled on disk, or a `BTreeMap` in memory for
+//! tests. The keyspace only needs named trees with point reads, atomic batches and range scans.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::error::Result;
+
+/// A key-value pair as owned bytes.
+pub type Kv = (Vec<u8>, Vec<u8>);
+/// An iterator over a key range.
+pub type KvIter = Box<dyn Iterator<Item = Result<Kv>> + Send>;
+
+/// When writes reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SyncPolicy {
+    /// Flush in the background every this many milliseconds (a crash loses at most that window).
+    Periodic {
+        /// The flush interval in milliseconds.
+        every_ms: u64,
+    },
+    /// Flush before a write is acknowledged (a crash loses nothing acknowledged).
+    SyncBeforeAck,
+}
+
+impl Default for SyncPolicy {
+    fn default() -> Self {
+        SyncPolicy::Periodic { every_ms: 500 }
+    }
+}
+
+/// One ordered tree of the engine.
+pub trait Tree: Send + Sync {
+    /// Point read.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Apply puts (`Some`) and removes (`None`) atomically.
+    fn apply(&self, batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()>;
+    /// Ascending scan of a key range.
+    fn range(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> KvIter;
+    /// Descending scan of a key range.
+    fn range_rev(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> KvIter;
+}
+
+/// An engine: a set of named trees and a way to make them durable.
+pub trait Engine: Send + Sync {
+    /// Open (or create) a named tree.
+    fn tree(&self, name: &str) -> Result<Arc<dyn Tree>>;
+    /// Make every applied write durable.
+    fn flush(&self) -> Result<()>;
+    /// The configured sync policy.
+    fn sync_policy(&self) -> SyncPolicy;
+}
+
+/// sled 0.34 on disk.
+pub struct SledEngine {
+    db: sled::Db,
+    policy: SyncPolicy,
+}
+
+impl SledEngine {
+    /// Open (or create) a sled database at `path`.
+    pub fn open(path: &Path, policy: SyncPolicy) -> Result<Self> {
+        let flush_every = match policy {
+            SyncPolicy::Periodic { every_ms } => Some(every_ms.max(1)),
+            SyncPolicy::SyncBeforeAck => None,
+        };
+        let db = sled::Config::new()
+            .path(path)
+            .flush_every_ms(flush_every)
+            // sled's default page cache is 1 GiB; a node needs far less.
+            .cache_capacity(128 * 1024 * 1024)
+            .open()?;
+        Ok(SledEngine { db, policy })
+    }
+}
+
+struct SledTree(sled::Tree);
+
+fn sled_iter(
+    iter: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + Send + 'static,
+) -> KvIter {
+    Box::new(iter.map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into)))
+}
+
+impl Tree for SledTree {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.0.get(key)?.map(|v| v.to_vec()))
+    }
+    fn apply(&self, batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
+        if batch.len() == 1 {
+            let (k, v) = batch.into_iter().next().expect("one");
+            match v {
+                Some(v) => self.0.insert(k, v)?,
+                None => self.0.remove(k)?,
+            };
+            return Ok(());
+        }
+        let mut b = sled::Batch::default();
+        for (k, v) in batch {
+            match v {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        Ok(self.0.apply_batch(b)?)
+    }
+    fn range(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> KvIter {
+        sled_iter(self.0.range((start, end)))
+    }
+    fn range_rev(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> KvIter {
+        sled_iter(self.0.range((start, end)).rev())
+    }
+}
+
+impl Engine for SledEngine {
+    fn tree(&self, name: &str) -> Result<Arc<dyn Tree>> {
+        Ok(Arc::new(SledTree(self.db.open_tree(name)?)))
+    }
+    fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+    fn sync_policy(&self) -> SyncPolicy {
+        self.policy
+    }
+}
+
+type MemMap = Arc<RwLock<BTreeMap<Vec<u8>, Vec<u8>>>>;
+
+/// An in-memory engine for tests. Clones share the same data, so dropping a keyspace and
+/// opening another on a clone of the engine simulates a restart (without losing anything).
+#[derive(Clone, Default)]
+pub struct MemEngine {
+    trees: Arc<Mutex<HashMap<String, MemMap>>>,
+}
+
+impl MemEngine {
+    /// An empty in-memory engine.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+struct MemTree(MemMap);
+
+impl MemTree {
+    fn collect(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, rev: bool) -> KvIter {
+        let map = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let mut items: Vec<Result<Kv>> = map
+            .range((start, end))
+            .map(|(k, v)| Ok((k.clone(), v.clone())))
+            .collect();
+        if rev {
+            items.reverse();
+        }
+        Box::new(items.into_iter())
+    }
+}
+
+impl Tree for MemTree {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned())
+    }
+    fn apply(&self, batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
+        let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
+        for (k, v) in batch {
+            match v {
+                Some(v) => map.insert(k, v),
+                None => map.remove(&k),
+            };
+        }
+        Ok(())
+    }
+    fn range(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> KvIter {
+        self.collect(start, end, false)
+    }
+    fn range_rev(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> KvIter {
+        self.collect(start, end, true)
+    }
+}
+
+impl Engine for MemEngine {
+    fn tree(&self, name: &str) -> Result<Arc<dyn Tree>> {
+        let mut trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
+        let map = trees.entry(name.to_string()).or_default().clone();
+        Ok(Arc::new(MemTree(map)))
+    }
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+    fn sync_policy(&self) -> SyncPolicy {
+        SyncPolicy::SyncBeforeAck
+    }
+}
