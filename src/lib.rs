@@ -1,1 +1,17 @@
 //! sipmesh: a peer-to-peer mesh of stateful SIP proxy/registrar supernodes.
+//!
+//! # Layout
+//! - [`tables`]: the name-server keyspace's tables (users, proxies, registrations, …).
+//! - [`node`]: one node — its keyspace on sled and its mesh peer.
+//! - [`local_mesh`]: [`LocalMesh`], a public in-process mesh on loopback for tests.
+//! - [`error`]: the crate's error type.
+
+pub mod error;
+pub mod local_mesh;
+pub mod node;
+pub mod tables;
+
+pub use error::{Error, Result};
+pub use local_mesh::{LocalMesh, LocalMeshBuilder, LocalNode};
+pub use node::{Node, NodeConfig};
+pub use sipmesh_net::{Consistency, Mesh, PeerId};

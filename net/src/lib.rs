@@ -1,1 +1,35 @@
-//! sipmesh-net
+//! `sipmesh-net`: the libp2p peer of a sipmesh node — transport, discovery, membership, replica
+//! placement and the replication protocol that makes every node's keyspace one keyspace.
+//!
+//! # Layout
+//! - [`config`]: every knob of the mesh, with defaults.
+//! - [`protocol`]: the frames that travel between nodes (versioned, bincode, size-bounded).
+//! - [`link`]: long-lived libp2p streams per peer pair, many requests in flight on each.
+//! - [`peer`]: the task that owns the libp2p `Swarm` (TCP + Noise + Yamux, optional private-network
+//!   key, Kademlia, identify, ping, connection limits) and the commands it takes.
+//! - [`membership`]: who is in the mesh, heartbeats, failure detection, generations, leave.
+//! - [`placement`]: which members hold a partition (XOR-closest, as Kademlia).
+//! - [`replication`]: the coordinator (consistency levels, read repair, hints) and the replica side.
+//! - [`anti_entropy`]: Merkle comparison between replicas, streaming of differences, handoff.
+//! - [`mesh`]: [`Mesh`], the handle the node uses.
+//!
+//! This crate knows nothing of SIP: the node's own traffic rides [`Mesh::send_app`] as opaque bytes.
+
+pub mod anti_entropy;
+pub mod config;
+mod error;
+pub mod link;
+pub mod membership;
+pub mod mesh;
+pub mod peer;
+pub mod placement;
+pub mod protocol;
+pub mod replication;
+
+pub use config::MeshConfig;
+pub use error::{Error, Result};
+pub use libp2p::{Multiaddr, PeerId};
+pub use membership::{Member, MemberEvent, MemberState};
+pub use mesh::{AppMessage, Mesh};
+pub use placement::Snapshot;
+pub use replication::Consistency;

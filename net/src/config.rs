@@ -1,0 +1,94 @@
+//! Everything that tunes the mesh, with defaults that suit a small mesh on a busy machine.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+
+/// Settings of a mesh peer.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    /// Where the node key (`node.key`) and generation counter (`generation`) live.
+    pub data_dir: PathBuf,
+    /// libp2p listen addresses (port 0 only in tests).
+    pub listen: Vec<Multiaddr>,
+    /// Seed addresses, with or without `/p2p/<PeerId>`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// A private-network pre-shared key: only peers with the same key can connect.
+    pub mesh_key: Option<libp2p::pnet::PreSharedKey>,
+    /// Copies of each partition.
+    pub replication_factor: usize,
+    /// How often each member is sent a heartbeat.
+    pub heartbeat_interval: Duration,
+    /// A member not heard from for this long is marked down. With heartbeats every 500 ms this
+    /// tolerates six lost or late heartbeats on a busy 2-core machine and still detects a death
+    /// well within 5 s.
+    pub down_after: Duration,
+    /// A member down for this long leaves the ring, and its partitions are re-replicated.
+    pub evict_after: Duration,
+    /// The timeout of one replication request.
+    pub request_timeout: Duration,
+    /// How often anti-entropy compares digests with each peer.
+    pub anti_entropy_interval: Duration,
+    /// How often hints are offered to peers that are back up.
+    pub hint_interval: Duration,
+    /// Most established connections in total.
+    pub max_connections: u32,
+    /// Most established connections per peer.
+    pub max_connections_per_peer: u32,
+    /// Application tags published in heartbeats (SIP URI, admin URL, capacity, load…).
+    pub tags: BTreeMap<String, String>,
+}
+
+impl MeshConfig {
+    /// Defaults for a node keeping its files in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        MeshConfig {
+            data_dir: data_dir.into(),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")],
+            bootstrap: Vec::new(),
+            mesh_key: None,
+            replication_factor: 3,
+            heartbeat_interval: Duration::from_millis(500),
+            down_after: Duration::from_secs(3),
+            evict_after: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(2),
+            anti_entropy_interval: Duration::from_secs(10),
+            hint_interval: Duration::from_secs(1),
+            max_connections: 512,
+            max_connections_per_peer: 4,
+            tags: BTreeMap::new(),
+        }
+    }
+
+    /// Read a mesh key file in the IPFS `swarm.key` format
+    /// (`/key/swarm/psk/1.0.0/`, `/base16/`, 64 hex digits).
+    pub fn read_mesh_key(path: &std::path::Path) -> crate::Result<libp2p::pnet::PreSharedKey> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            crate::Error::Config(format!("cannot read mesh key {}: {e}", path.display()))
+        })?;
+        text.trim().parse().map_err(|e| {
+            crate::Error::Config(format!(
+                "mesh key {} is not a swarm.key (/key/swarm/psk/1.0.0/ /base16/ <64 hex>): {e}",
+                path.display()
+            ))
+        })
+    }
+}
+
+/// A raw 32-byte private-network key (for tests and `LocalMesh`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeshConfigKey(pub [u8; 32]);
+
+impl MeshConfigKey {
+    /// As libp2p's pre-shared key.
+    pub fn psk(self) -> libp2p::pnet::PreSharedKey {
+        libp2p::pnet::PreSharedKey::new(self.0)
+    }
+}
+
+/// The `/p2p/<PeerId>` component of a multiaddr.
+pub fn p2p(peer: libp2p::PeerId) -> libp2p::multiaddr::Protocol<'static> {
+    libp2p::multiaddr::Protocol::P2p(peer)
+}

@@ -1,0 +1,60 @@
+//! The one error type of the net crate.
+
+use std::time::Duration;
+
+/// `Result` with this crate's [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the mesh.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Too few live replicas (or this node is cut off from a majority of the mesh): the request
+    /// was not attempted.
+    #[error("unavailable: {needed} replicas needed, {alive} alive{}", if *.majority { "" } else { " (this node does not see a majority of the mesh)" })]
+    Unavailable {
+        /// Acknowledgements the consistency level needs.
+        needed: usize,
+        /// Live replicas of the partition.
+        alive: usize,
+        /// Whether this node sees a majority of the mesh's members.
+        majority: bool,
+    },
+    /// Replicas did not answer in time.
+    #[error("timed out after {after:?}: {acked} of {needed} replicas acknowledged")]
+    Timeout {
+        /// Acknowledgements received.
+        acked: usize,
+        /// Acknowledgements needed.
+        needed: usize,
+        /// The request timeout.
+        after: Duration,
+    },
+    /// A peer could not be reached or its stream failed.
+    #[error("peer {peer} unreachable: {reason}")]
+    Unreachable {
+        /// The peer.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+    /// A peer answered with an error.
+    #[error("peer {peer} failed the request: {reason}")]
+    Remote {
+        /// The peer.
+        peer: String,
+        /// The error it reported.
+        reason: String,
+    },
+    /// A frame that does not decode, or is larger than allowed.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The local keyspace failed.
+    #[error(transparent)]
+    Storage(#[from] sipmesh_storage::Error),
+    /// Configuration or identity problem (key file, mesh key, listen address).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The mesh is shutting down.
+    #[error("the mesh is shut down")]
+    Shutdown,
+}

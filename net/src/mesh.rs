@@ -1,0 +1,520 @@
+//! [`Mesh`]: the handle a node holds on its libp2p peer, membership and replicated keyspace.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use libp2p::{Multiaddr, PeerId};
+use sipmesh_storage::{Cell, EntryKey, Keyspace, Mutation, Partition, TableId};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, Instrument};
+
+use crate::anti_entropy::{self, AntiEntropy, Exchange};
+use crate::config::MeshConfig;
+use crate::error::{Error, Result};
+use crate::link::{self, Handler, Link, Links};
+use crate::membership::{self, Member, MemberEvent, Membership, MembershipConfig};
+use crate::peer::{self, Command, PeerEvent};
+use crate::placement::Snapshot;
+use crate::protocol::{MemberInfo, Request, Response, PROTOCOL};
+use crate::replication::{Consistency, Replication};
+
+/// Application messages waiting for the node.
+const APP_QUEUE: usize = 8192;
+/// How often a node hands off partitions it no longer replicates.
+const HANDOFF_EVERY: Duration = Duration::from_secs(5);
+
+/// Application bytes from another node.
+#[derive(Debug)]
+pub struct AppMessage {
+    /// The sending node.
+    pub from: PeerId,
+    /// The bytes.
+    pub payload: Vec<u8>,
+    /// Where to answer, for [`Mesh::request_app`]; `None` for [`Mesh::send_app`].
+    pub reply: Option<oneshot::Sender<Vec<u8>>>,
+}
+
+/// The node's handle on the mesh. Cheap to clone.
+#[derive(Clone)]
+pub struct Mesh {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    local: PeerId,
+    keyspace: Keyspace,
+    membership: Arc<Membership>,
+    links: Arc<Links>,
+    replication: Replication,
+    anti_entropy: AntiEntropy,
+    commands: mpsc::Sender<Command>,
+    listen_addrs: Vec<Multiaddr>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    config: MeshConfig,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+    }
+}
+
+struct Service {
+    replication: Replication,
+    keyspace: Keyspace,
+    membership: Arc<Membership>,
+    commands: mpsc::Sender<Command>,
+    app: mpsc::Sender<AppMessage>,
+}
+
+impl Service {
+    fn learn(&self, learnt: Vec<(PeerId, Multiaddr)>) {
+        for (peer, addr) in learnt {
+            let _ = self.commands.try_send(Command::AddAddress(peer, addr));
+        }
+    }
+}
+
+impl Handler for Service {
+    fn handle(&self, peer: PeerId, request: Request) -> BoxFuture<'static, Response> {
+        let span = tracing::debug_span!("serve", %peer, kind = request.kind());
+        let _enter = span.enter();
+        let response = match request {
+            Request::Heartbeat { info, gossip } => {
+                let learnt = self.membership.on_info(peer, info, &gossip);
+                self.learn(learnt);
+                Response::Member(self.membership.local_info())
+            }
+            Request::Leave { generation } => {
+                self.membership.on_leave(peer, generation);
+                Response::Ack
+            }
+            Request::Write(m) => self.replication.handle_write(&m),
+            Request::Read {
+                table,
+                partition_key,
+            } => self.replication.handle_read(table, &partition_key),
+            Request::Leaves(leaves) => {
+                let merkle = self.keyspace.merkle();
+                if leaves
+                    .iter()
+                    .any(|&l| l as usize >= sipmesh_storage::MERKLE_LEAVES)
+                {
+                    Response::Error("leaf out of range".into())
+                } else {
+                    Response::Leaves(leaves.iter().map(|&l| merkle.leaf(l as usize)).collect())
+                }
+            }
+            Request::Fetch { leaves, from } => {
+                match anti_entropy::chunk(&self.keyspace, &leaves, from as usize) {
+                    Ok((mutations, next)) => Response::Chunk { mutations, next },
+                    Err(e) => Response::Error(e.to_string()),
+                }
+            }
+            Request::Push {
+                mutations,
+                owned_only,
+            } => self.replication.handle_push(&mutations, owned_only),
+            Request::App(payload) => {
+                let (tx, rx) = oneshot::channel();
+                let app = self.app.clone();
+                return Box::pin(async move {
+                    let msg = AppMessage {
+                        from: peer,
+                        payload,
+                        reply: Some(tx),
+                    };
+                    if app.send(msg).await.is_err() {
+                        return Response::Error("node is shutting down".into());
+                    }
+                    match rx.await {
+                        Ok(bytes) => Response::App(bytes),
+                        Err(_) => Response::Error("no answer from the node".into()),
+                    }
+                });
+            }
+        };
+        Box::pin(async move { response })
+    }
+
+    fn one_way(&self, peer: PeerId, request: Request) -> BoxFuture<'static, ()> {
+        let app = self.app.clone();
+        Box::pin(async move {
+            if let Request::App(payload) = request {
+                let _ = app
+                    .send(AppMessage {
+                        from: peer,
+                        payload,
+                        reply: None,
+                    })
+                    .await;
+            }
+        })
+    }
+}
+
+impl Mesh {
+    /// Start the peer: load (or create) the node key, listen, join through the seeds, and run
+    /// membership, hint delivery, anti-entropy and handoff in the background. Returns the mesh
+    /// and the inbox of application messages from other nodes.
+    pub async fn start(
+        config: MeshConfig,
+        keyspace: Keyspace,
+    ) -> Result<(Mesh, mpsc::Receiver<AppMessage>)> {
+        let key = peer::load_or_create_key(&config.data_dir)?;
+        let local = key.public().to_peer_id();
+        let generation = membership::next_generation(&config.data_dir)?;
+        let (handle, mut peer_events, swarm_task) = peer::start(&config, key).await?;
+        let info = MemberInfo {
+            peer_id: local.to_bytes(),
+            addrs: handle.listen_addrs.iter().map(|a| a.to_string()).collect(),
+            generation,
+            tags: config.tags.clone(),
+        };
+        let membership = Membership::new(
+            info,
+            local,
+            MembershipConfig {
+                replication_factor: config.replication_factor.max(1),
+                down_after: config.down_after,
+                evict_after: config.evict_after,
+            },
+        );
+        let links = Links::new(handle.control.clone(), config.request_timeout);
+        let link: Arc<dyn Link> = Arc::new(links.clone());
+        let replication = Replication::new(
+            local,
+            keyspace.clone(),
+            membership.clone(),
+            link.clone(),
+            config.request_timeout,
+        );
+        let anti_entropy = AntiEntropy::new(
+            local,
+            keyspace.clone(),
+            membership.clone(),
+            link.clone(),
+            replication.clone(),
+            config.request_timeout,
+        );
+        let (app_tx, app_rx) = mpsc::channel(APP_QUEUE);
+        let service = Arc::new(Service {
+            replication: replication.clone(),
+            keyspace: keyspace.clone(),
+            membership: membership.clone(),
+            commands: handle.commands.clone(),
+            app: app_tx,
+        });
+        let mut control = handle.control.clone();
+        let incoming = control
+            .accept(PROTOCOL)
+            .map_err(|e| Error::Config(format!("stream protocol: {e}")))?;
+        let span = tracing::info_span!("mesh", peer = %local);
+        let mut tasks = vec![swarm_task];
+        tasks.push(tokio::spawn(
+            link::serve(incoming, service.clone()).instrument(span.clone()),
+        ));
+
+        // Membership: connection events and heartbeats.
+        {
+            let membership = membership.clone();
+            tasks.push(tokio::spawn(
+                async move {
+                    while let Some(PeerEvent::Connected(peer)) = peer_events.recv().await {
+                        membership.add_candidate(peer);
+                    }
+                }
+                .instrument(span.clone()),
+            ));
+        }
+        {
+            let membership = membership.clone();
+            let link = link.clone();
+            let service = service.clone();
+            let interval = config.heartbeat_interval;
+            let hb_timeout = config.down_after;
+            let commands = handle.commands.clone();
+            tasks.push(tokio::spawn(
+                async move {
+                    let mut ticker = tokio::time::interval(interval);
+                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let mut tick = 0u64;
+                    loop {
+                        ticker.tick().await;
+                        tick += 1;
+                        membership.tick();
+                        let hb = membership.heartbeat();
+                        for peer in membership.heartbeat_targets(tick) {
+                            let request = link.request(peer, hb.clone(), hb_timeout);
+                            let service = service.clone();
+                            let commands = commands.clone();
+                            tokio::spawn(async move {
+                                match request.await {
+                                    Ok(Response::Member(info)) => {
+                                        let learnt = service.membership.on_info(peer, info, &[]);
+                                        service.learn(learnt);
+                                    }
+                                    Ok(_) => {}
+                                    Err(e) => {
+                                        debug!(%peer, error = %e, "heartbeat failed");
+                                        if tick % 20 == 0 {
+                                            let _ = commands.try_send(Command::FindPeer(peer));
+                                        }
+                                    }
+                                }
+                            });
+                        }
+                    }
+                }
+                .instrument(span.clone()),
+            ));
+        }
+        // Hints.
+        {
+            let replication = replication.clone();
+            let every = config.hint_interval;
+            tasks.push(tokio::spawn(
+                async move {
+                    let mut ticker = tokio::time::interval(every);
+                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        ticker.tick().await;
+                        replication.deliver_hints().await;
+                    }
+                }
+                .instrument(span.clone()),
+            ));
+        }
+        // Anti-entropy and handoff.
+        {
+            let ae = anti_entropy.clone();
+            let every = config.anti_entropy_interval;
+            tasks.push(tokio::spawn(
+                async move {
+                    let mut ticker = tokio::time::interval(every);
+                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    ticker.tick().await;
+                    loop {
+                        ticker.tick().await;
+                        ae.round().await;
+                    }
+                }
+                .instrument(span.clone()),
+            ));
+            let ae = anti_entropy.clone();
+            let keyspace = keyspace.clone();
+            tasks.push(tokio::spawn(
+                async move {
+                    let mut ticker = tokio::time::interval(HANDOFF_EVERY);
+                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    ticker.tick().await;
+                    loop {
+                        ticker.tick().await;
+                        ae.handoff().await;
+                        let ks = keyspace.clone();
+                        let _ = tokio::task::spawn_blocking(move || ks.compact()).await;
+                    }
+                }
+                .instrument(span.clone()),
+            ));
+        }
+        info!(peer_id = %local, generation, "mesh started");
+        let mesh = Mesh {
+            inner: Arc::new(Inner {
+                local,
+                keyspace,
+                membership,
+                links,
+                replication,
+                anti_entropy,
+                commands: handle.commands,
+                listen_addrs: handle.listen_addrs,
+                tasks: Mutex::new(tasks),
+                config,
+            }),
+        };
+        Ok((mesh, app_rx))
+    }
+
+    /// This node's PeerId.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.local
+    }
+
+    /// The addresses this node listens on.
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.inner.listen_addrs
+    }
+
+    /// A dialable address of this node (first listen address with `/p2p/<PeerId>`).
+    pub fn dial_addr(&self) -> Option<Multiaddr> {
+        self.inner.listen_addrs.first().map(|a| {
+            a.clone()
+                .with(libp2p::multiaddr::Protocol::P2p(self.inner.local))
+        })
+    }
+
+    /// The local keyspace (this node's replica data).
+    pub fn keyspace(&self) -> &Keyspace {
+        &self.inner.keyspace
+    }
+
+    /// The configuration the mesh runs with.
+    pub fn config(&self) -> &MeshConfig {
+        &self.inner.config
+    }
+
+    /// The current ring.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.membership.snapshot()
+    }
+
+    /// Every member, this node first.
+    pub fn members(&self) -> Vec<Member> {
+        self.inner.membership.members()
+    }
+
+    /// Whether a member is up.
+    pub fn is_up(&self, peer: &PeerId) -> bool {
+        self.inner.membership.is_up(peer)
+    }
+
+    /// Subscribe to member state changes.
+    pub fn events(&self) -> broadcast::Receiver<MemberEvent> {
+        self.inner.membership.events()
+    }
+
+    /// Replace this node's published tags.
+    pub fn set_tags(&self, tags: BTreeMap<String, String>) {
+        self.inner.membership.set_tags(tags)
+    }
+
+    /// The replicas of a partition key, closest first.
+    pub fn replicas_of(&self, partition_key: &[u8]) -> Vec<PeerId> {
+        self.snapshot()
+            .replicas(partition_key)
+            .iter()
+            .map(|m| m.peer)
+            .collect()
+    }
+
+    /// Write a mutation at consistency `cl`.
+    pub async fn write(&self, m: Mutation, cl: Consistency) -> Result<()> {
+        self.inner.replication.write(m, cl).await
+    }
+
+    /// Read a partition's live rows at consistency `cl`.
+    pub async fn read(
+        &self,
+        table: TableId,
+        partition_key: &[u8],
+        cl: Consistency,
+    ) -> Result<Partition> {
+        self.inner.replication.read(table, partition_key, cl).await
+    }
+
+    /// Read a partition's merged cells at consistency `cl`.
+    pub async fn read_entries(
+        &self,
+        table: TableId,
+        partition_key: &[u8],
+        cl: Consistency,
+    ) -> Result<Vec<(EntryKey, Cell)>> {
+        self.inner
+            .replication
+            .read_entries(table, partition_key, cl)
+            .await
+    }
+
+    /// Send application bytes to another node, without waiting for an answer.
+    pub async fn send_app(&self, peer: PeerId, payload: Vec<u8>) -> Result<()> {
+        Link::send(&self.inner.links, peer, Request::App(payload)).await
+    }
+
+    /// Send application bytes to another node and wait for its answer.
+    pub async fn request_app(
+        &self,
+        peer: PeerId,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        match Link::request(&self.inner.links, peer, Request::App(payload), timeout).await? {
+            Response::App(bytes) => Ok(bytes),
+            other => Err(Error::Protocol(format!(
+                "unexpected answer to an app request: {other:?}"
+            ))),
+        }
+    }
+
+    /// Refuse all traffic with these peers (tests use this to partition a mesh).
+    pub async fn block(&self, peers: &[PeerId]) {
+        for p in peers {
+            let _ = self.inner.commands.send(Command::Block(*p)).await;
+            self.inner.links.close(p);
+        }
+    }
+
+    /// Allow traffic with these peers again.
+    pub async fn unblock(&self, peers: &[PeerId]) {
+        for p in peers {
+            let _ = self.inner.commands.send(Command::Unblock(*p)).await;
+        }
+    }
+
+    /// One anti-entropy round with every up peer, now.
+    pub async fn anti_entropy_now(&self) -> Exchange {
+        self.inner.anti_entropy.round().await
+    }
+
+    /// One handoff round, now.
+    pub async fn handoff_now(&self) -> usize {
+        self.inner.anti_entropy.handoff().await
+    }
+
+    /// Deliver waiting hints now.
+    pub async fn deliver_hints_now(&self) -> usize {
+        self.inner.replication.deliver_hints().await
+    }
+
+    /// Leave gracefully: tell every up member (waiting up to `timeout` for their answers).
+    pub async fn leave(&self, timeout: Duration) {
+        let generation = self.inner.membership.local_info().generation;
+        let peers: Vec<PeerId> = self
+            .members()
+            .into_iter()
+            .filter(|m| !m.local && m.state == crate::MemberState::Up)
+            .map(|m| m.peer_id)
+            .collect();
+        let link: &Arc<Links> = &self.inner.links;
+        let asks: Vec<_> = peers
+            .iter()
+            .map(|p| Link::request(link, *p, Request::Leave { generation }, timeout))
+            .collect();
+        futures::future::join_all(asks).await;
+        info!(told = peers.len(), "left the mesh");
+    }
+
+    /// Stop every background task and the swarm.
+    pub fn shutdown(&self) {
+        let _ = self.inner.commands.try_send(Command::Shutdown);
+        for t in self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+    }
+}

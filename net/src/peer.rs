@@ -1,0 +1,310 @@
+//! The libp2p peer: one task owns the `Swarm`; everything else talks to it through a bounded
+//! command channel (and opens streams through a `libp2p_stream::Control`).
+//!
+//! Transport: TCP + (optional pre-shared-key private network) + Noise + Yamux. Behaviours:
+//! connection limits, a block list (for tests that partition a mesh), Kademlia in server mode on
+//! sipmesh's own protocol name (peer discovery, address lookup by PeerId), identify, ping, and
+//! the stream behaviour that carries sipmesh's frames.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::Boxed;
+use libp2p::core::upgrade::Version;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    allow_block_list, connection_limits, identify, identity, kad, noise, ping, pnet, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, Transport,
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::config::MeshConfig;
+use crate::error::{Error, Result};
+
+/// sipmesh's Kademlia protocol name (keeps the DHT separate from IPFS's).
+const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/sipmesh/kad/1.0.0");
+/// Commands waiting for the swarm task.
+const COMMAND_QUEUE: usize = 256;
+/// Events waiting for membership.
+const EVENT_QUEUE: usize = 1024;
+/// How often the seeds are dialled again while this node has no connection at all.
+const REDIAL_SEEDS_EVERY: Duration = Duration::from_secs(3);
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    limits: connection_limits::Behaviour,
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+/// A command for the swarm task.
+#[derive(Debug)]
+pub enum Command {
+    /// Remember an address of a peer (Kademlia's routing table and the swarm's dialer).
+    AddAddress(PeerId, Multiaddr),
+    /// Look a peer's addresses up in the DHT.
+    FindPeer(PeerId),
+    /// Refuse every connection with this peer (and close the open ones).
+    Block(PeerId),
+    /// Allow connections with this peer again.
+    Unblock(PeerId),
+    /// The addresses this node listens on.
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    /// Stop the swarm.
+    Shutdown,
+}
+
+/// What the swarm task tells membership.
+#[derive(Debug, Clone)]
+pub enum PeerEvent {
+    /// A connection to this peer is established (it may be a new member).
+    Connected(PeerId),
+}
+
+/// Load the node key from `dir/node.key`, or create it.
+pub fn load_or_create_key(dir: &Path) -> Result<identity::Keypair> {
+    let path = dir.join("node.key");
+    match std::fs::read(&path) {
+        Ok(bytes) => identity::Keypair::from_protobuf_encoding(&bytes)
+            .map_err(|e| Error::Config(format!("node key {} is corrupt: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::Config(format!("cannot create {}: {e}", dir.display())))?;
+            let key = identity::Keypair::generate_ed25519();
+            let bytes = key
+                .to_protobuf_encoding()
+                .map_err(|e| Error::Config(format!("cannot encode the node key: {e}")))?;
+            let tmp = dir.join("node.key.tmp");
+            std::fs::write(&tmp, bytes)
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+            }
+            Ok(key)
+        }
+        Err(e) => Err(Error::Config(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+fn transport(
+    key: &identity::Keypair,
+    psk: Option<pnet::PreSharedKey>,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>> {
+    let tcp = libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default().nodelay(true));
+    let noise = noise::Config::new(key).map_err(|e| Error::Config(format!("noise: {e}")))?;
+    let yamux = yamux::Config::default();
+    let timeout = Duration::from_secs(10);
+    Ok(match psk {
+        Some(psk) => tcp
+            .and_then(move |socket, _| pnet::PnetConfig::new(psk).handshake(socket))
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux)
+            .timeout(timeout)
+            .boxed(),
+        None => tcp
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux)
+            .timeout(timeout)
+            .boxed(),
+    })
+}
+
+/// The running swarm, as the rest of the mesh sees it.
+pub struct PeerHandle {
+    /// Commands to the swarm task.
+    pub commands: mpsc::Sender<Command>,
+    /// Opens and accepts streams.
+    pub control: libp2p_stream::Control,
+    /// The addresses the node listens on (known once the listeners are up).
+    pub listen_addrs: Vec<Multiaddr>,
+}
+
+/// Start the swarm: listen, dial the seeds, and spawn the task that owns it.
+pub async fn start(
+    config: &MeshConfig,
+    key: identity::Keypair,
+) -> Result<(
+    PeerHandle,
+    mpsc::Receiver<PeerEvent>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let local = key.public().to_peer_id();
+    let transport = transport(&key, config.mesh_key)?;
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established(Some(config.max_connections))
+        .with_max_established_per_peer(Some(config.max_connections_per_peer))
+        .with_max_pending_incoming(Some(64))
+        .with_max_pending_outgoing(Some(64));
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_other_transport(move |_| transport)
+        .map_err(|e| Error::Config(format!("transport: {e}")))?
+        .with_behaviour(|key| {
+            let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+            kad_config.set_query_timeout(Duration::from_secs(10));
+            let mut kad =
+                kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kad_config);
+            kad.set_mode(Some(kad::Mode::Server));
+            Behaviour {
+                limits: connection_limits::Behaviour::new(limits),
+                blocked: allow_block_list::Behaviour::default(),
+                kad,
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "/sipmesh/id/1.0.0".into(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::new(ping::Config::new()),
+                stream: libp2p_stream::Behaviour::new(),
+            }
+        })
+        .map_err(|e| Error::Config(format!("behaviour: {e}")))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| Error::Config(format!("cannot listen on {addr}: {e}")))?;
+    }
+    // Wait for the listeners to report their addresses (port 0 gets a real port here).
+    let mut listen_addrs = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while listen_addrs.len() < config.listen.len() {
+        let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .map_err(|_| Error::Config("listeners did not come up within 10 s".into()))?;
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => listen_addrs.push(address),
+            SwarmEvent::ListenerError { error, .. } => {
+                return Err(Error::Config(format!("listener failed: {error}")))
+            }
+            SwarmEvent::ListenerClosed { reason: Err(e), .. } => {
+                return Err(Error::Config(format!("listener closed: {e}")))
+            }
+            _ => {}
+        }
+    }
+    info!(peer_id = %local, addrs = ?listen_addrs, "libp2p peer listening");
+
+    let seeds = config.bootstrap.clone();
+    for seed in &seeds {
+        dial_seed(&mut swarm, seed);
+    }
+    let control = swarm.behaviour().stream.new_control();
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
+    let task = tokio::spawn(run(swarm, cmd_rx, event_tx, seeds, listen_addrs.clone()));
+    Ok((
+        PeerHandle {
+            commands: cmd_tx,
+            control,
+            listen_addrs,
+        },
+        event_rx,
+        task,
+    ))
+}
+
+fn dial_seed(swarm: &mut Swarm<Behaviour>, seed: &Multiaddr) {
+    if let Some(Protocol::P2p(peer)) = seed.iter().last() {
+        let without: Multiaddr = seed
+            .iter()
+            .filter(|p| !matches!(p, Protocol::P2p(_)))
+            .collect();
+        swarm.add_peer_address(peer, without);
+    }
+    if let Err(e) = swarm.dial(seed.clone()) {
+        debug!(%seed, error = %e, "could not dial seed");
+    }
+}
+
+async fn run(
+    mut swarm: Swarm<Behaviour>,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<PeerEvent>,
+    seeds: Vec<Multiaddr>,
+    listen_addrs: Vec<Multiaddr>,
+) {
+    let mut redial = tokio::time::interval(REDIAL_SEEDS_EVERY);
+    let mut bootstrapped = false;
+    let mut blocked: HashSet<PeerId> = HashSet::new();
+    loop {
+        tokio::select! {
+            command = commands.recv() => match command {
+                Some(Command::AddAddress(peer, addr)) => swarm.add_peer_address(peer, addr),
+                Some(Command::FindPeer(peer)) => {
+                    swarm.behaviour_mut().kad.get_closest_peers(peer);
+                }
+                Some(Command::Block(peer)) => {
+                    blocked.insert(peer);
+                    swarm.behaviour_mut().blocked.block_peer(peer);
+                }
+                Some(Command::Unblock(peer)) => {
+                    blocked.remove(&peer);
+                    swarm.behaviour_mut().blocked.unblock_peer(peer);
+                }
+                Some(Command::ListenAddrs(reply)) => {
+                    let _ = reply.send(listen_addrs.clone());
+                }
+                Some(Command::Shutdown) | None => break,
+            },
+            _ = redial.tick() => {
+                if swarm.connected_peers().next().is_none() {
+                    for seed in &seeds {
+                        dial_seed(&mut swarm, seed);
+                    }
+                }
+            }
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                    if endpoint.is_dialer() {
+                        swarm.behaviour_mut().kad.add_address(&peer_id, endpoint.get_remote_address().clone());
+                    }
+                    if !bootstrapped {
+                        bootstrapped = swarm.behaviour_mut().kad.bootstrap().is_ok();
+                    }
+                    if events.try_send(PeerEvent::Connected(peer_id)).is_err() {
+                        warn!("membership is not keeping up with connection events");
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                    if !blocked.contains(&peer_id) {
+                        for addr in info.listen_addrs {
+                            swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                        }
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                    result: kad::QueryResult::GetClosestPeers(Ok(ok)), ..
+                })) => {
+                    for peer in ok.peers {
+                        for addr in peer.addrs {
+                            swarm.add_peer_address(peer.peer_id, addr);
+                        }
+                    }
+                }
+                SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                    debug!(?peer_id, %error, "outgoing connection failed");
+                }
+                _ => {}
+            }
+        }
+    }
+    debug!("swarm task stopped");
+}

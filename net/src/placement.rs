@@ -1,0 +1,207 @@
+//! Placement: the replicas of a partition are the `replication_factor` ring members closest to
+//! the partition key's hash by Kademlia's XOR metric.
+//!
+//! Positions are SHA-256 hashes — of the partition key for data, of the PeerId's bytes for
+//! members — exactly as Kademlia places keys and peers, so a node's partial view still gives the
+//! answer Kademlia would. The ring holds members that are up or recently down; a down member keeps
+//! its place (and gets hints) until it is evicted, so a short outage moves no data.
+
+use std::sync::Arc;
+
+use libp2p::PeerId;
+use sha2::{Digest, Sha256};
+use sipmesh_storage::merkle::MERKLE_DEPTH;
+
+/// A position in the 256-bit Kademlia key space.
+pub type Position = [u8; 32];
+
+/// The position of a partition key.
+pub fn key_position(partition_key: &[u8]) -> Position {
+    Sha256::digest(partition_key).into()
+}
+
+/// The position of a peer.
+pub fn peer_position(peer: &PeerId) -> Position {
+    Sha256::digest(peer.to_bytes()).into()
+}
+
+fn distance(a: &Position, b: &Position) -> Position {
+    let mut d = [0u8; 32];
+    for i in 0..32 {
+        d[i] = a[i] ^ b[i];
+    }
+    d
+}
+
+/// A member of the ring as placement sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingMember {
+    /// The peer.
+    pub peer: PeerId,
+    /// Its position.
+    pub position: Position,
+    /// Whether it is currently up (down members keep their place until evicted).
+    pub up: bool,
+}
+
+/// An immutable view of the ring, rebuilt by membership on every change and shared by `Arc`.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// This node.
+    pub local: PeerId,
+    /// Every ring member, this node included.
+    pub ring: Vec<RingMember>,
+    /// The configured replication factor.
+    pub replication_factor: usize,
+    /// Increases on every change of the view.
+    pub version: u64,
+}
+
+impl Snapshot {
+    /// A ring of one node.
+    pub fn solo(local: PeerId, replication_factor: usize) -> Arc<Self> {
+        Arc::new(Snapshot {
+            local,
+            ring: vec![RingMember {
+                peer: local,
+                position: peer_position(&local),
+                up: true,
+            }],
+            replication_factor,
+            version: 0,
+        })
+    }
+
+    /// The replication factor in effect: the configured one, or the ring size if smaller.
+    pub fn effective_rf(&self) -> usize {
+        self.replication_factor.min(self.ring.len()).max(1)
+    }
+
+    /// Members that are up, this node included.
+    pub fn up_count(&self) -> usize {
+        self.ring.iter().filter(|m| m.up).count()
+    }
+
+    /// Whether this node sees a strict majority of the ring up. A node that does not is on the
+    /// minority side of a partition (or alone) and must not accept QUORUM or ALL requests.
+    pub fn has_majority(&self) -> bool {
+        self.up_count() * 2 > self.ring.len()
+    }
+
+    /// The replicas of a position, closest first.
+    pub fn replicas_at(&self, position: &Position) -> Vec<&RingMember> {
+        let mut by_distance: Vec<(Position, &RingMember)> = self
+            .ring
+            .iter()
+            .map(|m| (distance(&m.position, position), m))
+            .collect();
+        by_distance.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        by_distance
+            .into_iter()
+            .take(self.effective_rf())
+            .map(|(_, m)| m)
+            .collect()
+    }
+
+    /// The replicas of a partition key, closest first.
+    pub fn replicas(&self, partition_key: &[u8]) -> Vec<&RingMember> {
+        self.replicas_at(&key_position(partition_key))
+    }
+
+    /// Whether this node is a replica of the partition key.
+    pub fn is_local_replica(&self, partition_key: &[u8]) -> bool {
+        self.replicas(partition_key)
+            .iter()
+            .any(|m| m.peer == self.local)
+    }
+
+    /// The replicas of every key in a Merkle leaf, if they are the same for all of them (they
+    /// are unless two members share the leaf-depth prefix of their positions where it matters).
+    pub fn leaf_replicas(&self, leaf: usize) -> Option<Vec<PeerId>> {
+        let rf = self.effective_rf();
+        let shift = 16 - MERKLE_DEPTH;
+        let prefix = |p: &Position| (u16::from_be_bytes([p[0], p[1]]) >> shift) as usize;
+        let mut by_distance: Vec<(usize, PeerId)> = self
+            .ring
+            .iter()
+            .map(|m| (prefix(&m.position) ^ leaf, m.peer))
+            .collect();
+        by_distance.sort_unstable_by_key(|(d, _)| *d);
+        if by_distance.len() > rf && by_distance[rf - 1].0 == by_distance[rf].0 {
+            return None;
+        }
+        Some(by_distance.into_iter().take(rf).map(|(_, p)| p).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sipmesh_storage::merkle::{leaf_of, MERKLE_LEAVES};
+    use sipmesh_storage::token_of;
+
+    fn ring(n: usize) -> Snapshot {
+        let peers: Vec<PeerId> = (0..n).map(|_| PeerId::random()).collect();
+        Snapshot {
+            local: peers[0],
+            ring: peers
+                .iter()
+                .map(|p| RingMember {
+                    peer: *p,
+                    position: peer_position(p),
+                    up: true,
+                })
+                .collect(),
+            replication_factor: 3,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn replicas_are_the_xor_closest_and_stable() {
+        let s = ring(7);
+        for i in 0..200u32 {
+            let key = i.to_be_bytes();
+            let reps = s.replicas(&key);
+            assert_eq!(reps.len(), 3);
+            let pos = key_position(&key);
+            let worst = distance(&reps[2].position, &pos);
+            for m in &s.ring {
+                if !reps.iter().any(|r| r.peer == m.peer) {
+                    assert!(distance(&m.position, &pos) > worst);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn leaf_replicas_agree_with_key_replicas() {
+        let s = ring(9);
+        let mut uniform = 0;
+        for i in 0..3000u32 {
+            let key = i.to_be_bytes();
+            let leaf = leaf_of(token_of(&key));
+            if let Some(leaf_reps) = s.leaf_replicas(leaf) {
+                uniform += 1;
+                let mut a: Vec<PeerId> = s.replicas(&key).iter().map(|m| m.peer).collect();
+                let mut b = leaf_reps;
+                a.sort();
+                b.sort();
+                assert_eq!(a, b, "leaf {leaf}");
+            }
+        }
+        assert!(uniform > 2500);
+        assert!(MERKLE_LEAVES > 0);
+    }
+
+    #[test]
+    fn small_rings_and_majority() {
+        let mut s = ring(2);
+        assert_eq!(s.effective_rf(), 2);
+        assert!(s.has_majority());
+        s.ring[1].up = false;
+        assert!(!s.has_majority());
+        let s = ring(1);
+        assert_eq!(s.replicas(b"k").len(), 1);
+    }
+}

@@ -1,0 +1,332 @@
+//! [`LocalMesh`]: N nodes on loopback in one process, each with temporary storage and its own
+//! tokio runtime — so a test can kill a node as abruptly as a crash (its runtime is dropped with
+//! every task and socket), restart it on the same data, partition the mesh and heal it.
+//!
+//! ```no_run
+//! # async fn demo() -> sipmesh::Result<()> {
+//! let mesh = sipmesh::LocalMesh::builder().nodes(3).start().await?;
+//! mesh.wait_converged(std::time::Duration::from_secs(20)).await?;
+//! mesh.kill(2);
+//! mesh.restart(2).await?;
+//! mesh.shutdown();
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use sipmesh_net::{MemberState, Multiaddr, PeerId};
+use tempfile::TempDir;
+
+use crate::error::{Error, Result};
+use crate::node::{Node, NodeConfig};
+
+/// Settings of a local mesh.
+#[derive(Debug, Clone)]
+pub struct LocalMeshBuilder {
+    nodes: usize,
+    replication_factor: usize,
+    mesh_key: Option<sipmesh_net::config::MeshConfigKey>,
+    anti_entropy_interval: Duration,
+    evict_after: Duration,
+}
+
+/// One node of a local mesh.
+pub struct LocalNode {
+    /// Its index in the mesh.
+    pub index: usize,
+    /// Its PeerId (stable across restarts).
+    pub peer_id: PeerId,
+    /// Its libp2p address (stable across restarts).
+    pub addr: Multiaddr,
+    config: NodeConfig,
+    running: Mutex<Option<(tokio::runtime::Runtime, Node)>>,
+}
+
+/// A mesh of nodes in this process.
+pub struct LocalMesh {
+    nodes: Vec<LocalNode>,
+    _dir: TempDir,
+}
+
+impl Default for LocalMeshBuilder {
+    fn default() -> Self {
+        LocalMeshBuilder {
+            nodes: 3,
+            replication_factor: 3,
+            mesh_key: None,
+            anti_entropy_interval: Duration::from_secs(1),
+            evict_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl LocalMeshBuilder {
+    /// How many nodes (default 3).
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n.max(1);
+        self
+    }
+    /// Replication factor (default 3).
+    pub fn replication_factor(mut self, rf: usize) -> Self {
+        self.replication_factor = rf.max(1);
+        self
+    }
+    /// Run every node with this private-network key.
+    pub fn mesh_key(mut self, key: [u8; 32]) -> Self {
+        self.mesh_key = Some(sipmesh_net::config::MeshConfigKey(key));
+        self
+    }
+    /// Anti-entropy interval (default 1 s, faster than production so tests converge quickly).
+    pub fn anti_entropy_interval(mut self, d: Duration) -> Self {
+        self.anti_entropy_interval = d;
+        self
+    }
+    /// How long a dead member keeps its ring place (default 60 s).
+    pub fn evict_after(mut self, d: Duration) -> Self {
+        self.evict_after = d;
+        self
+    }
+
+    /// Start the nodes; each bootstraps from node 0.
+    pub async fn start(self) -> Result<LocalMesh> {
+        let dir = tempfile::Builder::new()
+            .prefix("sipmesh-localmesh-")
+            .tempdir()
+            .map_err(|source| Error::Io {
+                what: "cannot create a temporary directory".into(),
+                source,
+            })?;
+        let mut nodes: Vec<LocalNode> = Vec::new();
+        for index in 0..self.nodes {
+            let mut config = NodeConfig::new(dir.path().join(format!("node{index}")));
+            config.mesh.replication_factor = self.replication_factor;
+            config.mesh.mesh_key = self.mesh_key.map(|k| k.psk());
+            config.mesh.anti_entropy_interval = self.anti_entropy_interval;
+            config.mesh.evict_after = self.evict_after;
+            if let Some(seed) = nodes.first() {
+                config.mesh.bootstrap = vec![seed.addr.clone()];
+            }
+            let node = LocalNode::launch(index, config).await?;
+            nodes.push(node);
+        }
+        Ok(LocalMesh { nodes, _dir: dir })
+    }
+}
+
+fn runtime(index: usize) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(4)
+        .thread_name(format!("node{index}"))
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            what: "cannot build a runtime".into(),
+            source,
+        })
+}
+
+impl LocalNode {
+    async fn launch(index: usize, mut config: NodeConfig) -> Result<LocalNode> {
+        let rt = runtime(index)?;
+        let c = config.clone();
+        let node = rt
+            .spawn(Node::start(c))
+            .await
+            .map_err(|e| Error::Config(format!("node task failed: {e}")))??;
+        let addr = node.mesh.listen_addrs()[0].clone();
+        // Restarts reuse the same address, so the others find the node where it was.
+        config.mesh.listen = vec![addr.clone()];
+        Ok(LocalNode {
+            index,
+            peer_id: node.mesh.peer_id(),
+            addr: addr.with(sipmesh_net::config::p2p(node.mesh.peer_id())),
+            config,
+            running: Mutex::new(Some((rt, node))),
+        })
+    }
+
+    /// The running node, if it is running.
+    pub fn node(&self) -> Option<Node> {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(_, n)| n.clone())
+    }
+
+    /// Run `f` with the node, on the node's own runtime.
+    pub async fn run<F, Fut, T>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(Node) -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (handle, node) = {
+            let guard = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            let (rt, node) = guard.as_ref().ok_or(Error::NotRunning(self.index))?;
+            (rt.handle().clone(), node.clone())
+        };
+        handle
+            .spawn(f(node))
+            .await
+            .map_err(|_| Error::NotRunning(self.index))
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+}
+
+impl LocalMesh {
+    /// Settings for a new local mesh.
+    pub fn builder() -> LocalMeshBuilder {
+        LocalMeshBuilder::default()
+    }
+
+    /// Node `i`.
+    pub fn node(&self, i: usize) -> &LocalNode {
+        &self.nodes[i]
+    }
+
+    /// Every node.
+    pub fn nodes(&self) -> &[LocalNode] {
+        &self.nodes
+    }
+
+    /// Wait until every running node sees every other running node up.
+    pub async fn wait_converged(&self, within: Duration) -> Result<()> {
+        let running: Vec<PeerId> = self
+            .nodes
+            .iter()
+            .filter(|n| n.node().is_some())
+            .map(|n| n.peer_id)
+            .collect();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let mut all = true;
+            for n in &self.nodes {
+                let Some(node) = n.node() else { continue };
+                let up = running.iter().all(|p| node.mesh.is_up(p));
+                all &= up;
+            }
+            if all {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Config(format!(
+                    "the mesh did not converge within {within:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Wait until every running node sees `peer` in `state`.
+    pub async fn wait_state(
+        &self,
+        peer: PeerId,
+        state: MemberState,
+        within: Duration,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let all = self
+                .nodes
+                .iter()
+                .filter(|n| n.peer_id != peer)
+                .all(|n| match n.node() {
+                    None => true,
+                    Some(node) => node
+                        .mesh
+                        .members()
+                        .iter()
+                        .any(|m| m.peer_id == peer && m.state == state),
+                });
+            if all {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Config(format!(
+                    "{peer} not {state:?} everywhere within {within:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Kill node `i` as abruptly as a crash: its runtime is dropped with every task and socket,
+    /// without telling anyone. Its data stays on disk.
+    pub fn kill(&self, i: usize) {
+        let taken = self.nodes[i]
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((rt, node)) = taken {
+            drop(node);
+            // Dropping a runtime blocks; do it off any async context.
+            let _ = std::thread::spawn(move || rt.shutdown_timeout(Duration::from_secs(10))).join();
+        }
+    }
+
+    /// Restart node `i` on its data directory and address.
+    pub async fn restart(&self, i: usize) -> Result<()> {
+        let n = &self.nodes[i];
+        if n.node().is_some() {
+            return Ok(());
+        }
+        let rt = runtime(i)?;
+        let node = rt
+            .spawn(Node::start(n.config.clone()))
+            .await
+            .map_err(|e| Error::Config(format!("node task failed: {e}")))??;
+        *n.running.lock().unwrap_or_else(|p| p.into_inner()) = Some((rt, node));
+        Ok(())
+    }
+
+    /// Partition the mesh: nodes in `a` and nodes in `b` can no longer reach each other.
+    pub async fn partition(&self, a: &[usize], b: &[usize]) -> Result<()> {
+        self.set_blocked(a, b, true).await?;
+        self.set_blocked(b, a, true).await
+    }
+
+    /// Heal a partition made by [`LocalMesh::partition`].
+    pub async fn heal(&self, a: &[usize], b: &[usize]) -> Result<()> {
+        self.set_blocked(a, b, false).await?;
+        self.set_blocked(b, a, false).await
+    }
+
+    async fn set_blocked(&self, from: &[usize], to: &[usize], block: bool) -> Result<()> {
+        let peers: Vec<PeerId> = to.iter().map(|&i| self.nodes[i].peer_id).collect();
+        for &i in from {
+            let peers = peers.clone();
+            self.nodes[i]
+                .run(move |node| async move {
+                    if block {
+                        node.mesh.block(&peers).await
+                    } else {
+                        node.mesh.unblock(&peers).await
+                    }
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Stop every node.
+    pub fn shutdown(&self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+impl Drop for LocalMesh {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
