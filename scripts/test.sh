@@ -14,4 +14,4 @@ if ((${#need_apt[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-cargo test --workspace --locked --all-targets
+cargo test --workspace --locked

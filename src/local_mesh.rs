@@ -30,6 +30,7 @@ pub struct LocalMeshBuilder {
     mesh_key: Option<sipmesh_net::config::MeshConfigKey>,
     anti_entropy_interval: Duration,
     evict_after: Duration,
+    bootstrap: Vec<Multiaddr>,
 }
 
 /// One node of a local mesh.
@@ -47,6 +48,7 @@ pub struct LocalNode {
 /// A mesh of nodes in this process.
 pub struct LocalMesh {
     nodes: Vec<LocalNode>,
+    builder: LocalMeshBuilder,
     _dir: TempDir,
 }
 
@@ -58,6 +60,7 @@ impl Default for LocalMeshBuilder {
             mesh_key: None,
             anti_entropy_interval: Duration::from_secs(1),
             evict_after: Duration::from_secs(60),
+            bootstrap: Vec::new(),
         }
     }
 }
@@ -89,6 +92,22 @@ impl LocalMeshBuilder {
         self
     }
 
+    /// Join an existing mesh through this seed (node 0 bootstraps from it).
+    pub fn bootstrap(mut self, seed: Multiaddr) -> Self {
+        self.bootstrap.push(seed);
+        self
+    }
+
+    fn node_config(&self, dir: &std::path::Path, index: usize) -> NodeConfig {
+        let mut config = NodeConfig::new(dir.join(format!("node{index}")));
+        config.mesh.replication_factor = self.replication_factor;
+        config.mesh.mesh_key = self.mesh_key.map(|k| k.psk());
+        config.mesh.anti_entropy_interval = self.anti_entropy_interval;
+        config.mesh.evict_after = self.evict_after;
+        config.mesh.bootstrap = self.bootstrap.clone();
+        config
+    }
+
     /// Start the nodes; each bootstraps from node 0.
     pub async fn start(self) -> Result<LocalMesh> {
         let dir = tempfile::Builder::new()
@@ -100,18 +119,18 @@ impl LocalMeshBuilder {
             })?;
         let mut nodes: Vec<LocalNode> = Vec::new();
         for index in 0..self.nodes {
-            let mut config = NodeConfig::new(dir.path().join(format!("node{index}")));
-            config.mesh.replication_factor = self.replication_factor;
-            config.mesh.mesh_key = self.mesh_key.map(|k| k.psk());
-            config.mesh.anti_entropy_interval = self.anti_entropy_interval;
-            config.mesh.evict_after = self.evict_after;
+            let mut config = self.node_config(dir.path(), index);
             if let Some(seed) = nodes.first() {
                 config.mesh.bootstrap = vec![seed.addr.clone()];
             }
             let node = LocalNode::launch(index, config).await?;
             nodes.push(node);
         }
-        Ok(LocalMesh { nodes, _dir: dir })
+        Ok(LocalMesh {
+            nodes,
+            builder: self,
+            _dir: dir,
+        })
     }
 }
 
@@ -195,6 +214,21 @@ impl LocalMesh {
     /// Every node.
     pub fn nodes(&self) -> &[LocalNode] {
         &self.nodes
+    }
+
+    /// Start one more node, joining through node 0; returns its index.
+    pub async fn add_node(&mut self) -> Result<usize> {
+        let index = self.nodes.len();
+        let mut config = self.builder.node_config(self._dir.path(), index);
+        config.mesh.bootstrap = vec![self.nodes[0].addr.clone()];
+        let node = LocalNode::launch(index, config).await?;
+        self.nodes.push(node);
+        Ok(index)
+    }
+
+    /// The index of the node with this PeerId.
+    pub fn index_of(&self, peer: &PeerId) -> Option<usize> {
+        self.nodes.iter().position(|n| n.peer_id == *peer)
     }
 
     /// Wait until every running node sees every other running node up.

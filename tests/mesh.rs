@@ -108,3 +108,383 @@ async fn five_nodes_quorum_writes_readable_everywhere() {
     })
     .await;
 }
+
+/// Poll `cond` every 200 ms until it holds or `secs` pass.
+async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {secs}s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Keys of the USERS table held in node `i`'s local storage.
+fn local_keys(mesh: &LocalMesh, i: usize) -> BTreeSet<Vec<u8>> {
+    let node = mesh.node(i).node().expect("running");
+    node.keyspace()
+        .partitions()
+        .unwrap()
+        .into_iter()
+        .filter(|(_, t, _)| *t == USERS)
+        .map(|(_, _, pk)| pk)
+        .collect()
+}
+
+/// Whether every uniform Merkle leaf has the same hash on each of its replicas (the running
+/// nodes' common view of the ring).
+fn replicas_agree(mesh: &LocalMesh) -> bool {
+    let running: Vec<usize> = (0..mesh.nodes().len())
+        .filter(|&i| mesh.node(i).node().is_some())
+        .collect();
+    let snap = mesh.node(running[0]).node().unwrap().mesh.snapshot();
+    for leaf in 0..sipmesh_storage::MERKLE_LEAVES {
+        let Some(reps) = snap.leaf_replicas(leaf) else {
+            continue;
+        };
+        let hashes: BTreeSet<u64> = reps
+            .iter()
+            .filter_map(|p| mesh.index_of(p))
+            .filter_map(|i| mesh.node(i).node())
+            .map(|n| n.keyspace().merkle().leaf(leaf))
+            .collect();
+        if hashes.len() > 1 {
+            return false;
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_node_loses_no_acknowledged_write_and_catches_up() {
+    within(240, async {
+        let mesh = std::sync::Arc::new(LocalMesh::builder().nodes(5).start().await.unwrap());
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        const N: usize = 1500;
+        const VICTIM: usize = 3;
+        let writer = {
+            let mesh = mesh.clone();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let coordinators = [0, 1, 2, 4];
+                for i in 0..N {
+                    let via = coordinators[i % 4];
+                    if write(&mesh, via, key(i), format!("v{i}"), Consistency::Quorum)
+                        .await
+                        .is_ok()
+                    {
+                        acked.push(i);
+                    }
+                }
+                acked
+            })
+        };
+        // Kill the victim in the middle of the stream.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        mesh.kill(VICTIM);
+        let acked = writer.await.unwrap();
+        assert!(
+            acked.len() > N * 9 / 10,
+            "only {} of {N} writes acknowledged",
+            acked.len()
+        );
+        for &i in &acked {
+            let got = read(
+                &mesh,
+                (i % 4) + usize::from(i % 4 >= VICTIM),
+                key(i),
+                Consistency::Quorum,
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                got.as_deref(),
+                Some(format!("v{i}").as_str()),
+                "acknowledged write {i} lost"
+            );
+        }
+        // Restart: hints and anti-entropy bring the victim every write it is a replica of.
+        mesh.restart(VICTIM).await.unwrap();
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        let victim = mesh.node(VICTIM).peer_id;
+        let snap = mesh.node(0).node().unwrap().mesh.snapshot();
+        let expected: Vec<usize> = acked
+            .iter()
+            .copied()
+            .filter(|&i| snap.replicas(&key(i)).iter().any(|m| m.peer == victim))
+            .collect();
+        assert!(!expected.is_empty());
+        eventually(90, "the restarted node holds every write it missed", || {
+            expected.iter().all(|&i| {
+                local_value(&mesh, VICTIM, &key(i)).as_deref() == Some(format!("v{i}").as_str())
+            })
+        })
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_minority_refuses_majority_writes_then_converges() {
+    within(240, async {
+        let mesh = LocalMesh::builder()
+            .nodes(5)
+            .evict_after(Duration::from_secs(4))
+            .start()
+            .await
+            .unwrap();
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        for i in 0..200 {
+            write(
+                &mesh,
+                i % 5,
+                key(i),
+                format!("before{i}"),
+                Consistency::Quorum,
+            )
+            .await
+            .unwrap();
+        }
+        let (minority, majority) = ([0usize, 1], [2usize, 3, 4]);
+        mesh.partition(&minority, &majority).await.unwrap();
+        // The majority evicts the minority; the minority sees the majority down.
+        let evicted = |i: usize, peers: &[usize], state: MemberState| {
+            let node = mesh.node(i).node().unwrap();
+            peers.iter().all(|&p| {
+                node.mesh
+                    .members()
+                    .iter()
+                    .any(|m| m.peer_id == mesh.node(p).peer_id && m.state == state)
+            })
+        };
+        eventually(30, "majority evicts the minority", || {
+            majority
+                .iter()
+                .all(|&i| evicted(i, &minority, MemberState::Evicted))
+        })
+        .await;
+        eventually(30, "minority sees the majority down", || {
+            minority
+                .iter()
+                .all(|&i| evicted(i, &majority, MemberState::Down))
+        })
+        .await;
+        for i in 0..200 {
+            write(
+                &mesh,
+                majority[i % 3],
+                key(i),
+                format!("after{i}"),
+                Consistency::Quorum,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("majority write {i} failed: {e}"));
+        }
+        for i in 0..20 {
+            let started = std::time::Instant::now();
+            let err = write(
+                &mesh,
+                minority[i % 2],
+                key(i),
+                format!("lost{i}"),
+                Consistency::Quorum,
+            )
+            .await
+            .expect_err("a minority write succeeded");
+            assert!(
+                matches!(err, NetError::Unavailable { .. } | NetError::Timeout { .. }),
+                "{err}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "minority write took {:?}",
+                started.elapsed()
+            );
+        }
+        mesh.heal(&minority, &majority).await.unwrap();
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        eventually(90, "replicas converge after healing", || {
+            replicas_agree(&mesh)
+        })
+        .await;
+        for i in 0..200 {
+            let got = read(&mesh, i % 5, key(i), Consistency::Quorum)
+                .await
+                .unwrap();
+            assert_eq!(got.as_deref(), Some(format!("after{i}").as_str()));
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_node_ends_up_with_exactly_its_keys() {
+    within(240, async {
+        let mut mesh = LocalMesh::builder().nodes(5).start().await.unwrap();
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        for i in 0..600 {
+            write(&mesh, i % 5, key(i), format!("v{i}"), Consistency::Quorum)
+                .await
+                .unwrap();
+        }
+        let new = mesh.add_node().await.unwrap();
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        let peer = mesh.node(new).peer_id;
+        let snap = mesh.node(new).node().unwrap().mesh.snapshot();
+        assert_eq!(snap.ring.len(), 6);
+        let mine: BTreeSet<Vec<u8>> = (0..600)
+            .map(key)
+            .filter(|k| snap.replicas(k).iter().any(|m| m.peer == peer))
+            .collect();
+        assert!(!mine.is_empty());
+        eventually(
+            90,
+            "the new node holds exactly the keys it is a replica of",
+            || local_keys(&mesh, new) == mine,
+        )
+        .await;
+        // ... and the old nodes hand off what they no longer replicate.
+        eventually(90, "every node holds exactly its keys", || {
+            (0..6).all(|i| {
+                let p = mesh.node(i).peer_id;
+                let want: BTreeSet<Vec<u8>> = (0..600)
+                    .map(key)
+                    .filter(|k| snap.replicas(k).iter().any(|m| m.peer == p))
+                    .collect();
+                local_keys(&mesh, i) == want
+            })
+        })
+        .await;
+        for i in 0..600 {
+            assert_eq!(
+                local_value(&mesh, new, &key(i)).is_some(),
+                mine.contains(&key(i))
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_to_one_cell_converge() {
+    within(120, async {
+        let mesh = std::sync::Arc::new(LocalMesh::builder().nodes(4).start().await.unwrap());
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let mesh = mesh.clone();
+                tokio::spawn(async move {
+                    for j in 0..25 {
+                        write(
+                            &mesh,
+                            w,
+                            b"hot".to_vec(),
+                            format!("w{w}-{j}"),
+                            Consistency::Quorum,
+                        )
+                        .await
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+        let replicas: Vec<usize> = mesh
+            .node(0)
+            .node()
+            .unwrap()
+            .mesh
+            .replicas_of(b"hot")
+            .iter()
+            .map(|p| mesh.index_of(p).unwrap())
+            .collect();
+        eventually(30, "every replica holds the same value", || {
+            let values: BTreeSet<Option<String>> = replicas
+                .iter()
+                .map(|&i| local_value(&mesh, i, b"hot"))
+                .collect();
+            values.len() == 1 && values.iter().next().unwrap().is_some()
+        })
+        .await;
+        let settled = local_value(&mesh, replicas[0], b"hot");
+        for via in 0..4 {
+            assert_eq!(
+                read(&mesh, via, b"hot".to_vec(), Consistency::All)
+                    .await
+                    .unwrap(),
+                settled
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_key_keeps_strangers_out() {
+    within(120, async {
+        let key_a = [7u8; 32];
+        let mesh = LocalMesh::builder()
+            .nodes(2)
+            .mesh_key(key_a)
+            .start()
+            .await
+            .unwrap();
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        let seed = mesh.node(0).addr.clone();
+        // Without the key: never a member, either way.
+        let stranger = LocalMesh::builder()
+            .nodes(1)
+            .bootstrap(seed.clone())
+            .start()
+            .await
+            .unwrap();
+        // With a different key: the same.
+        let wrong = LocalMesh::builder()
+            .nodes(1)
+            .mesh_key([8u8; 32])
+            .bootstrap(seed.clone())
+            .start()
+            .await
+            .unwrap();
+        // With the key: joins (the control that shows the test can fail).
+        let friend = LocalMesh::builder()
+            .nodes(1)
+            .mesh_key(key_a)
+            .bootstrap(seed)
+            .start()
+            .await
+            .unwrap();
+        let friend_id = friend.node(0).peer_id;
+        eventually(30, "the friend joins", || {
+            mesh.node(0).node().unwrap().mesh.is_up(&friend_id)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        for outsider in [&stranger, &wrong] {
+            let id = outsider.node(0).peer_id;
+            assert_eq!(
+                outsider.node(0).node().unwrap().mesh.members().len(),
+                1,
+                "an outsider sees members"
+            );
+            for i in 0..2 {
+                assert!(
+                    !mesh
+                        .node(i)
+                        .node()
+                        .unwrap()
+                        .mesh
+                        .members()
+                        .iter()
+                        .any(|m| m.peer_id == id),
+                    "an outsider became a member"
+                );
+            }
+        }
+    })
+    .await;
+}

@@ -274,8 +274,8 @@ impl Membership {
             .iter()
             .filter(|(_, e)| match e.state {
                 MemberState::Up => true,
-                MemberState::Down => tick % 4 == 0,
-                MemberState::Evicted => tick % 10 == 0,
+                MemberState::Down => tick.is_multiple_of(4),
+                MemberState::Evicted => tick.is_multiple_of(10),
                 MemberState::Left => false,
             })
             .map(|(p, _)| *p)
@@ -463,7 +463,7 @@ impl Membership {
                 });
             }
         }
-        ring.sort_by(|a, b| a.position.cmp(&b.position));
+        ring.sort_by_key(|m| m.position);
         let version = self.snapshot.borrow().version + 1;
         self.snapshot.send_replace(Arc::new(Snapshot {
             local: self.local,

@@ -25,6 +25,9 @@ use crate::replication::{Consistency, Replication};
 const APP_QUEUE: usize = 8192;
 /// How often a node hands off partitions it no longer replicates.
 const HANDOFF_EVERY: Duration = Duration::from_secs(5);
+/// How often the keyspace is compacted (a full scan: expired cells become tombstones, old
+/// tombstones are purged).
+const COMPACT_EVERY: Duration = Duration::from_secs(60);
 
 /// Application bytes from another node.
 #[derive(Debug)]
@@ -267,7 +270,7 @@ impl Mesh {
                                     Ok(_) => {}
                                     Err(e) => {
                                         debug!(%peer, error = %e, "heartbeat failed");
-                                        if tick % 20 == 0 {
+                                        if tick.is_multiple_of(20) {
                                             let _ = commands.try_send(Command::FindPeer(peer));
                                         }
                                     }
@@ -318,11 +321,19 @@ impl Mesh {
                     let mut ticker = tokio::time::interval(HANDOFF_EVERY);
                     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     ticker.tick().await;
+                    let mut last_compaction = tokio::time::Instant::now();
                     loop {
                         ticker.tick().await;
                         ae.handoff().await;
-                        let ks = keyspace.clone();
-                        let _ = tokio::task::spawn_blocking(move || ks.compact()).await;
+                        if last_compaction.elapsed() >= COMPACT_EVERY {
+                            last_compaction = tokio::time::Instant::now();
+                            let ks = keyspace.clone();
+                            match tokio::task::spawn_blocking(move || ks.compact()).await {
+                                Ok(Ok(stats)) => debug!(?stats, "compaction"),
+                                Ok(Err(e)) => tracing::error!(error = %e, "compaction failed"),
+                                Err(_) => {}
+                            }
+                        }
                     }
                 }
                 .instrument(span.clone()),

@@ -377,8 +377,24 @@ impl Keyspace {
         table: TableId,
         partition_key: &[u8],
     ) -> Result<Vec<(EntryKey, Cell)>> {
-        self.schema(table)?;
+        let schema = self.schema(table)?;
         let prefix = partition_prefix(table, partition_key);
+        if schema.clustering.is_none() {
+            // One row at most: point reads, which are much cheaper than a range scan in sled
+            // (its iterator clones a leaf node per step).
+            let mut out = Vec::new();
+            if self.may_have_partition_tombstone(&prefix) {
+                let pkey = partition_tombstone_key(&prefix);
+                if let Some(p) = self.inner.cells.get(&pkey)? {
+                    out.push((EntryKey::PartitionTombstone, self.decode_cell(&pkey, &p)?));
+                }
+            }
+            let key = row_key(&prefix, b"");
+            if let Some(v) = self.inner.cells.get(&key)? {
+                out.extend(self.decode_row(&key, &v)?.into_entries(b""));
+            }
+            return Ok(out);
+        }
         let end = prefix_end(&prefix);
         let mut out = Vec::new();
         for kv in self.inner.cells.range(Bound::Included(prefix), end) {
