@@ -9,6 +9,7 @@
 pub mod error;
 pub mod local_mesh;
 pub mod node;
+pub mod sip;
 pub mod tables;
 
 pub use error::{Error, Result};

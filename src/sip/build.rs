@@ -1,0 +1,271 @@
+//! Building messages: responses from requests (RFC 3261 §8.2.6), and byte-preserving edits of
+//! existing messages (only what changes is rewritten; every other byte is copied).
+
+use std::collections::HashMap;
+
+use super::message::{HeaderName, Message};
+
+/// The server's product token.
+pub const SERVER: &str = "sipmesh/0.1";
+
+fn push_line(out: &mut Vec<u8>, raw: &[u8]) {
+    let mut end = raw.len();
+    while end > 0 && (raw[end - 1] == b'\n' || raw[end - 1] == b'\r') {
+        end -= 1;
+    }
+    out.extend_from_slice(&raw[..end]);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A response under construction.
+pub struct ResponseBuilder<'a> {
+    req: &'a Message,
+    code: u16,
+    reason: String,
+    to_tag: Option<String>,
+    top_via: Option<String>,
+    headers: Vec<(String, String)>,
+    body: Option<(String, Vec<u8>)>,
+}
+
+impl<'a> ResponseBuilder<'a> {
+    /// A response with this status to `req`.
+    pub fn new(req: &'a Message, code: u16, reason: &str) -> Self {
+        ResponseBuilder {
+            req,
+            code,
+            reason: reason.to_string(),
+            to_tag: None,
+            top_via: None,
+            headers: Vec::new(),
+            body: None,
+        }
+    }
+
+    /// Add a To tag (if the request's To has none; RFC 3261 §8.2.6.2).
+    pub fn to_tag(mut self, tag: &str) -> Self {
+        self.to_tag = Some(tag.to_string());
+        self
+    }
+
+    /// Replace the top Via value (to add `received`/`rport`).
+    pub fn top_via(mut self, value: String) -> Self {
+        self.top_via = Some(value);
+        self
+    }
+
+    /// Add a header.
+    pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_string(), value.into()));
+        self
+    }
+
+    /// Set a body.
+    pub fn body(mut self, content_type: &str, body: Vec<u8>) -> Self {
+        self.body = Some((content_type.to_string(), body));
+        self
+    }
+
+    /// The bytes of the response.
+    pub fn build(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(format!("SIP/2.0 {} {}\r\n", self.code, self.reason).as_bytes());
+        let req = self.req;
+        let mut first_via = true;
+        for h in &req.headers {
+            match &h.name {
+                HeaderName::Via if first_via && self.top_via.is_some() => {
+                    first_via = false;
+                    let values = super::message::split_list(&h.value);
+                    out.extend_from_slice(b"Via: ");
+                    out.extend_from_slice(self.top_via.as_deref().unwrap_or_default().as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                    if values.len() > 1 {
+                        out.extend_from_slice(b"Via: ");
+                        out.extend_from_slice(values[1..].join(", ").as_bytes());
+                        out.extend_from_slice(b"\r\n");
+                    }
+                }
+                HeaderName::Via | HeaderName::From | HeaderName::CallId | HeaderName::CSeq => {
+                    first_via &= h.name != HeaderName::Via;
+                    push_line(&mut out, req.raw_field(h));
+                }
+                HeaderName::To => {
+                    let has_tag = super::header::NameAddr::parse(&h.value, "To")
+                        .map(|t| t.tag().is_some())
+                        .unwrap_or(true);
+                    match &self.to_tag {
+                        Some(tag) if !has_tag && self.code > 100 => {
+                            out.extend_from_slice(
+                                format!("To: {};tag={tag}\r\n", h.value).as_bytes(),
+                            );
+                        }
+                        _ => push_line(&mut out, req.raw_field(h)),
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.extend_from_slice(format!("Server: {SERVER}\r\n").as_bytes());
+        for (n, v) in &self.headers {
+            out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+        }
+        match &self.body {
+            Some((ct, body)) => {
+                out.extend_from_slice(
+                    format!(
+                        "Content-Type: {ct}\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+                out.extend_from_slice(body);
+            }
+            None => out.extend_from_slice(b"Content-Length: 0\r\n\r\n"),
+        }
+        out
+    }
+}
+
+/// A byte-preserving edit of a message: a new start line, header fields removed or replaced,
+/// header lines added at the top or bottom. Everything else is copied byte for byte.
+pub struct Edit<'a> {
+    msg: &'a Message,
+    start_line: Option<String>,
+    top: Vec<String>,
+    replace: HashMap<usize, Option<String>>,
+    bottom: Vec<String>,
+}
+
+impl<'a> Edit<'a> {
+    /// Start editing `msg`.
+    pub fn new(msg: &'a Message) -> Self {
+        Edit {
+            msg,
+            start_line: None,
+            top: Vec::new(),
+            replace: HashMap::new(),
+            bottom: Vec::new(),
+        }
+    }
+
+    /// Replace the start line.
+    pub fn start_line(mut self, line: String) -> Self {
+        self.start_line = Some(line);
+        self
+    }
+
+    /// Add a header line before all others (e.g. `Via: ...`, `Record-Route: ...`).
+    pub fn prepend(mut self, line: String) -> Self {
+        self.top.push(line);
+        self
+    }
+
+    /// Add a header line after all others.
+    pub fn append(mut self, line: String) -> Self {
+        self.bottom.push(line);
+        self
+    }
+
+    /// Replace header field `index` with `line` (a whole `Name: value`), or remove it (`None`).
+    pub fn replace(mut self, index: usize, line: Option<String>) -> Self {
+        self.replace.insert(index, line);
+        self
+    }
+
+    /// Remove the first value of the first field named `name` (a list header such as Via or
+    /// Route); the field goes away if it had one value.
+    pub fn remove_first_value(self, name: &HeaderName, label: &str) -> Self {
+        let Some(index) = self.msg.headers.iter().position(|h| h.name == *name) else {
+            return self;
+        };
+        let values = super::message::split_list(&self.msg.headers[index].value);
+        let line = (values.len() > 1).then(|| format!("{label}: {}", values[1..].join(", ")));
+        self.replace(index, line)
+    }
+
+    /// The edited message's bytes.
+    pub fn build(self) -> Vec<u8> {
+        let msg = self.msg;
+        let mut out = Vec::with_capacity(msg.raw.len() + 256);
+        match &self.start_line {
+            Some(l) => {
+                out.extend_from_slice(l.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            None => {
+                let end = msg
+                    .raw
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map(|i| i + 1)
+                    .unwrap_or(0);
+                push_line(&mut out, &msg.raw[..end]);
+            }
+        }
+        for l in &self.top {
+            out.extend_from_slice(l.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        for (i, h) in msg.headers.iter().enumerate() {
+            match self.replace.get(&i) {
+                Some(Some(line)) => {
+                    out.extend_from_slice(line.as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
+                Some(None) => {}
+                None => push_line(&mut out, msg.raw_field(h)),
+            }
+        }
+        for l in &self.bottom {
+            out.extend_from_slice(l.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(msg.body());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REQ: &[u8] = b"OPTIONS sip:n SIP/2.0\r\nVia: SIP/2.0/UDP a:1;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2\r\nMax-Forwards: 70\r\nFrom: <sip:a@a>;tag=x\r\nTo: <sip:n>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nX-Odd:   keep   spacing\r\nContent-Length: 3\r\n\r\nabc";
+
+    #[test]
+    fn response_copies_and_tags() {
+        let m = Message::parse(REQ, false).unwrap();
+        let r = ResponseBuilder::new(&m, 200, "OK")
+            .to_tag("t1")
+            .top_via("SIP/2.0/UDP a:1;branch=z9hG4bK1;received=1.2.3.4".into())
+            .build();
+        let p = Message::parse(&r, true).unwrap();
+        assert_eq!(p.status(), Some(200));
+        assert_eq!(p.values(&HeaderName::Via).len(), 2);
+        assert!(p.values(&HeaderName::Via)[0].contains("received=1.2.3.4"));
+        assert!(p.header(&HeaderName::To).unwrap().ends_with(";tag=t1"));
+        assert_eq!(p.body(), b"");
+    }
+
+    #[test]
+    fn edits_preserve_other_bytes() {
+        let m = Message::parse(REQ, false).unwrap();
+        let e = Edit::new(&m)
+            .prepend("Via: SIP/2.0/UDP me;branch=z9hG4bKme".into())
+            .replace(1, Some("Max-Forwards: 69".into()))
+            .build();
+        let s = String::from_utf8(e).unwrap();
+        assert!(s.contains("X-Odd:   keep   spacing\r\n"));
+        assert!(s.starts_with(
+            "OPTIONS sip:n SIP/2.0\r\nVia: SIP/2.0/UDP me;branch=z9hG4bKme\r\nVia: SIP/2.0/UDP a:1"
+        ));
+        assert!(s.ends_with("\r\n\r\nabc"));
+        let p = Message::parse(s.as_bytes(), true).unwrap();
+        let removed = Edit::new(&p)
+            .remove_first_value(&HeaderName::Via, "Via")
+            .build();
+        let q = Message::parse(&removed, true).unwrap();
+        assert_eq!(q.values(&HeaderName::Via).len(), 2);
+    }
+}

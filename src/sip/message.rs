@@ -1,0 +1,711 @@
+//! Lexical parsing of SIP messages (RFC 3261 §7, §18.3): the start line, header fields (compact
+//! forms, folding), and the body framed by Content-Length — and nothing more: typed views live in
+//! [`super::header`]. Every limit is a named constant; every failure is a [`Fault`].
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::Fault;
+
+/// Largest message accepted (UDP datagram or TCP message).
+pub const MAX_MESSAGE: usize = 64 * 1024;
+/// Most header fields in one message (after unfolding).
+pub const MAX_HEADERS: usize = 128;
+/// Longest header field (after unfolding), in bytes.
+pub const MAX_HEADER_LEN: usize = 8 * 1024;
+
+/// A SIP method. Unknown methods are kept as their token (RFC 3261 allows extension methods).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// INVITE
+    Invite,
+    /// ACK
+    Ack,
+    /// BYE
+    Bye,
+    /// CANCEL
+    Cancel,
+    /// REGISTER
+    Register,
+    /// OPTIONS
+    Options,
+    /// INFO
+    Info,
+    /// UPDATE
+    Update,
+    /// PRACK
+    Prack,
+    /// SUBSCRIBE
+    Subscribe,
+    /// NOTIFY
+    Notify,
+    /// REFER
+    Refer,
+    /// MESSAGE
+    Message,
+    /// PUBLISH
+    Publish,
+    /// Any other token.
+    Other(String),
+}
+
+impl Method {
+    /// Parse a method token (case-sensitive, as RFC 3261 says).
+    pub fn parse(token: &str) -> Method {
+        match token {
+            "INVITE" => Method::Invite,
+            "ACK" => Method::Ack,
+            "BYE" => Method::Bye,
+            "CANCEL" => Method::Cancel,
+            "REGISTER" => Method::Register,
+            "OPTIONS" => Method::Options,
+            "INFO" => Method::Info,
+            "UPDATE" => Method::Update,
+            "PRACK" => Method::Prack,
+            "SUBSCRIBE" => Method::Subscribe,
+            "NOTIFY" => Method::Notify,
+            "REFER" => Method::Refer,
+            "MESSAGE" => Method::Message,
+            "PUBLISH" => Method::Publish,
+            other => Method::Other(other.to_string()),
+        }
+    }
+
+    /// The method's token.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Method::Invite => "INVITE",
+            Method::Ack => "ACK",
+            Method::Bye => "BYE",
+            Method::Cancel => "CANCEL",
+            Method::Register => "REGISTER",
+            Method::Options => "OPTIONS",
+            Method::Info => "INFO",
+            Method::Update => "UPDATE",
+            Method::Prack => "PRACK",
+            Method::Subscribe => "SUBSCRIBE",
+            Method::Notify => "NOTIFY",
+            Method::Refer => "REFER",
+            Method::Message => "MESSAGE",
+            Method::Publish => "PUBLISH",
+            Method::Other(s) => s,
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Header names sipmesh acts on, with compact forms folded in; others are kept lowercased.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HeaderName {
+    /// Via / v
+    Via,
+    /// From / f
+    From,
+    /// To / t
+    To,
+    /// Call-ID / i
+    CallId,
+    /// CSeq
+    CSeq,
+    /// Max-Forwards
+    MaxForwards,
+    /// Contact / m
+    Contact,
+    /// Content-Length / l
+    ContentLength,
+    /// Content-Type / c
+    ContentType,
+    /// Route
+    Route,
+    /// Record-Route
+    RecordRoute,
+    /// Expires
+    Expires,
+    /// Authorization
+    Authorization,
+    /// Proxy-Authorization
+    ProxyAuthorization,
+    /// Require
+    Require,
+    /// Proxy-Require
+    ProxyRequire,
+    /// Supported / k
+    Supported,
+    /// Path
+    Path,
+    /// User-Agent
+    UserAgent,
+    /// Any other header, lowercased.
+    Other(String),
+}
+
+impl HeaderName {
+    /// Canonicalise a header name (case-insensitive, compact forms).
+    pub fn parse(name: &str) -> HeaderName {
+        let lower = name.to_ascii_lowercase();
+        match lower.as_str() {
+            "via" | "v" => HeaderName::Via,
+            "from" | "f" => HeaderName::From,
+            "to" | "t" => HeaderName::To,
+            "call-id" | "i" => HeaderName::CallId,
+            "cseq" => HeaderName::CSeq,
+            "max-forwards" => HeaderName::MaxForwards,
+            "contact" | "m" => HeaderName::Contact,
+            "content-length" | "l" => HeaderName::ContentLength,
+            "content-type" | "c" => HeaderName::ContentType,
+            "route" => HeaderName::Route,
+            "record-route" => HeaderName::RecordRoute,
+            "expires" => HeaderName::Expires,
+            "authorization" => HeaderName::Authorization,
+            "proxy-authorization" => HeaderName::ProxyAuthorization,
+            "require" => HeaderName::Require,
+            "proxy-require" => HeaderName::ProxyRequire,
+            "supported" | "k" => HeaderName::Supported,
+            "path" => HeaderName::Path,
+            "user-agent" => HeaderName::UserAgent,
+            _ => HeaderName::Other(lower),
+        }
+    }
+
+    /// Whether the header's value is a comma-separated list (RFC 3261 §7.3.1).
+    pub fn is_list(&self) -> bool {
+        match self {
+            HeaderName::Via
+            | HeaderName::Contact
+            | HeaderName::Route
+            | HeaderName::RecordRoute
+            | HeaderName::Require
+            | HeaderName::ProxyRequire
+            | HeaderName::Supported
+            | HeaderName::Path => true,
+            HeaderName::Other(n) => matches!(
+                n.as_str(),
+                "allow" | "unsupported" | "accept" | "accept-encoding" | "accept-language"
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// One header field.
+#[derive(Debug, Clone)]
+pub struct Header {
+    /// Canonical name.
+    pub name: HeaderName,
+    /// The bytes of the field in the message, continuation lines and line end included.
+    pub line: Range<usize>,
+    /// The value, unfolded and trimmed.
+    pub value: String,
+}
+
+/// A request line or a status line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartLine {
+    /// `Method SP Request-URI SP SIP/2.0`
+    Request {
+        /// The method.
+        method: Method,
+        /// The Request-URI as written.
+        uri: String,
+    },
+    /// `SIP/2.0 SP code SP reason`
+    Response {
+        /// The status code.
+        code: u16,
+        /// The reason phrase.
+        reason: String,
+    },
+}
+
+/// A parsed message. Cheap to clone (the bytes are shared).
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// The message's bytes (exactly this message: trailing bytes of a datagram are cut off).
+    pub raw: Arc<[u8]>,
+    /// The start line, or why it is malformed (the headers are still available to answer).
+    pub start: Result<StartLine, Fault>,
+    /// Header fields in order.
+    pub headers: Vec<Header>,
+    /// Where the body is in `raw`.
+    pub body: Range<usize>,
+    /// Where the header section ends (the empty line's end) in `raw`.
+    pub head_end: usize,
+}
+
+fn is_token_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c)
+}
+
+/// Whether `s` is a non-empty RFC 3261 token.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(is_token_char)
+}
+
+/// Find the end of the header section: the index just past the empty line.
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < buf.len() {
+        if buf[i] == b'\n' {
+            // "\n\n" or "\n\r\n"
+            if buf.get(i + 1) == Some(&b'\n') {
+                return Some(i + 2);
+            }
+            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
+                return Some(i + 3);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// What framing found at the start of a TCP buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Framed {
+    /// More bytes are needed.
+    Incomplete,
+    /// A message of this many bytes (after `skip` leading bytes of line ends).
+    Message {
+        /// Leading CR/LF bytes to discard first.
+        skip: usize,
+        /// The message length.
+        len: usize,
+    },
+    /// A double-CRLF keepalive (RFC 5626 §3.5.1) of this many bytes: answer with one CRLF.
+    Ping(usize),
+    /// A lone CRLF (a keepalive answer) of this many bytes: discard.
+    Pong(usize),
+    /// The stream cannot be framed: close the connection.
+    Error(Fault),
+}
+
+/// Frame the next message in a TCP buffer, by Content-Length (which TCP requires).
+pub fn frame_stream(buf: &[u8]) -> Framed {
+    if buf.starts_with(b"\r\n\r\n") {
+        return Framed::Ping(4);
+    }
+    if buf == b"\r\n" || (buf.starts_with(b"\r\n") && buf.get(2) != Some(&b'\r')) {
+        return Framed::Pong(2);
+    }
+    if buf.starts_with(b"\r") || buf.starts_with(b"\n") {
+        if buf.len() < 4 {
+            return Framed::Incomplete;
+        }
+        let skip = buf
+            .iter()
+            .take_while(|b| **b == b'\r' || **b == b'\n')
+            .count();
+        return Framed::Pong(skip);
+    }
+    let Some(head_end) = find_head_end(buf) else {
+        if buf.len() > MAX_MESSAGE {
+            return Framed::Error(Fault::new(513, "Message Too Large"));
+        }
+        return Framed::Incomplete;
+    };
+    let mut lengths = Vec::new();
+    for line in buf[..head_end].split(|b| *b == b'\n').skip(1) {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let name = String::from_utf8_lossy(&line[..colon]);
+        if HeaderName::parse(name.trim()) == HeaderName::ContentLength {
+            let value = String::from_utf8_lossy(&line[colon + 1..])
+                .trim()
+                .to_string();
+            match parse_content_length(&value) {
+                Ok(n) => lengths.push(n),
+                Err(f) => return Framed::Error(f),
+            }
+        }
+    }
+    let len = match lengths.as_slice() {
+        [] => return Framed::Error(Fault::bad("Missing Content-Length on a stream transport")),
+        [n] => *n,
+        _ => return Framed::Error(Fault::bad("Multiple Content-Length headers")),
+    };
+    let total = head_end + len;
+    if total > MAX_MESSAGE {
+        return Framed::Error(Fault::new(513, "Message Too Large"));
+    }
+    if buf.len() < total {
+        return Framed::Incomplete;
+    }
+    Framed::Message {
+        skip: 0,
+        len: total,
+    }
+}
+
+fn parse_content_length(value: &str) -> Result<usize, Fault> {
+    if value.is_empty() || value.len() > 9 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Fault::bad(format!(
+            "Bad Content-Length {:?}",
+            truncate(value)
+        )));
+    }
+    value.parse().map_err(|_| Fault::bad("Bad Content-Length"))
+}
+
+fn truncate(s: &str) -> &str {
+    let mut end = s.len().min(24);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Parse a start line.
+pub fn parse_start_line(line: &str) -> Result<StartLine, Fault> {
+    if let Some(rest) = line.strip_prefix("SIP/") {
+        // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
+        let (version, rest) = rest
+            .split_once(' ')
+            .ok_or_else(|| Fault::bad("Malformed status line"))?;
+        if version != "2.0" {
+            return Err(Fault::new(505, "Version Not Supported"));
+        }
+        let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+        if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Fault::bad("Malformed status code"));
+        }
+        let code: u16 = code
+            .parse()
+            .map_err(|_| Fault::bad("Malformed status code"))?;
+        if !(100..=699).contains(&code) {
+            return Err(Fault::bad("Status code out of range"));
+        }
+        return Ok(StartLine::Response {
+            code,
+            reason: reason.to_string(),
+        });
+    }
+    // Request-Line = Method SP Request-URI SP SIP-Version, single spaces, nothing more.
+    let mut parts = line.split(' ');
+    let (Some(method), Some(uri), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Fault::bad("Malformed request line"));
+    };
+    if !is_token(method) {
+        return Err(Fault::bad("Malformed method"));
+    }
+    if uri.is_empty() {
+        return Err(Fault::bad("Empty Request-URI"));
+    }
+    if uri.starts_with('<') || uri.ends_with('>') {
+        return Err(Fault::bad("Request-URI in angle brackets"));
+    }
+    if uri
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err(Fault::bad("Whitespace in Request-URI"));
+    }
+    match version {
+        "SIP/2.0" => {}
+        v if v.starts_with("SIP/") => return Err(Fault::new(505, "Version Not Supported")),
+        _ => return Err(Fault::bad("Malformed SIP version")),
+    }
+    Ok(StartLine::Request {
+        method: Method::parse(method),
+        uri: uri.to_string(),
+    })
+}
+
+impl Message {
+    /// Parse one message from a datagram (`stream = false`: a missing Content-Length means the
+    /// body is the rest of the datagram; bytes after Content-Length are ignored) or from a framed
+    /// stream message (`stream = true`).
+    pub fn parse(bytes: &[u8], stream: bool) -> Result<Message, Fault> {
+        if bytes.len() > MAX_MESSAGE {
+            return Err(Fault::new(513, "Message Too Large"));
+        }
+        let head_end =
+            find_head_end(bytes).ok_or_else(|| Fault::bad("Header section not terminated"))?;
+        let head = &bytes[..head_end];
+        // Lines with their byte ranges.
+        let mut lines: Vec<Range<usize>> = Vec::new();
+        let mut start = 0;
+        for (i, b) in head.iter().enumerate() {
+            if *b == b'\n' {
+                lines.push(start..i + 1);
+                start = i + 1;
+            }
+        }
+        let text = |r: &Range<usize>| -> &[u8] {
+            let mut end = r.end;
+            while end > r.start && (bytes[end - 1] == b'\n' || bytes[end - 1] == b'\r') {
+                end -= 1;
+            }
+            &bytes[r.start..end]
+        };
+        let first = lines.first().ok_or_else(|| Fault::bad("Empty message"))?;
+        let start_line = match std::str::from_utf8(text(first)) {
+            Ok(s) => parse_start_line(s),
+            Err(_) => Err(Fault::bad("Start line is not UTF-8")),
+        };
+        let mut headers: Vec<Header> = Vec::new();
+        let mut fault: Option<Fault> = None;
+        for r in &lines[1..] {
+            let t = text(r);
+            if t.is_empty() {
+                break; // the empty line ending the header section
+            }
+            if t[0] == b' ' || t[0] == b'\t' {
+                // Folded continuation of the previous header (RFC 3261 §7.3.1).
+                let Some(h) = headers.last_mut() else {
+                    fault.get_or_insert(Fault::bad("Continuation line before any header"));
+                    continue;
+                };
+                match std::str::from_utf8(t) {
+                    Ok(s) => {
+                        h.value.push(' ');
+                        h.value.push_str(s.trim());
+                        h.line.end = r.end;
+                    }
+                    Err(_) => {
+                        fault.get_or_insert(Fault::bad("Header value is not UTF-8"));
+                    }
+                }
+                continue;
+            }
+            let Some(colon) = t.iter().position(|b| *b == b':') else {
+                fault.get_or_insert(Fault::bad("Header line without a colon"));
+                continue;
+            };
+            let name = std::str::from_utf8(&t[..colon])
+                .unwrap_or("")
+                .trim_end_matches([' ', '\t']);
+            if !is_token(name) {
+                fault.get_or_insert(Fault::bad("Malformed header name"));
+                continue;
+            }
+            let value = match std::str::from_utf8(&t[colon + 1..]) {
+                Ok(v) => v.trim_matches([' ', '\t']).to_string(),
+                Err(_) => {
+                    fault.get_or_insert(Fault::bad(format!("Header {name} is not UTF-8")));
+                    continue;
+                }
+            };
+            if headers.len() >= MAX_HEADERS {
+                return Err(Fault::bad("Too many header fields"));
+            }
+            headers.push(Header {
+                name: HeaderName::parse(name),
+                line: r.clone(),
+                value,
+            });
+        }
+        if let Some(h) = headers.iter().find(|h| h.value.len() > MAX_HEADER_LEN) {
+            return Err(Fault::bad(format!("Header {:?} too long", h.name)));
+        }
+        // Body framing by Content-Length.
+        let lengths: Vec<&Header> = headers
+            .iter()
+            .filter(|h| h.name == HeaderName::ContentLength)
+            .collect();
+        let mut cl = None;
+        for h in &lengths {
+            let n = parse_content_length(&h.value)?;
+            if cl.is_some_and(|c| c != n) {
+                return Err(Fault::bad("Conflicting Content-Length headers"));
+            }
+            cl = Some(n);
+        }
+        let body_end = match cl {
+            Some(n) => {
+                if head_end + n > bytes.len() {
+                    return Err(Fault::bad("Content-Length larger than the message"));
+                }
+                head_end + n
+            }
+            None if stream => {
+                return Err(Fault::bad("Missing Content-Length on a stream transport"))
+            }
+            None => bytes.len(),
+        };
+        let msg = Message {
+            raw: Arc::from(&bytes[..body_end]),
+            start: start_line,
+            headers,
+            body: head_end..body_end,
+            head_end,
+        };
+        match fault {
+            // A header-level fault: keep the message so an answer can be formed, but mark it.
+            Some(f) if msg.start.is_ok() => Ok(Message {
+                start: Err(f),
+                ..msg
+            }),
+            _ => Ok(msg),
+        }
+    }
+
+    /// Whether this is a request.
+    pub fn is_request(&self) -> bool {
+        matches!(self.start, Ok(StartLine::Request { .. }))
+    }
+
+    /// The request method.
+    pub fn method(&self) -> Option<&Method> {
+        match &self.start {
+            Ok(StartLine::Request { method, .. }) => Some(method),
+            _ => None,
+        }
+    }
+
+    /// The Request-URI.
+    pub fn request_uri(&self) -> Option<&str> {
+        match &self.start {
+            Ok(StartLine::Request { uri, .. }) => Some(uri),
+            _ => None,
+        }
+    }
+
+    /// The status code of a response.
+    pub fn status(&self) -> Option<u16> {
+        match &self.start {
+            Ok(StartLine::Response { code, .. }) => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The first value of a header (the whole field value; list headers are not split).
+    pub fn header(&self, name: &HeaderName) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|h| h.name == *name)
+            .map(|h| h.value.as_str())
+    }
+
+    /// Every field of a header, in order.
+    pub fn fields<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a Header> + 'a {
+        self.headers.iter().filter(move |h| h.name == *name)
+    }
+
+    /// Every value of a header: list headers split at top-level commas, in order.
+    pub fn values(&self, name: &HeaderName) -> Vec<&str> {
+        let mut out = Vec::new();
+        for h in self.headers.iter().filter(|h| h.name == *name) {
+            if name.is_list() {
+                out.extend(split_list(&h.value));
+            } else {
+                out.push(h.value.as_str());
+            }
+        }
+        out
+    }
+
+    /// How many fields of a header there are.
+    pub fn count(&self, name: &HeaderName) -> usize {
+        self.headers.iter().filter(|h| h.name == *name).count()
+    }
+
+    /// The body.
+    pub fn body(&self) -> &[u8] {
+        &self.raw[self.body.clone()]
+    }
+
+    /// The raw bytes of a header field.
+    pub fn raw_field(&self, h: &Header) -> &[u8] {
+        &self.raw[h.line.clone()]
+    }
+}
+
+/// Split a list header value at commas outside quotes and angle brackets; trims each value.
+pub fn split_list(value: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut in_quote, mut in_angle, mut escape) = (false, false, false);
+    let mut start = 0;
+    for (i, c) in value.char_indices() {
+        if escape {
+            escape = false;
+            continue;
+        }
+        match c {
+            '\\' if in_quote => escape = true,
+            '"' => in_quote = !in_quote,
+            '<' if !in_quote => in_angle = true,
+            '>' if !in_quote => in_angle = false,
+            ',' if !in_quote && !in_angle => {
+                out.push(value[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(value[start..].trim());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_compact_folded_and_frames_by_length() {
+        let raw = b"INVITE sip:bob@b.example SIP/2.0\r\nv: SIP/2.0/UDP a;branch=z9hG4bK1,\r\n SIP/2.0/TCP b;branch=z9hG4bK2\r\nf: <sip:a@a>;tag=1\r\nt: sip:bob@b\r\ni: x\r\nCSeq: 1 INVITE\r\nl: 4\r\n\r\nbodyTRAILING";
+        let m = Message::parse(raw, false).unwrap();
+        assert_eq!(m.method(), Some(&Method::Invite));
+        assert_eq!(m.values(&HeaderName::Via).len(), 2);
+        assert_eq!(m.body(), b"body");
+        assert_eq!(m.header(&HeaderName::CallId), Some("x"));
+        assert!(Message::parse(raw, true).is_ok());
+    }
+
+    #[test]
+    fn stream_framing() {
+        assert_eq!(frame_stream(b"\r\n\r\n"), Framed::Ping(4));
+        assert_eq!(frame_stream(b"\r\n"), Framed::Pong(2));
+        assert_eq!(
+            frame_stream(b"OPTIONS sip:x SIP/2.0\r\nl: 3\r\n"),
+            Framed::Incomplete
+        );
+        assert_eq!(
+            frame_stream(b"OPTIONS sip:x SIP/2.0\r\nl: 3\r\n\r\nabc"),
+            Framed::Message { skip: 0, len: 34 }
+        );
+        assert!(matches!(
+            frame_stream(b"OPTIONS sip:x SIP/2.0\r\nl: -3\r\n\r\n"),
+            Framed::Error(_)
+        ));
+        assert!(matches!(
+            frame_stream(b"OPTIONS sip:x SIP/2.0\r\nl: 3\r\nContent-Length: 5\r\n\r\n"),
+            Framed::Error(_)
+        ));
+        assert!(matches!(
+            frame_stream(b"OPTIONS sip:x SIP/2.0\r\n\r\n"),
+            Framed::Error(_)
+        ));
+        let huge = vec![b'a'; MAX_MESSAGE + 10];
+        assert!(matches!(frame_stream(&huge), Framed::Error(_)));
+    }
+
+    #[test]
+    fn start_lines() {
+        assert!(parse_start_line("INVITE sip:a@b SIP/2.0").is_ok());
+        assert_eq!(
+            parse_start_line("INVITE sip:a@b SIP/7.0").unwrap_err().code,
+            505
+        );
+        assert!(parse_start_line("INVITE  sip:a@b SIP/2.0").is_err());
+        assert!(parse_start_line("INVITE sip:a@b SIP/2.0 ").is_err());
+        assert!(parse_start_line("INVITE <sip:a@b> SIP/2.0").is_err());
+        assert!(parse_start_line("SIP/2.0 100 ").is_ok());
+        assert!(parse_start_line("SIP/2.0 4294967301 Big").is_err());
+    }
+
+    #[test]
+    fn lists_split_outside_quotes_and_brackets() {
+        assert_eq!(
+            split_list(r#""a,b" <sip:x;p=1,2>;q=1, <sip:y>"#),
+            vec![r#""a,b" <sip:x;p=1,2>;q=1"#, "<sip:y>"]
+        );
+    }
+}

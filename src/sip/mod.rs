@@ -1,0 +1,49 @@
+//! sipmesh's SIP message layer: framing, strict validation and byte-preserving edits, in front of
+//! rsipstack's `sip` module (used for URI grammar).
+//!
+//! - [`message`]: lexical parsing of one message (start line, header fields, body by
+//!   Content-Length), framing on TCP, limits.
+//! - [`header`]: typed views of the headers sipmesh acts on (Via, name-addr, CSeq, digest).
+//! - [`uri`]: SIP URIs (rsipstack underneath), AOR canonicalisation.
+//! - [`validate`]: the checks a request must pass, each failure a status code and a reason.
+//! - [`build`]: responses built from requests, and byte-preserving edits of messages.
+
+pub mod build;
+pub mod header;
+pub mod message;
+pub mod uri;
+pub mod validate;
+
+pub use message::{HeaderName, Message, Method, StartLine};
+
+/// A fault found in a message: the status code to answer with (when an answer can be formed)
+/// and a reason phrase naming the fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    /// The status code (400, 416, 420, 483, 505, …).
+    pub code: u16,
+    /// The reason phrase, naming the fault.
+    pub reason: String,
+}
+
+impl Fault {
+    /// A fault with a status code and a reason phrase.
+    pub fn new(code: u16, reason: impl Into<String>) -> Self {
+        let mut reason: String = reason.into();
+        // A reason phrase must stay on one line and be reasonably short.
+        reason.retain(|c| c != '\r' && c != '\n');
+        reason.truncate(120);
+        Fault { code, reason }
+    }
+
+    /// 400 Bad Request with a reason naming the fault.
+    pub fn bad(reason: impl Into<String>) -> Self {
+        Fault::new(400, reason)
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.code, self.reason)
+    }
+}
