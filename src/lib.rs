@@ -9,7 +9,10 @@
 pub mod error;
 pub mod local_mesh;
 pub mod node;
+pub mod metrics;
 pub mod sip;
+pub mod transaction;
+pub mod transport;
 pub mod tables;
 
 pub use error::{Error, Result};

@@ -426,8 +426,12 @@ impl Message {
         if bytes.len() > MAX_MESSAGE {
             return Err(Fault::new(513, "Message Too Large"));
         }
-        let head_end =
-            find_head_end(bytes).ok_or_else(|| Fault::bad("Header section not terminated"))?;
+        // A datagram whose header section is not terminated ends at the datagram's end.
+        let head_end = match find_head_end(bytes) {
+            Some(e) => e,
+            None if !stream && bytes.ends_with(b"\n") => bytes.len(),
+            None => return Err(Fault::bad("Header section not terminated")),
+        };
         let head = &bytes[..head_end];
         // Lines with their byte ranges.
         let mut lines: Vec<Range<usize>> = Vec::new();
@@ -505,31 +509,33 @@ impl Message {
         if let Some(h) = headers.iter().find(|h| h.value.len() > MAX_HEADER_LEN) {
             return Err(Fault::bad(format!("Header {:?} too long", h.name)));
         }
-        // Body framing by Content-Length.
-        let lengths: Vec<&Header> = headers
-            .iter()
-            .filter(|h| h.name == HeaderName::ContentLength)
-            .collect();
+        // Body framing by Content-Length. A framing fault keeps the headers (so a 400 can be
+        // formed) with an empty body.
         let mut cl = None;
-        for h in &lengths {
-            let n = parse_content_length(&h.value)?;
-            if cl.is_some_and(|c| c != n) {
-                return Err(Fault::bad("Conflicting Content-Length headers"));
+        for h in headers.iter().filter(|h| h.name == HeaderName::ContentLength) {
+            match parse_content_length(&h.value) {
+                Ok(n) if cl.is_some_and(|c| c != n) => {
+                    fault.get_or_insert(Fault::bad("Conflicting Content-Length headers"));
+                }
+                Ok(n) => cl = Some(n),
+                Err(f) => {
+                    fault.get_or_insert(f);
+                }
             }
-            cl = Some(n);
         }
         let body_end = match cl {
-            Some(n) => {
-                if head_end + n > bytes.len() {
-                    return Err(Fault::bad("Content-Length larger than the message"));
-                }
-                head_end + n
+            Some(n) if head_end + n > bytes.len() => {
+                fault.get_or_insert(Fault::bad("Content-Length larger than the message"));
+                head_end
             }
+            Some(n) => head_end + n,
             None if stream => {
-                return Err(Fault::bad("Missing Content-Length on a stream transport"))
+                fault.get_or_insert(Fault::bad("Missing Content-Length on a stream transport"));
+                head_end
             }
             None => bytes.len(),
         };
+        let body_end = if fault.is_some() { head_end } else { body_end };
         let msg = Message {
             raw: Arc::from(&bytes[..body_end]),
             start: start_line,

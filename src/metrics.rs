@@ -1,0 +1,57 @@
+//! Counters of the node, rendered for Prometheus at `/metrics`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($name:ident: $help:literal),* $(,)?) => {
+        /// The node's counters (monotonic, since start).
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $(#[doc = $help] pub $name: AtomicU64,)*
+        }
+
+        impl Metrics {
+            /// Prometheus text exposition of every counter, plus the given gauges.
+            pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
+                let mut out = String::new();
+                $(
+                    let _ = writeln!(out, "# HELP sipmesh_{} {}", stringify!($name), $help);
+                    let _ = writeln!(out, "# TYPE sipmesh_{} counter", stringify!($name));
+                    let _ = writeln!(out, "sipmesh_{} {}", stringify!($name), self.$name.load(Ordering::Relaxed));
+                )*
+                for (name, help, value) in gauges {
+                    let _ = writeln!(out, "# HELP sipmesh_{name} {help}");
+                    let _ = writeln!(out, "# TYPE sipmesh_{name} gauge");
+                    let _ = writeln!(out, "sipmesh_{name} {value}");
+                }
+                out
+            }
+        }
+    };
+}
+
+counters! {
+    sip_messages_received: "SIP messages received (UDP and TCP)",
+    sip_requests_received: "SIP requests received",
+    sip_responses_received: "SIP responses received",
+    sip_dropped: "SIP messages dropped (unparseable, unanswerable, or not for us)",
+    sip_bad_requests: "Requests answered with a 4xx for a malformed message",
+    sip_parser_panics: "Panics caught in the parse path (a dependency bug)",
+    sip_retransmissions_absorbed: "Retransmitted requests absorbed by server transactions",
+    sip_tcp_connections: "TCP connections accepted or opened",
+    sip_tcp_refused: "TCP connections refused at the connection limit",
+    sip_tcp_closed_framing: "TCP connections closed for a framing error or timeout",
+    sip_keepalives: "Double-CRLF keepalives answered",
+    registrar_requests: "REGISTER requests handled",
+    registrar_ok: "REGISTER requests answered 200",
+    registrar_challenges: "Digest challenges sent",
+    registrar_auth_failures: "Digest authentications that failed",
+    registrar_replays: "Requests refused for a replayed nonce count",
+    registrar_errors: "REGISTER requests that failed in the keyspace",
+}
+
+/// Increment a counter by one.
+pub fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}

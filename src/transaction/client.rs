@@ -1,0 +1,281 @@
+//! Client transactions (RFC 3261 §17.1, with RFC 6026's Accepted state): INVITE and non-INVITE.
+//! Pure state machines: events in (with the current time), actions out; no I/O, no clock.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::timers::{self, unless_reliable};
+use super::Action;
+use crate::sip::message::{HeaderName, Message};
+
+/// States of a client transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// INVITE sent, no response yet.
+    Calling,
+    /// Non-INVITE sent, no response yet.
+    Trying,
+    /// A provisional response arrived.
+    Proceeding,
+    /// A final response arrived (non-2xx for INVITE); absorbing retransmissions.
+    Completed,
+    /// INVITE: a 2xx arrived (RFC 6026); 2xx retransmissions still pass up.
+    Accepted,
+    /// Done.
+    Terminated,
+}
+
+/// A client transaction.
+#[derive(Debug)]
+pub struct ClientTransaction {
+    request: Message,
+    invite: bool,
+    reliable: bool,
+    state: State,
+    /// Timer A/E: next retransmission and current interval.
+    retransmit: Option<(Instant, Duration)>,
+    /// Timer B/F (timeout), C (proxy INVITE after a provisional), D/K/M (end of state).
+    ends: Option<Instant>,
+    ack: Option<Arc<[u8]>>,
+}
+
+/// The ACK for a non-2xx final response to `request` (RFC 3261 §17.1.1.3).
+pub fn ack_for(request: &Message, response: &Message) -> Vec<u8> {
+    let uri = request.request_uri().unwrap_or_default();
+    let mut out = format!("ACK {uri} SIP/2.0\r\n");
+    if let Some(via) = request.values(&HeaderName::Via).first() {
+        out.push_str(&format!("Via: {via}\r\n"));
+    }
+    for r in request.values(&HeaderName::Route) {
+        out.push_str(&format!("Route: {r}\r\n"));
+    }
+    out.push_str("Max-Forwards: 70\r\n");
+    for (name, label, from) in [
+        (HeaderName::From, "From", request),
+        (HeaderName::To, "To", response),
+        (HeaderName::CallId, "Call-ID", request),
+    ] {
+        if let Some(v) = from.header(&name) {
+            out.push_str(&format!("{label}: {v}\r\n"));
+        }
+    }
+    let seq = request
+        .header(&HeaderName::CSeq)
+        .and_then(|c| c.split_ascii_whitespace().next())
+        .unwrap_or("1");
+    out.push_str(&format!("CSeq: {seq} ACK\r\nContent-Length: 0\r\n\r\n"));
+    out.into_bytes()
+}
+
+impl ClientTransaction {
+    /// Start a transaction for `request`; the returned actions send it.
+    pub fn new(request: Message, reliable: bool, now: Instant) -> (Self, Vec<Action>) {
+        let invite = request.method() == Some(&crate::sip::Method::Invite);
+        let first = if invite { timers::A } else { timers::E };
+        let t = ClientTransaction {
+            invite,
+            reliable,
+            state: if invite { State::Calling } else { State::Trying },
+            retransmit: (!reliable).then_some((now + first, first)),
+            ends: Some(now + if invite { timers::B } else { timers::F }),
+            ack: None,
+            request,
+        };
+        let send = vec![Action::Send(t.request.raw.clone())];
+        (t, send)
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The request this transaction sends.
+    pub fn request(&self) -> &Message {
+        &self.request
+    }
+
+    /// Whether the transaction is over.
+    pub fn is_terminated(&self) -> bool {
+        self.state == State::Terminated
+    }
+
+    /// When `on_timer` must next be called.
+    pub fn deadline(&self) -> Option<Instant> {
+        match (self.retransmit.map(|r| r.0), self.ends) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A response matched this transaction.
+    pub fn on_response(&mut self, response: Message, now: Instant) -> Vec<Action> {
+        let Some(code) = response.status() else { return Vec::new() };
+        match self.state {
+            State::Calling | State::Trying | State::Proceeding => {}
+            State::Completed => {
+                // A retransmitted final: re-send our ACK (INVITE), absorb otherwise.
+                return self.ack.iter().map(|a| Action::Send(a.clone())).collect();
+            }
+            State::Accepted if (200..300).contains(&code) => return vec![Action::Deliver(response)],
+            _ => return Vec::new(),
+        }
+        if code < 200 {
+            if self.invite {
+                self.retransmit = None;
+                self.ends = Some(now + timers::C);
+            } else if self.state == State::Trying {
+                // Non-INVITE keeps retransmitting in Proceeding, at T2.
+                if let Some((at, _)) = self.retransmit {
+                    self.retransmit = Some((at, timers::T2));
+                }
+            }
+            self.state = State::Proceeding;
+            return vec![Action::Deliver(response)];
+        }
+        self.retransmit = None;
+        if self.invite && code < 300 {
+            self.state = State::Accepted;
+            self.ends = Some(now + timers::M);
+            return vec![Action::Deliver(response)];
+        }
+        self.state = State::Completed;
+        let mut out = Vec::new();
+        if self.invite {
+            let ack: Arc<[u8]> = Arc::from(ack_for(&self.request, &response));
+            out.push(Action::Send(ack.clone()));
+            self.ack = Some(ack);
+            self.ends = Some(now + unless_reliable(self.reliable, timers::D_UNRELIABLE));
+        } else {
+            self.ends = Some(now + unless_reliable(self.reliable, timers::K_UNRELIABLE));
+        }
+        out.push(Action::Deliver(response));
+        out
+    }
+
+    /// The transport reported that the request could not be sent.
+    pub fn on_transport_error(&mut self) -> Vec<Action> {
+        if matches!(self.state, State::Calling | State::Trying | State::Proceeding) {
+            self.state = State::Terminated;
+            self.retransmit = None;
+            self.ends = None;
+            return vec![Action::Timeout];
+        }
+        Vec::new()
+    }
+
+    /// Time passed: fire the timers that are due.
+    pub fn on_timer(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        if let Some((at, interval)) = self.retransmit {
+            if now >= at && matches!(self.state, State::Calling | State::Trying | State::Proceeding) {
+                out.push(Action::Send(self.request.raw.clone()));
+                let next = if self.invite { interval * 2 } else { (interval * 2).min(timers::T2) };
+                self.retransmit = Some((now + next, next));
+            }
+        }
+        if self.ends.is_some_and(|e| now >= e) {
+            if matches!(self.state, State::Calling | State::Trying | State::Proceeding) {
+                out.push(Action::Timeout); // Timer B, C or F
+            }
+            self.state = State::Terminated;
+            self.retransmit = None;
+            self.ends = None;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(s: &str) -> Message {
+        Message::parse(s.as_bytes(), false).unwrap()
+    }
+
+    const INVITE: &str = "INVITE sip:bob@b SIP/2.0\r\nVia: SIP/2.0/UDP p;branch=z9hG4bKc1\r\nRoute: <sip:r;lr>\r\nFrom: <sip:a@a>;tag=1\r\nTo: <sip:bob@b>\r\nCall-ID: c\r\nCSeq: 5 INVITE\r\nContent-Length: 0\r\n\r\n";
+    const OPTIONS: &str = "OPTIONS sip:bob@b SIP/2.0\r\nVia: SIP/2.0/UDP p;branch=z9hG4bKc2\r\nFrom: <sip:a@a>;tag=1\r\nTo: <sip:bob@b>\r\nCall-ID: c\r\nCSeq: 6 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+
+    fn response(code: u16, method: &str) -> Message {
+        msg(&format!("SIP/2.0 {code} X\r\nVia: SIP/2.0/UDP p;branch=z9hG4bKc1\r\nFrom: <sip:a@a>;tag=1\r\nTo: <sip:bob@b>;tag=2\r\nCall-ID: c\r\nCSeq: 5 {method}\r\nContent-Length: 0\r\n\r\n"))
+    }
+
+    fn sends(actions: &[Action]) -> usize {
+        actions.iter().filter(|a| matches!(a, Action::Send(_))).count()
+    }
+
+    #[test]
+    fn invite_retransmits_with_a_doubling_and_times_out_with_b() {
+        let t0 = Instant::now();
+        let (mut t, first) = ClientTransaction::new(msg(INVITE), false, t0);
+        assert_eq!(sends(&first), 1);
+        let mut total = 0;
+        let mut at = t0;
+        for ms in [500u64, 1000, 2000, 4000, 8000, 16000] {
+            at += Duration::from_millis(ms);
+            total += sends(&t.on_timer(at));
+        }
+        assert_eq!(total, 6, "A fires at 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s");
+        let end = t.on_timer(t0 + timers::B);
+        assert!(end.iter().any(|a| matches!(a, Action::Timeout)));
+        assert!(t.is_terminated());
+    }
+
+    #[test]
+    fn invite_non_2xx_is_acked_and_retransmissions_reacked() {
+        let t0 = Instant::now();
+        let (mut t, _) = ClientTransaction::new(msg(INVITE), false, t0);
+        let a = t.on_response(response(180, "INVITE"), t0);
+        assert!(matches!(a.as_slice(), [Action::Deliver(_)]));
+        assert_eq!(sends(&t.on_timer(t0 + Duration::from_secs(5))), 0, "no retransmission after a provisional");
+        let a = t.on_response(response(486, "INVITE"), t0);
+        assert_eq!(sends(&a), 1);
+        let Action::Send(ack) = &a[0] else { panic!() };
+        let ack = Message::parse(ack, true).unwrap();
+        assert_eq!(ack.method(), Some(&crate::sip::Method::Ack));
+        assert_eq!(ack.header(&HeaderName::CSeq), Some("5 ACK"));
+        assert!(ack.header(&HeaderName::To).unwrap().contains("tag=2"));
+        assert_eq!(ack.values(&HeaderName::Route), vec!["<sip:r;lr>"]);
+        // retransmitted 486: ACK again, not delivered twice
+        let again = t.on_response(response(486, "INVITE"), t0);
+        assert!(matches!(again.as_slice(), [Action::Send(_)]));
+        t.on_timer(t0 + timers::D_UNRELIABLE);
+        assert!(t.is_terminated());
+    }
+
+    #[test]
+    fn invite_2xx_is_accepted_and_retransmitted_2xx_passes_up() {
+        let t0 = Instant::now();
+        let (mut t, _) = ClientTransaction::new(msg(INVITE), true, t0);
+        t.on_response(response(200, "INVITE"), t0);
+        assert_eq!(t.state(), State::Accepted);
+        assert!(matches!(t.on_response(response(200, "INVITE"), t0).as_slice(), [Action::Deliver(_)]));
+        t.on_timer(t0 + timers::M);
+        assert!(t.is_terminated());
+    }
+
+    #[test]
+    fn non_invite_retransmits_capped_at_t2_and_times_out_with_f() {
+        let t0 = Instant::now();
+        let (mut t, _) = ClientTransaction::new(msg(OPTIONS), false, t0);
+        let mut at = t0;
+        let mut total = 0;
+        for ms in [500u64, 1000, 2000, 4000, 4000, 4000] {
+            at += Duration::from_millis(ms);
+            total += sends(&t.on_timer(at));
+        }
+        assert_eq!(total, 6);
+        assert!(t.on_timer(t0 + timers::F).iter().any(|a| matches!(a, Action::Timeout)));
+    }
+
+    #[test]
+    fn non_invite_over_tcp_never_retransmits_and_k_is_zero() {
+        let t0 = Instant::now();
+        let (mut t, _) = ClientTransaction::new(msg(OPTIONS), true, t0);
+        assert_eq!(sends(&t.on_timer(t0 + Duration::from_secs(10))), 0);
+        t.on_response(response(200, "OPTIONS"), t0);
+        t.on_timer(t0);
+        assert!(t.is_terminated());
+    }
+}

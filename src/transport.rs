@@ -1,0 +1,392 @@
+//! SIP transports: UDP and TCP on the same address (RFC 3261 §18).
+//!
+//! Limits: a message is at most [`MAX_MESSAGE`] bytes; at most `max_connections` TCP
+//! connections; a TCP connection idle for `idle_timeout` is closed, and a message must arrive
+//! whole within `message_timeout` of its first byte (slow senders cannot pin a connection); a
+//! connection whose stream cannot be framed is closed. Every parse runs under `catch_unwind`, so
+//! a panic in a dependency costs one message, never the node.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::metrics::{inc, Metrics};
+use crate::sip::message::{frame_stream, Framed, Message, MAX_MESSAGE};
+
+/// Where a message came from, or goes to: the flow of RFC 5626.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Flow {
+    /// A UDP peer address.
+    Udp(SocketAddr),
+    /// A TCP connection (by id) and its peer address.
+    Tcp {
+        /// The connection id (unique in this process).
+        conn: u64,
+        /// The peer's address.
+        peer: SocketAddr,
+    },
+}
+
+impl Flow {
+    /// Whether the transport is reliable (no retransmissions needed).
+    pub fn is_reliable(&self) -> bool {
+        matches!(self, Flow::Tcp { .. })
+    }
+    /// The peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        match self {
+            Flow::Udp(a) => *a,
+            Flow::Tcp { peer, .. } => *peer,
+        }
+    }
+    /// The Via transport token.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Flow::Udp(_) => "UDP",
+            Flow::Tcp { .. } => "TCP",
+        }
+    }
+}
+
+/// What the transport hands up.
+pub trait Handler: Send + Sync + 'static {
+    /// A message arrived on `flow`.
+    fn on_message(&self, msg: Message, flow: Flow);
+    /// A TCP connection closed (its flow is dead).
+    fn on_closed(&self, _flow: Flow) {}
+}
+
+/// Transport limits.
+#[derive(Debug, Clone)]
+pub struct TransportLimits {
+    /// Most concurrent TCP connections.
+    pub max_connections: usize,
+    /// A TCP connection with no traffic for this long is closed.
+    pub idle_timeout: Duration,
+    /// A message must arrive whole within this long of its first byte.
+    pub message_timeout: Duration,
+}
+
+impl Default for TransportLimits {
+    fn default() -> Self {
+        TransportLimits {
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(300),
+            message_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a send failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The TCP connection is gone.
+    #[error("connection closed")]
+    Closed,
+    /// The connection's send queue is full (the peer does not read).
+    #[error("send queue full")]
+    Full,
+    /// The socket failed.
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Frames queued per TCP connection before sends fail.
+const TCP_SEND_QUEUE: usize = 1024;
+
+struct Conn {
+    tx: mpsc::Sender<Arc<[u8]>>,
+}
+
+/// The node's SIP transports.
+pub struct Transport {
+    local: SocketAddr,
+    udp: Arc<UdpSocket>,
+    conns: Mutex<HashMap<u64, Conn>>,
+    by_peer: Mutex<HashMap<SocketAddr, u64>>,
+    next_conn: AtomicU64,
+    limits: TransportLimits,
+    permits: Arc<Semaphore>,
+    handler: OnceLock<Arc<dyn Handler>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Parse under `catch_unwind`: a panic in a dependency becomes a dropped message.
+pub fn parse_guarded(bytes: &[u8], stream: bool, metrics: &Metrics) -> Option<Message> {
+    match std::panic::catch_unwind(|| Message::parse(bytes, stream)) {
+        Ok(Ok(m)) => Some(m),
+        Ok(Err(fault)) => {
+            debug!(%fault, "unparseable message dropped");
+            inc(&metrics.sip_dropped);
+            None
+        }
+        Err(_) => {
+            warn!("the SIP parser panicked; message dropped");
+            inc(&metrics.sip_parser_panics);
+            inc(&metrics.sip_dropped);
+            None
+        }
+    }
+}
+
+impl Transport {
+    /// Bind UDP and TCP on `addr` (port 0 picks one port for both).
+    pub async fn bind(addr: SocketAddr, limits: TransportLimits, metrics: Arc<Metrics>) -> std::io::Result<Arc<Self>> {
+        // With port 0, find a port free for both UDP and TCP.
+        let (udp, tcp) = {
+            let mut attempt = 0;
+            loop {
+                let udp = UdpSocket::bind(addr).await?;
+                let local = udp.local_addr()?;
+                match TcpListener::bind(local).await {
+                    Ok(tcp) => break (udp, tcp),
+                    Err(e) if addr.port() == 0 && attempt < 20 => {
+                        attempt += 1;
+                        debug!(error = %e, "TCP port taken; trying another");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let local = udp.local_addr()?;
+        let t = Arc::new(Transport {
+            local,
+            udp: Arc::new(udp),
+            conns: Mutex::new(HashMap::new()),
+            by_peer: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            limits,
+            handler: OnceLock::new(),
+            metrics,
+        });
+        tokio::spawn(accept_loop(t.clone(), tcp));
+        info!(%local, "SIP listening on UDP and TCP");
+        Ok(t)
+    }
+
+    /// Start delivering messages to `handler` (once).
+    pub fn start(self: &Arc<Self>, handler: Arc<dyn Handler>) {
+        if self.handler.set(handler).is_ok() {
+            tokio::spawn(udp_loop(self.clone()));
+        }
+    }
+
+    /// The local address (UDP and TCP).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Send bytes on a flow (never blocks: UDP is best effort, TCP is queued).
+    pub fn send(&self, flow: &Flow, bytes: Arc<[u8]>) -> Result<(), SendError> {
+        match flow {
+            Flow::Udp(addr) => match self.udp.try_send_to(&bytes, *addr) {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let udp = self.udp.clone();
+                    let addr = *addr;
+                    tokio::spawn(async move {
+                        let _ = udp.send_to(&bytes, addr).await;
+                    });
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            },
+            Flow::Tcp { conn, .. } => {
+                let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+                let c = conns.get(conn).ok_or(SendError::Closed)?;
+                c.tx.try_send(bytes).map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => SendError::Full,
+                    mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+                })
+            }
+        }
+    }
+
+    /// Whether a flow is still usable (a TCP connection still open; UDP always).
+    pub fn is_alive(&self, flow: &Flow) -> bool {
+        match flow {
+            Flow::Udp(_) => true,
+            Flow::Tcp { conn, .. } => self.conns.lock().unwrap_or_else(|p| p.into_inner()).contains_key(conn),
+        }
+    }
+
+    /// A TCP flow to `peer`: an open connection, or a new one.
+    pub async fn tcp_flow(self: &Arc<Self>, peer: SocketAddr) -> Result<Flow, SendError> {
+        if let Some(conn) = self.by_peer.lock().unwrap_or_else(|p| p.into_inner()).get(&peer).copied() {
+            if self.conns.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&conn) {
+                return Ok(Flow::Tcp { conn, peer });
+            }
+        }
+        let permit = self.permits.clone().try_acquire_owned().map_err(|_| SendError::Full)?;
+        let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(peer))
+            .await
+            .map_err(|_| SendError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))??;
+        Ok(self.clone().adopt(stream, peer, permit))
+    }
+
+    fn adopt(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, permit: tokio::sync::OwnedSemaphorePermit) -> Flow {
+        let _ = stream.set_nodelay(true);
+        inc(&self.metrics.sip_tcp_connections);
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(TCP_SEND_QUEUE);
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(conn, Conn { tx });
+        self.by_peer.lock().unwrap_or_else(|p| p.into_inner()).insert(peer, conn);
+        let flow = Flow::Tcp { conn, peer };
+        tokio::spawn(connection(self, stream, flow.clone(), rx, permit));
+        flow
+    }
+
+    fn forget(&self, flow: &Flow) {
+        if let Flow::Tcp { conn, peer } = flow {
+            self.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(conn);
+            let mut by_peer = self.by_peer.lock().unwrap_or_else(|p| p.into_inner());
+            if by_peer.get(peer) == Some(conn) {
+                by_peer.remove(peer);
+            }
+        }
+    }
+
+    fn deliver(&self, msg: Message, flow: Flow) {
+        inc(&self.metrics.sip_messages_received);
+        if let Some(h) = self.handler.get() {
+            h.on_message(msg, flow);
+        }
+    }
+
+    /// Open TCP connections.
+    pub fn connections(&self) -> usize {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+async fn udp_loop(t: Arc<Transport>) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, peer) = match t.udp.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                // ICMP errors from earlier sends surface here on some systems; keep going.
+                debug!(error = %e, "UDP receive error");
+                continue;
+            }
+        };
+        let data = &buf[..n];
+        if n > MAX_MESSAGE {
+            inc(&t.metrics.sip_dropped);
+            continue;
+        }
+        if data.iter().all(|b| *b == b'\r' || *b == b'\n' || *b == 0) {
+            continue; // keepalive noise
+        }
+        if let Some(msg) = parse_guarded(data, false, &t.metrics) {
+            t.deliver(msg, Flow::Udp(peer));
+        }
+    }
+}
+
+async fn accept_loop(t: Arc<Transport>, listener: TcpListener) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        match t.permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                t.clone().adopt(stream, peer, permit);
+            }
+            Err(_) => {
+                inc(&t.metrics.sip_tcp_refused);
+                warn!(%peer, "TCP connection refused: connection limit reached");
+                drop(stream);
+            }
+        }
+    }
+}
+
+async fn connection(
+    t: Arc<Transport>,
+    stream: TcpStream,
+    flow: Flow,
+    mut rx: mpsc::Receiver<Arc<[u8]>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let (mut reader, mut writer) = stream.into_split();
+    let writer_task = tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            if writer.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut partial_since: Option<tokio::time::Instant> = None;
+    'conn: loop {
+        loop {
+            match frame_stream(&buf) {
+                Framed::Incomplete => break,
+                Framed::Ping(n) => {
+                    buf.drain(..n);
+                    inc(&t.metrics.sip_keepalives);
+                    let _ = t.send(&flow, Arc::from(&b"\r\n"[..]));
+                }
+                Framed::Pong(n) => {
+                    buf.drain(..n);
+                }
+                Framed::Message { skip, len } => {
+                    let bytes: Vec<u8> = buf.drain(..skip + len).skip(skip).collect();
+                    if let Some(msg) = parse_guarded(&bytes, true, &t.metrics) {
+                        t.deliver(msg, flow.clone());
+                    }
+                }
+                Framed::Error(fault) => {
+                    debug!(?flow, %fault, "closing a TCP connection that cannot be framed");
+                    inc(&t.metrics.sip_tcp_closed_framing);
+                    break 'conn;
+                }
+            }
+        }
+        partial_since = match (buf.is_empty(), partial_since) {
+            (true, _) => None,
+            (false, None) => Some(tokio::time::Instant::now()),
+            (false, since) => since,
+        };
+        let deadline = match partial_since {
+            Some(since) => since + t.limits.message_timeout,
+            None => tokio::time::Instant::now() + t.limits.idle_timeout,
+        };
+        match tokio::time::timeout_at(deadline, reader.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                if buf.len() + n > MAX_MESSAGE + 4 {
+                    inc(&t.metrics.sip_tcp_closed_framing);
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            Err(_) => {
+                debug!(?flow, partial = partial_since.is_some(), "TCP connection timed out");
+                inc(&t.metrics.sip_tcp_closed_framing);
+                break;
+            }
+        }
+    }
+    t.forget(&flow);
+    writer_task.abort();
+    if let Some(h) = t.handler.get() {
+        h.on_closed(flow);
+    }
+}
