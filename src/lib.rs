@@ -6,6 +6,7 @@
 //! - [`local_mesh`]: [`LocalMesh`], a public in-process mesh on loopback for tests.
 //! - [`error`]: the crate's error type.
 
+pub mod auth;
 pub mod error;
 pub mod local_mesh;
 pub mod node;

@@ -1,0 +1,347 @@
+//! Digest authentication (RFC 3261 §22, RFC 7616 / RFC 8760): challenges offering SHA-256 and
+//! MD5 with qop=auth, stateless HMAC nonces with an expiry, nonce-count replay checks, and a
+//! bound on failed attempts.
+//!
+//! A nonce is `hex(issued_ms) || hex(HMAC-SHA256(secret, issued_ms || realm)[..12])`: any node of
+//! the mesh holding the mesh-wide secret can check it without state. The nonce-count seen per
+//! nonce is kept per node (bounded), so a replayed request is refused where it was first seen.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use md5::Md5;
+use sha2::{Digest, Sha256};
+
+use crate::sip::header::DigestCredentials;
+
+/// How long a nonce is good for.
+pub const NONCE_TTL: Duration = Duration::from_secs(300);
+/// Nonce counts remembered at most (older nonces are forgotten first).
+const MAX_TRACKED_NONCES: usize = 200_000;
+/// Failed attempts (per user and Call-ID) before 403.
+pub const MAX_FAILURES: u32 = 3;
+/// Failure counters kept at most.
+const MAX_TRACKED_FAILURES: usize = 100_000;
+
+/// A digest algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// MD5 (RFC 2617).
+    Md5,
+    /// SHA-256 (RFC 7616, RFC 8760).
+    Sha256,
+}
+
+impl Algorithm {
+    fn parse(s: Option<&str>) -> Option<Algorithm> {
+        match s.map(|s| s.to_ascii_uppercase()).as_deref() {
+            None | Some("MD5") => Some(Algorithm::Md5),
+            Some("SHA-256") => Some(Algorithm::Sha256),
+            _ => None,
+        }
+    }
+
+    /// Hex digest of `data`.
+    pub fn hash(self, data: &str) -> String {
+        match self {
+            Algorithm::Md5 => hex(&Md5::digest(data.as_bytes())),
+            Algorithm::Sha256 => hex(&Sha256::digest(data.as_bytes())),
+        }
+    }
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// HA1 = H(user:realm:password), the only form a password is stored in.
+pub fn ha1(alg: Algorithm, user: &str, realm: &str, password: &str) -> String {
+    alg.hash(&format!("{user}:{realm}:{password}"))
+}
+
+/// Stored credentials of a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// HA1 with MD5.
+    pub ha1_md5: String,
+    /// HA1 with SHA-256.
+    pub ha1_sha256: String,
+}
+
+/// Why authentication failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    /// No usable credentials: challenge.
+    Missing,
+    /// The nonce is genuine but expired: challenge with `stale=true`.
+    Stale,
+    /// The nonce count was seen before: challenge again.
+    Replay,
+    /// Wrong credentials, forged nonce, wrong user.
+    Invalid(String),
+}
+
+/// A verified request: who, and the nonce count to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The authenticated username.
+    pub username: String,
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The digest authenticator of a node.
+pub struct Authenticator {
+    realm: String,
+    /// The current mesh-wide secret and the previous one (nonces of both are accepted, so a
+    /// secret change does not fail clients mid-authentication).
+    secrets: RwLock<(Vec<u8>, Option<Vec<u8>>)>,
+    nonce_counts: Mutex<HashMap<String, (u32, u64)>>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Authenticator {
+    /// An authenticator for `realm` with an initial secret.
+    pub fn new(realm: &str, secret: Vec<u8>) -> Self {
+        Authenticator {
+            realm: realm.to_string(),
+            secrets: RwLock::new((secret, None)),
+            nonce_counts: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The realm.
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
+    /// Adopt the mesh-wide secret (keeps the previous one for in-flight nonces).
+    pub fn set_secret(&self, secret: Vec<u8>) {
+        let mut s = self.secrets.write().unwrap_or_else(|p| p.into_inner());
+        if s.0 != secret {
+            let old = std::mem::replace(&mut s.0, secret);
+            s.1 = Some(old);
+        }
+    }
+
+    fn mac(secret: &[u8], issued_ms: u64, realm: &str) -> String {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
+        m.update(&issued_ms.to_be_bytes());
+        m.update(realm.as_bytes());
+        hex(&m.finalize().into_bytes()[..12])
+    }
+
+    /// A fresh nonce issued at `now_ms`.
+    pub fn nonce(&self, now_ms: u64) -> String {
+        let secret = self.secrets.read().unwrap_or_else(|p| p.into_inner()).0.clone();
+        format!("{now_ms:016x}{}", Self::mac(&secret, now_ms, &self.realm))
+    }
+
+    /// The challenge header values (SHA-256 and MD5, same nonce). MD5 is listed first because
+    /// widely deployed clients (SIPp 3.6 among them) take the first challenge and know only MD5;
+    /// RFC 8760 clients pick the strongest algorithm they support from the list.
+    pub fn challenges(&self, now_ms: u64, stale: bool) -> Vec<String> {
+        let nonce = self.nonce(now_ms);
+        let stale = if stale { ", stale=true" } else { "" };
+        [Algorithm::Md5, Algorithm::Sha256]
+            .iter()
+            .map(|alg| {
+                let name = match alg {
+                    Algorithm::Md5 => "MD5",
+                    Algorithm::Sha256 => "SHA-256",
+                };
+                format!(
+                    "Digest realm=\"{}\", nonce=\"{nonce}\", algorithm={name}, qop=\"auth\"{stale}",
+                    self.realm
+                )
+            })
+            .collect()
+    }
+
+    fn check_nonce(&self, nonce: &str, now_ms: u64) -> Result<u64, AuthError> {
+        if nonce.len() != 40 {
+            return Err(AuthError::Invalid("malformed nonce".into()));
+        }
+        let issued = u64::from_str_radix(&nonce[..16], 16).map_err(|_| AuthError::Invalid("malformed nonce".into()))?;
+        let (current, previous) = self.secrets.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let genuine = std::iter::once(current)
+            .chain(previous)
+            .any(|s| constant_time_eq(Self::mac(&s, issued, &self.realm).as_bytes(), nonce[16..].as_bytes()));
+        if !genuine {
+            return Err(AuthError::Invalid("nonce not issued by this mesh".into()));
+        }
+        if now_ms.saturating_sub(issued) > NONCE_TTL.as_millis() as u64 || issued > now_ms + 60_000 {
+            return Err(AuthError::Stale);
+        }
+        Ok(issued)
+    }
+
+    /// Verify credentials for `method` against a user's stored HA1s. `lookup` is called only
+    /// once the nonce checks out.
+    pub fn verify(
+        &self,
+        creds: &DigestCredentials,
+        method: &str,
+        credentials: Option<&Credentials>,
+        now_ms: u64,
+    ) -> Result<Verified, AuthError> {
+        if !creds.scheme.eq_ignore_ascii_case("Digest") {
+            return Err(AuthError::Missing);
+        }
+        if creds.get("realm") != Some(self.realm.as_str()) {
+            return Err(AuthError::Missing);
+        }
+        let get = |n: &str| creds.get(n).ok_or_else(|| AuthError::Invalid(format!("missing {n}")));
+        let username = get("username")?;
+        let nonce = get("nonce")?;
+        let uri = get("uri")?;
+        let response = get("response")?;
+        let alg = Algorithm::parse(creds.get("algorithm")).ok_or_else(|| AuthError::Invalid("unsupported algorithm".into()))?;
+        let issued = self.check_nonce(nonce, now_ms)?;
+        if creds.get("qop") != Some("auth") {
+            return Err(AuthError::Invalid("qop=auth is required".into()));
+        }
+        let nc_text = get("nc")?;
+        let cnonce = get("cnonce")?;
+        let nc = u32::from_str_radix(nc_text, 16).map_err(|_| AuthError::Invalid("malformed nc".into()))?;
+        if nc_text.len() != 8 || nc == 0 {
+            return Err(AuthError::Invalid("malformed nc".into()));
+        }
+        {
+            let seen = self.nonce_counts.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.get(nonce).is_some_and(|(max, _)| nc <= *max) {
+                return Err(AuthError::Replay);
+            }
+        }
+        let Some(stored) = credentials else {
+            return Err(AuthError::Invalid("unknown user".into()));
+        };
+        let ha1 = match alg {
+            Algorithm::Md5 => &stored.ha1_md5,
+            Algorithm::Sha256 => &stored.ha1_sha256,
+        };
+        let ha2 = alg.hash(&format!("{method}:{uri}"));
+        let expected = alg.hash(&format!("{ha1}:{nonce}:{nc_text}:{cnonce}:auth:{ha2}"));
+        if !constant_time_eq(expected.as_bytes(), response.to_ascii_lowercase().as_bytes()) {
+            return Err(AuthError::Invalid("wrong credentials".into()));
+        }
+        // Record the count only now: a forged request must not burn a genuine client's count.
+        let mut seen = self.nonce_counts.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.get(nonce).is_some_and(|(max, _)| nc <= *max) {
+            return Err(AuthError::Replay);
+        }
+        if seen.len() >= MAX_TRACKED_NONCES {
+            let horizon = now_ms.saturating_sub(NONCE_TTL.as_millis() as u64);
+            seen.retain(|_, (_, issued)| *issued >= horizon);
+            if seen.len() >= MAX_TRACKED_NONCES {
+                tracing::warn!("nonce-count table full of live nonces; forgetting them");
+                seen.clear();
+            }
+        }
+        seen.insert(nonce.to_string(), (nc, issued));
+        Ok(Verified {
+            username: username.to_string(),
+        })
+    }
+
+    /// Count a failure for `key` (user and Call-ID); returns true once the limit is reached.
+    pub fn fail(&self, key: &str) -> bool {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if f.len() >= MAX_TRACKED_FAILURES && !f.contains_key(key) {
+            f.clear();
+        }
+        let n = f.entry(key.to_string()).or_insert(0);
+        *n += 1;
+        *n >= MAX_FAILURES
+    }
+
+    /// Forget failures for `key` (after a success).
+    pub fn succeed(&self, key: &str) {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds_for(a: &Authenticator, alg: Algorithm, nonce: &str, nc: &str, password: &str) -> DigestCredentials {
+        let ha1 = ha1(alg, "alice", "r", password);
+        let ha2 = alg.hash("REGISTER:sip:r");
+        let resp = alg.hash(&format!("{ha1}:{nonce}:{nc}:cn:auth:{ha2}"));
+        let alg_name = if alg == Algorithm::Md5 { "MD5" } else { "SHA-256" };
+        DigestCredentials::parse(&format!(
+            r#"Digest username="alice", realm="{}", nonce="{nonce}", uri="sip:r", response="{resp}", algorithm={alg_name}, qop=auth, nc={nc}, cnonce="cn""#,
+            a.realm()
+        ))
+        .unwrap()
+    }
+
+    fn stored() -> Credentials {
+        Credentials {
+            ha1_md5: ha1(Algorithm::Md5, "alice", "r", "pw"),
+            ha1_sha256: ha1(Algorithm::Sha256, "alice", "r", "pw"),
+        }
+    }
+
+    #[test]
+    fn good_credentials_both_algorithms() {
+        let a = Authenticator::new("r", b"secret".to_vec());
+        for (i, alg) in [Algorithm::Md5, Algorithm::Sha256].into_iter().enumerate() {
+            let nonce = a.nonce(1_000_000 + i as u64);
+            let c = creds_for(&a, alg, &nonce, "00000001", "pw");
+            assert_eq!(a.verify(&c, "REGISTER", Some(&stored()), 1_000_500).unwrap().username, "alice");
+        }
+    }
+
+    #[test]
+    fn wrong_password_replay_stale_forged() {
+        let a = Authenticator::new("r", b"secret".to_vec());
+        let nonce = a.nonce(1_000_000);
+        let bad = creds_for(&a, Algorithm::Md5, &nonce, "00000001", "nope");
+        assert!(matches!(a.verify(&bad, "REGISTER", Some(&stored()), 1_000_100), Err(AuthError::Invalid(_))));
+        let good = creds_for(&a, Algorithm::Md5, &nonce, "00000001", "pw");
+        assert!(a.verify(&good, "REGISTER", Some(&stored()), 1_000_100).is_ok());
+        assert_eq!(a.verify(&good, "REGISTER", Some(&stored()), 1_000_200), Err(AuthError::Replay));
+        let next = creds_for(&a, Algorithm::Md5, &nonce, "00000002", "pw");
+        assert!(a.verify(&next, "REGISTER", Some(&stored()), 1_000_300).is_ok());
+        let late = creds_for(&a, Algorithm::Md5, &nonce, "00000003", "pw");
+        assert_eq!(a.verify(&late, "REGISTER", Some(&stored()), 1_000_000 + 301_000), Err(AuthError::Stale));
+        let other = Authenticator::new("r", b"other".to_vec());
+        let forged = creds_for(&other, Algorithm::Md5, &other.nonce(1_000_000), "00000001", "pw");
+        assert!(matches!(a.verify(&forged, "REGISTER", Some(&stored()), 1_000_100), Err(AuthError::Invalid(_))));
+        // a secret change keeps the previous secret's nonces valid
+        a.set_secret(b"rotated".to_vec());
+        let still = creds_for(&a, Algorithm::Md5, &nonce, "00000009", "pw");
+        assert!(a.verify(&still, "REGISTER", Some(&stored()), 1_000_400).is_ok());
+    }
+
+    #[test]
+    fn failures_are_bounded() {
+        let a = Authenticator::new("r", vec![1]);
+        assert!(!a.fail("alice|c1"));
+        assert!(!a.fail("alice|c1"));
+        assert!(a.fail("alice|c1"));
+        a.succeed("alice|c1");
+        assert!(!a.fail("alice|c1"));
+    }
+
+    #[test]
+    fn unknown_scheme_is_missing() {
+        let a = Authenticator::new("r", vec![1]);
+        let c = DigestCredentials::parse("NoOneKnowsThisScheme opaque-data=here").unwrap();
+        assert_eq!(a.verify(&c, "REGISTER", None, 0), Err(AuthError::Missing));
+    }
+}
