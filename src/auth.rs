@@ -137,7 +137,8 @@ impl Authenticator {
     }
 
     fn mac(secret: &[u8], issued_ms: u64, realm: &str) -> String {
-        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
+        let mut m =
+            <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
         m.update(&issued_ms.to_be_bytes());
         m.update(realm.as_bytes());
         hex(&m.finalize().into_bytes()[..12])
@@ -145,7 +146,12 @@ impl Authenticator {
 
     /// A fresh nonce issued at `now_ms`.
     pub fn nonce(&self, now_ms: u64) -> String {
-        let secret = self.secrets.read().unwrap_or_else(|p| p.into_inner()).0.clone();
+        let secret = self
+            .secrets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone();
         format!("{now_ms:016x}{}", Self::mac(&secret, now_ms, &self.realm))
     }
 
@@ -174,15 +180,24 @@ impl Authenticator {
         if nonce.len() != 40 {
             return Err(AuthError::Invalid("malformed nonce".into()));
         }
-        let issued = u64::from_str_radix(&nonce[..16], 16).map_err(|_| AuthError::Invalid("malformed nonce".into()))?;
-        let (current, previous) = self.secrets.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let genuine = std::iter::once(current)
-            .chain(previous)
-            .any(|s| constant_time_eq(Self::mac(&s, issued, &self.realm).as_bytes(), nonce[16..].as_bytes()));
+        let issued = u64::from_str_radix(&nonce[..16], 16)
+            .map_err(|_| AuthError::Invalid("malformed nonce".into()))?;
+        let (current, previous) = self
+            .secrets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let genuine = std::iter::once(current).chain(previous).any(|s| {
+            constant_time_eq(
+                Self::mac(&s, issued, &self.realm).as_bytes(),
+                nonce[16..].as_bytes(),
+            )
+        });
         if !genuine {
             return Err(AuthError::Invalid("nonce not issued by this mesh".into()));
         }
-        if now_ms.saturating_sub(issued) > NONCE_TTL.as_millis() as u64 || issued > now_ms + 60_000 {
+        if now_ms.saturating_sub(issued) > NONCE_TTL.as_millis() as u64 || issued > now_ms + 60_000
+        {
             return Err(AuthError::Stale);
         }
         Ok(issued)
@@ -203,19 +218,25 @@ impl Authenticator {
         if creds.get("realm") != Some(self.realm.as_str()) {
             return Err(AuthError::Missing);
         }
-        let get = |n: &str| creds.get(n).ok_or_else(|| AuthError::Invalid(format!("missing {n}")));
+        let get = |n: &str| {
+            creds
+                .get(n)
+                .ok_or_else(|| AuthError::Invalid(format!("missing {n}")))
+        };
         let username = get("username")?;
         let nonce = get("nonce")?;
         let uri = get("uri")?;
         let response = get("response")?;
-        let alg = Algorithm::parse(creds.get("algorithm")).ok_or_else(|| AuthError::Invalid("unsupported algorithm".into()))?;
+        let alg = Algorithm::parse(creds.get("algorithm"))
+            .ok_or_else(|| AuthError::Invalid("unsupported algorithm".into()))?;
         let issued = self.check_nonce(nonce, now_ms)?;
         if creds.get("qop") != Some("auth") {
             return Err(AuthError::Invalid("qop=auth is required".into()));
         }
         let nc_text = get("nc")?;
         let cnonce = get("cnonce")?;
-        let nc = u32::from_str_radix(nc_text, 16).map_err(|_| AuthError::Invalid("malformed nc".into()))?;
+        let nc = u32::from_str_radix(nc_text, 16)
+            .map_err(|_| AuthError::Invalid("malformed nc".into()))?;
         if nc_text.len() != 8 || nc == 0 {
             return Err(AuthError::Invalid("malformed nc".into()));
         }
@@ -234,7 +255,10 @@ impl Authenticator {
         };
         let ha2 = alg.hash(&format!("{method}:{uri}"));
         let expected = alg.hash(&format!("{ha1}:{nonce}:{nc_text}:{cnonce}:auth:{ha2}"));
-        if !constant_time_eq(expected.as_bytes(), response.to_ascii_lowercase().as_bytes()) {
+        if !constant_time_eq(
+            expected.as_bytes(),
+            response.to_ascii_lowercase().as_bytes(),
+        ) {
             return Err(AuthError::Invalid("wrong credentials".into()));
         }
         // Record the count only now: a forged request must not burn a genuine client's count.
@@ -269,7 +293,10 @@ impl Authenticator {
 
     /// Forget failures for `key` (after a success).
     pub fn succeed(&self, key: &str) {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 }
 
@@ -277,11 +304,21 @@ impl Authenticator {
 mod tests {
     use super::*;
 
-    fn creds_for(a: &Authenticator, alg: Algorithm, nonce: &str, nc: &str, password: &str) -> DigestCredentials {
+    fn creds_for(
+        a: &Authenticator,
+        alg: Algorithm,
+        nonce: &str,
+        nc: &str,
+        password: &str,
+    ) -> DigestCredentials {
         let ha1 = ha1(alg, "alice", "r", password);
         let ha2 = alg.hash("REGISTER:sip:r");
         let resp = alg.hash(&format!("{ha1}:{nonce}:{nc}:cn:auth:{ha2}"));
-        let alg_name = if alg == Algorithm::Md5 { "MD5" } else { "SHA-256" };
+        let alg_name = if alg == Algorithm::Md5 {
+            "MD5"
+        } else {
+            "SHA-256"
+        };
         DigestCredentials::parse(&format!(
             r#"Digest username="alice", realm="{}", nonce="{nonce}", uri="sip:r", response="{resp}", algorithm={alg_name}, qop=auth, nc={nc}, cnonce="cn""#,
             a.realm()
@@ -302,7 +339,12 @@ mod tests {
         for (i, alg) in [Algorithm::Md5, Algorithm::Sha256].into_iter().enumerate() {
             let nonce = a.nonce(1_000_000 + i as u64);
             let c = creds_for(&a, alg, &nonce, "00000001", "pw");
-            assert_eq!(a.verify(&c, "REGISTER", Some(&stored()), 1_000_500).unwrap().username, "alice");
+            assert_eq!(
+                a.verify(&c, "REGISTER", Some(&stored()), 1_000_500)
+                    .unwrap()
+                    .username,
+                "alice"
+            );
         }
     }
 
@@ -311,21 +353,45 @@ mod tests {
         let a = Authenticator::new("r", b"secret".to_vec());
         let nonce = a.nonce(1_000_000);
         let bad = creds_for(&a, Algorithm::Md5, &nonce, "00000001", "nope");
-        assert!(matches!(a.verify(&bad, "REGISTER", Some(&stored()), 1_000_100), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            a.verify(&bad, "REGISTER", Some(&stored()), 1_000_100),
+            Err(AuthError::Invalid(_))
+        ));
         let good = creds_for(&a, Algorithm::Md5, &nonce, "00000001", "pw");
-        assert!(a.verify(&good, "REGISTER", Some(&stored()), 1_000_100).is_ok());
-        assert_eq!(a.verify(&good, "REGISTER", Some(&stored()), 1_000_200), Err(AuthError::Replay));
+        assert!(a
+            .verify(&good, "REGISTER", Some(&stored()), 1_000_100)
+            .is_ok());
+        assert_eq!(
+            a.verify(&good, "REGISTER", Some(&stored()), 1_000_200),
+            Err(AuthError::Replay)
+        );
         let next = creds_for(&a, Algorithm::Md5, &nonce, "00000002", "pw");
-        assert!(a.verify(&next, "REGISTER", Some(&stored()), 1_000_300).is_ok());
+        assert!(a
+            .verify(&next, "REGISTER", Some(&stored()), 1_000_300)
+            .is_ok());
         let late = creds_for(&a, Algorithm::Md5, &nonce, "00000003", "pw");
-        assert_eq!(a.verify(&late, "REGISTER", Some(&stored()), 1_000_000 + 301_000), Err(AuthError::Stale));
+        assert_eq!(
+            a.verify(&late, "REGISTER", Some(&stored()), 1_000_000 + 301_000),
+            Err(AuthError::Stale)
+        );
         let other = Authenticator::new("r", b"other".to_vec());
-        let forged = creds_for(&other, Algorithm::Md5, &other.nonce(1_000_000), "00000001", "pw");
-        assert!(matches!(a.verify(&forged, "REGISTER", Some(&stored()), 1_000_100), Err(AuthError::Invalid(_))));
+        let forged = creds_for(
+            &other,
+            Algorithm::Md5,
+            &other.nonce(1_000_000),
+            "00000001",
+            "pw",
+        );
+        assert!(matches!(
+            a.verify(&forged, "REGISTER", Some(&stored()), 1_000_100),
+            Err(AuthError::Invalid(_))
+        ));
         // a secret change keeps the previous secret's nonces valid
         a.set_secret(b"rotated".to_vec());
         let still = creds_for(&a, Algorithm::Md5, &nonce, "00000009", "pw");
-        assert!(a.verify(&still, "REGISTER", Some(&stored()), 1_000_400).is_ok());
+        assert!(a
+            .verify(&still, "REGISTER", Some(&stored()), 1_000_400)
+            .is_ok());
     }
 
     #[test]

@@ -6,15 +6,22 @@
 //! - [`local_mesh`]: [`LocalMesh`], a public in-process mesh on loopback for tests.
 //! - [`error`]: the crate's error type.
 
+pub mod admin;
 pub mod auth;
+pub mod config;
 pub mod error;
 pub mod local_mesh;
-pub mod node;
+pub mod location;
 pub mod metrics;
+pub mod node;
+pub mod registrar;
+pub mod server;
 pub mod sip;
+pub mod tables;
 pub mod transaction;
 pub mod transport;
-pub mod tables;
+pub mod users;
+pub mod wire;
 
 pub use error::{Error, Result};
 pub use local_mesh::{LocalMesh, LocalMeshBuilder, LocalNode};

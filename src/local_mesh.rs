@@ -156,8 +156,10 @@ impl LocalNode {
             .await
             .map_err(|e| Error::Config(format!("node task failed: {e}")))??;
         let addr = node.mesh.listen_addrs()[0].clone();
-        // Restarts reuse the same address, so the others find the node where it was.
+        // Restarts reuse the same addresses, so the others (and phones) find the node where it was.
         config.mesh.listen = vec![addr.clone()];
+        config.sip_listen = node.sip_addr();
+        config.http_listen = node.http_addr;
         Ok(LocalNode {
             index,
             peer_id: node.mesh.peer_id(),

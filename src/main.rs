@@ -1,6 +1,445 @@
-//! The `sipmesh` binary.
+//! The `sipmesh` command: run a node, a local development mesh, or administer a mesh.
 
-fn main() {
-    eprintln!("sipmesh: the node is under construction; see README.md for what runs today");
-    std::process::exit(2);
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use sipmesh::config::FileConfig;
+use sipmesh::{Node, NodeConfig};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A peer-to-peer mesh of stateful SIP proxy/registrar supernodes.
+#[derive(Parser)]
+#[command(name = "sipmesh", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node.
+    Node(NodeArgs),
+    /// Run a local mesh on loopback with demo users; prints how to connect. Ctrl-C stops it.
+    Dev {
+        /// How many nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
+    /// Manage users through a node's admin API.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Show a node's view of the mesh.
+    Status {
+        /// The node's admin URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "SIPMESH_NODE")]
+        node: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add (or replace) a user.
+    Add {
+        /// The user name.
+        user: String,
+        /// The password (only its HA1 hashes are stored).
+        #[arg(long)]
+        password: String,
+        /// The node's admin URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "SIPMESH_NODE")]
+        node: String,
+    },
+    /// Remove a user.
+    Remove {
+        /// The user name.
+        user: String,
+        /// The node's admin URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "SIPMESH_NODE")]
+        node: String,
+    },
+    /// List every user of the mesh.
+    List {
+        /// The node's admin URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "SIPMESH_NODE")]
+        node: String,
+    },
+    /// Import users from a CSV file of `user,password` lines.
+    Import {
+        /// The CSV file.
+        file: PathBuf,
+        /// The node's admin URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "SIPMESH_NODE")]
+        node: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// Directory of the node's keyspace, key and generation.
+    #[arg(long, env = "SIPMESH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// SIP address, UDP and TCP (IP:PORT).
+    #[arg(long, env = "SIPMESH_SIP_LISTEN")]
+    sip_listen: Option<String>,
+    /// libp2p listen multiaddr, e.g. /ip4/0.0.0.0/tcp/4001.
+    #[arg(long, env = "SIPMESH_P2P_LISTEN")]
+    p2p_listen: Option<String>,
+    /// Admin HTTP address (IP:PORT).
+    #[arg(long, env = "SIPMESH_HTTP_LISTEN")]
+    http_listen: Option<String>,
+    /// A seed node's multiaddr (with or without /p2p/<PeerId>); repeatable.
+    #[arg(long)]
+    bootstrap: Vec<String>,
+    /// Digest realm of the mesh.
+    #[arg(long, env = "SIPMESH_REALM")]
+    realm: Option<String>,
+    /// Copies of each partition.
+    #[arg(long, env = "SIPMESH_REPLICATION_FACTOR")]
+    replication_factor: Option<usize>,
+    /// Registrations this node accepts before redirecting new clients.
+    #[arg(long, env = "SIPMESH_CAPACITY")]
+    capacity: Option<u32>,
+    /// Whether INVITEs are challenged (true|false).
+    #[arg(long, env = "SIPMESH_AUTH_INVITES")]
+    auth_invites: Option<bool>,
+    /// Private-network key file (IPFS swarm.key format): only nodes with it can connect.
+    #[arg(long, env = "SIPMESH_MESH_KEY")]
+    mesh_key: Option<PathBuf>,
+    /// A TOML config file; flags override it.
+    #[arg(long, env = "SIPMESH_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn parse_sock(flag: &str, v: &str) -> Result<SocketAddr> {
+    v.parse()
+        .map_err(|e| anyhow!("{flag} {v:?} is not IP:PORT ({e})"))
+}
+
+fn parse_multiaddr(flag: &str, v: &str) -> Result<sipmesh_net::Multiaddr> {
+    v.parse().map_err(|e| {
+        anyhow!("{flag} {v:?} is not a multiaddr ({e}); example: /ip4/127.0.0.1/tcp/4001")
+    })
+}
+
+fn node_config(args: NodeArgs) -> Result<NodeConfig> {
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .ok_or_else(|| anyhow!("missing --data-dir (or data_dir in --config)"))?;
+    let mut c = NodeConfig::new(data_dir);
+    let sip = args
+        .sip_listen
+        .or(file.sip_listen)
+        .ok_or_else(|| anyhow!("missing --sip-listen (or sip_listen in --config)"))?;
+    c.sip_listen = parse_sock("--sip-listen", &sip)?;
+    let p2p = args
+        .p2p_listen
+        .or(file.p2p_listen)
+        .ok_or_else(|| anyhow!("missing --p2p-listen (or p2p_listen in --config)"))?;
+    c.mesh.listen = vec![parse_multiaddr("--p2p-listen", &p2p)?];
+    let http = args
+        .http_listen
+        .or(file.http_listen)
+        .ok_or_else(|| anyhow!("missing --http-listen (or http_listen in --config)"))?;
+    c.http_listen = Some(parse_sock("--http-listen", &http)?);
+    let seeds = if args.bootstrap.is_empty() {
+        file.bootstrap.unwrap_or_default()
+    } else {
+        args.bootstrap
+    };
+    c.mesh.bootstrap = seeds
+        .iter()
+        .map(|s| parse_multiaddr("--bootstrap", s))
+        .collect::<Result<_>>()?;
+    if let Some(r) = args.realm.or(file.realm) {
+        if r.is_empty() || r.contains('"') {
+            bail!("--realm {r:?} must be non-empty and without quotes");
+        }
+        c.realm = r;
+    }
+    if let Some(rf) = args.replication_factor.or(file.replication_factor) {
+        if rf == 0 || rf > 15 {
+            bail!("--replication-factor {rf} must be between 1 and 15");
+        }
+        c.mesh.replication_factor = rf;
+    }
+    if let Some(cap) = args.capacity.or(file.capacity) {
+        c.capacity = cap;
+    }
+    if let Some(a) = args.auth_invites.or(file.auth_invites) {
+        c.auth_invites = a;
+    }
+    if let Some(k) = args.mesh_key.or(file.mesh_key) {
+        c.mesh.mesh_key = Some(sipmesh_net::MeshConfig::read_mesh_key(&k).context("--mesh-key")?);
+    }
+    c.admin_token = std::env::var("SIPMESH_ADMIN_TOKEN")
+        .ok()
+        .or(file.admin_token);
+    if let Some(v) = file.min_expires {
+        c.registrar.min_expires = v;
+    }
+    if let Some(v) = file.default_expires {
+        c.registrar.default_expires = v;
+    }
+    if let Some(v) = file.max_expires {
+        c.registrar.max_expires = v;
+    }
+    if c.registrar.min_expires > c.registrar.default_expires
+        || c.registrar.default_expires > c.registrar.max_expires
+    {
+        bail!("config: need min_expires <= default_expires <= max_expires");
+    }
+    c.sync = match file.sync.as_deref() {
+        None | Some("periodic") => sipmesh_storage::SyncPolicy::default(),
+        Some("sync-before-ack") => sipmesh_storage::SyncPolicy::SyncBeforeAck,
+        Some(other) => bail!("config: sync = {other:?}; use \"periodic\" or \"sync-before-ack\""),
+    };
+    Ok(c)
+}
+
+async fn wait_for_shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn run_node(args: NodeArgs) -> Result<()> {
+    let config = node_config(args)?;
+    let node = Node::start(config).await?;
+    println!("sipmesh node {} up", node.mesh.peer_id());
+    println!("  SIP   sip:{} (UDP, TCP)", node.sip_addr());
+    if let Some(h) = node.http_addr {
+        println!("  admin http://{h}");
+    }
+    if let Some(a) = node.mesh.dial_addr() {
+        println!("  p2p   {a}");
+    }
+    wait_for_shutdown().await;
+    node.shutdown(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+async fn run_dev(n: usize) -> Result<()> {
+    if n == 0 || n > 9 {
+        bail!("--nodes {n} must be between 1 and 9");
+    }
+    let dir = tempfile::Builder::new().prefix("sipmesh-dev-").tempdir()?;
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..n {
+        let mut c = NodeConfig::new(dir.path().join(format!("node{i}")));
+        c.sip_listen = format!("127.0.0.1:{}", 5060 + 2 * i).parse()?;
+        c.http_listen = Some(format!("127.0.0.1:{}", 8080 + i).parse()?);
+        c.mesh.listen = vec![format!("/ip4/127.0.0.1/tcp/{}", 4001 + i).parse()?];
+        if let Some(first) = nodes.first() {
+            c.mesh.bootstrap = first.mesh.dial_addr().into_iter().collect();
+        }
+        let node = Node::start(c).await.with_context(|| {
+            format!(
+                "starting dev node {i} (are ports {}/udp+tcp, {} and {} free?)",
+                5060 + 2 * i,
+                8080 + i,
+                4001 + i
+            )
+        })?;
+        nodes.push(node);
+    }
+    // Wait until every node sees the others, then add the demo users.
+    for _ in 0..200 {
+        if nodes.iter().all(|x| {
+            x.mesh
+                .members()
+                .iter()
+                .filter(|m| m.state == sipmesh_net::MemberState::Up)
+                .count()
+                == n
+        }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut users = Vec::new();
+    for name in ["alice", "bob", "carol"] {
+        let pw = format!("{name}-{:06x}", rand::random::<u32>() & 0xFF_FFFF);
+        nodes[0]
+            .users
+            .add(name, &pw, None)
+            .await
+            .with_context(|| format!("adding demo user {name}"))?;
+        users.push((name, pw));
+    }
+    println!(
+        "sipmesh dev: {n} nodes on loopback (data in {}, removed on exit)\n",
+        dir.path().display()
+    );
+    for (i, node) in nodes.iter().enumerate() {
+        println!(
+            "node {i}: SIP sip:{} (UDP+TCP)  admin http://{}  p2p {}",
+            node.sip_addr(),
+            node.http_addr.map(|a| a.to_string()).unwrap_or_default(),
+            node.mesh
+                .dial_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        );
+    }
+    println!("\nrealm {:?}; demo users:", nodes[0].config.realm);
+    for (u, p) in &users {
+        println!("  {u:6} password {p}");
+    }
+    let (u, p) = &users[0];
+    println!("\nregister {u} with SIPp (Debian package sip-tester):");
+    println!(
+        "  printf 'SEQUENTIAL\\n{u};[authentication username={u} password={p}]\\n' > /tmp/{u}.csv"
+    );
+    println!("  sipp 127.0.0.1:5060 -sf bench/scenarios/reg.xml -inf /tmp/{u}.csv -m 1 -key contact_hp 127.0.0.1:5099 -trace_err\n");
+    println!("status: cargo run --release -- status --node http://127.0.0.1:8080\nCtrl-C stops the mesh.");
+    wait_for_shutdown().await;
+    println!("stopping...");
+    for node in &nodes {
+        node.shutdown(Duration::from_secs(5)).await;
+    }
+    Ok(())
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build()
+}
+
+fn call(
+    req: ureq::Request,
+    body: Option<serde_json::Value>,
+    text: Option<String>,
+) -> Result<serde_json::Value> {
+    let req = match std::env::var("SIPMESH_ADMIN_TOKEN") {
+        Ok(t) => req.set("Authorization", &format!("Bearer {t}")),
+        Err(_) => req,
+    };
+    let url = req.url().to_string();
+    let result = match (body, text) {
+        (Some(b), _) => req.send_json(b),
+        (None, Some(t)) => req.set("Content-Type", "text/csv").send_string(&t),
+        (None, None) => req.call(),
+    };
+    match result {
+        Ok(r) => Ok(r.into_json()?),
+        Err(ureq::Error::Status(code, r)) => {
+            let v: serde_json::Value = r.into_json().unwrap_or_default();
+            bail!(
+                "{url}: HTTP {code}: {}",
+                v.get("error").and_then(|e| e.as_str()).unwrap_or("error")
+            )
+        }
+        Err(e) => {
+            bail!("cannot reach the node at {url}: {e} (is `sipmesh node` running? see --node)")
+        }
+    }
+}
+
+fn user_command(cmd: UserCommand) -> Result<()> {
+    let a = agent();
+    match cmd {
+        UserCommand::Add {
+            user,
+            password,
+            node,
+        } => {
+            call(
+                a.post(&format!("{node}/v1/users")),
+                Some(serde_json::json!({"user": user, "password": password})),
+                None,
+            )?;
+            println!("added {user}");
+        }
+        UserCommand::Remove { user, node } => {
+            call(a.delete(&format!("{node}/v1/users/{user}")), None, None)?;
+            println!("removed {user}");
+        }
+        UserCommand::List { node } => {
+            let v = call(a.get(&format!("{node}/v1/users")), None, None)?;
+            for u in v["users"].as_array().into_iter().flatten() {
+                println!("{}", u.as_str().unwrap_or_default());
+            }
+        }
+        UserCommand::Import { file, node } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            sipmesh::admin::parse_import(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            let v = call(a.post(&format!("{node}/v1/users/import")), None, Some(text))?;
+            println!("imported {} users", v["imported"]);
+            if let Some(f) = v.get("failed") {
+                bail!("some users failed: {f}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn status(node: &str) -> Result<()> {
+    let v = call(agent().get(&format!("{node}/v1/status")), None, None)?;
+    println!("node        {}", v["peer_id"].as_str().unwrap_or_default());
+    println!("sip         {}", v["sip"].as_str().unwrap_or_default());
+    println!("realm       {}", v["realm"].as_str().unwrap_or_default());
+    println!("members up  {}", v["members_up"]);
+    println!("bindings    {} (owned by this node)", v["registrations"]);
+    println!("dialogs     {}", v["dialogs"]);
+    println!("\nmembers:");
+    for m in v["members"].as_array().into_iter().flatten() {
+        println!(
+            "  {:52} {:8} gen {:3} {}",
+            m["peer_id"].as_str().unwrap_or_default(),
+            m["state"].as_str().unwrap_or_default(),
+            m["generation"],
+            m["tags"]["sip"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::User { command } => user_command(command),
+        Command::Status { node } => status(&node),
+        command => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info,libp2p=warn".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                match command {
+                    Command::Node(args) => run_node(args).await,
+                    Command::Dev { nodes } => run_dev(nodes).await,
+                    _ => unreachable!("handled above"),
+                }
+            })
+        }
+    }
 }

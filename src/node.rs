@@ -1,14 +1,26 @@
-//! One sipmesh node: its keyspace on sled and its mesh peer.
+//! One sipmesh node: its keyspace on sled, its mesh peer, its SIP server (registrar, proxy) and
+//! its admin HTTP API.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-use sipmesh_net::{Mesh, MeshConfig};
-use sipmesh_storage::{Keyspace, KeyspaceConfig, SyncPolicy};
+use sipmesh_net::{AppMessage as MeshMessage, Consistency, Mesh, MeshConfig};
+use sipmesh_storage::{Keyspace, KeyspaceConfig, Mutation, SyncPolicy};
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::error::Result;
-use crate::tables;
+use crate::auth::Authenticator;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::registrar::{Registrar, RegistrarConfig};
+use crate::server::SipServer;
+use crate::tables::{self, MESH};
+use crate::transaction::Transactions;
+use crate::transport::{Transport, TransportLimits};
+use crate::users::Users;
+use crate::wire::AppMessage;
 
 /// Everything a node is configured with.
 #[derive(Debug, Clone)]
@@ -19,16 +31,40 @@ pub struct NodeConfig {
     pub mesh: MeshConfig,
     /// The keyspace's sync policy.
     pub sync: SyncPolicy,
+    /// SIP address (UDP and TCP).
+    pub sip_listen: SocketAddr,
+    /// Admin HTTP address (`None`: no admin API).
+    pub http_listen: Option<SocketAddr>,
+    /// The digest realm of the mesh.
+    pub realm: String,
+    /// Whether INVITEs from users are challenged (407).
+    pub auth_invites: bool,
+    /// Registrations (flows) this node takes before redirecting new clients.
+    pub capacity: u32,
+    /// Registration intervals.
+    pub registrar: RegistrarConfig,
+    /// Bearer token for the admin API (required when it is not on loopback).
+    pub admin_token: Option<String>,
+    /// Transport limits.
+    pub limits: TransportLimits,
 }
 
 impl NodeConfig {
-    /// Defaults for a node keeping its files in `data_dir`.
+    /// Defaults for a node keeping its files in `data_dir`, on loopback with OS-chosen ports.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         let data_dir = data_dir.into();
         NodeConfig {
             mesh: MeshConfig::new(data_dir.clone()),
             data_dir,
             sync: SyncPolicy::default(),
+            sip_listen: "127.0.0.1:0".parse().expect("valid"),
+            http_listen: Some("127.0.0.1:0".parse().expect("valid")),
+            realm: "sipmesh".into(),
+            auth_invites: true,
+            capacity: 100_000,
+            registrar: RegistrarConfig::default(),
+            admin_token: None,
+            limits: TransportLimits::default(),
         }
     }
 }
@@ -38,15 +74,82 @@ impl NodeConfig {
 pub struct Node {
     /// The mesh peer (which holds the keyspace).
     pub mesh: Mesh,
+    /// The user store.
+    pub users: Arc<Users>,
+    /// The SIP server.
+    pub sip: Arc<SipServer>,
+    /// The SIP transports.
+    pub transport: Arc<Transport>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// The admin API's address, if it runs.
+    pub http_addr: Option<SocketAddr>,
+    /// The configuration.
+    pub config: Arc<NodeConfig>,
+}
+
+const SECRET_KEY: &[u8] = b"nonce_secret";
+/// How often the mesh-wide nonce secret is re-read (concurrent first starts converge on one).
+const SECRET_REFRESH: Duration = Duration::from_secs(10);
+
+async fn read_secret(mesh: &Mesh) -> Result<Option<Vec<u8>>> {
+    let p = mesh.read(MESH, SECRET_KEY, Consistency::Quorum).await?;
+    Ok(p.rows
+        .first()
+        .and_then(|r| r.get("value"))
+        .map(|v| v.to_vec()))
+}
+
+/// The mesh-wide nonce secret: read it, or create it if this is the mesh's first node.
+async fn mesh_secret(mesh: &Mesh, has_seeds: bool) -> Vec<u8> {
+    if has_seeds {
+        // Let membership find the seed first, so a joining node adopts the mesh's secret.
+        for _ in 0..100 {
+            if mesh.members().len() > 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for _ in 0..60 {
+        match read_secret(mesh).await {
+            Ok(Some(s)) => return s,
+            Ok(None) => {
+                let secret: [u8; 32] = rand::random();
+                let m = Mutation::new(MESH, SECRET_KEY.to_vec()).upsert(
+                    b"",
+                    [("value", secret.to_vec())],
+                    mesh.keyspace().now(),
+                    None,
+                );
+                if mesh.write(m, Consistency::Quorum).await.is_ok() {
+                    if let Ok(Some(s)) = read_secret(mesh).await {
+                        return s;
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot read the mesh secret yet"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    warn!("using a node-local nonce secret until the mesh's can be read");
+    rand::random::<[u8; 32]>().to_vec()
 }
 
 impl Node {
-    /// Open the keyspace and join the mesh.
+    /// Open the keyspace, join the mesh, and start SIP and the admin API.
     pub async fn start(config: NodeConfig) -> Result<Node> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| crate::Error::Io {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Io {
             what: format!("cannot create data dir {}", config.data_dir.display()),
             source,
         })?;
+        if let Some(http) = config.http_listen {
+            if !http.ip().is_loopback() && config.admin_token.is_none() {
+                return Err(Error::Config(format!(
+                    "--http-listen {http} is not a loopback address: set admin_token in the config file (or SIPMESH_ADMIN_TOKEN)"
+                )));
+            }
+        }
         let ks_dir = config.data_dir.join("keyspace");
         let ks_config = KeyspaceConfig {
             sync: config.sync,
@@ -56,24 +159,151 @@ impl Node {
             Keyspace::open_sled(&ks_dir, tables::all(), ks_config)
         })
         .await
-        .map_err(|e| crate::Error::Config(format!("keyspace open task failed: {e}")))??;
-        let (mesh, app_rx) = Mesh::start(config.mesh.clone(), keyspace).await?;
-        tokio::spawn(drain_app(app_rx));
-        info!(peer_id = %mesh.peer_id(), data_dir = %config.data_dir.display(), "node started");
-        Ok(Node { mesh })
+        .map_err(|e| Error::Config(format!("keyspace open task failed: {e}")))??;
+        let metrics = Arc::new(Metrics::default());
+        let transport = Transport::bind(config.sip_listen, config.limits.clone(), metrics.clone())
+            .await
+            .map_err(|source| Error::Io {
+                what: format!("cannot listen for SIP on {}", config.sip_listen),
+                source,
+            })?;
+        let sip_addr = transport.local_addr();
+        let mut mesh_config = config.mesh.clone();
+        mesh_config
+            .tags
+            .insert("sip".into(), format!("sip:{sip_addr}"));
+        mesh_config
+            .tags
+            .insert("capacity".into(), config.capacity.to_string());
+        let (mesh, app_rx) = Mesh::start(mesh_config, keyspace).await?;
+        let users = Arc::new(Users::new(mesh.clone(), &config.realm));
+        let secret = mesh_secret(&mesh, !config.mesh.bootstrap.is_empty()).await;
+        let auth = Arc::new(Authenticator::new(&config.realm, secret));
+        {
+            let (mesh, auth) = (mesh.clone(), auth.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(SECRET_REFRESH).await;
+                    if let Ok(Some(s)) = read_secret(&mesh).await {
+                        auth.set_secret(s);
+                    }
+                }
+            });
+        }
+        let transactions = Transactions::new(transport.clone());
+        let registrar = Arc::new(Registrar::new(
+            mesh.clone(),
+            users.clone(),
+            auth.clone(),
+            config.registrar.clone(),
+            metrics.clone(),
+        ));
+        let sip = SipServer::new(transport.clone(), transactions, registrar, metrics.clone());
+        transport.start(sip.clone());
+        let http = match config.http_listen {
+            Some(addr) => Some(crate::admin::bind(addr).await?),
+            None => None,
+        };
+        let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+        let node = Node {
+            mesh,
+            users,
+            sip,
+            transport,
+            metrics,
+            http_addr,
+            config: Arc::new(config),
+        };
+        tokio::spawn(serve_app(node.clone(), app_rx));
+        if let Some(listener) = http {
+            crate::admin::serve(node.clone(), listener);
+        }
+        info!(peer_id = %node.mesh.peer_id(), sip = %sip_addr, http = ?node.http_addr, "node started");
+        Ok(node)
+    }
+
+    /// Leave the mesh gracefully and stop.
+    pub async fn shutdown(&self, within: Duration) {
+        self.mesh.leave(within.min(Duration::from_secs(3))).await;
+        self.mesh.shutdown();
+        let _ = self.keyspace().flush();
     }
 
     /// The local keyspace.
     pub fn keyspace(&self) -> &Keyspace {
         self.mesh.keyspace()
     }
+
+    /// The SIP address.
+    pub fn sip_addr(&self) -> SocketAddr {
+        self.transport.local_addr()
+    }
+
+    /// Every user of the mesh: the union of what each up member holds.
+    pub async fn list_users(&self) -> Result<Vec<String>> {
+        let mut all: std::collections::BTreeSet<String> =
+            self.users.local_users()?.into_iter().collect();
+        let peers: Vec<_> = self
+            .mesh
+            .members()
+            .into_iter()
+            .filter(|m| !m.local && m.state == sipmesh_net::MemberState::Up)
+            .map(|m| m.peer_id)
+            .collect();
+        for p in peers {
+            let answer = self
+                .mesh
+                .request_app(p, AppMessage::ListUsers.encode(), Duration::from_secs(5))
+                .await?;
+            if let Some(AppMessage::Users(u)) = AppMessage::decode(&answer) {
+                all.extend(u);
+            }
+        }
+        // Drop users deleted since (a partition can outlive its row until compaction).
+        let mut out = Vec::new();
+        for u in all {
+            if self.users.get(&u).await?.is_some() {
+                out.push(u);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bindings this node owns (from its `clients_by_proxy` index).
+    pub async fn owned_bindings(&self) -> Result<u64> {
+        let p = self
+            .mesh
+            .read(
+                tables::CLIENTS_BY_PROXY,
+                self.mesh.peer_id().to_string().as_bytes(),
+                Consistency::One,
+            )
+            .await?;
+        Ok(p.rows
+            .iter()
+            .map(|r| {
+                r.get("bindings")
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(1) as u64
+            })
+            .sum())
+    }
 }
 
-/// Until the SIP layer consumes application messages, answer requests with nothing.
-async fn drain_app(mut rx: mpsc::Receiver<sipmesh_net::AppMessage>) {
+async fn serve_app(node: Node, mut rx: mpsc::Receiver<MeshMessage>) {
     while let Some(msg) = rx.recv().await {
+        let answer = match AppMessage::decode(&msg.payload) {
+            Some(AppMessage::ListUsers) => {
+                AppMessage::Users(node.users.local_users().unwrap_or_default())
+            }
+            _ => {
+                warn!(from = %msg.from, "unknown application message");
+                continue;
+            }
+        };
         if let Some(reply) = msg.reply {
-            let _ = reply.send(Vec::new());
+            let _ = reply.send(answer.encode());
         }
     }
 }

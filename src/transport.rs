@@ -138,7 +138,11 @@ pub fn parse_guarded(bytes: &[u8], stream: bool, metrics: &Metrics) -> Option<Me
 
 impl Transport {
     /// Bind UDP and TCP on `addr` (port 0 picks one port for both).
-    pub async fn bind(addr: SocketAddr, limits: TransportLimits, metrics: Arc<Metrics>) -> std::io::Result<Arc<Self>> {
+    pub async fn bind(
+        addr: SocketAddr,
+        limits: TransportLimits,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Arc<Self>> {
         // With port 0, find a port free for both UDP and TCP.
         let (udp, tcp) = {
             let mut attempt = 0;
@@ -214,31 +218,66 @@ impl Transport {
     pub fn is_alive(&self, flow: &Flow) -> bool {
         match flow {
             Flow::Udp(_) => true,
-            Flow::Tcp { conn, .. } => self.conns.lock().unwrap_or_else(|p| p.into_inner()).contains_key(conn),
+            Flow::Tcp { conn, .. } => self
+                .conns
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(conn),
         }
     }
 
     /// A TCP flow to `peer`: an open connection, or a new one.
     pub async fn tcp_flow(self: &Arc<Self>, peer: SocketAddr) -> Result<Flow, SendError> {
-        if let Some(conn) = self.by_peer.lock().unwrap_or_else(|p| p.into_inner()).get(&peer).copied() {
-            if self.conns.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&conn) {
+        if let Some(conn) = self
+            .by_peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .copied()
+        {
+            if self
+                .conns
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&conn)
+            {
                 return Ok(Flow::Tcp { conn, peer });
             }
         }
-        let permit = self.permits.clone().try_acquire_owned().map_err(|_| SendError::Full)?;
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| SendError::Full)?;
         let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(peer))
             .await
-            .map_err(|_| SendError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))??;
+            .map_err(|_| {
+                SendError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                ))
+            })??;
         Ok(self.clone().adopt(stream, peer, permit))
     }
 
-    fn adopt(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, permit: tokio::sync::OwnedSemaphorePermit) -> Flow {
+    fn adopt(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Flow {
         let _ = stream.set_nodelay(true);
         inc(&self.metrics.sip_tcp_connections);
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(TCP_SEND_QUEUE);
-        self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(conn, Conn { tx });
-        self.by_peer.lock().unwrap_or_else(|p| p.into_inner()).insert(peer, conn);
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(conn, Conn { tx });
+        self.by_peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer, conn);
         let flow = Flow::Tcp { conn, peer };
         tokio::spawn(connection(self, stream, flow.clone(), rx, permit));
         flow
@@ -246,7 +285,10 @@ impl Transport {
 
     fn forget(&self, flow: &Flow) {
         if let Flow::Tcp { conn, peer } = flow {
-            self.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(conn);
+            self.conns
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(conn);
             let mut by_peer = self.by_peer.lock().unwrap_or_else(|p| p.into_inner());
             if by_peer.get(peer) == Some(conn) {
                 by_peer.remove(peer);
@@ -378,7 +420,11 @@ async fn connection(
                 buf.extend_from_slice(&chunk[..n]);
             }
             Err(_) => {
-                debug!(?flow, partial = partial_since.is_some(), "TCP connection timed out");
+                debug!(
+                    ?flow,
+                    partial = partial_since.is_some(),
+                    "TCP connection timed out"
+                );
                 inc(&t.metrics.sip_tcp_closed_framing);
                 break;
             }

@@ -512,7 +512,10 @@ impl Message {
         // Body framing by Content-Length. A framing fault keeps the headers (so a 400 can be
         // formed) with an empty body.
         let mut cl = None;
-        for h in headers.iter().filter(|h| h.name == HeaderName::ContentLength) {
+        for h in headers
+            .iter()
+            .filter(|h| h.name == HeaderName::ContentLength)
+        {
             match parse_content_length(&h.value) {
                 Ok(n) if cl.is_some_and(|c| c != n) => {
                     fault.get_or_insert(Fault::bad("Conflicting Content-Length headers"));

@@ -75,7 +75,11 @@ impl ClientTransaction {
         let t = ClientTransaction {
             invite,
             reliable,
-            state: if invite { State::Calling } else { State::Trying },
+            state: if invite {
+                State::Calling
+            } else {
+                State::Trying
+            },
             retransmit: (!reliable).then_some((now + first, first)),
             ends: Some(now + if invite { timers::B } else { timers::F }),
             ack: None,
@@ -110,14 +114,18 @@ impl ClientTransaction {
 
     /// A response matched this transaction.
     pub fn on_response(&mut self, response: Message, now: Instant) -> Vec<Action> {
-        let Some(code) = response.status() else { return Vec::new() };
+        let Some(code) = response.status() else {
+            return Vec::new();
+        };
         match self.state {
             State::Calling | State::Trying | State::Proceeding => {}
             State::Completed => {
                 // A retransmitted final: re-send our ACK (INVITE), absorb otherwise.
                 return self.ack.iter().map(|a| Action::Send(a.clone())).collect();
             }
-            State::Accepted if (200..300).contains(&code) => return vec![Action::Deliver(response)],
+            State::Accepted if (200..300).contains(&code) => {
+                return vec![Action::Deliver(response)]
+            }
             _ => return Vec::new(),
         }
         if code < 200 {
@@ -155,7 +163,10 @@ impl ClientTransaction {
 
     /// The transport reported that the request could not be sent.
     pub fn on_transport_error(&mut self) -> Vec<Action> {
-        if matches!(self.state, State::Calling | State::Trying | State::Proceeding) {
+        if matches!(
+            self.state,
+            State::Calling | State::Trying | State::Proceeding
+        ) {
             self.state = State::Terminated;
             self.retransmit = None;
             self.ends = None;
@@ -168,14 +179,26 @@ impl ClientTransaction {
     pub fn on_timer(&mut self, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
         if let Some((at, interval)) = self.retransmit {
-            if now >= at && matches!(self.state, State::Calling | State::Trying | State::Proceeding) {
+            if now >= at
+                && matches!(
+                    self.state,
+                    State::Calling | State::Trying | State::Proceeding
+                )
+            {
                 out.push(Action::Send(self.request.raw.clone()));
-                let next = if self.invite { interval * 2 } else { (interval * 2).min(timers::T2) };
+                let next = if self.invite {
+                    interval * 2
+                } else {
+                    (interval * 2).min(timers::T2)
+                };
                 self.retransmit = Some((now + next, next));
             }
         }
         if self.ends.is_some_and(|e| now >= e) {
-            if matches!(self.state, State::Calling | State::Trying | State::Proceeding) {
+            if matches!(
+                self.state,
+                State::Calling | State::Trying | State::Proceeding
+            ) {
                 out.push(Action::Timeout); // Timer B, C or F
             }
             self.state = State::Terminated;
@@ -202,7 +225,10 @@ mod tests {
     }
 
     fn sends(actions: &[Action]) -> usize {
-        actions.iter().filter(|a| matches!(a, Action::Send(_))).count()
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Send(_)))
+            .count()
     }
 
     #[test]
@@ -228,7 +254,11 @@ mod tests {
         let (mut t, _) = ClientTransaction::new(msg(INVITE), false, t0);
         let a = t.on_response(response(180, "INVITE"), t0);
         assert!(matches!(a.as_slice(), [Action::Deliver(_)]));
-        assert_eq!(sends(&t.on_timer(t0 + Duration::from_secs(5))), 0, "no retransmission after a provisional");
+        assert_eq!(
+            sends(&t.on_timer(t0 + Duration::from_secs(5))),
+            0,
+            "no retransmission after a provisional"
+        );
         let a = t.on_response(response(486, "INVITE"), t0);
         assert_eq!(sends(&a), 1);
         let Action::Send(ack) = &a[0] else { panic!() };
@@ -250,7 +280,10 @@ mod tests {
         let (mut t, _) = ClientTransaction::new(msg(INVITE), true, t0);
         t.on_response(response(200, "INVITE"), t0);
         assert_eq!(t.state(), State::Accepted);
-        assert!(matches!(t.on_response(response(200, "INVITE"), t0).as_slice(), [Action::Deliver(_)]));
+        assert!(matches!(
+            t.on_response(response(200, "INVITE"), t0).as_slice(),
+            [Action::Deliver(_)]
+        ));
         t.on_timer(t0 + timers::M);
         assert!(t.is_terminated());
     }
@@ -266,7 +299,10 @@ mod tests {
             total += sends(&t.on_timer(at));
         }
         assert_eq!(total, 6);
-        assert!(t.on_timer(t0 + timers::F).iter().any(|a| matches!(a, Action::Timeout)));
+        assert!(t
+            .on_timer(t0 + timers::F)
+            .iter()
+            .any(|a| matches!(a, Action::Timeout)));
     }
 
     #[test]

@@ -69,7 +69,10 @@ pub fn server_key(msg: &Message, via: &Via, method: &Method) -> String {
         format!(
             "2543|{}|{cseq}|{from_tag}|{}|{method}",
             msg.header(&HeaderName::CallId).unwrap_or_default(),
-            msg.values(&HeaderName::Via).first().copied().unwrap_or_default()
+            msg.values(&HeaderName::Via)
+                .first()
+                .copied()
+                .unwrap_or_default()
         )
     }
 }
@@ -197,7 +200,13 @@ impl Transactions {
             return ServerMatch::Overloaded;
         }
         let txn = server::ServerTransaction::new(*method == Method::Invite, flow.is_reliable());
-        inner.server.insert(key.to_string(), ServerEntry { txn, flow: flow.clone() });
+        inner.server.insert(
+            key.to_string(),
+            ServerEntry {
+                txn,
+                flow: flow.clone(),
+            },
+        );
         ServerMatch::New
     }
 
@@ -223,11 +232,20 @@ impl Transactions {
 
     /// Start a client transaction sending `request` (whose top Via carries `branch`) to `flow`.
     /// Responses and timeouts arrive on the returned channel.
-    pub fn start_client(&self, branch: &str, request: Message, flow: Flow) -> mpsc::Receiver<ClientEvent> {
+    pub fn start_client(
+        &self,
+        branch: &str,
+        request: Message,
+        flow: Flow,
+    ) -> mpsc::Receiver<ClientEvent> {
         let (tx, rx) = mpsc::channel(16);
-        let method = request.method().map(|m| m.as_str().to_string()).unwrap_or_default();
+        let method = request
+            .method()
+            .map(|m| m.as_str().to_string())
+            .unwrap_or_default();
         let key = client_key(branch, &method);
-        let (txn, actions) = client::ClientTransaction::new(request, flow.is_reliable(), Instant::now());
+        let (txn, actions) =
+            client::ClientTransaction::new(request, flow.is_reliable(), Instant::now());
         let deadline = txn.deadline();
         {
             let mut inner = self.lock();
@@ -261,7 +279,9 @@ impl Transactions {
     pub fn on_response(&self, branch: &str, cseq_method: &str, response: Message) -> bool {
         let key = client_key(branch, cseq_method);
         let mut inner = self.lock();
-        let Some(entry) = inner.client.get_mut(&key) else { return false };
+        let Some(entry) = inner.client.get_mut(&key) else {
+            return false;
+        };
         let actions = entry.txn.on_response(response, Instant::now());
         let flow = entry.flow.clone();
         let events = entry.events.clone();
@@ -274,7 +294,10 @@ impl Transactions {
 
     /// The state of a client transaction (for CANCEL: only a proceeding INVITE can be cancelled).
     pub fn client_state(&self, branch: &str, method: &str) -> Option<client::State> {
-        self.lock().client.get(&client_key(branch, method)).map(|e| e.txn.state())
+        self.lock()
+            .client
+            .get(&client_key(branch, method))
+            .map(|e| e.txn.state())
     }
 
     /// How many transactions are alive.
@@ -291,7 +314,9 @@ impl Transactions {
                 if *at > now {
                     break;
                 }
-                let Some(Reverse((_, key))) = inner.timers.pop() else { break };
+                let Some(Reverse((_, key))) = inner.timers.pop() else {
+                    break;
+                };
                 due.push(key);
             }
         }
@@ -299,7 +324,9 @@ impl Transactions {
             let mut inner = self.lock();
             match &key {
                 TimerKey::Server(k) => {
-                    let Some(entry) = inner.server.get_mut(k) else { continue };
+                    let Some(entry) = inner.server.get_mut(k) else {
+                        continue;
+                    };
                     if entry.txn.deadline().is_none_or(|d| d > now) {
                         continue; // stale timer
                     }
@@ -315,7 +342,9 @@ impl Transactions {
                     self.run(&flow, actions, None);
                 }
                 TimerKey::Client(k) => {
-                    let Some(entry) = inner.client.get_mut(k) else { continue };
+                    let Some(entry) = inner.client.get_mut(k) else {
+                        continue;
+                    };
                     if entry.txn.deadline().is_none_or(|d| d > now) {
                         continue;
                     }

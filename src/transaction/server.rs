@@ -43,7 +43,11 @@ impl ServerTransaction {
         ServerTransaction {
             invite,
             reliable,
-            state: if invite { State::Proceeding } else { State::Trying },
+            state: if invite {
+                State::Proceeding
+            } else {
+                State::Trying
+            },
             last_response: None,
             retransmit: None,
             ends: None,
@@ -149,7 +153,10 @@ mod tests {
     fn non_invite_over_udp_absorbs_then_ends_after_j() {
         let t0 = Instant::now();
         let mut t = ServerTransaction::new(false, false);
-        assert!(t.on_retransmission().is_empty(), "nothing to resend while Trying");
+        assert!(
+            t.on_retransmission().is_empty(),
+            "nothing to resend while Trying"
+        );
         assert_eq!(t.on_response(200, bytes("200"), t0).len(), 1);
         assert_eq!(t.state(), State::Completed);
         assert!(matches!(t.on_retransmission().as_slice(), [Action::Send(b)] if &**b == b"200"));
@@ -181,7 +188,11 @@ mod tests {
         let mut sent = 0;
         for step in [500u64, 1000, 2000, 4000, 4000] {
             at += Duration::from_millis(step);
-            sent += t.on_timer(at).iter().filter(|a| matches!(a, Action::Send(_))).count();
+            sent += t
+                .on_timer(at)
+                .iter()
+                .filter(|a| matches!(a, Action::Send(_)))
+                .count();
         }
         assert_eq!(sent, 5);
         t.on_ack(at);
@@ -207,7 +218,10 @@ mod tests {
         let mut t = ServerTransaction::new(true, false);
         t.on_response(200, bytes("200"), t0);
         assert_eq!(t.state(), State::Accepted);
-        assert!(t.on_retransmission().is_empty(), "retransmitted INVITEs are absorbed");
+        assert!(
+            t.on_retransmission().is_empty(),
+            "retransmitted INVITEs are absorbed"
+        );
         assert_eq!(t.on_response(200, bytes("200 again"), t0).len(), 1);
         t.on_timer(t0 + timers::L);
         assert!(t.is_terminated());

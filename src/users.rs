@@ -1,0 +1,187 @@
+//! Users: digest credentials in the replicated `users` table (HA1 only, never the password),
+//! written and read at QUORUM, with a short-lived cache for the SIP hot path.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sipmesh_net::{Consistency, Mesh};
+use sipmesh_storage::Mutation;
+
+use crate::auth::{ha1, Algorithm, Credentials};
+use crate::error::{Error, Result};
+use crate::tables::USERS;
+
+/// How long a looked-up user is reused by the registrar before reading it again.
+const CACHE_TTL: Duration = Duration::from_secs(2);
+/// Users cached at most.
+const CACHE_MAX: usize = 100_000;
+/// Longest user name.
+pub const MAX_USER_LEN: usize = 64;
+
+/// A user as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UserRecord {
+    /// The user name (the user part of the AOR).
+    pub user: String,
+    /// The realm the HA1s are for.
+    pub realm: String,
+    /// Display name.
+    pub display_name: Option<String>,
+    /// Whether the user may not register or call.
+    pub disabled: bool,
+    /// The HA1s.
+    #[serde(skip)]
+    pub credentials: Credentials,
+}
+
+/// Check a user name: 1–64 characters of the SIP user-unreserved set, letters and digits.
+pub fn validate_user(user: &str) -> Result<()> {
+    let ok = !user.is_empty()
+        && user.len() <= MAX_USER_LEN
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/%".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "invalid user name {user:?}: use 1-{MAX_USER_LEN} letters, digits or -_.!~*'()&=+$,;?/%"
+        )))
+    }
+}
+
+/// The user store of a node.
+pub struct Users {
+    mesh: Mesh,
+    realm: String,
+    cache: Mutex<HashMap<String, (Option<UserRecord>, Instant)>>,
+}
+
+fn text(v: Option<&[u8]>) -> Option<String> {
+    v.map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+impl Users {
+    /// The store over `mesh`, for `realm`.
+    pub fn new(mesh: Mesh, realm: &str) -> Self {
+        Users {
+            mesh,
+            realm: realm.to_string(),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The realm.
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
+    /// The mutation that stores a user (HA1s for the realm).
+    pub fn mutation(
+        &self,
+        user: &str,
+        password: &str,
+        display_name: Option<&str>,
+    ) -> Result<Mutation> {
+        validate_user(user)?;
+        if password.is_empty() {
+            return Err(Error::Config(format!("empty password for user {user:?}")));
+        }
+        let mut cols = vec![
+            (
+                "ha1_md5",
+                ha1(Algorithm::Md5, user, &self.realm, password).into_bytes(),
+            ),
+            (
+                "ha1_sha256",
+                ha1(Algorithm::Sha256, user, &self.realm, password).into_bytes(),
+            ),
+            ("realm", self.realm.clone().into_bytes()),
+            ("disabled", b"0".to_vec()),
+        ];
+        if let Some(d) = display_name {
+            cols.push(("display_name", d.as_bytes().to_vec()));
+        }
+        let ts = self.mesh.keyspace().now();
+        Ok(Mutation::new(USERS, user.as_bytes().to_vec()).upsert(b"", cols, ts, None))
+    }
+
+    /// Add (or replace) a user, at QUORUM.
+    pub async fn add(&self, user: &str, password: &str, display_name: Option<&str>) -> Result<()> {
+        let m = self.mutation(user, password, display_name)?;
+        self.mesh.write(m, Consistency::Quorum).await?;
+        self.forget(user);
+        Ok(())
+    }
+
+    /// Remove a user, at QUORUM. Returns whether it existed.
+    pub async fn remove(&self, user: &str) -> Result<bool> {
+        let existed = self.get(user).await?.is_some();
+        let ts = self.mesh.keyspace().now();
+        let m = Mutation::new(USERS, user.as_bytes().to_vec()).delete_row(b"", ts);
+        self.mesh.write(m, Consistency::Quorum).await?;
+        self.forget(user);
+        Ok(existed)
+    }
+
+    fn forget(&self, user: &str) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(user);
+    }
+
+    /// Read a user at QUORUM.
+    pub async fn get(&self, user: &str) -> Result<Option<UserRecord>> {
+        let p = self
+            .mesh
+            .read(USERS, user.as_bytes(), Consistency::Quorum)
+            .await?;
+        Ok(p.rows.first().and_then(|row| {
+            Some(UserRecord {
+                user: user.to_string(),
+                realm: text(row.get("realm"))?,
+                display_name: text(row.get("display_name")),
+                disabled: row.get("disabled") == Some(b"1"),
+                credentials: Credentials {
+                    ha1_md5: text(row.get("ha1_md5"))?,
+                    ha1_sha256: text(row.get("ha1_sha256"))?,
+                },
+            })
+        }))
+    }
+
+    /// Read a user, reusing a lookup younger than [`CACHE_TTL`].
+    pub async fn get_cached(&self, user: &str) -> Result<Option<UserRecord>> {
+        if let Some((rec, at)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+        {
+            if at.elapsed() < CACHE_TTL {
+                return Ok(rec.clone());
+            }
+        }
+        let rec = self.get(user).await?;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(user.to_string(), (rec.clone(), Instant::now()));
+        Ok(rec)
+    }
+
+    /// The users whose partitions this node holds (one part of a mesh-wide listing).
+    pub fn local_users(&self) -> Result<Vec<String>> {
+        let ks = self.mesh.keyspace();
+        let mut out = Vec::new();
+        for (_, table, pk) in ks.partitions()? {
+            if table == USERS && ks.read_row(USERS, &pk, b"")?.is_some() {
+                out.push(String::from_utf8_lossy(&pk).into_owned());
+            }
+        }
+        Ok(out)
+    }
+}
