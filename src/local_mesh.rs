@@ -22,9 +22,13 @@ use tempfile::TempDir;
 use crate::error::{Error, Result};
 use crate::node::{Node, NodeConfig};
 
+/// A change applied to every node's configuration.
+pub type Tweak = std::sync::Arc<dyn Fn(&mut NodeConfig) + Send + Sync>;
+
 /// Settings of a local mesh.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LocalMeshBuilder {
+    tweak: Option<Tweak>,
     nodes: usize,
     replication_factor: usize,
     mesh_key: Option<sipmesh_net::config::MeshConfigKey>,
@@ -55,6 +59,7 @@ pub struct LocalMesh {
 impl Default for LocalMeshBuilder {
     fn default() -> Self {
         LocalMeshBuilder {
+            tweak: None,
             nodes: 3,
             replication_factor: 3,
             mesh_key: None,
@@ -92,6 +97,12 @@ impl LocalMeshBuilder {
         self
     }
 
+    /// Change every node's configuration (SIP settings, limits, …) before it starts.
+    pub fn configure(mut self, f: impl Fn(&mut NodeConfig) + Send + Sync + 'static) -> Self {
+        self.tweak = Some(std::sync::Arc::new(f));
+        self
+    }
+
     /// Join an existing mesh through this seed (node 0 bootstraps from it).
     pub fn bootstrap(mut self, seed: Multiaddr) -> Self {
         self.bootstrap.push(seed);
@@ -105,6 +116,9 @@ impl LocalMeshBuilder {
         config.mesh.anti_entropy_interval = self.anti_entropy_interval;
         config.mesh.evict_after = self.evict_after;
         config.mesh.bootstrap = self.bootstrap.clone();
+        if let Some(t) = &self.tweak {
+            t(&mut config);
+        }
         config
     }
 

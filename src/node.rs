@@ -47,6 +47,8 @@ pub struct NodeConfig {
     pub admin_token: Option<String>,
     /// Transport limits.
     pub limits: TransportLimits,
+    /// Answer UDP requests at their source port even without `rport` (for clients behind NAT).
+    pub force_rport: bool,
 }
 
 impl NodeConfig {
@@ -65,6 +67,7 @@ impl NodeConfig {
             registrar: RegistrarConfig::default(),
             admin_token: None,
             limits: TransportLimits::default(),
+            force_rport: false,
         }
     }
 }
@@ -198,7 +201,13 @@ impl Node {
             config.registrar.clone(),
             metrics.clone(),
         ));
-        let sip = SipServer::new(transport.clone(), transactions, registrar, metrics.clone());
+        let sip = SipServer::new(
+            transport.clone(),
+            transactions,
+            registrar,
+            metrics.clone(),
+            config.force_rport,
+        );
         transport.start(sip.clone());
         let http = match config.http_listen {
             Some(addr) => Some(crate::admin::bind(addr).await?),

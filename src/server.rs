@@ -29,6 +29,9 @@ pub struct SipServer {
     transactions: Arc<Transactions>,
     registrar: Arc<Registrar>,
     metrics: Arc<Metrics>,
+    /// Answer to the source port even without `rport` (NAT-friendly, like Kamailio's
+    /// `force_rport()`).
+    force_rport: bool,
 }
 
 /// The top Via with `received` and `rport` filled in from the source address (RFC 3581).
@@ -67,9 +70,9 @@ pub fn stamp_via(via: &Via, source: SocketAddr) -> String {
 
 /// Where responses to a request go (RFC 3261 §18.2.2, RFC 3581): the same connection on TCP; on
 /// UDP the source address when `rport` was asked for, else the source IP and the Via port.
-pub fn response_flow(via: &Via, flow: &Flow) -> Flow {
+pub fn response_flow(via: &Via, flow: &Flow, force_rport: bool) -> Flow {
     match flow {
-        Flow::Udp(src) if via.rport().is_none() => {
+        Flow::Udp(src) if via.rport().is_none() && !force_rport => {
             Flow::Udp(SocketAddr::new(src.ip(), via.port.unwrap_or(5060)))
         }
         other => other.clone(),
@@ -83,6 +86,7 @@ impl SipServer {
         transactions: Arc<Transactions>,
         registrar: Arc<Registrar>,
         metrics: Arc<Metrics>,
+        force_rport: bool,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| SipServer {
             me: me.clone(),
@@ -90,27 +94,34 @@ impl SipServer {
             transactions,
             registrar,
             metrics,
+            force_rport,
         })
     }
 
     fn stateless(&self, req: &Message, flow: &Flow, fault: &Fault) {
         inc(&self.metrics.sip_bad_requests);
-        let Some(via) = req
+        if req.count(&HeaderName::Via) == 0 {
+            inc(&self.metrics.sip_dropped); // nowhere to send an answer
+            return;
+        }
+        let mut r = ResponseBuilder::new(req, fault.code, &fault.reason).to_tag(&random_tag());
+        // With a parseable top Via the answer follows it (RFC 3261 §18.2.2); with a broken one
+        // the raw Via is copied and the answer goes back to the source address.
+        let dest = match req
             .values(&HeaderName::Via)
             .first()
             .and_then(|v| Via::parse(v).ok())
-        else {
-            inc(&self.metrics.sip_dropped);
-            return;
+        {
+            Some(via) => {
+                r = r.top_via(stamp_via(&via, flow.peer()));
+                response_flow(&via, flow, self.force_rport)
+            }
+            None => flow.clone(),
         };
-        let mut r = ResponseBuilder::new(req, fault.code, &fault.reason)
-            .to_tag(&random_tag())
-            .top_via(stamp_via(&via, flow.peer()));
         if fault.code == 405 || fault.code == 501 {
             r = r.header("Allow", ALLOW);
         }
-        let bytes: Arc<[u8]> = Arc::from(r.build());
-        let _ = self.transport.send(&response_flow(&via, flow), bytes);
+        let _ = self.transport.send(&dest, Arc::from(r.build()));
     }
 
     fn on_request(self: &Arc<Self>, msg: Message, flow: Flow) {
@@ -128,7 +139,7 @@ impl SipServer {
             }
         };
         let key = server_key(&msg, &checked.via, &checked.method);
-        let rflow = response_flow(&checked.via, &flow);
+        let rflow = response_flow(&checked.via, &flow, self.force_rport);
         match self.transactions.on_request(&key, &checked.method, &rflow) {
             ServerMatch::New => {}
             ServerMatch::Retransmission => {
@@ -204,6 +215,12 @@ impl SipServer {
                         .header("Unsupported", unsupported.join(", "));
                     return (420, r.build());
                 }
+                let has_user = SipUri::parse(&c.uri)
+                    .map(|u| u.user.is_some())
+                    .unwrap_or(false);
+                if !has_user && matches!(c.method, Method::Other(_)) {
+                    return respond(501, "Not Implemented");
+                }
                 respond(404, "Not Found")
             }
         }
@@ -224,8 +241,9 @@ impl SipServer {
 
 impl Handler for SipServer {
     fn on_message(&self, msg: Message, flow: Flow) {
+        // A status line, even a malformed one, is a response: never answered.
         match &msg.start {
-            Ok(crate::sip::StartLine::Response { .. }) => self.on_response(msg, flow),
+            _ if msg.raw.starts_with(b"SIP/") => self.on_response(msg, flow),
             _ => {
                 if let Some(this) = self.me.upgrade() {
                     this.on_request(msg, flow);

@@ -100,6 +100,8 @@ pub enum SendError {
 
 /// Frames queued per TCP connection before sends fail.
 const TCP_SEND_QUEUE: usize = 1024;
+/// How long a connection whose read side ended still accepts answers to send.
+const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
 struct Conn {
     tx: mpsc::Sender<Arc<[u8]>>,
@@ -376,6 +378,7 @@ async fn connection(
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 16 * 1024];
     let mut partial_since: Option<tokio::time::Instant> = None;
+    let mut timed_out = false;
     'conn: loop {
         loop {
             match frame_stream(&buf) {
@@ -430,8 +433,19 @@ async fn connection(
             }
         }
     }
+    // The read side is done (peer closed, timeout, or a stream that cannot be framed). Keep the
+    // write side registered for a moment so answers already being computed still go out, then
+    // let the writer drain its queue and close.
+    if !timed_out {
+        tokio::time::sleep(CLOSE_LINGER).await;
+    }
     t.forget(&flow);
-    writer_task.abort();
+    if tokio::time::timeout(Duration::from_secs(5), writer_task)
+        .await
+        .is_err()
+    {
+        debug!(?flow, "writer did not drain in time");
+    }
     if let Some(h) = t.handler.get() {
         h.on_closed(flow);
     }

@@ -293,7 +293,7 @@ impl NameAddr {
         }
         // addr-spec: the URI ends at the first ';' — what follows are header parameters.
         let (uri, params) = match rest.find(';') {
-            Some(i) => (&rest[..i], &rest[i..]),
+            Some(i) => (rest[..i].trim_end(), &rest[i..]),
             None => (rest, ""),
         };
         if uri.is_empty()

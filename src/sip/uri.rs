@@ -1,7 +1,7 @@
 //! SIP URIs: rsipstack's URI grammar underneath, with sipmesh's strict checks in front and the
 //! original text kept (a URI is never re-serialised: rsipstack would escape `%` twice).
 
-use rsipstack::sip::uri::{Host, Scheme};
+use rsipstack::sip::uri::Host;
 
 use super::Fault;
 
@@ -37,6 +37,10 @@ pub fn scheme_of(uri: &str) -> Option<String> {
 
 impl SipUri {
     /// Parse a `sip:` or `sips:` URI. Another scheme is 416; a malformed URI is 400.
+    ///
+    /// The split into userinfo, host, parameters and headers is done here: rsipstack's splitter
+    /// cuts at the first `;` or `?`, which may legally appear in a user part (RFC 4475
+    /// `semiuri`, `intmeth`). rsipstack parses the host.
     pub fn parse(text: &str) -> Result<SipUri, Fault> {
         let scheme = scheme_of(text).ok_or_else(|| Fault::bad("URI without a scheme"))?;
         if scheme != "sip" && scheme != "sips" {
@@ -47,43 +51,49 @@ impl SipUri {
         }) {
             return Err(Fault::bad("Malformed URI"));
         }
-        // rsipstack's parser is lenient; check the parts it would accept too easily.
-        let body = &text[scheme.len() + 1..];
-        let main = body.split(['?', ';']).next().unwrap_or("");
-        let hostport = main.rsplit_once('@').map(|(_, h)| h).unwrap_or(main);
-        if super::header::parse_host_port(hostport).is_none() {
-            return Err(Fault::bad("Malformed URI host"));
-        }
-        let uri = rsipstack::sip::uri::parse_uri(text).map_err(|_| Fault::bad("Malformed URI"))?;
-        let host = match uri.host() {
-            Host::Domain(d) => d.0.to_ascii_lowercase(),
-            Host::IpAddr(ip) => ip.to_string(),
+        let rest = &text[scheme.len() + 1..];
+        let (userinfo, hostpart) = match rest.rfind('@') {
+            Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
+            None => (None, rest),
         };
-        if matches!(uri.scheme, Some(Scheme::Other(_)) | None) {
-            return Err(Fault::new(416, "Unsupported URI Scheme"));
-        }
-        let params = body
-            .split('?')
-            .next()
-            .unwrap_or("")
-            .split(';')
-            .skip(1)
-            .filter(|p| !p.is_empty())
-            .map(|p| match p.split_once('=') {
+        let (hostpart, headers) = match hostpart.split_once('?') {
+            Some((h, q)) => (h, Some(q)),
+            None => (hostpart, None),
+        };
+        let (hostport, params) = match hostpart.split_once(';') {
+            Some((h, p)) => (h, p),
+            None => (hostpart, ""),
+        };
+        let (host, port) = super::header::parse_host_port(hostport)
+            .ok_or_else(|| Fault::bad("Malformed URI host"))?;
+        let host = match host.parse::<Host>() {
+            Ok(Host::IpAddr(ip)) => ip.to_string(),
+            Ok(Host::Domain(d)) => d.0.to_ascii_lowercase(),
+            Err(_) => return Err(Fault::bad("Malformed URI host")),
+        };
+        let user = match userinfo {
+            Some(u) if u.is_empty() => return Err(Fault::bad("Empty URI user part")),
+            Some(u) => Some(u.split(':').next().unwrap_or(u).to_string()),
+            None => None,
+        };
+        let mut out_params = Vec::new();
+        for p in params.split(';') {
+            if p.is_empty() {
+                continue;
+            }
+            out_params.push(match p.split_once('=') {
                 Some((n, v)) => (n.to_ascii_lowercase(), Some(v.to_string())),
                 None => (p.to_ascii_lowercase(), None),
-            })
-            .collect();
+            });
+        }
         Ok(SipUri {
             text: text.to_string(),
             secure: scheme == "sips",
-            user: main
-                .rsplit_once('@')
-                .map(|(u, _)| u.split(':').next().unwrap_or(u).to_string()),
+            user,
             host,
-            port: uri.host_with_port.port.map(|p| p.0),
-            params,
-            has_headers: body.contains('?'),
+            port,
+            params: out_params,
+            has_headers: headers.is_some(),
         })
     }
 

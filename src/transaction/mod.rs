@@ -42,7 +42,8 @@ pub enum ClientEvent {
 /// Most transactions held at once; beyond this new requests get 503.
 pub const MAX_TRANSACTIONS: usize = 200_000;
 
-/// The key of a server transaction (§17.2.3): branch, sent-by and method, ACK matching INVITE;
+/// The key of a server transaction (§17.2.3): branch, sent-by, method (ACK matching INVITE) and
+/// Call-ID;
 /// for pre-3261 requests (no magic cookie) Call-ID, CSeq, From tag and the top Via.
 pub fn server_key(msg: &Message, via: &Via, method: &Method) -> String {
     let method = match method {
@@ -50,11 +51,15 @@ pub fn server_key(msg: &Message, via: &Via, method: &Method) -> String {
         m => m.as_str(),
     };
     if via.is_rfc3261() {
+        // RFC 3261 matches on branch, sent-by and method. The Call-ID is added: a genuine
+        // retransmission always carries the same one, and it keeps two different requests
+        // from a client that reuses branch values (RFC 4475's corpus does) apart.
         format!(
-            "{}|{}:{}|{method}",
+            "{}|{}:{}|{method}|{}",
             via.branch().unwrap_or_default(),
             via.host.to_ascii_lowercase(),
-            via.port.unwrap_or(5060)
+            via.port.unwrap_or(5060),
+            msg.header(&HeaderName::CallId).unwrap_or_default()
         )
     } else {
         let cseq = msg

@@ -1,0 +1,277 @@
+//! Shared helpers for the integration tests: a small SIP client over real UDP/TCP sockets,
+//! digest computation, polling, and admin API calls.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use md5::{Digest, Md5};
+use sipmesh::sip::message::{frame_stream, Framed, HeaderName, Message};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+/// Every test runs under this hard timeout.
+pub async fn within<F: Future<Output = ()>>(secs: u64, f: F) {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .expect("test exceeded its hard timeout");
+}
+
+/// Poll `cond` every 100 ms until it holds or `secs` pass.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {secs}s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A random token.
+pub fn token() -> String {
+    format!("{:012x}", rand::random::<u64>() & 0xFFFF_FFFF_FFFF)
+}
+
+/// A SIP client on one socket (UDP or TCP).
+pub enum Client {
+    /// UDP.
+    Udp(UdpSocket, SocketAddr),
+    /// TCP, with a read buffer.
+    Tcp(TcpStream, Vec<u8>),
+}
+
+impl Client {
+    /// A UDP client talking to `server`.
+    pub async fn udp(server: SocketAddr) -> Client {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        Client::Udp(s, server)
+    }
+
+    /// A TCP client connected to `server`.
+    pub async fn tcp(server: SocketAddr) -> Client {
+        Client::Tcp(TcpStream::connect(server).await.unwrap(), Vec::new())
+    }
+
+    /// The transport token for Via.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Client::Udp(..) => "UDP",
+            Client::Tcp(..) => "TCP",
+        }
+    }
+
+    /// The local address.
+    pub fn local(&self) -> SocketAddr {
+        match self {
+            Client::Udp(s, _) => s.local_addr().unwrap(),
+            Client::Tcp(s, _) => s.local_addr().unwrap(),
+        }
+    }
+
+    /// Send raw bytes.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        match self {
+            Client::Udp(s, server) => {
+                s.send_to(bytes, *server).await.unwrap();
+            }
+            Client::Tcp(s, _) => s.write_all(bytes).await.unwrap(),
+        }
+    }
+
+    /// Receive one message (or raw bytes for keepalives) within `ms`; `None` on timeout or close.
+    pub async fn recv_raw(&mut self, ms: u64) -> Option<Vec<u8>> {
+        let fut = async {
+            match self {
+                Client::Udp(s, _) => {
+                    let mut buf = vec![0u8; 65536];
+                    let (n, _) = s.recv_from(&mut buf).await.ok()?;
+                    buf.truncate(n);
+                    Some(buf)
+                }
+                Client::Tcp(s, buf) => loop {
+                    match frame_stream(buf) {
+                        Framed::Message { skip, len } => {
+                            return Some(buf.drain(..skip + len).skip(skip).collect())
+                        }
+                        Framed::Ping(n) | Framed::Pong(n) => return Some(buf.drain(..n).collect()),
+                        Framed::Error(_) => return None,
+                        Framed::Incomplete => {}
+                    }
+                    let mut chunk = [0u8; 8192];
+                    let n = s.read(&mut chunk).await.ok()?;
+                    if n == 0 {
+                        return None;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                },
+            }
+        };
+        tokio::time::timeout(Duration::from_millis(ms), fut)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Receive the next message within `ms`, skipping provisional responses.
+    pub async fn recv_final(&mut self, ms: u64) -> Option<Message> {
+        loop {
+            let raw = self.recv_raw(ms).await?;
+            let m = Message::parse(&raw, true).ok()?;
+            if m.status().is_some_and(|c| c < 200) {
+                continue;
+            }
+            return Some(m);
+        }
+    }
+
+    /// Send a request and wait for its final response.
+    pub async fn request(&mut self, msg: &str) -> Option<Message> {
+        self.send(msg.as_bytes()).await;
+        self.recv_final(5000).await
+    }
+}
+
+/// A REGISTER.
+pub struct Register<'a> {
+    pub user: &'a str,
+    pub call_id: String,
+    pub cseq: u32,
+    pub contact: String,
+    pub expires: Option<u32>,
+    pub authorization: Option<String>,
+    pub extra: String,
+}
+
+impl<'a> Register<'a> {
+    pub fn new(user: &'a str, contact: &str) -> Self {
+        Register {
+            user,
+            call_id: format!("{}@test", token()),
+            cseq: 1,
+            contact: contact.to_string(),
+            expires: Some(3600),
+            authorization: None,
+            extra: String::new(),
+        }
+    }
+
+    pub fn build(&self, c: &Client, server: SocketAddr) -> String {
+        let mut m = format!(
+            "REGISTER sip:{server} SIP/2.0\r\nVia: SIP/2.0/{} {};branch=z9hG4bK{};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{}@{server}>;tag={}\r\nTo: <sip:{}@{server}>\r\nCall-ID: {}\r\nCSeq: {} REGISTER\r\nContact: {}\r\n",
+            c.transport(),
+            c.local(),
+            token(),
+            self.user,
+            token(),
+            self.user,
+            self.call_id,
+            self.cseq,
+            self.contact
+        );
+        if let Some(e) = self.expires {
+            m.push_str(&format!("Expires: {e}\r\n"));
+        }
+        if let Some(a) = &self.authorization {
+            m.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        m.push_str(&self.extra);
+        m.push_str("Content-Length: 0\r\n\r\n");
+        m
+    }
+}
+
+fn md5_hex(s: &str) -> String {
+    Md5::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A Digest (MD5, qop=auth) Authorization value answering the first challenge of `challenge`.
+pub fn digest(
+    challenge: &Message,
+    header: &HeaderName,
+    user: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+    nc: u32,
+) -> String {
+    let ch = challenge.header(header).expect("a challenge");
+    let get = |name: &str| {
+        let start = ch.find(&format!("{name}=")).expect("param") + name.len() + 1;
+        let rest = &ch[start..];
+        if let Some(r) = rest.strip_prefix('"') {
+            r[..r.find('"').unwrap()].to_string()
+        } else {
+            rest.split(',').next().unwrap().trim().to_string()
+        }
+    };
+    let (realm, nonce) = (get("realm"), get("nonce"));
+    let ha1 = md5_hex(&format!("{user}:{realm}:{password}"));
+    let ha2 = md5_hex(&format!("{method}:{uri}"));
+    let nc = format!("{nc:08x}");
+    let cnonce = token();
+    let response = md5_hex(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
+    format!(
+        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{response}\", algorithm=MD5, qop=auth, nc={nc}, cnonce=\"{cnonce}\""
+    )
+}
+
+/// Register with the full digest exchange; returns the final response.
+pub async fn register(
+    c: &mut Client,
+    server: SocketAddr,
+    reg: &mut Register<'_>,
+    password: &str,
+) -> Message {
+    let first = c
+        .request(&reg.build(c, server))
+        .await
+        .expect("an answer to REGISTER");
+    if first.status() != Some(401) {
+        return first;
+    }
+    reg.cseq += 1;
+    reg.authorization = Some(digest(
+        &first,
+        &HeaderName::Other("www-authenticate".into()),
+        reg.user,
+        password,
+        "REGISTER",
+        &format!("sip:{server}"),
+        1,
+    ));
+    c.request(&reg.build(c, server))
+        .await
+        .expect("an answer to the authenticated REGISTER")
+}
+
+/// GET a JSON document from a node's admin API.
+pub async fn http_get(url: String) -> (u16, serde_json::Value) {
+    tokio::task::spawn_blocking(move || match ureq::get(&url).call() {
+        Ok(r) => (r.status(), r.into_json().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or_default()),
+        Err(e) => panic!("GET {url}: {e}"),
+    })
+    .await
+    .unwrap()
+}
+
+/// POST JSON to a node's admin API.
+pub async fn http_post(url: String, body: serde_json::Value) -> (u16, serde_json::Value) {
+    tokio::task::spawn_blocking(move || match ureq::post(&url).send_json(body) {
+        Ok(r) => (r.status(), r.into_json().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or_default()),
+        Err(e) => panic!("POST {url}: {e}"),
+    })
+    .await
+    .unwrap()
+}
