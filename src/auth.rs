@@ -2,8 +2,9 @@
 //! MD5 with qop=auth, stateless HMAC nonces with an expiry, nonce-count replay checks, and a
 //! bound on failed attempts.
 //!
-//! A nonce is `hex(issued_ms) || hex(HMAC-SHA256(secret, issued_ms || realm)[..12])`: any node of
-//! the mesh holding the mesh-wide secret can check it without state. The nonce-count seen per
+//! A nonce is `hex(issued_ms) || hex(salt) || hex(HMAC-SHA256(secret, issued_ms || salt || realm)[..12])`
+//! with a random 32-bit salt (two challenges in the same millisecond differ, so their nonce counts
+//! do not collide): any node of the mesh holding the mesh-wide secret can check it without state. The nonce-count seen per
 //! nonce is kept per node (bounded), so a replayed request is refused where it was first seen.
 
 use std::collections::HashMap;
@@ -136,10 +137,11 @@ impl Authenticator {
         }
     }
 
-    fn mac(secret: &[u8], issued_ms: u64, realm: &str) -> String {
+    fn mac(secret: &[u8], issued_ms: u64, salt: u32, realm: &str) -> String {
         let mut m =
             <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
         m.update(&issued_ms.to_be_bytes());
+        m.update(&salt.to_be_bytes());
         m.update(realm.as_bytes());
         hex(&m.finalize().into_bytes()[..12])
     }
@@ -152,7 +154,11 @@ impl Authenticator {
             .unwrap_or_else(|p| p.into_inner())
             .0
             .clone();
-        format!("{now_ms:016x}{}", Self::mac(&secret, now_ms, &self.realm))
+        let salt: u32 = rand::random();
+        format!(
+            "{now_ms:016x}{salt:08x}{}",
+            Self::mac(&secret, now_ms, salt, &self.realm)
+        )
     }
 
     /// The challenge header values (SHA-256 and MD5, same nonce). MD5 is listed first because
@@ -177,11 +183,12 @@ impl Authenticator {
     }
 
     fn check_nonce(&self, nonce: &str, now_ms: u64) -> Result<u64, AuthError> {
-        if nonce.len() != 40 {
+        if nonce.len() != 48 || !nonce.is_ascii() {
             return Err(AuthError::Invalid("malformed nonce".into()));
         }
-        let issued = u64::from_str_radix(&nonce[..16], 16)
-            .map_err(|_| AuthError::Invalid("malformed nonce".into()))?;
+        let malformed = |_| AuthError::Invalid("malformed nonce".into());
+        let issued = u64::from_str_radix(&nonce[..16], 16).map_err(malformed)?;
+        let salt = u32::from_str_radix(&nonce[16..24], 16).map_err(malformed)?;
         let (current, previous) = self
             .secrets
             .read()
@@ -189,8 +196,8 @@ impl Authenticator {
             .clone();
         let genuine = std::iter::once(current).chain(previous).any(|s| {
             constant_time_eq(
-                Self::mac(&s, issued, &self.realm).as_bytes(),
-                nonce[16..].as_bytes(),
+                Self::mac(&s, issued, salt, &self.realm).as_bytes(),
+                nonce[24..].as_bytes(),
             )
         });
         if !genuine {
@@ -336,8 +343,8 @@ mod tests {
     #[test]
     fn good_credentials_both_algorithms() {
         let a = Authenticator::new("r", b"secret".to_vec());
-        for (i, alg) in [Algorithm::Md5, Algorithm::Sha256].into_iter().enumerate() {
-            let nonce = a.nonce(1_000_000 + i as u64);
+        for alg in [Algorithm::Md5, Algorithm::Sha256] {
+            let nonce = a.nonce(1_000_000);
             let c = creds_for(&a, alg, &nonce, "00000001", "pw");
             assert_eq!(
                 a.verify(&c, "REGISTER", Some(&stored()), 1_000_500)
@@ -392,6 +399,12 @@ mod tests {
         assert!(a
             .verify(&still, "REGISTER", Some(&stored()), 1_000_400)
             .is_ok());
+    }
+
+    #[test]
+    fn nonces_of_one_millisecond_differ() {
+        let a = Authenticator::new("r", vec![1]);
+        assert_ne!(a.nonce(5), a.nonce(5));
     }
 
     #[test]
