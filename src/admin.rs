@@ -9,6 +9,7 @@
 //! | `GET /v1/users/{user}` | one user (never its HA1s) or 404 |
 //! | `DELETE /v1/users/{user}` | remove a user |
 //! | `GET /v1/registrations/{user}` | the AOR's bindings, read at QUORUM |
+//! | `GET /v1/dialogs` | every active dialog of the mesh |
 //! | `GET /metrics` | Prometheus counters |
 //!
 //! With an admin token configured every request needs `Authorization: Bearer <token>`.
@@ -71,6 +72,7 @@ pub fn serve(node: Node, listener: tokio::net::TcpListener) {
         )
         .route("/v1/users/{user}", get(get_user).delete(delete_user))
         .route("/v1/registrations/{user}", get(registrations))
+        .route("/v1/dialogs", get(dialogs))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(token, require_token))
         .with_state(node);
@@ -110,7 +112,7 @@ async fn status(State(node): State<Node>) -> Response {
         "realm": node.config.realm,
         "members_up": up,
         "registrations": registrations,
-        "dialogs": 0,
+        "dialogs": node.proxy.dialogs().count(),
         "capacity": node.config.capacity,
         "tcp_connections": node.transport.connections(),
         "hints": node.keyspace().hints().len(),
@@ -252,6 +254,13 @@ async fn registrations(State(node): State<Node>, Path(user): Path<String>) -> Re
                 .collect();
             Json(json!({ "user": user, "bindings": list })).into_response()
         }
+        Err(e) => internal(e),
+    }
+}
+
+async fn dialogs(State(node): State<Node>) -> Response {
+    match node.list_dialogs().await {
+        Ok(d) => Json(json!({ "dialogs": d })).into_response(),
         Err(e) => internal(e),
     }
 }

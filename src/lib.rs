@@ -9,11 +9,13 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod dialog;
 pub mod error;
 pub mod local_mesh;
 pub mod location;
 pub mod metrics;
 pub mod node;
+pub mod proxy;
 pub mod registrar;
 pub mod server;
 pub mod sip;

@@ -12,13 +12,15 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::auth::Authenticator;
+use crate::dialog::Dialogs;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::proxy::{Proxy, ProxyConfig};
 use crate::registrar::{Registrar, RegistrarConfig};
 use crate::server::SipServer;
 use crate::tables::{self, MESH};
 use crate::transaction::Transactions;
-use crate::transport::{Transport, TransportLimits};
+use crate::transport::{Flow, SendError, Transport, TransportLimits};
 use crate::users::Users;
 use crate::wire::AppMessage;
 
@@ -49,6 +51,8 @@ pub struct NodeConfig {
     pub limits: TransportLimits,
     /// Answer UDP requests at their source port even without `rport` (for clients behind NAT).
     pub force_rport: bool,
+    /// How long a dialog stays in the keyspace without in-dialog traffic.
+    pub dialog_ttl: Duration,
 }
 
 impl NodeConfig {
@@ -68,6 +72,7 @@ impl NodeConfig {
             admin_token: None,
             limits: TransportLimits::default(),
             force_rport: false,
+            dialog_ttl: crate::dialog::DEFAULT_DIALOG_TTL,
         }
     }
 }
@@ -83,6 +88,8 @@ pub struct Node {
     pub sip: Arc<SipServer>,
     /// The SIP transports.
     pub transport: Arc<Transport>,
+    /// The proxy (and its dialogs).
+    pub proxy: Arc<Proxy>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// The admin API's address, if it runs.
@@ -201,10 +208,37 @@ impl Node {
             config.registrar.clone(),
             metrics.clone(),
         ));
+        let dialogs = Arc::new(Dialogs::new(mesh.clone(), config.dialog_ttl));
+        let proxy = Proxy::new(
+            transport.clone(),
+            transactions.clone(),
+            mesh.clone(),
+            registrar.clone(),
+            users.clone(),
+            dialogs,
+            metrics.clone(),
+            ProxyConfig {
+                auth_invites: config.auth_invites,
+            },
+        );
+        {
+            // SIP to other nodes rides the mesh's streams, in order per node.
+            let mesh = mesh.clone();
+            transport.set_mesh_sender(Box::new(move |node, target, bytes| {
+                let peer: sipmesh_net::PeerId = node.parse().map_err(|_| SendError::Closed)?;
+                let msg = AppMessage::Sip {
+                    bytes: bytes.to_vec(),
+                    target: target.cloned(),
+                };
+                mesh.try_send_app(peer, msg.encode())
+                    .map_err(|_| SendError::Full)
+            }));
+        }
         let sip = SipServer::new(
             transport.clone(),
             transactions,
             registrar,
+            proxy.clone(),
             metrics.clone(),
             config.force_rport,
         );
@@ -219,6 +253,7 @@ impl Node {
             users,
             sip,
             transport,
+            proxy,
             metrics,
             http_addr,
             config: Arc::new(config),
@@ -278,6 +313,34 @@ impl Node {
         Ok(out)
     }
 
+    /// Every dialog of the mesh: the union of what each up member holds.
+    pub async fn list_dialogs(&self) -> Result<Vec<crate::dialog::Dialog>> {
+        let mut raw: Vec<Vec<u8>> = self.proxy.dialogs().local_records();
+        for m in self.mesh.members() {
+            if m.local || m.state != sipmesh_net::MemberState::Up {
+                continue;
+            }
+            let answer = self
+                .mesh
+                .request_app(
+                    m.peer_id,
+                    AppMessage::ListDialogs.encode(),
+                    Duration::from_secs(5),
+                )
+                .await?;
+            if let Some(AppMessage::Dialogs(d)) = AppMessage::decode(&answer) {
+                raw.extend(d);
+            }
+        }
+        let mut out: Vec<crate::dialog::Dialog> = raw
+            .iter()
+            .filter_map(|b| crate::dialog::decode(b))
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out.dedup_by(|a, b| a.id == b.id);
+        Ok(out)
+    }
+
     /// Bindings this node owns (from its `clients_by_proxy` index).
     pub async fn owned_bindings(&self) -> Result<u64> {
         let p = self
@@ -303,8 +366,19 @@ impl Node {
 async fn serve_app(node: Node, mut rx: mpsc::Receiver<MeshMessage>) {
     while let Some(msg) = rx.recv().await {
         let answer = match AppMessage::decode(&msg.payload) {
+            Some(AppMessage::Sip { bytes, target }) => {
+                let flow = Flow::Mesh {
+                    node: msg.from.to_string(),
+                    target: target.map(Box::new),
+                };
+                node.transport.deliver_from_mesh(&bytes, flow);
+                continue;
+            }
             Some(AppMessage::ListUsers) => {
                 AppMessage::Users(node.users.local_users().unwrap_or_default())
+            }
+            Some(AppMessage::ListDialogs) => {
+                AppMessage::Dialogs(node.proxy.dialogs().local_records())
             }
             _ => {
                 warn!(from = %msg.from, "unknown application message");

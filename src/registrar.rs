@@ -183,7 +183,9 @@ impl Registrar {
             Err(AuthError::Invalid(why)) => {
                 inc(&self.metrics.registrar_auth_failures);
                 debug!(user = %username, why, "authentication failed");
-                if self.auth.fail(&fail_key) {
+                // A phone with a wrong password gets one more chance to register; a call with
+                // wrong credentials is refused at once.
+                if proxy || self.auth.fail(&fail_key) {
                     Err((403, Self::respond(req, top_via, 403, "Forbidden").build()))
                 } else {
                     Err(challenge(false))

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tracing::{debug, Instrument};
 
 use crate::metrics::{inc, Metrics};
+use crate::proxy::Proxy;
 use crate::registrar::{random_tag, Registrar};
 use crate::sip::build::ResponseBuilder;
 use crate::sip::header::Via;
@@ -28,6 +29,7 @@ pub struct SipServer {
     transport: Arc<Transport>,
     transactions: Arc<Transactions>,
     registrar: Arc<Registrar>,
+    proxy: Arc<Proxy>,
     metrics: Arc<Metrics>,
     /// Answer to the source port even without `rport` (NAT-friendly, like Kamailio's
     /// `force_rport()`).
@@ -85,6 +87,7 @@ impl SipServer {
         transport: Arc<Transport>,
         transactions: Arc<Transactions>,
         registrar: Arc<Registrar>,
+        proxy: Arc<Proxy>,
         metrics: Arc<Metrics>,
         force_rport: bool,
     ) -> Arc<Self> {
@@ -93,6 +96,7 @@ impl SipServer {
             transport,
             transactions,
             registrar,
+            proxy,
             metrics,
             force_rport,
         })
@@ -138,6 +142,11 @@ impl SipServer {
                 return;
             }
         };
+        // A request another node hands over for delivery down one of this node's flows.
+        let (flow, target) = match flow {
+            Flow::Mesh { node, target } => (Flow::Mesh { node, target: None }, target.map(|t| *t)),
+            other => (other, None),
+        };
         let key = server_key(&msg, &checked.via, &checked.method);
         let rflow = response_flow(&checked.via, &flow, self.force_rport);
         match self.transactions.on_request(&key, &checked.method, &rflow) {
@@ -148,8 +157,9 @@ impl SipServer {
             }
             ServerMatch::AckAbsorbed => return,
             ServerMatch::StrayAck => {
-                // An ACK for a 2xx: end to end, for the proxy to forward.
-                inc(&self.metrics.sip_dropped);
+                // An ACK for a 2xx: end to end, forwarded statelessly along its route.
+                let proxy = self.proxy.clone();
+                tokio::spawn(async move { proxy.forward_stateless(msg, checked).await });
                 return;
             }
             ServerMatch::Overloaded => {
@@ -162,22 +172,30 @@ impl SipServer {
         tokio::spawn(
             async move {
                 let top_via = stamp_via(&checked.via, flow.peer());
-                let (code, bytes) = this.dispatch(&msg, &checked, &flow, &top_via).await;
-                this.transactions.respond(&key, code, Arc::from(bytes));
+                if let Some((code, bytes)) = this
+                    .dispatch(msg, checked, flow, &top_via, &key, target)
+                    .await
+                {
+                    this.transactions.respond(&key, code, Arc::from(bytes));
+                }
             }
             .instrument(span),
         );
     }
 
+    /// Answer a request (`Some`), or hand it to the proxy, which answers through the
+    /// transaction itself (`None`).
     async fn dispatch(
         &self,
-        msg: &Message,
-        c: &Checked,
-        flow: &Flow,
+        msg: Message,
+        c: Checked,
+        flow: Flow,
         top_via: &str,
-    ) -> (u16, Vec<u8>) {
+        key: &str,
+        target: Option<Flow>,
+    ) -> Option<(u16, Vec<u8>)> {
         let respond = |code: u16, reason: &str| {
-            let r = ResponseBuilder::new(msg, code, reason)
+            let r = ResponseBuilder::new(&msg, code, reason)
                 .to_tag(&random_tag())
                 .top_via(top_via.to_string());
             let r = if code == 405 || code == 501 {
@@ -185,45 +203,49 @@ impl SipServer {
             } else {
                 r
             };
-            (code, r.build())
+            Some((code, r.build()))
         };
+        let to_node = SipUri::parse(&c.uri)
+            .map(|u| u.user.is_none())
+            .unwrap_or(false)
+            && msg.count(&HeaderName::Route) == 0;
         match &c.method {
-            Method::Register => self.registrar.handle(msg, c, flow, top_via).await,
-            Method::Options
-                if SipUri::parse(&c.uri)
-                    .map(|u| u.user.is_none())
-                    .unwrap_or(false) =>
-            {
-                let r = ResponseBuilder::new(msg, 200, "OK")
+            Method::Register if target.is_none() => {
+                return Some(self.registrar.handle(&msg, &c, &flow, top_via).await)
+            }
+            Method::Options if to_node && target.is_none() => {
+                let r = ResponseBuilder::new(&msg, 200, "OK")
                     .to_tag(&random_tag())
                     .top_via(top_via.to_string())
                     .header("Allow", ALLOW)
                     .header("Accept", "application/sdp")
                     .header("Supported", "path, outbound");
-                (200, r.build())
+                return Some((200, r.build()));
             }
-            _ => {
-                // Requests to be forwarded.
-                if c.max_forwards == Some(0) {
-                    return respond(483, "Too Many Hops");
-                }
-                let unsupported: Vec<&str> = msg.values(&HeaderName::ProxyRequire);
-                if !unsupported.is_empty() {
-                    let r = ResponseBuilder::new(msg, 420, "Bad Extension")
-                        .to_tag(&random_tag())
-                        .top_via(top_via.to_string())
-                        .header("Unsupported", unsupported.join(", "));
-                    return (420, r.build());
-                }
-                let has_user = SipUri::parse(&c.uri)
-                    .map(|u| u.user.is_some())
-                    .unwrap_or(false);
-                if !has_user && matches!(c.method, Method::Other(_)) {
-                    return respond(501, "Not Implemented");
-                }
-                respond(404, "Not Found")
+            Method::Cancel => {
+                let invite_key = server_key(&msg, &c.via, &Method::Invite);
+                self.proxy.cancel(&msg, &c, key, &invite_key, top_via);
+                return None;
             }
+            _ => {}
         }
+        // Requests to be forwarded.
+        if c.max_forwards == Some(0) {
+            return respond(483, "Too Many Hops");
+        }
+        let unsupported: Vec<&str> = msg.values(&HeaderName::ProxyRequire);
+        if !unsupported.is_empty() {
+            let r = ResponseBuilder::new(&msg, 420, "Bad Extension")
+                .to_tag(&random_tag())
+                .top_via(top_via.to_string())
+                .header("Unsupported", unsupported.join(", "));
+            return Some((420, r.build()));
+        }
+        self.proxy
+            .clone()
+            .route(msg, c, flow, top_via.to_string(), key.to_string(), target)
+            .await;
+        None
     }
 
     fn on_response(&self, msg: Message, _flow: Flow) {
@@ -233,8 +255,17 @@ impl SipServer {
             return;
         };
         let branch = via.branch().unwrap_or_default().to_string();
-        if !self.transactions.on_response(&branch, &cseq.method, msg) {
-            inc(&self.metrics.sip_dropped);
+        let code = msg.status().unwrap_or(0);
+        if !self
+            .transactions
+            .on_response(&branch, &cseq.method, msg.clone())
+        {
+            if (200..300).contains(&code) && cseq.method == "INVITE" {
+                // A 2xx retransmission after the transaction ended: forward it statelessly.
+                self.proxy.forward_response_stateless(&msg);
+            } else {
+                inc(&self.metrics.sip_dropped);
+            }
         }
     }
 }

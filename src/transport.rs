@@ -32,25 +32,41 @@ pub enum Flow {
         /// The peer's address.
         peer: SocketAddr,
     },
+    /// Another mesh node, over the libp2p stream (reliable). `target` asks that node to send
+    /// the message down one of its own flows (the flow a callee registered on).
+    Mesh {
+        /// The node's PeerId (base58).
+        node: String,
+        /// The flow of that node to deliver to, if any.
+        target: Option<Box<Flow>>,
+    },
 }
 
 impl Flow {
     /// Whether the transport is reliable (no retransmissions needed).
     pub fn is_reliable(&self) -> bool {
-        matches!(self, Flow::Tcp { .. })
+        !matches!(self, Flow::Udp(_))
     }
-    /// The peer's address.
+    /// The peer's address (unspecified for a mesh flow).
     pub fn peer(&self) -> SocketAddr {
         match self {
             Flow::Udp(a) => *a,
             Flow::Tcp { peer, .. } => *peer,
+            Flow::Mesh { .. } => SocketAddr::from(([0, 0, 0, 0], 0)),
         }
     }
     /// The Via transport token.
     pub fn transport(&self) -> &'static str {
         match self {
             Flow::Udp(_) => "UDP",
-            Flow::Tcp { .. } => "TCP",
+            Flow::Tcp { .. } | Flow::Mesh { .. } => "TCP",
+        }
+    }
+    /// The mesh node of a mesh flow.
+    pub fn mesh_node(&self) -> Option<&str> {
+        match self {
+            Flow::Mesh { node, .. } => Some(node),
+            _ => None,
         }
     }
 }
@@ -117,8 +133,13 @@ pub struct Transport {
     limits: TransportLimits,
     permits: Arc<Semaphore>,
     handler: OnceLock<Arc<dyn Handler>>,
+    mesh: OnceLock<MeshSender>,
     metrics: Arc<Metrics>,
 }
+
+/// Sends bytes to another mesh node (with the flow it should deliver them on).
+pub type MeshSender =
+    Box<dyn Fn(&str, Option<&Flow>, Arc<[u8]>) -> Result<(), SendError> + Send + Sync>;
 
 /// Parse under `catch_unwind`: a panic in a dependency becomes a dropped message.
 pub fn parse_guarded(bytes: &[u8], stream: bool, metrics: &Metrics) -> Option<Message> {
@@ -171,6 +192,7 @@ impl Transport {
             permits: Arc::new(Semaphore::new(limits.max_connections)),
             limits,
             handler: OnceLock::new(),
+            mesh: OnceLock::new(),
             metrics,
         });
         tokio::spawn(accept_loop(t.clone(), tcp));
@@ -182,6 +204,18 @@ impl Transport {
     pub fn start(self: &Arc<Self>, handler: Arc<dyn Handler>) {
         if self.handler.set(handler).is_ok() {
             tokio::spawn(udp_loop(self.clone()));
+        }
+    }
+
+    /// Route mesh flows through `send` (the node's mesh peer).
+    pub fn set_mesh_sender(&self, send: MeshSender) {
+        let _ = self.mesh.set(send);
+    }
+
+    /// A message that arrived from another mesh node.
+    pub fn deliver_from_mesh(&self, bytes: &[u8], flow: Flow) {
+        if let Some(msg) = parse_guarded(bytes, true, &self.metrics) {
+            self.deliver(msg, flow);
         }
     }
 
@@ -205,6 +239,10 @@ impl Transport {
                 }
                 Err(e) => Err(e.into()),
             },
+            Flow::Mesh { node, target } => match self.mesh.get() {
+                Some(send) => send(node, target.as_deref(), bytes),
+                None => Err(SendError::Closed),
+            },
             Flow::Tcp { conn, .. } => {
                 let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
                 let c = conns.get(conn).ok_or(SendError::Closed)?;
@@ -219,7 +257,7 @@ impl Transport {
     /// Whether a flow is still usable (a TCP connection still open; UDP always).
     pub fn is_alive(&self, flow: &Flow) -> bool {
         match flow {
-            Flow::Udp(_) => true,
+            Flow::Udp(_) | Flow::Mesh { .. } => true,
             Flow::Tcp { conn, .. } => self
                 .conns
                 .lock()
@@ -429,6 +467,7 @@ async fn connection(
                     "TCP connection timed out"
                 );
                 inc(&t.metrics.sip_tcp_closed_framing);
+                timed_out = true;
                 break;
             }
         }

@@ -11,6 +11,19 @@ pub enum AppMessage {
     ListUsers,
     /// The answer to `ListUsers`.
     Users(Vec<String>),
+    /// A SIP message between nodes; `target` asks the receiver to send it down one of its own
+    /// flows (the flow a callee registered on).
+    Sip {
+        /// The message bytes.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+        /// The receiver's flow to deliver it on.
+        target: Option<crate::transport::Flow>,
+    },
+    /// List the dialogs whose partitions you hold.
+    ListDialogs,
+    /// The answer to `ListDialogs`: encoded dialog records.
+    Dialogs(Vec<Vec<u8>>),
 }
 
 impl AppMessage {

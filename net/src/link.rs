@@ -135,6 +135,19 @@ impl Links {
         link
     }
 
+    /// Queue a one-way message without waiting (order per peer is kept).
+    pub fn try_send(self: &Arc<Self>, peer: PeerId, request: Request) -> Result<()> {
+        let link = self.link(peer);
+        let frame = encode_frame(&Frame::OneWay(request))?;
+        link.tx.try_send(frame).map_err(|e| Error::Unreachable {
+            peer: peer.to_string(),
+            reason: match e {
+                mpsc::error::TrySendError::Full(_) => "send queue full".into(),
+                mpsc::error::TrySendError::Closed(_) => "link closed".into(),
+            },
+        })
+    }
+
     async fn do_request(
         self: Arc<Self>,
         peer: PeerId,

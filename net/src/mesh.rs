@@ -452,6 +452,12 @@ impl Mesh {
         Link::send(&self.inner.links, peer, Request::App(payload)).await
     }
 
+    /// Queue application bytes for another node without waiting: messages to one node leave in
+    /// the order they were queued. Fails if the node's queue is full.
+    pub fn try_send_app(&self, peer: PeerId, payload: Vec<u8>) -> Result<()> {
+        self.inner.links.try_send(peer, Request::App(payload))
+    }
+
     /// Send application bytes to another node and wait for its answer.
     pub async fn request_app(
         &self,

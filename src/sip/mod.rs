@@ -16,6 +16,35 @@ pub mod validate;
 
 pub use message::{HeaderName, Message, Method, StartLine};
 
+/// Everything the node does with untrusted bytes before acting on them: framing, parsing,
+/// validation, typed header parsing, and building an answer. The fuzz target and the mutation
+/// test call this; it must return for any input, without panicking.
+pub fn fuzz_one(data: &[u8]) {
+    let _ = message::frame_stream(data);
+    for stream in [false, true] {
+        let Ok(msg) = Message::parse(data, stream) else {
+            continue;
+        };
+        let _ = validate::answerable(&msg);
+        let _ = validate::check_response(&msg);
+        if let Ok(c) = validate::check_request(&msg) {
+            let _ = uri::SipUri::parse(&c.uri).map(|u| u.canonical_user());
+            for v in msg.values(&HeaderName::Contact) {
+                let _ = header::NameAddr::parse(v, "Contact");
+            }
+            for v in msg.values(&HeaderName::Authorization) {
+                let _ = header::DigestCredentials::parse(v);
+            }
+        }
+        let _ = build::ResponseBuilder::new(&msg, 400, "Bad Request")
+            .to_tag("t")
+            .build();
+        let _ = build::Edit::new(&msg)
+            .remove_first_value(&HeaderName::Via, "Via")
+            .build();
+    }
+}
+
 /// A fault found in a message: the status code to answer with (when an answer can be formed)
 /// and a reason phrase naming the fault.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -159,7 +159,15 @@ impl Transactions {
         }
     }
 
-    fn run(&self, flow: &Flow, actions: Vec<Action>, events: Option<&mpsc::Sender<ClientEvent>>) {
+    /// Carry out actions; returns false if a response could not be handed to a transaction user
+    /// that went away (the caller may forward it statelessly).
+    fn run(
+        &self,
+        flow: &Flow,
+        actions: Vec<Action>,
+        events: Option<&mpsc::Sender<ClientEvent>>,
+    ) -> bool {
+        let mut delivered = true;
         for a in actions {
             match a {
                 Action::Send(bytes) => {
@@ -169,7 +177,11 @@ impl Transactions {
                 }
                 Action::Deliver(m) => {
                     if let Some(ev) = events {
-                        let _ = ev.try_send(ClientEvent::Response(m));
+                        if let Err(mpsc::error::TrySendError::Closed(_)) =
+                            ev.try_send(ClientEvent::Response(m))
+                        {
+                            delivered = false;
+                        }
                     }
                 }
                 Action::Timeout => {
@@ -179,6 +191,7 @@ impl Transactions {
                 }
             }
         }
+        delivered
     }
 
     /// Match an incoming request against the server transactions.
@@ -280,7 +293,8 @@ impl Transactions {
         rx
     }
 
-    /// Match a response to a client transaction; returns false if none matched.
+    /// Match a response to a client transaction; returns false if none matched, or if its user
+    /// is gone (a 2xx retransmission after the proxy finished: forward it statelessly).
     pub fn on_response(&self, branch: &str, cseq_method: &str, response: Message) -> bool {
         let key = client_key(branch, cseq_method);
         let mut inner = self.lock();
@@ -293,8 +307,7 @@ impl Transactions {
         let deadline = entry.txn.deadline();
         self.schedule(&mut inner, TimerKey::Client(key), deadline);
         drop(inner);
-        self.run(&flow, actions, Some(&events));
-        true
+        self.run(&flow, actions, Some(&events))
     }
 
     /// The state of a client transaction (for CANCEL: only a proceeding INVITE can be cancelled).

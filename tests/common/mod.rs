@@ -275,3 +275,188 @@ pub async fn http_post(url: String, body: serde_json::Value) -> (u16, serde_json
     .await
     .unwrap()
 }
+
+/// A user agent on one UDP socket, for call tests: builds requests and answers like a phone.
+pub struct Ua {
+    /// The socket.
+    pub c: Client,
+    /// The user.
+    pub user: String,
+    /// The node it talks to.
+    pub server: SocketAddr,
+}
+
+/// Copy the header values of `name` from `m`.
+pub fn hvals(m: &Message, name: &HeaderName) -> Vec<String> {
+    m.values(name).iter().map(|s| s.to_string()).collect()
+}
+
+/// The URI inside a name-addr value.
+pub fn uri_of(v: &str) -> String {
+    sipmesh::sip::header::NameAddr::parse(v, "x")
+        .map(|n| n.uri)
+        .unwrap_or_default()
+}
+
+impl Ua {
+    /// A UA for `user` talking to `server`.
+    pub async fn new(user: &str, server: SocketAddr) -> Ua {
+        Ua {
+            c: Client::udp(server).await,
+            user: user.to_string(),
+            server,
+        }
+    }
+
+    /// Its contact URI.
+    pub fn contact(&self) -> String {
+        format!("sip:{}@{}", self.user, self.c.local())
+    }
+
+    /// Register its socket as the user's contact; returns the final status.
+    pub async fn register(&mut self, password: &str) -> u16 {
+        let contact = format!("<{}>", self.contact());
+        let user = self.user.clone();
+        let mut reg = Register::new(&user, &contact);
+        let server = self.server;
+        register(&mut self.c, server, &mut reg, password)
+            .await
+            .status()
+            .unwrap_or(0)
+    }
+
+    fn via(&self) -> String {
+        format!(
+            "SIP/2.0/UDP {};branch=z9hG4bK{};rport",
+            self.c.local(),
+            token()
+        )
+    }
+
+    /// An INVITE to `to` (a user), with optional Proxy-Authorization.
+    pub fn invite(
+        &self,
+        to: &str,
+        call_id: &str,
+        from_tag: &str,
+        cseq: u32,
+        auth: Option<&str>,
+    ) -> String {
+        let server = self.server;
+        let mut m = format!(
+            "INVITE sip:{to}@{server} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: <sip:{}@{server}>;tag={from_tag}\r\nTo: <sip:{to}@{server}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\nContact: <{}>\r\n",
+            self.via(),
+            self.user,
+            self.contact()
+        );
+        if let Some(a) = auth {
+            m.push_str(&format!("Proxy-Authorization: {a}\r\n"));
+        }
+        m.push_str("Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n");
+        m
+    }
+
+    /// An in-dialog request: to `target` through `routes`.
+    pub fn in_dialog(
+        &self,
+        method: &str,
+        target: &str,
+        routes: &[String],
+        from: &str,
+        to: &str,
+        call_id: &str,
+        cseq: u32,
+    ) -> String {
+        let mut m = format!(
+            "{method} {target} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\n",
+            self.via()
+        );
+        for r in routes {
+            m.push_str(&format!("Route: {r}\r\n"));
+        }
+        m.push_str(&format!(
+            "From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContact: <{}>\r\nContent-Length: 0\r\n\r\n",
+            self.contact()
+        ));
+        m
+    }
+
+    /// Answer a request: status, To tag (added if absent), Record-Route copied, our Contact.
+    pub fn answer(&self, req: &Message, code: u16, reason: &str, to_tag: &str) -> String {
+        let mut m = format!("SIP/2.0 {code} {reason}\r\n");
+        for v in hvals(req, &HeaderName::Via) {
+            m.push_str(&format!("Via: {v}\r\n"));
+        }
+        if code > 100 {
+            for r in hvals(req, &HeaderName::RecordRoute) {
+                m.push_str(&format!("Record-Route: {r}\r\n"));
+            }
+        }
+        let to = req.header(&HeaderName::To).unwrap_or_default();
+        let to = if to.contains("tag=") || code == 100 {
+            to.to_string()
+        } else {
+            format!("{to};tag={to_tag}")
+        };
+        m.push_str(&format!(
+            "From: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\nContact: <{}>\r\nContent-Length: 0\r\n\r\n",
+            req.header(&HeaderName::From).unwrap_or_default(),
+            req.header(&HeaderName::CallId).unwrap_or_default(),
+            req.header(&HeaderName::CSeq).unwrap_or_default(),
+            self.contact()
+        ));
+        m
+    }
+
+    /// Wait for a message (request or response) matching `pred`, up to `ms`; others are dropped
+    /// (but answered with 200 if they are requests other than ACK, so nothing retransmits).
+    pub async fn wait_for(&mut self, ms: u64, pred: impl Fn(&Message) -> bool) -> Option<Message> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+        loop {
+            let left = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .as_millis() as u64;
+            if left == 0 {
+                return None;
+            }
+            let raw = self.c.recv_raw(left).await?;
+            let Ok(m) = Message::parse(&raw, false) else {
+                continue;
+            };
+            if pred(&m) {
+                return Some(m);
+            }
+        }
+    }
+
+    /// Wait for a request with this method.
+    pub async fn wait_request(&mut self, method: &str, ms: u64) -> Option<Message> {
+        self.wait_for(ms, |m| m.method().is_some_and(|x| x.as_str() == method))
+            .await
+    }
+
+    /// Wait for a response with this status (for this CSeq method).
+    pub async fn wait_response(&mut self, code: u16, method: &str, ms: u64) -> Option<Message> {
+        self.wait_for(ms, |m| {
+            m.status() == Some(code)
+                && m.header(&HeaderName::CSeq)
+                    .is_some_and(|c| c.ends_with(method))
+        })
+        .await
+    }
+
+    /// Wait for any final response to `method`.
+    pub async fn wait_final(&mut self, method: &str, ms: u64) -> Option<Message> {
+        self.wait_for(ms, |m| {
+            m.status().is_some_and(|c| c >= 200)
+                && m.header(&HeaderName::CSeq)
+                    .is_some_and(|c| c.ends_with(method))
+        })
+        .await
+    }
+
+    /// Send text.
+    pub async fn send(&mut self, text: &str) {
+        self.c.send(text.as_bytes()).await;
+    }
+}

@@ -1,0 +1,225 @@
+//! Dialogs: the state of established calls, in the replicated `dialogs` table (one partition per
+//! dialog) and the `dialogs_by_proxy` index (one partition per node on the path), with a TTL that
+//! in-dialog traffic refreshes. Everything a surviving node needs to take a call over or close it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sipmesh_net::{Consistency, Mesh};
+use sipmesh_storage::{codec, Mutation};
+use tracing::debug;
+
+use crate::tables::{DIALOGS, DIALOGS_BY_PROXY};
+use crate::transport::Flow;
+
+/// How long a dialog lives in the keyspace without in-dialog traffic (refreshed by it).
+pub const DEFAULT_DIALOG_TTL: Duration = Duration::from_secs(2 * 3600);
+
+/// An established call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dialog {
+    /// `Call-ID;tag;tag` with the tags sorted (the same id from either side).
+    pub id: String,
+    /// Call-ID.
+    pub call_id: String,
+    /// The caller's tag (From of the INVITE).
+    pub caller_tag: String,
+    /// The callee's tag (To of the 2xx).
+    pub callee_tag: String,
+    /// The caller's AOR (From URI).
+    pub caller_uri: String,
+    /// The callee's AOR (To URI).
+    pub callee_uri: String,
+    /// The caller's Contact (its remote target).
+    pub caller_contact: String,
+    /// The callee's Contact (its remote target).
+    pub callee_contact: String,
+    /// The route set as the caller uses it (the 2xx's Record-Route, in order).
+    pub caller_route_set: Vec<String>,
+    /// The route set as the callee uses it (the Record-Route, reversed).
+    pub callee_route_set: Vec<String>,
+    /// The caller's CSeq when the dialog was established.
+    pub caller_cseq: u32,
+    /// The mesh nodes on the path, caller side first (PeerIds).
+    pub nodes: Vec<String>,
+    /// The flow the caller's requests came in on, at the first node.
+    pub caller_flow: Flow,
+    /// When the call was answered (wall-clock ms).
+    pub started_ms: u64,
+}
+
+/// The id of a dialog: Call-ID and both tags, sorted.
+pub fn dialog_id(call_id: &str, tag_a: &str, tag_b: &str) -> String {
+    let (a, b) = if tag_a <= tag_b {
+        (tag_a, tag_b)
+    } else {
+        (tag_b, tag_a)
+    };
+    format!("{call_id};{a};{b}")
+}
+
+/// What a node remembers of the dialogs it is on the path of.
+struct Local {
+    /// Whether this node wrote the dialog to the keyspace (it removes it too).
+    writer: bool,
+    /// When the keyspace copy was last refreshed (wall-clock ms).
+    refreshed_ms: u64,
+    /// The record, if this node wrote it.
+    record: Option<Dialog>,
+}
+
+/// The dialogs of a node.
+pub struct Dialogs {
+    mesh: Mesh,
+    ttl: Duration,
+    local: Mutex<HashMap<String, Local>>,
+}
+
+impl Dialogs {
+    /// Dialog tracking over the mesh.
+    pub fn new(mesh: Mesh, ttl: Duration) -> Self {
+        Dialogs {
+            mesh,
+            ttl,
+            local: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How many dialogs this node is on the path of.
+    pub fn count(&self) -> usize {
+        self.local.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether this node knows the dialog.
+    pub fn knows(&self, id: &str) -> bool {
+        self.local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+    }
+
+    fn mutations(&self, d: &Dialog, delete: bool) -> Vec<Mutation> {
+        let ks = self.mesh.keyspace();
+        let ts = ks.now();
+        let expires = ks.wall_ms() + self.ttl.as_millis() as u64;
+        let mut out = Vec::new();
+        let main = Mutation::new(DIALOGS, d.id.clone().into_bytes());
+        out.push(if delete {
+            main.delete_row(b"", ts)
+        } else {
+            main.upsert(
+                b"",
+                [("dialog", codec::encode(d).unwrap_or_default())],
+                ts,
+                Some(expires),
+            )
+        });
+        for node in &d.nodes {
+            let m = Mutation::new(DIALOGS_BY_PROXY, node.clone().into_bytes());
+            out.push(if delete {
+                m.delete_row(d.id.as_bytes(), ts)
+            } else {
+                m.upsert(
+                    d.id.as_bytes(),
+                    [("state", b"confirmed".to_vec())],
+                    ts,
+                    Some(expires),
+                )
+            });
+        }
+        out
+    }
+
+    async fn write_all(&self, muts: Vec<Mutation>) {
+        let writes = muts
+            .into_iter()
+            .map(|m| self.mesh.write(m, Consistency::Quorum));
+        for r in futures::future::join_all(writes).await {
+            if let Err(e) = r {
+                debug!(error = %e, "dialog write failed (hinted)");
+            }
+        }
+    }
+
+    /// A dialog was established through this node; the writer stores it at QUORUM.
+    pub async fn established(&self, d: Dialog, writer: bool) {
+        let now = self.mesh.keyspace().wall_ms();
+        self.local.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            d.id.clone(),
+            Local {
+                writer,
+                refreshed_ms: now,
+                record: writer.then(|| d.clone()),
+            },
+        );
+        if writer {
+            let muts = self.mutations(&d, false);
+            self.write_all(muts).await;
+        }
+    }
+
+    /// In-dialog traffic: refresh the keyspace copy's TTL (at most once per TTL/4).
+    pub async fn touch(&self, id: &str) {
+        let now = self.mesh.keyspace().wall_ms();
+        let record = {
+            let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+            match local.get_mut(id) {
+                Some(l)
+                    if l.writer
+                        && now.saturating_sub(l.refreshed_ms) > self.ttl.as_millis() as u64 / 4 =>
+                {
+                    l.refreshed_ms = now;
+                    l.record.clone()
+                }
+                _ => None,
+            }
+        };
+        if let Some(d) = record {
+            let muts = self.mutations(&d, false);
+            self.write_all(muts).await;
+        }
+    }
+
+    /// The dialog ended (a 2xx to BYE passed): the writer removes it from the keyspace.
+    pub async fn ended(&self, id: &str) {
+        let removed = self
+            .local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        if let Some(Local {
+            writer: true,
+            record: Some(d),
+            ..
+        }) = removed
+        {
+            let muts = self.mutations(&d, true);
+            self.write_all(muts).await;
+        }
+    }
+
+    /// Dialogs whose partitions this node holds (one part of a mesh-wide listing).
+    pub fn local_records(&self) -> Vec<Vec<u8>> {
+        let ks = self.mesh.keyspace();
+        let mut out = Vec::new();
+        if let Ok(parts) = ks.partitions() {
+            for (_, table, pk) in parts {
+                if table == DIALOGS {
+                    if let Ok(Some(row)) = ks.read_row(DIALOGS, &pk, b"") {
+                        if let Some(v) = row.get("dialog") {
+                            out.push(v.to_vec());
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Decode a dialog record.
+pub fn decode(bytes: &[u8]) -> Option<Dialog> {
+    codec::decode(bytes, "dialogs", b"").ok()
+}

@@ -1,0 +1,899 @@
+//! The stateful proxy (RFC 3261 §16): routing by Route headers, by the location service for
+//! initial requests, and across the mesh to the node that owns each callee binding; parallel
+//! forking with best-response selection, CANCEL, loop detection, Record-Route, and stateless
+//! forwarding of ACKs for 2xx and of 2xx retransmissions.
+//!
+//! A request for a callee registered at another node travels over libp2p to that node
+//! ([`Flow::Mesh`] with the binding's flow as `target`), which forwards it down the callee's
+//! flow as a second proxy hop; responses come back the same way, hop by hop.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sipmesh_net::{Consistency, Mesh};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::dialog::{dialog_id, Dialog, Dialogs};
+use crate::location::{self, Binding};
+use crate::metrics::{inc, Metrics};
+use crate::registrar::{random_tag, Registrar};
+use crate::sip::build::{Edit, ResponseBuilder};
+use crate::sip::header::{NameAddr, Via};
+use crate::sip::message::{HeaderName, Message, Method};
+use crate::sip::uri::SipUri;
+use crate::sip::validate::Checked;
+use crate::transaction::{ClientEvent, Transactions};
+use crate::transport::{Flow, Transport};
+use crate::users::Users;
+
+/// The URI parameter that names the mesh node in a Record-Route.
+pub const NODE_PARAM: &str = "sm";
+/// Branch prefix of this proxy's Vias (after the magic cookie): `sm<loop hash>.<n>`.
+const BRANCH_TAG: &str = "z9hG4bKsm";
+
+/// Proxy settings.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Whether initial INVITEs are challenged (407).
+    pub auth_invites: bool,
+}
+
+/// Where a forwarded request goes: a known flow, or a URI resolved when forwarding.
+#[derive(Debug, Clone)]
+enum Dest {
+    Flow(Flow),
+    Uri(String),
+}
+
+/// A place to send a forwarded request.
+#[derive(Debug, Clone)]
+struct Target {
+    dest: Dest,
+    /// The new Request-URI, if it changes.
+    uri: Option<String>,
+    /// Route headers to add in front (a binding's Path).
+    routes: Vec<String>,
+}
+
+/// The stateful proxy of a node.
+pub struct Proxy {
+    transport: Arc<Transport>,
+    transactions: Arc<Transactions>,
+    mesh: Mesh,
+    registrar: Arc<Registrar>,
+    users: Arc<Users>,
+    dialogs: Arc<Dialogs>,
+    metrics: Arc<Metrics>,
+    config: ProxyConfig,
+    /// This node's PeerId (base58), as written in its Record-Route.
+    node: String,
+    /// The SIP address of this node.
+    addr: SocketAddr,
+    /// CANCEL hooks of INVITEs being forwarded, by the INVITE's server transaction key.
+    cancels: Mutex<HashMap<String, mpsc::Sender<()>>>,
+    branches: AtomicU64,
+}
+
+/// A 32-bit FNV-1a hash, for loop detection.
+fn fnv(parts: &[&str]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for p in parts {
+        for b in p.bytes().chain(std::iter::once(0)) {
+            h ^= b as u32;
+            h = h.wrapping_mul(0x0100_0193);
+        }
+    }
+    h
+}
+
+fn name_addr_uri(value: &str) -> Option<String> {
+    NameAddr::parse(value, "Route").ok().map(|n| n.uri)
+}
+
+impl Proxy {
+    /// A proxy over the node's parts.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        transport: Arc<Transport>,
+        transactions: Arc<Transactions>,
+        mesh: Mesh,
+        registrar: Arc<Registrar>,
+        users: Arc<Users>,
+        dialogs: Arc<Dialogs>,
+        metrics: Arc<Metrics>,
+        config: ProxyConfig,
+    ) -> Arc<Self> {
+        let addr = transport.local_addr();
+        Arc::new(Proxy {
+            node: mesh.peer_id().to_string(),
+            transport,
+            transactions,
+            mesh,
+            registrar,
+            users,
+            dialogs,
+            metrics,
+            config,
+            addr,
+            cancels: Mutex::new(HashMap::new()),
+            branches: AtomicU64::new(1),
+        })
+    }
+
+    /// The dialogs this node tracks.
+    pub fn dialogs(&self) -> &Arc<Dialogs> {
+        &self.dialogs
+    }
+
+    fn respond(
+        &self,
+        key: &str,
+        req: &Message,
+        top_via: &str,
+        code: u16,
+        reason: &str,
+        extra: &[(&str, String)],
+    ) {
+        let mut r = ResponseBuilder::new(req, code, reason)
+            .to_tag(&random_tag())
+            .top_via(top_via.to_string());
+        for (n, v) in extra {
+            r = r.header(n, v.clone());
+        }
+        self.transactions.respond(key, code, Arc::from(r.build()));
+    }
+
+    /// Whether a URI (Route or Request-URI) designates this node.
+    fn is_own_uri(&self, uri: &str) -> bool {
+        match SipUri::parse(uri) {
+            Ok(u) => match u.param(NODE_PARAM) {
+                Some(Some(node)) => node == self.node,
+                _ => {
+                    u.user.is_none()
+                        && u.port.unwrap_or(5060) == self.addr.port()
+                        && u.host == self.addr.ip().to_string()
+                }
+            },
+            Err(_) => false,
+        }
+    }
+
+    fn record_route(&self, flow: &Flow) -> String {
+        let transport = if matches!(flow, Flow::Tcp { .. }) {
+            ";transport=tcp"
+        } else {
+            ""
+        };
+        format!(
+            "<sip:{};lr;{NODE_PARAM}={}{transport}>",
+            self.addr, self.node
+        )
+    }
+
+    fn loop_hash(msg: &Message, c: &Checked) -> String {
+        let routes = msg.values(&HeaderName::Route).join(",");
+        format!(
+            "{:08x}",
+            fnv(&[
+                &c.uri,
+                c.from.tag().unwrap_or_default(),
+                c.to.tag().unwrap_or_default(),
+                &c.call_id,
+                &c.cseq.seq.to_string(),
+                &routes
+            ])
+        )
+    }
+
+    /// Where a URI leads: another mesh node (its Record-Route), or an address.
+    async fn resolve(&self, uri: &str) -> Result<Flow, (u16, &'static str)> {
+        let u = SipUri::parse(uri).map_err(|_| (416u16, "Unsupported URI Scheme"))?;
+        if let Some(Some(node)) = u.param(NODE_PARAM) {
+            if node != self.node {
+                return Ok(Flow::Mesh {
+                    node: node.to_string(),
+                    target: None,
+                });
+            }
+        }
+        let port = u.port.unwrap_or(if u.secure { 5061 } else { 5060 });
+        let ip = match u.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => {
+                let lookup = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    tokio::net::lookup_host((u.host.as_str(), port)),
+                )
+                .await;
+                match lookup {
+                    Ok(Ok(mut addrs)) => match addrs.next() {
+                        Some(a) => a.ip(),
+                        None => return Err((478, "Unresolvable Destination")),
+                    },
+                    _ => return Err((478, "Unresolvable Destination")),
+                }
+            }
+        };
+        let dest = SocketAddr::new(ip, port);
+        let tcp = u
+            .param("transport")
+            .flatten()
+            .is_some_and(|t| t.eq_ignore_ascii_case("tcp"));
+        if tcp {
+            self.transport
+                .tcp_flow(dest)
+                .await
+                .map_err(|_| (503u16, "Service Unavailable"))
+        } else {
+            Ok(Flow::Udp(dest))
+        }
+    }
+
+    /// The targets of an initial request: the callee's bindings, each through its owner node.
+    async fn locate(&self, user: &str) -> Result<Vec<Target>, (u16, &'static str)> {
+        let bindings = location::lookup(&self.mesh, user, Consistency::Quorum)
+            .await
+            .map_err(|_| (500u16, "Location service unavailable"))?;
+        if bindings.is_empty() {
+            return match self.users.get_cached(user).await {
+                Ok(Some(_)) => Err((480, "Temporarily Unavailable")),
+                Ok(None) => Err((404, "Not Found")),
+                Err(_) => Err((500, "User lookup failed")),
+            };
+        }
+        let targets: Vec<Target> = bindings
+            .iter()
+            .filter_map(|b| self.binding_target(b))
+            .collect();
+        if targets.is_empty() {
+            return Err((480, "Temporarily Unavailable"));
+        }
+        Ok(targets)
+    }
+
+    fn binding_target(&self, b: &Binding) -> Option<Target> {
+        let dest = if b.owner == self.node {
+            if self.transport.is_alive(&b.flow) {
+                Dest::Flow(b.flow.clone())
+            } else if b.reg_id.is_none() {
+                // Not an Outbound flow: the contact URI is reachable by itself.
+                Dest::Uri(b.contact.clone())
+            } else {
+                return None;
+            }
+        } else {
+            let peer = b.owner.parse().ok()?;
+            if !self.mesh.is_up(&peer) {
+                return None; // its owner is down: its flow died with it
+            }
+            Dest::Flow(Flow::Mesh {
+                node: b.owner.clone(),
+                target: Some(Box::new(b.flow.clone())),
+            })
+        };
+        Some(Target {
+            dest,
+            uri: Some(b.contact.clone()),
+            routes: b.path.clone(),
+        })
+    }
+
+    /// Route a request that is not for this node's registrar: answer it or forward it.
+    /// `target` is set when another node asks this one to deliver down one of its flows.
+    pub async fn route(
+        self: Arc<Self>,
+        msg: Message,
+        c: Checked,
+        flow: Flow,
+        top_via: String,
+        key: String,
+        target: Option<Flow>,
+    ) {
+        if let Some(t) = target {
+            // The previous node found the binding; this node owns its flow. If that flow is
+            // gone (a TCP connection closed), a non-Outbound contact is reached at its URI.
+            let dest = if self.transport.is_alive(&t) {
+                Dest::Flow(t)
+            } else {
+                Dest::Uri(c.uri.clone())
+            };
+            let t = Target {
+                dest,
+                uri: None,
+                routes: Vec::new(),
+            };
+            let rr = matches!(c.method, Method::Invite | Method::Subscribe | Method::Refer);
+            return self.forward(msg, c, flow, key, vec![t], rr, false).await;
+        }
+        // Loop detection (RFC 3261 §16.3 step 4).
+        let hash = Self::loop_hash(&msg, &c);
+        let own_sent_by = self.addr.to_string();
+        for v in msg.values(&HeaderName::Via).iter().skip(1) {
+            if let Ok(via) = Via::parse(v) {
+                let sent_by = format!("{}:{}", via.host, via.port.unwrap_or(5060));
+                if sent_by == own_sent_by
+                    && via
+                        .branch()
+                        .is_some_and(|b| b.starts_with(&format!("{BRANCH_TAG}{hash}")))
+                {
+                    return self.respond(&key, &msg, &top_via, 482, "Loop Detected", &[]);
+                }
+            }
+        }
+        // Route processing (§16.4): remove our own Route.
+        let routes = msg.values(&HeaderName::Route);
+        let pop_own = routes
+            .first()
+            .and_then(|r| name_addr_uri(r))
+            .is_some_and(|u| self.is_own_uri(&u));
+        let next_route = routes
+            .get(usize::from(pop_own))
+            .and_then(|r| name_addr_uri(r));
+        let in_dialog = c.to.tag().is_some();
+        let targets = if let Some(next) = next_route {
+            vec![Target {
+                dest: Dest::Uri(next),
+                uri: None,
+                routes: Vec::new(),
+            }]
+        } else if in_dialog {
+            if self.is_own_uri(&c.uri) {
+                return self.respond(&key, &msg, &top_via, 404, "Not Found", &[]);
+            }
+            vec![Target {
+                dest: Dest::Uri(c.uri.clone()),
+                uri: None,
+                routes: Vec::new(),
+            }]
+        } else {
+            // An initial request: authenticate INVITEs from phones, then find the callee.
+            if c.method == Method::Invite && self.config.auth_invites && flow.mesh_node().is_none()
+            {
+                let caller = SipUri::parse(&c.from.uri)
+                    .ok()
+                    .and_then(|u| u.canonical_user())
+                    .unwrap_or_default();
+                if let Err((code, bytes)) = self
+                    .registrar
+                    .authenticate(&msg, &c, &top_via, &caller, true)
+                    .await
+                {
+                    self.transactions.respond(&key, code, Arc::from(bytes));
+                    return;
+                }
+            }
+            let user = match SipUri::parse(&c.uri).ok().and_then(|u| u.canonical_user()) {
+                Some(u) => u,
+                None => {
+                    let (code, reason) = if matches!(c.method, Method::Other(_)) {
+                        (501, "Not Implemented")
+                    } else {
+                        (404, "Not Found")
+                    };
+                    let allow = if code == 501 {
+                        vec![("Allow", crate::server::ALLOW.to_string())]
+                    } else {
+                        vec![]
+                    };
+                    return self.respond(&key, &msg, &top_via, code, reason, &allow);
+                }
+            };
+            match self.locate(&user).await {
+                Ok(t) => t,
+                Err((code, reason)) => {
+                    return self.respond(&key, &msg, &top_via, code, reason, &[])
+                }
+            }
+        };
+        if in_dialog {
+            let id = dialog_id(
+                &c.call_id,
+                c.from.tag().unwrap_or_default(),
+                c.to.tag().unwrap_or_default(),
+            );
+            self.dialogs.touch(&id).await;
+        }
+        let rr =
+            !in_dialog && matches!(c.method, Method::Invite | Method::Subscribe | Method::Refer);
+        self.forward(msg, c, flow, key, targets, rr, pop_own).await;
+    }
+
+    fn new_branch(&self, hash: &str) -> String {
+        format!(
+            "{BRANCH_TAG}{hash}.{:x}",
+            self.branches.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Build the forwarded copy of a request for one target.
+    #[allow(clippy::too_many_arguments)]
+    fn forwarded(
+        &self,
+        msg: &Message,
+        c: &Checked,
+        t: &Target,
+        flow: &Flow,
+        branch: &str,
+        rr: bool,
+        pop_own: bool,
+        upstream: &Flow,
+    ) -> Option<Message> {
+        let mut e = Edit::new(msg);
+        if let Some(uri) = &t.uri {
+            e = e.start_line(format!("{} {uri} SIP/2.0", c.method));
+        }
+        let mut top = vec![format!(
+            "Via: SIP/2.0/{} {};branch={branch}",
+            flow.transport(),
+            self.addr
+        )];
+        if rr {
+            top.push(format!("Record-Route: {}", self.record_route(upstream)));
+        }
+        for r in &t.routes {
+            top.push(format!("Route: {r}"));
+        }
+        for line in top {
+            e = e.prepend(line);
+        }
+        if pop_own {
+            e = e.remove_first_value(&HeaderName::Route, "Route");
+        }
+        match msg
+            .headers
+            .iter()
+            .position(|h| h.name == HeaderName::MaxForwards)
+        {
+            Some(i) => {
+                e = e.replace(
+                    i,
+                    Some(format!(
+                        "Max-Forwards: {}",
+                        c.max_forwards.unwrap_or(70).saturating_sub(1)
+                    )),
+                )
+            }
+            None => e = e.append("Max-Forwards: 70".into()),
+        }
+        Message::parse(&e.build(), true).ok()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        self: Arc<Self>,
+        msg: Message,
+        c: Checked,
+        upstream: Flow,
+        key: String,
+        targets: Vec<Target>,
+        rr: bool,
+        pop_own: bool,
+    ) {
+        let invite = c.method == Method::Invite;
+        let top_via = crate::server::stamp_via(&c.via, upstream.peer());
+        if invite {
+            let trying = ResponseBuilder::new(&msg, 100, "Trying")
+                .top_via(top_via.clone())
+                .build();
+            self.transactions.respond(&key, 100, Arc::from(trying));
+        }
+        let hash = Self::loop_hash(&msg, &c);
+        let (merged_tx, mut merged) = mpsc::channel::<(usize, ClientEvent)>(64);
+        let mut requests = Vec::new();
+        let mut unreachable = None;
+        for (i, t) in targets.iter().enumerate() {
+            let flow = match &t.dest {
+                Dest::Flow(f) => f.clone(),
+                Dest::Uri(u) => match self.resolve(u).await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        unreachable = Some(e);
+                        continue;
+                    }
+                },
+            };
+            let branch = self.new_branch(&hash);
+            let Some(req) = self.forwarded(&msg, &c, t, &flow, &branch, rr, pop_own, &upstream)
+            else {
+                warn!("could not build a forwarded request");
+                continue;
+            };
+            let mut rx = self
+                .transactions
+                .start_client(&branch, req.clone(), flow.clone());
+            let tx = merged_tx.clone();
+            tokio::spawn(async move {
+                while let Some(ev) = rx.recv().await {
+                    if tx.send((i, ev)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            requests.push((branch, req, flow));
+        }
+        drop(merged_tx);
+        if requests.is_empty() {
+            let (code, reason) = unreachable.unwrap_or((500, "Forwarding failed"));
+            return self.respond(&key, &msg, &top_via, code, reason, &[]);
+        }
+        let (cancel_tx, mut cancel_rx) = mpsc::channel(1);
+        if invite {
+            self.cancels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.clone(), cancel_tx);
+        }
+        let n = requests.len();
+        let mut finals = vec![false; n];
+        let mut proceeding = vec![false; n];
+        let mut cancel_wanted = vec![false; n];
+        let mut best: Option<Message> = None;
+        let mut answered = false;
+        let mut cancelled = false;
+        loop {
+            let (i, ev) = tokio::select! {
+                ev = merged.recv() => match ev {
+                    Some(x) => x,
+                    None => break,
+                },
+                Some(()) = cancel_rx.recv(), if !cancelled => {
+                    cancelled = true;
+                    for j in 0..n {
+                        if !finals[j] {
+                            cancel_wanted[j] = true;
+                            if proceeding[j] {
+                                self.cancel_branch(&requests[j].0, &requests[j].1, &requests[j].2);
+                            }
+                        }
+                    }
+                    continue;
+                }
+            };
+            let response = match ev {
+                ClientEvent::Response(m) => m,
+                ClientEvent::Timeout => {
+                    if finals[i] {
+                        continue;
+                    }
+                    synthesized(&requests[i].1, 408, "Request Timeout")
+                }
+            };
+            let Some(code) = response.status() else {
+                continue;
+            };
+            if code < 200 {
+                if !proceeding[i] {
+                    proceeding[i] = true;
+                    if cancel_wanted[i] {
+                        self.cancel_branch(&requests[i].0, &requests[i].1, &requests[i].2);
+                    }
+                }
+                if code > 100 && !answered {
+                    self.relay(&key, code, &response);
+                }
+                continue;
+            }
+            if finals[i] {
+                // A 2xx retransmission or another 2xx (Accepted state): pass it on.
+                if (200..300).contains(&code) {
+                    self.relay(&key, code, &response);
+                }
+                continue;
+            }
+            finals[i] = true;
+            if (200..300).contains(&code) {
+                self.relay(&key, code, &response);
+                answered = true;
+                if invite {
+                    self.on_answered(&requests[i].1, &response, &upstream).await;
+                }
+                for j in 0..n {
+                    if !finals[j] {
+                        cancel_wanted[j] = true;
+                        if proceeding[j] {
+                            self.cancel_branch(&requests[j].0, &requests[j].1, &requests[j].2);
+                        }
+                    }
+                }
+                if c.method == Method::Bye {
+                    let id = dialog_id(
+                        &c.call_id,
+                        c.from.tag().unwrap_or_default(),
+                        c.to.tag().unwrap_or_default(),
+                    );
+                    self.dialogs.ended(&id).await;
+                }
+            } else {
+                if code >= 600 {
+                    for j in 0..n {
+                        if !finals[j] {
+                            cancel_wanted[j] = true;
+                            if proceeding[j] {
+                                self.cancel_branch(&requests[j].0, &requests[j].1, &requests[j].2);
+                            }
+                        }
+                    }
+                }
+                best = Some(match best {
+                    Some(b) if better(b.status().unwrap_or(999), code) => b,
+                    _ => response,
+                });
+            }
+            if finals.iter().all(|f| *f) {
+                if !answered {
+                    if let Some(b) = &best {
+                        let code = b.status().unwrap_or(500);
+                        if code == 503 {
+                            self.respond(&key, &msg, &top_via, 500, "Server Internal Error", &[]);
+                        } else {
+                            self.relay(&key, code, b);
+                        }
+                    }
+                }
+                break;
+            }
+        }
+        if invite {
+            self.cancels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+        }
+    }
+
+    /// Pass a response upstream: remove our Via, answer through the server transaction.
+    fn relay(&self, key: &str, code: u16, response: &Message) {
+        let bytes = Edit::new(response)
+            .remove_first_value(&HeaderName::Via, "Via")
+            .build();
+        self.transactions.respond(key, code, Arc::from(bytes));
+    }
+
+    fn cancel_branch(&self, branch: &str, req: &Message, flow: &Flow) {
+        let mut out = format!(
+            "CANCEL {} SIP/2.0\r\n",
+            req.request_uri().unwrap_or_default()
+        );
+        if let Some(v) = req.values(&HeaderName::Via).first() {
+            out.push_str(&format!("Via: {v}\r\n"));
+        }
+        for r in req.values(&HeaderName::Route) {
+            out.push_str(&format!("Route: {r}\r\n"));
+        }
+        for (name, label) in [
+            (HeaderName::From, "From"),
+            (HeaderName::To, "To"),
+            (HeaderName::CallId, "Call-ID"),
+        ] {
+            if let Some(v) = req.header(&name) {
+                out.push_str(&format!("{label}: {v}\r\n"));
+            }
+        }
+        let seq = req
+            .header(&HeaderName::CSeq)
+            .and_then(|c| c.split_ascii_whitespace().next())
+            .unwrap_or("1");
+        out.push_str(&format!(
+            "CSeq: {seq} CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        ));
+        if let Ok(cancel) = Message::parse(out.as_bytes(), true) {
+            let mut rx = self.transactions.start_client(branch, cancel, flow.clone());
+            tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        }
+    }
+
+    /// A CANCEL arrived: answer it, and cancel the matching INVITE's branches.
+    pub fn cancel(
+        &self,
+        msg: &Message,
+        c: &Checked,
+        cancel_key: &str,
+        invite_key: &str,
+        top_via: &str,
+    ) {
+        let hook = self
+            .cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(invite_key)
+            .cloned();
+        match hook {
+            Some(tx) => {
+                let _ = tx.try_send(());
+                let ok = ResponseBuilder::new(msg, 200, "OK")
+                    .to_tag(c.to.tag().unwrap_or(&random_tag()))
+                    .top_via(top_via.to_string())
+                    .build();
+                self.transactions.respond(cancel_key, 200, Arc::from(ok));
+            }
+            None => {
+                let r = ResponseBuilder::new(msg, 481, "Call/Transaction Does Not Exist")
+                    .to_tag(&random_tag())
+                    .top_via(top_via.to_string())
+                    .build();
+                self.transactions.respond(cancel_key, 481, Arc::from(r));
+            }
+        }
+    }
+
+    /// A 2xx to an INVITE passed: the dialog is established.
+    async fn on_answered(&self, request: &Message, response: &Message, upstream: &Flow) {
+        let to = response
+            .header(&HeaderName::To)
+            .and_then(|t| NameAddr::parse(t, "To").ok());
+        let from = request
+            .header(&HeaderName::From)
+            .and_then(|f| NameAddr::parse(f, "From").ok());
+        let (Some(to), Some(from)) = (to, from) else {
+            return;
+        };
+        let call_id = request
+            .header(&HeaderName::CallId)
+            .unwrap_or_default()
+            .to_string();
+        let (caller_tag, callee_tag) = (
+            from.tag().unwrap_or_default().to_string(),
+            to.tag().unwrap_or_default().to_string(),
+        );
+        let rr: Vec<String> = response
+            .values(&HeaderName::RecordRoute)
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let nodes: Vec<String> = rr
+            .iter()
+            .rev()
+            .filter_map(|r| name_addr_uri(r))
+            .filter_map(|u| SipUri::parse(&u).ok())
+            .filter_map(|u| u.param(NODE_PARAM).flatten().map(str::to_string))
+            .collect();
+        let contact = |m: &Message| {
+            m.values(&HeaderName::Contact)
+                .first()
+                .and_then(|c| name_addr_uri(c))
+                .unwrap_or_default()
+        };
+        let d = Dialog {
+            id: dialog_id(&call_id, &caller_tag, &callee_tag),
+            call_id,
+            caller_tag,
+            callee_tag,
+            caller_uri: from.uri,
+            callee_uri: to.uri,
+            caller_contact: contact(request),
+            callee_contact: contact(response),
+            // RFC 3261 §12.1: the UAC uses the Record-Route reversed, the UAS as it is.
+            caller_route_set: rr.iter().rev().cloned().collect(),
+            callee_route_set: rr.clone(),
+            caller_cseq: request
+                .header(&HeaderName::CSeq)
+                .and_then(|c| c.split_ascii_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
+            nodes,
+            caller_flow: upstream.clone(),
+            started_ms: self.mesh.keyspace().wall_ms(),
+        };
+        // The node facing the caller writes the dialog; the others only remember it.
+        let writer = upstream.mesh_node().is_none();
+        let dialogs = self.dialogs.clone();
+        tokio::spawn(async move { dialogs.established(d, writer).await });
+    }
+
+    /// Forward a request without a transaction (an ACK for a 2xx): route it and send it.
+    pub async fn forward_stateless(&self, msg: Message, c: Checked) {
+        if c.max_forwards == Some(0) {
+            return;
+        }
+        let routes = msg.values(&HeaderName::Route);
+        let pop_own = routes
+            .first()
+            .and_then(|r| name_addr_uri(r))
+            .is_some_and(|u| self.is_own_uri(&u));
+        let next = routes
+            .get(usize::from(pop_own))
+            .and_then(|r| name_addr_uri(r))
+            .unwrap_or_else(|| c.uri.clone());
+        if self.is_own_uri(&next) {
+            return;
+        }
+        let Ok(flow) = self.resolve(&next).await else {
+            inc(&self.metrics.sip_dropped);
+            return;
+        };
+        let branch = format!(
+            "z9hG4bKsa{:08x}",
+            fnv(&[c.via.branch().unwrap_or_default(), &c.call_id])
+        );
+        let t = Target {
+            dest: Dest::Flow(flow.clone()),
+            uri: None,
+            routes: Vec::new(),
+        };
+        if let Some(out) = self.forwarded(&msg, &c, &t, &flow, &branch, false, pop_own, &flow) {
+            let _ = self.transport.send(&flow, out.raw.clone());
+        }
+    }
+
+    /// Forward a response that matches no transaction (a 2xx retransmission after the
+    /// transaction ended) by its Via: ours on top, the next one says where it goes.
+    pub fn forward_response_stateless(&self, msg: &Message) {
+        let vias = msg.values(&HeaderName::Via);
+        let Some(top) = vias.first().and_then(|v| Via::parse(v).ok()) else {
+            return;
+        };
+        if format!("{}:{}", top.host, top.port.unwrap_or(5060)) != self.addr.to_string() {
+            inc(&self.metrics.sip_dropped);
+            return;
+        }
+        let Some(next) = vias.get(1).and_then(|v| Via::parse(v).ok()) else {
+            return;
+        };
+        let flow = self.upstream_flow(&next);
+        let bytes = Edit::new(msg)
+            .remove_first_value(&HeaderName::Via, "Via")
+            .build();
+        let _ = self.transport.send(&flow, Arc::from(bytes));
+    }
+
+    /// Where a response goes given the Via it will be sent to: another node of the mesh (by
+    /// its SIP address), or the address in the Via (`received`/`rport`).
+    fn upstream_flow(&self, via: &Via) -> Flow {
+        let sent_by = format!("{}:{}", via.host, via.port.unwrap_or(5060));
+        for m in self.mesh.members() {
+            if !m.local
+                && m.tags.get("sip").map(|s| s.trim_start_matches("sip:")) == Some(sent_by.as_str())
+            {
+                return Flow::Mesh {
+                    node: m.peer_id.to_string(),
+                    target: None,
+                };
+            }
+        }
+        let host = via.received().unwrap_or(&via.host);
+        let port = via
+            .rport()
+            .flatten()
+            .and_then(|p| p.parse().ok())
+            .or(via.port)
+            .unwrap_or(5060);
+        match host.parse() {
+            Ok(ip) => Flow::Udp(SocketAddr::new(ip, port)),
+            Err(_) => Flow::Udp(SocketAddr::from(([127, 0, 0, 1], port))),
+        }
+    }
+}
+
+/// A locally made final response for a branch (timeout, transport failure).
+fn synthesized(req: &Message, code: u16, reason: &str) -> Message {
+    let bytes = ResponseBuilder::new(req, code, reason)
+        .to_tag(&random_tag())
+        .build();
+    Message::parse(&bytes, true).expect("our own response parses")
+}
+
+/// Whether final response `a` beats `b` (RFC 3261 §16.7 step 6): 6xx first, then the lowest
+/// class, 3xx before 4xx before 5xx.
+fn better(a: u16, b: u16) -> bool {
+    let rank = |c: u16| if c >= 600 { 0 } else { c / 100 };
+    rank(a) <= rank(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_response_order() {
+        assert!(better(603, 404));
+        assert!(better(404, 503));
+        assert!(better(302, 486));
+        assert!(!better(500, 486));
+        assert_eq!(fnv(&["a", "b"]), fnv(&["a", "b"]));
+        assert_ne!(fnv(&["ab", ""]), fnv(&["a", "b"]));
+    }
+}

@@ -1,0 +1,294 @@
+//! Calls across the mesh with phones on real UDP sockets: authentication, routing through the
+//! callee's owner node over libp2p, Record-Route for in-dialog requests from either side, dialog
+//! state in the keyspace, CANCEL, forking, and the error answers (issue "Calls across the mesh").
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sipmesh::sip::message::{HeaderName, Message};
+use sipmesh::transaction::client::ack_for;
+use sipmesh::LocalMesh;
+
+const LONG: u64 = 5000;
+
+async fn mesh() -> LocalMesh {
+    let mesh = LocalMesh::builder().nodes(3).start().await.unwrap();
+    mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+    for (u, p) in [("alice", "a-pw"), ("bob", "b-pw"), ("carol", "c-pw")] {
+        mesh.node(0)
+            .run(move |n| async move { n.users.add(u, p, None).await })
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    mesh
+}
+
+fn sip(mesh: &LocalMesh, i: usize) -> std::net::SocketAddr {
+    mesh.node(i).node().unwrap().sip_addr()
+}
+
+async fn dialogs(mesh: &LocalMesh, i: usize) -> Vec<serde_json::Value> {
+    let http = mesh.node(i).node().unwrap().http_addr.unwrap();
+    let (code, v) = http_get(format!("http://{http}/v1/dialogs")).await;
+    assert_eq!(code, 200);
+    v["dialogs"].as_array().cloned().unwrap_or_default()
+}
+
+/// Send an INVITE from `caller` to `to`, doing the 407 exchange; returns the INVITE sent with
+/// credentials (as parsed) once the proxy has accepted it (100 Trying).
+async fn invite_with_auth(
+    caller: &mut Ua,
+    to: &str,
+    password: &str,
+    call_id: &str,
+    tag: &str,
+) -> Message {
+    let first = caller.invite(to, call_id, tag, 1, None);
+    caller.send(&first).await;
+    let challenge = caller
+        .wait_final("INVITE", LONG)
+        .await
+        .expect("a challenge");
+    assert_eq!(challenge.status(), Some(407), "{:?}", challenge.start);
+    let sent = Message::parse(first.as_bytes(), true).unwrap();
+    caller.c.send(&ack_for(&sent, &challenge)).await;
+    let uri = sent.request_uri().unwrap().to_string();
+    let auth = digest(
+        &challenge,
+        &HeaderName::Other("proxy-authenticate".into()),
+        &caller.user,
+        password,
+        "INVITE",
+        &uri,
+        1,
+    );
+    let second = caller.invite(to, call_id, tag, 2, Some(&auth));
+    caller.send(&second).await;
+    Message::parse(second.as_bytes(), true).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_across_the_mesh_with_reinvite_and_bye_from_the_callee() {
+    within(120, async {
+        let mesh = mesh().await;
+        let mut alice = Ua::new("alice", sip(&mesh, 0)).await;
+        let mut bob = Ua::new("bob", sip(&mesh, 2)).await;
+        assert_eq!(alice.register("a-pw").await, 200);
+        assert_eq!(bob.register("b-pw").await, 200);
+        let call_id = format!("{}@alice", token());
+        invite_with_auth(&mut alice, "bob", "a-pw", &call_id, "atag").await;
+        // Bob (registered at node 2) gets the INVITE, through both nodes.
+        let inv = bob
+            .wait_request("INVITE", LONG)
+            .await
+            .expect("bob gets the INVITE");
+        let rr = hvals(&inv, &HeaderName::RecordRoute);
+        assert_eq!(rr.len(), 2, "both nodes record-route: {rr:?}");
+        assert_eq!(inv.request_uri(), Some(bob.contact().as_str()));
+        bob.send(&bob.answer(&inv, 180, "Ringing", "btag")).await;
+        assert!(
+            alice.wait_response(180, "INVITE", LONG).await.is_some(),
+            "alice hears ringing"
+        );
+        bob.send(&bob.answer(&inv, 200, "OK", "btag")).await;
+        let ok = alice
+            .wait_response(200, "INVITE", LONG)
+            .await
+            .expect("alice gets the 200");
+        // RFC 3261 §12.1: the caller's route set is the Record-Route reversed, the callee's as is.
+        let route_set: Vec<String> = hvals(&ok, &HeaderName::RecordRoute)
+            .into_iter()
+            .rev()
+            .collect();
+        let to = ok.header(&HeaderName::To).unwrap().to_string();
+        let from = ok.header(&HeaderName::From).unwrap().to_string();
+        let bob_target = uri_of(&hvals(&ok, &HeaderName::Contact)[0]);
+        // ACK for the 2xx, end to end along the route set.
+        alice
+            .send(&alice.in_dialog("ACK", &bob_target, &route_set, &from, &to, &call_id, 2))
+            .await;
+        assert!(
+            bob.wait_request("ACK", LONG).await.is_some(),
+            "the ACK reaches bob"
+        );
+        // The dialog is in the keyspace, visible from any node.
+        eventually(10, "the dialog is stored", || async {
+            dialogs(&mesh, 1).await.len() == 1
+        })
+        .await;
+        let d = &dialogs(&mesh, 1).await[0];
+        assert_eq!(d["call_id"], call_id.as_str());
+        assert_eq!(d["nodes"].as_array().unwrap().len(), 2);
+        // Bob (callee side) re-INVITEs along the reversed route set.
+        let bob_routes = rr.clone();
+        let alice_target = alice.contact();
+        bob.send(&bob.in_dialog(
+            "INVITE",
+            &alice_target,
+            &bob_routes,
+            &to,
+            &from,
+            &call_id,
+            1,
+        ))
+        .await;
+        let reinv = alice
+            .wait_request("INVITE", LONG)
+            .await
+            .expect("alice gets the re-INVITE");
+        assert!(reinv.header(&HeaderName::To).unwrap().contains("atag"));
+        alice.send(&alice.answer(&reinv, 200, "OK", "atag")).await;
+        assert!(
+            bob.wait_response(200, "INVITE", LONG).await.is_some(),
+            "bob gets the re-INVITE's 200"
+        );
+        bob.send(&bob.in_dialog("ACK", &alice_target, &bob_routes, &to, &from, &call_id, 1))
+            .await;
+        assert!(alice.wait_request("ACK", LONG).await.is_some());
+        // Bob hangs up.
+        bob.send(&bob.in_dialog("BYE", &alice_target, &bob_routes, &to, &from, &call_id, 2))
+            .await;
+        let bye = alice
+            .wait_request("BYE", LONG)
+            .await
+            .expect("alice gets the BYE");
+        alice.send(&alice.answer(&bye, 200, "OK", "atag")).await;
+        assert!(
+            bob.wait_response(200, "BYE", LONG).await.is_some(),
+            "bob gets the BYE's 200"
+        );
+        eventually(10, "the dialog is removed", || async {
+            dialogs(&mesh, 2).await.is_empty()
+        })
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_before_answer_and_forking() {
+    within(120, async {
+        let mesh = mesh().await;
+        let mut alice = Ua::new("alice", sip(&mesh, 1)).await;
+        let mut bob = Ua::new("bob", sip(&mesh, 0)).await;
+        assert_eq!(bob.register("b-pw").await, 200);
+        // CANCEL before answer.
+        let call_id = format!("{}@alice", token());
+        let sent = invite_with_auth(&mut alice, "bob", "a-pw", &call_id, "t1").await;
+        let inv = bob.wait_request("INVITE", LONG).await.expect("bob rings");
+        bob.send(&bob.answer(&inv, 180, "Ringing", "bt")).await;
+        assert!(alice.wait_response(180, "INVITE", LONG).await.is_some());
+        let cancel = String::from_utf8(sent.raw.to_vec())
+            .unwrap()
+            .replacen("INVITE sip:", "CANCEL sip:", 1)
+            .replace("CSeq: 2 INVITE", "CSeq: 2 CANCEL")
+            .replace(
+                "Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n",
+                "Content-Length: 0\r\n\r\n",
+            );
+        alice.send(&cancel).await;
+        let c = bob
+            .wait_request("CANCEL", LONG)
+            .await
+            .expect("bob gets the CANCEL");
+        bob.send(&bob.answer(&c, 200, "OK", "bt")).await;
+        bob.send(&bob.answer(&inv, 487, "Request Terminated", "bt"))
+            .await;
+        assert!(
+            alice.wait_response(200, "CANCEL", LONG).await.is_some(),
+            "the CANCEL is answered"
+        );
+        let term = alice
+            .wait_response(487, "INVITE", LONG)
+            .await
+            .expect("alice gets 487");
+        alice.c.send(&ack_for(&sent, &term)).await;
+        // Forking: bob on two phones; one answers, the other is cancelled.
+        let mut bob2 = Ua::new("bob", sip(&mesh, 2)).await;
+        assert_eq!(bob2.register("b-pw").await, 200);
+        let call_id = format!("{}@alice", token());
+        invite_with_auth(&mut alice, "bob", "a-pw", &call_id, "t2").await;
+        let i1 = bob
+            .wait_request("INVITE", LONG)
+            .await
+            .expect("phone 1 rings");
+        let i2 = bob2
+            .wait_request("INVITE", LONG)
+            .await
+            .expect("phone 2 rings");
+        bob.send(&bob.answer(&i1, 180, "Ringing", "p1")).await;
+        bob2.send(&bob2.answer(&i2, 180, "Ringing", "p2")).await;
+        bob2.send(&bob2.answer(&i2, 200, "OK", "p2")).await;
+        let ok = alice
+            .wait_response(200, "INVITE", LONG)
+            .await
+            .expect("alice gets phone 2's 200");
+        assert!(ok.header(&HeaderName::To).unwrap().contains("p2"));
+        let c1 = bob
+            .wait_request("CANCEL", LONG)
+            .await
+            .expect("phone 1 is cancelled");
+        bob.send(&bob.answer(&c1, 200, "OK", "p1")).await;
+        bob.send(&bob.answer(&i1, 487, "Request Terminated", "p1"))
+            .await;
+        // Alice never sees phone 1's 487: one final response per INVITE.
+        assert!(alice.wait_response(487, "INVITE", 1500).await.is_none());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_user_unavailable_and_auth_failures() {
+    within(120, async {
+        let mesh = mesh().await;
+        let mut alice = Ua::new("alice", sip(&mesh, 0)).await;
+        // Unknown callee: 404 (after authentication).
+        let sent =
+            invite_with_auth(&mut alice, "nobody", "a-pw", &format!("{}@a", token()), "x").await;
+        let r = alice.wait_final("INVITE", LONG).await.unwrap();
+        assert_eq!(r.status(), Some(404));
+        alice.c.send(&ack_for(&sent, &r)).await;
+        // A known user with no binding: 480.
+        let sent =
+            invite_with_auth(&mut alice, "carol", "a-pw", &format!("{}@a", token()), "y").await;
+        let r = alice.wait_final("INVITE", LONG).await.unwrap();
+        assert_eq!(r.status(), Some(480));
+        alice.c.send(&ack_for(&sent, &r)).await;
+        // Wrong caller password: 407, then 403.
+        let call_id = format!("{}@a", token());
+        let first = alice.invite("bob", &call_id, "z", 1, None);
+        alice.send(&first).await;
+        let ch = alice.wait_final("INVITE", LONG).await.unwrap();
+        assert_eq!(ch.status(), Some(407));
+        let uri = format!("sip:bob@{}", sip(&mesh, 0));
+        let bad = digest(
+            &ch,
+            &HeaderName::Other("proxy-authenticate".into()),
+            "alice",
+            "wrong",
+            "INVITE",
+            &uri,
+            1,
+        );
+        alice
+            .send(&alice.invite("bob", &call_id, "z", 2, Some(&bad)))
+            .await;
+        assert_eq!(
+            alice.wait_final("INVITE", LONG).await.unwrap().status(),
+            Some(403)
+        );
+        // A caller not registered anywhere, without credentials: 407.
+        let mut stranger = Ua::new("mallory", sip(&mesh, 1)).await;
+        stranger
+            .send(&stranger.invite("bob", &format!("{}@m", token()), "m", 1, None))
+            .await;
+        assert_eq!(
+            stranger.wait_final("INVITE", LONG).await.unwrap().status(),
+            Some(407)
+        );
+    })
+    .await;
+}
