@@ -161,6 +161,28 @@ fn runtime(index: usize) -> Result<tokio::runtime::Runtime> {
         })
 }
 
+/// Dropping a runtime blocks; do it off any async context.
+fn drop_runtime(rt: tokio::runtime::Runtime) {
+    let _ = std::thread::spawn(move || rt.shutdown_timeout(Duration::from_secs(10))).join();
+}
+
+/// Start a node, retrying for a few seconds while its old ports or files are still being
+/// released by the previous (killed) instance.
+async fn start_retrying(config: NodeConfig) -> Result<Node> {
+    let mut attempt = 0;
+    loop {
+        match Node::start(config.clone()).await {
+            Ok(n) => return Ok(n),
+            Err(e) if attempt < 50 => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "restart failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl LocalNode {
     async fn launch(index: usize, mut config: NodeConfig) -> Result<LocalNode> {
         let rt = runtime(index)?;
@@ -318,8 +340,7 @@ impl LocalMesh {
             .take();
         if let Some((rt, node)) = taken {
             drop(node);
-            // Dropping a runtime blocks; do it off any async context.
-            let _ = std::thread::spawn(move || rt.shutdown_timeout(Duration::from_secs(10))).join();
+            drop_runtime(rt);
         }
     }
 
@@ -330,12 +351,20 @@ impl LocalMesh {
             return Ok(());
         }
         let rt = runtime(i)?;
-        let node = rt
-            .spawn(Node::start(n.config.clone()))
-            .await
-            .map_err(|e| Error::Config(format!("node task failed: {e}")))??;
-        *n.running.lock().unwrap_or_else(|p| p.into_inner()) = Some((rt, node));
-        Ok(())
+        let started = rt.spawn(start_retrying(n.config.clone())).await;
+        match started {
+            Ok(Ok(node)) => {
+                *n.running.lock().unwrap_or_else(|p| p.into_inner()) = Some((rt, node));
+                Ok(())
+            }
+            other => {
+                drop_runtime(rt);
+                match other {
+                    Ok(Err(e)) => Err(e),
+                    _ => Err(Error::Config("node task failed".into())),
+                }
+            }
+        }
     }
 
     /// Partition the mesh: nodes in `a` and nodes in `b` can no longer reach each other.

@@ -242,7 +242,8 @@ impl Node {
             metrics.clone(),
             config.force_rport,
         );
-        transport.start(sip.clone());
+        let handler: Arc<dyn crate::transport::Handler> = sip.clone();
+        transport.start(&handler);
         let http = match config.http_listen {
             Some(addr) => Some(crate::admin::bind(addr).await?),
             None => None,

@@ -132,7 +132,8 @@ pub struct Transport {
     next_conn: AtomicU64,
     limits: TransportLimits,
     permits: Arc<Semaphore>,
-    handler: OnceLock<Arc<dyn Handler>>,
+    /// Weak: the handler (the SIP server) holds this transport; the node holds the handler.
+    handler: OnceLock<std::sync::Weak<dyn Handler>>,
     mesh: OnceLock<MeshSender>,
     metrics: Arc<Metrics>,
 }
@@ -200,9 +201,9 @@ impl Transport {
         Ok(t)
     }
 
-    /// Start delivering messages to `handler` (once).
-    pub fn start(self: &Arc<Self>, handler: Arc<dyn Handler>) {
-        if self.handler.set(handler).is_ok() {
+    /// Start delivering messages to `handler` (once). The caller keeps the handler alive.
+    pub fn start(self: &Arc<Self>, handler: &Arc<dyn Handler>) {
+        if self.handler.set(Arc::downgrade(handler)).is_ok() {
             tokio::spawn(udp_loop(self.clone()));
         }
     }
@@ -338,7 +339,7 @@ impl Transport {
 
     fn deliver(&self, msg: Message, flow: Flow) {
         inc(&self.metrics.sip_messages_received);
-        if let Some(h) = self.handler.get() {
+        if let Some(h) = self.handler.get().and_then(|h| h.upgrade()) {
             h.on_message(msg, flow);
         }
     }
@@ -485,7 +486,7 @@ async fn connection(
     {
         debug!(?flow, "writer did not drain in time");
     }
-    if let Some(h) = t.handler.get() {
+    if let Some(h) = t.handler.get().and_then(|h| h.upgrade()) {
         h.on_closed(flow);
     }
 }
