@@ -197,7 +197,7 @@ impl Authenticator {
         let genuine = std::iter::once(current).chain(previous).any(|s| {
             constant_time_eq(
                 Self::mac(&s, issued, salt, &self.realm).as_bytes(),
-                nonce[24..].as_bytes(),
+                &nonce.as_bytes()[24..],
             )
         });
         if !genuine {

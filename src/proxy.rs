@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use sipmesh_net::{Consistency, Mesh};
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::dialog::{dialog_id, Dialog, Dialogs};
 use crate::location::{self, Binding};
@@ -255,24 +255,28 @@ impl Proxy {
         Ok(targets)
     }
 
+    /// How to reach one binding. An Outbound binding (RFC 5626, with reg-id) is reached only
+    /// down its flow; another binding at its contact URI (RFC 3261), or down its TCP connection
+    /// while that is open. A binding owned by another node goes through that node.
     fn binding_target(&self, b: &Binding) -> Option<Target> {
+        let outbound = b.reg_id.is_some();
+        let use_flow = outbound || matches!(b.flow, Flow::Tcp { .. });
         let dest = if b.owner == self.node {
-            if self.transport.is_alive(&b.flow) {
+            if use_flow && self.transport.is_alive(&b.flow) {
                 Dest::Flow(b.flow.clone())
-            } else if b.reg_id.is_none() {
-                // Not an Outbound flow: the contact URI is reachable by itself.
-                Dest::Uri(b.contact.clone())
+            } else if outbound {
+                return None; // the flow is dead
             } else {
-                return None;
+                Dest::Uri(b.contact.clone())
             }
         } else {
             let peer = b.owner.parse().ok()?;
             if !self.mesh.is_up(&peer) {
-                return None; // its owner is down: its flow died with it
+                return None; // its owner is down: its flows died with it
             }
             Dest::Flow(Flow::Mesh {
                 node: b.owner.clone(),
-                target: Some(Box::new(b.flow.clone())),
+                target: use_flow.then(|| Box::new(b.flow.clone())),
             })
         };
         Some(Target {
@@ -344,6 +348,14 @@ impl Proxy {
             if self.is_own_uri(&c.uri) {
                 return self.respond(&key, &msg, &top_via, 404, "Not Found", &[]);
             }
+            vec![Target {
+                dest: Dest::Uri(c.uri.clone()),
+                uri: None,
+                routes: Vec::new(),
+            }]
+        } else if flow.mesh_node().is_some() {
+            // An initial request from another node, which already found the binding (this
+            // node owns it): the Request-URI is the contact.
             vec![Target {
                 dest: Dest::Uri(c.uri.clone()),
                 uri: None,
@@ -491,6 +503,7 @@ impl Proxy {
                 Dest::Uri(u) => match self.resolve(u).await {
                     Ok(f) => f,
                     Err(e) => {
+                        debug!(uri = %u, code = e.0, "next hop unreachable");
                         unreachable = Some(e);
                         continue;
                     }
@@ -502,6 +515,7 @@ impl Proxy {
                 warn!("could not build a forwarded request");
                 continue;
             };
+            debug!(?flow, method = %c.method, "forwarding");
             let mut rx = self
                 .transactions
                 .start_client(&branch, req.clone(), flow.clone());
@@ -805,6 +819,12 @@ impl Proxy {
             inc(&self.metrics.sip_dropped);
             return;
         };
+        if flow.peer() == self.addr {
+            // An ACK whose transaction is gone (or never matched) addressed to this node:
+            // forwarding it to ourselves would only loop.
+            inc(&self.metrics.sip_dropped);
+            return;
+        }
         let branch = format!(
             "z9hG4bKsa{:08x}",
             fnv(&[c.via.branch().unwrap_or_default(), &c.call_id])

@@ -47,7 +47,7 @@ pub fn all() -> Vec<TableSchema> {
             CLIENTS_BY_PROXY,
             "clients_by_proxy",
             "node_id",
-            &["expires"],
+            &["expires", "bindings"],
         )
         .clustered("aor", ClusteringOrder::Asc),
         TableSchema::new(DIALOGS, "dialogs", "dialog_id", &["dialog"]),

@@ -44,8 +44,12 @@ pub enum Flow {
 
 impl Flow {
     /// Whether the transport is reliable (no retransmissions needed).
+    ///
+    /// A mesh flow counts as unreliable: a one-way frame can be lost when a node-to-node stream
+    /// is re-opened, so transactions over the mesh retransmit like UDP (duplicates are absorbed
+    /// by the receiving node's transactions).
     pub fn is_reliable(&self) -> bool {
-        !matches!(self, Flow::Udp(_))
+        matches!(self, Flow::Tcp { .. })
     }
     /// The peer's address (unspecified for a mesh flow).
     pub fn peer(&self) -> SocketAddr {
@@ -121,6 +125,8 @@ const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
 struct Conn {
     tx: mpsc::Sender<Arc<[u8]>>,
+    /// The read side ended: answers may still go out, but the flow is dead for new traffic.
+    closing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The node's SIP transports.
@@ -171,7 +177,7 @@ impl Transport {
         let (udp, tcp) = {
             let mut attempt = 0;
             loop {
-                let udp = UdpSocket::bind(addr).await?;
+                let udp = udp_socket(addr)?;
                 let local = udp.local_addr()?;
                 match TcpListener::bind(local).await {
                     Ok(tcp) => break (udp, tcp),
@@ -263,7 +269,8 @@ impl Transport {
                 .conns
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .contains_key(conn),
+                .get(conn)
+                .is_some_and(|c| !c.closing.load(Ordering::Relaxed)),
         }
     }
 
@@ -311,16 +318,20 @@ impl Transport {
         inc(&self.metrics.sip_tcp_connections);
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(TCP_SEND_QUEUE);
-        self.conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(conn, Conn { tx });
+        let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            conn,
+            Conn {
+                tx,
+                closing: closing.clone(),
+            },
+        );
         self.by_peer
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(peer, conn);
         let flow = Flow::Tcp { conn, peer };
-        tokio::spawn(connection(self, stream, flow.clone(), rx, permit));
+        tokio::spawn(connection(self, stream, flow.clone(), rx, permit, closing));
         flow
     }
 
@@ -348,6 +359,27 @@ impl Transport {
     pub fn connections(&self) -> usize {
         self.conns.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
+}
+
+/// Socket buffers of the UDP socket: bursts of thousands of small datagrams must not overflow
+/// the kernel's default ~200 KiB (the kernel caps these at net.core.[rw]mem_max).
+const UDP_RECV_BUFFER: usize = 4 * 1024 * 1024;
+const UDP_SEND_BUFFER: usize = 1024 * 1024;
+
+fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if let Err(e) = s.set_recv_buffer_size(UDP_RECV_BUFFER) {
+        debug!(error = %e, "cannot enlarge the UDP receive buffer");
+    }
+    let _ = s.set_send_buffer_size(UDP_SEND_BUFFER);
+    s.bind(&addr.into())?;
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s.into())
 }
 
 async fn udp_loop(t: Arc<Transport>) {
@@ -404,6 +436,7 @@ async fn connection(
     flow: Flow,
     mut rx: mpsc::Receiver<Arc<[u8]>>,
     _permit: tokio::sync::OwnedSemaphorePermit,
+    closing: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let (mut reader, mut writer) = stream.into_split();
     let writer_task = tokio::spawn(async move {
@@ -476,6 +509,13 @@ async fn connection(
     // The read side is done (peer closed, timeout, or a stream that cannot be framed). Keep the
     // write side registered for a moment so answers already being computed still go out, then
     // let the writer drain its queue and close.
+    closing.store(true, Ordering::Relaxed);
+    if let Flow::Tcp { conn, peer } = &flow {
+        let mut by_peer = t.by_peer.lock().unwrap_or_else(|p| p.into_inner());
+        if by_peer.get(peer) == Some(conn) {
+            by_peer.remove(peer);
+        }
+    }
     if !timed_out {
         tokio::time::sleep(CLOSE_LINGER).await;
     }

@@ -65,6 +65,13 @@ async fn register_refresh_unregister_over_udp_and_tcp() {
             // The binding is visible through another node.
             let b = bindings(&mesh, 2, user).await;
             assert_eq!(b.len(), 1);
+            // The receiving node owns it, and says so in its status.
+            let http0 = http(&mesh, 0);
+            eventually(10, "the owner counts the binding", || {
+                let url = format!("{http0}/v1/status");
+                async move { http_get(url).await.1["registrations"].as_u64() == Some(1) }
+            })
+            .await;
             assert_eq!(b[0]["transport"], c.transport());
             // Refresh with a shorter interval (same Call-ID, higher CSeq, fresh nonce count).
             reg.cseq += 1;

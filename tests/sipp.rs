@@ -12,6 +12,9 @@ use sipmesh::{Consistency, LocalMesh};
 
 const USERS: usize = 1000;
 
+/// The SIPp loads of this file run one at a time: each wants the 2 cores to itself.
+static LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The SIPp binary; the test script installs it, so its absence is an error, not a skip.
 pub fn sipp() -> &'static str {
     let ok = std::process::Command::new("sipp")
@@ -27,6 +30,7 @@ pub fn sipp() -> &'static str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sipp_registers_1000_users_through_a_3_node_mesh() {
+    let _one_at_a_time = LOAD.lock().await;
     within(300, async {
         let mesh = LocalMesh::builder().nodes(3).start().await.unwrap();
         mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
@@ -122,6 +126,198 @@ async fn sipp_registers_1000_users_through_a_3_node_mesh() {
             missing.len(),
             &missing[..missing.len().min(10)]
         );
+    })
+    .await;
+}
+
+const CALLS: usize = 1000;
+
+/// Free local port for a SIPp process (UDP and TCP).
+fn free_port() -> u16 {
+    loop {
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn scenario(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("bench/scenarios")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+async fn run_sipp(dir: &Path, args: &[String]) -> std::process::Output {
+    tokio::process::Command::new(sipp())
+        .current_dir(dir)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .expect("run sipp")
+}
+
+fn errors_in(dir: &Path) -> String {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with("_errors.log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
+        .chars()
+        .take(3000)
+        .collect()
+}
+
+/// A SIPp UAS registered at node 2 answers 1,000 calls from a SIPp UAC registered at node 0.
+async fn thousand_calls(transport: &str) {
+    let mesh = LocalMesh::builder().nodes(3).start().await.unwrap();
+    mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+    for (u, p) in [("callee", "callee-pw"), ("caller", "caller-pw")] {
+        mesh.node(0)
+            .run(move |n| async move { n.users.add(u, p, None).await })
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let t = if transport == "tcp" { "t1" } else { "u1" };
+    let (uas_port, uac_port) = (free_port(), free_port());
+    let node = |i: usize| mesh.node(i).node().unwrap().sip_addr().to_string();
+    let s = |x: &str| x.to_string();
+    // The callee: a SIPp UAS, registered at node 2.
+    let mut uas = tokio::process::Command::new(sipp())
+        .current_dir(dir.path())
+        .args([
+            "-sf",
+            &scenario("uas.xml"),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &uas_port.to_string(),
+            "-t",
+            t,
+            "-nostdin",
+            "-trace_err",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    for (user, pw, node_i, contact_port) in [
+        ("callee", "callee-pw", 2, uas_port),
+        ("caller", "caller-pw", 0, uac_port),
+    ] {
+        let inf = dir.path().join(format!("{user}.csv"));
+        std::fs::write(
+            &inf,
+            format!("SEQUENTIAL\n{user};[authentication username={user} password={pw}]\n"),
+        )
+        .unwrap();
+        let out = run_sipp(
+            dir.path(),
+            &[
+                s("-sf"),
+                scenario("reg.xml"),
+                s("-inf"),
+                inf.to_string_lossy().into_owned(),
+                s("-m"),
+                s("1"),
+                s("-i"),
+                s("127.0.0.1"),
+                s("-t"),
+                s(t),
+                s("-key"),
+                s("contact_hp"),
+                format!("127.0.0.1:{contact_port}"),
+                s("-nostdin"),
+                s("-timeout"),
+                s("30s"),
+                s("-timeout_error"),
+                s("-trace_err"),
+                node(node_i),
+            ],
+        )
+        .await;
+        assert!(
+            out.status.success(),
+            "registering {user} failed: {}",
+            errors_in(dir.path())
+        );
+    }
+    // The caller: 1,000 calls through node 0.
+    let callees = dir.path().join("callees.csv");
+    std::fs::write(&callees, "SEQUENTIAL\ncallee\n").unwrap();
+    let out = run_sipp(
+        dir.path(),
+        &[
+            s("-sf"),
+            scenario("uac.xml"),
+            s("-inf"),
+            callees.to_string_lossy().into_owned(),
+            s("-s"),
+            s("caller"),
+            s("-au"),
+            s("caller"),
+            s("-ap"),
+            s("caller-pw"),
+            s("-m"),
+            CALLS.to_string(),
+            s("-r"),
+            s("100"),
+            s("-l"),
+            s("200"),
+            s("-d"),
+            s("200"),
+            s("-i"),
+            s("127.0.0.1"),
+            s("-p"),
+            uac_port.to_string(),
+            s("-t"),
+            s(t),
+            s("-nostdin"),
+            s("-timeout"),
+            s("180s"),
+            s("-timeout_error"),
+            s("-trace_err"),
+            node(0),
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "calls over {transport} failed ({:?}): {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+            .chars()
+            .take(2000)
+            .collect::<String>(),
+        errors_in(dir.path())
+    );
+    // No dialog is left in the keyspace.
+    let http = mesh.node(1).node().unwrap().http_addr.unwrap();
+    eventually(30, "every dialog is removed", || async {
+        let (_, v) = http_get(format!("http://{http}/v1/dialogs")).await;
+        v["dialogs"].as_array().is_some_and(|d| d.is_empty())
+    })
+    .await;
+    let _ = uas.kill().await;
+}
+
+/// One test, so the two loads never share the 2 cores with each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_1000_calls_across_the_mesh_over_udp_then_tcp() {
+    let _one_at_a_time = LOAD.lock().await;
+    within(600, async {
+        thousand_calls("udp").await;
+        thousand_calls("tcp").await;
     })
     .await;
 }

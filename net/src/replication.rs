@@ -419,6 +419,14 @@ impl Replication {
                         }
                         delivered += batch.len();
                     }
+                    Err(e @ Error::Remote { .. }) => {
+                        // The peer refused the mutations themselves (not a transient failure):
+                        // retrying forever would block every later hint for it.
+                        warn!(%peer, error = %e, hints = batch.len(), "peer refused hinted mutations; dropping them");
+                        for h in &batch {
+                            let _ = hints.remove(&peer_bytes, h.seq);
+                        }
+                    }
                     Err(e) => {
                         debug!(%peer, error = %e, "hint delivery failed; will retry");
                         break;

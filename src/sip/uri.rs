@@ -72,7 +72,7 @@ impl SipUri {
             Err(_) => return Err(Fault::bad("Malformed URI host")),
         };
         let user = match userinfo {
-            Some(u) if u.is_empty() => return Err(Fault::bad("Empty URI user part")),
+            Some("") => return Err(Fault::bad("Empty URI user part")),
             Some(u) => Some(u.split(':').next().unwrap_or(u).to_string()),
             None => None,
         };

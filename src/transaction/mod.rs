@@ -199,6 +199,9 @@ impl Transactions {
         let now = Instant::now();
         let mut inner = self.lock();
         if let Some(entry) = inner.server.get_mut(key) {
+            if *method == Method::Ack && entry.txn.acks_2xx() {
+                return ServerMatch::StrayAck;
+            }
             let (actions, m) = if *method == Method::Ack {
                 (entry.txn.on_ack(now), ServerMatch::AckAbsorbed)
             } else {

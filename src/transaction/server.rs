@@ -80,6 +80,12 @@ impl ServerTransaction {
         }
     }
 
+    /// Whether an ACK matching this transaction is the end-to-end ACK of a 2xx (RFC 6026: in
+    /// the Accepted state it goes to the transaction user, to be forwarded).
+    pub fn acks_2xx(&self) -> bool {
+        self.state == State::Accepted
+    }
+
     /// An ACK matched this (INVITE) transaction.
     pub fn on_ack(&mut self, now: Instant) -> Vec<Action> {
         if self.invite && self.state == State::Completed {

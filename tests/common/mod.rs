@@ -357,6 +357,7 @@ impl Ua {
     }
 
     /// An in-dialog request: to `target` through `routes`.
+    #[allow(clippy::too_many_arguments)]
     pub fn in_dialog(
         &self,
         method: &str,
