@@ -10,6 +10,7 @@
 //! | `DELETE /v1/users/{user}` | remove a user |
 //! | `GET /v1/registrations/{user}` | the AOR's bindings, read at QUORUM |
 //! | `GET /v1/dialogs` | every active dialog of the mesh |
+//! | `GET /v1/bootstrap` | the least-loaded live nodes to register with (SIP URIs, load, q) |
 //! | `GET /metrics` | Prometheus counters |
 //!
 //! With an admin token configured every request needs `Authorization: Bearer <token>`.
@@ -73,6 +74,7 @@ pub fn serve(node: Node, listener: tokio::net::TcpListener) {
         .route("/v1/users/{user}", get(get_user).delete(delete_user))
         .route("/v1/registrations/{user}", get(registrations))
         .route("/v1/dialogs", get(dialogs))
+        .route("/v1/bootstrap", get(bootstrap))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(token, require_token))
         .with_state(node);
@@ -256,6 +258,10 @@ async fn registrations(State(node): State<Node>, Path(user): Path<String>) -> Re
         }
         Err(e) => internal(e),
     }
+}
+
+async fn bootstrap(State(node): State<Node>) -> Response {
+    Json(json!({ "nodes": crate::assignment::least_loaded(&node.mesh, 3, true) })).into_response()
 }
 
 async fn dialogs(State(node): State<Node>) -> Response {

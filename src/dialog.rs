@@ -66,8 +66,8 @@ struct Local {
     writer: bool,
     /// When the keyspace copy was last refreshed (wall-clock ms).
     refreshed_ms: u64,
-    /// The record, if this node wrote it.
-    record: Option<Dialog>,
+    /// The record.
+    record: Dialog,
 }
 
 /// The dialogs of a node.
@@ -151,7 +151,7 @@ impl Dialogs {
             Local {
                 writer,
                 refreshed_ms: now,
-                record: writer.then(|| d.clone()),
+                record: d.clone(),
             },
         );
         if writer {
@@ -171,7 +171,7 @@ impl Dialogs {
                         && now.saturating_sub(l.refreshed_ms) > self.ttl.as_millis() as u64 / 4 =>
                 {
                     l.refreshed_ms = now;
-                    l.record.clone()
+                    Some(l.record.clone())
                 }
                 _ => None,
             }
@@ -182,22 +182,59 @@ impl Dialogs {
         }
     }
 
-    /// The dialog ended (a 2xx to BYE passed): the writer removes it from the keyspace.
+    /// The dialog ended (a 2xx to BYE passed): the writer removes it from the keyspace — or
+    /// any node of the path, if the writer is down (the call outlived it).
     pub async fn ended(&self, id: &str) {
         let removed = self
             .local
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
-        if let Some(Local {
-            writer: true,
-            record: Some(d),
-            ..
-        }) = removed
-        {
-            let muts = self.mutations(&d, true);
-            self.write_all(muts).await;
+        if let Some(l) = removed {
+            let writer_down = l
+                .record
+                .nodes
+                .first()
+                .and_then(|n| n.parse::<sipmesh_net::PeerId>().ok())
+                .is_some_and(|p| !self.mesh.is_up(&p));
+            if l.writer || writer_down {
+                self.remove(&l.record).await;
+            }
         }
+    }
+
+    /// Remove a dialog from the keyspace (and from this node's memory).
+    pub async fn remove(&self, d: &Dialog) {
+        self.local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&d.id);
+        let muts = self.mutations(d, true);
+        self.write_all(muts).await;
+    }
+
+    /// The dialogs a node was on the path of, read at QUORUM from the keyspace.
+    pub async fn of_node(&self, node: &str) -> crate::error::Result<Vec<Dialog>> {
+        let index = self
+            .mesh
+            .read(DIALOGS_BY_PROXY, node.as_bytes(), Consistency::Quorum)
+            .await?;
+        let mut out = Vec::new();
+        for row in index.rows {
+            let p = self
+                .mesh
+                .read(DIALOGS, &row.clustering, Consistency::Quorum)
+                .await?;
+            if let Some(d) = p
+                .rows
+                .first()
+                .and_then(|r| r.get("dialog"))
+                .and_then(decode)
+            {
+                out.push(d);
+            }
+        }
+        Ok(out)
     }
 
     /// Dialogs whose partitions this node holds (one part of a mesh-wide listing).

@@ -7,10 +7,12 @@
 //! - [`error`]: the crate's error type.
 
 pub mod admin;
+pub mod assignment;
 pub mod auth;
 pub mod config;
 pub mod dialog;
 pub mod error;
+pub mod failover;
 pub mod local_mesh;
 pub mod location;
 pub mod metrics;

@@ -344,6 +344,16 @@ impl LocalMesh {
         }
     }
 
+    /// Node `i` leaves gracefully (as on SIGTERM), then stops. Returns (partitions handed
+    /// over, failed transfers).
+    pub async fn leave(&self, i: usize) -> Result<(usize, usize)> {
+        let handed = self.nodes[i]
+            .run(|node| async move { node.leave_gracefully().await })
+            .await?;
+        self.kill(i);
+        Ok(handed)
+    }
+
     /// Restart node `i` on its data directory and address.
     pub async fn restart(&self, i: usize) -> Result<()> {
         let n = &self.nodes[i];

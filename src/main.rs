@@ -235,7 +235,9 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         println!("  p2p   {a}");
     }
     wait_for_shutdown().await;
-    node.shutdown(Duration::from_secs(10)).await;
+    println!("leaving the mesh...");
+    let (partitions, failed) = node.leave_gracefully().await;
+    println!("handed over {partitions} partitions ({failed} transfers failed); bye");
     Ok(())
 }
 

@@ -53,6 +53,8 @@ pub struct NodeConfig {
     pub force_rport: bool,
     /// How long a dialog stays in the keyspace without in-dialog traffic.
     pub dialog_ttl: Duration,
+    /// How long the custodian of a dead node waits before force-closing its dialogs.
+    pub dialog_grace: Duration,
 }
 
 impl NodeConfig {
@@ -73,6 +75,7 @@ impl NodeConfig {
             limits: TransportLimits::default(),
             force_rport: false,
             dialog_ttl: crate::dialog::DEFAULT_DIALOG_TTL,
+            dialog_grace: Duration::from_secs(30),
         }
     }
 }
@@ -207,6 +210,7 @@ impl Node {
             auth.clone(),
             config.registrar.clone(),
             metrics.clone(),
+            config.capacity as u64,
         ));
         let dialogs = Arc::new(Dialogs::new(mesh.clone(), config.dialog_ttl));
         let proxy = Proxy::new(
@@ -234,6 +238,7 @@ impl Node {
                     .map_err(|_| SendError::Full)
             }));
         }
+        crate::failover::spawn(mesh.clone(), proxy.clone(), config.dialog_grace);
         let sip = SipServer::new(
             transport.clone(),
             transactions,
@@ -260,6 +265,7 @@ impl Node {
             config: Arc::new(config),
         };
         tokio::spawn(serve_app(node.clone(), app_rx));
+        tokio::spawn(publish_load(node.clone()));
         if let Some(listener) = http {
             crate::admin::serve(node.clone(), listener);
         }
@@ -272,6 +278,27 @@ impl Node {
         self.mesh.leave(within.min(Duration::from_secs(3))).await;
         self.mesh.shutdown();
         let _ = self.keyspace().flush();
+    }
+
+    /// This node's load: bindings it owns plus dialogs it is on.
+    pub fn load(&self) -> u64 {
+        self.sip.registrar().load() + self.proxy.dialogs().count() as u64
+    }
+
+    /// Leave gracefully (SIGTERM): refuse new registrations (503 + Retry-After), give every
+    /// replica to its next holder and wait for them, close client flows so phones fail over,
+    /// tell the mesh, stop. Returns (partitions handed over, failed transfers).
+    pub async fn leave_gracefully(&self) -> (usize, usize) {
+        self.sip.registrar().drain();
+        let handed = tokio::time::timeout(Duration::from_secs(7), self.mesh.handover())
+            .await
+            .unwrap_or((0, usize::MAX));
+        self.transport.close_all();
+        self.mesh.leave(Duration::from_secs(1)).await;
+        self.mesh.shutdown();
+        let _ = self.keyspace().flush();
+        info!(partitions = handed.0, failed = handed.1, "left the mesh");
+        handed
     }
 
     /// The local keyspace.
@@ -361,6 +388,41 @@ impl Node {
                     .unwrap_or(1) as u64
             })
             .sum())
+    }
+}
+
+/// How often the node's load is published in its membership tags.
+const PUBLISH_LOAD_EVERY: Duration = Duration::from_secs(2);
+/// The `proxies` row is rewritten every this many publications (its TTL is three times that).
+const PROXIES_ROW_EVERY: u32 = 5;
+
+async fn publish_load(node: Node) {
+    let sip = format!("sip:{}", node.sip_addr());
+    let http = node.http_addr.map(|a| format!("http://{a}"));
+    let capacity = node.config.capacity as u64;
+    let mut n = 0u32;
+    loop {
+        let load = node.load();
+        node.mesh.set_tags(crate::assignment::tags(
+            &sip,
+            http.as_deref(),
+            capacity,
+            load,
+        ));
+        if n % PROXIES_ROW_EVERY == 0 {
+            let ttl = (PUBLISH_LOAD_EVERY * PROXIES_ROW_EVERY * 3).as_millis() as u64;
+            let row = crate::assignment::proxies_row(
+                &node.mesh,
+                &sip,
+                http.as_deref(),
+                capacity,
+                load,
+                ttl,
+            );
+            let _ = node.mesh.write(row, Consistency::One).await;
+        }
+        n = n.wrapping_add(1);
+        tokio::time::sleep(PUBLISH_LOAD_EVERY).await;
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use sipmesh_net::{Consistency, Mesh};
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::dialog::{dialog_id, Dialog, Dialogs};
 use crate::location::{self, Binding};
@@ -52,6 +52,8 @@ enum Dest {
 /// A place to send a forwarded request.
 #[derive(Debug, Clone)]
 struct Target {
+    /// Other flows of the same phone instance, tried in order if this one fails.
+    alternates: Vec<Target>,
     dest: Dest,
     /// The new Request-URI, if it changes.
     uri: Option<String>,
@@ -245,10 +247,28 @@ impl Proxy {
                 Err(_) => Err((500, "User lookup failed")),
             };
         }
-        let targets: Vec<Target> = bindings
-            .iter()
-            .filter_map(|b| self.binding_target(b))
-            .collect();
+        // Bindings of one Outbound instance (same +sip.instance, different reg-id) are one
+        // target with standby flows, lowest reg-id first; others are forked in parallel.
+        let mut sorted: Vec<&Binding> = bindings.iter().collect();
+        sorted.sort_by_key(|b| (b.instance.clone(), b.reg_id));
+        let mut targets: Vec<Target> = Vec::new();
+        let mut instances: Vec<Option<String>> = Vec::new();
+        for b in sorted {
+            let Some(t) = self.binding_target(b) else {
+                continue;
+            };
+            let group = b.instance.clone().filter(|_| b.reg_id.is_some());
+            match group
+                .as_ref()
+                .and_then(|g| instances.iter().position(|x| x.as_ref() == Some(g)))
+            {
+                Some(at) => targets[at].alternates.push(t),
+                None => {
+                    instances.push(group);
+                    targets.push(t);
+                }
+            }
+        }
         if targets.is_empty() {
             return Err((480, "Temporarily Unavailable"));
         }
@@ -283,7 +303,38 @@ impl Proxy {
             dest,
             uri: Some(b.contact.clone()),
             routes: b.path.clone(),
+            alternates: Vec::new(),
         })
+    }
+
+    /// How many leading Route values to pop: ours, and those naming mesh nodes that are down
+    /// (a dead node's hop is skipped: the request goes on to the next hop of the route set or
+    /// to the Request-URI, the remote party's target — that is how a call outlives a node).
+    fn routes_to_pop(&self, routes: &[&str]) -> usize {
+        let mut n = 0;
+        for r in routes {
+            let Some(uri) = name_addr_uri(r) else { break };
+            if self.is_own_uri(&uri) || self.names_dead_node(&uri) {
+                n += 1;
+            } else {
+                break;
+            }
+        }
+        n
+    }
+
+    /// Whether a URI is the Record-Route of a mesh node that is not up.
+    fn names_dead_node(&self, uri: &str) -> bool {
+        let Ok(u) = SipUri::parse(uri) else {
+            return false;
+        };
+        let Some(Some(node)) = u.param(NODE_PARAM) else {
+            return false;
+        };
+        match node.parse::<sipmesh_net::PeerId>() {
+            Ok(peer) => node != self.node && !self.mesh.is_up(&peer),
+            Err(_) => false,
+        }
     }
 
     /// Route a request that is not for this node's registrar: answer it or forward it.
@@ -299,9 +350,12 @@ impl Proxy {
     ) {
         if let Some(t) = target {
             // The previous node found the binding; this node owns its flow. If that flow is
-            // gone (a TCP connection closed), a non-Outbound contact is reached at its URI.
+            // gone, an Outbound binding (`;ob` contact) fails with 430 (RFC 5626), another is
+            // reached at its contact URI.
             let dest = if self.transport.is_alive(&t) {
                 Dest::Flow(t)
+            } else if SipUri::parse(&c.uri).is_ok_and(|u| u.param("ob").is_some()) {
+                return self.respond(&key, &msg, &top_via, 430, "Flow Failed", &[]);
             } else {
                 Dest::Uri(c.uri.clone())
             };
@@ -309,9 +363,10 @@ impl Proxy {
                 dest,
                 uri: None,
                 routes: Vec::new(),
+                alternates: Vec::new(),
             };
             let rr = matches!(c.method, Method::Invite | Method::Subscribe | Method::Refer);
-            return self.forward(msg, c, flow, key, vec![t], rr, false).await;
+            return self.forward(msg, c, flow, key, vec![t], rr, 0).await;
         }
         // Loop detection (RFC 3261 §16.3 step 4).
         let hash = Self::loop_hash(&msg, &c);
@@ -328,43 +383,33 @@ impl Proxy {
                 }
             }
         }
-        // Route processing (§16.4): remove our own Route.
+        // Route processing (§16.4): remove our own Route (and dead nodes' ones).
         let routes = msg.values(&HeaderName::Route);
-        let pop_own = routes
-            .first()
-            .and_then(|r| name_addr_uri(r))
-            .is_some_and(|u| self.is_own_uri(&u));
-        let next_route = routes
-            .get(usize::from(pop_own))
-            .and_then(|r| name_addr_uri(r));
+        let pop = self.routes_to_pop(&routes);
+        let next_route = routes.get(pop).and_then(|r| name_addr_uri(r));
         let in_dialog = c.to.tag().is_some();
-        let targets = if let Some(next) = next_route {
+        let single = |u: String| {
             vec![Target {
-                dest: Dest::Uri(next),
+                dest: Dest::Uri(u),
                 uri: None,
                 routes: Vec::new(),
+                alternates: Vec::new(),
             }]
+        };
+        let targets = if let Some(next) = next_route {
+            single(next)
         } else if in_dialog {
             if self.is_own_uri(&c.uri) {
                 return self.respond(&key, &msg, &top_via, 404, "Not Found", &[]);
             }
-            vec![Target {
-                dest: Dest::Uri(c.uri.clone()),
-                uri: None,
-                routes: Vec::new(),
-            }]
+            single(c.uri.clone())
         } else if flow.mesh_node().is_some() {
             // An initial request from another node, which already found the binding (this
             // node owns it): the Request-URI is the contact.
-            vec![Target {
-                dest: Dest::Uri(c.uri.clone()),
-                uri: None,
-                routes: Vec::new(),
-            }]
+            single(c.uri.clone())
         } else {
             // An initial request: authenticate INVITEs from phones, then find the callee.
-            if c.method == Method::Invite && self.config.auth_invites && flow.mesh_node().is_none()
-            {
+            if c.method == Method::Invite && self.config.auth_invites {
                 let caller = SipUri::parse(&c.from.uri)
                     .ok()
                     .and_then(|u| u.canonical_user())
@@ -411,7 +456,7 @@ impl Proxy {
         }
         let rr =
             !in_dialog && matches!(c.method, Method::Invite | Method::Subscribe | Method::Refer);
-        self.forward(msg, c, flow, key, targets, rr, pop_own).await;
+        self.forward(msg, c, flow, key, targets, rr, pop).await;
     }
 
     fn new_branch(&self, hash: &str) -> String {
@@ -431,7 +476,7 @@ impl Proxy {
         flow: &Flow,
         branch: &str,
         rr: bool,
-        pop_own: bool,
+        pop: usize,
         upstream: &Flow,
     ) -> Option<Message> {
         let mut e = Edit::new(msg);
@@ -452,8 +497,8 @@ impl Proxy {
         for line in top {
             e = e.prepend(line);
         }
-        if pop_own {
-            e = e.remove_first_value(&HeaderName::Route, "Route");
+        if pop > 0 {
+            e = e.drop_first_values(&HeaderName::Route, "Route", pop);
         }
         match msg
             .headers
@@ -474,6 +519,47 @@ impl Proxy {
         Message::parse(&e.build(), true).ok()
     }
 
+    /// Start one branch: resolve the target, build the request, start its client transaction,
+    /// and feed its events into `merged` under index `i`.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_branch(
+        &self,
+        i: usize,
+        t: &Target,
+        msg: &Message,
+        c: &Checked,
+        hash: &str,
+        rr: bool,
+        pop: usize,
+        upstream: &Flow,
+        merged: &mpsc::Sender<(usize, ClientEvent)>,
+    ) -> Result<(String, Message, Flow), (u16, &'static str)> {
+        let flow = match &t.dest {
+            Dest::Flow(f) => f.clone(),
+            Dest::Uri(u) => self
+                .resolve(u)
+                .await
+                .inspect_err(|e| debug!(uri = %u, code = e.0, "next hop unreachable"))?,
+        };
+        let branch = self.new_branch(hash);
+        let req = self
+            .forwarded(msg, c, t, &flow, &branch, rr, pop, upstream)
+            .ok_or((500u16, "Forwarding failed"))?;
+        debug!(?flow, method = %c.method, "forwarding");
+        let mut rx = self
+            .transactions
+            .start_client(&branch, req.clone(), flow.clone());
+        let tx = merged.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                if tx.send((i, ev)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok((branch, req, flow))
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn forward(
         self: Arc<Self>,
@@ -483,7 +569,7 @@ impl Proxy {
         key: String,
         targets: Vec<Target>,
         rr: bool,
-        pop_own: bool,
+        pop: usize,
     ) {
         let invite = c.method == Method::Invite;
         let top_via = crate::server::stamp_via(&c.via, upstream.peer());
@@ -495,41 +581,40 @@ impl Proxy {
         }
         let hash = Self::loop_hash(&msg, &c);
         let (merged_tx, mut merged) = mpsc::channel::<(usize, ClientEvent)>(64);
-        let mut requests = Vec::new();
+        // Branch i: its request, and the standby targets to try if it fails (RFC 5626 flows
+        // of one instance are tried one at a time: the phone must not ring twice).
+        let mut requests: Vec<(String, Message, Flow)> = Vec::new();
+        let mut standby: Vec<Vec<Target>> = Vec::new();
         let mut unreachable = None;
-        for (i, t) in targets.iter().enumerate() {
-            let flow = match &t.dest {
-                Dest::Flow(f) => f.clone(),
-                Dest::Uri(u) => match self.resolve(u).await {
-                    Ok(f) => f,
-                    Err(e) => {
-                        debug!(uri = %u, code = e.0, "next hop unreachable");
-                        unreachable = Some(e);
-                        continue;
-                    }
-                },
-            };
-            let branch = self.new_branch(&hash);
-            let Some(req) = self.forwarded(&msg, &c, t, &flow, &branch, rr, pop_own, &upstream)
-            else {
-                warn!("could not build a forwarded request");
-                continue;
-            };
-            debug!(?flow, method = %c.method, "forwarding");
-            let mut rx = self
-                .transactions
-                .start_client(&branch, req.clone(), flow.clone());
-            let tx = merged_tx.clone();
-            tokio::spawn(async move {
-                while let Some(ev) = rx.recv().await {
-                    if tx.send((i, ev)).await.is_err() {
+        for t in targets {
+            let mut chain: Vec<Target> = std::iter::once(t.clone())
+                .chain(t.alternates.iter().cloned())
+                .collect();
+            chain.reverse();
+            while let Some(next) = chain.pop() {
+                match self
+                    .start_branch(
+                        requests.len(),
+                        &next,
+                        &msg,
+                        &c,
+                        &hash,
+                        rr,
+                        pop,
+                        &upstream,
+                        &merged_tx,
+                    )
+                    .await
+                {
+                    Ok(r) => {
+                        requests.push(r);
+                        standby.push(std::mem::take(&mut chain).into_iter().rev().collect());
                         break;
                     }
+                    Err(e) => unreachable = Some(e),
                 }
-            });
-            requests.push((branch, req, flow));
+            }
         }
-        drop(merged_tx);
         if requests.is_empty() {
             let (code, reason) = unreachable.unwrap_or((500, "Forwarding failed"));
             return self.respond(&key, &msg, &top_via, code, reason, &[]);
@@ -559,6 +644,7 @@ impl Proxy {
                     for j in 0..n {
                         if !finals[j] {
                             cancel_wanted[j] = true;
+                            standby[j].clear();
                             if proceeding[j] {
                                 self.cancel_branch(&requests[j].0, &requests[j].1, &requests[j].2);
                             }
@@ -576,6 +662,15 @@ impl Proxy {
                     synthesized(&requests[i].1, 408, "Request Timeout")
                 }
             };
+            // Responses of a branch replaced by its standby carry the old branch: ignore them.
+            if response
+                .values(&HeaderName::Via)
+                .first()
+                .and_then(|v| Via::parse(v).ok())
+                .is_some_and(|v| v.branch() != Some(requests[i].0.as_str()))
+            {
+                continue;
+            }
             let Some(code) = response.status() else {
                 continue;
             };
@@ -598,6 +693,29 @@ impl Proxy {
                 }
                 continue;
             }
+            // The flow failed (RFC 5626 §5.3: 430, 408, or a transport error): try the next
+            // flow of the same instance, if there is one, before giving up on this branch.
+            if matches!(code, 408 | 430 | 503)
+                && !answered
+                && !cancel_wanted[i]
+                && !standby[i].is_empty()
+            {
+                let mut started = false;
+                while let Some(next) = standby[i].pop() {
+                    if let Ok(r) = self
+                        .start_branch(i, &next, &msg, &c, &hash, rr, pop, &upstream, &merged_tx)
+                        .await
+                    {
+                        requests[i] = r;
+                        proceeding[i] = false;
+                        started = true;
+                        break;
+                    }
+                }
+                if started {
+                    continue;
+                }
+            }
             finals[i] = true;
             if (200..300).contains(&code) {
                 self.relay(&key, code, &response);
@@ -608,6 +726,7 @@ impl Proxy {
                 for j in 0..n {
                     if !finals[j] {
                         cancel_wanted[j] = true;
+                        standby[j].clear();
                         if proceeding[j] {
                             self.cancel_branch(&requests[j].0, &requests[j].1, &requests[j].2);
                         }
@@ -626,6 +745,7 @@ impl Proxy {
                     for j in 0..n {
                         if !finals[j] {
                             cancel_wanted[j] = true;
+                            standby[j].clear();
                             if proceeding[j] {
                                 self.cancel_branch(&requests[j].0, &requests[j].1, &requests[j].2);
                             }
@@ -651,6 +771,7 @@ impl Proxy {
                 break;
             }
         }
+        drop(merged_tx);
         if invite {
             self.cancels
                 .lock()
@@ -798,18 +919,56 @@ impl Proxy {
         tokio::spawn(async move { dialogs.established(d, writer).await });
     }
 
+    /// Close a dialog that lost a node: BYE to both parties at their contacts (client
+    /// transactions; answers are not needed), then remove it from the keyspace.
+    pub async fn force_close(&self, d: &Dialog) {
+        let legs = [
+            (
+                &d.caller_contact,
+                &d.callee_uri,
+                &d.callee_tag,
+                &d.caller_uri,
+                &d.caller_tag,
+                0x7FFF_0000u32,
+            ),
+            (
+                &d.callee_contact,
+                &d.caller_uri,
+                &d.caller_tag,
+                &d.callee_uri,
+                &d.callee_tag,
+                d.caller_cseq.saturating_add(1000),
+            ),
+        ];
+        for (target, from, from_tag, to, to_tag, cseq) in legs {
+            let Ok(flow) = self.resolve(target).await else {
+                debug!(target = %target, "party unreachable for a force-close BYE");
+                continue;
+            };
+            let branch = self.new_branch("fc");
+            let bye = format!(
+                "BYE {target} SIP/2.0\r\nVia: SIP/2.0/{} {};branch={branch}\r\nMax-Forwards: 70\r\nFrom: <{from}>;tag={from_tag}\r\nTo: <{to}>;tag={to_tag}\r\nCall-ID: {}\r\nCSeq: {cseq} BYE\r\nReason: SIP;cause=503;text=\"a proxy on the path failed\"\r\nContent-Length: 0\r\n\r\n",
+                flow.transport(),
+                self.addr,
+                d.call_id
+            );
+            if let Ok(m) = Message::parse(bye.as_bytes(), true) {
+                let mut rx = self.transactions.start_client(&branch, m, flow);
+                tokio::spawn(async move { while rx.recv().await.is_some() {} });
+            }
+        }
+        self.dialogs.remove(d).await;
+    }
+
     /// Forward a request without a transaction (an ACK for a 2xx): route it and send it.
     pub async fn forward_stateless(&self, msg: Message, c: Checked) {
         if c.max_forwards == Some(0) {
             return;
         }
         let routes = msg.values(&HeaderName::Route);
-        let pop_own = routes
-            .first()
-            .and_then(|r| name_addr_uri(r))
-            .is_some_and(|u| self.is_own_uri(&u));
+        let pop = self.routes_to_pop(&routes);
         let next = routes
-            .get(usize::from(pop_own))
+            .get(pop)
             .and_then(|r| name_addr_uri(r))
             .unwrap_or_else(|| c.uri.clone());
         if self.is_own_uri(&next) {
@@ -833,8 +992,9 @@ impl Proxy {
             dest: Dest::Flow(flow.clone()),
             uri: None,
             routes: Vec::new(),
+            alternates: Vec::new(),
         };
-        if let Some(out) = self.forwarded(&msg, &c, &t, &flow, &branch, false, pop_own, &flow) {
+        if let Some(out) = self.forwarded(&msg, &c, &t, &flow, &branch, false, pop, &flow) {
             let _ = self.transport.send(&flow, out.raw.clone());
         }
     }

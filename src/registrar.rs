@@ -15,6 +15,10 @@ use std::sync::Arc;
 
 use sipmesh_net::{Consistency, Mesh};
 use sipmesh_storage::Mutation;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
 use tracing::{debug, warn};
 
 use crate::auth::{AuthError, Authenticator};
@@ -60,7 +64,18 @@ pub struct Registrar {
     auth: Arc<Authenticator>,
     config: RegistrarConfig,
     metrics: Arc<Metrics>,
+    /// Bindings this node owns, by AOR: (how many, latest expiry ms). Its sum is the load.
+    owned: Mutex<HashMap<String, (u32, u64)>>,
+    /// Outbound flows of owned bindings: flow → (AOR, binding key), to drop them when it dies.
+    flows: Mutex<HashMap<Flow, Vec<(String, Vec<u8>)>>>,
+    /// Bindings this node takes; at or above it, new clients get 302.
+    capacity: u64,
+    /// Set while leaving gracefully: REGISTER gets 503 + Retry-After.
+    draining: AtomicBool,
 }
+
+/// Keepalive interval suggested to Outbound clients (RFC 5626 Flow-Timer), in seconds.
+pub const FLOW_TIMER_SECS: u32 = 120;
 
 /// A response: status code and bytes.
 pub type Answer = (u16, Vec<u8>);
@@ -78,6 +93,7 @@ impl Registrar {
         auth: Arc<Authenticator>,
         config: RegistrarConfig,
         metrics: Arc<Metrics>,
+        capacity: u64,
     ) -> Self {
         Registrar {
             mesh,
@@ -85,7 +101,45 @@ impl Registrar {
             auth,
             config,
             metrics,
+            owned: Mutex::new(HashMap::new()),
+            flows: Mutex::new(HashMap::new()),
+            capacity,
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// Bindings this node owns (unexpired).
+    pub fn load(&self) -> u64 {
+        let now = self.mesh.keyspace().wall_ms();
+        let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        owned.retain(|_, (_, exp)| *exp > now);
+        owned.values().map(|(n, _)| *n as u64).sum()
+    }
+
+    /// Stop accepting registrations (graceful leave).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// A flow died: drop the Outbound bindings registered on it (their phones must re-register
+    /// through another flow). Returns how many were removed.
+    pub async fn flow_closed(&self, flow: &Flow) -> usize {
+        let gone = self
+            .flows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(flow)
+            .unwrap_or_default();
+        let mut n = 0;
+        for (aor, key) in gone {
+            let m = Mutation::new(REGISTRATIONS, aor.as_bytes().to_vec())
+                .delete_row(&key, self.mesh.keyspace().now());
+            match self.mesh.write(m, Consistency::Quorum).await {
+                Ok(()) => n += 1,
+                Err(e) => debug!(error = %e, aor, "could not drop a dead flow's binding"),
+            }
+        }
+        n
     }
 
     fn respond<'a>(
@@ -263,6 +317,14 @@ impl Registrar {
         if let Err(answer) = self.authenticate(req, c, top_via, &aor, false).await {
             return answer;
         }
+        if self.draining.load(Ordering::SeqCst) {
+            return (
+                503,
+                Self::respond(req, top_via, 503, "Service Unavailable")
+                    .header("Retry-After", "5")
+                    .build(),
+            );
+        }
         // 4. Current bindings.
         let existing = match crate::location::lookup(&self.mesh, &aor, Consistency::Quorum).await {
             Ok(b) => b,
@@ -281,6 +343,19 @@ impl Registrar {
         let now = ks.wall_ms();
         let ts = ks.now();
         let owner = self.mesh.peer_id().to_string();
+        // Assignment: at capacity, a new client is sent to less loaded nodes; a client that
+        // already has a binding here is never redirected.
+        if !star && self.load() >= self.capacity && !existing.iter().any(|b| b.owner == owner) {
+            let others = crate::assignment::least_loaded(&self.mesh, 3, false);
+            if !others.is_empty() {
+                let mut r = Self::respond(req, top_via, 302, "Moved Temporarily");
+                for c in &others {
+                    let uri = &c.sip[if flow.is_reliable() { 1 } else { 0 }];
+                    r = r.header("Contact", format!("<{uri}>;q={:.1}", c.q));
+                }
+                return (302, r.build());
+            }
+        }
         let user_agent = req.header(&HeaderName::UserAgent).map(str::to_string);
         let path: Vec<String> = req
             .values(&HeaderName::Path)
@@ -360,6 +435,20 @@ impl Registrar {
                 );
             }
             let owned: Vec<&Binding> = current.iter().filter(|b| b.owner == owner).collect();
+            {
+                let mut map = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+                match owned.iter().map(|b| b.expires_at_ms).max() {
+                    Some(exp) => map.insert(aor.clone(), (owned.len() as u32, exp)),
+                    None => map.remove(&aor),
+                };
+                let mut flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+                for b in owned.iter().filter(|b| b.reg_id.is_some()) {
+                    let list = flows.entry(b.flow.clone()).or_default();
+                    if !list.iter().any(|(a, k)| *a == aor && *k == b.key()) {
+                        list.push((aor.clone(), b.key()));
+                    }
+                }
+            }
             let latest = owned.iter().map(|b| b.expires_at_ms).max();
             let index = match latest {
                 Some(exp) => Mutation::new(CLIENTS_BY_PROXY, owner.clone().into_bytes()).upsert(
@@ -399,7 +488,9 @@ impl Registrar {
             r = r.header("Path", p.clone());
         }
         if outbound_used {
-            r = r.header("Require", "outbound");
+            r = r
+                .header("Require", "outbound")
+                .header("Flow-Timer", FLOW_TIMER_SECS.to_string());
         }
         (200, r.build())
     }

@@ -270,7 +270,21 @@ impl SipServer {
     }
 }
 
+impl SipServer {
+    /// The registrar.
+    pub fn registrar(&self) -> &Arc<Registrar> {
+        &self.registrar
+    }
+}
+
 impl Handler for SipServer {
+    fn on_closed(&self, flow: Flow) {
+        let registrar = self.registrar.clone();
+        tokio::spawn(async move {
+            registrar.flow_closed(&flow).await;
+        });
+    }
+
     fn on_message(&self, msg: Message, flow: Flow) {
         // A status line, even a malformed one, is a response: never answered.
         match &msg.start {

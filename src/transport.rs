@@ -355,6 +355,15 @@ impl Transport {
         }
     }
 
+    /// Close every TCP connection (graceful leave: phones fail over to their other flows).
+    pub fn close_all(&self) {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.by_peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// Open TCP connections.
     pub fn connections(&self) -> usize {
         self.conns.lock().unwrap_or_else(|p| p.into_inner()).len()
@@ -382,6 +391,48 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(s.into())
 }
 
+/// The STUN magic cookie (RFC 5389).
+const STUN_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
+
+/// The answer to a STUN Binding request (RFC 5389): a Binding success response carrying the
+/// sender's address in XOR-MAPPED-ADDRESS; `None` if `data` is not a Binding request.
+pub fn stun_binding_response(data: &[u8], peer: SocketAddr) -> Option<Vec<u8>> {
+    if data.len() < 20 || data[0..2] != [0x00, 0x01] || data[4..8] != STUN_COOKIE {
+        return None;
+    }
+    let len = u16::from_be_bytes([data[2], data[3]]) as usize;
+    if len % 4 != 0 || 20 + len != data.len() {
+        return None;
+    }
+    let txid = &data[8..20];
+    let mut attr = Vec::with_capacity(24);
+    let port = peer.port() ^ 0x2112;
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => {
+            attr.extend_from_slice(&[0x00, 0x20, 0x00, 0x08, 0x00, 0x01]);
+            attr.extend_from_slice(&port.to_be_bytes());
+            for (i, b) in ip.octets().iter().enumerate() {
+                attr.push(b ^ STUN_COOKIE[i]);
+            }
+        }
+        std::net::IpAddr::V6(ip) => {
+            attr.extend_from_slice(&[0x00, 0x20, 0x00, 0x14, 0x00, 0x02]);
+            attr.extend_from_slice(&port.to_be_bytes());
+            let mut key = STUN_COOKIE.to_vec();
+            key.extend_from_slice(txid);
+            for (i, b) in ip.octets().iter().enumerate() {
+                attr.push(b ^ key[i]);
+            }
+        }
+    }
+    let mut out = vec![0x01, 0x01];
+    out.extend_from_slice(&(attr.len() as u16).to_be_bytes());
+    out.extend_from_slice(&STUN_COOKIE);
+    out.extend_from_slice(txid);
+    out.extend_from_slice(&attr);
+    Some(out)
+}
+
 async fn udp_loop(t: Arc<Transport>) {
     let mut buf = vec![0u8; 65_536];
     loop {
@@ -400,6 +451,12 @@ async fn udp_loop(t: Arc<Transport>) {
         }
         if data.iter().all(|b| *b == b'\r' || *b == b'\n' || *b == 0) {
             continue; // keepalive noise
+        }
+        if let Some(answer) = stun_binding_response(data, peer) {
+            // RFC 5626 §4.4.2: Outbound keepalives over UDP are STUN binding requests.
+            inc(&t.metrics.sip_keepalives);
+            let _ = t.udp.try_send_to(&answer, peer);
+            continue;
         }
         if let Some(msg) = parse_guarded(data, false, &t.metrics) {
             t.deliver(msg, Flow::Udp(peer));
@@ -528,5 +585,30 @@ async fn connection(
     }
     if let Some(h) = t.handler.get().and_then(|h| h.upgrade()) {
         h.on_closed(flow);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stun_binding_is_answered_with_the_mapped_address() {
+        let mut req = vec![0x00, 0x01, 0x00, 0x00];
+        req.extend_from_slice(&STUN_COOKIE);
+        req.extend_from_slice(&[7u8; 12]);
+        let peer: SocketAddr = "192.0.2.10:5062".parse().unwrap();
+        let r = stun_binding_response(&req, peer).unwrap();
+        assert_eq!(&r[0..2], &[0x01, 0x01]);
+        assert_eq!(&r[8..20], &[7u8; 12]);
+        let port = u16::from_be_bytes([r[26], r[27]]) ^ 0x2112;
+        assert_eq!(port, 5062);
+        let ip: Vec<u8> = r[28..32]
+            .iter()
+            .zip(STUN_COOKIE)
+            .map(|(a, b)| a ^ b)
+            .collect();
+        assert_eq!(ip, vec![192, 0, 2, 10]);
+        assert!(stun_binding_response(b"OPTIONS sip:x SIP/2.0\r\n\r\n", peer).is_none());
     }
 }

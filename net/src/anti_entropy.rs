@@ -230,6 +230,55 @@ impl AntiEntropy {
         Ok(x)
     }
 
+    /// Graceful leave: push every partition this node holds to the replicas it will have once
+    /// this node is gone, and wait for their acknowledgements. Returns (partitions, failures).
+    pub async fn handover(&self) -> (usize, usize) {
+        use futures::stream::{self, StreamExt};
+        let mut snap = (*self.membership.snapshot()).clone();
+        snap.ring.retain(|m| m.peer != self.local);
+        let partitions = match self.keyspace.partitions() {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "cannot list partitions for handover");
+                return (0, 0);
+            }
+        };
+        let total = partitions.len();
+        let snap = &snap;
+        let failures: usize = stream::iter(partitions)
+            .map(|(_, table, pk)| async move {
+                let entries = match self.keyspace.partition_entries(table, &pk) {
+                    Ok(e) => e,
+                    Err(_) => return 1,
+                };
+                let m = Mutation {
+                    table,
+                    partition_key: pk.clone(),
+                    entries,
+                };
+                let mut failed = 0;
+                for r in snap.replicas(&pk).iter().filter(|r| r.up) {
+                    if self
+                        .link
+                        .request(r.peer, Request::Write(m.clone()), self.timeout)
+                        .await
+                        .is_err()
+                    {
+                        failed = 1;
+                    }
+                }
+                failed
+            })
+            .buffer_unordered(64)
+            .fold(0, |a, b| async move { a + b })
+            .await;
+        info!(
+            partitions = total,
+            failures, "handed over replicas before leaving"
+        );
+        (total, failures)
+    }
+
     /// Hand off partitions this node is no longer a replica of. Only while every ring member is
     /// up and this node sees a majority: a partition is dropped only after every current replica
     /// acknowledged it. Returns how many partitions were handed off.

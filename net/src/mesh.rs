@@ -498,6 +498,12 @@ impl Mesh {
         self.inner.anti_entropy.handoff().await
     }
 
+    /// Before leaving: give every partition to the replicas it will have without this node.
+    /// Returns (partitions, failed transfers).
+    pub async fn handover(&self) -> (usize, usize) {
+        self.inner.anti_entropy.handover().await
+    }
+
     /// Deliver waiting hints now.
     pub async fn deliver_hints_now(&self) -> usize {
         self.inner.replication.deliver_hints().await

@@ -184,6 +184,34 @@ impl<'a> Edit<'a> {
         self.replace(index, line)
     }
 
+    /// Remove the first `k` values of a list header (across its fields, in order).
+    pub fn drop_first_values(mut self, name: &HeaderName, label: &str, k: usize) -> Self {
+        let fields: Vec<usize> = self
+            .msg
+            .headers
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.name == *name)
+            .map(|(i, _)| i)
+            .collect();
+        let mut left = k;
+        for i in fields {
+            if left == 0 {
+                break;
+            }
+            let values = super::message::split_list(&self.msg.headers[i].value);
+            if values.len() <= left {
+                left -= values.len();
+                self.replace.insert(i, None);
+            } else {
+                let rest = values[left..].join(", ");
+                self.replace.insert(i, Some(format!("{label}: {rest}")));
+                left = 0;
+            }
+        }
+        self
+    }
+
     /// The edited message's bytes.
     pub fn build(self) -> Vec<u8> {
         let msg = self.msg;

@@ -308,6 +308,14 @@ impl Ua {
         }
     }
 
+    /// Talk to another node from now on (same socket).
+    pub fn retarget(&mut self, server: SocketAddr) {
+        self.server = server;
+        if let Client::Udp(_, s) = &mut self.c {
+            *s = server;
+        }
+    }
+
     /// Its contact URI.
     pub fn contact(&self) -> String {
         format!("sip:{}@{}", self.user, self.c.local())
@@ -454,6 +462,23 @@ impl Ua {
                     .is_some_and(|c| c.ends_with(method))
         })
         .await
+    }
+
+    /// Answer a request where its top Via says (RFC 3261 §18.2.2), not to our node.
+    pub async fn respond(&mut self, req: &Message, code: u16, reason: &str, to_tag: &str) {
+        let text = self.answer(req, code, reason, to_tag);
+        let via = sipmesh::sip::header::Via::parse(req.values(&HeaderName::Via)[0]).unwrap();
+        let host = via.received().unwrap_or(&via.host).to_string();
+        let port = via
+            .rport()
+            .flatten()
+            .and_then(|p| p.parse().ok())
+            .or(via.port)
+            .unwrap_or(5060);
+        let dest: SocketAddr = format!("{host}:{port}").parse().unwrap();
+        if let Client::Udp(s, _) = &self.c {
+            s.send_to(text.as_bytes(), dest).await.unwrap();
+        }
     }
 
     /// Send text.
