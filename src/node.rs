@@ -409,7 +409,7 @@ async fn publish_load(node: Node) {
             capacity,
             load,
         ));
-        if n % PROXIES_ROW_EVERY == 0 {
+        if n.is_multiple_of(PROXIES_ROW_EVERY) {
             let ttl = (PUBLISH_LOAD_EVERY * PROXIES_ROW_EVERY * 3).as_millis() as u64;
             let row = crate::assignment::proxies_row(
                 &node.mesh,

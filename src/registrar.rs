@@ -67,12 +67,15 @@ pub struct Registrar {
     /// Bindings this node owns, by AOR: (how many, latest expiry ms). Its sum is the load.
     owned: Mutex<HashMap<String, (u32, u64)>>,
     /// Outbound flows of owned bindings: flow → (AOR, binding key), to drop them when it dies.
-    flows: Mutex<HashMap<Flow, Vec<(String, Vec<u8>)>>>,
+    flows: Mutex<HashMap<Flow, Vec<FlowBinding>>>,
     /// Bindings this node takes; at or above it, new clients get 302.
     capacity: u64,
     /// Set while leaving gracefully: REGISTER gets 503 + Retry-After.
     draining: AtomicBool,
 }
+
+/// An Outbound binding on a flow: (AOR, binding row key).
+type FlowBinding = (String, Vec<u8>);
 
 /// Keepalive interval suggested to Outbound clients (RFC 5626 Flow-Timer), in seconds.
 pub const FLOW_TIMER_SECS: u32 = 120;

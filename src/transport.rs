@@ -401,7 +401,7 @@ pub fn stun_binding_response(data: &[u8], peer: SocketAddr) -> Option<Vec<u8>> {
         return None;
     }
     let len = u16::from_be_bytes([data[2], data[3]]) as usize;
-    if len % 4 != 0 || 20 + len != data.len() {
+    if !len.is_multiple_of(4) || 20 + len != data.len() {
         return None;
     }
     let txid = &data[8..20];
