@@ -8,6 +8,7 @@
 #
 # Usage: bench/run.sh            (installs sip-tester and kamailio if missing)
 # Env:   CALL_RATES="200 500 1000 2000"  REG_RATES="500 1000 2000 4000"  STEP_SECONDS=10
+#        TARGETS="sipmesh1 sipmesh3 kamailio"  HOLD_MS=1000
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -171,18 +172,27 @@ bench_target() { # $1 = label
   wait "$uas" 2>/dev/null || true
 }
 
-echo "== sipmesh, 1 node"
-start_sipmesh 1
-bench_target "sipmesh 1 node"
-stop_target
-echo "== sipmesh, 3-node mesh (caller at node 0, callee at node 2, RF=3, QUORUM)"
-start_sipmesh 3
-bench_target "sipmesh 3 nodes"
-stop_target
-echo "== Kamailio $(kamailio -v | head -1 | awk '{print $2}')"
-start_kamailio
-bench_target "Kamailio"
-stop_target
+TARGETS=${TARGETS:-"sipmesh1 sipmesh3 kamailio"}
+for target in $TARGETS; do
+  case $target in
+    sipmesh1)
+      echo "== sipmesh, 1 node"
+      start_sipmesh 1
+      bench_target "sipmesh 1 node"
+      ;;
+    sipmesh3)
+      echo "== sipmesh, 3-node mesh (caller at node 0, callee at node 2, RF=3, QUORUM)"
+      start_sipmesh 3
+      bench_target "sipmesh 3 nodes"
+      ;;
+    kamailio)
+      echo "== Kamailio $(kamailio -v | head -1 | awk '{print $3}')"
+      start_kamailio
+      bench_target "Kamailio"
+      ;;
+  esac
+  stop_target
+done
 
 {
   echo "# Benchmark run $(date -u +%Y-%m-%dT%H:%MZ)"

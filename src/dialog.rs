@@ -116,7 +116,10 @@ impl Dialogs {
                 Some(expires),
             )
         });
-        for node in &d.nodes {
+        // Indexed under its writer (the caller-facing node, first on the path): the custodian
+        // of a dead writer finds them there; a writer that survives another node of the path
+        // closes those dialogs itself.
+        for node in d.nodes.iter().take(1) {
             let m = Mutation::new(DIALOGS_BY_PROXY, node.clone().into_bytes());
             out.push(if delete {
                 m.delete_row(d.id.as_bytes(), ts)
@@ -133,14 +136,20 @@ impl Dialogs {
     }
 
     async fn write_all(&self, muts: Vec<Mutation>) {
-        let writes = muts
-            .into_iter()
-            .map(|m| self.mesh.write(m, Consistency::Quorum));
-        for r in futures::future::join_all(writes).await {
-            if let Err(e) = r {
-                debug!(error = %e, "dialog write failed (hinted)");
-            }
+        if let Err(e) = self.mesh.write_many(muts, Consistency::Quorum).await {
+            debug!(error = %e, "dialog write failed (hinted)");
         }
+    }
+
+    /// This node's written dialogs whose path includes `node`.
+    pub fn written_through(&self, node: &str) -> Vec<Dialog> {
+        self.local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|l| l.writer && l.record.nodes.iter().any(|n| n == node))
+            .map(|l| l.record.clone())
+            .collect()
     }
 
     /// A dialog was established through this node; the writer stores it at QUORUM.

@@ -63,6 +63,20 @@ pub fn spawn(mesh: Mesh, proxy: Arc<Proxy>, grace: Duration) {
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(_) => return,
             };
+            // Dialogs this node wrote whose path went through the dead node: closed after
+            // the grace period, unless a party hung up first.
+            {
+                let (mesh, proxy) = (mesh.clone(), proxy.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    if mesh.is_up(&dead) {
+                        return;
+                    }
+                    for d in proxy.dialogs().written_through(&dead.to_string()) {
+                        proxy.force_close(&d).await;
+                    }
+                });
+            }
             if custodian_of(&mesh, &dead) != Some(mesh.peer_id()) {
                 continue;
             }

@@ -26,6 +26,8 @@ use crate::replication::Replication;
 const MAX_PAGES_PER_ROUND: usize = 64;
 /// Partitions handed off per round.
 const HANDOFF_PER_ROUND: usize = 2_000;
+/// Differences found by anti-entropy are confirmed after this long (writes in flight settle).
+const CONFIRM_AFTER: Duration = Duration::from_millis(1500);
 
 /// What one anti-entropy exchange did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +183,30 @@ impl AntiEntropy {
             .filter(|(leaf, h)| merkle.leaf(**leaf as usize) != **h)
             .map(|(leaf, _)| *leaf)
             .collect();
+        if differing.is_empty() {
+            return Ok(x);
+        }
+        // Under load many leaves differ only because writes are in flight. Look again after
+        // a moment and repair only the leaves that still differ.
+        tokio::time::sleep(CONFIRM_AFTER).await;
+        let again = match self
+            .link
+            .request(peer, Request::Leaves(differing.clone()), self.timeout)
+            .await?
+        {
+            Response::Leaves(h) if h.len() == differing.len() => h,
+            other => {
+                return Err(Error::Protocol(format!(
+                    "unexpected answer to leaves: {other:?}"
+                )))
+            }
+        };
+        let differing: Vec<u32> = differing
+            .iter()
+            .zip(&again)
+            .filter(|(leaf, h)| merkle.leaf(**leaf as usize) != **h)
+            .map(|(leaf, _)| *leaf)
+            .collect();
         x.differing = differing.len();
         if differing.is_empty() {
             return Ok(x);
@@ -228,6 +254,11 @@ impl AntiEntropy {
             }
         }
         Ok(x)
+    }
+
+    /// The version of the ring this node sees.
+    pub fn ring_version(&self) -> u64 {
+        self.membership.snapshot().version
     }
 
     /// Graceful leave: push every partition this node holds to the replicas it will have once
@@ -287,7 +318,13 @@ impl AntiEntropy {
         if !snap.has_majority() || snap.ring.iter().any(|m| !m.up) {
             return 0;
         }
-        let partitions = match self.keyspace.partitions() {
+        // A full scan of the keyspace, off the async workers.
+        let ks = self.keyspace.clone();
+        let listed = tokio::task::spawn_blocking(move || ks.partitions()).await;
+        let partitions = match listed
+            .map_err(|e| sipmesh_storage::Error::Engine(e.to_string()))
+            .and_then(|r| r)
+        {
             Ok(p) => p,
             Err(e) => {
                 warn!(error = %e, "cannot list partitions for handoff");

@@ -23,8 +23,10 @@ use crate::replication::{Consistency, Replication};
 
 /// Application messages waiting for the node.
 const APP_QUEUE: usize = 8192;
-/// How often a node hands off partitions it no longer replicates.
+/// How often a node checks whether it must hand off partitions it no longer replicates.
 const HANDOFF_EVERY: Duration = Duration::from_secs(5);
+/// A handoff scan runs at least this often even if the ring did not change.
+const HANDOFF_SAFETY_NET: Duration = Duration::from_secs(300);
 /// How often the keyspace is compacted (a full scan: expired cells become tombstones, old
 /// tombstones are purged).
 const COMPACT_EVERY: Duration = Duration::from_secs(60);
@@ -322,9 +324,23 @@ impl Mesh {
                     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     ticker.tick().await;
                     let mut last_compaction = tokio::time::Instant::now();
+                    // Handoff scans the whole keyspace: only when the ring changed since the
+                    // last complete one (and now and then as a safety net).
+                    let mut handed_at: Option<(u64, tokio::time::Instant)> = None;
                     loop {
                         ticker.tick().await;
-                        ae.handoff().await;
+                        let version = ae.ring_version();
+                        let due = match handed_at {
+                            Some((v, at)) => v != version || at.elapsed() >= HANDOFF_SAFETY_NET,
+                            None => true,
+                        };
+                        if due {
+                            let moved = ae.handoff().await;
+                            // Unchanged ring and nothing left to move: done until it changes.
+                            if moved == 0 {
+                                handed_at = Some((version, tokio::time::Instant::now()));
+                            }
+                        }
                         if last_compaction.elapsed() >= COMPACT_EVERY {
                             last_compaction = tokio::time::Instant::now();
                             let ks = keyspace.clone();
@@ -422,6 +438,11 @@ impl Mesh {
     /// Write a mutation at consistency `cl`.
     pub async fn write(&self, m: Mutation, cl: Consistency) -> Result<()> {
         self.inner.replication.write(m, cl).await
+    }
+
+    /// Write several mutations at consistency `cl`, batched per replica when they share them.
+    pub async fn write_many(&self, ms: Vec<Mutation>, cl: Consistency) -> Result<()> {
+        self.inner.replication.write_many(ms, cl).await
     }
 
     /// Read a partition's live rows at consistency `cl`.

@@ -151,27 +151,64 @@ impl Replication {
 
     /// Write a mutation at consistency `cl`.
     pub async fn write(&self, m: Mutation, cl: Consistency) -> Result<()> {
-        let span = tracing::debug_span!("replicate", op = "write", table = m.table, cl = ?cl);
-        let (up, needed, down) = self.plan(&m.partition_key, cl)?;
+        self.write_many(vec![m], cl).await
+    }
+
+    /// Write several mutations at consistency `cl`. When they share their replicas (as a
+    /// dialog and its index rows do in a small mesh) they travel in one request per replica;
+    /// otherwise each is written on its own. Succeeds when every one reached `cl`.
+    pub async fn write_many(&self, ms: Vec<Mutation>, cl: Consistency) -> Result<()> {
+        if ms.is_empty() {
+            return Ok(());
+        }
+        let plans = ms
+            .iter()
+            .map(|m| self.plan(&m.partition_key, cl))
+            .collect::<Result<Vec<_>>>()?;
+        let same =
+            |a: &[PeerId], b: &[PeerId]| a.len() == b.len() && a.iter().all(|p| b.contains(p));
+        if !plans
+            .windows(2)
+            .all(|w| same(&w[0].0, &w[1].0) && same(&w[0].2, &w[1].2))
+        {
+            let writes = ms.into_iter().map(|m| self.write_many(vec![m], cl));
+            for r in futures::future::join_all(writes).await {
+                r?;
+            }
+            return Ok(());
+        }
+        let (up, needed, down) = plans.into_iter().next().expect("not empty");
+        let span = tracing::debug_span!("replicate", op = "write", table = ms[0].table, mutations = ms.len(), cl = ?cl);
         for peer in &down {
-            self.hint(peer, &m);
+            for m in &ms {
+                self.hint(peer, m);
+            }
         }
         let (done_tx, done_rx) = oneshot::channel();
         let this = self.clone();
-        let m = Arc::new(m);
+        let ms = Arc::new(ms);
         tokio::spawn(
             async move {
                 let mut pending: FuturesUnordered<_> = up
                     .iter()
                     .map(|&peer| {
                         let this = this.clone();
-                        let m = m.clone();
+                        let ms = ms.clone();
                         async move {
                             let result = if peer == this.local {
-                                this.keyspace.apply(&m).map(|_| ()).map_err(Error::from)
+                                ms.iter()
+                                    .try_for_each(|m| this.keyspace.apply(m).map(|_| ()))
+                                    .map_err(Error::from)
                             } else {
+                                let request = match ms.as_slice() {
+                                    [one] => Request::Write(one.clone()),
+                                    many => Request::Push {
+                                        mutations: many.to_vec(),
+                                        owned_only: false,
+                                    },
+                                };
                                 this.link
-                                    .request(peer, Request::Write((*m).clone()), this.timeout)
+                                    .request(peer, request, this.timeout)
                                     .await
                                     .map(|_| ())
                             };
@@ -190,7 +227,9 @@ impl Replication {
                             debug!(%peer, error = %e, "replica write failed");
                             failed += 1;
                             if peer != this.local {
-                                this.hint(&peer, &m);
+                                for m in ms.iter() {
+                                    this.hint(&peer, m);
+                                }
                             }
                             last_error = Some(e);
                         }
