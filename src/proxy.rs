@@ -371,7 +371,7 @@ impl Proxy {
         // Loop detection (RFC 3261 §16.3 step 4).
         let hash = Self::loop_hash(&msg, &c);
         let own_sent_by = self.addr.to_string();
-        for v in msg.values(&HeaderName::Via).iter().skip(1) {
+        for v in msg.values(&HeaderName::Via).iter() {
             if let Ok(via) = Via::parse(v) {
                 let sent_by = format!("{}:{}", via.host, via.port.unwrap_or(5060));
                 if sent_by == own_sent_by
@@ -633,8 +633,22 @@ impl Proxy {
         let mut best: Option<Message> = None;
         let mut answered = false;
         let mut cancelled = false;
+        // A branch through a node that dies gets no answer from it: fail it at once (a standby
+        // flow is then tried, or the caller hears the failure within the detection time).
+        let mut members = self.mesh.events();
         loop {
             let (i, ev) = tokio::select! {
+                ev = members.recv() => {
+                    if let Ok(sipmesh_net::MemberEvent::Down(p) | sipmesh_net::MemberEvent::Left(p)) = ev {
+                        let node = p.to_string();
+                        for (j, r) in requests.iter().enumerate() {
+                            if !finals[j] && r.2.mesh_node() == Some(node.as_str()) {
+                                let _ = merged_tx.try_send((j, ClientEvent::Timeout));
+                            }
+                        }
+                    }
+                    continue;
+                }
                 ev = merged.recv() => match ev {
                     Some(x) => x,
                     None => break,

@@ -292,3 +292,27 @@ async fn unknown_user_unavailable_and_auth_failures() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_that_loops_back_is_482() {
+    within(60, async {
+        let mesh = mesh().await;
+        let server = sip(&mesh, 0);
+        // carol's contact is the node itself: every forward comes back.
+        let mut carol = Ua::new("carol", server).await;
+        let mut reg = Register::new("carol", &format!("<sip:carol@{server}>"));
+        assert_eq!(
+            register(&mut carol.c, server, &mut reg, "c-pw")
+                .await
+                .status(),
+            Some(200)
+        );
+        let mut alice = Ua::new("alice", server).await;
+        let sent =
+            invite_with_auth(&mut alice, "carol", "a-pw", &format!("{}@a", token()), "l").await;
+        let r = alice.wait_final("INVITE", LONG).await.expect("an answer");
+        assert!(matches!(r.status(), Some(482) | Some(483)), "{:?}", r.start);
+        alice.c.send(&ack_for(&sent, &r)).await;
+    })
+    .await;
+}

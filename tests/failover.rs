@@ -483,3 +483,28 @@ async fn graceful_leave_on_sigterm_loses_no_binding() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ringing_call_through_a_dead_node_fails_fast() {
+    within(120, async {
+        let mesh = mesh_with(3, |_| {}).await;
+        let mut alice = Ua::new("alice", sip(&mesh, 0)).await;
+        let mut bob = Ua::new("bob", sip(&mesh, 2)).await;
+        assert_eq!(bob.register("b-pw").await, 200);
+        let call = format!("{}@a", token());
+        invite(&mut alice, "bob", &call, "t").await;
+        let inv = bob.wait_request("INVITE", LONG).await.expect("bob rings");
+        bob.respond(&inv, 180, "Ringing", "b").await;
+        assert!(alice.wait_response(180, "INVITE", LONG).await.is_some());
+        let killed = Instant::now();
+        mesh.kill(2);
+        // The caller does not wait for transaction timers (32 s, or 3 min after a 180).
+        let r = alice
+            .wait_final("INVITE", 8000)
+            .await
+            .expect("a final answer soon after the node died");
+        assert!(r.status().is_some_and(|c| c >= 400), "{:?}", r.start);
+        assert!(killed.elapsed() < Duration::from_secs(8));
+    })
+    .await;
+}
