@@ -508,3 +508,32 @@ async fn a_ringing_call_through_a_dead_node_fails_fast() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_tcp_flow_is_dropped_and_the_other_flow_rings() {
+    within(120, async {
+        let mesh = mesh_with(3, |_| {}).await;
+        // Flow 1: TCP through node 2 (reg-id 1); flow 2: UDP through node 1 (reg-id 2).
+        let mut tcp = Client::tcp(sip(&mesh, 2)).await;
+        let contact = format!("<sip:bob@{};transport=tcp;ob>;+sip.instance=\"<urn:uuid:00000000-0000-0000-0000-0000000b0b00>\";reg-id=1", tcp.local());
+        let mut reg = Register::new("bob", &contact);
+        reg.extra = "Supported: outbound\r\n".into();
+        let server = sip(&mesh, 2);
+        assert_eq!(register(&mut tcp, server, &mut reg, "b-pw").await.status(), Some(200));
+        let mut flow2 = Ua::new("bob", sip(&mesh, 1)).await;
+        assert_eq!(register_flow(&mut flow2, 2).await.status(), Some(200));
+        let http = mesh.node(0).node().unwrap().http_addr.unwrap();
+        let count = || async { http_get(format!("http://{http}/v1/registrations/bob")).await.1["bindings"].as_array().map(|b| b.len()) };
+        assert_eq!(count().await, Some(2));
+        // The phone's TCP connection dies: its owner drops that binding (RFC 5626 §5.3).
+        drop(tcp);
+        eventually(10, "the dead flow's binding is dropped", || async { count().await == Some(1) }).await;
+        // The next call rings the remaining flow.
+        let mut alice = Ua::new("alice", sip(&mesh, 0)).await;
+        invite(&mut alice, "bob", &format!("{}@a", token()), "t").await;
+        let inv = flow2.wait_request("INVITE", LONG).await.expect("the live flow rings");
+        flow2.respond(&inv, 200, "OK", "b").await;
+        assert!(alice.wait_response(200, "INVITE", LONG).await.is_some());
+    })
+    .await;
+}
