@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use sipmesh::sip::message::{HeaderName, Message};
+use sipmesh::sip::message::HeaderName;
 use sipmesh::transaction::client::ack_for;
 use sipmesh::LocalMesh;
 
@@ -35,39 +35,6 @@ async fn dialogs(mesh: &LocalMesh, i: usize) -> Vec<serde_json::Value> {
     let (code, v) = http_get(format!("http://{http}/v1/dialogs")).await;
     assert_eq!(code, 200);
     v["dialogs"].as_array().cloned().unwrap_or_default()
-}
-
-/// Send an INVITE from `caller` to `to`, doing the 407 exchange; returns the INVITE sent with
-/// credentials (as parsed) once the proxy has accepted it (100 Trying).
-async fn invite_with_auth(
-    caller: &mut Ua,
-    to: &str,
-    password: &str,
-    call_id: &str,
-    tag: &str,
-) -> Message {
-    let first = caller.invite(to, call_id, tag, 1, None);
-    caller.send(&first).await;
-    let challenge = caller
-        .wait_final("INVITE", LONG)
-        .await
-        .expect("a challenge");
-    assert_eq!(challenge.status(), Some(407), "{:?}", challenge.start);
-    let sent = Message::parse(first.as_bytes(), true).unwrap();
-    caller.c.send(&ack_for(&sent, &challenge)).await;
-    let uri = sent.request_uri().unwrap().to_string();
-    let auth = digest(
-        &challenge,
-        &HeaderName::Other("proxy-authenticate".into()),
-        &caller.user,
-        password,
-        "INVITE",
-        &uri,
-        1,
-    );
-    let second = caller.invite(to, call_id, tag, 2, Some(&auth));
-    caller.send(&second).await;
-    Message::parse(second.as_bytes(), true).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

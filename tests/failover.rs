@@ -52,36 +52,10 @@ async fn register_flow(ua: &mut Ua, reg_id: u32) -> Message {
     register(&mut ua.c, server, &mut reg, "b-pw").await
 }
 
-/// INVITE with the 407 exchange; returns the authenticated INVITE as sent.
-async fn invite(caller: &mut Ua, to: &str, call_id: &str, tag: &str) -> Message {
-    let first = caller.invite(to, call_id, tag, 1, None);
-    caller.send(&first).await;
-    let challenge = caller
-        .wait_final("INVITE", LONG)
-        .await
-        .expect("a challenge");
-    assert_eq!(challenge.status(), Some(407));
-    let sent = Message::parse(first.as_bytes(), true).unwrap();
-    caller.c.send(&ack_for(&sent, &challenge)).await;
-    let uri = sent.request_uri().unwrap().to_string();
-    let auth = digest(
-        &challenge,
-        &HeaderName::Other("proxy-authenticate".into()),
-        &caller.user,
-        "a-pw",
-        "INVITE",
-        &uri,
-        1,
-    );
-    let second = caller.invite(to, call_id, tag, 2, Some(&auth));
-    caller.send(&second).await;
-    Message::parse(second.as_bytes(), true).unwrap()
-}
-
 /// An established call from `alice` to the callee UA that rings; returns the 200 seen by alice
 /// and the INVITE seen by the callee.
 async fn establish(alice: &mut Ua, callee: &mut Ua, call_id: &str) -> (Message, Message) {
-    invite(alice, "bob", call_id, "atag").await;
+    invite_with_auth(alice, "bob", "a-pw", call_id, "atag").await;
     let inv = callee
         .wait_request("INVITE", LONG)
         .await
@@ -137,7 +111,7 @@ async fn standby_flow_takes_the_next_call_after_a_node_dies() {
         }
         // One call rings one flow only: the phone must not ring twice.
         let call = format!("{}@a", token());
-        let sent = invite(&mut alice, "bob", &call, "t1").await;
+        let sent = invite_with_auth(&mut alice, "bob", "a-pw", &call, "t1").await;
         let inv = flow1
             .wait_request("INVITE", LONG)
             .await
@@ -158,7 +132,7 @@ async fn standby_flow_takes_the_next_call_after_a_node_dies() {
             .await
             .expect("node 1 down within 5 s");
         let call = format!("{}@a", token());
-        invite(&mut alice, "bob", &call, "t2").await;
+        invite_with_auth(&mut alice, "bob", "a-pw", &call, "t2").await;
         let inv = flow2
             .wait_request("INVITE", LONG)
             .await
@@ -492,7 +466,7 @@ async fn a_ringing_call_through_a_dead_node_fails_fast() {
         let mut bob = Ua::new("bob", sip(&mesh, 2)).await;
         assert_eq!(bob.register("b-pw").await, 200);
         let call = format!("{}@a", token());
-        invite(&mut alice, "bob", &call, "t").await;
+        invite_with_auth(&mut alice, "bob", "a-pw", &call, "t").await;
         let inv = bob.wait_request("INVITE", LONG).await.expect("bob rings");
         bob.respond(&inv, 180, "Ringing", "b").await;
         assert!(alice.wait_response(180, "INVITE", LONG).await.is_some());
@@ -530,7 +504,7 @@ async fn a_dead_tcp_flow_is_dropped_and_the_other_flow_rings() {
         eventually(10, "the dead flow's binding is dropped", || async { count().await == Some(1) }).await;
         // The next call rings the remaining flow.
         let mut alice = Ua::new("alice", sip(&mesh, 0)).await;
-        invite(&mut alice, "bob", &format!("{}@a", token()), "t").await;
+        invite_with_auth(&mut alice, "bob", "a-pw", &format!("{}@a", token()), "t").await;
         let inv = flow2.wait_request("INVITE", LONG).await.expect("the live flow rings");
         flow2.respond(&inv, 200, "OK", "b").await;
         assert!(alice.wait_response(200, "INVITE", LONG).await.is_some());

@@ -152,6 +152,20 @@ impl AntiEntropy {
         total
     }
 
+    /// A peer's hashes of these leaves.
+    async fn peer_leaves(&self, peer: PeerId, leaves: &[u32]) -> Result<Vec<u64>> {
+        match self
+            .link
+            .request(peer, Request::Leaves(leaves.to_vec()), self.timeout)
+            .await?
+        {
+            Response::Leaves(h) if h.len() == leaves.len() => Ok(h),
+            other => Err(Error::Protocol(format!(
+                "unexpected answer to leaves: {other:?}"
+            ))),
+        }
+    }
+
     /// Compare and repair the leaves shared with `peer`.
     pub async fn exchange(&self, peer: PeerId) -> Result<Exchange> {
         let span = tracing::debug_span!("anti_entropy", %peer);
@@ -164,18 +178,7 @@ impl AntiEntropy {
         if shared.is_empty() {
             return Ok(x);
         }
-        let theirs = match self
-            .link
-            .request(peer, Request::Leaves(shared.clone()), self.timeout)
-            .await?
-        {
-            Response::Leaves(h) if h.len() == shared.len() => h,
-            other => {
-                return Err(Error::Protocol(format!(
-                    "unexpected answer to leaves: {other:?}"
-                )))
-            }
-        };
+        let theirs = self.peer_leaves(peer, &shared).await?;
         let merkle = self.keyspace.merkle();
         let differing: Vec<u32> = shared
             .iter()
@@ -189,18 +192,7 @@ impl AntiEntropy {
         // Under load many leaves differ only because writes are in flight. Look again after
         // a moment and repair only the leaves that still differ.
         tokio::time::sleep(CONFIRM_AFTER).await;
-        let again = match self
-            .link
-            .request(peer, Request::Leaves(differing.clone()), self.timeout)
-            .await?
-        {
-            Response::Leaves(h) if h.len() == differing.len() => h,
-            other => {
-                return Err(Error::Protocol(format!(
-                    "unexpected answer to leaves: {other:?}"
-                )))
-            }
-        };
+        let again = self.peer_leaves(peer, &differing).await?;
         let differing: Vec<u32> = differing
             .iter()
             .zip(&again)

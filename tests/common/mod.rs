@@ -486,3 +486,39 @@ impl Ua {
         self.c.send(text.as_bytes()).await;
     }
 }
+
+/// Send an INVITE from `caller` to `to`, answering the 407 with the caller's `password`;
+/// returns the authenticated INVITE as sent (for the ACK of its final answer).
+pub async fn invite_with_auth(
+    caller: &mut Ua,
+    to: &str,
+    password: &str,
+    call_id: &str,
+    tag: &str,
+) -> Message {
+    let first = caller.invite(to, call_id, tag, 1, None);
+    caller.send(&first).await;
+    let challenge = caller
+        .wait_final("INVITE", 5000)
+        .await
+        .expect("a challenge");
+    assert_eq!(challenge.status(), Some(407), "{:?}", challenge.start);
+    let sent = Message::parse(first.as_bytes(), true).unwrap();
+    caller
+        .c
+        .send(&sipmesh::transaction::client::ack_for(&sent, &challenge))
+        .await;
+    let uri = sent.request_uri().unwrap().to_string();
+    let auth = digest(
+        &challenge,
+        &HeaderName::Other("proxy-authenticate".into()),
+        &caller.user,
+        password,
+        "INVITE",
+        &uri,
+        1,
+    );
+    let second = caller.invite(to, call_id, tag, 2, Some(&auth));
+    caller.send(&second).await;
+    Message::parse(second.as_bytes(), true).unwrap()
+}
