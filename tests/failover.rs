@@ -427,8 +427,9 @@ async fn graceful_leave_on_sigterm_loses_no_binding() {
         // SIGTERM node 1: it must be gone within 10 s, cleanly.
         let pid = children[1].id().unwrap() as i32;
         let started = Instant::now();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+        // The shell's builtin kill: no dependence on a kill binary being installed.
+        std::process::Command::new("sh")
+            .args(["-c", &format!("kill -TERM {pid}")])
             .status()
             .unwrap();
         let status = tokio::time::timeout(Duration::from_secs(10), children[1].wait())
