@@ -1,33 +1,35 @@
 //! sipmesh: a peer-to-peer mesh of stateful SIP proxy/registrar supernodes.
 //!
 //! # Layout
-//! - [`tables`]: the name-server keyspace's tables (users, proxies, registrations, …).
-//! - [`node`]: one node — its keyspace on sled and its mesh peer.
-//! - [`local_mesh`]: [`LocalMesh`], a public in-process mesh on loopback for tests.
-//! - [`error`]: the crate's error type.
+//! The node is four layers, each using only the ones above it in this list:
+//! - Foundations: [`error`] (the crate's error type), `metrics` (counters for Prometheus),
+//!   `tables` (the name-server keyspace's tables).
+//! - [`sip`]: the SIP stack of a proxy — messages (framing, parsing, validation, byte-preserving
+//!   edits, builders), flows, the UDP/TCP transport and the transaction layer (RFC 3261 §17).
+//! - `call`: what a SIP server does with requests — digest authentication, users, the
+//!   location service, the registrar, the stateful proxy, dialogs.
+//! - `node`: one node of the mesh — the dispatcher between transactions and the registrar or
+//!   proxy, messages between nodes, load and proxy assignment, failover.
+//! - `ops`: running and watching nodes — the admin HTTP API and metrics endpoint, the
+//!   configuration file, [`LocalMesh`].
+//!
+//! The public API is small: [`Node`] and [`NodeConfig`] to run a node, [`LocalMesh`] to run a
+//! mesh in one process (for tests), [`sip`] for SIP clients written in tests, and the admin
+//! helpers the binary uses.
 
-pub mod admin;
-pub mod assignment;
-pub mod auth;
-pub mod config;
-pub mod dialog;
 pub mod error;
-pub mod failover;
-pub mod local_mesh;
-pub mod location;
-pub mod metrics;
-pub mod node;
-pub mod proxy;
-pub mod registrar;
-pub mod server;
-pub mod sip;
+pub(crate) mod metrics;
 pub mod tables;
-pub mod transaction;
-pub mod transport;
-pub mod users;
-pub mod wire;
+
+pub mod sip;
+
+pub(crate) mod call;
+
+pub(crate) mod node;
+
+pub mod ops;
 
 pub use error::{Error, Result};
-pub use local_mesh::{LocalMesh, LocalMeshBuilder, LocalNode};
 pub use node::{Node, NodeConfig};
+pub use ops::local_mesh::{LocalMesh, LocalMeshBuilder, LocalNode};
 pub use sipmesh_net::{Consistency, Mesh, PeerId};

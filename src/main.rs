@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
-use sipmesh::config::FileConfig;
+use sipmesh::ops::config::FileConfig;
 use sipmesh::{Node, NodeConfig};
 
 #[global_allocator]
@@ -225,10 +225,10 @@ async fn wait_for_shutdown() {
 
 async fn run_node(args: NodeArgs) -> Result<()> {
     let config = node_config(args)?;
-    let node = Node::start(config).await?;
+    let node = sipmesh::ops::launch(config).await?;
     println!("sipmesh node {} up", node.mesh.peer_id());
     println!("  SIP   sip:{} (UDP, TCP)", node.sip_addr());
-    if let Some(h) = node.http_addr {
+    if let Some(h) = node.http_addr() {
         println!("  admin http://{h}");
     }
     if let Some(a) = node.mesh.dial_addr() {
@@ -255,7 +255,7 @@ async fn run_dev(n: usize) -> Result<()> {
         if let Some(first) = nodes.first() {
             c.mesh.bootstrap = first.mesh.dial_addr().into_iter().collect();
         }
-        let node = Node::start(c).await.with_context(|| {
+        let node = sipmesh::ops::launch(c).await.with_context(|| {
             format!(
                 "starting dev node {i} (are ports {}/udp+tcp, {} and {} free?)",
                 5060 + 2 * i,
@@ -283,8 +283,7 @@ async fn run_dev(n: usize) -> Result<()> {
     for name in ["alice", "bob", "carol"] {
         let pw = format!("{name}-{:06x}", rand::random::<u32>() & 0xFF_FFFF);
         nodes[0]
-            .users
-            .add(name, &pw, None)
+            .add_user(name, &pw)
             .await
             .with_context(|| format!("adding demo user {name}"))?;
         users.push((name, pw));
@@ -297,14 +296,14 @@ async fn run_dev(n: usize) -> Result<()> {
         println!(
             "node {i}: SIP sip:{} (UDP+TCP)  admin http://{}  p2p {}",
             node.sip_addr(),
-            node.http_addr.map(|a| a.to_string()).unwrap_or_default(),
+            node.http_addr().map(|a| a.to_string()).unwrap_or_default(),
             node.mesh
                 .dial_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_default()
         );
     }
-    println!("\nrealm {:?}; demo users:", nodes[0].config.realm);
+    println!("\nrealm {:?}; demo users:", nodes[0].realm());
     for (u, p) in &users {
         println!("  {u:6} password {p}");
     }
@@ -387,7 +386,8 @@ fn user_command(cmd: UserCommand) -> Result<()> {
         UserCommand::Import { file, node } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            sipmesh::admin::parse_import(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            sipmesh::ops::admin::parse_import(&text)
+                .map_err(|e| anyhow!("{}: {e}", file.display()))?;
             let v = call(a.post(&format!("{node}/v1/users/import")), None, Some(text))?;
             println!("imported {} users", v["imported"]);
             if let Some(f) = v.get("failed") {

@@ -12,6 +12,14 @@ macro_rules! counters {
         }
 
         impl Metrics {
+            /// A counter by name (without the `sipmesh_` prefix).
+            pub fn get(&self, name: &str) -> Option<u64> {
+                match name {
+                    $(stringify!($name) => Some(self.$name.load(Ordering::Relaxed)),)*
+                    _ => None,
+                }
+            }
+
             /// Prometheus text exposition of every counter, plus the given gauges.
             pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
                 let mut out = String::new();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use sipmesh::sip::message::HeaderName;
-use sipmesh::transaction::client::ack_for;
+use sipmesh::sip::request::ack_for;
 use sipmesh::LocalMesh;
 
 const LONG: u64 = 5000;
@@ -18,7 +18,7 @@ async fn mesh() -> LocalMesh {
     mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
     for (u, p) in [("alice", "a-pw"), ("bob", "b-pw"), ("carol", "c-pw")] {
         mesh.node(0)
-            .run(move |n| async move { n.users.add(u, p, None).await })
+            .run(move |n| async move { n.add_user(u, p).await })
             .await
             .unwrap()
             .unwrap();
@@ -31,7 +31,7 @@ fn sip(mesh: &LocalMesh, i: usize) -> std::net::SocketAddr {
 }
 
 async fn dialogs(mesh: &LocalMesh, i: usize) -> Vec<serde_json::Value> {
-    let http = mesh.node(i).node().unwrap().http_addr.unwrap();
+    let http = mesh.node(i).node().unwrap().http_addr().unwrap();
     let (code, v) = http_get(format!("http://{http}/v1/dialogs")).await;
     assert_eq!(code, 200);
     v["dialogs"].as_array().cloned().unwrap_or_default()

@@ -312,7 +312,7 @@ async fn torture_mesh() -> LocalMesh {
         .unwrap();
     for user in ["null-%00-null", "watson", "user"] {
         mesh.node(0)
-            .run(move |n| async move { n.users.add(user, "torture", None).await })
+            .run(move |n| async move { n.add_user(user, "torture").await })
             .await
             .unwrap()
             .unwrap();
@@ -330,7 +330,7 @@ async fn rfc4475_over_udp() {
             options_answered(server).await;
         }
         // escnull: two distinct bindings; cparam01's contact-param is not a URI parameter.
-        let http = mesh.node(0).node().unwrap().http_addr.unwrap();
+        let http = mesh.node(0).node().unwrap().http_addr().unwrap();
         let (_, v) = http_get(format!("http://{http}/v1/registrations/null-%2500-null")).await;
         assert_eq!(v["bindings"].as_array().map(|b| b.len()), Some(2), "{v}");
     })
@@ -387,12 +387,7 @@ async fn fuzzing_seeds_never_wedge_the_node() {
         }
         options_answered(server).await;
         let node = mesh.node(0).node().unwrap();
-        assert_eq!(
-            node.metrics
-                .sip_parser_panics
-                .load(std::sync::atomic::Ordering::Relaxed),
-            0
-        );
+        assert_eq!(node.counter("sip_parser_panics"), Some(0));
     })
     .await;
 }

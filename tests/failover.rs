@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use sipmesh::sip::message::{HeaderName, Message};
-use sipmesh::transaction::client::ack_for;
+use sipmesh::sip::request::ack_for;
 use sipmesh::{Consistency, LocalMesh};
 use sipmesh_net::MemberState;
 
@@ -28,7 +28,7 @@ async fn mesh_with(
     mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
     for (u, p) in [("alice", "a-pw"), ("bob", "b-pw")] {
         mesh.node(0)
-            .run(move |n| async move { n.users.add(u, p, None).await })
+            .run(move |n| async move { n.add_user(u, p).await })
             .await
             .unwrap()
             .unwrap();
@@ -85,7 +85,7 @@ async fn establish(alice: &mut Ua, callee: &mut Ua, call_id: &str) -> (Message, 
 }
 
 async fn dialogs(mesh: &LocalMesh, i: usize) -> usize {
-    let http = mesh.node(i).node().unwrap().http_addr.unwrap();
+    let http = mesh.node(i).node().unwrap().http_addr().unwrap();
     let (_, v) = http_get(format!("http://{http}/v1/dialogs")).await;
     v["dialogs"]
         .as_array()
@@ -299,7 +299,7 @@ async fn assignment_redirects_new_clients_at_capacity() {
         // An existing client refreshing is never redirected.
         assert_eq!(alice.register("a-pw").await, 200);
         // /v1/bootstrap lists the least-loaded nodes (the full one is not among them).
-        let http = mesh.node(1).node().unwrap().http_addr.unwrap();
+        let http = mesh.node(1).node().unwrap().http_addr().unwrap();
         let (code, v) = http_get(format!("http://{http}/v1/bootstrap")).await;
         assert_eq!(code, 200);
         let nodes = v["nodes"].as_array().unwrap();
@@ -497,7 +497,7 @@ async fn a_dead_tcp_flow_is_dropped_and_the_other_flow_rings() {
         assert_eq!(register(&mut tcp, server, &mut reg, "b-pw").await.status(), Some(200));
         let mut flow2 = Ua::new("bob", sip(&mesh, 1)).await;
         assert_eq!(register_flow(&mut flow2, 2).await.status(), Some(200));
-        let http = mesh.node(0).node().unwrap().http_addr.unwrap();
+        let http = mesh.node(0).node().unwrap().http_addr().unwrap();
         let count = || async { http_get(format!("http://{http}/v1/registrations/bob")).await.1["bindings"].as_array().map(|b| b.len()) };
         assert_eq!(count().await, Some(2));
         // The phone's TCP connection dies: its owner drops that binding (RFC 5626 §5.3).

@@ -381,15 +381,12 @@ async fn limits_hold_oversize_floods_slow_and_idle_senders() {
             }
         }
         eventually(10, "connections beyond the limit are refused", || {
-            let refused = node
-                .metrics
-                .sip_tcp_refused
-                .load(std::sync::atomic::Ordering::Relaxed);
+            let refused = node.counter("sip_tcp_refused").unwrap();
             async move { refused >= 8 }
         })
         .await;
         eventually(15, "idle connections are closed", || {
-            let open = node.transport.connections();
+            let open = node.tcp_connections();
             async move { open == 0 }
         })
         .await;

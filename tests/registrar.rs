@@ -15,7 +15,7 @@ async fn mesh_with_users(users: &[(&str, &str)]) -> LocalMesh {
     for (u, p) in users {
         let (u, p) = (u.to_string(), p.to_string());
         mesh.node(0)
-            .run(move |n| async move { n.users.add(&u, &p, None).await })
+            .run(move |n| async move { n.add_user(&u, &p).await })
             .await
             .unwrap()
             .unwrap();
@@ -28,7 +28,10 @@ fn sip(mesh: &LocalMesh, i: usize) -> std::net::SocketAddr {
 }
 
 fn http(mesh: &LocalMesh, i: usize) -> String {
-    format!("http://{}", mesh.node(i).node().unwrap().http_addr.unwrap())
+    format!(
+        "http://{}",
+        mesh.node(i).node().unwrap().http_addr().unwrap()
+    )
 }
 
 async fn bindings(mesh: &LocalMesh, i: usize, user: &str) -> Vec<serde_json::Value> {

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use sipmesh::{Consistency, LocalMesh};
+use sipmesh::LocalMesh;
 
 const USERS: usize = 1000;
 
@@ -34,7 +34,7 @@ async fn sipp_registers_1000_users_through_a_3_node_mesh() {
     within(300, async {
         let mesh = LocalMesh::builder().nodes(3).start().await.unwrap();
         mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
-        let http = mesh.node(0).node().unwrap().http_addr.unwrap();
+        let http = mesh.node(0).node().unwrap().http_addr().unwrap();
         let csv: String = (0..USERS).map(|i| format!("u{i:04},pw{i:04}\n")).collect();
         let (code, v) = tokio::task::spawn_blocking(move || {
             let r = ureq::post(&format!("http://{http}/v1/users/import"))
@@ -109,9 +109,7 @@ async fn sipp_registers_1000_users_through_a_3_node_mesh() {
                 let mut missing = Vec::new();
                 for i in 0..USERS {
                     let aor = format!("u{i:04}");
-                    let b = sipmesh::location::lookup(&node.mesh, &aor, Consistency::Quorum)
-                        .await
-                        .unwrap();
+                    let b = node.contacts(&aor).await.unwrap();
                     if b.len() != 1 {
                         missing.push(aor);
                     }
@@ -181,7 +179,7 @@ async fn thousand_calls(transport: &str) {
     mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
     for (u, p) in [("callee", "callee-pw"), ("caller", "caller-pw")] {
         mesh.node(0)
-            .run(move |n| async move { n.users.add(u, p, None).await })
+            .run(move |n| async move { n.add_user(u, p).await })
             .await
             .unwrap()
             .unwrap();
@@ -302,7 +300,7 @@ async fn thousand_calls(transport: &str) {
         errors_in(dir.path())
     );
     // No dialog is left in the keyspace.
-    let http = mesh.node(1).node().unwrap().http_addr.unwrap();
+    let http = mesh.node(1).node().unwrap().http_addr().unwrap();
     eventually(30, "every dialog is removed", || async {
         let (_, v) = http_get(format!("http://{http}/v1/dialogs")).await;
         v["dialogs"].as_array().is_some_and(|d| d.is_empty())

@@ -12,19 +12,21 @@
 //! - [`replication`]: the coordinator (consistency levels, read repair, hints) and the replica side.
 //! - [`anti_entropy`]: Merkle comparison between replicas, streaming of differences, handoff.
 //! - [`mesh`]: [`Mesh`], the handle the node uses.
+//! - [`shutdown`]: background loops that stop on one signal.
 //!
 //! This crate knows nothing of SIP: the node's own traffic rides [`Mesh::send_app`] as opaque bytes.
 
-pub mod anti_entropy;
+pub(crate) mod anti_entropy;
 pub mod config;
 mod error;
-pub mod link;
-pub mod membership;
+pub(crate) mod link;
+pub(crate) mod membership;
 pub mod mesh;
-pub mod peer;
+pub(crate) mod peer;
 pub mod placement;
-pub mod protocol;
-pub mod replication;
+pub(crate) mod protocol;
+pub(crate) mod replication;
+pub mod shutdown;
 
 pub use config::MeshConfig;
 pub use error::{Error, Result};

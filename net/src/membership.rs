@@ -165,11 +165,6 @@ impl Membership {
         self.snapshot.borrow().clone()
     }
 
-    /// Watch the ring change.
-    pub fn watch(&self) -> watch::Receiver<Arc<Snapshot>> {
-        self.snapshot.subscribe()
-    }
-
     /// Subscribe to member state changes.
     pub fn events(&self) -> broadcast::Receiver<MemberEvent> {
         self.events.subscribe()
@@ -219,11 +214,6 @@ impl Membership {
         others.sort_by_key(|m| m.peer_id.to_string());
         out.extend(others);
         out
-    }
-
-    /// A member by PeerId.
-    pub fn member(&self, peer: &PeerId) -> Option<Member> {
-        self.members().into_iter().find(|m| m.peer_id == *peer)
     }
 
     /// Whether a peer is up (this node always is).

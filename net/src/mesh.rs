@@ -1,17 +1,16 @@
 //! [`Mesh`]: the handle a node holds on its libp2p peer, membership and replicated keyspace.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use libp2p::{Multiaddr, PeerId};
 use sipmesh_storage::{Cell, EntryKey, Keyspace, Mutation, Partition, TableId};
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tracing::{debug, info, Instrument};
 
-use crate::anti_entropy::{self, AntiEntropy, Exchange};
+use crate::anti_entropy::{self, AntiEntropy};
 use crate::config::MeshConfig;
 use crate::error::{Error, Result};
 use crate::link::{self, Handler, Link, Links};
@@ -20,6 +19,7 @@ use crate::peer::{self, Command, PeerEvent};
 use crate::placement::Snapshot;
 use crate::protocol::{MemberInfo, Request, Response, PROTOCOL};
 use crate::replication::{Consistency, Replication};
+use crate::shutdown::{Background, Shutdown};
 
 /// Application messages waiting for the node.
 const APP_QUEUE: usize = 8192;
@@ -27,6 +27,8 @@ const APP_QUEUE: usize = 8192;
 const HANDOFF_EVERY: Duration = Duration::from_secs(5);
 /// A handoff scan runs at least this often even if the ring did not change.
 const HANDOFF_SAFETY_NET: Duration = Duration::from_secs(300);
+/// How long shutdown waits for the background loops.
+const SHUTDOWN_WITHIN: Duration = Duration::from_secs(2);
 /// How often the keyspace is compacted (a full scan: expired cells become tombstones, old
 /// tombstones are purged).
 const COMPACT_EVERY: Duration = Duration::from_secs(60);
@@ -57,21 +59,8 @@ struct Inner {
     anti_entropy: AntiEntropy,
     commands: mpsc::Sender<Command>,
     listen_addrs: Vec<Multiaddr>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
-    config: MeshConfig,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        for t in self
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-        {
-            t.abort();
-        }
-    }
+    /// The mesh's background loops (aborted when the last handle goes).
+    background: Background,
 }
 
 struct Service {
@@ -168,6 +157,133 @@ impl Handler for Service {
     }
 }
 
+/// Connected peers may be members: membership heartbeats them.
+async fn track_connections(
+    membership: Arc<Membership>,
+    mut events: mpsc::Receiver<PeerEvent>,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            ev = events.recv() => match ev {
+                Some(PeerEvent::Connected(peer)) => membership.add_candidate(peer),
+                None => return,
+            },
+        }
+    }
+}
+
+/// Every `interval`: failure detection, then a heartbeat to every member and candidate (each
+/// waits up to `timeout` for the answer, which is the member's own info).
+async fn heartbeats(
+    membership: Arc<Membership>,
+    link: Arc<dyn Link>,
+    service: Arc<Service>,
+    commands: mpsc::Sender<Command>,
+    (interval, timeout): (Duration, Duration),
+    mut shutdown: Shutdown,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = 0u64;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = ticker.tick() => {}
+        }
+        tick += 1;
+        membership.tick();
+        let hb = membership.heartbeat();
+        for peer in membership.heartbeat_targets(tick) {
+            let request = link.request(peer, hb.clone(), timeout);
+            let service = service.clone();
+            let commands = commands.clone();
+            tokio::spawn(async move {
+                match request.await {
+                    Ok(Response::Member(info)) => {
+                        let learnt = service.membership.on_info(peer, info, &[]);
+                        service.learn(learnt);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        debug!(%peer, error = %e, "heartbeat failed");
+                        if tick.is_multiple_of(20) {
+                            let _ = commands.try_send(Command::FindPeer(peer));
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Offer stored hints to peers that are up, every `every`.
+async fn deliver_hints(replication: Replication, every: Duration, mut shutdown: Shutdown) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = ticker.tick() => {}
+        }
+        replication.deliver_hints().await;
+    }
+}
+
+/// One anti-entropy round every `every` (the first after one interval).
+async fn anti_entropy_rounds(ae: AntiEntropy, every: Duration, mut shutdown: Shutdown) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = ticker.tick() => {}
+        }
+        ae.round().await;
+    }
+}
+
+/// Hand off partitions this node no longer replicates (when the ring changed, and now and
+/// then as a safety net), and compact the keyspace every [`COMPACT_EVERY`].
+async fn handoff_and_compaction(ae: AntiEntropy, keyspace: Keyspace, mut shutdown: Shutdown) {
+    let mut ticker = tokio::time::interval(HANDOFF_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let mut last_compaction = tokio::time::Instant::now();
+    // Handoff scans the whole keyspace: only when the ring changed since the last complete
+    // one (and now and then as a safety net).
+    let mut handed_at: Option<(u64, tokio::time::Instant)> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = ticker.tick() => {}
+        }
+        let version = ae.ring_version();
+        let due = match handed_at {
+            Some((v, at)) => v != version || at.elapsed() >= HANDOFF_SAFETY_NET,
+            None => true,
+        };
+        if due {
+            let moved = ae.handoff().await;
+            // Unchanged ring and nothing left to move: done until it changes.
+            if moved == 0 {
+                handed_at = Some((version, tokio::time::Instant::now()));
+            }
+        }
+        if last_compaction.elapsed() >= COMPACT_EVERY {
+            last_compaction = tokio::time::Instant::now();
+            let ks = keyspace.clone();
+            match tokio::task::spawn_blocking(move || ks.compact()).await {
+                Ok(Ok(stats)) => debug!(?stats, "compaction"),
+                Ok(Err(e)) => tracing::error!(error = %e, "compaction failed"),
+                Err(_) => {}
+            }
+        }
+    }
+}
+
 impl Mesh {
     /// Start the peer: load (or create) the node key, listen, join through the seeds, and run
     /// membership, hint delivery, anti-entropy and handoff in the background. Returns the mesh
@@ -179,7 +295,7 @@ impl Mesh {
         let key = peer::load_or_create_key(&config.data_dir)?;
         let local = key.public().to_peer_id();
         let generation = membership::next_generation(&config.data_dir)?;
-        let (handle, mut peer_events, swarm_task) = peer::start(&config, key).await?;
+        let (handle, peer_events, swarm_task) = peer::start(&config, key).await?;
         let info = MemberInfo {
             peer_id: local.to_bytes(),
             addrs: handle.listen_addrs.iter().map(|a| a.to_string()).collect(),
@@ -225,136 +341,37 @@ impl Mesh {
             .accept(PROTOCOL)
             .map_err(|e| Error::Config(format!("stream protocol: {e}")))?;
         let span = tracing::info_span!("mesh", peer = %local);
-        let mut tasks = vec![swarm_task];
-        tasks.push(tokio::spawn(
-            link::serve(incoming, service.clone()).instrument(span.clone()),
-        ));
-
-        // Membership: connection events and heartbeats.
-        {
-            let membership = membership.clone();
-            tasks.push(tokio::spawn(
-                async move {
-                    while let Some(PeerEvent::Connected(peer)) = peer_events.recv().await {
-                        membership.add_candidate(peer);
-                    }
-                }
-                .instrument(span.clone()),
-            ));
-        }
-        {
-            let membership = membership.clone();
-            let link = link.clone();
-            let service = service.clone();
-            let interval = config.heartbeat_interval;
-            let hb_timeout = config.down_after;
-            let commands = handle.commands.clone();
-            tasks.push(tokio::spawn(
-                async move {
-                    let mut ticker = tokio::time::interval(interval);
-                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    let mut tick = 0u64;
-                    loop {
-                        ticker.tick().await;
-                        tick += 1;
-                        membership.tick();
-                        let hb = membership.heartbeat();
-                        for peer in membership.heartbeat_targets(tick) {
-                            let request = link.request(peer, hb.clone(), hb_timeout);
-                            let service = service.clone();
-                            let commands = commands.clone();
-                            tokio::spawn(async move {
-                                match request.await {
-                                    Ok(Response::Member(info)) => {
-                                        let learnt = service.membership.on_info(peer, info, &[]);
-                                        service.learn(learnt);
-                                    }
-                                    Ok(_) => {}
-                                    Err(e) => {
-                                        debug!(%peer, error = %e, "heartbeat failed");
-                                        if tick.is_multiple_of(20) {
-                                            let _ = commands.try_send(Command::FindPeer(peer));
-                                        }
-                                    }
-                                }
-                            });
-                        }
-                    }
-                }
-                .instrument(span.clone()),
-            ));
-        }
-        // Hints.
-        {
-            let replication = replication.clone();
-            let every = config.hint_interval;
-            tasks.push(tokio::spawn(
-                async move {
-                    let mut ticker = tokio::time::interval(every);
-                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    loop {
-                        ticker.tick().await;
-                        replication.deliver_hints().await;
-                    }
-                }
-                .instrument(span.clone()),
-            ));
-        }
-        // Anti-entropy and handoff.
-        {
-            let ae = anti_entropy.clone();
-            let every = config.anti_entropy_interval;
-            tasks.push(tokio::spawn(
-                async move {
-                    let mut ticker = tokio::time::interval(every);
-                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    ticker.tick().await;
-                    loop {
-                        ticker.tick().await;
-                        ae.round().await;
-                    }
-                }
-                .instrument(span.clone()),
-            ));
-            let ae = anti_entropy.clone();
-            let keyspace = keyspace.clone();
-            tasks.push(tokio::spawn(
-                async move {
-                    let mut ticker = tokio::time::interval(HANDOFF_EVERY);
-                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    ticker.tick().await;
-                    let mut last_compaction = tokio::time::Instant::now();
-                    // Handoff scans the whole keyspace: only when the ring changed since the
-                    // last complete one (and now and then as a safety net).
-                    let mut handed_at: Option<(u64, tokio::time::Instant)> = None;
-                    loop {
-                        ticker.tick().await;
-                        let version = ae.ring_version();
-                        let due = match handed_at {
-                            Some((v, at)) => v != version || at.elapsed() >= HANDOFF_SAFETY_NET,
-                            None => true,
-                        };
-                        if due {
-                            let moved = ae.handoff().await;
-                            // Unchanged ring and nothing left to move: done until it changes.
-                            if moved == 0 {
-                                handed_at = Some((version, tokio::time::Instant::now()));
-                            }
-                        }
-                        if last_compaction.elapsed() >= COMPACT_EVERY {
-                            last_compaction = tokio::time::Instant::now();
-                            let ks = keyspace.clone();
-                            match tokio::task::spawn_blocking(move || ks.compact()).await {
-                                Ok(Ok(stats)) => debug!(?stats, "compaction"),
-                                Ok(Err(e)) => tracing::error!(error = %e, "compaction failed"),
-                                Err(_) => {}
-                            }
-                        }
-                    }
-                }
-                .instrument(span.clone()),
-            ));
-        }
+        let background = Background::default();
+        background.keep("swarm", swarm_task);
+        background.keep(
+            "serve streams",
+            tokio::spawn(link::serve(incoming, service.clone()).instrument(span.clone())),
+        );
+        background.spawn("connection events", |s| {
+            track_connections(membership.clone(), peer_events, s).instrument(span.clone())
+        });
+        background.spawn("heartbeats", |s| {
+            heartbeats(
+                membership.clone(),
+                link.clone(),
+                service.clone(),
+                handle.commands.clone(),
+                (config.heartbeat_interval, config.down_after),
+                s,
+            )
+            .instrument(span.clone())
+        });
+        background.spawn("hints", |s| {
+            deliver_hints(replication.clone(), config.hint_interval, s).instrument(span.clone())
+        });
+        background.spawn("anti-entropy", |s| {
+            anti_entropy_rounds(anti_entropy.clone(), config.anti_entropy_interval, s)
+                .instrument(span.clone())
+        });
+        background.spawn("handoff and compaction", |s| {
+            handoff_and_compaction(anti_entropy.clone(), keyspace.clone(), s)
+                .instrument(span.clone())
+        });
         info!(peer_id = %local, generation, "mesh started");
         let mesh = Mesh {
             inner: Arc::new(Inner {
@@ -366,8 +383,7 @@ impl Mesh {
                 anti_entropy,
                 commands: handle.commands,
                 listen_addrs: handle.listen_addrs,
-                tasks: Mutex::new(tasks),
-                config,
+                background,
             }),
         };
         Ok((mesh, app_rx))
@@ -394,11 +410,6 @@ impl Mesh {
     /// The local keyspace (this node's replica data).
     pub fn keyspace(&self) -> &Keyspace {
         &self.inner.keyspace
-    }
-
-    /// The configuration the mesh runs with.
-    pub fn config(&self) -> &MeshConfig {
-        &self.inner.config
     }
 
     /// The current ring.
@@ -509,25 +520,10 @@ impl Mesh {
         }
     }
 
-    /// One anti-entropy round with every up peer, now.
-    pub async fn anti_entropy_now(&self) -> Exchange {
-        self.inner.anti_entropy.round().await
-    }
-
-    /// One handoff round, now.
-    pub async fn handoff_now(&self) -> usize {
-        self.inner.anti_entropy.handoff().await
-    }
-
     /// Before leaving: give every partition to the replicas it will have without this node.
     /// Returns (partitions, failed transfers).
     pub async fn handover(&self) -> (usize, usize) {
         self.inner.anti_entropy.handover().await
-    }
-
-    /// Deliver waiting hints now.
-    pub async fn deliver_hints_now(&self) -> usize {
-        self.inner.replication.deliver_hints().await
     }
 
     /// Leave gracefully: tell every up member (waiting up to `timeout` for their answers).
@@ -548,17 +544,9 @@ impl Mesh {
         info!(told = peers.len(), "left the mesh");
     }
 
-    /// Stop every background task and the swarm.
-    pub fn shutdown(&self) {
+    /// Stop every background loop and the swarm.
+    pub async fn shutdown(&self) {
         let _ = self.inner.commands.try_send(Command::Shutdown);
-        for t in self
-            .inner
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-        {
-            t.abort();
-        }
+        self.inner.background.stop(SHUTDOWN_WITHIN).await;
     }
 }

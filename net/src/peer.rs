@@ -20,7 +20,7 @@ use libp2p::{
     allow_block_list, connection_limits, identify, identity, kad, noise, ping, pnet, yamux,
     Multiaddr, PeerId, StreamProtocol, Swarm, Transport,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::config::MeshConfig;
@@ -56,8 +56,6 @@ pub enum Command {
     Block(PeerId),
     /// Allow connections with this peer again.
     Unblock(PeerId),
-    /// The addresses this node listens on.
-    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     /// Stop the swarm.
     Shutdown,
 }
@@ -209,7 +207,7 @@ pub async fn start(
     let control = swarm.behaviour().stream.new_control();
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
-    let task = tokio::spawn(run(swarm, cmd_rx, event_tx, seeds, listen_addrs.clone()));
+    let task = tokio::spawn(run(swarm, cmd_rx, event_tx, seeds));
     Ok((
         PeerHandle {
             commands: cmd_tx,
@@ -239,7 +237,6 @@ async fn run(
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<PeerEvent>,
     seeds: Vec<Multiaddr>,
-    listen_addrs: Vec<Multiaddr>,
 ) {
     let mut redial = tokio::time::interval(REDIAL_SEEDS_EVERY);
     let mut bootstrapped = false;
@@ -258,9 +255,6 @@ async fn run(
                 Some(Command::Unblock(peer)) => {
                     blocked.remove(&peer);
                     swarm.behaviour_mut().blocked.unblock_peer(peer);
-                }
-                Some(Command::ListenAddrs(reply)) => {
-                    let _ = reply.send(listen_addrs.clone());
                 }
                 Some(Command::Shutdown) | None => break,
             },

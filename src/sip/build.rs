@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use super::message::{HeaderName, Message};
+use super::{random_tag, Fault, ALLOW};
 
 /// The server's product token.
 pub const SERVER: &str = "sipmesh/0.1";
@@ -125,6 +126,22 @@ impl<'a> ResponseBuilder<'a> {
         }
         out
     }
+}
+
+/// The response a [`Fault`] stands for: its status, reason and headers, a fresh To tag, `Allow`
+/// for 405 and 501, and `top_via` (the stamped top Via) when the request's Via parsed.
+pub fn reject(req: &Message, top_via: Option<&str>, fault: &Fault) -> Vec<u8> {
+    let mut r = ResponseBuilder::new(req, fault.code, &fault.reason).to_tag(&random_tag());
+    if let Some(v) = top_via {
+        r = r.top_via(v.to_string());
+    }
+    for (n, v) in &fault.headers {
+        r = r.header(n, v.clone());
+    }
+    if matches!(fault.code, 405 | 501) && !fault.headers.iter().any(|(n, _)| *n == "Allow") {
+        r = r.header("Allow", ALLOW);
+    }
+    r.build()
 }
 
 /// A byte-preserving edit of a message: a new start line, header fields removed or replaced,

@@ -177,6 +177,45 @@ impl Via {
     pub fn received(&self) -> Option<&str> {
         param(&self.params, "received").flatten()
     }
+
+    /// This Via as a value with `received` and `rport` filled in from the address the request
+    /// came from (RFC 3261 §18.2.1, RFC 3581): the top Via of a response.
+    pub fn stamped(&self, source: std::net::SocketAddr) -> String {
+        use std::fmt::Write as _;
+        let mut params = self.params.clone();
+        let src_ip = source.ip().to_string();
+        if self.host != src_ip
+            && !params
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("received"))
+        {
+            params.push(("received".into(), Some(src_ip)));
+        }
+        for (n, v) in params.iter_mut() {
+            if n.eq_ignore_ascii_case("rport") && v.is_none() {
+                *v = Some(source.port().to_string());
+            }
+        }
+        let mut out = if self.host.contains(':') {
+            format!("SIP/2.0/{} [{}]", self.transport, self.host)
+        } else {
+            format!("SIP/2.0/{} {}", self.transport, self.host)
+        };
+        if let Some(p) = self.port {
+            let _ = write!(out, ":{p}");
+        }
+        for (n, v) in params {
+            match v {
+                Some(v) => {
+                    let _ = write!(out, ";{n}={v}");
+                }
+                None => {
+                    let _ = write!(out, ";{n}");
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Parse `host[:port]`, with IPv6 in brackets. The host must be a hostname or an IP address.

@@ -15,7 +15,7 @@ pub const MAX_HEADERS: usize = 128;
 pub const MAX_HEADER_LEN: usize = 8 * 1024;
 
 /// A SIP method. Unknown methods are kept as their token (RFC 3261 allows extension methods).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Method {
     /// INVITE
     Invite,

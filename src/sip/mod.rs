@@ -7,10 +7,20 @@
 //! - [`uri`]: SIP URIs (rsipstack underneath), AOR canonicalisation.
 //! - [`validate`]: the checks a request must pass, each failure a status code and a reason.
 //! - [`build`]: responses built from requests, and byte-preserving edits of messages.
+//! - `digest`: digest algorithms, HA1, stored credentials.
+//! - `flow`: flows (UDP peer, TCP connection, mesh node) and where responses go.
+//! - `transport`: UDP and TCP on one address, with limits.
+//! - `transaction`: the transaction layer of RFC 3261 §17, built for a proxy.
+//! - [`request`]: requests the proxy makes itself (ACK for non-2xx, CANCEL, BYE).
 
 pub mod build;
+pub(crate) mod digest;
+pub(crate) mod flow;
 pub mod header;
 pub mod message;
+pub mod request;
+pub(crate) mod transaction;
+pub(crate) mod transport;
 pub mod uri;
 pub mod validate;
 
@@ -45,14 +55,26 @@ pub fn fuzz_one(data: &[u8]) {
     }
 }
 
-/// A fault found in a message: the status code to answer with (when an answer can be formed)
-/// and a reason phrase naming the fault.
+/// Methods the node handles (for Allow).
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK, MESSAGE, REFER, NOTIFY, SUBSCRIBE";
+
+/// A random token for tags.
+pub fn random_tag() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Why the node answers a request with a final non-2xx response it makes itself: a malformed
+/// message, a challenge, a refusal, a redirect. The status code, a reason phrase naming the
+/// fault, and headers the answer must carry (a challenge, Contacts of a 302, Unsupported…).
+/// [`build::reject`] turns it into the response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fault {
-    /// The status code (400, 416, 420, 483, 505, …).
+    /// The status code (302, 400, 401, 403, 416, 420, 483, 505, …).
     pub code: u16,
     /// The reason phrase, naming the fault.
     pub reason: String,
+    /// Headers of the answer.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Fault {
@@ -62,12 +84,22 @@ impl Fault {
         // A reason phrase must stay on one line and be reasonably short.
         reason.retain(|c| c != '\r' && c != '\n');
         reason.truncate(120);
-        Fault { code, reason }
+        Fault {
+            code,
+            reason,
+            headers: Vec::new(),
+        }
     }
 
     /// 400 Bad Request with a reason naming the fault.
     pub fn bad(reason: impl Into<String>) -> Self {
         Fault::new(400, reason)
+    }
+
+    /// The same fault, with one more header in its answer.
+    pub fn with(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
     }
 }
 

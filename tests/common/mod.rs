@@ -506,7 +506,7 @@ pub async fn invite_with_auth(
     let sent = Message::parse(first.as_bytes(), true).unwrap();
     caller
         .c
-        .send(&sipmesh::transaction::client::ack_for(&sent, &challenge))
+        .send(&sipmesh::sip::request::ack_for(&sent, &challenge))
         .await;
     let uri = sent.request_uri().unwrap().to_string();
     let auth = digest(

@@ -2,12 +2,12 @@
 //! (one partition per AOR, one row per binding, TTL = Expires) and the `clients_by_proxy` index.
 
 use serde::{Deserialize, Serialize};
-use sipmesh_net::{Consistency, Mesh};
+use sipmesh_net::{Consistency, Mesh, PeerId};
 use sipmesh_storage::{codec, Row};
 
 use crate::error::Result;
+use crate::sip::flow::Flow;
 use crate::tables::REGISTRATIONS;
-use crate::transport::Flow;
 
 /// One binding of an AOR.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,8 +26,9 @@ pub struct Binding {
     pub cseq: u32,
     /// User-Agent of the client.
     pub user_agent: Option<String>,
-    /// The node that received the REGISTER and owns the flow (PeerId).
-    pub owner: String,
+    /// The node that received the REGISTER and owns the flow.
+    #[serde(with = "crate::sip::flow::peer_bytes")]
+    pub owner: PeerId,
     /// The flow the REGISTER arrived on (the connection or source address).
     pub flow: Flow,
     /// RFC 5626 instance id (`+sip.instance`).

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use sipmesh_net::{Consistency, Mesh};
 use sipmesh_storage::Mutation;
 
-use crate::auth::{ha1, Algorithm, Credentials};
 use crate::error::{Error, Result};
+use crate::sip::digest::{ha1, Algorithm, Credentials};
 use crate::tables::USERS;
 
 /// How long a looked-up user is reused by the registrar before reading it again.
@@ -70,11 +70,6 @@ impl Users {
             realm: realm.to_string(),
             cache: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// The realm.
-    pub fn realm(&self) -> &str {
-        &self.realm
     }
 
     /// The mutation that stores a user (HA1s for the realm).

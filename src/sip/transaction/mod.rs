@@ -4,8 +4,11 @@
 //! timers from one task.
 
 pub mod client;
+pub mod key;
 pub mod server;
 pub mod timers;
+
+pub use key::{ClientKey, ServerKey};
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -15,9 +18,10 @@ use std::time::Instant;
 use tokio::sync::{mpsc, Notify};
 use tracing::debug;
 
-use crate::sip::header::Via;
-use crate::sip::message::{HeaderName, Message, Method};
-use crate::transport::{Flow, Transport};
+use crate::sip::flow::Flow;
+use crate::sip::message::{Message, Method};
+use crate::sip::transport::Transport;
+use crate::sip::Fault;
 
 /// What a state machine asks for.
 #[derive(Debug)]
@@ -42,55 +46,10 @@ pub enum ClientEvent {
 /// Most transactions held at once; beyond this new requests get 503.
 pub const MAX_TRANSACTIONS: usize = 200_000;
 
-/// The key of a server transaction (§17.2.3): branch, sent-by, method (ACK matching INVITE) and
-/// Call-ID;
-/// for pre-3261 requests (no magic cookie) Call-ID, CSeq, From tag and the top Via.
-pub fn server_key(msg: &Message, via: &Via, method: &Method) -> String {
-    let method = match method {
-        Method::Ack => "INVITE",
-        m => m.as_str(),
-    };
-    if via.is_rfc3261() {
-        // RFC 3261 matches on branch, sent-by and method. The Call-ID is added: a genuine
-        // retransmission always carries the same one, and it keeps two different requests
-        // from a client that reuses branch values (RFC 4475's corpus does) apart.
-        format!(
-            "{}|{}:{}|{method}|{}",
-            via.branch().unwrap_or_default(),
-            via.host.to_ascii_lowercase(),
-            via.port.unwrap_or(5060),
-            msg.header(&HeaderName::CallId).unwrap_or_default()
-        )
-    } else {
-        let cseq = msg
-            .header(&HeaderName::CSeq)
-            .and_then(|c| c.split_ascii_whitespace().next())
-            .unwrap_or_default();
-        let from_tag = msg
-            .header(&HeaderName::From)
-            .and_then(|f| crate::sip::header::NameAddr::parse(f, "From").ok())
-            .and_then(|f| f.tag().map(str::to_string))
-            .unwrap_or_default();
-        format!(
-            "2543|{}|{cseq}|{from_tag}|{}|{method}",
-            msg.header(&HeaderName::CallId).unwrap_or_default(),
-            msg.values(&HeaderName::Via)
-                .first()
-                .copied()
-                .unwrap_or_default()
-        )
-    }
-}
-
-/// The key of a client transaction: the branch we put in our Via and the CSeq method.
-pub fn client_key(branch: &str, cseq_method: &str) -> String {
-    format!("{branch}|{cseq_method}")
-}
-
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKey {
-    Server(String),
-    Client(String),
+    Server(ServerKey),
+    Client(ClientKey),
 }
 
 struct ServerEntry {
@@ -106,8 +65,8 @@ struct ClientEntry {
 
 #[derive(Default)]
 struct Inner {
-    server: HashMap<String, ServerEntry>,
-    client: HashMap<String, ClientEntry>,
+    server: HashMap<ServerKey, ServerEntry>,
+    client: HashMap<ClientKey, ClientEntry>,
     timers: BinaryHeap<Reverse<(Instant, TimerKey)>>,
 }
 
@@ -195,7 +154,7 @@ impl Transactions {
     }
 
     /// Match an incoming request against the server transactions.
-    pub fn on_request(&self, key: &str, method: &Method, flow: &Flow) -> ServerMatch {
+    pub fn on_request(&self, key: &ServerKey, method: &Method, flow: &Flow) -> ServerMatch {
         let now = Instant::now();
         let mut inner = self.lock();
         if let Some(entry) = inner.server.get_mut(key) {
@@ -209,7 +168,7 @@ impl Transactions {
             };
             let flow = entry.flow.clone();
             let deadline = entry.txn.deadline();
-            self.schedule(&mut inner, TimerKey::Server(key.to_string()), deadline);
+            self.schedule(&mut inner, TimerKey::Server(key.clone()), deadline);
             drop(inner);
             self.run(&flow, actions, None);
             return m;
@@ -222,7 +181,7 @@ impl Transactions {
         }
         let txn = server::ServerTransaction::new(*method == Method::Invite, flow.is_reliable());
         inner.server.insert(
-            key.to_string(),
+            key.clone(),
             ServerEntry {
                 txn,
                 flow: flow.clone(),
@@ -232,11 +191,11 @@ impl Transactions {
     }
 
     /// The transaction user answers server transaction `key` with a response of status `code`.
-    pub fn respond(&self, key: &str, code: u16, bytes: Arc<[u8]>) {
+    pub fn respond(&self, key: &ServerKey, code: u16, bytes: Arc<[u8]>) {
         let now = Instant::now();
         let mut inner = self.lock();
         let Some(entry) = inner.server.get_mut(key) else {
-            debug!(key, code, "response for an unknown server transaction");
+            debug!(?key, code, "response for an unknown server transaction");
             return;
         };
         let actions = entry.txn.on_response(code, bytes, now);
@@ -245,10 +204,17 @@ impl Transactions {
         if entry.txn.is_terminated() {
             inner.server.remove(key);
         } else {
-            self.schedule(&mut inner, TimerKey::Server(key.to_string()), deadline);
+            self.schedule(&mut inner, TimerKey::Server(key.clone()), deadline);
         }
         drop(inner);
         self.run(&flow, actions, None);
+    }
+
+    /// Answer server transaction `key` with the response `fault` stands for (see
+    /// [`crate::sip::build::reject`]).
+    pub fn reject(&self, key: &ServerKey, req: &Message, top_via: &str, fault: &Fault) {
+        let bytes = crate::sip::build::reject(req, Some(top_via), fault);
+        self.respond(key, fault.code, Arc::from(bytes));
     }
 
     /// Start a client transaction sending `request` (whose top Via carries `branch`) to `flow`.
@@ -262,9 +228,9 @@ impl Transactions {
         let (tx, rx) = mpsc::channel(16);
         let method = request
             .method()
-            .map(|m| m.as_str().to_string())
-            .unwrap_or_default();
-        let key = client_key(branch, &method);
+            .cloned()
+            .unwrap_or(Method::Other(String::new()));
+        let key = ClientKey::new(branch, method);
         let (txn, actions) =
             client::ClientTransaction::new(request, flow.is_reliable(), Instant::now());
         let deadline = txn.deadline();
@@ -299,7 +265,7 @@ impl Transactions {
     /// Match a response to a client transaction; returns false if none matched, or if its user
     /// is gone (a 2xx retransmission after the proxy finished: forward it statelessly).
     pub fn on_response(&self, branch: &str, cseq_method: &str, response: Message) -> bool {
-        let key = client_key(branch, cseq_method);
+        let key = ClientKey::new(branch, Method::parse(cseq_method));
         let mut inner = self.lock();
         let Some(entry) = inner.client.get_mut(&key) else {
             return false;
@@ -311,20 +277,6 @@ impl Transactions {
         self.schedule(&mut inner, TimerKey::Client(key), deadline);
         drop(inner);
         self.run(&flow, actions, Some(&events))
-    }
-
-    /// The state of a client transaction (for CANCEL: only a proceeding INVITE can be cancelled).
-    pub fn client_state(&self, branch: &str, method: &str) -> Option<client::State> {
-        self.lock()
-            .client
-            .get(&client_key(branch, method))
-            .map(|e| e.txn.state())
-    }
-
-    /// How many transactions are alive.
-    pub fn len(&self) -> (usize, usize) {
-        let inner = self.lock();
-        (inner.server.len(), inner.client.len())
     }
 
     fn fire(&self, now: Instant) -> Option<Instant> {

@@ -171,7 +171,7 @@ fn drop_runtime(rt: tokio::runtime::Runtime) {
 async fn start_retrying(config: NodeConfig) -> Result<Node> {
     let mut attempt = 0;
     loop {
-        match Node::start(config.clone()).await {
+        match crate::ops::launch(config.clone()).await {
             Ok(n) => return Ok(n),
             Err(e) if attempt < 50 => {
                 attempt += 1;
@@ -188,14 +188,14 @@ impl LocalNode {
         let rt = runtime(index)?;
         let c = config.clone();
         let node = rt
-            .spawn(Node::start(c))
+            .spawn(crate::ops::launch(c))
             .await
             .map_err(|e| Error::Config(format!("node task failed: {e}")))??;
         let addr = node.mesh.listen_addrs()[0].clone();
         // Restarts reuse the same addresses, so the others (and phones) find the node where it was.
         config.mesh.listen = vec![addr.clone()];
         config.sip_listen = node.sip_addr();
-        config.http_listen = node.http_addr;
+        config.http_listen = node.http_addr();
         Ok(LocalNode {
             index,
             peer_id: node.mesh.peer_id(),

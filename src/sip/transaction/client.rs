@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use super::timers::{self, unless_reliable};
 use super::Action;
-use crate::sip::message::{HeaderName, Message};
+use crate::sip::message::Message;
+use crate::sip::request::ack_for;
 
 /// States of a client transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,34 +40,6 @@ pub struct ClientTransaction {
     ack: Option<Arc<[u8]>>,
 }
 
-/// The ACK for a non-2xx final response to `request` (RFC 3261 §17.1.1.3).
-pub fn ack_for(request: &Message, response: &Message) -> Vec<u8> {
-    let uri = request.request_uri().unwrap_or_default();
-    let mut out = format!("ACK {uri} SIP/2.0\r\n");
-    if let Some(via) = request.values(&HeaderName::Via).first() {
-        out.push_str(&format!("Via: {via}\r\n"));
-    }
-    for r in request.values(&HeaderName::Route) {
-        out.push_str(&format!("Route: {r}\r\n"));
-    }
-    out.push_str("Max-Forwards: 70\r\n");
-    for (name, label, from) in [
-        (HeaderName::From, "From", request),
-        (HeaderName::To, "To", response),
-        (HeaderName::CallId, "Call-ID", request),
-    ] {
-        if let Some(v) = from.header(&name) {
-            out.push_str(&format!("{label}: {v}\r\n"));
-        }
-    }
-    let seq = request
-        .header(&HeaderName::CSeq)
-        .and_then(|c| c.split_ascii_whitespace().next())
-        .unwrap_or("1");
-    out.push_str(&format!("CSeq: {seq} ACK\r\nContent-Length: 0\r\n\r\n"));
-    out.into_bytes()
-}
-
 impl ClientTransaction {
     /// Start a transaction for `request`; the returned actions send it.
     pub fn new(request: Message, reliable: bool, now: Instant) -> (Self, Vec<Action>) {
@@ -90,13 +63,9 @@ impl ClientTransaction {
     }
 
     /// The current state.
+    #[cfg(test)]
     pub fn state(&self) -> State {
         self.state
-    }
-
-    /// The request this transaction sends.
-    pub fn request(&self) -> &Message {
-        &self.request
     }
 
     /// Whether the transaction is over.
@@ -212,6 +181,7 @@ impl ClientTransaction {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sip::message::HeaderName;
 
     fn msg(s: &str) -> Message {
         Message::parse(s.as_bytes(), false).unwrap()

@@ -55,6 +55,7 @@ impl ServerTransaction {
     }
 
     /// The current state.
+    #[cfg(test)]
     pub fn state(&self) -> State {
         self.state
     }

@@ -18,62 +18,8 @@ use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::metrics::{inc, Metrics};
+use crate::sip::flow::Flow;
 use crate::sip::message::{frame_stream, Framed, Message, MAX_MESSAGE};
-
-/// Where a message came from, or goes to: the flow of RFC 5626.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub enum Flow {
-    /// A UDP peer address.
-    Udp(SocketAddr),
-    /// A TCP connection (by id) and its peer address.
-    Tcp {
-        /// The connection id (unique in this process).
-        conn: u64,
-        /// The peer's address.
-        peer: SocketAddr,
-    },
-    /// Another mesh node, over the libp2p stream (reliable). `target` asks that node to send
-    /// the message down one of its own flows (the flow a callee registered on).
-    Mesh {
-        /// The node's PeerId (base58).
-        node: String,
-        /// The flow of that node to deliver to, if any.
-        target: Option<Box<Flow>>,
-    },
-}
-
-impl Flow {
-    /// Whether the transport is reliable (no retransmissions needed).
-    ///
-    /// A mesh flow counts as unreliable: a one-way frame can be lost when a node-to-node stream
-    /// is re-opened, so transactions over the mesh retransmit like UDP (duplicates are absorbed
-    /// by the receiving node's transactions).
-    pub fn is_reliable(&self) -> bool {
-        matches!(self, Flow::Tcp { .. })
-    }
-    /// The peer's address (unspecified for a mesh flow).
-    pub fn peer(&self) -> SocketAddr {
-        match self {
-            Flow::Udp(a) => *a,
-            Flow::Tcp { peer, .. } => *peer,
-            Flow::Mesh { .. } => SocketAddr::from(([0, 0, 0, 0], 0)),
-        }
-    }
-    /// The Via transport token.
-    pub fn transport(&self) -> &'static str {
-        match self {
-            Flow::Udp(_) => "UDP",
-            Flow::Tcp { .. } | Flow::Mesh { .. } => "TCP",
-        }
-    }
-    /// The mesh node of a mesh flow.
-    pub fn mesh_node(&self) -> Option<&str> {
-        match self {
-            Flow::Mesh { node, .. } => Some(node),
-            _ => None,
-        }
-    }
-}
 
 /// What the transport hands up.
 pub trait Handler: Send + Sync + 'static {
@@ -145,8 +91,9 @@ pub struct Transport {
 }
 
 /// Sends bytes to another mesh node (with the flow it should deliver them on).
-pub type MeshSender =
-    Box<dyn Fn(&str, Option<&Flow>, Arc<[u8]>) -> Result<(), SendError> + Send + Sync>;
+pub type MeshSender = Box<
+    dyn Fn(&sipmesh_net::PeerId, Option<&Flow>, Arc<[u8]>) -> Result<(), SendError> + Send + Sync,
+>;
 
 /// Parse under `catch_unwind`: a panic in a dependency becomes a dropped message.
 pub fn parse_guarded(bytes: &[u8], stream: bool, metrics: &Metrics) -> Option<Message> {

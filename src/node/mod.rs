@@ -1,28 +1,41 @@
-//! One sipmesh node: its keyspace on sled, its mesh peer, its SIP server (registrar, proxy) and
-//! its admin HTTP API.
+//! One sipmesh node: its keyspace on sled, its mesh peer, its SIP server (registrar, proxy).
+//!
+//! - [`dispatch`]: every message from the transports is validated, matched to a transaction and
+//!   handed to the registrar or the proxy.
+//! - [`internode`]: the messages nodes send each other over the mesh (SIP, listings).
+//! - [`load`]: proxy assignment — load published, least-loaded nodes for 302 and bootstrap.
+//! - [`failover`]: the custodian of a dead node's dialogs.
+
+pub(crate) mod dispatch;
+pub(crate) mod failover;
+pub(crate) mod internode;
+pub(crate) mod load;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sipmesh_net::shutdown::{Background, Shutdown};
 use sipmesh_net::{AppMessage as MeshMessage, Consistency, Mesh, MeshConfig};
 use sipmesh_storage::{Keyspace, KeyspaceConfig, Mutation, SyncPolicy};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::auth::Authenticator;
-use crate::dialog::Dialogs;
+use crate::call::auth::Authenticator;
+use crate::call::dialog::Dialogs;
+use crate::call::proxy::{Proxy, ProxyConfig};
+use crate::call::registrar::{Registrar, RegistrarConfig};
+use crate::call::users::Users;
+use crate::call::Context;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::proxy::{Proxy, ProxyConfig};
-use crate::registrar::{Registrar, RegistrarConfig};
-use crate::server::SipServer;
+use crate::node::dispatch::Dispatcher;
+use crate::node::internode::AppMessage;
+use crate::sip::flow::Flow;
+use crate::sip::transaction::Transactions;
+use crate::sip::transport::{SendError, Transport, TransportLimits};
 use crate::tables::{self, MESH};
-use crate::transaction::Transactions;
-use crate::transport::{Flow, SendError, Transport, TransportLimits};
-use crate::users::Users;
-use crate::wire::AppMessage;
 
 /// Everything a node is configured with.
 #[derive(Debug, Clone)]
@@ -35,7 +48,8 @@ pub struct NodeConfig {
     pub sync: SyncPolicy,
     /// SIP address (UDP and TCP).
     pub sip_listen: SocketAddr,
-    /// Admin HTTP address (`None`: no admin API).
+    /// The admin API's address, published to the mesh (bound and served by
+    /// [`crate::ops::launch`]; `None`: no admin API).
     pub http_listen: Option<SocketAddr>,
     /// The digest realm of the mesh.
     pub realm: String,
@@ -74,7 +88,7 @@ impl NodeConfig {
             admin_token: None,
             limits: TransportLimits::default(),
             force_rport: false,
-            dialog_ttl: crate::dialog::DEFAULT_DIALOG_TTL,
+            dialog_ttl: crate::call::dialog::DEFAULT_DIALOG_TTL,
             dialog_grace: Duration::from_secs(30),
         }
     }
@@ -86,19 +100,19 @@ pub struct Node {
     /// The mesh peer (which holds the keyspace).
     pub mesh: Mesh,
     /// The user store.
-    pub users: Arc<Users>,
-    /// The SIP server.
-    pub sip: Arc<SipServer>,
+    pub(crate) users: Arc<Users>,
+    /// The dispatcher (and through it the registrar).
+    pub(crate) dispatcher: Arc<Dispatcher>,
     /// The SIP transports.
-    pub transport: Arc<Transport>,
+    pub(crate) transport: Arc<Transport>,
     /// The proxy (and its dialogs).
-    pub proxy: Arc<Proxy>,
+    pub(crate) proxy: Arc<Proxy>,
     /// Counters.
-    pub metrics: Arc<Metrics>,
-    /// The admin API's address, if it runs.
-    pub http_addr: Option<SocketAddr>,
+    pub(crate) metrics: Arc<Metrics>,
     /// The configuration.
-    pub config: Arc<NodeConfig>,
+    pub(crate) config: Arc<NodeConfig>,
+    /// The node's background loops.
+    background: Arc<Background>,
 }
 
 const SECRET_KEY: &[u8] = b"nonce_secret";
@@ -150,29 +164,13 @@ async fn mesh_secret(mesh: &Mesh, has_seeds: bool) -> Vec<u8> {
 }
 
 impl Node {
-    /// Open the keyspace, join the mesh, and start SIP and the admin API.
+    /// Open the keyspace, join the mesh, and start SIP.
     pub async fn start(config: NodeConfig) -> Result<Node> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Io {
             what: format!("cannot create data dir {}", config.data_dir.display()),
             source,
         })?;
-        if let Some(http) = config.http_listen {
-            if !http.ip().is_loopback() && config.admin_token.is_none() {
-                return Err(Error::Config(format!(
-                    "--http-listen {http} is not a loopback address: set admin_token in the config file (or SIPMESH_ADMIN_TOKEN)"
-                )));
-            }
-        }
-        let ks_dir = config.data_dir.join("keyspace");
-        let ks_config = KeyspaceConfig {
-            sync: config.sync,
-            ..KeyspaceConfig::default()
-        };
-        let keyspace = tokio::task::spawn_blocking(move || {
-            Keyspace::open_sled(&ks_dir, tables::all(), ks_config)
-        })
-        .await
-        .map_err(|e| Error::Config(format!("keyspace open task failed: {e}")))??;
+        let keyspace = open_keyspace(&config).await?;
         let metrics = Arc::new(Metrics::default());
         let transport = Transport::bind(config.sip_listen, config.limits.clone(), metrics.clone())
             .await
@@ -189,114 +187,97 @@ impl Node {
             .tags
             .insert("capacity".into(), config.capacity.to_string());
         let (mesh, app_rx) = Mesh::start(mesh_config, keyspace).await?;
+        let background = Arc::new(Background::default());
         let users = Arc::new(Users::new(mesh.clone(), &config.realm));
         let secret = mesh_secret(&mesh, !config.mesh.bootstrap.is_empty()).await;
         let auth = Arc::new(Authenticator::new(&config.realm, secret));
-        {
-            let (mesh, auth) = (mesh.clone(), auth.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(SECRET_REFRESH).await;
-                    if let Ok(Some(s)) = read_secret(&mesh).await {
-                        auth.set_secret(s);
-                    }
-                }
-            });
-        }
-        let transactions = Transactions::new(transport.clone());
+        background.spawn("secret refresh", |s| {
+            refresh_secret(mesh.clone(), auth.clone(), s)
+        });
+        let ctx = Arc::new(Context {
+            transactions: Transactions::new(transport.clone()),
+            transport: transport.clone(),
+            mesh: mesh.clone(),
+            users: users.clone(),
+            auth,
+            metrics: metrics.clone(),
+        });
         let registrar = Arc::new(Registrar::new(
-            mesh.clone(),
-            users.clone(),
-            auth.clone(),
+            ctx.clone(),
             config.registrar.clone(),
-            metrics.clone(),
             config.capacity as u64,
         ));
         let dialogs = Arc::new(Dialogs::new(mesh.clone(), config.dialog_ttl));
         let proxy = Proxy::new(
-            transport.clone(),
-            transactions.clone(),
-            mesh.clone(),
-            registrar.clone(),
-            users.clone(),
+            ctx.clone(),
             dialogs,
-            metrics.clone(),
             ProxyConfig {
                 auth_invites: config.auth_invites,
             },
         );
-        {
-            // SIP to other nodes rides the mesh's streams, in order per node.
-            let mesh = mesh.clone();
-            transport.set_mesh_sender(Box::new(move |node, target, bytes| {
-                let peer: sipmesh_net::PeerId = node.parse().map_err(|_| SendError::Closed)?;
-                let msg = AppMessage::Sip {
-                    bytes: bytes.to_vec(),
-                    target: target.cloned(),
-                };
-                mesh.try_send_app(peer, msg.encode())
-                    .map_err(|_| SendError::Full)
-            }));
-        }
-        crate::failover::spawn(mesh.clone(), proxy.clone(), config.dialog_grace);
-        let sip = SipServer::new(
-            transport.clone(),
-            transactions,
-            registrar,
-            proxy.clone(),
-            metrics.clone(),
-            config.force_rport,
-        );
-        let handler: Arc<dyn crate::transport::Handler> = sip.clone();
+        transport.set_mesh_sender(mesh_sender(mesh.clone()));
+        background.spawn("failover", |s| {
+            crate::node::failover::watch(mesh.clone(), proxy.clone(), config.dialog_grace, s)
+        });
+        let dispatcher = Dispatcher::new(proxy.clone(), registrar, &ctx, config.force_rport);
+        let handler: Arc<dyn crate::sip::transport::Handler> = dispatcher.clone();
         transport.start(&handler);
-        let http = match config.http_listen {
-            Some(addr) => Some(crate::admin::bind(addr).await?),
-            None => None,
-        };
-        let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
         let node = Node {
             mesh,
             users,
-            sip,
+            dispatcher,
             transport,
             proxy,
             metrics,
-            http_addr,
             config: Arc::new(config),
+            background,
         };
-        tokio::spawn(serve_app(node.clone(), app_rx));
-        tokio::spawn(publish_load(node.clone()));
-        if let Some(listener) = http {
-            crate::admin::serve(node.clone(), listener);
-        }
-        info!(peer_id = %node.mesh.peer_id(), sip = %sip_addr, http = ?node.http_addr, "node started");
+        node.background
+            .spawn("internode", |s| serve_internode(node.clone(), app_rx, s));
+        node.background
+            .spawn("load publisher", |s| publish_load(node.clone(), s));
+        info!(peer_id = %node.mesh.peer_id(), sip = %sip_addr, http = ?node.config.http_listen, "node started");
         Ok(node)
     }
 
-    /// Leave the mesh gracefully and stop.
+    /// Leave the mesh and stop.
     pub async fn shutdown(&self, within: Duration) {
         self.mesh.leave(within.min(Duration::from_secs(3))).await;
-        self.mesh.shutdown();
+        self.stop().await;
+    }
+
+    /// Stop the node's loops and the mesh's, and flush the keyspace.
+    async fn stop(&self) {
+        self.background.stop(Duration::from_secs(2)).await;
+        self.mesh.shutdown().await;
         let _ = self.keyspace().flush();
     }
 
+    /// Run a loop in the node's background (stopped with the node).
+    pub(crate) fn spawn<F, Fut>(&self, name: &'static str, f: F)
+    where
+        F: FnOnce(Shutdown) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.background.spawn(name, f);
+    }
+
     /// This node's load: bindings it owns plus dialogs it is on.
-    pub fn load(&self) -> u64 {
-        self.sip.registrar().load() + self.proxy.dialogs().count() as u64
+    pub(crate) fn load(&self) -> u64 {
+        self.dispatcher.registrar().load() + self.proxy.dialogs().count() as u64
     }
 
     /// Leave gracefully (SIGTERM): refuse new registrations (503 + Retry-After), give every
     /// replica to its next holder and wait for them, close client flows so phones fail over,
     /// tell the mesh, stop. Returns (partitions handed over, failed transfers).
     pub async fn leave_gracefully(&self) -> (usize, usize) {
-        self.sip.registrar().drain();
+        self.dispatcher.registrar().drain();
         let handed = tokio::time::timeout(Duration::from_secs(7), self.mesh.handover())
             .await
             .unwrap_or((0, usize::MAX));
         self.transport.close_all();
         self.mesh.leave(Duration::from_secs(1)).await;
-        self.mesh.shutdown();
-        let _ = self.keyspace().flush();
+        self.stop().await;
         info!(partitions = handed.0, failed = handed.1, "left the mesh");
         handed
     }
@@ -311,8 +292,33 @@ impl Node {
         self.transport.local_addr()
     }
 
+    /// The admin API's address, if it runs.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.config.http_listen
+    }
+
+    /// The digest realm.
+    pub fn realm(&self) -> &str {
+        &self.config.realm
+    }
+
+    /// Add (or replace) a user of the mesh, written at QUORUM.
+    pub async fn add_user(&self, user: &str, password: &str) -> Result<()> {
+        self.users.add(user, password, None).await
+    }
+
+    /// Open SIP TCP connections.
+    pub fn tcp_connections(&self) -> usize {
+        self.transport.connections()
+    }
+
+    /// A counter of this node by name, as on `/metrics` without the `sipmesh_` prefix.
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        self.metrics.get(name)
+    }
+
     /// Every user of the mesh: the union of what each up member holds.
-    pub async fn list_users(&self) -> Result<Vec<String>> {
+    pub(crate) async fn list_users(&self) -> Result<Vec<String>> {
         let mut all: std::collections::BTreeSet<String> =
             self.users.local_users()?.into_iter().collect();
         let peers: Vec<_> = self
@@ -342,7 +348,7 @@ impl Node {
     }
 
     /// Every dialog of the mesh: the union of what each up member holds.
-    pub async fn list_dialogs(&self) -> Result<Vec<crate::dialog::Dialog>> {
+    pub(crate) async fn list_dialogs(&self) -> Result<Vec<crate::call::dialog::Dialog>> {
         let mut raw: Vec<Vec<u8>> = self.proxy.dialogs().local_records();
         for m in self.mesh.members() {
             if m.local || m.state != sipmesh_net::MemberState::Up {
@@ -360,17 +366,23 @@ impl Node {
                 raw.extend(d);
             }
         }
-        let mut out: Vec<crate::dialog::Dialog> = raw
+        let mut out: Vec<crate::call::dialog::Dialog> = raw
             .iter()
-            .filter_map(|b| crate::dialog::decode(b))
+            .filter_map(|b| crate::call::dialog::decode(b))
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out.dedup_by(|a, b| a.id == b.id);
         Ok(out)
     }
 
+    /// The contact URIs bound to an AOR (its user part), read at QUORUM.
+    pub async fn contacts(&self, aor: &str) -> Result<Vec<String>> {
+        let bindings = crate::call::location::lookup(&self.mesh, aor, Consistency::Quorum).await?;
+        Ok(bindings.into_iter().map(|b| b.contact).collect())
+    }
+
     /// Bindings this node owns (from its `clients_by_proxy` index).
-    pub async fn owned_bindings(&self) -> Result<u64> {
+    pub(crate) async fn owned_bindings(&self) -> Result<u64> {
         let p = self
             .mesh
             .read(
@@ -396,14 +408,15 @@ const PUBLISH_LOAD_EVERY: Duration = Duration::from_secs(2);
 /// The `proxies` row is rewritten every this many publications (its TTL is three times that).
 const PROXIES_ROW_EVERY: u32 = 5;
 
-async fn publish_load(node: Node) {
+/// Publish this node's load in its membership tags, and now and then in the `proxies` table.
+async fn publish_load(node: Node, mut shutdown: Shutdown) {
     let sip = format!("sip:{}", node.sip_addr());
-    let http = node.http_addr.map(|a| format!("http://{a}"));
+    let http = node.http_addr().map(|a| format!("http://{a}"));
     let capacity = node.config.capacity as u64;
     let mut n = 0u32;
     loop {
         let load = node.load();
-        node.mesh.set_tags(crate::assignment::tags(
+        node.mesh.set_tags(crate::node::load::tags(
             &sip,
             http.as_deref(),
             capacity,
@@ -411,7 +424,7 @@ async fn publish_load(node: Node) {
         ));
         if n.is_multiple_of(PROXIES_ROW_EVERY) {
             let ttl = (PUBLISH_LOAD_EVERY * PROXIES_ROW_EVERY * 3).as_millis() as u64;
-            let row = crate::assignment::proxies_row(
+            let row = crate::node::load::proxies_row(
                 &node.mesh,
                 &sip,
                 http.as_deref(),
@@ -422,16 +435,27 @@ async fn publish_load(node: Node) {
             let _ = node.mesh.write(row, Consistency::One).await;
         }
         n = n.wrapping_add(1);
-        tokio::time::sleep(PUBLISH_LOAD_EVERY).await;
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(PUBLISH_LOAD_EVERY) => {}
+        }
     }
 }
 
-async fn serve_app(node: Node, mut rx: mpsc::Receiver<MeshMessage>) {
-    while let Some(msg) = rx.recv().await {
+/// Serve what other nodes send: SIP to deliver, listings to answer.
+async fn serve_internode(node: Node, mut rx: mpsc::Receiver<MeshMessage>, mut shutdown: Shutdown) {
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.wait() => return,
+            msg = rx.recv() => match msg {
+                Some(m) => m,
+                None => return,
+            },
+        };
         let answer = match AppMessage::decode(&msg.payload) {
             Some(AppMessage::Sip { bytes, target }) => {
                 let flow = Flow::Mesh {
-                    node: msg.from.to_string(),
+                    node: msg.from,
                     target: target.map(Box::new),
                 };
                 node.transport.deliver_from_mesh(&bytes, flow);
@@ -450,6 +474,44 @@ async fn serve_app(node: Node, mut rx: mpsc::Receiver<MeshMessage>) {
         };
         if let Some(reply) = msg.reply {
             let _ = reply.send(answer.encode());
+        }
+    }
+}
+
+/// SIP to other nodes rides the mesh's streams, in order per node.
+fn mesh_sender(mesh: Mesh) -> crate::sip::transport::MeshSender {
+    Box::new(move |node, target, bytes| {
+        let msg = AppMessage::Sip {
+            bytes: bytes.to_vec(),
+            target: target.cloned(),
+        };
+        mesh.try_send_app(*node, msg.encode())
+            .map_err(|_| SendError::Full)
+    })
+}
+
+/// Open the keyspace on sled, off the async workers.
+async fn open_keyspace(config: &NodeConfig) -> Result<Keyspace> {
+    let dir = config.data_dir.join("keyspace");
+    let ks_config = KeyspaceConfig {
+        sync: config.sync,
+        ..KeyspaceConfig::default()
+    };
+    tokio::task::spawn_blocking(move || Keyspace::open_sled(&dir, tables::all(), ks_config))
+        .await
+        .map_err(|e| Error::Config(format!("keyspace open task failed: {e}")))?
+        .map_err(Error::from)
+}
+
+/// Re-read the mesh-wide nonce secret now and then (concurrent first starts converge on one).
+async fn refresh_secret(mesh: Mesh, auth: Arc<Authenticator>, mut shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(SECRET_REFRESH) => {}
+        }
+        if let Ok(Some(s)) = read_secret(&mesh).await {
+            auth.set_secret(s);
         }
     }
 }

@@ -7,12 +7,16 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sipmesh_net::{Consistency, Mesh};
+use sipmesh_net::{Consistency, Mesh, PeerId};
 use sipmesh_storage::{codec, Mutation};
 use tracing::debug;
 
+use crate::sip::flow::Flow;
+use crate::sip::header::NameAddr;
+use crate::sip::message::{HeaderName, Message};
+use crate::sip::uri::SipUri;
+use crate::sip::validate::Checked;
 use crate::tables::{DIALOGS, DIALOGS_BY_PROXY};
-use crate::transport::Flow;
 
 /// How long a dialog lives in the keyspace without in-dialog traffic (refreshed by it).
 pub const DEFAULT_DIALOG_TTL: Duration = Duration::from_secs(2 * 3600);
@@ -42,8 +46,9 @@ pub struct Dialog {
     pub callee_route_set: Vec<String>,
     /// The caller's CSeq when the dialog was established.
     pub caller_cseq: u32,
-    /// The mesh nodes on the path, caller side first (PeerIds).
-    pub nodes: Vec<String>,
+    /// The mesh nodes on the path, caller side first.
+    #[serde(with = "crate::sip::flow::peers_bytes")]
+    pub nodes: Vec<PeerId>,
     /// The flow the caller's requests came in on, at the first node.
     pub caller_flow: Flow,
     /// When the call was answered (wall-clock ms).
@@ -58,6 +63,78 @@ pub fn dialog_id(call_id: &str, tag_a: &str, tag_b: &str) -> String {
         (tag_b, tag_a)
     };
     format!("{call_id};{a};{b}")
+}
+
+/// The id of the dialog an in-dialog request belongs to.
+pub fn id_of(c: &Checked) -> String {
+    dialog_id(
+        &c.call_id,
+        c.from.tag().unwrap_or_default(),
+        c.to.tag().unwrap_or_default(),
+    )
+}
+
+impl Dialog {
+    /// The dialog a 2xx to an INVITE establishes (RFC 3261 §12.1), as seen by a proxy on its
+    /// path: `request` is the INVITE as this proxy forwarded it, `upstream` the flow the caller's
+    /// requests come on. `None` if From or To do not parse.
+    pub fn from_answer(
+        request: &Message,
+        response: &Message,
+        upstream: &Flow,
+        now_ms: u64,
+    ) -> Option<Dialog> {
+        let to = NameAddr::parse(response.header(&HeaderName::To)?, "To").ok()?;
+        let from = NameAddr::parse(request.header(&HeaderName::From)?, "From").ok()?;
+        let call_id = request
+            .header(&HeaderName::CallId)
+            .unwrap_or_default()
+            .to_string();
+        let (caller_tag, callee_tag) = (
+            from.tag().unwrap_or_default().to_string(),
+            to.tag().unwrap_or_default().to_string(),
+        );
+        let rr: Vec<String> = response
+            .values(&HeaderName::RecordRoute)
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let uri_of = |v: &str| NameAddr::parse(v, "Route").ok().map(|n| n.uri);
+        let nodes: Vec<PeerId> = rr
+            .iter()
+            .rev()
+            .filter_map(|r| uri_of(r))
+            .filter_map(|u| SipUri::parse(&u).ok())
+            .filter_map(|u| crate::call::record_route::node_of(&u))
+            .collect();
+        let contact = |m: &Message| {
+            m.values(&HeaderName::Contact)
+                .first()
+                .and_then(|c| uri_of(c))
+                .unwrap_or_default()
+        };
+        Some(Dialog {
+            id: dialog_id(&call_id, &caller_tag, &callee_tag),
+            call_id,
+            caller_tag,
+            callee_tag,
+            caller_uri: from.uri,
+            callee_uri: to.uri,
+            caller_contact: contact(request),
+            callee_contact: contact(response),
+            // RFC 3261 §12.1: the UAC uses the Record-Route reversed, the UAS as it is.
+            caller_route_set: rr.iter().rev().cloned().collect(),
+            callee_route_set: rr.clone(),
+            caller_cseq: request
+                .header(&HeaderName::CSeq)
+                .and_then(|c| c.split_ascii_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
+            nodes,
+            caller_flow: upstream.clone(),
+            started_ms: now_ms,
+        })
+    }
 }
 
 /// What a node remembers of the dialogs it is on the path of.
@@ -92,14 +169,6 @@ impl Dialogs {
         self.local.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Whether this node knows the dialog.
-    pub fn knows(&self, id: &str) -> bool {
-        self.local
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(id)
-    }
-
     fn mutations(&self, d: &Dialog, delete: bool) -> Vec<Mutation> {
         let ks = self.mesh.keyspace();
         let ts = ks.now();
@@ -120,7 +189,7 @@ impl Dialogs {
         // of a dead writer finds them there; a writer that survives another node of the path
         // closes those dialogs itself.
         for node in d.nodes.iter().take(1) {
-            let m = Mutation::new(DIALOGS_BY_PROXY, node.clone().into_bytes());
+            let m = Mutation::new(DIALOGS_BY_PROXY, node.to_string().into_bytes());
             out.push(if delete {
                 m.delete_row(d.id.as_bytes(), ts)
             } else {
@@ -142,12 +211,12 @@ impl Dialogs {
     }
 
     /// This node's written dialogs whose path includes `node`.
-    pub fn written_through(&self, node: &str) -> Vec<Dialog> {
+    pub fn written_through(&self, node: &PeerId) -> Vec<Dialog> {
         self.local
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter(|l| l.writer && l.record.nodes.iter().any(|n| n == node))
+            .filter(|l| l.writer && l.record.nodes.contains(node))
             .map(|l| l.record.clone())
             .collect()
     }
@@ -200,12 +269,7 @@ impl Dialogs {
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
         if let Some(l) = removed {
-            let writer_down = l
-                .record
-                .nodes
-                .first()
-                .and_then(|n| n.parse::<sipmesh_net::PeerId>().ok())
-                .is_some_and(|p| !self.mesh.is_up(&p));
+            let writer_down = l.record.nodes.first().is_some_and(|p| !self.mesh.is_up(p));
             if l.writer || writer_down {
                 self.remove(&l.record).await;
             }
@@ -223,10 +287,14 @@ impl Dialogs {
     }
 
     /// The dialogs a node was on the path of, read at QUORUM from the keyspace.
-    pub async fn of_node(&self, node: &str) -> crate::error::Result<Vec<Dialog>> {
+    pub async fn of_node(&self, node: &PeerId) -> crate::error::Result<Vec<Dialog>> {
         let index = self
             .mesh
-            .read(DIALOGS_BY_PROXY, node.as_bytes(), Consistency::Quorum)
+            .read(
+                DIALOGS_BY_PROXY,
+                node.to_string().as_bytes(),
+                Consistency::Quorum,
+            )
             .await?;
         let mut out = Vec::new();
         for row in index.rows {

@@ -18,7 +18,7 @@ pub enum AppMessage {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
         /// The receiver's flow to deliver it on.
-        target: Option<crate::transport::Flow>,
+        target: Option<crate::sip::flow::Flow>,
     },
     /// List the dialogs whose partitions you hold.
     ListDialogs,

@@ -12,10 +12,15 @@ use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use md5::Md5;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
+use crate::call::Context;
+use crate::metrics::inc;
+use crate::sip::digest::{hex, Algorithm, Credentials};
 use crate::sip::header::DigestCredentials;
+use crate::sip::message::{HeaderName, Message};
+use crate::sip::validate::Checked;
+use crate::sip::Fault;
 
 /// How long a nonce is good for.
 pub const NONCE_TTL: Duration = Duration::from_secs(300);
@@ -25,58 +30,6 @@ const MAX_TRACKED_NONCES: usize = 200_000;
 pub const MAX_FAILURES: u32 = 3;
 /// Failure counters kept at most.
 const MAX_TRACKED_FAILURES: usize = 100_000;
-
-/// A digest algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    /// MD5 (RFC 2617).
-    Md5,
-    /// SHA-256 (RFC 7616, RFC 8760).
-    Sha256,
-}
-
-impl Algorithm {
-    fn parse(s: Option<&str>) -> Option<Algorithm> {
-        match s.map(|s| s.to_ascii_uppercase()).as_deref() {
-            None | Some("MD5") => Some(Algorithm::Md5),
-            Some("SHA-256") => Some(Algorithm::Sha256),
-            _ => None,
-        }
-    }
-
-    /// Hex digest of `data`.
-    pub fn hash(self, data: &str) -> String {
-        match self {
-            Algorithm::Md5 => hex(&Md5::digest(data.as_bytes())),
-            Algorithm::Sha256 => hex(&Sha256::digest(data.as_bytes())),
-        }
-    }
-}
-
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
-}
-
-/// HA1 = H(user:realm:password), the only form a password is stored in.
-pub fn ha1(alg: Algorithm, user: &str, realm: &str, password: &str) -> String {
-    alg.hash(&format!("{user}:{realm}:{password}"))
-}
-
-/// Stored credentials of a user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Credentials {
-    /// HA1 with MD5.
-    pub ha1_md5: String,
-    /// HA1 with SHA-256.
-    pub ha1_sha256: String,
-}
 
 /// Why authentication failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -307,9 +260,114 @@ impl Authenticator {
     }
 }
 
+/// Who challenges: the registrar (401, RFC 3261 §22.2) or the proxy (407, §22.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenger {
+    /// 401 with `WWW-Authenticate`; credentials in `Authorization`.
+    Registrar,
+    /// 407 with `Proxy-Authenticate`; credentials in `Proxy-Authorization`.
+    Proxy,
+}
+
+impl Challenger {
+    fn credentials_header(self) -> HeaderName {
+        match self {
+            Challenger::Registrar => HeaderName::Authorization,
+            Challenger::Proxy => HeaderName::ProxyAuthorization,
+        }
+    }
+
+    fn challenge(self) -> Fault {
+        match self {
+            Challenger::Registrar => Fault::new(401, "Unauthorized"),
+            Challenger::Proxy => Fault::new(407, "Proxy Authentication Required"),
+        }
+    }
+
+    fn challenge_header(self) -> &'static str {
+        match self {
+            Challenger::Registrar => "WWW-Authenticate",
+            Challenger::Proxy => "Proxy-Authenticate",
+        }
+    }
+}
+
+/// Authenticate a request as `expected_user` (the AOR of a REGISTER, the caller of an
+/// INVITE): `Ok(user)`, or the fault to answer — a challenge, or 403 when the credentials are
+/// for another user or keep failing.
+pub(crate) async fn authenticate(
+    ctx: &Context,
+    req: &Message,
+    c: &Checked,
+    expected_user: &str,
+    who: Challenger,
+) -> Result<String, Fault> {
+    let now = ctx.mesh.keyspace().wall_ms();
+    let challenge = |stale: bool| {
+        inc(&ctx.metrics.registrar_challenges);
+        let mut f = who.challenge();
+        for ch in ctx.auth.challenges(now, stale) {
+            f = f.with(who.challenge_header(), ch);
+        }
+        f
+    };
+    // Our realm's Digest credentials, if any.
+    let creds = req
+        .values(&who.credentials_header())
+        .into_iter()
+        .filter_map(|v| DigestCredentials::parse(v).ok())
+        .find(|d| {
+            d.scheme.eq_ignore_ascii_case("Digest") && d.get("realm") == Some(ctx.auth.realm())
+        });
+    let Some(creds) = creds else {
+        return Err(challenge(false));
+    };
+    let username = creds.get("username").unwrap_or_default().to_string();
+    let fail_key = format!("{username}|{}", c.call_id);
+    if username != expected_user {
+        inc(&ctx.metrics.registrar_auth_failures);
+        return Err(Fault::new(403, "Username does not match the AOR"));
+    }
+    let stored = match ctx.users.get_cached(&username).await {
+        Ok(Some(u)) if !u.disabled => Some(u.credentials),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "user lookup failed");
+            return Err(Fault::new(500, "User lookup failed").with("Retry-After", "5"));
+        }
+    };
+    match ctx
+        .auth
+        .verify(&creds, c.method.as_str(), stored.as_ref(), now)
+    {
+        Ok(v) => {
+            ctx.auth.succeed(&fail_key);
+            Ok(v.username)
+        }
+        Err(AuthError::Missing) => Err(challenge(false)),
+        Err(AuthError::Stale) => Err(challenge(true)),
+        Err(AuthError::Replay) => {
+            inc(&ctx.metrics.registrar_replays);
+            Err(challenge(false))
+        }
+        Err(AuthError::Invalid(why)) => {
+            inc(&ctx.metrics.registrar_auth_failures);
+            tracing::debug!(user = %username, why, "authentication failed");
+            // A phone with a wrong password gets one more chance to register; a call with
+            // wrong credentials is refused at once.
+            if who == Challenger::Proxy || ctx.auth.fail(&fail_key) {
+                Err(Fault::new(403, "Forbidden"))
+            } else {
+                Err(challenge(false))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sip::digest::ha1;
 
     fn creds_for(
         a: &Authenticator,

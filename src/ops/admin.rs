@@ -52,7 +52,7 @@ fn internal(e: Error) -> Response {
 }
 
 /// Bind the admin API's listener (so the node knows its address before serving).
-pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Io {
@@ -61,8 +61,12 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
         })
 }
 
-/// Serve the admin API on a bound listener.
-pub fn serve(node: Node, listener: tokio::net::TcpListener) {
+/// Serve the admin API on a bound listener until shutdown.
+pub(crate) async fn serve(
+    node: Node,
+    listener: tokio::net::TcpListener,
+    mut shutdown: sipmesh_net::shutdown::Shutdown,
+) {
     let token = node.config.admin_token.clone();
     let app = Router::new()
         .route("/v1/status", get(status))
@@ -78,11 +82,13 @@ pub fn serve(node: Node, listener: tokio::net::TcpListener) {
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(token, require_token))
         .with_state(node);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "admin API stopped");
-        }
-    });
+    let stopped = async move { shutdown.wait().await };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stopped)
+        .await
+    {
+        tracing::error!(error = %e, "admin API stopped");
+    }
 }
 
 async fn require_token(State(token): State<Option<String>>, req: Request, next: Next) -> Response {
@@ -109,7 +115,7 @@ async fn status(State(node): State<Node>) -> Response {
     Json(json!({
         "peer_id": node.mesh.peer_id().to_string(),
         "sip": format!("sip:{}", node.sip_addr()),
-        "http": node.http_addr.map(|a| format!("http://{a}")),
+        "http": node.http_addr().map(|a| format!("http://{a}")),
         "p2p": node.mesh.dial_addr().map(|a| a.to_string()),
         "realm": node.config.realm,
         "members_up": up,
@@ -180,7 +186,7 @@ pub fn parse_import(body: &str) -> std::result::Result<Vec<(String, String)>, St
             .split_once(',')
             .ok_or_else(|| format!("line {}: expected user,password", i + 1))?;
         let (user, password) = (user.trim(), password.trim());
-        crate::users::validate_user(user).map_err(|e| format!("line {}: {e}", i + 1))?;
+        crate::call::users::validate_user(user).map_err(|e| format!("line {}: {e}", i + 1))?;
         if password.is_empty() {
             return Err(format!("line {}: empty password", i + 1));
         }
@@ -226,7 +232,7 @@ async fn import_users(State(node): State<Node>, body: String) -> Response {
 }
 
 async fn registrations(State(node): State<Node>, Path(user): Path<String>) -> Response {
-    match crate::location::lookup(
+    match crate::call::location::lookup(
         &node.mesh,
         &crate::sip::uri::canonical_user(&user),
         Consistency::Quorum,
@@ -242,7 +248,7 @@ async fn registrations(State(node): State<Node>, Path(user): Path<String>) -> Re
                         "contact": b.contact,
                         "expires": b.expires_in(now),
                         "q": b.q,
-                        "owner": b.owner,
+                        "owner": b.owner.to_string(),
                         "instance": b.instance,
                         "reg_id": b.reg_id,
                         "call_id": b.call_id,
@@ -261,7 +267,7 @@ async fn registrations(State(node): State<Node>, Path(user): Path<String>) -> Re
 }
 
 async fn bootstrap(State(node): State<Node>) -> Response {
-    Json(json!({ "nodes": crate::assignment::least_loaded(&node.mesh, 3, true) })).into_response()
+    Json(json!({ "nodes": crate::call::redirect::least_loaded(&node.mesh, 3) })).into_response()
 }
 
 async fn dialogs(State(node): State<Node>) -> Response {

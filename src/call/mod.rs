@@ -1,0 +1,44 @@
+//! What a SIP server does with the requests its transactions hand it.
+//!
+//! - [`auth`]: digest authentication (RFC 7616/8760) with stateless mesh-wide nonces.
+//! - [`users`]: the users of the mesh and their HA1 credentials, in the `users` table.
+//! - [`location`]: bindings of AORs to contacts and flows, in the `registrations` table.
+//! - [`registrar`]: REGISTER (RFC 3261 §10.3, Path, Outbound).
+//! - [`proxy`]: the stateful proxy (RFC 3261 §16), across the mesh.
+//! - [`dialog`]: the state of established calls.
+//! - [`record_route`]: how a node names itself in a route set.
+//! - [`redirect`]: proxy assignment — the least-loaded nodes for 302 and bootstrap.
+
+use std::sync::Arc;
+
+use sipmesh_net::Mesh;
+
+use crate::metrics::Metrics;
+use crate::sip::transaction::Transactions;
+use crate::sip::transport::Transport;
+
+pub(crate) mod auth;
+pub(crate) mod dialog;
+pub(crate) mod location;
+pub(crate) mod proxy;
+pub(crate) mod record_route;
+pub(crate) mod redirect;
+pub(crate) mod registrar;
+pub(crate) mod users;
+
+/// What the registrar and the proxy share: the SIP stack below them, the mesh beside them, and
+/// the users and authenticator of the mesh.
+pub(crate) struct Context {
+    /// The SIP transports.
+    pub transport: Arc<Transport>,
+    /// The transaction layer.
+    pub transactions: Arc<Transactions>,
+    /// The mesh (keyspace, membership, other nodes).
+    pub mesh: Mesh,
+    /// The user store.
+    pub users: Arc<users::Users>,
+    /// Digest nonces and verification.
+    pub auth: Arc<auth::Authenticator>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}

@@ -1,0 +1,449 @@
+//! The forking engine (RFC 3261 §16.6–16.7, §16.10): one [`Fork`] per forwarded request, one
+//! [`Branch`] per target, responses merged into one answer upstream.
+//!
+//! Invariants:
+//! - Exactly one final response goes upstream through the server transaction: the first 2xx,
+//!   or else the best final response once every branch has one (§16.7 step 6: 6xx, then the
+//!   lowest class; a 503 is sent up as 500).
+//! - 2xx responses after the first (retransmissions, or other branches that answered too)
+//!   still pass upstream: the caller must see and ACK each of them (§16.7 step 5).
+//! - A 2xx or a 6xx cancels every other pending branch, and so does a CANCEL from upstream. A
+//!   branch is cancelled only once it is proceeding (§9.1): until then it is marked, and the
+//!   CANCEL goes when its first provisional response arrives.
+//! - Flows of one Outbound instance (RFC 5626) are tried one at a time: a branch that fails
+//!   with 408, 430 or 503 moves on to its next standby flow, never in parallel (the phone
+//!   must not ring twice).
+//! - A branch through a mesh node that goes down fails at once (408), so a standby flow or
+//!   the caller hears about it within the detection time.
+
+use std::sync::Arc;
+
+use sipmesh_net::MemberEvent;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::targets::{Dest, Target};
+use super::{Inbound, Plan, Proxy};
+use crate::call::dialog::{self, Dialog};
+use crate::sip::build::{Edit, ResponseBuilder};
+use crate::sip::flow::Flow;
+use crate::sip::header::Via;
+use crate::sip::message::{HeaderName, Message, Method};
+use crate::sip::request::cancel_for;
+use crate::sip::transaction::{ClientEvent, ServerKey};
+use crate::sip::{random_tag, Fault};
+
+/// Events of all branches of one fork, waiting to be handled.
+const FORK_EVENTS: usize = 64;
+
+/// Where a branch is (its client transaction's view, as far as the fork cares).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Sent; no response yet (it cannot be cancelled yet, §9.1).
+    Trying,
+    /// A provisional response arrived.
+    Proceeding,
+    /// A final response arrived, or the branch failed.
+    Completed,
+}
+
+/// One branch of a fork: a copy of the request sent to one target.
+struct Branch {
+    /// The branch parameter of our Via on it (its client transaction).
+    id: String,
+    /// The request as sent.
+    request: Message,
+    /// The next hop.
+    flow: Flow,
+    state: State,
+    /// Cancel it as soon as it is proceeding.
+    cancel_wanted: bool,
+    /// Other flows of the same phone instance, next first, tried if this one fails.
+    standby: Vec<Target>,
+}
+
+/// A final response of a branch: received, or made here (timeout, transport failure).
+enum Final {
+    Received(Message),
+    Local(u16),
+}
+
+impl Final {
+    fn code(&self) -> u16 {
+        match self {
+            Final::Received(m) => m.status().unwrap_or(500),
+            Final::Local(c) => *c,
+        }
+    }
+}
+
+/// Whether final response `a` beats `b` (RFC 3261 §16.7 step 6): 6xx first, then the lowest
+/// class, 3xx before 4xx before 5xx.
+fn better(a: u16, b: u16) -> bool {
+    let rank = |c: u16| if c >= 600 { 0 } else { c / 100 };
+    rank(a) <= rank(b)
+}
+
+/// A request being forwarded to one or more targets.
+pub(super) struct Fork {
+    proxy: Arc<Proxy>,
+    req: Inbound,
+    plan: Plan,
+    /// The request's loop hash, the prefix of every branch id.
+    hash: String,
+    branches: Vec<Branch>,
+    /// The best final response so far (none was a 2xx).
+    best: Option<Final>,
+    /// A 2xx went upstream.
+    answered: bool,
+    /// Where the branches' client transactions report, tagged with the branch index.
+    events: mpsc::Sender<(usize, ClientEvent)>,
+}
+
+impl Proxy {
+    /// Forward a request to its targets and relay the answer (§16.6–16.7).
+    pub(super) async fn forward(self: Arc<Self>, req: Inbound, targets: Vec<Target>, plan: Plan) {
+        let invite = req.c.method == Method::Invite;
+        if invite {
+            let trying = ResponseBuilder::new(&req.msg, 100, "Trying")
+                .top_via(req.top_via.clone())
+                .build();
+            self.ctx
+                .transactions
+                .respond(&req.key, 100, Arc::from(trying));
+        }
+        let (tx, rx) = mpsc::channel(FORK_EVENTS);
+        let mut fork = Fork {
+            hash: Self::loop_hash(&req.msg, &req.c),
+            proxy: self.clone(),
+            req,
+            plan,
+            branches: Vec::new(),
+            best: None,
+            answered: false,
+            events: tx,
+        };
+        let mut unreachable = None;
+        for t in targets {
+            // A target and its standby flows: the first that starts is the branch.
+            let mut chain: Vec<Target> = std::iter::once(t.clone())
+                .chain(t.alternates.iter().cloned())
+                .collect();
+            chain.reverse();
+            while let Some(next) = chain.pop() {
+                match fork.start_branch(fork.branches.len(), &next).await {
+                    Ok(mut b) => {
+                        b.standby = std::mem::take(&mut chain).into_iter().rev().collect();
+                        fork.branches.push(b);
+                        break;
+                    }
+                    Err(f) => unreachable = Some(f),
+                }
+            }
+        }
+        if fork.branches.is_empty() {
+            let fault = unreachable.unwrap_or_else(|| Fault::new(500, "Forwarding failed"));
+            return self.reject(&fork.req, fault);
+        }
+        let key = fork.req.key.clone();
+        let (cancel_tx, cancel_rx) = mpsc::channel(1);
+        if invite {
+            self.cancels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.clone(), cancel_tx);
+        }
+        fork.run(rx, cancel_rx).await;
+        if invite {
+            self.cancels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+        }
+    }
+
+    /// A CANCEL arrived (§16.10): answer it, and cancel the matching INVITE's branches; 481 if
+    /// no INVITE of ours matches.
+    pub fn cancel(&self, cancel: &Inbound, invite_key: &ServerKey) {
+        let hook = self
+            .cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(invite_key)
+            .cloned();
+        match hook {
+            Some(tx) => {
+                let _ = tx.try_send(());
+                let ok = ResponseBuilder::new(&cancel.msg, 200, "OK")
+                    .to_tag(cancel.c.to.tag().unwrap_or(&random_tag()))
+                    .top_via(cancel.top_via.clone())
+                    .build();
+                self.ctx
+                    .transactions
+                    .respond(&cancel.key, 200, Arc::from(ok));
+            }
+            None => self.reject(cancel, Fault::new(481, "Call/Transaction Does Not Exist")),
+        }
+    }
+
+    /// Send a CANCEL for a proceeding branch, in its own client transaction.
+    fn cancel_branch(&self, b: &Branch) {
+        if let Ok(cancel) = Message::parse(&cancel_for(&b.request), true) {
+            let mut rx = self
+                .ctx
+                .transactions
+                .start_client(&b.id, cancel, b.flow.clone());
+            tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        }
+    }
+}
+
+impl Fork {
+    /// Start one branch: resolve the target, build the request, start its client transaction,
+    /// and feed its events to the fork under index `i`.
+    async fn start_branch(&self, i: usize, t: &Target) -> Result<Branch, Fault> {
+        let proxy = &self.proxy;
+        let flow = match &t.dest {
+            Dest::Flow(f) => f.clone(),
+            Dest::Uri(u) => proxy.resolve(u).await.inspect_err(|f| {
+                debug!(uri = %u, code = f.code, "next hop unreachable");
+            })?,
+        };
+        let id = proxy.new_branch(&self.hash);
+        let request = proxy
+            .forwarded(&self.req, t, &flow, &id, self.plan)
+            .ok_or_else(|| Fault::new(500, "Forwarding failed"))?;
+        debug!(?flow, method = %self.req.c.method, "forwarding");
+        let mut rx = proxy
+            .ctx
+            .transactions
+            .start_client(&id, request.clone(), flow.clone());
+        let tx = self.events.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                if tx.send((i, ev)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Branch {
+            id,
+            request,
+            flow,
+            state: State::Trying,
+            cancel_wanted: false,
+            standby: Vec::new(),
+        })
+    }
+
+    /// Handle branch events, member changes and CANCEL until every branch is final.
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<(usize, ClientEvent)>,
+        mut cancel: mpsc::Receiver<()>,
+    ) {
+        let mut members = self.proxy.ctx.mesh.events();
+        let mut cancelled = false;
+        loop {
+            let (i, ev) = tokio::select! {
+                ev = members.recv() => {
+                    if let Ok(MemberEvent::Down(p) | MemberEvent::Left(p)) = ev {
+                        self.fail_branches_through(&p);
+                    }
+                    continue;
+                }
+                ev = events.recv() => match ev {
+                    Some(x) => x,
+                    None => break,
+                },
+                Some(()) = cancel.recv(), if !cancelled => {
+                    cancelled = true;
+                    self.cancel_pending();
+                    continue;
+                }
+            };
+            let reply = match ev {
+                // Responses of a branch replaced by its standby carry the old branch: ignore.
+                ClientEvent::Response(m) if !self.is_current(i, &m) => continue,
+                ClientEvent::Response(m) => match m.status() {
+                    Some(code) if code < 200 => {
+                        self.on_provisional(i, code, &m);
+                        continue;
+                    }
+                    Some(_) => Final::Received(m),
+                    None => continue,
+                },
+                ClientEvent::Timeout if self.branches[i].state == State::Completed => continue,
+                ClientEvent::Timeout => Final::Local(408),
+            };
+            if self.on_final(i, reply).await {
+                break;
+            }
+        }
+    }
+
+    /// Whether a response belongs to branch `i` as it is now (not to a flow it replaced).
+    fn is_current(&self, i: usize, m: &Message) -> bool {
+        m.values(&HeaderName::Via)
+            .first()
+            .and_then(|v| Via::parse(v).ok())
+            .is_none_or(|v| v.branch() == Some(self.branches[i].id.as_str()))
+    }
+
+    /// A branch through a node that went down gets no answer from it: fail it now.
+    fn fail_branches_through(&self, node: &sipmesh_net::PeerId) {
+        for (j, b) in self.branches.iter().enumerate() {
+            if b.state != State::Completed && b.flow.mesh_node() == Some(node) {
+                let _ = self.events.try_send((j, ClientEvent::Timeout));
+            }
+        }
+    }
+
+    /// A provisional response: the branch is proceeding (send a wanted CANCEL now); pass it
+    /// upstream unless it is a 100 or the call is already answered.
+    fn on_provisional(&mut self, i: usize, code: u16, m: &Message) {
+        let b = &mut self.branches[i];
+        if b.state == State::Trying {
+            b.state = State::Proceeding;
+            if b.cancel_wanted {
+                self.proxy.cancel_branch(b);
+            }
+        }
+        if code > 100 && !self.answered {
+            self.relay(code, m);
+        }
+    }
+
+    /// A final response (or failure) of branch `i`. Returns true when the fork is done.
+    async fn on_final(&mut self, i: usize, reply: Final) -> bool {
+        let code = reply.code();
+        if self.branches[i].state == State::Completed {
+            // A 2xx retransmission or another 2xx (Accepted state): pass it on.
+            if let (Final::Received(m), 200..=299) = (&reply, code) {
+                self.relay(code, m);
+            }
+            return false;
+        }
+        let flow_failed = matches!(code, 408 | 430 | 503);
+        if flow_failed
+            && !self.answered
+            && !self.branches[i].cancel_wanted
+            && self.try_standby(i).await
+        {
+            return false;
+        }
+        self.branches[i].state = State::Completed;
+        match reply {
+            Final::Received(m) if (200..300).contains(&code) => {
+                self.relay(code, &m);
+                self.answered = true;
+                self.cancel_pending();
+                self.on_answered(i, &m);
+            }
+            reply => {
+                if code >= 600 {
+                    self.cancel_pending();
+                }
+                if self.best.as_ref().is_none_or(|b| !better(b.code(), code)) {
+                    self.best = Some(reply);
+                }
+            }
+        }
+        if self.branches.iter().all(|b| b.state == State::Completed) {
+            self.finish();
+            return true;
+        }
+        false
+    }
+
+    /// Try the next standby flow of a failed branch (§16.7 with RFC 5626 §5.3). True if one
+    /// started.
+    async fn try_standby(&mut self, i: usize) -> bool {
+        while let Some(next) = self.branches[i].standby.pop() {
+            if let Ok(mut b) = self.start_branch(i, &next).await {
+                b.standby = std::mem::take(&mut self.branches[i].standby);
+                self.branches[i] = b;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Cancel every branch without a final response (§16.7 step 10, §16.10).
+    fn cancel_pending(&mut self) {
+        for b in self.branches.iter_mut() {
+            if b.state == State::Completed {
+                continue;
+            }
+            b.cancel_wanted = true;
+            b.standby.clear();
+            if b.state == State::Proceeding {
+                self.proxy.cancel_branch(b);
+            }
+        }
+    }
+
+    /// A 2xx passed: an INVITE's dialog is established; a BYE's is over.
+    fn on_answered(&self, i: usize, response: &Message) {
+        let proxy = &self.proxy;
+        match self.req.c.method {
+            Method::Invite => {
+                let now = proxy.ctx.mesh.keyspace().wall_ms();
+                let request = &self.branches[i].request;
+                if let Some(d) = Dialog::from_answer(request, response, &self.req.flow, now) {
+                    // The node facing the caller writes the dialog; the others remember it.
+                    let writer = self.req.flow.mesh_node().is_none();
+                    let dialogs = proxy.dialogs.clone();
+                    tokio::spawn(async move { dialogs.established(d, writer).await });
+                }
+            }
+            Method::Bye => {
+                let dialogs = proxy.dialogs.clone();
+                let id = dialog::id_of(&self.req.c);
+                tokio::spawn(async move { dialogs.ended(&id).await });
+            }
+            _ => {}
+        }
+    }
+
+    /// Every branch is final and none answered 2xx: send the best response up (§16.7 step 6).
+    fn finish(&mut self) {
+        if self.answered {
+            return;
+        }
+        match self.best.take() {
+            Some(Final::Received(m)) if m.status() == Some(503) => self
+                .proxy
+                .reject(&self.req, Fault::new(500, "Server Internal Error")),
+            Some(Final::Received(m)) => self.relay(m.status().unwrap_or(500), &m),
+            Some(Final::Local(code)) => self
+                .proxy
+                .reject(&self.req, Fault::new(code, "Request Timeout")),
+            None => {}
+        }
+    }
+
+    /// Pass a response upstream: remove our Via, answer through the server transaction.
+    fn relay(&self, code: u16, response: &Message) {
+        let bytes = Edit::new(response)
+            .remove_first_value(&HeaderName::Via, "Via")
+            .build();
+        self.proxy
+            .ctx
+            .transactions
+            .respond(&self.req.key, code, Arc::from(bytes));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_response_order() {
+        assert!(better(603, 404));
+        assert!(better(404, 503));
+        assert!(better(302, 486));
+        assert!(!better(500, 486));
+    }
+}

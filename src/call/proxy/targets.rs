@@ -1,0 +1,163 @@
+//! Determining request targets (RFC 3261 §16.5): the callee's bindings from the location
+//! service, each reached through the node that owns its flow, and URIs resolved to flows.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sipmesh_net::{Consistency, PeerId};
+
+use super::{Proxy, NODE_PARAM};
+use crate::call::location::{self, Binding};
+use crate::sip::flow::Flow;
+use crate::sip::uri::SipUri;
+use crate::sip::Fault;
+
+/// How long a DNS lookup of a next hop may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where a forwarded request goes: a known flow, or a URI resolved when forwarding.
+#[derive(Debug, Clone)]
+pub(super) enum Dest {
+    Flow(Flow),
+    Uri(String),
+}
+
+/// A place to send a forwarded request.
+#[derive(Debug, Clone)]
+pub(super) struct Target {
+    /// Where it goes.
+    pub dest: Dest,
+    /// The new Request-URI, if it changes.
+    pub uri: Option<String>,
+    /// Route headers to add in front (a binding's Path).
+    pub routes: Vec<String>,
+    /// Other flows of the same phone instance, tried in order if this one fails.
+    pub alternates: Vec<Target>,
+}
+
+impl Target {
+    /// A target that only says where to send the request as it is.
+    pub fn to(dest: Dest) -> Target {
+        Target {
+            dest,
+            uri: None,
+            routes: Vec::new(),
+            alternates: Vec::new(),
+        }
+    }
+}
+
+impl Proxy {
+    /// Where a URI leads: another mesh node (its Record-Route), or an address.
+    pub(crate) async fn resolve(&self, uri: &str) -> Result<Flow, Fault> {
+        let u = SipUri::parse(uri).map_err(|_| Fault::new(416, "Unsupported URI Scheme"))?;
+        if let Some(Some(node)) = u.param(NODE_PARAM) {
+            if node != self.node_param {
+                if let Ok(peer) = node.parse::<PeerId>() {
+                    return Ok(Flow::to_node(peer));
+                }
+            }
+        }
+        let port = u.port.unwrap_or(if u.secure { 5061 } else { 5060 });
+        let unresolvable = || Fault::new(478, "Unresolvable Destination");
+        let ip = match u.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => {
+                let lookup = tokio::time::timeout(
+                    RESOLVE_TIMEOUT,
+                    tokio::net::lookup_host((u.host.as_str(), port)),
+                )
+                .await;
+                match lookup {
+                    Ok(Ok(mut addrs)) => addrs.next().ok_or_else(unresolvable)?.ip(),
+                    _ => return Err(unresolvable()),
+                }
+            }
+        };
+        let dest = SocketAddr::new(ip, port);
+        let tcp = u
+            .param("transport")
+            .flatten()
+            .is_some_and(|t| t.eq_ignore_ascii_case("tcp"));
+        if tcp {
+            self.ctx
+                .transport
+                .tcp_flow(dest)
+                .await
+                .map_err(|_| Fault::new(503, "Service Unavailable"))
+        } else {
+            Ok(Flow::Udp(dest))
+        }
+    }
+
+    /// The targets of an initial request: the callee's bindings, each through its owner node.
+    pub(super) async fn locate(&self, user: &str) -> Result<Vec<Target>, Fault> {
+        let bindings = location::lookup(&self.ctx.mesh, user, Consistency::Quorum)
+            .await
+            .map_err(|_| Fault::new(500, "Location service unavailable"))?;
+        if bindings.is_empty() {
+            return Err(match self.ctx.users.get_cached(user).await {
+                Ok(Some(_)) => Fault::new(480, "Temporarily Unavailable"),
+                Ok(None) => Fault::new(404, "Not Found"),
+                Err(_) => Fault::new(500, "User lookup failed"),
+            });
+        }
+        // Bindings of one Outbound instance (same +sip.instance, different reg-id) are one
+        // target with standby flows, lowest reg-id first; others are forked in parallel.
+        let mut sorted: Vec<&Binding> = bindings.iter().collect();
+        sorted.sort_by_key(|b| (b.instance.clone(), b.reg_id));
+        let mut targets: Vec<Target> = Vec::new();
+        let mut instances: Vec<Option<String>> = Vec::new();
+        for b in sorted {
+            let Some(t) = self.binding_target(b) else {
+                continue;
+            };
+            let group = b.instance.clone().filter(|_| b.reg_id.is_some());
+            match group
+                .as_ref()
+                .and_then(|g| instances.iter().position(|x| x.as_ref() == Some(g)))
+            {
+                Some(at) => targets[at].alternates.push(t),
+                None => {
+                    instances.push(group);
+                    targets.push(t);
+                }
+            }
+        }
+        if targets.is_empty() {
+            return Err(Fault::new(480, "Temporarily Unavailable"));
+        }
+        Ok(targets)
+    }
+
+    /// How to reach one binding. An Outbound binding (RFC 5626, with reg-id) is reached only
+    /// down its flow; another binding at its contact URI (RFC 3261), or down its TCP connection
+    /// while that is open. A binding owned by another node goes through that node.
+    fn binding_target(&self, b: &Binding) -> Option<Target> {
+        let outbound = b.reg_id.is_some();
+        let use_flow = outbound || matches!(b.flow, Flow::Tcp { .. });
+        let dest = if b.owner == self.node {
+            if use_flow && self.ctx.transport.is_alive(&b.flow) {
+                Dest::Flow(b.flow.clone())
+            } else if outbound {
+                return None; // the flow is dead
+            } else {
+                Dest::Uri(b.contact.clone())
+            }
+        } else {
+            if !self.ctx.mesh.is_up(&b.owner) {
+                return None; // its owner is down: its flows died with it
+            }
+            Dest::Flow(Flow::Mesh {
+                node: b.owner,
+                target: use_flow.then(|| Box::new(b.flow.clone())),
+            })
+        };
+        Some(Target {
+            dest,
+            uri: Some(b.contact.clone()),
+            routes: b.path.clone(),
+            alternates: Vec::new(),
+        })
+    }
+}

@@ -1,0 +1,415 @@
+//! The registrar (RFC 3261 §10.3, RFC 3327 Path, RFC 5626 Outbound): digest-authenticated
+//! REGISTERs maintain bindings in the replicated `registrations` table, at QUORUM.
+//!
+//! Steps for one REGISTER:
+//! 1. The To URI must be a SIP/SIPS URI with a user part: that user is the AOR.
+//! 2. Require options must be supported (`path`, `outbound`), else 420.
+//! 3. Digest authentication against the user's stored HA1 (401, or 403 after repeated failures).
+//! 4. Read the AOR's bindings at QUORUM; apply each Contact (Call-ID/CSeq ordering, expiry
+//!    bounds: 423 below the minimum, clamped to the maximum), or `*` with Expires 0.
+//! 5. Write the changed bindings in one mutation at QUORUM (TTL = expiry), then index the AOR
+//!    under this node in `clients_by_proxy`.
+//! 6. Answer 200 listing every current binding with its expiry.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sipmesh_net::Consistency;
+use sipmesh_storage::Mutation;
+use tracing::{debug, warn};
+
+use crate::call::auth::{authenticate, Challenger};
+use crate::call::location::Binding;
+use crate::call::Context;
+use crate::metrics::inc;
+use crate::sip::build::ResponseBuilder;
+use crate::sip::flow::Flow;
+use crate::sip::header::{param, parse_u32, NameAddr};
+use crate::sip::message::{HeaderName, Message};
+use crate::sip::uri::SipUri;
+use crate::sip::validate::Checked;
+use crate::sip::{random_tag, Fault};
+use crate::tables::{CLIENTS_BY_PROXY, REGISTRATIONS};
+
+/// Registration intervals, in seconds.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+pub struct RegistrarConfig {
+    /// Below this (and above 0) a REGISTER gets 423 Interval Too Brief.
+    pub min_expires: u32,
+    /// When the client does not say.
+    pub default_expires: u32,
+    /// Longer requests are shortened to this.
+    pub max_expires: u32,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        RegistrarConfig {
+            min_expires: 60,
+            default_expires: 3600,
+            max_expires: 7200,
+        }
+    }
+}
+
+/// Extensions the registrar supports (for Require).
+pub const SUPPORTED: &[&str] = &["path", "outbound"];
+
+/// The registrar of a node.
+pub struct Registrar {
+    ctx: Arc<Context>,
+    config: RegistrarConfig,
+    /// Bindings this node owns, by AOR: (how many, latest expiry ms). Its sum is the load.
+    owned: Mutex<HashMap<String, (u32, u64)>>,
+    /// Outbound flows of owned bindings: flow → (AOR, binding key), to drop them when it dies.
+    flows: Mutex<HashMap<Flow, Vec<FlowBinding>>>,
+    /// Bindings this node takes; at or above it, new clients get 302.
+    capacity: u64,
+    /// Set while leaving gracefully: REGISTER gets 503 + Retry-After.
+    draining: AtomicBool,
+}
+
+/// An Outbound binding on a flow: (AOR, binding row key).
+type FlowBinding = (String, Vec<u8>);
+
+/// Keepalive interval suggested to Outbound clients (RFC 5626 Flow-Timer), in seconds.
+pub const FLOW_TIMER_SECS: u32 = 120;
+
+/// What a REGISTER asks for: remove every binding (`Contact: *`), or apply these contacts.
+enum Request {
+    /// `Contact: *` with `Expires: 0`.
+    RemoveAll,
+    /// Each contact with the expiry it asked for (clamped to the maximum; 0 removes).
+    Contacts(Vec<(NameAddr, u32)>),
+}
+
+/// A 500 telling the client to retry.
+fn unavailable() -> Fault {
+    Fault::new(500, "Location service unavailable").with("Retry-After", "5")
+}
+
+impl Registrar {
+    /// A registrar over the node's parts.
+    pub fn new(ctx: Arc<Context>, config: RegistrarConfig, capacity: u64) -> Self {
+        Registrar {
+            ctx,
+            config,
+            owned: Mutex::new(HashMap::new()),
+            flows: Mutex::new(HashMap::new()),
+            capacity,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Bindings this node owns (unexpired).
+    pub fn load(&self) -> u64 {
+        let now = self.ctx.mesh.keyspace().wall_ms();
+        let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        owned.retain(|_, (_, exp)| *exp > now);
+        owned.values().map(|(n, _)| *n as u64).sum()
+    }
+
+    /// Stop accepting registrations (graceful leave).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// A flow died: drop the Outbound bindings registered on it (their phones must re-register
+    /// through another flow). Returns how many were removed.
+    pub async fn flow_closed(&self, flow: &Flow) -> usize {
+        let gone = self
+            .flows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(flow)
+            .unwrap_or_default();
+        let mut n = 0;
+        for (aor, key) in gone {
+            let m = Mutation::new(REGISTRATIONS, aor.as_bytes().to_vec())
+                .delete_row(&key, self.ctx.mesh.keyspace().now());
+            match self.ctx.mesh.write(m, Consistency::Quorum).await {
+                Ok(()) => n += 1,
+                Err(e) => debug!(error = %e, aor, "could not drop a dead flow's binding"),
+            }
+        }
+        n
+    }
+
+    /// Handle a REGISTER: the 200 OK's bytes, or the fault to answer.
+    pub async fn handle(
+        &self,
+        req: &Message,
+        c: &Checked,
+        flow: &Flow,
+        top_via: &str,
+    ) -> Result<Vec<u8>, Fault> {
+        inc(&self.ctx.metrics.registrar_requests);
+        let aor = aor_of(c)?;
+        check_require(req)?;
+        let request = self.parse_contacts(req)?;
+        authenticate(&self.ctx, req, c, &aor, Challenger::Registrar).await?;
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(Fault::new(503, "Service Unavailable").with("Retry-After", "5"));
+        }
+        let existing = crate::call::location::lookup(&self.ctx.mesh, &aor, Consistency::Quorum)
+            .await
+            .map_err(|e| {
+                inc(&self.ctx.metrics.registrar_errors);
+                warn!(error = %e, "bindings lookup failed");
+                unavailable()
+            })?;
+        let owner = self.ctx.mesh.peer_id();
+        // Assignment: at capacity, a new client is sent to less loaded nodes; a client that
+        // already has a binding here is never redirected.
+        if matches!(request, Request::Contacts(_))
+            && self.load() >= self.capacity
+            && !existing.iter().any(|b| b.owner == owner)
+        {
+            if let Some(redirect) = self.redirect(flow) {
+                return Err(redirect);
+            }
+        }
+        let (m, current, outbound_used) = self.apply(req, c, flow, &aor, request, &existing);
+        if !m.is_empty() {
+            self.write(m, &aor, &current).await?;
+        }
+        inc(&self.ctx.metrics.registrar_ok);
+        Ok(self.answer(req, top_via, &current, outbound_used))
+    }
+
+    /// The Contacts of the request, checked (before the keyspace is touched).
+    fn parse_contacts(&self, req: &Message) -> Result<Request, Fault> {
+        let contacts = req.values(&HeaderName::Contact);
+        let header_expires = req
+            .header(&HeaderName::Expires)
+            .and_then(|e| parse_u32(e, "Expires"));
+        if contacts.contains(&"*") {
+            if contacts.len() != 1 || header_expires != Some(0) {
+                return Err(Fault::bad("Contact * needs Expires 0 and no other contact"));
+            }
+            return Ok(Request::RemoveAll);
+        }
+        let mut parsed = Vec::new();
+        for v in &contacts {
+            let na = NameAddr::parse(v, "Contact")?;
+            if SipUri::parse(&na.uri).is_err() && crate::sip::uri::scheme_of(&na.uri).is_none() {
+                return Err(Fault::bad("Malformed Contact URI"));
+            }
+            let expires = match param(&na.params, "expires") {
+                Some(Some(e)) => parse_u32(e, "expires")
+                    .ok_or_else(|| Fault::bad("Contact expires out of range"))?,
+                _ => header_expires.unwrap_or(self.config.default_expires),
+            };
+            if expires != 0 && expires < self.config.min_expires {
+                return Err(Fault::new(423, "Interval Too Brief")
+                    .with("Min-Expires", self.config.min_expires.to_string()));
+            }
+            parsed.push((na, expires.min(self.config.max_expires)));
+        }
+        Ok(Request::Contacts(parsed))
+    }
+
+    /// 302 to the least-loaded other nodes, if there are any.
+    fn redirect(&self, flow: &Flow) -> Option<Fault> {
+        let others = crate::call::redirect::least_loaded_others(&self.ctx.mesh, 3);
+        if others.is_empty() {
+            return None;
+        }
+        let mut f = Fault::new(302, "Moved Temporarily");
+        for c in &others {
+            let uri = &c.sip[if flow.is_reliable() { 1 } else { 0 }];
+            f = f.with("Contact", format!("<{uri}>;q={:.1}", c.q));
+        }
+        Some(f)
+    }
+
+    /// The mutation a REGISTER makes to the AOR's bindings, the bindings after it, and
+    /// whether Outbound is in use (RFC 3261 §10.3 steps 6–8, RFC 5626 §6).
+    fn apply(
+        &self,
+        req: &Message,
+        c: &Checked,
+        flow: &Flow,
+        aor: &str,
+        request: Request,
+        existing: &[Binding],
+    ) -> (Mutation, Vec<Binding>, bool) {
+        let ks = self.ctx.mesh.keyspace();
+        let now = ks.wall_ms();
+        let ts = ks.now();
+        let mut m = Mutation::new(REGISTRATIONS, aor.as_bytes().to_vec());
+        let mut current: Vec<Binding> = existing.to_vec();
+        let parsed = match request {
+            Request::RemoveAll => {
+                // Bindings of a newer REGISTER of the same Call-ID stay.
+                let keep = |b: &Binding| b.call_id == c.call_id && b.cseq >= c.cseq.seq;
+                for b in existing.iter().filter(|b| !keep(b)) {
+                    m = m.delete_row(&b.key(), ts);
+                }
+                current.retain(keep);
+                return (m, current, false);
+            }
+            Request::Contacts(parsed) => parsed,
+        };
+        let user_agent = req.header(&HeaderName::UserAgent).map(str::to_string);
+        let path: Vec<String> = req
+            .values(&HeaderName::Path)
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let outbound_supported = req
+            .values(&HeaderName::Supported)
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case("outbound"));
+        let mut outbound_used = false;
+        for (na, expires) in parsed {
+            let instance = param(&na.params, "+sip.instance")
+                .flatten()
+                .map(|s| s.trim_matches('"').to_string());
+            let reg_id = param(&na.params, "reg-id")
+                .flatten()
+                .and_then(|r| parse_u32(r, "reg-id"))
+                .filter(|_| outbound_supported);
+            outbound_used |= reg_id.is_some();
+            let b = Binding {
+                contact: na.uri.clone(),
+                params: na
+                    .params
+                    .iter()
+                    .filter(|(n, _)| !n.eq_ignore_ascii_case("expires"))
+                    .cloned()
+                    .collect(),
+                expires_at_ms: now + expires as u64 * 1000,
+                q: param(&na.params, "q").flatten().map(str::to_string),
+                call_id: c.call_id.clone(),
+                cseq: c.cseq.seq,
+                user_agent: user_agent.clone(),
+                owner: self.ctx.mesh.peer_id(),
+                flow: flow.clone(),
+                instance,
+                reg_id,
+                path: path.clone(),
+                updated_ms: now,
+            };
+            let key = b.key();
+            if let Some(old) = existing.iter().find(|o| o.key() == key) {
+                if old.call_id == c.call_id && old.cseq >= c.cseq.seq {
+                    debug!(aor, "out-of-order REGISTER for a binding ignored");
+                    continue;
+                }
+            }
+            current.retain(|o| o.key() != key);
+            if expires == 0 {
+                m = m.delete_row(&key, ts);
+            } else {
+                m = m.upsert(&key, [("binding", b.encode())], ts, Some(b.expires_at_ms));
+                current.push(b);
+            }
+        }
+        (m, current, outbound_used)
+    }
+
+    /// Write the bindings at QUORUM, remember the ones this node owns, and index the AOR
+    /// under this node in `clients_by_proxy`.
+    async fn write(&self, m: Mutation, aor: &str, current: &[Binding]) -> Result<(), Fault> {
+        let mesh = &self.ctx.mesh;
+        if let Err(e) = mesh.write(m, Consistency::Quorum).await {
+            inc(&self.ctx.metrics.registrar_errors);
+            warn!(error = %e, aor, "binding write failed");
+            return Err(unavailable());
+        }
+        let owner = mesh.peer_id();
+        let owned: Vec<&Binding> = current.iter().filter(|b| b.owner == owner).collect();
+        {
+            let mut map = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+            match owned.iter().map(|b| b.expires_at_ms).max() {
+                Some(exp) => map.insert(aor.to_string(), (owned.len() as u32, exp)),
+                None => map.remove(aor),
+            };
+            let mut flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+            for b in owned.iter().filter(|b| b.reg_id.is_some()) {
+                let list = flows.entry(b.flow.clone()).or_default();
+                if !list.iter().any(|(a, k)| a == aor && *k == b.key()) {
+                    list.push((aor.to_string(), b.key()));
+                }
+            }
+        }
+        let ts = mesh.keyspace().now();
+        let index_key = owner.to_string().into_bytes();
+        let index = match owned.iter().map(|b| b.expires_at_ms).max() {
+            Some(exp) => Mutation::new(CLIENTS_BY_PROXY, index_key).upsert(
+                aor.as_bytes(),
+                [
+                    ("expires", exp.to_be_bytes().to_vec()),
+                    ("bindings", (owned.len() as u32).to_be_bytes().to_vec()),
+                ],
+                ts,
+                Some(exp),
+            ),
+            None => Mutation::new(CLIENTS_BY_PROXY, index_key).delete_row(aor.as_bytes(), ts),
+        };
+        let mesh = mesh.clone();
+        tokio::spawn(async move {
+            if let Err(e) = mesh.write(index, Consistency::Quorum).await {
+                debug!(error = %e, "clients_by_proxy index write failed (hinted)");
+            }
+        });
+        Ok(())
+    }
+
+    /// The 200 OK listing every current binding with its expiry (RFC 3261 §10.3 step 8).
+    fn answer(
+        &self,
+        req: &Message,
+        top_via: &str,
+        current: &[Binding],
+        outbound_used: bool,
+    ) -> Vec<u8> {
+        let now = self.ctx.mesh.keyspace().wall_ms();
+        let mut r = ResponseBuilder::new(req, 200, "OK")
+            .to_tag(&random_tag())
+            .top_via(top_via.to_string());
+        for b in current {
+            let mut v = format!("<{}>", b.contact);
+            for (n, val) in &b.params {
+                match val {
+                    Some(val) => v.push_str(&format!(";{n}={val}")),
+                    None => v.push_str(&format!(";{n}")),
+                }
+            }
+            v.push_str(&format!(";expires={}", b.expires_in(now)));
+            r = r.header("Contact", v);
+        }
+        for p in req.values(&HeaderName::Path) {
+            r = r.header("Path", p);
+        }
+        if outbound_used {
+            r = r
+                .header("Require", "outbound")
+                .header("Flow-Timer", FLOW_TIMER_SECS.to_string());
+        }
+        r.build()
+    }
+}
+
+/// Step 1: the To URI must be a SIP or SIPS URI with a user part; that user is the AOR.
+fn aor_of(c: &Checked) -> Result<String, Fault> {
+    let to = SipUri::parse(&c.to.uri).map_err(|_| Fault::bad("To must be a SIP or SIPS URI"))?;
+    to.canonical_user()
+        .ok_or_else(|| Fault::bad("To has no user part"))
+}
+
+/// Step 2: every option in Require must be supported, else 420.
+fn check_require(req: &Message) -> Result<(), Fault> {
+    let unsupported: Vec<&str> = req
+        .values(&HeaderName::Require)
+        .into_iter()
+        .filter(|o| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(o)))
+        .collect();
+    if unsupported.is_empty() {
+        Ok(())
+    } else {
+        Err(Fault::new(420, "Bad Extension").with("Unsupported", unsupported.join(", ")))
+    }
+}

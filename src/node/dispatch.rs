@@ -1,0 +1,238 @@
+//! The dispatcher: every message from the transports comes here. A request is validated,
+//! matched to a transaction, and handed to the registrar or the proxy; a response goes to its
+//! client transaction. Malformed requests are answered statelessly with the fault's status and
+//! reason when an answer can be formed, else dropped.
+
+use std::sync::Arc;
+
+use tracing::{debug, Instrument};
+
+use crate::call::proxy::{Inbound, Proxy};
+use crate::call::registrar::Registrar;
+use crate::metrics::{inc, Metrics};
+use crate::sip::build::{reject, ResponseBuilder};
+use crate::sip::flow::Flow;
+use crate::sip::header::Via;
+use crate::sip::message::{HeaderName, Message, Method};
+use crate::sip::transaction::{ServerKey, ServerMatch, Transactions};
+use crate::sip::transport::{Handler, Transport};
+use crate::sip::uri::SipUri;
+use crate::sip::validate::{self, Checked};
+use crate::sip::{random_tag, Fault, ALLOW};
+
+/// The node's dispatcher.
+pub struct Dispatcher {
+    /// This dispatcher, for spawning tasks from `&self` (the transport holds `Arc<dyn Handler>`).
+    me: std::sync::Weak<Dispatcher>,
+    transport: Arc<Transport>,
+    transactions: Arc<Transactions>,
+    registrar: Arc<Registrar>,
+    proxy: Arc<Proxy>,
+    metrics: Arc<Metrics>,
+    /// Answer to the source port even without `rport` (NAT-friendly, like Kamailio's
+    /// `force_rport()`).
+    force_rport: bool,
+}
+
+impl Dispatcher {
+    /// A dispatcher over these parts; call [`Transport::start`] with it to receive.
+    pub fn new(
+        proxy: Arc<Proxy>,
+        registrar: Arc<Registrar>,
+        ctx: &crate::call::Context,
+        force_rport: bool,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Dispatcher {
+            me: me.clone(),
+            transport: ctx.transport.clone(),
+            transactions: ctx.transactions.clone(),
+            registrar,
+            proxy,
+            metrics: ctx.metrics.clone(),
+            force_rport,
+        })
+    }
+
+    /// The registrar.
+    pub fn registrar(&self) -> &Arc<Registrar> {
+        &self.registrar
+    }
+
+    /// Answer a malformed or refused request without a transaction.
+    fn stateless(&self, req: &Message, flow: &Flow, fault: &Fault) {
+        inc(&self.metrics.sip_bad_requests);
+        if req.count(&HeaderName::Via) == 0 {
+            inc(&self.metrics.sip_dropped); // nowhere to send an answer
+            return;
+        }
+        // With a parseable top Via the answer follows it (RFC 3261 §18.2.2); with a broken one
+        // the raw Via is copied and the answer goes back to the source address.
+        let (top_via, dest) = match req
+            .values(&HeaderName::Via)
+            .first()
+            .and_then(|v| Via::parse(v).ok())
+        {
+            Some(via) => (
+                Some(via.stamped(flow.peer())),
+                flow.response_flow(&via, self.force_rport),
+            ),
+            None => (None, flow.clone()),
+        };
+        let bytes = reject(req, top_via.as_deref(), fault);
+        let _ = self.transport.send(&dest, Arc::from(bytes));
+    }
+
+    fn on_request(self: &Arc<Self>, msg: Message, flow: Flow) {
+        inc(&self.metrics.sip_requests_received);
+        let checked = match validate::check_request(&msg) {
+            Ok(c) => c,
+            Err(fault) => {
+                debug!(%fault, ?flow, "bad request");
+                if msg.method() == Some(&Method::Ack) {
+                    inc(&self.metrics.sip_dropped); // never answer an ACK
+                } else {
+                    self.stateless(&msg, &flow, &fault);
+                }
+                return;
+            }
+        };
+        // A request another node hands over for delivery down one of this node's flows.
+        let (flow, target) = match flow {
+            Flow::Mesh { node, target } => (Flow::to_node(node), target.map(|t| *t)),
+            other => (other, None),
+        };
+        let key = ServerKey::of(&msg, &checked.via, &checked.method);
+        let rflow = flow.response_flow(&checked.via, self.force_rport);
+        let top_via = checked.via.stamped(flow.peer());
+        let req = Inbound {
+            msg,
+            c: checked,
+            flow,
+            key,
+            top_via,
+        };
+        match self
+            .transactions
+            .on_request(&req.key, &req.c.method, &rflow)
+        {
+            ServerMatch::New => {}
+            ServerMatch::Retransmission => {
+                inc(&self.metrics.sip_retransmissions_absorbed);
+                return;
+            }
+            ServerMatch::AckAbsorbed => return,
+            ServerMatch::StrayAck => {
+                // An ACK for a 2xx: end to end, forwarded statelessly along its route.
+                let proxy = self.proxy.clone();
+                tokio::spawn(async move { proxy.forward_stateless(req).await });
+                return;
+            }
+            ServerMatch::Overloaded => {
+                self.stateless(&req.msg, &req.flow, &Fault::new(503, "Service Unavailable"));
+                return;
+            }
+        }
+        let this = self.clone();
+        let span = tracing::debug_span!("sip_transaction", method = %req.c.method, call_id = %req.c.call_id);
+        tokio::spawn(async move { this.dispatch(req, target).await }.instrument(span));
+    }
+
+    /// Answer a request, or hand it to the registrar or the proxy.
+    async fn dispatch(&self, req: Inbound, target: Option<Flow>) {
+        let to_node = SipUri::parse(&req.c.uri)
+            .map(|u| u.user.is_none())
+            .unwrap_or(false)
+            && req.msg.count(&HeaderName::Route) == 0;
+        match &req.c.method {
+            Method::Register if target.is_none() => {
+                match self
+                    .registrar
+                    .handle(&req.msg, &req.c, &req.flow, &req.top_via)
+                    .await
+                {
+                    Ok(ok) => self.transactions.respond(&req.key, 200, Arc::from(ok)),
+                    Err(fault) => self.reject(&req, fault),
+                }
+                return;
+            }
+            Method::Options if to_node && target.is_none() => {
+                let r = ResponseBuilder::new(&req.msg, 200, "OK")
+                    .to_tag(&random_tag())
+                    .top_via(req.top_via.clone())
+                    .header("Allow", ALLOW)
+                    .header("Accept", "application/sdp")
+                    .header("Supported", "path, outbound");
+                self.transactions
+                    .respond(&req.key, 200, Arc::from(r.build()));
+                return;
+            }
+            Method::Cancel => {
+                let invite_key = ServerKey::of(&req.msg, &req.c.via, &Method::Invite);
+                self.proxy.cancel(&req, &invite_key);
+                return;
+            }
+            _ => {}
+        }
+        // Requests to be forwarded.
+        if let Err(fault) = check_forwardable(&req.msg, &req.c) {
+            return self.reject(&req, fault);
+        }
+        self.proxy.clone().route(req, target).await;
+    }
+
+    fn reject(&self, req: &Inbound, fault: Fault) {
+        self.transactions
+            .reject(&req.key, &req.msg, &req.top_via, &fault);
+    }
+
+    fn on_response(&self, msg: Message, _flow: Flow) {
+        inc(&self.metrics.sip_responses_received);
+        let Some((_code, via, cseq)) = validate::check_response(&msg) else {
+            inc(&self.metrics.sip_dropped);
+            return;
+        };
+        let branch = via.branch().unwrap_or_default().to_string();
+        let code = msg.status().unwrap_or(0);
+        if !self
+            .transactions
+            .on_response(&branch, &cseq.method, msg.clone())
+        {
+            if (200..300).contains(&code) && cseq.method == "INVITE" {
+                // A 2xx retransmission after the transaction ended: forward it statelessly.
+                self.proxy.forward_response_stateless(&msg);
+            } else {
+                inc(&self.metrics.sip_dropped);
+            }
+        }
+    }
+}
+
+/// What a request must satisfy before a proxy forwards it (RFC 3261 §16.3 steps 3 and 6).
+fn check_forwardable(msg: &Message, c: &Checked) -> Result<(), Fault> {
+    if c.max_forwards == Some(0) {
+        return Err(Fault::new(483, "Too Many Hops"));
+    }
+    let unsupported: Vec<&str> = msg.values(&HeaderName::ProxyRequire);
+    if !unsupported.is_empty() {
+        return Err(Fault::new(420, "Bad Extension").with("Unsupported", unsupported.join(", ")));
+    }
+    Ok(())
+}
+
+impl Handler for Dispatcher {
+    fn on_closed(&self, flow: Flow) {
+        let registrar = self.registrar.clone();
+        tokio::spawn(async move {
+            registrar.flow_closed(&flow).await;
+        });
+    }
+
+    fn on_message(&self, msg: Message, flow: Flow) {
+        // A status line, even a malformed one, is a response: never answered.
+        if msg.raw.starts_with(b"SIP/") {
+            self.on_response(msg, flow);
+        } else if let Some(this) = self.me.upgrade() {
+            this.on_request(msg, flow);
+        }
+    }
+}
