@@ -9,6 +9,7 @@
 //!   key, Kademlia, identify, ping, connection limits) and the commands it takes.
 //! - [`membership`]: who is in the mesh, heartbeats, failure detection, generations, leave.
 //! - [`placement`]: which members hold a partition (XOR-closest, as Kademlia).
+//! - `quorum`: asking several replicas at once, deciding on the first quorum.
 //! - [`replication`]: the coordinator (consistency levels, read repair, hints) and the replica side.
 //! - [`anti_entropy`]: Merkle comparison between replicas, streaming of differences, handoff.
 //! - [`mesh`]: [`Mesh`], the handle the node uses.
@@ -19,12 +20,15 @@
 pub(crate) mod anti_entropy;
 pub mod config;
 mod error;
+#[cfg(test)]
+mod fake_link;
 pub(crate) mod link;
 pub(crate) mod membership;
 pub mod mesh;
 pub(crate) mod peer;
 pub mod placement;
 pub(crate) mod protocol;
+pub(crate) mod quorum;
 pub(crate) mod replication;
 pub mod shutdown;
 

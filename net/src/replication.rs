@@ -14,16 +14,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::{FuturesUnordered, StreamExt};
 use libp2p::PeerId;
 use sipmesh_storage::{Cell, EntryKey, Keyspace, Mutation, Partition, TableId};
-use tokio::sync::oneshot;
 use tracing::{debug, warn, Instrument};
 
 use crate::error::{Error, Result};
 use crate::link::Link;
 use crate::membership::Membership;
 use crate::protocol::{Request, Response};
+use crate::quorum::{self, Answers};
 
 /// Hints offered to one peer per delivery round, in batches of this size.
 const HINT_BATCH: usize = 128;
@@ -177,84 +176,56 @@ impl Replication {
             }
             return Ok(());
         }
-        let (up, needed, down) = plans.into_iter().next().expect("not empty");
+        let Some((up, needed, down)) = plans.into_iter().next() else {
+            return Ok(());
+        };
         let span = tracing::debug_span!("replicate", op = "write", table = ms[0].table, mutations = ms.len(), cl = ?cl);
         for peer in &down {
             for m in &ms {
                 self.hint(peer, m);
             }
         }
-        let (done_tx, done_rx) = oneshot::channel();
-        let this = self.clone();
         let ms = Arc::new(ms);
-        tokio::spawn(
+        // One request for every replica, encoded by each call (see `Request::Push`).
+        let call = |peer: PeerId| {
+            let (this, ms) = (self.clone(), ms.clone());
             async move {
-                let mut pending: FuturesUnordered<_> = up
-                    .iter()
-                    .map(|&peer| {
-                        let this = this.clone();
-                        let ms = ms.clone();
-                        async move {
-                            let result = if peer == this.local {
-                                ms.iter()
-                                    .try_for_each(|m| this.keyspace.apply(m).map(|_| ()))
-                                    .map_err(Error::from)
-                            } else {
-                                let request = match ms.as_slice() {
-                                    [one] => Request::Write(one.clone()),
-                                    many => Request::Push {
-                                        mutations: many.to_vec(),
-                                        owned_only: false,
-                                    },
-                                };
-                                this.link
-                                    .request(peer, request, this.timeout)
-                                    .await
-                                    .map(|_| ())
-                            };
-                            (peer, result)
-                        }
-                    })
-                    .collect();
-                let total = up.len();
-                let (mut acked, mut failed) = (0, 0);
-                let mut last_error = None;
-                let mut done_tx = Some(done_tx);
-                while let Some((peer, result)) = pending.next().await {
-                    match result {
-                        Ok(()) => acked += 1,
-                        Err(e) => {
-                            debug!(%peer, error = %e, "replica write failed");
-                            failed += 1;
-                            if peer != this.local {
-                                for m in ms.iter() {
-                                    this.hint(&peer, m);
-                                }
-                            }
-                            last_error = Some(e);
-                        }
+                if peer == this.local {
+                    for m in ms.iter() {
+                        this.keyspace.apply(m)?;
                     }
-                    if acked == needed {
-                        if let Some(tx) = done_tx.take() {
-                            let _ = tx.send(Ok(()));
-                        }
-                    } else if total - failed < needed {
-                        if let Some(tx) = done_tx.take() {
-                            let _ = tx.send(Err(match last_error.take() {
-                                Some(e @ Error::Remote { .. }) | Some(e @ Error::Storage(_)) => e,
-                                _ => Error::Timeout {
-                                    acked,
-                                    needed,
-                                    after: this.timeout,
-                                },
-                            }));
+                    return Ok(());
+                }
+                let request = match ms.as_slice() {
+                    [one] => Request::Write(one.clone()),
+                    many => Request::Push {
+                        mutations: many.to_vec(),
+                        owned_only: false,
+                    },
+                };
+                this.link
+                    .request(peer, request, this.timeout)
+                    .await
+                    .map(|_| ())
+            }
+        };
+        // Replicas that failed or timed out get hints, delivered when they are back.
+        let then = {
+            let (this, ms) = (self.clone(), ms.clone());
+            move |answers: Answers<()>| {
+                for (peer, _) in answers.failed {
+                    if peer != this.local {
+                        for m in ms.iter() {
+                            this.hint(&peer, m);
                         }
                     }
                 }
             }
-            .instrument(span),
-        );
-        done_rx.await.map_err(|_| Error::Shutdown)?
+        };
+        quorum::ask(&up, needed, self.timeout, call, then)
+            .instrument(span)
+            .await
+            .map(|_| ())
     }
 
     /// Read a partition at consistency `cl`: its live rows.
@@ -279,109 +250,79 @@ impl Replication {
         self.keyspace.schema(table)?;
         let span = tracing::debug_span!("replicate", op = "read", table, cl = ?cl);
         let (up, needed, _) = self.plan(partition_key, cl)?;
-        let (done_tx, done_rx) = oneshot::channel();
-        let this = self.clone();
-        let pk = partition_key.to_vec();
-        tokio::spawn(
+        let pk = Arc::new(partition_key.to_vec());
+        let call = |peer: PeerId| {
+            let (this, pk) = (self.clone(), pk.clone());
             async move {
-                let mut pending: FuturesUnordered<_> = up
-                    .iter()
-                    .map(|&peer| {
-                        let this = this.clone();
-                        let pk = pk.clone();
-                        async move {
-                            let result = if peer == this.local {
-                                this.keyspace
-                                    .partition_entries(table, &pk)
-                                    .map_err(Error::from)
-                            } else {
-                                match this
-                                    .link
-                                    .request(
-                                        peer,
-                                        Request::Read {
-                                            table,
-                                            partition_key: pk,
-                                        },
-                                        this.timeout,
-                                    )
-                                    .await
-                                {
-                                    Ok(Response::Entries(e)) => Ok(e),
-                                    Ok(other) => Err(Error::Protocol(format!(
-                                        "unexpected answer to a read: {other:?}"
-                                    ))),
-                                    Err(e) => Err(e),
-                                }
-                            };
-                            (peer, result)
-                        }
-                    })
-                    .collect();
-                let total = up.len();
-                let mut merged = Merged::new();
-                let mut answers: Vec<(PeerId, Vec<(EntryKey, Cell)>)> = Vec::new();
-                let mut failed = 0;
-                let mut done_tx = Some(done_tx);
-                while let Some((peer, result)) = pending.next().await {
-                    match result {
-                        Ok(entries) => {
-                            merge_into(&mut merged, &entries);
-                            answers.push((peer, entries));
-                        }
-                        Err(e) => {
-                            debug!(%peer, error = %e, "replica read failed");
-                            failed += 1;
-                        }
-                    }
-                    if answers.len() == needed {
-                        if let Some(tx) = done_tx.take() {
-                            let _ = tx.send(Ok(merged
-                                .iter()
-                                .map(|(k, c)| (k.clone(), c.clone()))
-                                .collect()));
-                        }
-                    } else if total - failed < needed {
-                        if let Some(tx) = done_tx.take() {
-                            let _ = tx.send(Err(Error::Timeout {
-                                acked: answers.len(),
-                                needed,
-                                after: this.timeout,
-                            }));
-                        }
-                    }
+                if peer == this.local {
+                    return Ok(this.keyspace.partition_entries(table, &pk)?);
                 }
-                // Read repair: bring every replica that answered up to the merged version.
-                for (peer, entries) in answers {
-                    let diff = repair_diff(&merged, &entries);
-                    if diff.is_empty() {
-                        continue;
-                    }
-                    let repair = Mutation {
-                        table,
-                        partition_key: pk.clone(),
-                        entries: diff,
-                    };
-                    debug!(%peer, cells = repair.entries.len(), "read repair");
-                    let result = if peer == this.local {
-                        this.keyspace
-                            .apply(&repair)
-                            .map(|_| ())
-                            .map_err(Error::from)
-                    } else {
-                        this.link
-                            .request(peer, Request::Write(repair.clone()), this.timeout)
-                            .await
-                            .map(|_| ())
-                    };
-                    if result.is_err() {
-                        this.hint(&peer, &repair);
-                    }
+                let request = Request::Read {
+                    table,
+                    partition_key: pk.to_vec(),
+                };
+                match this.link.request(peer, request, this.timeout).await? {
+                    Response::Entries(e) => Ok(e),
+                    other => Err(Error::Protocol(format!(
+                        "unexpected answer to a read: {other:?}"
+                    ))),
                 }
             }
-            .instrument(span),
-        );
-        done_rx.await.map_err(|_| Error::Shutdown)?
+        };
+        // Read repair: once every replica answered, bring each up to the merged version.
+        let then = {
+            let (this, pk) = (self.clone(), pk.clone());
+            move |answers: Answers<Vec<(EntryKey, Cell)>>| {
+                tokio::spawn(async move { this.repair(table, &pk, answers.ok).await });
+            }
+        };
+        let answers = quorum::ask(&up, needed, self.timeout, call, then)
+            .instrument(span)
+            .await?;
+        let mut merged = Merged::new();
+        for (_, entries) in &answers {
+            merge_into(&mut merged, entries);
+        }
+        Ok(merged.into_iter().collect())
+    }
+
+    /// Bring every replica that answered a read up to the merged version of the partition.
+    async fn repair(
+        &self,
+        table: TableId,
+        partition_key: &[u8],
+        answers: Vec<(PeerId, Vec<(EntryKey, Cell)>)>,
+    ) {
+        let mut merged = Merged::new();
+        for (_, entries) in &answers {
+            merge_into(&mut merged, entries);
+        }
+        for (peer, entries) in answers {
+            let diff = repair_diff(&merged, &entries);
+            if diff.is_empty() {
+                continue;
+            }
+            let repair = Mutation {
+                table,
+                partition_key: partition_key.to_vec(),
+                entries: diff,
+            };
+            debug!(%peer, cells = repair.entries.len(), "read repair");
+            let result = if peer == self.local {
+                self.keyspace
+                    .apply(&repair)
+                    .map(|_| ())
+                    .map_err(Error::from)
+            } else {
+                self.link
+                    .request(peer, Request::Write(repair.clone()), self.timeout)
+                    .await
+                    .map(|_| ())
+            };
+            if result.is_err() {
+                self.hint(&peer, &repair);
+            }
+        }
     }
 
     /// Replica side: apply a mutation.
@@ -483,7 +424,142 @@ impl Replication {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sipmesh_storage::Timestamp;
+    use crate::fake_link::{FakeLink, FakeNet};
+    use crate::membership::MembershipConfig;
+    use crate::protocol::MemberInfo;
+    use sipmesh_storage::{TableSchema, Timestamp};
+
+    const T: TableId = 1;
+
+    fn info(peer: PeerId) -> MemberInfo {
+        MemberInfo {
+            peer_id: peer.to_bytes(),
+            addrs: Vec::new(),
+            generation: 1,
+            tags: BTreeMap::new(),
+        }
+    }
+
+    /// `n` nodes, each with an in-memory keyspace and a view where every node is up, joined
+    /// by a fake link.
+    fn cluster(n: usize) -> (Arc<FakeNet>, Vec<(PeerId, Replication)>) {
+        let net = Arc::new(FakeNet::default());
+        let peers: Vec<PeerId> = (0..n).map(|_| PeerId::random()).collect();
+        let mut out = Vec::new();
+        for &me in &peers {
+            let membership = Membership::new(
+                info(me),
+                me,
+                MembershipConfig {
+                    replication_factor: 3,
+                    down_after: Duration::from_secs(3),
+                    evict_after: Duration::from_secs(60),
+                },
+            );
+            for &other in peers.iter().filter(|p| **p != me) {
+                membership.on_info(other, info(other), &[]);
+            }
+            let ks = Keyspace::in_memory(vec![TableSchema::new(T, "t", "k", &["v"])]);
+            let link: Arc<dyn Link> = Arc::new(FakeLink {
+                net: net.clone(),
+                from: me,
+            });
+            let r = Replication::new(me, ks, membership, link, Duration::from_millis(200));
+            net.add(me, r.clone());
+            out.push((me, r));
+        }
+        (net, out)
+    }
+
+    fn put(r: &Replication, v: &[u8]) -> Mutation {
+        Mutation::new(T, b"key".to_vec()).upsert(b"", [("v", v.to_vec())], r.keyspace.now(), None)
+    }
+
+    fn stored(r: &Replication) -> Option<Vec<u8>> {
+        r.keyspace
+            .read_row(T, b"key", b"")
+            .unwrap()
+            .and_then(|row| row.get("v").map(|v| v.to_vec()))
+    }
+
+    async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("not within 2 s: {what}");
+    }
+
+    #[tokio::test]
+    async fn quorum_write_with_a_replica_cut_off_hints_it_and_delivers_later() {
+        let (net, nodes) = cluster(3);
+        let (coordinator, lost) = (&nodes[0].1, nodes[2].0);
+        net.cut(lost);
+        coordinator
+            .write(put(coordinator, b"one"), Consistency::Quorum)
+            .await
+            .unwrap();
+        assert_eq!(stored(&nodes[1].1).as_deref(), Some(&b"one"[..]));
+        assert_eq!(stored(&nodes[2].1), None);
+        eventually("a hint for the cut-off replica", || {
+            coordinator.keyspace.hints().len() == 1
+        })
+        .await;
+        // While it is unreachable the hint stays; once it is back, delivery empties the log.
+        assert_eq!(coordinator.deliver_hints().await, 0);
+        net.heal(lost);
+        assert_eq!(coordinator.deliver_hints().await, 1);
+        assert_eq!(stored(&nodes[2].1).as_deref(), Some(&b"one"[..]));
+        assert!(coordinator.keyspace.hints().is_empty());
+    }
+
+    #[tokio::test]
+    async fn quorum_out_of_reach_fails_with_the_count() {
+        let (net, nodes) = cluster(3);
+        net.cut(nodes[1].0);
+        net.cut(nodes[2].0);
+        let c = &nodes[0].1;
+        let err = c
+            .write(put(c, b"x"), Consistency::Quorum)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Timeout {
+                    acked: 1,
+                    needed: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // ONE still succeeds through the coordinator's own replica.
+        c.write(put(c, b"y"), Consistency::One).await.unwrap();
+        let err = c.read(T, b"key", Consistency::All).await.unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn reads_merge_the_newest_and_repair_stale_replicas() {
+        let (_net, nodes) = cluster(3);
+        let old = put(&nodes[0].1, b"old");
+        let new = put(&nodes[0].1, b"new");
+        // Replica 0 and 1 hold the old value, replica 2 the new one.
+        nodes[0].1.keyspace.apply(&old).unwrap();
+        nodes[1].1.keyspace.apply(&old).unwrap();
+        nodes[2].1.keyspace.apply(&new).unwrap();
+        let p = nodes[0].1.read(T, b"key", Consistency::All).await.unwrap();
+        assert_eq!(p.rows[0].get("v"), Some(&b"new"[..]));
+        for (_, r) in &nodes {
+            eventually("every replica repaired", || {
+                stored(r).as_deref() == Some(&b"new"[..])
+            })
+            .await;
+        }
+    }
 
     #[test]
     fn levels() {
