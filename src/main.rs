@@ -432,9 +432,14 @@ fn main() -> Result<()> {
                 )
                 .with_writer(std::io::stderr)
                 .init();
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = std::env::var("SIPMESH_WORKERS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                rt.worker_threads(n);
+            }
+            let rt = rt.enable_all().build()?;
             rt.block_on(async move {
                 match command {
                     Command::Node(args) => run_node(args).await,

@@ -113,6 +113,7 @@ pub async fn watch(mesh: Mesh, proxy: Arc<Proxy>, grace: Duration, mut shutdown:
                 Err(_) => return,
             },
         };
+        proxy.on_member_down(&dead);
         tokio::spawn(close_written_through(
             mesh.clone(),
             proxy.clone(),

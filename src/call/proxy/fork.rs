@@ -1,6 +1,11 @@
 //! The forking engine (RFC 3261 §16.6–16.7, §16.10): one [`Fork`] per forwarded request, one
 //! [`Branch`] per target, responses merged into one answer upstream.
 //!
+//! A fork is a state machine without a task of its own: its branches' client transactions
+//! call it ([`ClientUser`]) on the thread that received a response or fired a timer, a CANCEL
+//! finds it in the proxy's table of forks, and a member going down reaches it the same way. So a
+//! call costs no task wake-ups beyond the transaction layer's.
+//!
 //! Invariants:
 //! - Exactly one final response goes upstream through the server transaction: the first 2xx,
 //!   or else the best final response once every branch has one (§16.7 step 6: 6xx, then the
@@ -15,11 +20,12 @@
 //!   must not ring twice).
 //! - A branch through a mesh node that goes down fails at once (408), so a standby flow or
 //!   the caller hears about it within the detection time.
+//! - Lock order: a fork's lock, then the transaction layer's. The proxy's table of forks is
+//!   never held while a fork is locked.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
-use sipmesh_net::MemberEvent;
-use tokio::sync::mpsc;
+use sipmesh_net::PeerId;
 use tracing::debug;
 
 use super::targets::{Dest, Target};
@@ -30,11 +36,8 @@ use crate::sip::flow::Flow;
 use crate::sip::header::Via;
 use crate::sip::message::{HeaderName, Message, Method};
 use crate::sip::request::cancel_for;
-use crate::sip::transaction::{ClientEvent, ServerKey};
+use crate::sip::transaction::{ClientEvent, ClientUser, Discard, ServerKey};
 use crate::sip::{random_tag, Fault};
-
-/// Events of all branches of one fork, waiting to be handled.
-const FORK_EVENTS: usize = 64;
 
 /// Where a branch is (its client transaction's view, as far as the fork cares).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +89,8 @@ fn better(a: u16, b: u16) -> bool {
 
 /// A request being forwarded to one or more targets.
 pub(super) struct Fork {
+    /// This fork, for the transaction users of new branches.
+    me: Weak<Mutex<Fork>>,
     proxy: Arc<Proxy>,
     req: Inbound,
     plan: Plan,
@@ -96,15 +101,30 @@ pub(super) struct Fork {
     best: Option<Final>,
     /// A 2xx went upstream.
     answered: bool,
-    /// Where the branches' client transactions report, tagged with the branch index.
-    events: mpsc::Sender<(usize, ClientEvent)>,
+    /// Every branch is final: the fork is out of the proxy's table.
+    done: bool,
+}
+
+/// The transaction user of one branch: hands its events to the fork.
+struct BranchUser {
+    fork: Arc<Mutex<Fork>>,
+    index: usize,
+}
+
+impl ClientUser for BranchUser {
+    fn on_event(&self, event: ClientEvent) -> bool {
+        self.fork
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .on_event(self.index, event)
+    }
 }
 
 impl Proxy {
-    /// Forward a request to its targets and relay the answer (§16.6–16.7).
+    /// Forward a request to its targets (§16.6); the fork then relays the answer (§16.7) as
+    /// responses arrive.
     pub(super) async fn forward(self: Arc<Self>, req: Inbound, targets: Vec<Target>, plan: Plan) {
-        let invite = req.c.method == Method::Invite;
-        if invite {
+        if req.c.method == Method::Invite {
             let trying = ResponseBuilder::new(&req.msg, 100, "Trying")
                 .top_via(req.top_via.clone())
                 .build();
@@ -112,68 +132,100 @@ impl Proxy {
                 .transactions
                 .respond(&req.key, 100, Arc::from(trying));
         }
-        let (tx, rx) = mpsc::channel(FORK_EVENTS);
-        let mut fork = Fork {
-            hash: Self::loop_hash(&req.msg, &req.c),
-            proxy: self.clone(),
-            req,
-            plan,
-            branches: Vec::new(),
-            best: None,
-            answered: false,
-            events: tx,
-        };
+        // Resolve every target's next hop first: this may wait (DNS, TCP connect).
+        let mut chains: Vec<Vec<(Target, Flow)>> = Vec::new();
         let mut unreachable = None;
         for t in targets {
-            // A target and its standby flows: the first that starts is the branch.
-            let mut chain: Vec<Target> = std::iter::once(t.clone())
-                .chain(t.alternates.iter().cloned())
-                .collect();
-            chain.reverse();
-            while let Some(next) = chain.pop() {
-                match fork.start_branch(fork.branches.len(), &next).await {
-                    Ok(mut b) => {
-                        b.standby = std::mem::take(&mut chain).into_iter().rev().collect();
-                        fork.branches.push(b);
-                        break;
-                    }
+            let mut chain = Vec::new();
+            for t in std::iter::once(t.clone()).chain(t.alternates.iter().cloned()) {
+                match self.next_hop(&t).await {
+                    Ok(flow) => chain.push((t, flow)),
                     Err(f) => unreachable = Some(f),
                 }
             }
+            if !chain.is_empty() {
+                chains.push(chain);
+            }
         }
-        if fork.branches.is_empty() {
+        let key = req.key.clone();
+        let fork = Arc::new_cyclic(|me| {
+            Mutex::new(Fork {
+                me: me.clone(),
+                hash: Self::loop_hash(&req.msg, &req.c),
+                proxy: self.clone(),
+                req,
+                plan,
+                branches: Vec::new(),
+                best: None,
+                answered: false,
+                done: false,
+            })
+        });
+        // The fork is in the table before any branch can answer.
+        self.forks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), fork.clone());
+        let mut f = fork.lock().unwrap_or_else(|p| p.into_inner());
+        for chain in chains {
+            // A target and its standby flows: the first that starts is the branch.
+            let mut chain = chain.into_iter();
+            for (t, flow) in chain.by_ref() {
+                match f.start_branch(f.branches.len(), &t, flow) {
+                    Ok(mut b) => {
+                        b.standby = chain.by_ref().map(|(t, _)| t).rev().collect();
+                        f.branches.push(b);
+                        break;
+                    }
+                    Err(e) => unreachable = Some(e),
+                }
+            }
+        }
+        if f.branches.is_empty() {
             let fault = unreachable.unwrap_or_else(|| Fault::new(500, "Forwarding failed"));
-            return self.reject(&fork.req, fault);
+            f.done = true;
+            drop(f);
+            self.forget(&key);
+            let req = &fork.lock().unwrap_or_else(|p| p.into_inner()).req;
+            self.reject(req, fault);
         }
-        let key = fork.req.key.clone();
-        let (cancel_tx, cancel_rx) = mpsc::channel(1);
-        if invite {
-            self.cancels
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key.clone(), cancel_tx);
+    }
+
+    /// Where a target is sent: its flow, or its URI resolved.
+    async fn next_hop(&self, t: &Target) -> Result<Flow, Fault> {
+        match &t.dest {
+            Dest::Flow(f) => Ok(f.clone()),
+            Dest::Uri(u) => self.resolve(u).await.inspect_err(|f| {
+                debug!(uri = %u, code = f.code, "next hop unreachable");
+            }),
         }
-        fork.run(rx, cancel_rx).await;
-        if invite {
-            self.cancels
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
-        }
+    }
+
+    /// A fork is over: out of the table.
+    fn forget(&self, key: &ServerKey) {
+        self.forks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// The fork of a server transaction, if one is running.
+    fn fork_of(&self, key: &ServerKey) -> Option<Arc<Mutex<Fork>>> {
+        self.forks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
     }
 
     /// A CANCEL arrived (§16.10): answer it, and cancel the matching INVITE's branches; 481 if
     /// no INVITE of ours matches.
     pub fn cancel(&self, cancel: &Inbound, invite_key: &ServerKey) {
-        let hook = self
-            .cancels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(invite_key)
-            .cloned();
-        match hook {
-            Some(tx) => {
-                let _ = tx.try_send(());
+        match self.fork_of(invite_key) {
+            Some(fork) => {
+                fork.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .cancel_pending();
                 let ok = ResponseBuilder::new(&cancel.msg, 200, "OK")
                     .to_tag(cancel.c.to.tag().unwrap_or(&random_tag()))
                     .top_via(cancel.top_via.clone())
@@ -186,46 +238,63 @@ impl Proxy {
         }
     }
 
+    /// A mesh node went down: every branch through it fails now (no answer will come).
+    pub fn on_member_down(&self, node: &PeerId) {
+        let forks: Vec<_> = self
+            .forks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for fork in forks {
+            let mut f = fork.lock().unwrap_or_else(|p| p.into_inner());
+            let through: Vec<usize> = f
+                .branches
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.state != State::Completed && b.flow.mesh_node() == Some(node))
+                .map(|(i, _)| i)
+                .collect();
+            for i in through {
+                f.on_event(i, ClientEvent::Timeout);
+            }
+        }
+    }
+
     /// Send a CANCEL for a proceeding branch, in its own client transaction.
     fn cancel_branch(&self, b: &Branch) {
         if let Ok(cancel) = Message::parse(&cancel_for(&b.request), true) {
-            let mut rx = self
-                .ctx
-                .transactions
-                .start_client(&b.id, cancel, b.flow.clone());
-            tokio::spawn(async move { while rx.recv().await.is_some() {} });
+            let _ = self.ctx.transactions.start_client(
+                &b.id,
+                cancel,
+                b.flow.clone(),
+                Arc::new(Discard),
+            );
         }
     }
 }
 
 impl Fork {
-    /// Start one branch: resolve the target, build the request, start its client transaction,
-    /// and feed its events to the fork under index `i`.
-    async fn start_branch(&self, i: usize, t: &Target) -> Result<Branch, Fault> {
+    /// Start one branch toward `t` at `flow`: build the request, start its client
+    /// transaction (whose user is this fork, under index `i`).
+    fn start_branch(&self, i: usize, t: &Target, flow: Flow) -> Result<Branch, Fault> {
         let proxy = &self.proxy;
-        let flow = match &t.dest {
-            Dest::Flow(f) => f.clone(),
-            Dest::Uri(u) => proxy.resolve(u).await.inspect_err(|f| {
-                debug!(uri = %u, code = f.code, "next hop unreachable");
-            })?,
-        };
+        let me = self
+            .me
+            .upgrade()
+            .ok_or_else(|| Fault::new(500, "Forwarding failed"))?;
         let id = proxy.new_branch(&self.hash);
         let request = proxy
             .forwarded(&self.req, t, &flow, &id, self.plan)
             .ok_or_else(|| Fault::new(500, "Forwarding failed"))?;
         debug!(?flow, method = %self.req.c.method, "forwarding");
-        let mut rx = proxy
+        let user = Arc::new(BranchUser { fork: me, index: i });
+        proxy
             .ctx
             .transactions
-            .start_client(&id, request.clone(), flow.clone());
-        let tx = self.events.clone();
-        tokio::spawn(async move {
-            while let Some(ev) = rx.recv().await {
-                if tx.send((i, ev)).await.is_err() {
-                    break;
-                }
-            }
-        });
+            .start_client(&id, request.clone(), flow.clone(), user)
+            .map_err(|_| Fault::new(503, "Service Unavailable"))?;
         Ok(Branch {
             id,
             request,
@@ -236,50 +305,28 @@ impl Fork {
         })
     }
 
-    /// Handle branch events, member changes and CANCEL until every branch is final.
-    async fn run(
-        mut self,
-        mut events: mpsc::Receiver<(usize, ClientEvent)>,
-        mut cancel: mpsc::Receiver<()>,
-    ) {
-        let mut members = self.proxy.ctx.mesh.events();
-        let mut cancelled = false;
-        loop {
-            let (i, ev) = tokio::select! {
-                ev = members.recv() => {
-                    if let Ok(MemberEvent::Down(p) | MemberEvent::Left(p)) = ev {
-                        self.fail_branches_through(&p);
-                    }
-                    continue;
-                }
-                ev = events.recv() => match ev {
-                    Some(x) => x,
-                    None => break,
-                },
-                Some(()) = cancel.recv(), if !cancelled => {
-                    cancelled = true;
-                    self.cancel_pending();
-                    continue;
-                }
-            };
-            let reply = match ev {
-                // Responses of a branch replaced by its standby carry the old branch: ignore.
-                ClientEvent::Response(m) if !self.is_current(i, &m) => continue,
-                ClientEvent::Response(m) => match m.status() {
-                    Some(code) if code < 200 => {
-                        self.on_provisional(i, code, &m);
-                        continue;
-                    }
-                    Some(_) => Final::Received(m),
-                    None => continue,
-                },
-                ClientEvent::Timeout if self.branches[i].state == State::Completed => continue,
-                ClientEvent::Timeout => Final::Local(408),
-            };
-            if self.on_final(i, reply).await {
-                break;
-            }
+    /// An event of branch `i`'s client transaction. Returns false when the fork no longer
+    /// takes responses (it is over; a late 2xx is then forwarded statelessly).
+    fn on_event(&mut self, i: usize, event: ClientEvent) -> bool {
+        if self.done {
+            return false;
         }
+        let reply = match event {
+            // Responses of a branch replaced by its standby carry the old branch: ignore.
+            ClientEvent::Response(m) if !self.is_current(i, &m) => return true,
+            ClientEvent::Response(m) => match m.status() {
+                Some(code) if code < 200 => {
+                    self.on_provisional(i, code, &m);
+                    return true;
+                }
+                Some(_) => Final::Received(m),
+                None => return true,
+            },
+            ClientEvent::Timeout if self.branches[i].state == State::Completed => return true,
+            ClientEvent::Timeout => Final::Local(408),
+        };
+        self.on_final(i, reply);
+        true
     }
 
     /// Whether a response belongs to branch `i` as it is now (not to a flow it replaced).
@@ -288,15 +335,6 @@ impl Fork {
             .first()
             .and_then(|v| Via::parse(v).ok())
             .is_none_or(|v| v.branch() == Some(self.branches[i].id.as_str()))
-    }
-
-    /// A branch through a node that went down gets no answer from it: fail it now.
-    fn fail_branches_through(&self, node: &sipmesh_net::PeerId) {
-        for (j, b) in self.branches.iter().enumerate() {
-            if b.state != State::Completed && b.flow.mesh_node() == Some(node) {
-                let _ = self.events.try_send((j, ClientEvent::Timeout));
-            }
-        }
     }
 
     /// A provisional response: the branch is proceeding (send a wanted CANCEL now); pass it
@@ -314,23 +352,19 @@ impl Fork {
         }
     }
 
-    /// A final response (or failure) of branch `i`. Returns true when the fork is done.
-    async fn on_final(&mut self, i: usize, reply: Final) -> bool {
+    /// A final response (or failure) of branch `i`.
+    fn on_final(&mut self, i: usize, reply: Final) {
         let code = reply.code();
         if self.branches[i].state == State::Completed {
             // A 2xx retransmission or another 2xx (Accepted state): pass it on.
             if let (Final::Received(m), 200..=299) = (&reply, code) {
                 self.relay(code, m);
             }
-            return false;
+            return;
         }
         let flow_failed = matches!(code, 408 | 430 | 503);
-        if flow_failed
-            && !self.answered
-            && !self.branches[i].cancel_wanted
-            && self.try_standby(i).await
-        {
-            return false;
+        if flow_failed && !self.answered && !self.branches[i].cancel_wanted && self.try_standby(i) {
+            return;
         }
         self.branches[i].state = State::Completed;
         match reply {
@@ -351,16 +385,17 @@ impl Fork {
         }
         if self.branches.iter().all(|b| b.state == State::Completed) {
             self.finish();
-            return true;
         }
-        false
     }
 
     /// Try the next standby flow of a failed branch (§16.7 with RFC 5626 §5.3). True if one
     /// started.
-    async fn try_standby(&mut self, i: usize) -> bool {
+    fn try_standby(&mut self, i: usize) -> bool {
         while let Some(next) = self.branches[i].standby.pop() {
-            if let Ok(mut b) = self.start_branch(i, &next).await {
+            let Dest::Flow(flow) = next.dest.clone() else {
+                continue; // standby flows are flows (Outbound bindings)
+            };
+            if let Ok(mut b) = self.start_branch(i, &next, flow) {
                 b.standby = std::mem::take(&mut self.branches[i].standby);
                 self.branches[i] = b;
                 return true;
@@ -406,8 +441,11 @@ impl Fork {
         }
     }
 
-    /// Every branch is final and none answered 2xx: send the best response up (§16.7 step 6).
+    /// Every branch is final: leave the table, and unless a 2xx went up, send the best
+    /// response up (§16.7 step 6).
     fn finish(&mut self) {
+        self.done = true;
+        self.proxy.forget(&self.req.key);
         if self.answered {
             return;
         }

@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sipmesh_net::PeerId;
-use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::call::dialog::Dialogs;
@@ -34,7 +33,7 @@ use crate::sip::flow::Flow;
 use crate::sip::header::NameAddr;
 use crate::sip::message::{HeaderName, Message, Method};
 use crate::sip::request::RequestBuilder;
-use crate::sip::transaction::ServerKey;
+use crate::sip::transaction::{Discard, ServerKey};
 use crate::sip::uri::SipUri;
 use crate::sip::validate::Checked;
 use crate::sip::Fault;
@@ -84,8 +83,8 @@ pub struct Proxy {
     node_param: String,
     /// The SIP address of this node.
     addr: SocketAddr,
-    /// CANCEL hooks of INVITEs being forwarded, by the INVITE's server transaction.
-    cancels: Mutex<HashMap<ServerKey, mpsc::Sender<()>>>,
+    /// Requests being forwarded, by server transaction (for CANCEL and members going down).
+    forks: Mutex<HashMap<ServerKey, Arc<Mutex<fork::Fork>>>>,
     /// Numbers this proxy's branches.
     branches: AtomicU64,
 }
@@ -119,7 +118,7 @@ impl Proxy {
             dialogs,
             config,
             addr,
-            cancels: Mutex::new(HashMap::new()),
+            forks: Mutex::new(HashMap::new()),
             branches: AtomicU64::new(1),
         })
     }
@@ -271,11 +270,11 @@ impl Proxy {
             ))
             .build();
         match Message::parse(&bytes, true) {
-            Ok(m) => {
-                let mut rx = self.ctx.transactions.start_client(&branch, m, flow);
-                tokio::spawn(async move { while rx.recv().await.is_some() {} });
-                true
-            }
+            Ok(m) => self
+                .ctx
+                .transactions
+                .start_client(&branch, m, flow, Arc::new(Discard))
+                .is_ok(),
             Err(_) => false,
         }
     }

@@ -15,7 +15,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tracing::debug;
 
 use crate::sip::flow::Flow;
@@ -43,6 +43,29 @@ pub enum ClientEvent {
     Timeout,
 }
 
+/// The transaction user of a client transaction (RFC 3261 §17.1): told of every response and
+/// of a timeout, synchronously, on the thread that received the response or fired the timer
+/// (never while the transaction layer holds its lock).
+pub trait ClientUser: Send + Sync {
+    /// An event of the transaction. Returns false if the user no longer takes responses (the
+    /// proxy finished with the request): a 2xx is then forwarded statelessly.
+    fn on_event(&self, event: ClientEvent) -> bool;
+}
+
+/// A transaction user that takes every event and does nothing (a CANCEL's or a force-close
+/// BYE's answers are not needed).
+pub struct Discard;
+
+impl ClientUser for Discard {
+    fn on_event(&self, _: ClientEvent) -> bool {
+        true
+    }
+}
+
+/// The first send of a new client transaction failed: it never started.
+#[derive(Debug)]
+pub struct NotSent;
+
 /// Most transactions held at once; beyond this new requests get 503.
 pub const MAX_TRANSACTIONS: usize = 200_000;
 
@@ -60,7 +83,7 @@ struct ServerEntry {
 struct ClientEntry {
     txn: client::ClientTransaction,
     flow: Flow,
-    events: mpsc::Sender<ClientEvent>,
+    user: Arc<dyn ClientUser>,
 }
 
 #[derive(Default)]
@@ -120,11 +143,18 @@ impl Transactions {
 
     /// Carry out actions; returns false if a response could not be handed to a transaction user
     /// that went away (the caller may forward it statelessly).
-    fn run(
+    fn run(&self, flow: &Flow, actions: Vec<Action>, user: Option<&Arc<dyn ClientUser>>) -> bool {
+        self.run_client(None, flow, actions, user)
+    }
+
+    /// [`Transactions::run`] for a client transaction: a send that fails (RFC 3261 §17.1.4)
+    /// ends it, and its user hears a timeout.
+    fn run_client(
         &self,
+        key: Option<&ClientKey>,
         flow: &Flow,
         actions: Vec<Action>,
-        events: Option<&mpsc::Sender<ClientEvent>>,
+        user: Option<&Arc<dyn ClientUser>>,
     ) -> bool {
         let mut delivered = true;
         for a in actions {
@@ -132,20 +162,25 @@ impl Transactions {
                 Action::Send(bytes) => {
                     if let Err(e) = self.transport.send(flow, bytes) {
                         debug!(error = %e, "transaction send failed");
-                    }
-                }
-                Action::Deliver(m) => {
-                    if let Some(ev) = events {
-                        if let Err(mpsc::error::TrySendError::Closed(_)) =
-                            ev.try_send(ClientEvent::Response(m))
-                        {
-                            delivered = false;
+                        let failed = key.and_then(|k| {
+                            let mut inner = self.lock();
+                            let actions = inner.client.get_mut(k)?.txn.on_transport_error();
+                            inner.client.remove(k);
+                            Some(actions)
+                        });
+                        if let Some(actions) = failed {
+                            return self.run(flow, actions, user) && delivered;
                         }
                     }
                 }
+                Action::Deliver(m) => {
+                    if let Some(u) = user {
+                        delivered &= u.on_event(ClientEvent::Response(m));
+                    }
+                }
                 Action::Timeout => {
-                    if let Some(ev) = events {
-                        let _ = ev.try_send(ClientEvent::Timeout);
+                    if let Some(u) = user {
+                        u.on_event(ClientEvent::Timeout);
                     }
                 }
             }
@@ -217,15 +252,16 @@ impl Transactions {
         self.respond(key, fault.code, Arc::from(bytes));
     }
 
-    /// Start a client transaction sending `request` (whose top Via carries `branch`) to `flow`.
-    /// Responses and timeouts arrive on the returned channel.
+    /// Start a client transaction sending `request` (whose top Via carries `branch`) to `flow`;
+    /// `user` hears of its responses and timeout. Fails if the request could not be sent at all
+    /// (then nothing is kept and `user` hears nothing).
     pub fn start_client(
         &self,
         branch: &str,
         request: Message,
         flow: Flow,
-    ) -> mpsc::Receiver<ClientEvent> {
-        let (tx, rx) = mpsc::channel(16);
+        user: Arc<dyn ClientUser>,
+    ) -> Result<(), NotSent> {
         let method = request
             .method()
             .cloned()
@@ -233,6 +269,8 @@ impl Transactions {
         let key = ClientKey::new(branch, method);
         let (txn, actions) =
             client::ClientTransaction::new(request, flow.is_reliable(), Instant::now());
+        // In the table before the first send: the answer may come back on another thread
+        // before `send` returns.
         let deadline = txn.deadline();
         {
             let mut inner = self.lock();
@@ -241,25 +279,21 @@ impl Transactions {
                 ClientEntry {
                     txn,
                     flow: flow.clone(),
-                    events: tx.clone(),
+                    user,
                 },
             );
             self.schedule(&mut inner, TimerKey::Client(key.clone()), deadline);
         }
         for a in actions {
             if let Action::Send(bytes) = a {
-                if self.transport.send(&flow, bytes).is_err() {
-                    let mut inner = self.lock();
-                    if let Some(e) = inner.client.get_mut(&key) {
-                        let actions = e.txn.on_transport_error();
-                        drop(inner);
-                        self.run(&flow, actions, Some(&tx));
-                    }
-                    break;
+                if let Err(e) = self.transport.send(&flow, bytes) {
+                    debug!(error = %e, ?flow, "request not sent");
+                    self.lock().client.remove(&key);
+                    return Err(NotSent);
                 }
             }
         }
-        rx
+        Ok(())
     }
 
     /// Match a response to a client transaction; returns false if none matched, or if its user
@@ -272,11 +306,11 @@ impl Transactions {
         };
         let actions = entry.txn.on_response(response, Instant::now());
         let flow = entry.flow.clone();
-        let events = entry.events.clone();
+        let user = entry.user.clone();
         let deadline = entry.txn.deadline();
-        self.schedule(&mut inner, TimerKey::Client(key), deadline);
+        self.schedule(&mut inner, TimerKey::Client(key.clone()), deadline);
         drop(inner);
-        self.run(&flow, actions, Some(&events))
+        self.run_client(Some(&key), &flow, actions, Some(&user))
     }
 
     fn fire(&self, now: Instant) -> Option<Instant> {
@@ -323,7 +357,7 @@ impl Transactions {
                     }
                     let actions = entry.txn.on_timer(now);
                     let flow = entry.flow.clone();
-                    let events = entry.events.clone();
+                    let user = entry.user.clone();
                     let next = entry.txn.deadline();
                     if entry.txn.is_terminated() {
                         inner.client.remove(k);
@@ -331,7 +365,7 @@ impl Transactions {
                         self.schedule(&mut inner, key.clone(), next);
                     }
                     drop(inner);
-                    self.run(&flow, actions, Some(&events));
+                    self.run_client(Some(k), &flow, actions, Some(&user));
                 }
             }
         }

@@ -1,0 +1,135 @@
+# Shared by bench/run.sh, bench/profile.sh and bench/soak.sh: install the tools, build, start
+# targets (sipmesh nodes, Kamailio), run one SIPp step and measure the target's CPU.
+# Callers set ROOT, STEP_SECONDS and (optionally) NUSERS before sourcing this file.
+# shellcheck shell=bash
+need=()
+command -v sipp >/dev/null || need+=(sip-tester)
+command -v kamailio >/dev/null || need+=(kamailio)
+if ((${#need[@]})); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release --locked -q
+BIN=$ROOT/target/release/sipmesh
+WORK=$(mktemp -d /tmp/sipmesh-bench.XXXXXX)
+PIDS=()
+# Everything started here is stopped by PID.
+cleanup() {
+  for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]:-}"; do # wait (bounded) so the ports are free for the next run
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  done
+}
+trap cleanup EXIT
+
+ticks() { # utime+stime of the given pids, in clock ticks
+  local t=0
+  for p in "$@"; do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+HZ=$(getconf CLK_TCK)
+
+# Users: bench0000..N and the callee, all with password "secret" (Kamailio's config checks
+# every user against that one password).
+NUSERS=${NUSERS:-40000}
+python3 - "$WORK" "$NUSERS" <<'PY'
+import sys
+work, n = sys.argv[1], int(sys.argv[2])
+with open(f"{work}/users.csv", "w") as f:
+    f.write("callee,secret\ncaller,secret\n")
+    for i in range(n):
+        f.write(f"bench{i:05d},secret\n")
+with open(f"{work}/reg.csv", "w") as f:
+    f.write("SEQUENTIAL\n")
+    for i in range(n):
+        f.write(f"bench{i:05d};[authentication username=bench{i:05d} password=secret]\n")
+with open(f"{work}/callee.csv", "w") as f:
+    f.write("SEQUENTIAL\ncallee;[authentication username=callee password=secret]\n")
+with open(f"{work}/callees.csv", "w") as f:
+    f.write("SEQUENTIAL\ncallee\n")
+PY
+
+start_sipmesh() { # $1 = number of nodes; sets TARGET_PIDS, SIP0, SIPN (last node), HTTP0
+  local n=$1 i
+  TARGET_PIDS=()
+  local seed=""
+  for ((i = 0; i < n; i++)); do
+    local dir="$WORK/node$n-$i"
+    local args=(node --data-dir "$dir" --sip-listen "127.0.0.1:$((5200 + 10 * i))"
+      --p2p-listen "/ip4/127.0.0.1/tcp/$((4200 + i))" --http-listen "127.0.0.1:$((8200 + i))"
+      --auth-invites false)
+    [[ -n $seed ]] && args+=(--bootstrap "$seed")
+    env RUST_LOG=warn ${NODE_ENV:-} "$BIN" "${args[@]}" >"$WORK/node$n-$i.log" 2>&1 &
+    TARGET_PIDS+=($!)
+    PIDS+=($!)
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$((8200 + i))/v1/status" >/dev/null && break; sleep 0.1; done
+    [[ -z $seed ]] && seed=$(curl -sf http://127.0.0.1:8200/v1/status | python3 -c 'import json,sys; print(json.load(sys.stdin)["p2p"])')
+  done
+  for _ in $(seq 200); do
+    up=$(curl -sf http://127.0.0.1:8200/v1/status | python3 -c 'import json,sys; print(json.load(sys.stdin)["members_up"])')
+    [[ $up == "$n" ]] && break
+    sleep 0.1
+  done
+  curl -sf -X POST --data-binary @"$WORK/users.csv" http://127.0.0.1:8200/v1/users/import >/dev/null
+  SIP0=127.0.0.1:5200
+  SIPN=127.0.0.1:$((5200 + 10 * (n - 1)))
+}
+
+stop_target() { for p in "${TARGET_PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
+
+start_kamailio() {
+  mkdir -p "$WORK/kam"
+  kamailio -f "$ROOT/bench/kamailio.cfg" -DD -E -m 1024 -M 16 -n 4 -Y "$WORK/kam" -P "$WORK/kam/kamailio.pid" -A WITH_AUTH >"$WORK/kam.log" 2>&1 &
+  local main=$!
+  PIDS+=($main)
+  sleep 2
+  # the main process and all its children (workers, timers)
+  TARGET_PIDS=($main $(pgrep -P "$main" | tr '\n' ' '))
+  SIP0=127.0.0.1:5070
+  SIPN=127.0.0.1:5070
+}
+
+# sipp_step LABEL SCENARIO-ARGS... ; prints "achieved failed retrans p50 p99 cpu_us_per"
+run_step() {
+  local kind=$1 rate=$2 server=$3; shift 3
+  local n=$((rate * STEP_SECONDS))
+  local d="$WORK/step-$kind-$rate-$RANDOM"
+  mkdir -p "$d"
+  local before after t0 t1
+  before=$(ticks "${TARGET_PIDS[@]}")
+  t0=$(date +%s.%N)
+  (cd "$d" && exec sipp "$@" -m "$n" -r "$rate" -l $((rate * 4)) -i 127.0.0.1 -nostdin -timeout $((STEP_SECONDS * 4 + 40))s \
+    -trace_stat -fd 1 -trace_rtt -rtt_freq 1 "$server" >/dev/null 2>&1) &
+  local sipp_pid=$!
+  PIDS+=($sipp_pid)
+  wait "$sipp_pid" || true
+  t1=$(date +%s.%N)
+  after=$(ticks "${TARGET_PIDS[@]}")
+  python3 - "$d" "$n" "$before" "$after" "$HZ" "$t0" "$t1" <<'PY'
+import csv, glob, sys
+d, n, before, after, hz, t0, t1 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]), float(sys.argv[7])
+ok = failed = retrans = 0
+elapsed = t1 - t0
+for f in glob.glob(f"{d}/*_.csv"):
+    rows = list(csv.reader(open(f), delimiter=";"))
+    if len(rows) >= 2:
+        h, last = rows[0], rows[-1]
+        col = lambda name: int(last[h.index(name)]) if name in h else 0
+        ok, failed, retrans = col("SuccessfulCall(C)"), col("FailedCall(C)"), col("Retransmissions(C)")
+        el = [x for x in h if x == "ElapsedTime(C)"]
+rtts = []
+for f in glob.glob(f"{d}/*_rtt.csv"):
+    for r in list(csv.reader(open(f), delimiter=";"))[1:]:
+        try:
+            if r[2].strip() == "1":
+                rtts.append(float(r[1]))
+        except (IndexError, ValueError):
+            pass
+rtts.sort()
+pct = lambda p: rtts[min(len(rtts) - 1, int(p * (len(rtts) - 1)))] if rtts else float("nan")
+cpu_us = (after - before) / hz * 1e6 / max(ok, 1)
+print(f"{ok} {failed} {retrans} {pct(0.5):.1f} {pct(0.99):.1f} {cpu_us:.0f} {ok / max(elapsed - 0.0, 1e-9):.0f}")
+PY
+}
+
