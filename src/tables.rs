@@ -10,14 +10,13 @@ pub const USERS: TableId = 1;
 pub const PROXIES: TableId = 2;
 /// `registrations (aor, instance/contact)`: one row per binding; TTL = Expires.
 pub const REGISTRATIONS: TableId = 3;
-/// `clients_by_proxy (node_id, aor)`: the clients each proxy serves.
-pub const CLIENTS_BY_PROXY: TableId = 4;
-/// `dialogs (dialog id)`: active call state.
-pub const DIALOGS: TableId = 5;
-/// `dialogs_by_proxy (node_id, dialog id)`: the dialogs each proxy is on the path of.
-pub const DIALOGS_BY_PROXY: TableId = 6;
+// Ids 4 (`clients_by_proxy`), 5 (`dialogs`) and 6 (`dialogs_by_proxy`) belonged to tables that
+// grew with a node's clients and calls; they are retired and never reused.
 /// `mesh (name)`: mesh-wide settings, such as the nonce secret.
 pub const MESH: TableId = 7;
+/// `dialogs_of_node (node_id ‖ bucket, dialog id)`: long calls, stored by the node that faces
+/// the caller, spread over a fixed number of buckets per node.
+pub const DIALOGS_OF_NODE: TableId = 8;
 
 /// Every table of the keyspace.
 pub fn all() -> Vec<TableSchema> {
@@ -43,16 +42,13 @@ pub fn all() -> Vec<TableSchema> {
         ),
         TableSchema::new(REGISTRATIONS, "registrations", "aor", &["binding"])
             .clustered("instance", ClusteringOrder::Asc),
-        TableSchema::new(
-            CLIENTS_BY_PROXY,
-            "clients_by_proxy",
-            "node_id",
-            &["expires", "bindings"],
-        )
-        .clustered("aor", ClusteringOrder::Asc),
-        TableSchema::new(DIALOGS, "dialogs", "dialog_id", &["dialog"]),
-        TableSchema::new(DIALOGS_BY_PROXY, "dialogs_by_proxy", "node_id", &["state"])
-            .clustered("dialog_id", ClusteringOrder::Asc),
         TableSchema::new(MESH, "mesh", "name", &["value"]),
+        TableSchema::new(
+            DIALOGS_OF_NODE,
+            "dialogs_of_node",
+            "node_bucket",
+            &["dialog"],
+        )
+        .clustered("dialog_id", ClusteringOrder::Asc),
     ]
 }

@@ -36,6 +36,6 @@ pub use config::MeshConfig;
 pub use error::{Error, Result};
 pub use libp2p::{Multiaddr, PeerId};
 pub use membership::{Member, MemberEvent, MemberState};
-pub use mesh::{AppMessage, Mesh};
+pub use mesh::{AppHandler, AppMessage, Mesh};
 pub use placement::Snapshot;
 pub use replication::Consistency;

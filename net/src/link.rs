@@ -33,8 +33,8 @@ const WRITE_BATCH: usize = 256 * 1024;
 pub trait Handler: Send + Sync + 'static {
     /// Answer a request.
     fn handle(&self, peer: PeerId, request: Request) -> BoxFuture<'static, Response>;
-    /// Take a one-way message.
-    fn one_way(&self, peer: PeerId, request: Request) -> BoxFuture<'static, ()>;
+    /// Take a one-way message, on the task that read it.
+    fn one_way(&self, peer: PeerId, request: Request);
 }
 
 /// The link the replication logic sends through; a seam so it can be driven without libp2p.
@@ -321,7 +321,7 @@ async fn serve_stream(peer: PeerId, stream: Stream, handler: Arc<dyn Handler>) {
                     drop(permit);
                 });
             }
-            Ok(Some(Frame::OneWay(request))) => handler.one_way(peer, request).await,
+            Ok(Some(Frame::OneWay(request))) => handler.one_way(peer, request),
             Ok(Some(Frame::Response(..))) => {
                 warn!(%peer, "peer sent a response on its own stream; closing it");
                 break;

@@ -216,6 +216,24 @@ impl Membership {
         out
     }
 
+    /// A tag of a member (this node included).
+    pub fn tag(&self, peer: &PeerId, name: &str) -> Option<String> {
+        if *peer == self.local {
+            return self
+                .local_info
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .tags
+                .get(name)
+                .cloned();
+        }
+        self.members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .and_then(|e| e.info.tags.get(name).cloned())
+    }
+
     /// Whether a peer is up (this node always is).
     pub fn is_up(&self, peer: &PeerId) -> bool {
         *peer == self.local

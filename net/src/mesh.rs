@@ -1,7 +1,7 @@
 //! [`Mesh`]: the handle a node holds on its libp2p peer, membership and replicated keyspace.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -61,14 +61,23 @@ struct Inner {
     listen_addrs: Vec<Multiaddr>,
     /// The mesh's background loops (aborted when the last handle goes).
     background: Background,
+    /// Where one-way application messages go.
+    one_way: Arc<OnceLock<AppHandler>>,
 }
+
+/// Takes the one-way application messages of other nodes (the node's SIP traffic), on the task
+/// that read them from the stream: no queue, no hand-off between tasks.
+pub type AppHandler = Box<dyn Fn(PeerId, Vec<u8>) + Send + Sync>;
 
 struct Service {
     replication: Replication,
     keyspace: Keyspace,
     membership: Arc<Membership>,
     commands: mpsc::Sender<Command>,
+    /// Application requests (with an answer), for the node's own task.
     app: mpsc::Sender<AppMessage>,
+    /// One-way application messages (dropped until the node sets the handler).
+    one_way: Arc<OnceLock<AppHandler>>,
 }
 
 impl Service {
@@ -141,19 +150,13 @@ impl Handler for Service {
         Box::pin(async move { response })
     }
 
-    fn one_way(&self, peer: PeerId, request: Request) -> BoxFuture<'static, ()> {
-        let app = self.app.clone();
-        Box::pin(async move {
-            if let Request::App(payload) = request {
-                let _ = app
-                    .send(AppMessage {
-                        from: peer,
-                        payload,
-                        reply: None,
-                    })
-                    .await;
+    fn one_way(&self, peer: PeerId, request: Request) {
+        if let Request::App(payload) = request {
+            match self.one_way.get() {
+                Some(handle) => handle(peer, payload),
+                None => debug!(%peer, "one-way message before the node is ready; dropped"),
             }
-        })
+        }
     }
 }
 
@@ -329,12 +332,14 @@ impl Mesh {
             config.request_timeout,
         );
         let (app_tx, app_rx) = mpsc::channel(APP_QUEUE);
+        let one_way = Arc::new(OnceLock::new());
         let service = Arc::new(Service {
             replication: replication.clone(),
             keyspace: keyspace.clone(),
             membership: membership.clone(),
             commands: handle.commands.clone(),
             app: app_tx,
+            one_way: one_way.clone(),
         });
         let mut control = handle.control.clone();
         let incoming = control
@@ -384,6 +389,7 @@ impl Mesh {
                 commands: handle.commands,
                 listen_addrs: handle.listen_addrs,
                 background,
+                one_way,
             }),
         };
         Ok((mesh, app_rx))
@@ -456,6 +462,17 @@ impl Mesh {
         self.inner.replication.write_many(ms, cl).await
     }
 
+    /// Write a mutation at consistency `cl`, then wait up to `linger` for the other live
+    /// replicas too, so a read at ONE from any of them sees it at once when they are healthy.
+    pub async fn write_settled(
+        &self,
+        m: Mutation,
+        cl: Consistency,
+        linger: Duration,
+    ) -> Result<()> {
+        self.inner.replication.write_settled(m, cl, linger).await
+    }
+
     /// Read a partition's live rows at consistency `cl`.
     pub async fn read(
         &self,
@@ -477,6 +494,17 @@ impl Mesh {
             .replication
             .read_entries(table, partition_key, cl)
             .await
+    }
+
+    /// Take one-way application messages with `handler` from now on (once; later calls are
+    /// ignored).
+    pub fn set_app_handler(&self, handler: AppHandler) {
+        let _ = self.inner.one_way.set(handler);
+    }
+
+    /// A tag a member publishes (`None` if the member or the tag is unknown).
+    pub fn tag(&self, peer: &PeerId, name: &str) -> Option<String> {
+        self.inner.membership.tag(peer, name)
     }
 
     /// Send application bytes to another node, without waiting for an answer.

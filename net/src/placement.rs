@@ -88,6 +88,15 @@ impl Snapshot {
         self.up_count() * 2 > self.ring.len()
     }
 
+    /// The ring member whose position starts with `prefix` (how flow tokens name nodes), and
+    /// whether it is up.
+    pub fn member_by_prefix(&self, prefix: &[u8]) -> Option<(PeerId, bool)> {
+        self.ring
+            .iter()
+            .find(|m| m.position.starts_with(prefix))
+            .map(|m| (m.peer, m.up))
+    }
+
     /// The replicas of a position, closest first.
     pub fn replicas_at(&self, position: &Position) -> Vec<&RingMember> {
         let mut by_distance: Vec<(Position, &RingMember)> = self

@@ -23,14 +23,17 @@ pub(crate) struct Answers<T> {
 }
 
 /// Ask every peer in `peers` at once (`call(peer)` makes the request). Resolves with the first
-/// `needed` successes, or with an error as soon as so many failed that `needed` cannot be
-/// reached: the failing peer's own refusal (`Remote`, `Storage`) if there is one, else
-/// `Timeout` naming how many succeeded. The requests still running carry on; when every one has
-/// answered, `then` gets all answers and failures.
+/// `needed` successes — or, once `needed` succeeded, with every success that comes within
+/// `linger` more (so a write settles on all live replicas when they are quick) — or with an
+/// error as soon as so many failed that `needed` cannot be reached: the failing peer's own
+/// refusal (`Remote`, `Storage`) if there is one, else `Timeout` naming how many succeeded.
+/// The requests still running carry on; when every one has answered, `then` gets all answers
+/// and failures.
 pub(crate) async fn ask<T, Call, Fut, Then>(
     peers: &[PeerId],
     needed: usize,
     timeout: Duration,
+    linger: Duration,
     call: Call,
     then: Then,
 ) -> Result<Vec<(PeerId, T)>>
@@ -56,7 +59,24 @@ where
                 failed: Vec::new(),
             };
             let mut done_tx = Some(done_tx);
-            while let Some((peer, result)) = pending.next().await {
+            let mut linger_until: Option<tokio::time::Instant> = None;
+            loop {
+                let next = match linger_until {
+                    Some(deadline) => match tokio::time::timeout_at(deadline, pending.next()).await
+                    {
+                        Ok(n) => n,
+                        Err(_) => {
+                            // Lingered long enough: answer with what succeeded.
+                            if let Some(tx) = done_tx.take() {
+                                let _ = tx.send(Ok(answers.ok.clone()));
+                            }
+                            linger_until = None;
+                            continue;
+                        }
+                    },
+                    None => pending.next().await,
+                };
+                let Some((peer, result)) = next else { break };
                 match result {
                     Ok(v) => answers.ok.push((peer, v)),
                     Err(e) => {
@@ -65,8 +85,12 @@ where
                     }
                 }
                 let Some(tx) = done_tx.take() else { continue };
-                if answers.ok.len() >= needed {
+                let all_in = answers.ok.len() + answers.failed.len() == total;
+                if answers.ok.len() >= needed && (linger.is_zero() || all_in) {
                     let _ = tx.send(Ok(answers.ok.clone()));
+                } else if answers.ok.len() >= needed {
+                    linger_until.get_or_insert(tokio::time::Instant::now() + linger);
+                    done_tx = Some(tx);
                 } else if total - answers.failed.len() < needed {
                     let refusal = answers
                         .failed
@@ -115,6 +139,7 @@ mod tests {
             &p,
             2,
             Duration::from_secs(1),
+            Duration::ZERO,
             |peer| async move {
                 if peer == slow {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -135,6 +160,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn lingering_waits_a_little_for_the_rest() {
+        let p = peers(3);
+        let (slow, late) = (p[1], p[2]);
+        let got = ask(
+            &p,
+            1,
+            Duration::from_secs(5),
+            Duration::from_millis(200),
+            |peer| async move {
+                if peer == slow {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if peer == late {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                }
+                Ok(peer)
+            },
+            |_| {},
+        )
+        .await
+        .unwrap();
+        // The quick and the slow one, not the one past the linger.
+        assert_eq!(got.len(), 2);
+        assert!(!got.iter().any(|(peer, _)| *peer == late));
+    }
+
+    #[tokio::test]
     async fn fails_as_soon_as_quorum_is_out_of_reach() {
         let p = peers(3);
         let ok = p[0];
@@ -142,6 +194,7 @@ mod tests {
             &p,
             2,
             Duration::from_secs(1),
+            Duration::ZERO,
             |peer| async move {
                 if peer == ok {
                     // never decides the outcome: two failures already did
@@ -178,6 +231,7 @@ mod tests {
             &p,
             1,
             Duration::from_secs(1),
+            Duration::ZERO,
             |peer| async move {
                 Err::<(), _>(Error::Remote {
                     peer: peer.to_string(),

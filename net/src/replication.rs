@@ -150,13 +150,33 @@ impl Replication {
 
     /// Write a mutation at consistency `cl`.
     pub async fn write(&self, m: Mutation, cl: Consistency) -> Result<()> {
-        self.write_many(vec![m], cl).await
+        self.write_lingering(vec![m], cl, Duration::ZERO).await
+    }
+
+    /// Write a mutation at consistency `cl`, then wait up to `linger` for the other live
+    /// replicas too (what a reader at ONE on any replica needs to see it at once).
+    pub async fn write_settled(
+        &self,
+        m: Mutation,
+        cl: Consistency,
+        linger: Duration,
+    ) -> Result<()> {
+        self.write_lingering(vec![m], cl, linger).await
     }
 
     /// Write several mutations at consistency `cl`. When they share their replicas (as a
     /// dialog and its index rows do in a small mesh) they travel in one request per replica;
     /// otherwise each is written on its own. Succeeds when every one reached `cl`.
     pub async fn write_many(&self, ms: Vec<Mutation>, cl: Consistency) -> Result<()> {
+        self.write_lingering(ms, cl, Duration::ZERO).await
+    }
+
+    async fn write_lingering(
+        &self,
+        ms: Vec<Mutation>,
+        cl: Consistency,
+        linger: Duration,
+    ) -> Result<()> {
         if ms.is_empty() {
             return Ok(());
         }
@@ -170,7 +190,9 @@ impl Replication {
             .windows(2)
             .all(|w| same(&w[0].0, &w[1].0) && same(&w[0].2, &w[1].2))
         {
-            let writes = ms.into_iter().map(|m| self.write_many(vec![m], cl));
+            let writes = ms
+                .into_iter()
+                .map(|m| Box::pin(self.write_lingering(vec![m], cl, linger)));
             for r in futures::future::join_all(writes).await {
                 r?;
             }
@@ -222,7 +244,7 @@ impl Replication {
                 }
             }
         };
-        quorum::ask(&up, needed, self.timeout, call, then)
+        quorum::ask(&up, needed, self.timeout, linger, call, then)
             .instrument(span)
             .await
             .map(|_| ())
@@ -276,7 +298,7 @@ impl Replication {
                 tokio::spawn(async move { this.repair(table, &pk, answers.ok).await });
             }
         };
-        let answers = quorum::ask(&up, needed, self.timeout, call, then)
+        let answers = quorum::ask(&up, needed, self.timeout, Duration::ZERO, call, then)
             .instrument(span)
             .await?;
         let mut merged = Merged::new();

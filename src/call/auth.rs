@@ -8,12 +8,10 @@
 //! nonce is kept per node (bounded), so a replayed request is refused where it was first seen.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
+use crate::call::secret::{constant_time_eq, MeshSecret};
 use crate::call::Context;
 use crate::metrics::inc;
 use crate::sip::digest::{hex, Algorithm, Credentials};
@@ -51,26 +49,36 @@ pub struct Verified {
     pub username: String,
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// What a nonce's MAC covers first, so no other MAC of the mesh secret can pass for one.
+const NONCE_DOMAIN: &[u8] = b"sipmesh nonce v1";
+
+/// Bytes from lowercase or uppercase hex.
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// The digest authenticator of a node.
 pub struct Authenticator {
     realm: String,
-    /// The current mesh-wide secret and the previous one (nonces of both are accepted, so a
-    /// secret change does not fail clients mid-authentication).
-    secrets: RwLock<(Vec<u8>, Option<Vec<u8>>)>,
+    /// The mesh-wide secret (nonces of the current and the previous key are accepted, so a
+    /// change does not fail clients mid-authentication).
+    secret: Arc<MeshSecret>,
     nonce_counts: Mutex<HashMap<String, (u32, u64)>>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Authenticator {
-    /// An authenticator for `realm` with an initial secret.
-    pub fn new(realm: &str, secret: Vec<u8>) -> Self {
+    /// An authenticator for `realm` with the mesh's secret.
+    pub fn new(realm: &str, secret: Arc<MeshSecret>) -> Self {
         Authenticator {
             realm: realm.to_string(),
-            secrets: RwLock::new((secret, None)),
+            secret,
             nonce_counts: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
         }
@@ -81,37 +89,16 @@ impl Authenticator {
         &self.realm
     }
 
-    /// Adopt the mesh-wide secret (keeps the previous one for in-flight nonces).
-    pub fn set_secret(&self, secret: Vec<u8>) {
-        let mut s = self.secrets.write().unwrap_or_else(|p| p.into_inner());
-        if s.0 != secret {
-            let old = std::mem::replace(&mut s.0, secret);
-            s.1 = Some(old);
-        }
-    }
-
-    fn mac(secret: &[u8], issued_ms: u64, salt: u32, realm: &str) -> String {
-        let mut m =
-            <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
-        m.update(&issued_ms.to_be_bytes());
-        m.update(&salt.to_be_bytes());
-        m.update(realm.as_bytes());
-        hex(&m.finalize().into_bytes()[..12])
-    }
-
     /// A fresh nonce issued at `now_ms`.
     pub fn nonce(&self, now_ms: u64) -> String {
-        let secret = self
-            .secrets
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .clone();
         let salt: u32 = rand::random();
-        format!(
-            "{now_ms:016x}{salt:08x}{}",
-            Self::mac(&secret, now_ms, salt, &self.realm)
-        )
+        let mac = self.secret.mac(&[
+            NONCE_DOMAIN,
+            &now_ms.to_be_bytes(),
+            &salt.to_be_bytes(),
+            self.realm.as_bytes(),
+        ]);
+        format!("{now_ms:016x}{salt:08x}{}", hex(&mac[..12]))
     }
 
     /// The challenge header values (SHA-256 and MD5, same nonce). MD5 is listed first because
@@ -142,18 +129,16 @@ impl Authenticator {
         let malformed = |_| AuthError::Invalid("malformed nonce".into());
         let issued = u64::from_str_radix(&nonce[..16], 16).map_err(malformed)?;
         let salt = u32::from_str_radix(&nonce[16..24], 16).map_err(malformed)?;
-        let (current, previous) = self
-            .secrets
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let genuine = std::iter::once(current).chain(previous).any(|s| {
-            constant_time_eq(
-                Self::mac(&s, issued, salt, &self.realm).as_bytes(),
-                &nonce.as_bytes()[24..],
-            )
-        });
-        if !genuine {
+        let Some(tag) = unhex(&nonce[24..]) else {
+            return Err(AuthError::Invalid("malformed nonce".into()));
+        };
+        let parts: [&[u8]; 4] = [
+            NONCE_DOMAIN,
+            &issued.to_be_bytes(),
+            &salt.to_be_bytes(),
+            self.realm.as_bytes(),
+        ];
+        if !self.secret.verify(&parts, &tag) {
             return Err(AuthError::Invalid("nonce not issued by this mesh".into()));
         }
         if now_ms.saturating_sub(issued) > NONCE_TTL.as_millis() as u64 || issued > now_ms + 60_000
@@ -400,7 +385,7 @@ mod tests {
 
     #[test]
     fn good_credentials_both_algorithms() {
-        let a = Authenticator::new("r", b"secret".to_vec());
+        let a = Authenticator::new("r", Arc::new(MeshSecret::new(b"secret".to_vec())));
         for alg in [Algorithm::Md5, Algorithm::Sha256] {
             let nonce = a.nonce(1_000_000);
             let c = creds_for(&a, alg, &nonce, "00000001", "pw");
@@ -415,7 +400,7 @@ mod tests {
 
     #[test]
     fn wrong_password_replay_stale_forged() {
-        let a = Authenticator::new("r", b"secret".to_vec());
+        let a = Authenticator::new("r", Arc::new(MeshSecret::new(b"secret".to_vec())));
         let nonce = a.nonce(1_000_000);
         let bad = creds_for(&a, Algorithm::Md5, &nonce, "00000001", "nope");
         assert!(matches!(
@@ -439,7 +424,7 @@ mod tests {
             a.verify(&late, "REGISTER", Some(&stored()), 1_000_000 + 301_000),
             Err(AuthError::Stale)
         );
-        let other = Authenticator::new("r", b"other".to_vec());
+        let other = Authenticator::new("r", Arc::new(MeshSecret::new(b"other".to_vec())));
         let forged = creds_for(
             &other,
             Algorithm::Md5,
@@ -452,7 +437,7 @@ mod tests {
             Err(AuthError::Invalid(_))
         ));
         // a secret change keeps the previous secret's nonces valid
-        a.set_secret(b"rotated".to_vec());
+        a.secret.set(b"rotated".to_vec());
         let still = creds_for(&a, Algorithm::Md5, &nonce, "00000009", "pw");
         assert!(a
             .verify(&still, "REGISTER", Some(&stored()), 1_000_400)
@@ -461,13 +446,13 @@ mod tests {
 
     #[test]
     fn nonces_of_one_millisecond_differ() {
-        let a = Authenticator::new("r", vec![1]);
+        let a = Authenticator::new("r", Arc::new(MeshSecret::new(vec![1])));
         assert_ne!(a.nonce(5), a.nonce(5));
     }
 
     #[test]
     fn failures_are_bounded() {
-        let a = Authenticator::new("r", vec![1]);
+        let a = Authenticator::new("r", Arc::new(MeshSecret::new(vec![1])));
         assert!(!a.fail("alice|c1"));
         assert!(!a.fail("alice|c1"));
         assert!(a.fail("alice|c1"));
@@ -477,7 +462,7 @@ mod tests {
 
     #[test]
     fn unknown_scheme_is_missing() {
-        let a = Authenticator::new("r", vec![1]);
+        let a = Authenticator::new("r", Arc::new(MeshSecret::new(vec![1])));
         let c = DigestCredentials::parse("NoOneKnowsThisScheme opaque-data=here").unwrap();
         assert_eq!(a.verify(&c, "REGISTER", None, 0), Err(AuthError::Missing));
     }

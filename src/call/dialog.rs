@@ -1,9 +1,9 @@
-//! Dialogs: the state of established calls, in the replicated `dialogs` table (one partition per
-//! dialog) and the `dialogs_by_proxy` index (one partition per node on the path), with a TTL that
-//! in-dialog traffic refreshes. Everything a surviving node needs to take a call over or close it.
+//! Dialogs: the state of established calls, kept by the node that faces the caller, stored in the
+//! replicated `dialogs_of_node` table once a call is old enough, with a TTL that in-dialog
+//! traffic refreshes. What a custodian needs to close the calls of a dead node.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -14,10 +14,12 @@ use tracing::debug;
 use crate::sip::flow::Flow;
 use crate::sip::header::NameAddr;
 use crate::sip::message::{HeaderName, Message};
-use crate::sip::uri::SipUri;
 use crate::sip::validate::Checked;
-use crate::tables::{DIALOGS, DIALOGS_BY_PROXY};
+use crate::tables::DIALOGS_OF_NODE;
 
+/// How long a call lasts before its dialog is written (a few seconds: most calls that fail
+/// early or are one-shot write nothing).
+pub const DEFAULT_WRITE_AFTER: Duration = Duration::from_secs(5);
 /// How long a dialog lives in the keyspace without in-dialog traffic (refreshed by it).
 pub const DEFAULT_DIALOG_TTL: Duration = Duration::from_secs(2 * 3600);
 
@@ -77,12 +79,14 @@ pub fn id_of(c: &Checked) -> String {
 impl Dialog {
     /// The dialog a 2xx to an INVITE establishes (RFC 3261 §12.1), as seen by a proxy on its
     /// path: `request` is the INVITE as this proxy forwarded it, `upstream` the flow the caller's
-    /// requests come on. `None` if From or To do not parse.
+    /// requests come on, `node_of` the mesh node a route-set URI names. `None` if From or To do
+    /// not parse.
     pub fn from_answer(
         request: &Message,
         response: &Message,
         upstream: &Flow,
         now_ms: u64,
+        node_of: impl Fn(&str) -> Option<PeerId>,
     ) -> Option<Dialog> {
         let to = NameAddr::parse(response.header(&HeaderName::To)?, "To").ok()?;
         let from = NameAddr::parse(request.header(&HeaderName::From)?, "From").ok()?;
@@ -100,13 +104,18 @@ impl Dialog {
             .map(|s| s.to_string())
             .collect();
         let uri_of = |v: &str| NameAddr::parse(v, "Route").ok().map(|n| n.uri);
-        let nodes: Vec<PeerId> = rr
+        let mut nodes: Vec<PeerId> = Vec::new();
+        for peer in rr
             .iter()
             .rev()
             .filter_map(|r| uri_of(r))
-            .filter_map(|u| SipUri::parse(&u).ok())
-            .filter_map(|u| crate::call::record_route::node_of(&u))
-            .collect();
+            .filter_map(|u| node_of(&u))
+        {
+            // Double Record-Route: one node can have two entries in a row.
+            if nodes.last() != Some(&peer) {
+                nodes.push(peer);
+            }
+        }
         let contact = |m: &Message| {
             m.values(&HeaderName::Contact)
                 .first()
@@ -137,195 +146,286 @@ impl Dialog {
     }
 }
 
-/// What a node remembers of the dialogs it is on the path of.
+/// Partitions per node in `dialogs_of_node`: a node's stored dialogs spread over this many, so
+/// no partition grows with the node's calls (at 100,000 long calls, ~1,600 rows each).
+pub const DIALOG_BUCKETS: u16 = 64;
+/// Dialogs a node keeps in memory at most; beyond this new ones are not remembered (they still
+/// work: the route set carries what routing needs), and a metric says so.
+const MAX_LOCAL_DIALOGS: usize = 200_000;
+
+/// The partition key of a node's bucket of stored dialogs.
+fn bucket_key(node: &PeerId, call_id: &str) -> Vec<u8> {
+    let bucket = (xxhash_rust::xxh3::xxh3_64(call_id.as_bytes()) % DIALOG_BUCKETS as u64) as u16;
+    bucket_partition(node, bucket)
+}
+
+fn bucket_partition(node: &PeerId, bucket: u16) -> Vec<u8> {
+    let mut k = node.to_bytes();
+    k.extend_from_slice(&bucket.to_be_bytes());
+    k
+}
+
+/// What a node remembers of the dialogs it is the stateful proxy of.
 struct Local {
-    /// Whether this node wrote the dialog to the keyspace (it removes it too).
+    /// Whether this node writes the dialog (it faces the caller).
     writer: bool,
-    /// When the keyspace copy was last refreshed (wall-clock ms).
-    refreshed_ms: u64,
+    /// Whether the record is in the keyspace.
+    stored: bool,
+    /// When the keyspace copy was last written (wall-clock ms).
+    written_ms: u64,
+    /// When in-dialog traffic last passed (wall-clock ms).
+    seen_ms: u64,
     /// The record.
     record: Dialog,
 }
 
-/// The dialogs of a node.
+/// A dialog as nodes list it for the admin API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Listed {
+    /// The record.
+    pub dialog: Dialog,
+    /// Whether it is in the keyspace (calls longer than the write delay are).
+    pub stored: bool,
+}
+
+/// The dialogs of a node: in memory while they last; in the keyspace (`dialogs_of_node`, under
+/// the node that faces the caller, bucketed) once a call has lasted `write_after` — so short
+/// calls write nothing, and a long one writes once when it is old enough and once when it ends.
+/// What survivors need to keep routing a call is in its route set; the stored record is what a
+/// custodian needs to close the calls of a dead node.
 pub struct Dialogs {
     mesh: Mesh,
     ttl: Duration,
+    write_after: Duration,
     local: Mutex<HashMap<String, Local>>,
 }
 
 impl Dialogs {
     /// Dialog tracking over the mesh.
-    pub fn new(mesh: Mesh, ttl: Duration) -> Self {
+    pub fn new(mesh: Mesh, ttl: Duration, write_after: Duration) -> Self {
         Dialogs {
             mesh,
             ttl,
+            write_after,
             local: Mutex::new(HashMap::new()),
         }
     }
 
-    /// How many dialogs this node is on the path of.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Local>> {
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many dialogs this node is the stateful proxy of.
     pub fn count(&self) -> usize {
-        self.local.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.lock().len()
     }
 
-    fn mutations(&self, d: &Dialog, delete: bool) -> Vec<Mutation> {
+    fn upsert(&self, d: &Dialog, writer: &PeerId) -> Mutation {
         let ks = self.mesh.keyspace();
-        let ts = ks.now();
         let expires = ks.wall_ms() + self.ttl.as_millis() as u64;
-        let mut out = Vec::new();
-        let main = Mutation::new(DIALOGS, d.id.clone().into_bytes());
-        out.push(if delete {
-            main.delete_row(b"", ts)
-        } else {
-            main.upsert(
-                b"",
-                [("dialog", codec::encode(d).unwrap_or_default())],
-                ts,
-                Some(expires),
-            )
-        });
-        // Indexed under its writer (the caller-facing node, first on the path): the custodian
-        // of a dead writer finds them there; a writer that survives another node of the path
-        // closes those dialogs itself.
-        for node in d.nodes.iter().take(1) {
-            let m = Mutation::new(DIALOGS_BY_PROXY, node.to_string().into_bytes());
-            out.push(if delete {
-                m.delete_row(d.id.as_bytes(), ts)
-            } else {
-                m.upsert(
-                    d.id.as_bytes(),
-                    [("state", b"confirmed".to_vec())],
-                    ts,
-                    Some(expires),
-                )
-            });
-        }
-        out
+        Mutation::new(DIALOGS_OF_NODE, bucket_key(writer, &d.call_id)).upsert(
+            d.id.as_bytes(),
+            [("dialog", codec::encode(d).unwrap_or_default())],
+            ks.now(),
+            Some(expires),
+        )
     }
 
-    async fn write_all(&self, muts: Vec<Mutation>) {
-        if let Err(e) = self.mesh.write_many(muts, Consistency::Quorum).await {
-            debug!(error = %e, "dialog write failed (hinted)");
+    fn delete(&self, d_id: &str, call_id: &str, writer: &PeerId) -> Mutation {
+        Mutation::new(DIALOGS_OF_NODE, bucket_key(writer, call_id))
+            .delete_row(d_id.as_bytes(), self.mesh.keyspace().now())
+    }
+
+    async fn write_all(&self, muts: Vec<Mutation>) -> bool {
+        match self.mesh.write_many(muts, Consistency::Quorum).await {
+            Ok(()) => true,
+            Err(e) => {
+                debug!(error = %e, "dialog write failed (hinted)");
+                false
+            }
         }
     }
 
-    /// This node's written dialogs whose path includes `node`.
+    /// This node's dialogs whose path includes `node`.
     pub fn written_through(&self, node: &PeerId) -> Vec<Dialog> {
-        self.local
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.lock()
             .values()
             .filter(|l| l.writer && l.record.nodes.contains(node))
             .map(|l| l.record.clone())
             .collect()
     }
 
-    /// A dialog was established through this node; the writer stores it at QUORUM.
-    pub async fn established(&self, d: Dialog, writer: bool) {
+    /// A dialog was established through this node (a 2xx to an INVITE passed). Nothing is
+    /// written now: see [`Dialogs::sweep`].
+    pub fn established(&self, d: Dialog, writer: bool) {
         let now = self.mesh.keyspace().wall_ms();
-        self.local.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            d.id.clone(),
-            Local {
-                writer,
-                refreshed_ms: now,
-                record: d.clone(),
-            },
-        );
-        if writer {
-            let muts = self.mutations(&d, false);
-            self.write_all(muts).await;
+        let mut local = self.lock();
+        if local.len() >= MAX_LOCAL_DIALOGS && !local.contains_key(&d.id) {
+            debug!("dialog table full; not remembered");
+            return;
+        }
+        // A re-INVITE's 2xx refreshes what is known, it does not replace the record.
+        local.entry(d.id.clone()).or_insert(Local {
+            writer,
+            stored: false,
+            written_ms: 0,
+            seen_ms: now,
+            record: d,
+        });
+    }
+
+    /// In-dialog traffic passed: the dialog is alive (the sweep refreshes a stored copy's
+    /// TTL).
+    pub fn touch(&self, id: &str) {
+        let now = self.mesh.keyspace().wall_ms();
+        if let Some(l) = self.lock().get_mut(id) {
+            l.seen_ms = now;
         }
     }
 
-    /// In-dialog traffic: refresh the keyspace copy's TTL (at most once per TTL/4).
-    pub async fn touch(&self, id: &str) {
+    /// Write the dialogs that have lasted `write_after`, and refresh stored ones with recent
+    /// traffic whose copy is a quarter of a TTL old (in one batch); forget the ones not seen
+    /// for a TTL (their parties vanished without a BYE). Run every second or so.
+    pub async fn sweep(&self) {
         let now = self.mesh.keyspace().wall_ms();
-        let record = {
-            let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-            match local.get_mut(id) {
-                Some(l)
-                    if l.writer
-                        && now.saturating_sub(l.refreshed_ms) > self.ttl.as_millis() as u64 / 4 =>
-                {
-                    l.refreshed_ms = now;
-                    Some(l.record.clone())
-                }
-                _ => None,
-            }
+        let ttl = self.ttl.as_millis() as u64;
+        let (due, stale): (Vec<Dialog>, usize) = {
+            let mut local = self.lock();
+            let before = local.len();
+            local.retain(|_, l| now.saturating_sub(l.seen_ms.max(l.written_ms)) < ttl);
+            let stale = before - local.len();
+            let after = self.write_after.as_millis() as u64;
+            let due = local
+                .values()
+                .filter(|l| {
+                    let new = !l.stored && now.saturating_sub(l.record.started_ms) >= after;
+                    let refresh = l.stored
+                        && l.seen_ms > l.written_ms
+                        && now.saturating_sub(l.written_ms) > ttl / 4;
+                    l.writer && (new || refresh)
+                })
+                .map(|l| l.record.clone())
+                .collect();
+            (due, stale)
         };
-        if let Some(d) = record {
-            let muts = self.mutations(&d, false);
-            self.write_all(muts).await;
+        if stale > 0 {
+            debug!(stale, "forgot dialogs not seen for a TTL");
         }
-    }
-
-    /// The dialog ended (a 2xx to BYE passed): the writer removes it from the keyspace — or
-    /// any node of the path, if the writer is down (the call outlived it).
-    pub async fn ended(&self, id: &str) {
-        let removed = self
-            .local
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        if let Some(l) = removed {
-            let writer_down = l.record.nodes.first().is_some_and(|p| !self.mesh.is_up(p));
-            if l.writer || writer_down {
-                self.remove(&l.record).await;
+        if due.is_empty() {
+            return;
+        }
+        let me = self.mesh.peer_id();
+        let muts = due.iter().map(|d| self.upsert(d, &me)).collect();
+        if self.write_all(muts).await {
+            let mut local = self.lock();
+            for d in &due {
+                if let Some(l) = local.get_mut(&d.id) {
+                    l.stored = true;
+                    l.written_ms = now;
+                }
             }
         }
     }
 
-    /// Remove a dialog from the keyspace (and from this node's memory).
-    pub async fn remove(&self, d: &Dialog) {
-        self.local
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&d.id);
-        let muts = self.mutations(d, true);
-        self.write_all(muts).await;
+    /// A 2xx to a BYE passed this node as a relay: if it is the end of one of this node's
+    /// dialogs, forget it and delete its stored record.
+    pub fn ended_elsewhere(self: &Arc<Self>, response: &Message) {
+        let tag = |h: HeaderName| {
+            response
+                .header(&h)
+                .and_then(|v| NameAddr::parse(v, "tag").ok())
+                .and_then(|n| n.tag().map(str::to_string))
+        };
+        let (Some(call_id), Some(a), Some(b)) = (
+            response.header(&HeaderName::CallId),
+            tag(HeaderName::From),
+            tag(HeaderName::To),
+        ) else {
+            return;
+        };
+        let id = dialog_id(call_id, &a, &b);
+        if self.lock().contains_key(&id) {
+            let (this, call_id) = (self.clone(), call_id.to_string());
+            tokio::spawn(async move { this.ended(&id, &call_id, &[]).await });
+        }
     }
 
-    /// The dialogs a node was on the path of, read at QUORUM from the keyspace.
+    /// The dialog ended (a 2xx to its BYE passed this node): forget it, and delete its stored
+    /// record if it has one — this node's, or that of a dead node the BYE's route skipped (the
+    /// call outlived the node that stored it).
+    pub async fn ended(&self, id: &str, call_id: &str, dead_on_path: &[PeerId]) {
+        let removed = self.lock().remove(id);
+        let mut muts = Vec::new();
+        if removed.is_some_and(|l| l.stored) {
+            muts.push(self.delete(id, call_id, &self.mesh.peer_id()));
+        }
+        for dead in dead_on_path {
+            muts.push(self.delete(id, call_id, dead));
+        }
+        if !muts.is_empty() {
+            self.write_all(muts).await;
+        }
+    }
+
+    /// Remove a dialog from this node's memory and its record from the keyspace (force-close).
+    pub async fn remove(&self, d: &Dialog) {
+        self.lock().remove(&d.id);
+        if let Some(writer) = d.nodes.first() {
+            let m = self.delete(&d.id, &d.call_id, writer);
+            self.write_all(vec![m]).await;
+        }
+    }
+
+    /// The dialogs a node stored, read at QUORUM from its buckets.
     pub async fn of_node(&self, node: &PeerId) -> crate::error::Result<Vec<Dialog>> {
-        let index = self
-            .mesh
-            .read(
-                DIALOGS_BY_PROXY,
-                node.to_string().as_bytes(),
-                Consistency::Quorum,
-            )
-            .await?;
         let mut out = Vec::new();
-        for row in index.rows {
+        for bucket in 0..DIALOG_BUCKETS {
             let p = self
                 .mesh
-                .read(DIALOGS, &row.clustering, Consistency::Quorum)
+                .read(
+                    DIALOGS_OF_NODE,
+                    &bucket_partition(node, bucket),
+                    Consistency::Quorum,
+                )
                 .await?;
-            if let Some(d) = p
-                .rows
-                .first()
-                .and_then(|r| r.get("dialog"))
-                .and_then(decode)
-            {
-                out.push(d);
-            }
+            out.extend(
+                p.rows
+                    .iter()
+                    .filter_map(|r| r.get("dialog"))
+                    .filter_map(decode),
+            );
         }
         Ok(out)
     }
 
-    /// Dialogs whose partitions this node holds (one part of a mesh-wide listing).
-    pub fn local_records(&self) -> Vec<Vec<u8>> {
+    /// What this node knows of dialogs, for a mesh-wide listing: those in its memory, and
+    /// the stored records its keyspace holds (a scan: for the admin API, not the call path).
+    pub fn local_records(&self) -> Vec<Listed> {
+        let mut out: Vec<Listed> = self
+            .lock()
+            .values()
+            .map(|l| Listed {
+                dialog: l.record.clone(),
+                stored: l.stored,
+            })
+            .collect();
         let ks = self.mesh.keyspace();
-        let mut out = Vec::new();
         if let Ok(parts) = ks.partitions() {
             for (_, table, pk) in parts {
-                if table == DIALOGS {
-                    if let Ok(Some(row)) = ks.read_row(DIALOGS, &pk, b"") {
-                        if let Some(v) = row.get("dialog") {
-                            out.push(v.to_vec());
-                        }
-                    }
+                if table != DIALOGS_OF_NODE {
+                    continue;
+                }
+                if let Ok(p) = ks.read_partition(DIALOGS_OF_NODE, &pk) {
+                    out.extend(
+                        p.rows
+                            .iter()
+                            .filter_map(|r| r.get("dialog"))
+                            .filter_map(decode)
+                            .map(|dialog| Listed {
+                                dialog,
+                                stored: true,
+                            }),
+                    );
                 }
             }
         }

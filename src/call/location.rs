@@ -69,6 +69,24 @@ impl Binding {
     }
 }
 
+/// The live bindings of an AOR as the nearest copy has them: this node's own replica when it
+/// is one (no round trip; a write this replica missed is caught up by hints, read repair and
+/// anti-entropy within seconds), else read at QUORUM. This is the call path's lookup.
+pub async fn lookup_near(mesh: &Mesh, aor: &str) -> Result<Vec<Binding>> {
+    if !mesh.snapshot().is_local_replica(aor.as_bytes()) {
+        return lookup(mesh, aor, Consistency::Quorum).await;
+    }
+    let p = mesh
+        .keyspace()
+        .read_partition(REGISTRATIONS, aor.as_bytes())?;
+    let now = mesh.keyspace().wall_ms();
+    Ok(p.rows
+        .iter()
+        .filter_map(Binding::from_row)
+        .filter(|b| b.expires_at_ms > now)
+        .collect())
+}
+
 /// The live bindings of an AOR (its user part), read at `cl`.
 pub async fn lookup(mesh: &Mesh, aor: &str, cl: Consistency) -> Result<Vec<Binding>> {
     let p = mesh.read(REGISTRATIONS, aor.as_bytes(), cl).await?;

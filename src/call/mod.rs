@@ -1,12 +1,13 @@
 //! What a SIP server does with the requests its transactions hand it.
 //!
 //! - [`auth`]: digest authentication (RFC 7616/8760) with stateless mesh-wide nonces.
+//! - [`secret`]: the mesh-wide key behind nonces and flow tokens.
 //! - [`users`]: the users of the mesh and their HA1 credentials, in the `users` table.
+//! - [`flow_token`]: signed route-set and Via tokens naming a node and a flow (RFC 5626).
 //! - [`location`]: bindings of AORs to contacts and flows, in the `registrations` table.
 //! - [`registrar`]: REGISTER (RFC 3261 §10.3, Path, Outbound).
 //! - [`proxy`]: the stateful proxy (RFC 3261 §16), across the mesh.
 //! - [`dialog`]: the state of established calls.
-//! - [`record_route`]: how a node names itself in a route set.
 //! - [`redirect`]: proxy assignment — the least-loaded nodes for 302 and bootstrap.
 
 use std::sync::Arc;
@@ -19,11 +20,12 @@ use crate::sip::transport::Transport;
 
 pub(crate) mod auth;
 pub(crate) mod dialog;
+pub(crate) mod flow_token;
 pub(crate) mod location;
 pub(crate) mod proxy;
-pub(crate) mod record_route;
 pub(crate) mod redirect;
 pub(crate) mod registrar;
+pub(crate) mod secret;
 pub(crate) mod users;
 
 /// What the registrar and the proxy share: the SIP stack below them, the mesh beside them, and
@@ -41,4 +43,6 @@ pub(crate) struct Context {
     pub auth: Arc<auth::Authenticator>,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// The mesh-wide key of nonces and flow tokens.
+    pub secret: Arc<secret::MeshSecret>,
 }

@@ -16,6 +16,9 @@ use crate::tables::USERS;
 const CACHE_TTL: Duration = Duration::from_secs(2);
 /// Users cached at most.
 const CACHE_MAX: usize = 100_000;
+/// How long a user write waits, past QUORUM, for the other live replicas (whose local reads
+/// authenticate).
+const SETTLE: Duration = Duration::from_millis(200);
 /// Longest user name.
 pub const MAX_USER_LEN: usize = 64;
 
@@ -105,7 +108,9 @@ impl Users {
     /// Add (or replace) a user, at QUORUM.
     pub async fn add(&self, user: &str, password: &str, display_name: Option<&str>) -> Result<()> {
         let m = self.mutation(user, password, display_name)?;
-        self.mesh.write(m, Consistency::Quorum).await?;
+        self.mesh
+            .write_settled(m, Consistency::Quorum, SETTLE)
+            .await?;
         self.forget(user);
         Ok(())
     }
@@ -115,7 +120,9 @@ impl Users {
         let existed = self.get(user).await?.is_some();
         let ts = self.mesh.keyspace().now();
         let m = Mutation::new(USERS, user.as_bytes().to_vec()).delete_row(b"", ts);
-        self.mesh.write(m, Consistency::Quorum).await?;
+        self.mesh
+            .write_settled(m, Consistency::Quorum, SETTLE)
+            .await?;
         self.forget(user);
         Ok(existed)
     }
@@ -133,7 +140,11 @@ impl Users {
             .mesh
             .read(USERS, user.as_bytes(), Consistency::Quorum)
             .await?;
-        Ok(p.rows.first().and_then(|row| {
+        Ok(Self::record(user, &p))
+    }
+
+    fn record(user: &str, p: &sipmesh_storage::Partition) -> Option<UserRecord> {
+        p.rows.first().and_then(|row| {
             Some(UserRecord {
                 user: user.to_string(),
                 realm: text(row.get("realm"))?,
@@ -144,11 +155,24 @@ impl Users {
                     ha1_sha256: text(row.get("ha1_sha256"))?,
                 },
             })
-        }))
+        })
     }
 
-    /// Read a user, reusing a lookup younger than [`CACHE_TTL`].
+    /// Read a user for authentication: from this node's own replica when it is one and has
+    /// the user (no round trip); otherwise at QUORUM, reusing a lookup younger than
+    /// [`CACHE_TTL`]. A user added or changed at QUORUM reaches a replica that missed the
+    /// write within seconds (hints, read repair, anti-entropy); until then the QUORUM path
+    /// answers for users the replica lacks.
     pub async fn get_cached(&self, user: &str) -> Result<Option<UserRecord>> {
+        if self.mesh.snapshot().is_local_replica(user.as_bytes()) {
+            let p = self
+                .mesh
+                .keyspace()
+                .read_partition(USERS, user.as_bytes())?;
+            if let Some(rec) = Self::record(user, &p) {
+                return Ok(Some(rec));
+            }
+        }
         if let Some((rec, at)) = self
             .cache
             .lock()

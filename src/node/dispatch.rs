@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tracing::{debug, Instrument};
 
-use crate::call::proxy::{Inbound, Proxy};
+use crate::call::proxy::{Inbound, Proxy, Relayed};
 use crate::call::registrar::Registrar;
 use crate::metrics::{inc, Metrics};
 use crate::sip::build::{reject, ResponseBuilder};
@@ -96,11 +96,6 @@ impl Dispatcher {
                 return;
             }
         };
-        // A request another node hands over for delivery down one of this node's flows.
-        let (flow, target) = match flow {
-            Flow::Mesh { node, target } => (Flow::to_node(node), target.map(|t| *t)),
-            other => (other, None),
-        };
         let key = ServerKey::of(&msg, &checked.via, &checked.method);
         let rflow = flow.response_flow(&checked.via, self.force_rport);
         let top_via = checked.via.stamped(flow.peer());
@@ -134,17 +129,17 @@ impl Dispatcher {
         }
         let this = self.clone();
         let span = tracing::debug_span!("sip_transaction", method = %req.c.method, call_id = %req.c.call_id);
-        tokio::spawn(async move { this.dispatch(req, target).await }.instrument(span));
+        tokio::spawn(async move { this.dispatch(req).await }.instrument(span));
     }
 
     /// Answer a request, or hand it to the registrar or the proxy.
-    async fn dispatch(&self, req: Inbound, target: Option<Flow>) {
+    async fn dispatch(&self, req: Inbound) {
         let to_node = SipUri::parse(&req.c.uri)
             .map(|u| u.user.is_none())
             .unwrap_or(false)
             && req.msg.count(&HeaderName::Route) == 0;
         match &req.c.method {
-            Method::Register if target.is_none() => {
+            Method::Register => {
                 match self
                     .registrar
                     .handle(&req.msg, &req.c, &req.flow, &req.top_via)
@@ -155,7 +150,7 @@ impl Dispatcher {
                 }
                 return;
             }
-            Method::Options if to_node && target.is_none() => {
+            Method::Options if to_node => {
                 let r = ResponseBuilder::new(&req.msg, 200, "OK")
                     .to_tag(&random_tag())
                     .top_via(req.top_via.clone())
@@ -177,7 +172,7 @@ impl Dispatcher {
         if let Err(fault) = check_forwardable(&req.msg, &req.c) {
             return self.reject(&req, fault);
         }
-        self.proxy.clone().route(req, target).await;
+        self.proxy.clone().route(req).await;
     }
 
     fn reject(&self, req: &Inbound, fault: Fault) {
@@ -191,6 +186,9 @@ impl Dispatcher {
             inc(&self.metrics.sip_dropped);
             return;
         };
+        if self.proxy.relay_up(&msg, &via) != Relayed::NotOurs {
+            return;
+        }
         let branch = via.branch().unwrap_or_default().to_string();
         let code = msg.status().unwrap_or(0);
         if !self

@@ -23,15 +23,16 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::call::auth::Authenticator;
-use crate::call::dialog::Dialogs;
+use crate::call::dialog::{Dialogs, Listed};
 use crate::call::proxy::{Proxy, ProxyConfig};
 use crate::call::registrar::{Registrar, RegistrarConfig};
+use crate::call::secret::MeshSecret;
 use crate::call::users::Users;
 use crate::call::Context;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::node::dispatch::Dispatcher;
-use crate::node::internode::AppMessage;
+use crate::node::internode::{AppMessage, Internode};
 use crate::sip::flow::Flow;
 use crate::sip::transaction::Transactions;
 use crate::sip::transport::{SendError, Transport, TransportLimits};
@@ -69,6 +70,9 @@ pub struct NodeConfig {
     pub dialog_ttl: Duration,
     /// How long the custodian of a dead node waits before force-closing its dialogs.
     pub dialog_grace: Duration,
+    /// How long a call lasts before its dialog is written to the keyspace (shorter calls
+    /// write nothing).
+    pub dialog_write_after: Duration,
 }
 
 impl NodeConfig {
@@ -90,6 +94,7 @@ impl NodeConfig {
             force_rport: false,
             dialog_ttl: crate::call::dialog::DEFAULT_DIALOG_TTL,
             dialog_grace: Duration::from_secs(30),
+            dialog_write_after: crate::call::dialog::DEFAULT_WRITE_AFTER,
         }
     }
 }
@@ -189,11 +194,14 @@ impl Node {
         let (mesh, app_rx) = Mesh::start(mesh_config, keyspace).await?;
         let background = Arc::new(Background::default());
         let users = Arc::new(Users::new(mesh.clone(), &config.realm));
-        let secret = mesh_secret(&mesh, !config.mesh.bootstrap.is_empty()).await;
-        let auth = Arc::new(Authenticator::new(&config.realm, secret));
-        background.spawn("secret refresh", |s| {
-            refresh_secret(mesh.clone(), auth.clone(), s)
-        });
+        let secret = Arc::new(MeshSecret::new(
+            mesh_secret(&mesh, !config.mesh.bootstrap.is_empty()).await,
+        ));
+        let auth = Arc::new(Authenticator::new(&config.realm, secret.clone()));
+        {
+            let (mesh, secret) = (mesh.clone(), secret.clone());
+            background.spawn("secret refresh", |s| refresh_secret(mesh, secret, s));
+        }
         let ctx = Arc::new(Context {
             transactions: Transactions::new(transport.clone()),
             transport: transport.clone(),
@@ -201,13 +209,18 @@ impl Node {
             users: users.clone(),
             auth,
             metrics: metrics.clone(),
+            secret,
         });
         let registrar = Arc::new(Registrar::new(
             ctx.clone(),
             config.registrar.clone(),
             config.capacity as u64,
         ));
-        let dialogs = Arc::new(Dialogs::new(mesh.clone(), config.dialog_ttl));
+        let dialogs = Arc::new(Dialogs::new(
+            mesh.clone(),
+            config.dialog_ttl,
+            config.dialog_write_after,
+        ));
         let proxy = Proxy::new(
             ctx.clone(),
             dialogs,
@@ -216,6 +229,7 @@ impl Node {
             },
         );
         transport.set_mesh_sender(mesh_sender(mesh.clone()));
+        mesh.set_app_handler(internode_handler(&proxy, &transport));
         background.spawn("failover", |s| {
             crate::node::failover::watch(mesh.clone(), proxy.clone(), config.dialog_grace, s)
         });
@@ -236,6 +250,7 @@ impl Node {
             .spawn("internode", |s| serve_internode(node.clone(), app_rx, s));
         node.background
             .spawn("load publisher", |s| publish_load(node.clone(), s));
+        node.background.spawn("sweeper", |s| sweep(node.clone(), s));
         info!(peer_id = %node.mesh.peer_id(), sip = %sip_addr, http = ?node.config.http_listen, "node started");
         Ok(node)
     }
@@ -348,8 +363,8 @@ impl Node {
     }
 
     /// Every dialog of the mesh: the union of what each up member holds.
-    pub(crate) async fn list_dialogs(&self) -> Result<Vec<crate::call::dialog::Dialog>> {
-        let mut raw: Vec<Vec<u8>> = self.proxy.dialogs().local_records();
+    pub(crate) async fn list_dialogs(&self) -> Result<Vec<Listed>> {
+        let mut all: Vec<Listed> = self.proxy.dialogs().local_records();
         for m in self.mesh.members() {
             if m.local || m.state != sipmesh_net::MemberState::Up {
                 continue;
@@ -363,16 +378,13 @@ impl Node {
                 )
                 .await?;
             if let Some(AppMessage::Dialogs(d)) = AppMessage::decode(&answer) {
-                raw.extend(d);
+                all.extend(d);
             }
         }
-        let mut out: Vec<crate::call::dialog::Dialog> = raw
-            .iter()
-            .filter_map(|b| crate::call::dialog::decode(b))
-            .collect();
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        out.dedup_by(|a, b| a.id == b.id);
-        Ok(out)
+        // One entry per dialog; stored if any copy says so.
+        all.sort_by(|a, b| a.dialog.id.cmp(&b.dialog.id).then(b.stored.cmp(&a.stored)));
+        all.dedup_by(|a, b| a.dialog.id == b.dialog.id);
+        Ok(all)
     }
 
     /// The contact URIs bound to an AOR (its user part), read at QUORUM.
@@ -381,25 +393,9 @@ impl Node {
         Ok(bindings.into_iter().map(|b| b.contact).collect())
     }
 
-    /// Bindings this node owns (from its `clients_by_proxy` index).
-    pub(crate) async fn owned_bindings(&self) -> Result<u64> {
-        let p = self
-            .mesh
-            .read(
-                tables::CLIENTS_BY_PROXY,
-                self.mesh.peer_id().to_string().as_bytes(),
-                Consistency::One,
-            )
-            .await?;
-        Ok(p.rows
-            .iter()
-            .map(|r| {
-                r.get("bindings")
-                    .and_then(|b| b.try_into().ok())
-                    .map(u32::from_be_bytes)
-                    .unwrap_or(1) as u64
-            })
-            .sum())
+    /// Bindings this node owns.
+    pub(crate) fn owned_bindings(&self) -> u64 {
+        self.dispatcher.registrar().load()
     }
 }
 
@@ -442,6 +438,21 @@ async fn publish_load(node: Node, mut shutdown: Shutdown) {
     }
 }
 
+/// How often dialogs old enough are written and expired bindings forgotten.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Write dialogs that lasted long enough; forget bindings whose phones stopped refreshing.
+async fn sweep(node: Node, mut shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(SWEEP_EVERY) => {}
+        }
+        node.proxy.dialogs().sweep().await;
+        node.dispatcher.registrar().sweep().await;
+    }
+}
+
 /// Serve what other nodes send: SIP to deliver, listings to answer.
 async fn serve_internode(node: Node, mut rx: mpsc::Receiver<MeshMessage>, mut shutdown: Shutdown) {
     loop {
@@ -453,14 +464,6 @@ async fn serve_internode(node: Node, mut rx: mpsc::Receiver<MeshMessage>, mut sh
             },
         };
         let answer = match AppMessage::decode(&msg.payload) {
-            Some(AppMessage::Sip { bytes, target }) => {
-                let flow = Flow::Mesh {
-                    node: msg.from,
-                    target: target.map(Box::new),
-                };
-                node.transport.deliver_from_mesh(&bytes, flow);
-                continue;
-            }
             Some(AppMessage::ListUsers) => {
                 AppMessage::Users(node.users.local_users().unwrap_or_default())
             }
@@ -478,15 +481,38 @@ async fn serve_internode(node: Node, mut rx: mpsc::Receiver<MeshMessage>, mut sh
     }
 }
 
-/// SIP to other nodes rides the mesh's streams, in order per node.
+/// SIP to other nodes rides the mesh's streams, in order per node: bytes for one of its flows
+/// (it relays them), or a message for it to handle.
 fn mesh_sender(mesh: Mesh) -> crate::sip::transport::MeshSender {
     Box::new(move |node, target, bytes| {
-        let msg = AppMessage::Sip {
-            bytes: bytes.to_vec(),
-            target: target.cloned(),
-        };
-        mesh.try_send_app(*node, msg.encode())
-            .map_err(|_| SendError::Full)
+        let frame = match target {
+            Some(flow) => Internode::Deliver {
+                flow: flow.clone(),
+                bytes: &bytes,
+            },
+            None => Internode::Sip { bytes: &bytes },
+        }
+        .encode();
+        mesh.try_send_app(*node, frame).map_err(|_| SendError::Full)
+    })
+}
+
+/// SIP from other nodes, taken on the task that read it from the stream. Holds the node's
+/// parts weakly: the mesh must not keep a stopped node alive.
+fn internode_handler(proxy: &Arc<Proxy>, transport: &Arc<Transport>) -> sipmesh_net::AppHandler {
+    let (proxy, transport) = (Arc::downgrade(proxy), Arc::downgrade(transport));
+    Box::new(move |from, frame| match Internode::decode(&frame) {
+        Some(Internode::Deliver { flow, bytes }) => {
+            if let Some(p) = proxy.upgrade() {
+                p.relay_down(from, flow, bytes);
+            }
+        }
+        Some(Internode::Sip { bytes }) => {
+            if let Some(t) = transport.upgrade() {
+                t.deliver_from_mesh(bytes, Flow::to_node(from));
+            }
+        }
+        None => warn!(%from, "not a SIP frame of this version; dropped"),
     })
 }
 
@@ -504,14 +530,14 @@ async fn open_keyspace(config: &NodeConfig) -> Result<Keyspace> {
 }
 
 /// Re-read the mesh-wide nonce secret now and then (concurrent first starts converge on one).
-async fn refresh_secret(mesh: Mesh, auth: Arc<Authenticator>, mut shutdown: Shutdown) {
+async fn refresh_secret(mesh: Mesh, secret: Arc<MeshSecret>, mut shutdown: Shutdown) {
     loop {
         tokio::select! {
             _ = shutdown.wait() => return,
             _ = tokio::time::sleep(SECRET_REFRESH) => {}
         }
         if let Ok(Some(s)) = read_secret(&mesh).await {
-            auth.set_secret(s);
+            secret.set(s);
         }
     }
 }

@@ -33,6 +33,8 @@ use crate::node::Node;
 
 /// Largest import body.
 const MAX_IMPORT_BYTES: usize = 32 * 1024 * 1024;
+/// How long an imported user's write waits, past QUORUM, for the other live replicas.
+const IMPORT_SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
 /// Users written concurrently by an import.
 const IMPORT_CONCURRENCY: usize = 64;
 
@@ -111,7 +113,7 @@ async fn status(State(node): State<Node>) -> Response {
         .iter()
         .filter(|m| m.state == sipmesh_net::MemberState::Up)
         .count();
-    let registrations = node.owned_bindings().await.unwrap_or(0);
+    let registrations = node.owned_bindings();
     Json(json!({
         "peer_id": node.mesh.peer_id().to_string(),
         "sip": format!("sip:{}", node.sip_addr()),
@@ -208,7 +210,7 @@ async fn import_users(State(node): State<Node>, body: String) -> Response {
                 match node.users.mutation(&u, &p, None) {
                     Ok(m) => node
                         .mesh
-                        .write(m, Consistency::Quorum)
+                        .write_settled(m, Consistency::Quorum, IMPORT_SETTLE)
                         .await
                         .err()
                         .map(|e| format!("{u}: {e}")),
@@ -272,7 +274,17 @@ async fn bootstrap(State(node): State<Node>) -> Response {
 
 async fn dialogs(State(node): State<Node>) -> Response {
     match node.list_dialogs().await {
-        Ok(d) => Json(json!({ "dialogs": d })).into_response(),
+        Ok(d) => {
+            let list: Vec<serde_json::Value> = d
+                .into_iter()
+                .map(|l| {
+                    let mut v = serde_json::to_value(&l.dialog).unwrap_or_default();
+                    v["stored"] = l.stored.into();
+                    v
+                })
+                .collect();
+            Json(json!({ "dialogs": list })).into_response()
+        }
         Err(e) => internal(e),
     }
 }

@@ -5,42 +5,46 @@
 use std::sync::Arc;
 
 use super::targets::{Dest, Target};
-use super::{name_addr_uri, Inbound, Plan, Proxy, BRANCH_TAG};
+use super::{name_addr_uri, Hop, Inbound, Plan, Proxy, BRANCH_TAG};
 use crate::call::auth::{authenticate, Challenger};
 use crate::call::dialog;
+use crate::call::flow_token::FlowRef;
 use crate::sip::flow::Flow;
 use crate::sip::header::Via;
 use crate::sip::message::{HeaderName, Method};
 use crate::sip::uri::SipUri;
 use crate::sip::Fault;
+use sipmesh_net::PeerId;
+
+/// Where Route processing leaves a request.
+pub(super) struct Routed {
+    /// Route values to remove: ours, dead nodes', and a relaying node's.
+    pub pop: usize,
+    /// The next hop the route set names, if any.
+    pub next: Option<Target>,
+    /// Members down or gone whose entries were removed.
+    pub dead: Vec<PeerId>,
+}
 
 impl Proxy {
     /// Route a request that is not for this node's registrar: answer it or forward it.
-    /// `target` is set when another node asks this one to deliver down one of its flows.
-    pub async fn route(self: Arc<Self>, req: Inbound, target: Option<Flow>) {
-        if let Some(t) = target {
-            return self.deliver(req, t).await;
-        }
+    pub async fn route(self: Arc<Self>, req: Inbound) {
         // Loop detection (§16.3 step 4).
         if self.looped(&req) {
             return self.reject(&req, Fault::new(482, "Loop Detected"));
         }
-        // Route processing (§16.4): remove our own Route (and dead nodes' ones).
-        let routes = req.msg.values(&HeaderName::Route);
-        let pop = self.routes_to_pop(&routes);
-        let next_route = routes.get(pop).and_then(|r| name_addr_uri(r));
+        let routed = self.process_routes(&req.msg.values(&HeaderName::Route));
         let in_dialog = req.c.to.tag().is_some();
         let single = |u: String| vec![Target::to(Dest::Uri(u))];
-        let targets = if let Some(next) = next_route {
-            single(next)
+        let targets = if let Some(next) = routed.next {
+            vec![next]
         } else if in_dialog {
             if self.is_own_uri(&req.c.uri) {
                 return self.reject(&req, Fault::new(404, "Not Found"));
             }
             single(req.c.uri.clone())
         } else if req.flow.mesh_node().is_some() {
-            // An initial request from another node, which already found the binding (this
-            // node owns it): the Request-URI is the contact.
+            // An initial request another node passed on: the Request-URI is the contact.
             single(req.c.uri.clone())
         } else {
             match self.initial_targets(&req).await {
@@ -49,31 +53,14 @@ impl Proxy {
             }
         };
         if in_dialog {
-            self.dialogs.touch(&dialog::id_of(&req.c)).await;
+            self.dialogs.touch(&dialog::id_of(&req.c));
         }
         let plan = Plan {
             record_route: !in_dialog && Self::records_route(&req.c.method),
-            pop,
+            pop: routed.pop,
+            dead_on_path: routed.dead,
         };
         self.forward(req, targets, plan).await;
-    }
-
-    /// The previous node found the binding; this node owns its flow. If that flow is gone, an
-    /// Outbound binding (`;ob` contact) fails with 430 (RFC 5626 §5.3), another is reached at
-    /// its contact URI.
-    async fn deliver(self: Arc<Self>, req: Inbound, flow: Flow) {
-        let dest = if self.ctx.transport.is_alive(&flow) {
-            Dest::Flow(flow)
-        } else if SipUri::parse(&req.c.uri).is_ok_and(|u| u.param("ob").is_some()) {
-            return self.reject(&req, Fault::new(430, "Flow Failed"));
-        } else {
-            Dest::Uri(req.c.uri.clone())
-        };
-        let plan = Plan {
-            record_route: Self::records_route(&req.c.method),
-            pop: 0,
-        };
-        self.forward(req, vec![Target::to(dest)], plan).await;
     }
 
     /// Whether a Via of ours with this request's loop hash is already on it (§16.3 step 4).
@@ -89,17 +76,69 @@ impl Proxy {
         })
     }
 
-    /// How many leading Route values to pop: ours, and those naming mesh nodes that are down
-    /// (a dead node's hop is skipped: the request goes on to the next hop of the route set or
-    /// to the Request-URI, the remote party's target — that is how a call outlives a node).
-    pub(super) fn routes_to_pop(&self, routes: &[&str]) -> usize {
-        routes
-            .iter()
-            .take_while(|r| {
-                name_addr_uri(r)
-                    .is_some_and(|uri| self.is_own_uri(&uri) || self.names_dead_node(&uri))
-            })
-            .count()
+    /// Route processing (§16.4, RFC 5658): remove this node's entries and those of members
+    /// that are down or gone (a dead node's hop is skipped: the request goes on to the next hop
+    /// or to the Request-URI, the remote party's target — that is how a call outlives a node).
+    /// The next hop is then another member's entry (that member relays the request down the
+    /// entry's flow, so its entry is removed too), a foreign URI, or — when the route set ends
+    /// with an entry of ours — the flow that entry names, if it is still open.
+    pub(super) fn process_routes(&self, routes: &[&str]) -> Routed {
+        let mut pop = 0;
+        let mut last_ours: Option<FlowRef> = None;
+        let mut dead = Vec::new();
+        for r in routes {
+            let Some(uri) = name_addr_uri(r) else { break };
+            let hop = self.hop(&uri);
+            match hop {
+                Hop::Ours(flow) => last_ours = Some(flow),
+                Hop::Node {
+                    peer, up: false, ..
+                } => {
+                    dead.push(peer);
+                    last_ours = None;
+                }
+                Hop::Gone => last_ours = None,
+                Hop::Node {
+                    peer,
+                    up: true,
+                    flow,
+                } => {
+                    let next = match flow.flow() {
+                        Some(f) => Target::to(Dest::Flow(Flow::Mesh {
+                            node: peer,
+                            target: Some(Box::new(f)),
+                        })),
+                        // An entry without a flow: the member routes the request itself.
+                        None => Target::to(Dest::Flow(Flow::to_node(peer))),
+                    };
+                    let relayed = matches!(
+                        next.dest,
+                        Dest::Flow(Flow::Mesh {
+                            target: Some(_),
+                            ..
+                        })
+                    );
+                    return Routed {
+                        pop: pop + usize::from(relayed),
+                        next: Some(next),
+                        dead,
+                    };
+                }
+                Hop::Foreign(uri) => {
+                    return Routed {
+                        pop,
+                        next: Some(Target::to(Dest::Uri(uri))),
+                        dead,
+                    }
+                }
+            }
+            pop += 1;
+        }
+        let next = last_ours
+            .and_then(|f| f.flow())
+            .filter(|f| self.ctx.transport.is_alive(f))
+            .map(|f| Target::to(Dest::Flow(f)));
+        Routed { pop, next, dead }
     }
 
     /// The targets of an initial request from a phone: INVITEs are authenticated first (407),

@@ -29,7 +29,7 @@ use sipmesh_net::PeerId;
 use tracing::debug;
 
 use super::targets::{Dest, Target};
-use super::{Inbound, Plan, Proxy};
+use super::{Hop, Inbound, Plan, Proxy};
 use crate::call::dialog::{self, Dialog};
 use crate::sip::build::{Edit, ResponseBuilder};
 use crate::sip::flow::Flow;
@@ -286,7 +286,7 @@ impl Fork {
             .ok_or_else(|| Fault::new(500, "Forwarding failed"))?;
         let id = proxy.new_branch(&self.hash);
         let request = proxy
-            .forwarded(&self.req, t, &flow, &id, self.plan)
+            .forwarded(&self.req, t, &flow, &id, &self.plan)
             .ok_or_else(|| Fault::new(500, "Forwarding failed"))?;
         debug!(?flow, method = %self.req.c.method, "forwarding");
         let user = Arc::new(BranchUser { fork: me, index: i });
@@ -425,17 +425,25 @@ impl Fork {
             Method::Invite => {
                 let now = proxy.ctx.mesh.keyspace().wall_ms();
                 let request = &self.branches[i].request;
-                if let Some(d) = Dialog::from_answer(request, response, &self.req.flow, now) {
+                let node_of = |uri: &str| match proxy.hop(uri) {
+                    Hop::Ours(_) => Some(proxy.node),
+                    Hop::Node { peer, .. } => Some(peer),
+                    _ => None,
+                };
+                if let Some(d) =
+                    Dialog::from_answer(request, response, &self.req.flow, now, node_of)
+                {
                     // The node facing the caller writes the dialog; the others remember it.
                     let writer = self.req.flow.mesh_node().is_none();
-                    let dialogs = proxy.dialogs.clone();
-                    tokio::spawn(async move { dialogs.established(d, writer).await });
+                    proxy.dialogs.established(d, writer);
                 }
             }
             Method::Bye => {
                 let dialogs = proxy.dialogs.clone();
                 let id = dialog::id_of(&self.req.c);
-                tokio::spawn(async move { dialogs.ended(&id).await });
+                let call_id = self.req.c.call_id.clone();
+                let dead = self.plan.dead_on_path.clone();
+                tokio::spawn(async move { dialogs.ended(&id, &call_id, &dead).await });
             }
             _ => {}
         }

@@ -8,15 +8,23 @@
 //! - [`fork`] — §16.6–16.7 and §16.10: one [`fork::Fork`] per forwarded request, a branch per
 //!   target with Outbound standby flows, best-response selection, CANCEL.
 //! - [`stateless`] — ACKs for 2xx and 2xx retransmissions, which have no transaction.
+//! - [`relay`] — what a node does for another node's transaction on one of its own flows.
 //!
-//! A request for a callee registered at another node travels over the mesh to that node
-//! ([`Flow::Mesh`] with the binding's flow as `target`), which forwards it down the callee's
-//! flow as a second proxy hop; responses come back the same way, hop by hop.
+//! The node a request enters the mesh at is its only stateful proxy. When the next hop is a
+//! flow owned by another node (a callee registered there, or a route-set entry naming it), this
+//! node writes the request as the phone must see it — with a Via of the owner's address on top
+//! whose signed token says where responses go back, and the owner's Record-Route entry — and
+//! the owner only sends the bytes down its flow ([`Flow::Mesh`] with `target`). Responses come
+//! to the owner, which strips its Via and hands them up. So a call across the mesh costs the
+//! owner a relay per message, not a second proxy.
 
 mod entry;
 mod fork;
+mod relay;
 mod stateless;
 mod targets;
+
+pub(crate) use relay::Relayed;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,6 +35,7 @@ use sipmesh_net::PeerId;
 use tracing::debug;
 
 use crate::call::dialog::Dialogs;
+use crate::call::flow_token::{FlowRef, NodeId, Token};
 use crate::call::Context;
 use crate::sip::build::Edit;
 use crate::sip::flow::Flow;
@@ -38,9 +47,12 @@ use crate::sip::uri::SipUri;
 use crate::sip::validate::Checked;
 use crate::sip::Fault;
 
-pub(crate) use crate::call::record_route::NODE_PARAM;
+/// The URI parameter of this mesh's route-set entries: a signed flow token.
+pub const NODE_PARAM: &str = "sm";
 /// Branch prefix of this proxy's Vias (after the magic cookie): `sm<loop hash>.<n>`.
 const BRANCH_TAG: &str = "z9hG4bKsm";
+/// Branch prefix of the Via a node adds for another node that relays (`smr<token>.<suffix>`).
+pub(crate) const RELAY_TAG: &str = "z9hG4bKsmr";
 
 /// Proxy settings.
 #[derive(Debug, Clone)]
@@ -65,11 +77,34 @@ pub(crate) struct Inbound {
 }
 
 /// How a request is forwarded: whether this proxy records its route, and how many leading
-/// Route values it pops (its own, and dead nodes').
-#[derive(Debug, Clone, Copy)]
+/// Route values it removes (its own, dead nodes', and the entry of a node that relays it).
+#[derive(Debug, Clone, Default)]
 struct Plan {
     record_route: bool,
     pop: usize,
+    /// Members down or gone whose route-set entries were skipped (a BYE that completes
+    /// deletes the dialog they stored).
+    dead_on_path: Vec<PeerId>,
+}
+
+/// What a route-set entry (a Route value's URI) is to this node.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Hop {
+    /// One of this node's entries, with the flow it leads out on.
+    Ours(FlowRef),
+    /// Another member's entry: the member, whether it is up, and its flow.
+    Node {
+        /// The member.
+        peer: PeerId,
+        /// Whether it is up.
+        up: bool,
+        /// Its flow on the far side.
+        flow: FlowRef,
+    },
+    /// An entry of this mesh naming a node that is no longer a member.
+    Gone,
+    /// Anything else: a URI to resolve.
+    Foreign(String),
 }
 
 /// The stateful proxy of a node.
@@ -79,10 +114,12 @@ pub struct Proxy {
     config: ProxyConfig,
     /// This node.
     node: PeerId,
-    /// This node's PeerId in base58, as written in its Record-Route (encoded once).
-    node_param: String,
+    /// This node as flow tokens name it.
+    node_id: NodeId,
     /// The SIP address of this node.
     addr: SocketAddr,
+    /// Other members' SIP addresses (`host:port`), as their tags publish them.
+    addrs: Mutex<HashMap<PeerId, String>>,
     /// Requests being forwarded, by server transaction (for CANCEL and members going down).
     forks: Mutex<HashMap<ServerKey, Arc<Mutex<fork::Fork>>>>,
     /// Numbers this proxy's branches.
@@ -113,7 +150,8 @@ impl Proxy {
         let node = ctx.mesh.peer_id();
         Arc::new(Proxy {
             node,
-            node_param: node.to_string(),
+            node_id: NodeId::of(&node),
+            addrs: Mutex::new(HashMap::new()),
             ctx,
             dialogs,
             config,
@@ -135,45 +173,80 @@ impl Proxy {
             .reject(&req.key, &req.msg, &req.top_via, &fault);
     }
 
+    /// What a route-set URI is to this node (tokens are checked against the mesh secret).
+    fn hop(&self, uri: &str) -> Hop {
+        let Ok(u) = SipUri::parse(uri) else {
+            return Hop::Foreign(uri.to_string());
+        };
+        if let Some(Some(text)) = u.param(NODE_PARAM) {
+            if let Some(Token::Route { node, flow }) = Token::decode(text, &self.ctx.secret, b"") {
+                if node == self.node_id {
+                    return Hop::Ours(flow);
+                }
+                return match self.ctx.mesh.snapshot().member_by_prefix(&node.0) {
+                    Some((peer, up)) => Hop::Node { peer, up, flow },
+                    None => Hop::Gone,
+                };
+            }
+        }
+        if self.is_own_address(&u) {
+            Hop::Ours(FlowRef::None)
+        } else {
+            Hop::Foreign(uri.to_string())
+        }
+    }
+
+    /// Whether a URI without a user part names this node's SIP address.
+    fn is_own_address(&self, u: &SipUri) -> bool {
+        u.user.is_none()
+            && u.port.unwrap_or(5060) == self.addr.port()
+            && u.host == self.addr.ip().to_string()
+    }
+
     /// Whether a URI (Route or Request-URI) designates this node.
     fn is_own_uri(&self, uri: &str) -> bool {
-        match SipUri::parse(uri) {
-            Ok(u) => match u.param(NODE_PARAM) {
-                Some(Some(node)) => node == self.node_param,
-                _ => {
-                    u.user.is_none()
-                        && u.port.unwrap_or(5060) == self.addr.port()
-                        && u.host == self.addr.ip().to_string()
-                }
-            },
-            Err(_) => false,
-        }
+        matches!(self.hop(uri), Hop::Ours(_))
     }
 
-    /// Whether a URI is the Record-Route of a mesh node that is not up.
-    fn names_dead_node(&self, uri: &str) -> bool {
-        let Ok(u) = SipUri::parse(uri) else {
-            return false;
-        };
-        let Some(Some(node)) = u.param(NODE_PARAM) else {
-            return false;
-        };
-        match node.parse::<PeerId>() {
-            Ok(peer) => peer != self.node && !self.ctx.mesh.is_up(&peer),
-            Err(_) => false,
+    /// The SIP address (`host:port`) a member publishes.
+    fn address_of(&self, peer: &PeerId) -> Option<String> {
+        if let Some(a) = self
+            .addrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+        {
+            return Some(a.clone());
         }
+        let sip = self.ctx.mesh.tag(peer, "sip")?;
+        let addr = sip.trim_start_matches("sip:").to_string();
+        self.addrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(*peer, addr.clone());
+        Some(addr)
     }
 
-    /// This node's Record-Route value for a request that came on `upstream`.
-    fn record_route(&self, upstream: &Flow) -> String {
-        let transport = if matches!(upstream, Flow::Tcp { .. }) {
-            ";transport=tcp"
-        } else {
-            ""
-        };
-        format!(
-            "<sip:{};lr;{NODE_PARAM}={}{transport}>",
-            self.addr, self.node_param
+    /// A route-set entry naming `node` (at `addr`) and its flow on the far side, reached over
+    /// `transport`.
+    fn route_entry(&self, node: &PeerId, addr: &str, flow: &FlowRef, tcp: bool) -> String {
+        let token = Token::Route {
+            node: NodeId::of(node),
+            flow: flow.clone(),
+        }
+        .encode(&self.ctx.secret, b"");
+        let transport = if tcp { ";transport=tcp" } else { "" };
+        format!("<sip:{addr};lr;{NODE_PARAM}={token}{transport}>")
+    }
+
+    /// This node's entry for a flow of its own.
+    fn own_entry(&self, flow: &Flow) -> String {
+        let addr = self.addr.to_string();
+        self.route_entry(
+            &self.node,
+            &addr,
+            &FlowRef::of(flow),
+            matches!(flow, Flow::Tcp { .. }),
         )
     }
 
@@ -203,28 +276,60 @@ impl Proxy {
     }
 
     /// The forwarded copy of a request toward one target (§16.6): new Request-URI if the
-    /// target has one, our Via, our Record-Route if asked, the target's Path as Route, the
-    /// popped Route values gone, Max-Forwards decremented. Every other byte is the original's.
+    /// target has one, our Via, our Record-Route entries if asked, the target's Path as Route,
+    /// the removed Route values gone, Max-Forwards decremented. When the next hop is a flow of
+    /// another node, also that node's Via on top (a relay token saying responses come back
+    /// here) and its Record-Route entry. Every other byte is the original's.
     fn forwarded(
         &self,
         req: &Inbound,
         t: &targets::Target,
         next_hop: &Flow,
         branch: &str,
-        plan: Plan,
+        plan: &Plan,
     ) -> Option<Message> {
         let (msg, c) = (&req.msg, &req.c);
         let mut e = Edit::new(msg);
         if let Some(uri) = &t.uri {
             e = e.start_line(format!("{} {uri} SIP/2.0", c.method));
         }
-        let mut top = vec![format!(
+        let mut top = Vec::with_capacity(5);
+        // The flow on the callee's side, and the node that owns it.
+        let relay = match next_hop {
+            Flow::Mesh {
+                node,
+                target: Some(flow),
+            } => Some((*node, self.address_of(node)?, flow.as_ref())),
+            _ => None,
+        };
+        if let Some((_, addr, flow)) = &relay {
+            let suffix = &branch[BRANCH_TAG.len()..];
+            let token =
+                Token::Up { node: self.node_id }.encode(&self.ctx.secret, suffix.as_bytes());
+            top.push(format!(
+                "Via: SIP/2.0/{} {addr};branch={RELAY_TAG}{token}.{suffix}",
+                flow.transport()
+            ));
+        }
+        top.push(format!(
             "Via: SIP/2.0/{} {};branch={branch}",
             next_hop.transport(),
             self.addr
-        )];
+        ));
         if plan.record_route {
-            top.push(format!("Record-Route: {}", self.record_route(&req.flow)));
+            // RFC 5658: one entry per flow, the callee's side first (the callee's route set
+            // is the Record-Route as it arrives; the caller's is the reverse).
+            match (&relay, next_hop) {
+                (Some((node, addr, flow)), _) => top.push(format!(
+                    "Record-Route: {}",
+                    self.route_entry(node, addr, &FlowRef::of(flow), flow.is_reliable())
+                )),
+                (None, Flow::Udp(_) | Flow::Tcp { .. }) => {
+                    top.push(format!("Record-Route: {}", self.own_entry(next_hop)))
+                }
+                (None, _) => {}
+            }
+            top.push(format!("Record-Route: {}", self.own_entry(&req.flow)));
         }
         for r in &t.routes {
             top.push(format!("Route: {r}"));

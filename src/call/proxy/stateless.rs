@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::targets::{Dest, Target};
-use super::{fnv, name_addr_uri, Inbound, Plan, Proxy};
+use super::{fnv, Inbound, Plan, Proxy};
 use crate::metrics::inc;
 use crate::sip::build::Edit;
 use crate::sip::flow::Flow;
@@ -20,18 +20,24 @@ impl Proxy {
         if c.max_forwards == Some(0) {
             return;
         }
-        let routes = req.msg.values(&HeaderName::Route);
-        let pop = self.routes_to_pop(&routes);
-        let next = routes
-            .get(pop)
-            .and_then(|r| name_addr_uri(r))
-            .unwrap_or_else(|| c.uri.clone());
-        if self.is_own_uri(&next) {
-            return;
-        }
-        let Ok(flow) = self.resolve(&next).await else {
-            inc(&self.ctx.metrics.sip_dropped);
-            return;
+        let routed = self.process_routes(&req.msg.values(&HeaderName::Route));
+        let flow = match routed.next.map(|t| t.dest) {
+            Some(Dest::Flow(f)) => f,
+            Some(Dest::Uri(u)) => match self.resolve(&u).await {
+                Ok(f) => f,
+                Err(_) => {
+                    inc(&self.ctx.metrics.sip_dropped);
+                    return;
+                }
+            },
+            None if self.is_own_uri(&c.uri) => return,
+            None => match self.resolve(&c.uri).await {
+                Ok(f) => f,
+                Err(_) => {
+                    inc(&self.ctx.metrics.sip_dropped);
+                    return;
+                }
+            },
         };
         if flow.peer() == self.addr {
             // An ACK whose transaction is gone (or never matched) addressed to this node:
@@ -46,10 +52,10 @@ impl Proxy {
         );
         let t = Target::to(Dest::Flow(flow.clone()));
         let plan = Plan {
-            record_route: false,
-            pop,
+            pop: routed.pop,
+            ..Plan::default()
         };
-        if let Some(out) = self.forwarded(&req, &t, &flow, &branch, plan) {
+        if let Some(out) = self.forwarded(&req, &t, &flow, &branch, &plan) {
             let _ = self.ctx.transport.send(&flow, out.raw.clone());
         }
     }

@@ -4,9 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sipmesh_net::{Consistency, PeerId};
-
-use super::{Proxy, NODE_PARAM};
+use super::{Hop, Proxy, NODE_PARAM};
 use crate::call::location::{self, Binding};
 use crate::sip::flow::Flow;
 use crate::sip::uri::SipUri;
@@ -47,15 +45,46 @@ impl Target {
     }
 }
 
+/// The address of a UDP contact given as an IP address (`None` for another transport or a
+/// host name).
+fn contact_addr(contact: &str) -> Option<SocketAddr> {
+    let u = SipUri::parse(contact).ok()?;
+    if u.secure
+        || u.param("transport")
+            .flatten()
+            .is_some_and(|t| !t.eq_ignore_ascii_case("udp"))
+    {
+        return None;
+    }
+    let ip: std::net::IpAddr = u.host.parse().ok()?;
+    Some(SocketAddr::new(ip, u.port.unwrap_or(5060)))
+}
+
 impl Proxy {
     /// Where a URI leads: another mesh node (its Record-Route), or an address.
     pub(crate) async fn resolve(&self, uri: &str) -> Result<Flow, Fault> {
         let u = SipUri::parse(uri).map_err(|_| Fault::new(416, "Unsupported URI Scheme"))?;
-        if let Some(Some(node)) = u.param(NODE_PARAM) {
-            if node != self.node_param {
-                if let Ok(peer) = node.parse::<PeerId>() {
-                    return Ok(Flow::to_node(peer));
+        if u.param(NODE_PARAM).is_some() {
+            match self.hop(uri) {
+                Hop::Node {
+                    peer,
+                    up: true,
+                    flow,
+                } => {
+                    return Ok(match flow.flow() {
+                        Some(f) => Flow::Mesh {
+                            node: peer,
+                            target: Some(Box::new(f)),
+                        },
+                        None => Flow::to_node(peer),
+                    })
                 }
+                Hop::Ours(flow) => {
+                    if let Some(f) = flow.flow().filter(|f| self.ctx.transport.is_alive(f)) {
+                        return Ok(f);
+                    }
+                }
+                _ => {}
             }
         }
         let port = u.port.unwrap_or(if u.secure { 5061 } else { 5060 });
@@ -92,7 +121,7 @@ impl Proxy {
 
     /// The targets of an initial request: the callee's bindings, each through its owner node.
     pub(super) async fn locate(&self, user: &str) -> Result<Vec<Target>, Fault> {
-        let bindings = location::lookup(&self.ctx.mesh, user, Consistency::Quorum)
+        let bindings = location::lookup_near(&self.ctx.mesh, user)
             .await
             .map_err(|_| Fault::new(500, "Location service unavailable"))?;
         if bindings.is_empty() {
@@ -148,9 +177,17 @@ impl Proxy {
             if !self.ctx.mesh.is_up(&b.owner) {
                 return None; // its owner is down: its flows died with it
             }
+            // The owner relays the request down the binding's flow, or to the contact's
+            // address over UDP (what it would resolve the contact to); a contact naming a host
+            // is routed by the owner itself.
+            let target = if use_flow {
+                Some(b.flow.clone())
+            } else {
+                contact_addr(&b.contact).map(Flow::Udp)
+            };
             Dest::Flow(Flow::Mesh {
                 node: b.owner,
-                target: use_flow.then(|| Box::new(b.flow.clone())),
+                target: target.map(Box::new),
             })
         };
         Some(Target {

@@ -5,15 +5,17 @@
 //! 1. The To URI must be a SIP/SIPS URI with a user part: that user is the AOR.
 //! 2. Require options must be supported (`path`, `outbound`), else 420.
 //! 3. Digest authentication against the user's stored HA1 (401, or 403 after repeated failures).
-//! 4. Read the AOR's bindings at QUORUM; apply each Contact (Call-ID/CSeq ordering, expiry
-//!    bounds: 423 below the minimum, clamped to the maximum), or `*` with Expires 0.
-//! 5. Write the changed bindings in one mutation at QUORUM (TTL = expiry), then index the AOR
-//!    under this node in `clients_by_proxy`.
+//! 4. Read the AOR's bindings (from this node's replica when it is one, else at QUORUM); apply
+//!    each Contact (Call-ID/CSeq ordering, expiry bounds: 423 below the minimum, clamped to the
+//!    maximum), or `*` with Expires 0.
+//! 5. Write the changed bindings in one mutation at QUORUM, each row with a lease of twice its
+//!    interval; a refresh the lease already covers writes nothing (see [`owned`]).
 //! 6. Answer 200 listing every current binding with its expiry.
 
-use std::collections::HashMap;
+mod owned;
+
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use sipmesh_net::Consistency;
 use sipmesh_storage::Mutation;
@@ -30,7 +32,9 @@ use crate::sip::message::{HeaderName, Message};
 use crate::sip::uri::SipUri;
 use crate::sip::validate::Checked;
 use crate::sip::{random_tag, Fault};
-use crate::tables::{CLIENTS_BY_PROXY, REGISTRATIONS};
+use crate::tables::REGISTRATIONS;
+
+use owned::{Owned, Refresh, LEASE_FACTOR};
 
 /// Registration intervals, in seconds.
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
@@ -60,18 +64,13 @@ pub const SUPPORTED: &[&str] = &["path", "outbound"];
 pub struct Registrar {
     ctx: Arc<Context>,
     config: RegistrarConfig,
-    /// Bindings this node owns, by AOR: (how many, latest expiry ms). Its sum is the load.
-    owned: Mutex<HashMap<String, (u32, u64)>>,
-    /// Outbound flows of owned bindings: flow → (AOR, binding key), to drop them when it dies.
-    flows: Mutex<HashMap<Flow, Vec<FlowBinding>>>,
+    /// The bindings this node owns (it is their authority).
+    owned: Owned,
     /// Bindings this node takes; at or above it, new clients get 302.
     capacity: u64,
     /// Set while leaving gracefully: REGISTER gets 503 + Retry-After.
     draining: AtomicBool,
 }
-
-/// An Outbound binding on a flow: (AOR, binding row key).
-type FlowBinding = (String, Vec<u8>);
 
 /// Keepalive interval suggested to Outbound clients (RFC 5626 Flow-Timer), in seconds.
 pub const FLOW_TIMER_SECS: u32 = 120;
@@ -82,6 +81,23 @@ enum Request {
     RemoveAll,
     /// Each contact with the expiry it asked for (clamped to the maximum; 0 removes).
     Contacts(Vec<(NameAddr, u32)>),
+}
+
+/// How long a binding write waits, past QUORUM, for the other live replicas.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// What a REGISTER changes.
+struct Change {
+    /// The rows to write and delete (empty for a refresh the leases cover).
+    mutation: Mutation,
+    /// The AOR's bindings after it.
+    current: Vec<Binding>,
+    /// This node's bindings written, as stored, with the phone's own expiry.
+    written: Vec<(Binding, u64)>,
+    /// Row keys deleted.
+    deleted: Vec<Vec<u8>>,
+    /// Whether a binding uses Outbound.
+    outbound_used: bool,
 }
 
 /// A 500 telling the client to retry.
@@ -95,19 +111,41 @@ impl Registrar {
         Registrar {
             ctx,
             config,
-            owned: Mutex::new(HashMap::new()),
-            flows: Mutex::new(HashMap::new()),
+            owned: Owned::default(),
             capacity,
             draining: AtomicBool::new(false),
         }
     }
 
-    /// Bindings this node owns (unexpired).
+    /// Bindings this node owns.
     pub fn load(&self) -> u64 {
+        self.owned.count()
+    }
+
+    /// Forget the bindings whose phones' registrations ran out, and delete the rows whose
+    /// lease outlives them. Returns how many were forgotten.
+    pub async fn sweep(&self) -> usize {
         let now = self.ctx.mesh.keyspace().wall_ms();
-        let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
-        owned.retain(|_, (_, exp)| *exp > now);
-        owned.values().map(|(n, _)| *n as u64).sum()
+        let gone = self.owned.expired(now);
+        for (aor, key, outlived) in &gone {
+            if *outlived {
+                self.delete(aor, key).await;
+            }
+        }
+        gone.len()
+    }
+
+    /// Delete a binding row at QUORUM (hinted where a replica misses it).
+    async fn delete(&self, aor: &str, key: &[u8]) -> bool {
+        let m = Mutation::new(REGISTRATIONS, aor.as_bytes().to_vec())
+            .delete_row(key, self.ctx.mesh.keyspace().now());
+        match self.ctx.mesh.write(m, Consistency::Quorum).await {
+            Ok(()) => true,
+            Err(e) => {
+                debug!(error = %e, aor, "could not delete a binding");
+                false
+            }
+        }
     }
 
     /// Stop accepting registrations (graceful leave).
@@ -118,20 +156,9 @@ impl Registrar {
     /// A flow died: drop the Outbound bindings registered on it (their phones must re-register
     /// through another flow). Returns how many were removed.
     pub async fn flow_closed(&self, flow: &Flow) -> usize {
-        let gone = self
-            .flows
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(flow)
-            .unwrap_or_default();
         let mut n = 0;
-        for (aor, key) in gone {
-            let m = Mutation::new(REGISTRATIONS, aor.as_bytes().to_vec())
-                .delete_row(&key, self.ctx.mesh.keyspace().now());
-            match self.ctx.mesh.write(m, Consistency::Quorum).await {
-                Ok(()) => n += 1,
-                Err(e) => debug!(error = %e, aor, "could not drop a dead flow's binding"),
-            }
+        for (aor, key) in self.owned.take_flow(flow) {
+            n += usize::from(self.delete(&aor, &key).await);
         }
         n
     }
@@ -152,7 +179,7 @@ impl Registrar {
         if self.draining.load(Ordering::SeqCst) {
             return Err(Fault::new(503, "Service Unavailable").with("Retry-After", "5"));
         }
-        let existing = crate::call::location::lookup(&self.ctx.mesh, &aor, Consistency::Quorum)
+        let existing = crate::call::location::lookup_near(&self.ctx.mesh, &aor)
             .await
             .map_err(|e| {
                 inc(&self.ctx.metrics.registrar_errors);
@@ -170,12 +197,30 @@ impl Registrar {
                 return Err(redirect);
             }
         }
-        let (m, current, outbound_used) = self.apply(req, c, flow, &aor, request, &existing);
-        if !m.is_empty() {
-            self.write(m, &aor, &current).await?;
+        let change = self.apply(req, c, flow, &aor, request, &existing);
+        if !change.mutation.is_empty() {
+            let mesh = &self.ctx.mesh;
+            // Acknowledged at QUORUM; settled on every live replica when they are quick, so
+            // a call routed from any of them right after finds the binding.
+            if let Err(e) = mesh
+                .write_settled(change.mutation, Consistency::Quorum, SETTLE)
+                .await
+            {
+                inc(&self.ctx.metrics.registrar_errors);
+                warn!(error = %e, aor, "binding write failed");
+                return Err(unavailable());
+            }
+            for (b, expires_at_ms) in change.written {
+                self.owned.written(&aor, b, expires_at_ms);
+            }
+            for key in &change.deleted {
+                self.owned.removed(&aor, key);
+            }
+        } else {
+            inc(&self.ctx.metrics.registrar_refreshes_unwritten);
         }
         inc(&self.ctx.metrics.registrar_ok);
-        Ok(self.answer(req, top_via, &current, outbound_used))
+        Ok(self.answer(req, top_via, &aor, &change.current, change.outbound_used))
     }
 
     /// The Contacts of the request, checked (before the keyspace is touched).
@@ -224,8 +269,8 @@ impl Registrar {
         Some(f)
     }
 
-    /// The mutation a REGISTER makes to the AOR's bindings, the bindings after it, and
-    /// whether Outbound is in use (RFC 3261 §10.3 steps 6–8, RFC 5626 §6).
+    /// What a REGISTER changes in the AOR's bindings (RFC 3261 §10.3 steps 6–8, RFC 5626 §6):
+    /// the mutation, the bindings after it, and what this node's memory of its own must learn.
     fn apply(
         &self,
         req: &Message,
@@ -234,21 +279,27 @@ impl Registrar {
         aor: &str,
         request: Request,
         existing: &[Binding],
-    ) -> (Mutation, Vec<Binding>, bool) {
+    ) -> Change {
         let ks = self.ctx.mesh.keyspace();
         let now = ks.wall_ms();
         let ts = ks.now();
-        let mut m = Mutation::new(REGISTRATIONS, aor.as_bytes().to_vec());
-        let mut current: Vec<Binding> = existing.to_vec();
+        let mut change = Change {
+            mutation: Mutation::new(REGISTRATIONS, aor.as_bytes().to_vec()),
+            current: existing.to_vec(),
+            written: Vec::new(),
+            deleted: Vec::new(),
+            outbound_used: false,
+        };
         let parsed = match request {
             Request::RemoveAll => {
                 // Bindings of a newer REGISTER of the same Call-ID stay.
                 let keep = |b: &Binding| b.call_id == c.call_id && b.cseq >= c.cseq.seq;
                 for b in existing.iter().filter(|b| !keep(b)) {
-                    m = m.delete_row(&b.key(), ts);
+                    change.mutation = change.mutation.delete_row(&b.key(), ts);
+                    change.deleted.push(b.key());
                 }
-                current.retain(keep);
-                return (m, current, false);
+                change.current.retain(keep);
+                return change;
             }
             Request::Contacts(parsed) => parsed,
         };
@@ -262,7 +313,6 @@ impl Registrar {
             .values(&HeaderName::Supported)
             .iter()
             .any(|s| s.eq_ignore_ascii_case("outbound"));
-        let mut outbound_used = false;
         for (na, expires) in parsed {
             let instance = param(&na.params, "+sip.instance")
                 .flatten()
@@ -271,8 +321,9 @@ impl Registrar {
                 .flatten()
                 .and_then(|r| parse_u32(r, "reg-id"))
                 .filter(|_| outbound_supported);
-            outbound_used |= reg_id.is_some();
-            let b = Binding {
+            change.outbound_used |= reg_id.is_some();
+            let expires_at_ms = now + expires as u64 * 1000;
+            let mut b = Binding {
                 contact: na.uri.clone(),
                 params: na
                     .params
@@ -280,7 +331,7 @@ impl Registrar {
                     .filter(|(n, _)| !n.eq_ignore_ascii_case("expires"))
                     .cloned()
                     .collect(),
-                expires_at_ms: now + expires as u64 * 1000,
+                expires_at_ms,
                 q: param(&na.params, "q").flatten().map(str::to_string),
                 call_id: c.call_id.clone(),
                 cseq: c.cseq.seq,
@@ -293,76 +344,45 @@ impl Registrar {
                 updated_ms: now,
             };
             let key = b.key();
-            if let Some(old) = existing.iter().find(|o| o.key() == key) {
-                if old.call_id == c.call_id && old.cseq >= c.cseq.seq {
-                    debug!(aor, "out-of-order REGISTER for a binding ignored");
-                    continue;
-                }
+            let stale = existing
+                .iter()
+                .find(|o| o.key() == key)
+                .is_some_and(|old| old.call_id == c.call_id && old.cseq >= c.cseq.seq);
+            let refresh = self.owned.refresh(aor, &b);
+            if stale || refresh == Refresh::OutOfOrder {
+                debug!(aor, "out-of-order REGISTER for a binding ignored");
+                continue;
             }
-            current.retain(|o| o.key() != key);
             if expires == 0 {
-                m = m.delete_row(&key, ts);
+                change.current.retain(|o| o.key() != key);
+                change.mutation = change.mutation.delete_row(&key, ts);
+                change.deleted.push(key);
+            } else if refresh == Refresh::Covered {
+                // Only the expiry moved, within the row's lease: nothing to replicate.
+                self.owned.refreshed(aor, &key, expires_at_ms, c.cseq.seq);
             } else {
-                m = m.upsert(&key, [("binding", b.encode())], ts, Some(b.expires_at_ms));
-                current.push(b);
+                b.expires_at_ms = now + LEASE_FACTOR * expires as u64 * 1000;
+                change.mutation = change.mutation.upsert(
+                    &key,
+                    [("binding", b.encode())],
+                    ts,
+                    Some(b.expires_at_ms),
+                );
+                change.current.retain(|o| o.key() != key);
+                change.current.push(b.clone());
+                change.written.push((b, expires_at_ms));
             }
         }
-        (m, current, outbound_used)
-    }
-
-    /// Write the bindings at QUORUM, remember the ones this node owns, and index the AOR
-    /// under this node in `clients_by_proxy`.
-    async fn write(&self, m: Mutation, aor: &str, current: &[Binding]) -> Result<(), Fault> {
-        let mesh = &self.ctx.mesh;
-        if let Err(e) = mesh.write(m, Consistency::Quorum).await {
-            inc(&self.ctx.metrics.registrar_errors);
-            warn!(error = %e, aor, "binding write failed");
-            return Err(unavailable());
-        }
-        let owner = mesh.peer_id();
-        let owned: Vec<&Binding> = current.iter().filter(|b| b.owner == owner).collect();
-        {
-            let mut map = self.owned.lock().unwrap_or_else(|p| p.into_inner());
-            match owned.iter().map(|b| b.expires_at_ms).max() {
-                Some(exp) => map.insert(aor.to_string(), (owned.len() as u32, exp)),
-                None => map.remove(aor),
-            };
-            let mut flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
-            for b in owned.iter().filter(|b| b.reg_id.is_some()) {
-                let list = flows.entry(b.flow.clone()).or_default();
-                if !list.iter().any(|(a, k)| a == aor && *k == b.key()) {
-                    list.push((aor.to_string(), b.key()));
-                }
-            }
-        }
-        let ts = mesh.keyspace().now();
-        let index_key = owner.to_string().into_bytes();
-        let index = match owned.iter().map(|b| b.expires_at_ms).max() {
-            Some(exp) => Mutation::new(CLIENTS_BY_PROXY, index_key).upsert(
-                aor.as_bytes(),
-                [
-                    ("expires", exp.to_be_bytes().to_vec()),
-                    ("bindings", (owned.len() as u32).to_be_bytes().to_vec()),
-                ],
-                ts,
-                Some(exp),
-            ),
-            None => Mutation::new(CLIENTS_BY_PROXY, index_key).delete_row(aor.as_bytes(), ts),
-        };
-        let mesh = mesh.clone();
-        tokio::spawn(async move {
-            if let Err(e) = mesh.write(index, Consistency::Quorum).await {
-                debug!(error = %e, "clients_by_proxy index write failed (hinted)");
-            }
-        });
-        Ok(())
+        change
     }
 
     /// The 200 OK listing every current binding with its expiry (RFC 3261 §10.3 step 8).
+    /// This node's bindings show the phone's own expiry; others' their lease.
     fn answer(
         &self,
         req: &Message,
         top_via: &str,
+        aor: &str,
         current: &[Binding],
         outbound_used: bool,
     ) -> Vec<u8> {
@@ -378,7 +398,11 @@ impl Registrar {
                     None => v.push_str(&format!(";{n}")),
                 }
             }
-            v.push_str(&format!(";expires={}", b.expires_in(now)));
+            let expires_at = self.owned.expiry(aor, &b.key()).unwrap_or(b.expires_at_ms);
+            v.push_str(&format!(
+                ";expires={}",
+                expires_at.saturating_sub(now).div_ceil(1000)
+            ));
             r = r.header("Contact", v);
         }
         for p in req.values(&HeaderName::Path) {

@@ -1,0 +1,260 @@
+//! The bindings a node owns — registered through it, on its flows — as only the owner knows
+//! them: the expiry the phone really asked for, the latest CSeq, the flow. The owner is their
+//! authority; the replicated `registrations` rows are leases others route by.
+//!
+//! A row is written with a lease of twice the interval the phone asked for. A refresh that
+//! changes nothing but the expiry, and whose new expiry the row's lease still covers, writes
+//! nothing to the keyspace. The owner deletes a row when the phone's real expiry passes
+//! ([`Owned::expired`]), so the lease only matters if the owner dies (its bindings are then
+//! ignored anyway) or restarts (the lease is then the expiry, at most one interval late).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::call::location::Binding;
+use crate::sip::flow::Flow;
+
+/// How much longer than the phone's own expiry a binding row lives in the keyspace.
+pub const LEASE_FACTOR: u64 = 2;
+
+/// A binding row: its AOR (the partition) and its key in it.
+type RowRef = (String, Vec<u8>);
+
+/// One binding this node owns.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// The binding as its row holds it (`expires_at_ms` is the row's lease).
+    stored: Binding,
+    /// When the phone's registration ends.
+    expires_at_ms: u64,
+    /// The CSeq of the REGISTER that last refreshed it.
+    cseq: u32,
+}
+
+/// The bindings this node owns, by AOR.
+#[derive(Default)]
+pub struct Owned {
+    by_aor: Mutex<HashMap<String, Vec<Entry>>>,
+    /// Outbound flows of owned bindings: flow → (AOR, binding row key), to drop them when the
+    /// flow dies.
+    flows: Mutex<HashMap<Flow, Vec<RowRef>>>,
+    /// How many bindings are owned (the node's registration load).
+    count: AtomicU64,
+}
+
+/// What the owner says of a binding a REGISTER brings.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refresh {
+    /// Not a binding this node knows: it must be written.
+    Unknown,
+    /// An older REGISTER (same Call-ID, lower or equal CSeq): ignore it (RFC 3261 §10.3 step 7).
+    OutOfOrder,
+    /// The same binding with a later expiry the row's lease covers: nothing to write.
+    Covered,
+    /// The binding changed, or its lease runs out first: write it.
+    Changed,
+}
+
+/// Whether two records are the same binding but for expiry, CSeq and refresh time.
+fn same_binding(a: &Binding, b: &Binding) -> bool {
+    a.contact == b.contact
+        && a.params == b.params
+        && a.q == b.q
+        && a.call_id == b.call_id
+        && a.user_agent == b.user_agent
+        && a.owner == b.owner
+        && a.flow == b.flow
+        && a.instance == b.instance
+        && a.reg_id == b.reg_id
+        && a.path == b.path
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Owned {
+    /// How many bindings this node owns.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// How a REGISTER's binding `b` (its `expires_at_ms` the phone's expiry) relates to what
+    /// this node owns for `aor`.
+    pub fn refresh(&self, aor: &str, b: &Binding) -> Refresh {
+        let by_aor = lock(&self.by_aor);
+        let key = b.key();
+        let Some(e) = by_aor
+            .get(aor)
+            .and_then(|list| list.iter().find(|e| e.stored.key() == key))
+        else {
+            return Refresh::Unknown;
+        };
+        if e.stored.call_id == b.call_id && e.cseq >= b.cseq {
+            Refresh::OutOfOrder
+        } else if same_binding(&e.stored, b) && b.expires_at_ms <= e.stored.expires_at_ms {
+            Refresh::Covered
+        } else {
+            Refresh::Changed
+        }
+    }
+
+    /// The expiry and CSeq of a covered refresh.
+    pub fn refreshed(&self, aor: &str, key: &[u8], expires_at_ms: u64, cseq: u32) {
+        if let Some(e) = lock(&self.by_aor)
+            .get_mut(aor)
+            .and_then(|list| list.iter_mut().find(|e| e.stored.key() == key))
+        {
+            e.expires_at_ms = expires_at_ms;
+            e.cseq = cseq;
+        }
+    }
+
+    /// A binding of this node was written (`stored` as the row holds it, `expires_at_ms` the
+    /// phone's expiry).
+    pub fn written(&self, aor: &str, stored: Binding, expires_at_ms: u64) {
+        let key = stored.key();
+        if stored.reg_id.is_some() {
+            let mut flows = lock(&self.flows);
+            let list = flows.entry(stored.flow.clone()).or_default();
+            if !list.iter().any(|(a, k)| a == aor && *k == key) {
+                list.push((aor.to_string(), key.clone()));
+            }
+        }
+        let mut by_aor = lock(&self.by_aor);
+        let list = by_aor.entry(aor.to_string()).or_default();
+        let entry = Entry {
+            cseq: stored.cseq,
+            stored,
+            expires_at_ms,
+        };
+        match list.iter_mut().find(|e| e.stored.key() == key) {
+            Some(e) => *e = entry,
+            None => {
+                list.push(entry);
+                self.count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A binding row was deleted.
+    pub fn removed(&self, aor: &str, key: &[u8]) {
+        let mut by_aor = lock(&self.by_aor);
+        if let Some(list) = by_aor.get_mut(aor) {
+            let before = list.len();
+            list.retain(|e| e.stored.key() != key);
+            self.count
+                .fetch_sub((before - list.len()) as u64, Ordering::Relaxed);
+            if list.is_empty() {
+                by_aor.remove(aor);
+            }
+        }
+    }
+
+    /// The phone's own expiry of a binding this node owns.
+    pub fn expiry(&self, aor: &str, key: &[u8]) -> Option<u64> {
+        lock(&self.by_aor)
+            .get(aor)
+            .and_then(|list| list.iter().find(|e| e.stored.key() == key))
+            .map(|e| e.expires_at_ms)
+    }
+
+    /// Bindings on a flow that died: forgotten here; their rows are the caller's to delete.
+    pub fn take_flow(&self, flow: &Flow) -> Vec<RowRef> {
+        let gone = lock(&self.flows).remove(flow).unwrap_or_default();
+        for (aor, key) in &gone {
+            self.removed(aor, key);
+        }
+        gone
+    }
+
+    /// Bindings whose phones' expiry passed by `now_ms`, forgotten here, with whether their
+    /// rows outlive them (and must be deleted).
+    pub fn expired(&self, now_ms: u64) -> Vec<(String, Vec<u8>, bool)> {
+        let mut out = Vec::new();
+        let mut by_aor = lock(&self.by_aor);
+        for (aor, list) in by_aor.iter_mut() {
+            list.retain(|e| {
+                if e.expires_at_ms > now_ms {
+                    return true;
+                }
+                out.push((aor.clone(), e.stored.key(), e.stored.expires_at_ms > now_ms));
+                false
+            });
+        }
+        by_aor.retain(|_, list| !list.is_empty());
+        drop(by_aor);
+        self.count.fetch_sub(out.len() as u64, Ordering::Relaxed);
+        let mut flows = lock(&self.flows);
+        for (aor, key, _) in &out {
+            for list in flows.values_mut() {
+                list.retain(|(a, k)| !(a == aor && k == key));
+            }
+        }
+        flows.retain(|_, list| !list.is_empty());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sipmesh_net::PeerId;
+
+    fn binding(cseq: u32, expires_at_ms: u64) -> Binding {
+        Binding {
+            contact: "sip:a@192.0.2.1".into(),
+            params: Vec::new(),
+            expires_at_ms,
+            q: None,
+            call_id: "c".into(),
+            cseq,
+            user_agent: None,
+            owner: PeerId::from_bytes(&[0, 2, 1, 2]).unwrap_or(PeerId::random()),
+            flow: Flow::Udp("192.0.2.1:5060".parse().unwrap()),
+            instance: None,
+            reg_id: None,
+            path: Vec::new(),
+            updated_ms: 0,
+        }
+    }
+
+    #[test]
+    fn refreshes_within_the_lease_write_nothing() {
+        let o = Owned::default();
+        let mut stored = binding(1, 2_000_000);
+        assert_eq!(o.refresh("a", &stored), Refresh::Unknown);
+        o.written("a", stored.clone(), 1_000_000);
+        assert_eq!(o.count(), 1);
+        // Same binding, later CSeq, expiry within the lease: covered.
+        let mut again = binding(2, 1_500_000);
+        again.owner = stored.owner;
+        assert_eq!(o.refresh("a", &again), Refresh::Covered);
+        o.refreshed("a", &again.key(), 1_500_000, 2);
+        assert_eq!(o.expiry("a", &again.key()), Some(1_500_000));
+        // An older REGISTER is out of order; one past the lease, or changed, must be written.
+        assert_eq!(o.refresh("a", &binding(2, 1_600_000)), Refresh::OutOfOrder);
+        again.cseq = 3;
+        again.expires_at_ms = 2_500_000;
+        assert_eq!(o.refresh("a", &again), Refresh::Changed);
+        stored.cseq = 4;
+        stored.flow = Flow::Udp("192.0.2.9:5060".parse().unwrap());
+        assert_eq!(o.refresh("a", &stored), Refresh::Changed);
+    }
+
+    #[test]
+    fn expiry_forgets_and_says_whether_the_row_outlives_it() {
+        let o = Owned::default();
+        o.written("a", binding(1, 4_000), 2_000);
+        o.written("b", binding(1, 9_000), 9_000);
+        assert_eq!(o.expired(1_000), vec![]);
+        let gone = o.expired(3_000);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].0, "a");
+        assert!(gone[0].2, "the row's lease runs to 4,000");
+        assert_eq!(o.count(), 1);
+        o.removed("b", &binding(1, 0).key());
+        assert_eq!(o.count(), 0);
+    }
+}
