@@ -52,6 +52,7 @@ counters! {
     sip_tcp_closed_framing: "TCP connections closed for a framing error or timeout",
     sip_keepalives: "Double-CRLF keepalives answered",
     sip_relay_refused: "Responses with a relay Via this mesh did not sign (dropped)",
+    sip_datagrams_refused: "Datagrams with the mesh's magic byte that no member sealed (dropped)",
     registrar_requests: "REGISTER requests handled",
     registrar_ok: "REGISTER requests answered 200",
     registrar_refreshes_unwritten: "REGISTER refreshes the bindings' leases covered (nothing replicated)",

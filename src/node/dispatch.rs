@@ -10,12 +10,13 @@ use tracing::{debug, Instrument};
 use crate::call::proxy::{Inbound, Proxy, Relayed};
 use crate::call::registrar::Registrar;
 use crate::metrics::{inc, Metrics};
+use crate::node::internode::{self, Internode};
 use crate::sip::build::{reject, ResponseBuilder};
 use crate::sip::flow::Flow;
 use crate::sip::header::Via;
 use crate::sip::message::{HeaderName, Message, Method};
 use crate::sip::transaction::{ServerKey, ServerMatch, Transactions};
-use crate::sip::transport::{Handler, Transport};
+use crate::sip::transport::{parse_guarded, Handler, Transport};
 use crate::sip::uri::SipUri;
 use crate::sip::validate::{self, Checked};
 use crate::sip::{random_tag, Fault, ALLOW};
@@ -29,6 +30,10 @@ pub struct Dispatcher {
     registrar: Arc<Registrar>,
     proxy: Arc<Proxy>,
     metrics: Arc<Metrics>,
+    /// The mesh (for datagrams from other nodes: their senders, the secret's clock).
+    mesh: sipmesh_net::Mesh,
+    /// The mesh secret that seals datagrams between nodes.
+    secret: Arc<crate::call::secret::MeshSecret>,
     /// Answer to the source port even without `rport` (NAT-friendly, like Kamailio's
     /// `force_rport()`).
     force_rport: bool,
@@ -49,6 +54,8 @@ impl Dispatcher {
             registrar,
             proxy,
             metrics: ctx.metrics.clone(),
+            mesh: ctx.mesh.clone(),
+            secret: ctx.secret.clone(),
             force_rport,
         })
     }
@@ -217,7 +224,35 @@ fn check_forwardable(msg: &Message, c: &Checked) -> Result<(), Fault> {
     Ok(())
 }
 
+impl Dispatcher {
+    /// SIP from another node (a datagram, or a frame from the streams): bytes to relay down
+    /// one of this node's flows, or a message to handle.
+    pub fn on_internode(&self, from: sipmesh_net::PeerId, frame: Internode<'_>) {
+        match frame {
+            Internode::Deliver { flow, bytes } => self.proxy.relay_down(from, flow, bytes),
+            Internode::Sip { bytes } => {
+                if let Some(msg) = parse_guarded(bytes, true, &self.metrics) {
+                    inc(&self.metrics.sip_messages_received);
+                    self.on_message(msg, Flow::to_node(from));
+                }
+            }
+        }
+    }
+}
+
 impl Handler for Dispatcher {
+    fn on_datagram(&self, data: &[u8], _peer: std::net::SocketAddr) {
+        let now = self.mesh.keyspace().wall_ms();
+        let opened = internode::open(data, now, &self.secret).and_then(|(node, frame)| {
+            let (peer, _) = self.mesh.snapshot().member_by_prefix(&node.0)?;
+            Some((peer, frame))
+        });
+        match opened {
+            Some((peer, frame)) => self.on_internode(peer, frame),
+            None => inc(&self.metrics.sip_datagrams_refused),
+        }
+    }
+
     fn on_closed(&self, flow: Flow) {
         let registrar = self.registrar.clone();
         tokio::spawn(async move {

@@ -1,14 +1,80 @@
-//! What nodes send each other over the mesh (`Mesh::send_app`/`request_app`).
+//! What nodes send each other.
 //!
 //! SIP, the hot path, has its own compact framing: a format-version byte, a kind byte, for a
 //! [`Internode::Deliver`] the flow, then the message's bytes as they are — no serialiser, one
-//! copy. The listings an admin asks for go through `sipmesh_storage::codec`.
+//! copy. A frame of a message small enough for one packet travels as a UDP datagram from SIP
+//! port to SIP port, sealed ([`seal`], [`open`]): a magic byte no SIP, STUN or keepalive packet
+//! starts with, the sender, a timestamp, the frame, and an HMAC under the mesh secret. Larger
+//! ones ride the mesh's libp2p streams (Noise-encrypted, in order). Why datagrams: measured on
+//! this box, a frame over a libp2p stream costs both nodes a Yamux and Noise pass and several
+//! task hand-offs — about a third of a relaying node's CPU — where a datagram costs one
+//! `sendto` and one `recvfrom`, as a phone's does. Only members hold the secret, so only
+//! members' datagrams are taken; the timestamp bounds replays.
+//!
+//! The listings an admin asks for go through `sipmesh_storage::codec` over the streams.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use sipmesh_net::{Mesh, PeerId};
 use sipmesh_storage::codec;
 
-use crate::call::flow_token::FlowRef;
+use crate::call::flow_token::{FlowRef, NodeId};
+use crate::call::secret::MeshSecret;
 use crate::sip::flow::Flow;
+
+/// The first byte of a datagram between nodes: a SIP message starts with a letter, STUN with
+/// 0x00 or 0x01, a keepalive with CR or LF.
+pub const DATAGRAM_MAGIC: u8 = 0xF5;
+/// The largest SIP message sent as one datagram (what fits a 1,500-byte MTU with the
+/// envelope); larger messages ride the streams.
+pub const DATAGRAM_MAX_SIP: usize = 1300;
+/// Datagrams older or newer than this (by the sender's clock) are refused: it bounds replays
+/// and tolerates skewed clocks.
+const DATAGRAM_MAX_SKEW_MS: u64 = 300_000;
+/// What a datagram's MAC covers first.
+const DATAGRAM_DOMAIN: &[u8] = b"sipmesh datagram v1";
+/// Bytes of MAC a datagram carries.
+const DATAGRAM_MAC: usize = 16;
+/// Magic, sender, timestamp.
+const DATAGRAM_HEADER: usize = 1 + 8 + 8;
+
+/// Seal a frame into a datagram from node `from`, at `now_ms`.
+pub fn seal(frame: &Internode<'_>, from: NodeId, now_ms: u64, secret: &MeshSecret) -> Vec<u8> {
+    let mut out = Vec::with_capacity(DATAGRAM_HEADER + 32 + DATAGRAM_MAC + 1500);
+    out.push(DATAGRAM_MAGIC);
+    out.extend_from_slice(&from.0);
+    out.extend_from_slice(&now_ms.to_be_bytes());
+    frame.encode_into(&mut out);
+    let mac = secret.mac(&[DATAGRAM_DOMAIN, &out]);
+    out.extend_from_slice(&mac[..DATAGRAM_MAC]);
+    out
+}
+
+/// Open a datagram a member sealed: its sender and frame; `None` for anything else (forged,
+/// stale, malformed).
+pub fn open<'a>(
+    datagram: &'a [u8],
+    now_ms: u64,
+    secret: &MeshSecret,
+) -> Option<(NodeId, Internode<'a>)> {
+    if datagram.len() < DATAGRAM_HEADER + 2 + DATAGRAM_MAC || datagram[0] != DATAGRAM_MAGIC {
+        return None;
+    }
+    let (body, mac) = datagram.split_at(datagram.len() - DATAGRAM_MAC);
+    if !secret.verify(&[DATAGRAM_DOMAIN, body], mac) {
+        return None;
+    }
+    let from = NodeId(body[1..9].try_into().ok()?);
+    let sent = u64::from_be_bytes(body[9..17].try_into().ok()?);
+    if sent.abs_diff(now_ms) > DATAGRAM_MAX_SKEW_MS {
+        return None;
+    }
+    Some((from, Internode::decode(&body[DATAGRAM_HEADER..])?))
+}
 
 /// The format version of SIP frames.
 const SIP_FORMAT: u8 = 1;
@@ -16,6 +82,47 @@ const SIP_FORMAT: u8 = 1;
 const KIND_DELIVER: u8 = b'D';
 /// Kind byte: a SIP message for you to handle.
 const KIND_SIP: u8 = b'S';
+
+/// How long a member's SIP address is reused before its tags are read again.
+const ADDR_TTL: Duration = Duration::from_secs(10);
+
+/// The SIP addresses members publish (their `sip` tag), where datagrams go.
+pub struct Members {
+    mesh: Mesh,
+    cache: Mutex<HashMap<PeerId, (Option<SocketAddr>, Instant)>>,
+}
+
+impl Members {
+    /// Addresses from `mesh`'s membership.
+    pub fn new(mesh: Mesh) -> Self {
+        Members {
+            mesh,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A member's SIP address, if it publishes one as an IP address and port.
+    pub fn sip_addr(&self, peer: &PeerId) -> Option<SocketAddr> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((addr, at)) = cache.get(peer) {
+            if at.elapsed() < ADDR_TTL {
+                return *addr;
+            }
+        }
+        let addr = self
+            .mesh
+            .tag(peer, "sip")
+            .and_then(|s| s.trim_start_matches("sip:").parse().ok());
+        if cache.len() >= MAX_CACHED_ADDRS {
+            cache.clear();
+        }
+        cache.insert(*peer, (addr, Instant::now()));
+        addr
+    }
+}
+
+/// Members whose address is cached at most.
+const MAX_CACHED_ADDRS: usize = 100_000;
 
 /// A SIP message between nodes.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,22 +145,31 @@ pub enum Internode<'a> {
 impl Internode<'_> {
     /// The frame's bytes.
     pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.bytes().len() + 32);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Append the frame's bytes.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.push(SIP_FORMAT);
         match self {
             Internode::Deliver { flow, bytes } => {
-                let mut out = Vec::with_capacity(bytes.len() + 32);
-                out.push(SIP_FORMAT);
                 out.push(KIND_DELIVER);
-                crate::call::flow_token::put_flow(&mut out, &FlowRef::of(flow));
+                crate::call::flow_token::put_flow(out, &FlowRef::of(flow));
                 out.extend_from_slice(bytes);
-                out
             }
             Internode::Sip { bytes } => {
-                let mut out = Vec::with_capacity(bytes.len() + 2);
-                out.push(SIP_FORMAT);
                 out.push(KIND_SIP);
                 out.extend_from_slice(bytes);
-                out
             }
+        }
+    }
+
+    /// The SIP message it carries.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Internode::Deliver { bytes, .. } | Internode::Sip { bytes } => bytes,
         }
     }
 
@@ -120,5 +236,34 @@ mod tests {
         assert_eq!(Internode::decode(&[SIP_FORMAT, KIND_DELIVER, 9]), None);
         assert_eq!(Internode::decode(&[2, KIND_SIP]), None);
         assert!(Internode::decode(&AppMessage::ListUsers.encode()).is_none());
+    }
+
+    #[test]
+    fn datagrams_open_only_when_sealed_by_the_mesh_and_fresh() {
+        let secret = MeshSecret::new(b"k".to_vec());
+        let from = NodeId([7; 8]);
+        let frame = Internode::Sip {
+            bytes: b"SIP/2.0 180 Ringing\r\n\r\n",
+        };
+        let d = seal(&frame, from, 1_000_000, &secret);
+        assert_eq!(d[0], DATAGRAM_MAGIC);
+        assert_eq!(open(&d, 1_000_500, &secret), Some((from, frame)));
+        // Another mesh's secret, a flipped bit, a stale or future timestamp: refused.
+        assert_eq!(
+            open(&d, 1_000_500, &MeshSecret::new(b"other".to_vec())),
+            None
+        );
+        let mut bad = d.clone();
+        bad[20] ^= 1;
+        assert_eq!(open(&bad, 1_000_500, &secret), None);
+        assert_eq!(
+            open(&d, 1_000_000 + DATAGRAM_MAX_SKEW_MS + 1, &secret),
+            None
+        );
+        assert_eq!(
+            open(&d, 1_000_000 - DATAGRAM_MAX_SKEW_MS - 1, &secret),
+            None
+        );
+        assert_eq!(open(&d[..10], 1_000_500, &secret), None);
     }
 }

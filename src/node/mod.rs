@@ -24,6 +24,7 @@ use tracing::{info, warn};
 
 use crate::call::auth::Authenticator;
 use crate::call::dialog::{Dialogs, Listed};
+use crate::call::flow_token::NodeId;
 use crate::call::proxy::{Proxy, ProxyConfig};
 use crate::call::registrar::{Registrar, RegistrarConfig};
 use crate::call::secret::MeshSecret;
@@ -32,8 +33,9 @@ use crate::call::Context;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::node::dispatch::Dispatcher;
-use crate::node::internode::{AppMessage, Internode};
-use crate::sip::flow::Flow;
+use crate::node::internode::{
+    seal, AppMessage, Internode, Members, DATAGRAM_MAGIC, DATAGRAM_MAX_SIP,
+};
 use crate::sip::transaction::Transactions;
 use crate::sip::transport::{SendError, Transport, TransportLimits};
 use crate::tables::{self, MESH};
@@ -228,12 +230,16 @@ impl Node {
                 auth_invites: config.auth_invites,
             },
         );
-        transport.set_mesh_sender(mesh_sender(mesh.clone()));
-        mesh.set_app_handler(internode_handler(&proxy, &transport));
+        let members = Arc::new(Members::new(mesh.clone()));
+        transport.set_mesh_sender(
+            mesh_sender(mesh.clone(), members, ctx.secret.clone()),
+            DATAGRAM_MAGIC,
+        );
         background.spawn("failover", |s| {
             crate::node::failover::watch(mesh.clone(), proxy.clone(), config.dialog_grace, s)
         });
         let dispatcher = Dispatcher::new(proxy.clone(), registrar, &ctx, config.force_rport);
+        mesh.set_app_handler(internode_handler(&dispatcher));
         let handler: Arc<dyn crate::sip::transport::Handler> = dispatcher.clone();
         transport.start(&handler);
         let node = Node {
@@ -483,7 +489,12 @@ async fn serve_internode(node: Node, mut rx: mpsc::Receiver<MeshMessage>, mut sh
 
 /// SIP to other nodes rides the mesh's streams, in order per node: bytes for one of its flows
 /// (it relays them), or a message for it to handle.
-fn mesh_sender(mesh: Mesh) -> crate::sip::transport::MeshSender {
+fn mesh_sender(
+    mesh: Mesh,
+    members: Arc<Members>,
+    secret: Arc<MeshSecret>,
+) -> crate::sip::transport::MeshSender {
+    let me = NodeId::of(&mesh.peer_id());
     Box::new(move |node, target, bytes| {
         let frame = match target {
             Some(flow) => Internode::Deliver {
@@ -491,25 +502,27 @@ fn mesh_sender(mesh: Mesh) -> crate::sip::transport::MeshSender {
                 bytes: &bytes,
             },
             None => Internode::Sip { bytes: &bytes },
+        };
+        if bytes.len() <= DATAGRAM_MAX_SIP {
+            if let Some(addr) = members.sip_addr(node) {
+                let now = mesh.keyspace().wall_ms();
+                return Ok(Some((addr, seal(&frame, me, now, &secret))));
+            }
         }
-        .encode();
-        mesh.try_send_app(*node, frame).map_err(|_| SendError::Full)
+        mesh.try_send_app(*node, frame.encode())
+            .map(|_| None)
+            .map_err(|_| SendError::Full)
     })
 }
 
 /// SIP from other nodes, taken on the task that read it from the stream. Holds the node's
 /// parts weakly: the mesh must not keep a stopped node alive.
-fn internode_handler(proxy: &Arc<Proxy>, transport: &Arc<Transport>) -> sipmesh_net::AppHandler {
-    let (proxy, transport) = (Arc::downgrade(proxy), Arc::downgrade(transport));
+fn internode_handler(dispatcher: &Arc<Dispatcher>) -> sipmesh_net::AppHandler {
+    let dispatcher = Arc::downgrade(dispatcher);
     Box::new(move |from, frame| match Internode::decode(&frame) {
-        Some(Internode::Deliver { flow, bytes }) => {
-            if let Some(p) = proxy.upgrade() {
-                p.relay_down(from, flow, bytes);
-            }
-        }
-        Some(Internode::Sip { bytes }) => {
-            if let Some(t) = transport.upgrade() {
-                t.deliver_from_mesh(bytes, Flow::to_node(from));
+        Some(frame) => {
+            if let Some(d) = dispatcher.upgrade() {
+                d.on_internode(from, frame);
             }
         }
         None => warn!(%from, "not a SIP frame of this version; dropped"),

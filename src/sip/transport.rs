@@ -27,6 +27,8 @@ pub trait Handler: Send + Sync + 'static {
     fn on_message(&self, msg: Message, flow: Flow);
     /// A TCP connection closed (its flow is dead).
     fn on_closed(&self, _flow: Flow) {}
+    /// A UDP datagram starting with [`Transport`]'s mesh magic byte arrived (another node's).
+    fn on_datagram(&self, _data: &[u8], _peer: SocketAddr) {}
 }
 
 /// Transport limits.
@@ -87,12 +89,22 @@ pub struct Transport {
     /// Weak: the handler (the SIP server) holds this transport; the node holds the handler.
     handler: OnceLock<std::sync::Weak<dyn Handler>>,
     mesh: OnceLock<MeshSender>,
+    /// Datagrams starting with this byte are another node's, not SIP.
+    mesh_magic: OnceLock<u8>,
     metrics: Arc<Metrics>,
 }
 
-/// Sends bytes to another mesh node (with the flow it should deliver them on).
+/// Sends bytes to another mesh node (with the flow it should deliver them on). It returns a
+/// datagram for the transport to send from its UDP socket, or `None` when it sent the bytes
+/// some other way.
 pub type MeshSender = Box<
-    dyn Fn(&sipmesh_net::PeerId, Option<&Flow>, Arc<[u8]>) -> Result<(), SendError> + Send + Sync,
+    dyn Fn(
+            &sipmesh_net::PeerId,
+            Option<&Flow>,
+            Arc<[u8]>,
+        ) -> Result<Option<(SocketAddr, Vec<u8>)>, SendError>
+        + Send
+        + Sync,
 >;
 
 /// Parse under `catch_unwind`: a panic in a dependency becomes a dropped message.
@@ -147,6 +159,7 @@ impl Transport {
             limits,
             handler: OnceLock::new(),
             mesh: OnceLock::new(),
+            mesh_magic: OnceLock::new(),
             metrics,
         });
         tokio::spawn(accept_loop(t.clone(), tcp));
@@ -161,16 +174,11 @@ impl Transport {
         }
     }
 
-    /// Route mesh flows through `send` (the node's mesh peer).
-    pub fn set_mesh_sender(&self, send: MeshSender) {
+    /// Route mesh flows through `send` (the node's mesh peer), and hand datagrams starting
+    /// with `magic` to [`Handler::on_datagram`].
+    pub fn set_mesh_sender(&self, send: MeshSender, magic: u8) {
         let _ = self.mesh.set(send);
-    }
-
-    /// A message that arrived from another mesh node.
-    pub fn deliver_from_mesh(&self, bytes: &[u8], flow: Flow) {
-        if let Some(msg) = parse_guarded(bytes, true, &self.metrics) {
-            self.deliver(msg, flow);
-        }
+        let _ = self.mesh_magic.set(magic);
     }
 
     /// The local address (UDP and TCP).
@@ -194,7 +202,10 @@ impl Transport {
                 Err(e) => Err(e.into()),
             },
             Flow::Mesh { node, target } => match self.mesh.get() {
-                Some(send) => send(node, target.as_deref(), bytes),
+                Some(send) => match send(node, target.as_deref(), bytes)? {
+                    Some((addr, datagram)) => self.send(&Flow::Udp(addr), Arc::from(datagram)),
+                    None => Ok(()),
+                },
                 None => Err(SendError::Closed),
             },
             Flow::Tcp { conn, .. } => {
@@ -394,6 +405,12 @@ async fn udp_loop(t: Arc<Transport>) {
         let data = &buf[..n];
         if n > MAX_MESSAGE {
             inc(&t.metrics.sip_dropped);
+            continue;
+        }
+        if data.first() == t.mesh_magic.get() {
+            if let Some(h) = t.handler.get().and_then(|h| h.upgrade()) {
+                h.on_datagram(data, peer);
+            }
             continue;
         }
         if data.iter().all(|b| *b == b'\r' || *b == b'\n' || *b == 0) {
