@@ -99,7 +99,7 @@ run_step() {
   local before after t0 t1
   before=$(ticks "${TARGET_PIDS[@]}")
   t0=$(date +%s.%N)
-  (cd "$d" && exec sipp "$@" -m "$n" -r "$rate" -l $((rate * 4)) -i 127.0.0.1 -nostdin -timeout $((STEP_SECONDS * 4 + 40))s \
+  (cd "$d" && exec sipp "$@" -buff_size 4194304 -m "$n" -r "$rate" -l $((rate * 4)) -i 127.0.0.1 -nostdin -timeout $((STEP_SECONDS * 4 + 40))s \
     -trace_stat -fd 1 -trace_rtt -rtt_freq 1 "$server" >/dev/null 2>&1) &
   local sipp_pid=$!
   PIDS+=($sipp_pid)

@@ -6,8 +6,11 @@
 //! 16 bits a logical counter. Ordering timestamps is ordering the integers.
 //!
 //! Restarts: the clock persists a *ceiling* a little ahead of the physical time it has handed out
-//! (a window of [`CEILING_WINDOW_MS`]) and, after a restart, never issues anything below it.
+//! (a window of [`CEILING_WINDOW_MS`]) and, after a restart, never issues anything below it. The
+//! next ceiling is persisted by a thread of its own once half the window is used, so handing out
+//! a timestamp never waits for a disk flush unless the disk is slower than half a window.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,8 +20,9 @@ use crate::error::Result;
 
 /// Bits of the logical counter.
 const LOGICAL_BITS: u32 = 16;
-/// How far ahead of issued time the persisted ceiling is placed: one durable write per window.
-pub const CEILING_WINDOW_MS: u64 = 2_000;
+/// How far ahead of issued time the persisted ceiling is placed: one durable write per half
+/// window.
+pub const CEILING_WINDOW_MS: u64 = 10_000;
 /// A remote timestamp further than this ahead of our wall clock does not move our clock: a peer
 /// with a wildly wrong clock must not drag the whole mesh into the future.
 pub const MAX_FORWARD_DRIFT_MS: u64 = 5 * 60 * 1_000;
@@ -70,14 +74,23 @@ pub type CeilingStore = Box<dyn Fn(u64) -> Result<()> + Send + Sync>;
 pub struct Hlc {
     clock: Arc<dyn WallClock>,
     state: Mutex<State>,
-    store: Option<CeilingStore>,
+    /// Persists ceilings: on a thread of its own, or (without a thread) inline.
+    store: Option<Arc<CeilingStore>>,
+    /// Ceilings for the persisting thread, and the thread (joined on drop, so the store it
+    /// holds is released with the clock).
+    ahead: Option<(
+        std::sync::mpsc::SyncSender<u64>,
+        std::thread::JoinHandle<()>,
+    )>,
+    /// The highest ceiling known to be durable (written by the persisting thread).
+    durable_ms: Arc<AtomicU64>,
 }
 
 struct State {
     /// The last timestamp issued or observed.
     last: u64,
-    /// Milliseconds below which every issued timestamp lies, as persisted.
-    ceiling_ms: u64,
+    /// The highest ceiling asked of the persisting thread.
+    requested_ms: u64,
 }
 
 impl std::fmt::Debug for Hlc {
@@ -94,13 +107,41 @@ impl Hlc {
         persisted_ceiling_ms: u64,
         store: Option<CeilingStore>,
     ) -> Self {
+        let store = store.map(Arc::new);
+        let durable_ms = Arc::new(AtomicU64::new(persisted_ceiling_ms));
+        let ahead = store.as_ref().and_then(|store| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(4);
+            let (store, durable) = (store.clone(), durable_ms.clone());
+            std::thread::Builder::new()
+                .name("hlc-ceiling".into())
+                .spawn(move || {
+                    // Ends when the clock (the sender) is dropped.
+                    while let Ok(mut c) = rx.recv() {
+                        while let Ok(later) = rx.try_recv() {
+                            c = c.max(later);
+                        }
+                        match store(c) {
+                            Ok(()) => {
+                                durable.fetch_max(c, Ordering::SeqCst);
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "could not persist the clock ceiling")
+                            }
+                        }
+                    }
+                })
+                .ok()
+                .map(|handle| (tx, handle))
+        });
         Hlc {
             clock,
             state: Mutex::new(State {
                 last: Timestamp::from_millis(persisted_ceiling_ms).0,
-                ceiling_ms: persisted_ceiling_ms,
+                requested_ms: persisted_ceiling_ms,
             }),
             store,
+            ahead,
+            durable_ms,
         }
     }
 
@@ -145,17 +186,40 @@ impl Hlc {
         true
     }
 
+    /// Keep the durable ceiling ahead of `ts`: ask for the next one once half the window is
+    /// used; wait for it only if `ts` reached the durable one (the disk is very slow).
     fn ensure_ceiling(&self, st: &mut State, ts: u64) {
+        let Some(store) = &self.store else { return };
         let ms = Timestamp(ts).millis();
-        if ms >= st.ceiling_ms {
-            let new_ceiling = ms + CEILING_WINDOW_MS;
-            if let Some(store) = &self.store {
-                if let Err(e) = store(new_ceiling) {
-                    tracing::error!(error = %e, "could not persist the clock ceiling");
-                    return;
-                }
+        if ms + CEILING_WINDOW_MS / 2 >= st.requested_ms {
+            let next = ms + CEILING_WINDOW_MS;
+            let queued = self
+                .ahead
+                .as_ref()
+                .is_some_and(|(tx, _)| tx.try_send(next).is_ok());
+            if queued {
+                st.requested_ms = next;
             }
-            st.ceiling_ms = new_ceiling;
+        }
+        if ms >= self.durable_ms.load(Ordering::SeqCst) {
+            // Past the durable ceiling: persist inline (correctness over latency).
+            let next = ms + CEILING_WINDOW_MS;
+            match store(next) {
+                Ok(()) => {
+                    self.durable_ms.fetch_max(next, Ordering::SeqCst);
+                    st.requested_ms = st.requested_ms.max(next);
+                }
+                Err(e) => tracing::error!(error = %e, "could not persist the clock ceiling"),
+            }
+        }
+    }
+}
+
+impl Drop for Hlc {
+    fn drop(&mut self) {
+        if let Some((tx, handle)) = self.ahead.take() {
+            drop(tx);
+            let _ = handle.join();
         }
     }
 }
@@ -163,7 +227,6 @@ impl Hlc {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
 
     /// A wall clock the test moves by hand.
     #[derive(Default)]
@@ -215,5 +278,42 @@ pub(crate) mod tests {
         wall.0.store(1_000, Ordering::SeqCst);
         let hlc2 = Hlc::new(wall, persisted.load(Ordering::SeqCst), None);
         assert!(hlc2.now() > last);
+    }
+
+    #[test]
+    fn a_slow_disk_does_not_stall_timestamps_inside_the_window() {
+        let wall = Arc::new(ManualClock(AtomicU64::new(100_000)));
+        let persisted = Arc::new(AtomicU64::new(0));
+        let p = persisted.clone();
+        let hlc = Hlc::new(
+            wall.clone(),
+            0,
+            Some(Box::new(move |c| {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                p.fetch_max(c, Ordering::SeqCst);
+                Ok(())
+            })),
+        );
+        hlc.now(); // the first ceiling is written inline
+        let durable = persisted.load(Ordering::SeqCst);
+        assert!(durable > 100_000);
+        // Move past half the window: the next ceiling goes to the thread, not inline.
+        wall.0
+            .store(100_000 + CEILING_WINDOW_MS / 2 + 1, Ordering::SeqCst);
+        let t = std::time::Instant::now();
+        for _ in 0..100 {
+            hlc.now();
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_millis(150),
+            "{:?}",
+            t.elapsed()
+        );
+        // It lands in the background.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while persisted.load(Ordering::SeqCst) == durable {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }
