@@ -4,7 +4,8 @@
 //! 1. Check the mutation against its table's schema.
 //! 2. Lock the partition's stripe (writes to one partition are serialised; others run in parallel).
 //! 3. For each row touched (and the partition tombstone), read the stored row and merge each
-//!    cell into it (last-write-wins); rows that did not change are not written.
+//!    cell into it (last-write-wins); rows that did not change are not written. The mutation's
+//!    entries are grouped by row in one pass, so the cost is linear in its size.
 //! 4. Write every changed row in one atomic batch.
 //! 5. Toggle the Merkle leaves: out with the old entry's hash, in with the new one.
 //! 6. Under [`SyncPolicy::SyncBeforeAck`], flush before returning.
@@ -325,14 +326,20 @@ impl Keyspace {
                     batch.push((key, Some(bytes)));
                 }
             }
-            // Then rows, one read and at most one write each.
-            let mut done: Vec<&[u8]> = Vec::new();
-            for (k, _) in &m.entries {
+            // Then rows, one read and at most one write each: the entries grouped by row in
+            // one pass (linear in the mutation's size), rows in first-seen order.
+            let mut rows: HashMap<&[u8], Vec<usize>> = HashMap::new();
+            let mut order: Vec<&[u8]> = Vec::new();
+            for (i, (k, _)) in m.entries.iter().enumerate() {
                 let Some(ck) = k.clustering() else { continue };
-                if done.contains(&ck) {
-                    continue;
-                }
-                done.push(ck);
+                rows.entry(ck)
+                    .or_insert_with(|| {
+                        order.push(ck);
+                        Vec::new()
+                    })
+                    .push(i);
+            }
+            for ck in order {
                 let key = row_key(&prefix, ck);
                 let old = self.inner.cells.get(&key)?;
                 let mut row = match &old {
@@ -340,11 +347,8 @@ impl Keyspace {
                     None => StoredRow::default(),
                 };
                 let mut changed = false;
-                for (k2, c) in m
-                    .entries
-                    .iter()
-                    .filter(|(k2, _)| k2.clustering() == Some(ck))
-                {
+                for &i in &rows[ck] {
+                    let (k2, c) = &m.entries[i];
                     changed |= row.merge(k2, c);
                 }
                 if changed {

@@ -132,3 +132,38 @@ fn corrupt_bytes_are_a_typed_error_naming_table_and_key() {
         other => panic!("expected a Corrupt error, got {other:?}"),
     }
 }
+
+#[test]
+fn a_100k_row_mutation_applies_whole_through_the_normal_path() {
+    const ROWS: u32 = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let ks = Keyspace::open_sled(dir.path(), tables(), config()).unwrap();
+    let ts = ks.now();
+    let mut m = Mutation::new(2, b"wide".to_vec());
+    for i in 0..ROWS {
+        m = m.upsert(
+            &i.to_be_bytes(),
+            [("contact", vec![b'c'; 8]), ("q", vec![b'1'])],
+            ts,
+            None,
+        );
+    }
+    assert_eq!(ks.apply(&m).unwrap(), ROWS as usize);
+    let p = ks.read_partition(2, b"wide").unwrap();
+    assert_eq!(p.rows.len(), ROWS as usize);
+    assert_eq!(
+        p.rows[ROWS as usize - 1].clustering,
+        (ROWS - 1).to_be_bytes().to_vec()
+    );
+    // The same mutation again changes nothing; a newer one for every other row changes half.
+    assert_eq!(ks.apply(&m).unwrap(), 0);
+    let later = ks.now();
+    let mut half = Mutation::new(2, b"wide".to_vec());
+    for i in (0..ROWS).step_by(2) {
+        half = half.upsert(&i.to_be_bytes(), [("q", vec![b'2'])], later, None);
+    }
+    assert_eq!(ks.apply(&half).unwrap(), ROWS as usize / 2);
+    let p = ks.read_partition(2, b"wide").unwrap();
+    assert_eq!(p.rows[2].get("q"), Some(&b"2"[..]));
+    assert_eq!(p.rows[3].get("q"), Some(&b"1"[..]));
+}
