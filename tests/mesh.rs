@@ -488,3 +488,58 @@ async fn mesh_key_keeps_strangers_out() {
     })
     .await;
 }
+
+/// A partition wider than a whole frame may be (about 18 MB of rows; frames stop at 16 MiB),
+/// written to one replica only (as if the others had missed every write), reaches the others
+/// whole: anti-entropy moves it in pages of 256 KiB, resuming inside the partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_entropy_moves_a_wide_partition_in_pages() {
+    within(120, async {
+        let mesh = LocalMesh::builder().nodes(3).start().await.unwrap();
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        const ROWS: u32 = 70_000;
+        let rows = mesh
+            .node(0)
+            .run(|node| async move {
+                let ks = node.keyspace();
+                let mut m = Mutation::new(sipmesh::tables::REGISTRATIONS, b"wide".to_vec());
+                for i in 0..ROWS {
+                    m = m.upsert(
+                        &i.to_be_bytes(),
+                        [("binding", vec![b'b'; 250])],
+                        ks.now(),
+                        None,
+                    );
+                }
+                ks.apply(&m).unwrap()
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, ROWS as usize);
+        let count = |i: usize| {
+            mesh.node(i)
+                .node()
+                .unwrap()
+                .keyspace()
+                .read_partition(sipmesh::tables::REGISTRATIONS, b"wide")
+                .unwrap()
+                .rows
+                .len()
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while count(1) < ROWS as usize || count(2) < ROWS as usize {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not converged: {} and {} of {ROWS} rows",
+                count(1),
+                count(2)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let roots: Vec<u64> = (0..3)
+            .map(|i| mesh.node(i).node().unwrap().keyspace().merkle().root())
+            .collect();
+        assert!(roots.windows(2).all(|w| w[0] == w[1]), "{roots:x?}");
+    })
+    .await;
+}

@@ -1,45 +1,71 @@
-//! Anti-entropy and handoff.
+//! Anti-entropy and handoff, with bounded work per round.
 //!
 //! Anti-entropy: periodically, for each up peer, this node lists the Merkle leaves both are
-//! replicas of, asks for the peer's hashes of those leaves, and for the leaves that differ pulls
-//! the peer's data and pushes its own (each side keeps only partitions it is a replica of). This
-//! is also how a joining node receives its data, and how a node that was down catches up.
+//! replicas of and asks for the peer's hashes of them (with when each last changed). A leaf
+//! that differs is compared partition by partition ([`Request::Digests`], paged), and only the
+//! partitions that differ move, each in pages of about [`PAGE_BYTES`] ([`Request::Page`] to
+//! pull, [`Request::Push`] to push; each side keeps only partitions it is a replica of). So a
+//! wide partition never makes a frame grow, and a round's work is bounded: at most
+//! [`MAX_LEAVES_PER_ROUND`] leaves and [`MAX_BYTES_PER_ROUND`] bytes per peer. Leaves either
+//! side changed in the last [`HOT_MS`] are left alone (writes in flight, not divergence),
+//! except every [`FORCE_HOT_EVERY`]-th round, so a leaf that is always written still converges.
+//! Store scans run on the blocking pool; no stripe lock is held across a page.
+//!
+//! This is also how a joining node receives its data, and how a node that was down catches up.
 //!
 //! Handoff: a node holding a partition it is no longer a replica of (the ring changed) pushes it
-//! to every current replica and drops its copy once all of them have acknowledged it.
+//! to every current replica, page by page, and drops its copy once all of them acknowledged.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::PeerId;
 use sipmesh_storage::merkle::{leaf_tokens, MERKLE_LEAVES};
-use sipmesh_storage::{Keyspace, Mutation};
+use sipmesh_storage::{Keyspace, Mutation, PartitionDigest, TableId};
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use crate::link::Link;
 use crate::membership::Membership;
-use crate::protocol::{Request, Response, CHUNK_BYTES};
+use crate::protocol::{Request, Response, DIGESTS_PER_PAGE, PAGE_BYTES};
 use crate::replication::Replication;
 
-/// Pages fetched from one peer per round (bounds one round's work: 64 × 1 MiB).
-const MAX_PAGES_PER_ROUND: usize = 64;
+/// Differing leaves repaired with one peer per round.
+pub const MAX_LEAVES_PER_ROUND: usize = 256;
+/// Bytes pulled plus pushed with one peer per round.
+pub const MAX_BYTES_PER_ROUND: usize = 32 * 1024 * 1024;
+/// A leaf changed this recently (on either side) is left alone this round.
+pub const HOT_MS: u64 = 3_000;
+/// Every this many rounds, hot leaves are compared too.
+pub const FORCE_HOT_EVERY: u64 = 6;
 /// Partitions handed off per round.
 const HANDOFF_PER_ROUND: usize = 2_000;
-/// Differences found by anti-entropy are confirmed after this long (writes in flight settle).
-const CONFIRM_AFTER: Duration = Duration::from_millis(1500);
 
 /// What one anti-entropy exchange did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Exchange {
     /// Leaves compared.
     pub compared: usize,
-    /// Leaves that differed.
+    /// Leaves that differed (and were not left alone for being hot).
     pub differing: usize,
-    /// Mutations pulled from the peer.
+    /// Partitions pulled from the peer.
     pub pulled: usize,
-    /// Mutations pushed to the peer.
+    /// Partitions pushed to the peer.
     pub pushed: usize,
+    /// Bytes moved (both ways).
+    pub bytes: usize,
+}
+
+impl Exchange {
+    fn add(&mut self, x: Exchange) {
+        self.compared += x.compared;
+        self.differing += x.differing;
+        self.pulled += x.pulled;
+        self.pushed += x.pushed;
+        self.bytes += x.bytes;
+    }
 }
 
 /// Anti-entropy and handoff of one node.
@@ -51,43 +77,102 @@ pub struct AntiEntropy {
     link: Arc<dyn Link>,
     replication: Replication,
     timeout: Duration,
+    /// Rounds done (rotates the first leaf repaired, and paces hot-leaf rounds).
+    rounds: Arc<AtomicU64>,
 }
 
-fn approx_size(m: &Mutation) -> usize {
-    m.partition_key.len()
-        + m.entries
-            .iter()
-            .map(|(_, c)| {
-                48 + match &c.value {
-                    sipmesh_storage::CellValue::Live { value, .. } => value.len(),
-                    sipmesh_storage::CellValue::Tombstone { .. } => 0,
-                }
-            })
-            .sum::<usize>()
+/// Answer a store scan (`Digests` or `Page`); run on the blocking pool.
+pub fn serve_scan(keyspace: &Keyspace, request: Request) -> Response {
+    let result = match request {
+        Request::Digests { leaf, after } => {
+            if leaf as usize >= MERKLE_LEAVES {
+                return Response::Error(format!("leaf {leaf} out of range"));
+            }
+            let (first, last) = leaf_tokens(leaf as usize);
+            keyspace
+                .partition_digests(
+                    first,
+                    last,
+                    after.as_ref().map(|(t, pk)| (*t, pk.as_slice())),
+                    DIGESTS_PER_PAGE,
+                )
+                .map(|(digests, next)| Response::Digests { digests, next })
+        }
+        Request::Page {
+            table,
+            partition_key,
+            after,
+        } => keyspace
+            .partition_page(table, &partition_key, after.as_deref(), PAGE_BYTES)
+            .map(|(entries, next)| Response::Page { entries, next }),
+        other => return Response::Error(format!("{} is not a scan", other.kind())),
+    };
+    result.unwrap_or_else(|e| Response::Error(e.to_string()))
 }
 
-/// The data of `leaves[from..]`, cut after about [`CHUNK_BYTES`]; with where to resume.
-pub fn chunk(
-    keyspace: &Keyspace,
-    leaves: &[u32],
-    from: usize,
-) -> Result<(Vec<Mutation>, Option<u32>)> {
+/// Run a store scan of this node on the blocking pool.
+async fn local_scan(keyspace: &Keyspace, request: Request) -> Response {
+    let ks = keyspace.clone();
+    tokio::task::spawn_blocking(move || serve_scan(&ks, request))
+        .await
+        .unwrap_or_else(|e| Response::Error(e.to_string()))
+}
+
+/// Every page of a scan that answers `Digests`.
+async fn all_digests<F, Fut>(leaf: u32, mut ask: F) -> Result<Vec<PartitionDigest>>
+where
+    F: FnMut(Request) -> Fut,
+    Fut: std::future::Future<Output = Result<Response>>,
+{
     let mut out = Vec::new();
-    let mut size = 0;
-    for (i, &leaf) in leaves.iter().enumerate().skip(from) {
-        if leaf as usize >= MERKLE_LEAVES {
-            return Err(Error::Protocol(format!("leaf {leaf} out of range")));
-        }
-        let (first, last) = leaf_tokens(leaf as usize);
-        for m in keyspace.mutations_in(first, last)? {
-            size += approx_size(&m);
-            out.push(m);
-        }
-        if size >= CHUNK_BYTES && i + 1 < leaves.len() {
-            return Ok((out, Some(i as u32 + 1)));
+    let mut after = None;
+    loop {
+        match ask(Request::Digests { leaf, after }).await? {
+            Response::Digests { digests, next } => {
+                out.extend(digests);
+                match next {
+                    Some(n) => after = Some(n),
+                    None => return Ok(out),
+                }
+            }
+            Response::Error(e) => return Err(Error::Protocol(e)),
+            other => {
+                return Err(Error::Protocol(format!(
+                    "unexpected answer to digests: {other:?}"
+                )))
+            }
         }
     }
-    Ok((out, None))
+}
+
+/// A partition: its table and key.
+type PartitionRef = (TableId, Vec<u8>);
+
+/// What to do with each partition of a leaf, from both sides' digests.
+fn plan_leaf(
+    mine: &[PartitionDigest],
+    theirs: &[PartitionDigest],
+) -> (Vec<PartitionRef>, Vec<PartitionRef>) {
+    let mut by_key: BTreeMap<(TableId, &[u8]), (Option<u64>, Option<u64>)> = BTreeMap::new();
+    for d in mine {
+        by_key.entry((d.table, &d.partition_key)).or_default().0 = Some(d.hash);
+    }
+    for d in theirs {
+        by_key.entry((d.table, &d.partition_key)).or_default().1 = Some(d.hash);
+    }
+    let (mut pull, mut push) = (Vec::new(), Vec::new());
+    for ((table, pk), (m, t)) in by_key {
+        if m == t {
+            continue;
+        }
+        if t.is_some() {
+            pull.push((table, pk.to_vec()));
+        }
+        if m.is_some() {
+            push.push((table, pk.to_vec()));
+        }
+    }
+    (pull, push)
 }
 
 impl AntiEntropy {
@@ -107,6 +192,7 @@ impl AntiEntropy {
             link,
             replication,
             timeout,
+            rounds: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -130,14 +216,10 @@ impl AntiEntropy {
         if !snap.has_majority() {
             return total;
         }
+        self.rounds.fetch_add(1, Ordering::Relaxed);
         for m in snap.ring.iter().filter(|m| m.up && m.peer != self.local) {
             match self.exchange(m.peer).await {
-                Ok(x) => {
-                    total.compared += x.compared;
-                    total.differing += x.differing;
-                    total.pulled += x.pulled;
-                    total.pushed += x.pushed;
-                }
+                Ok(x) => total.add(x),
                 Err(e) => debug!(peer = %m.peer, error = %e, "anti-entropy exchange failed"),
             }
         }
@@ -146,14 +228,15 @@ impl AntiEntropy {
                 differing = total.differing,
                 pulled = total.pulled,
                 pushed = total.pushed,
+                bytes = total.bytes,
                 "anti-entropy repaired differences"
             );
         }
         total
     }
 
-    /// A peer's hashes of these leaves.
-    async fn peer_leaves(&self, peer: PeerId, leaves: &[u32]) -> Result<Vec<u64>> {
+    /// A peer's hashes and change times of these leaves.
+    async fn peer_leaves(&self, peer: PeerId, leaves: &[u32]) -> Result<Vec<(u64, u64)>> {
         match self
             .link
             .request(peer, Request::Leaves(leaves.to_vec()), self.timeout)
@@ -166,7 +249,7 @@ impl AntiEntropy {
         }
     }
 
-    /// Compare and repair the leaves shared with `peer`.
+    /// Compare and repair the leaves shared with `peer`, within this round's bounds.
     pub async fn exchange(&self, peer: PeerId) -> Result<Exchange> {
         let span = tracing::debug_span!("anti_entropy", %peer);
         let _enter = span.enter();
@@ -180,72 +263,133 @@ impl AntiEntropy {
         }
         let theirs = self.peer_leaves(peer, &shared).await?;
         let merkle = self.keyspace.merkle();
-        let differing: Vec<u32> = shared
+        let now = self.keyspace.wall_ms();
+        let round = self.rounds.load(Ordering::Relaxed);
+        let hot_too = round.is_multiple_of(FORCE_HOT_EVERY);
+        let cold = |touched: u64| now.saturating_sub(touched) >= HOT_MS;
+        let mut differing: Vec<u32> = shared
             .iter()
             .zip(&theirs)
-            .filter(|(leaf, h)| merkle.leaf(**leaf as usize) != **h)
-            .map(|(leaf, _)| *leaf)
-            .collect();
-        if differing.is_empty() {
-            return Ok(x);
-        }
-        // Under load many leaves differ only because writes are in flight. Look again after
-        // a moment and repair only the leaves that still differ.
-        tokio::time::sleep(CONFIRM_AFTER).await;
-        let again = self.peer_leaves(peer, &differing).await?;
-        let differing: Vec<u32> = differing
-            .iter()
-            .zip(&again)
-            .filter(|(leaf, h)| merkle.leaf(**leaf as usize) != **h)
+            .filter(|(leaf, (hash, touched))| {
+                let l = **leaf as usize;
+                merkle.leaf(l) != *hash && (hot_too || (cold(merkle.touched(l)) && cold(*touched)))
+            })
             .map(|(leaf, _)| *leaf)
             .collect();
         x.differing = differing.len();
-        if differing.is_empty() {
-            return Ok(x);
+        // Start somewhere else each round, so a bounded round still reaches every leaf.
+        if !differing.is_empty() {
+            let start = (round as usize) % differing.len();
+            differing.rotate_left(start);
         }
-        // Pull.
-        let mut from = 0u32;
-        for _ in 0..MAX_PAGES_PER_ROUND {
-            let request = Request::Fetch {
-                leaves: differing.clone(),
-                from,
+        for leaf in differing.into_iter().take(MAX_LEAVES_PER_ROUND) {
+            if x.bytes >= MAX_BYTES_PER_ROUND {
+                break;
+            }
+            self.repair_leaf(peer, leaf, &mut x).await?;
+        }
+        Ok(x)
+    }
+
+    /// Compare one leaf partition by partition and move the partitions that differ.
+    async fn repair_leaf(&self, peer: PeerId, leaf: u32, x: &mut Exchange) -> Result<()> {
+        let mine = all_digests(leaf, |r| async { Ok(local_scan(&self.keyspace, r).await) }).await?;
+        let theirs = all_digests(leaf, |r| self.link.request(peer, r, self.timeout * 4)).await?;
+        let (pull, push) = plan_leaf(&mine, &theirs);
+        for (table, pk) in pull {
+            if x.bytes >= MAX_BYTES_PER_ROUND {
+                return Ok(());
+            }
+            x.bytes += self.pull_partition(peer, table, &pk).await?;
+            x.pulled += 1;
+        }
+        for (table, pk) in push {
+            if x.bytes >= MAX_BYTES_PER_ROUND {
+                return Ok(());
+            }
+            x.bytes += self.push_partition(peer, table, &pk, true).await?;
+            x.pushed += 1;
+        }
+        Ok(())
+    }
+
+    /// Pull a partition from `peer`, page by page, applying each page if this node replicates
+    /// the partition. Returns the bytes moved.
+    async fn pull_partition(&self, peer: PeerId, table: TableId, pk: &[u8]) -> Result<usize> {
+        let mut after = None;
+        let mut bytes = 0;
+        loop {
+            let request = Request::Page {
+                table,
+                partition_key: pk.to_vec(),
+                after,
             };
             match self.link.request(peer, request, self.timeout * 4).await? {
-                Response::Chunk { mutations, next } => {
-                    x.pulled += mutations.len();
-                    if let Response::Error(e) = self.replication.handle_push(&mutations, true) {
+                Response::Page { entries, next } => {
+                    let m = Mutation {
+                        table,
+                        partition_key: pk.to_vec(),
+                        entries,
+                    };
+                    bytes += approx_size(&m);
+                    if let Response::Error(e) = self.replication.handle_push(&[m], true) {
                         return Err(Error::Protocol(e));
                     }
                     match next {
-                        Some(n) if n > from => from = n,
-                        _ => break,
+                        Some(n) => after = Some(n),
+                        None => return Ok(bytes),
                     }
                 }
+                Response::Error(e) => return Err(Error::Protocol(e)),
                 other => {
                     return Err(Error::Protocol(format!(
-                        "unexpected answer to fetch: {other:?}"
+                        "unexpected answer to a page: {other:?}"
                     )))
                 }
             }
         }
-        // Push.
-        let mut from = 0usize;
-        for _ in 0..MAX_PAGES_PER_ROUND {
-            let (mutations, next) = chunk(&self.keyspace, &differing, from)?;
-            x.pushed += mutations.len();
-            if !mutations.is_empty() {
+    }
+
+    /// Push one of this node's partitions to `peer`, page by page (`owned_only`: the peer keeps
+    /// it only if it replicates it). Returns the bytes moved.
+    async fn push_partition(
+        &self,
+        peer: PeerId,
+        table: TableId,
+        pk: &[u8],
+        owned_only: bool,
+    ) -> Result<usize> {
+        let mut after = None;
+        let mut bytes = 0;
+        loop {
+            let request = Request::Page {
+                table,
+                partition_key: pk.to_vec(),
+                after: after.take(),
+            };
+            let (entries, next) = match local_scan(&self.keyspace, request).await {
+                Response::Page { entries, next } => (entries, next),
+                Response::Error(e) => return Err(Error::Protocol(e)),
+                _ => return Err(Error::Protocol("local page scan".into())),
+            };
+            if !entries.is_empty() {
+                let m = Mutation {
+                    table,
+                    partition_key: pk.to_vec(),
+                    entries,
+                };
+                bytes += approx_size(&m);
                 let request = Request::Push {
-                    mutations,
-                    owned_only: true,
+                    mutations: vec![m],
+                    owned_only,
                 };
                 self.link.request(peer, request, self.timeout * 4).await?;
             }
             match next {
-                Some(n) => from = n as usize,
-                None => break,
+                Some(n) => after = Some(n),
+                None => return Ok(bytes),
             }
         }
-        Ok(x)
     }
 
     /// The version of the ring this node sees.
@@ -259,10 +403,11 @@ impl AntiEntropy {
         use futures::stream::{self, StreamExt};
         let mut snap = (*self.membership.snapshot()).clone();
         snap.ring.retain(|m| m.peer != self.local);
-        let partitions = match self.keyspace.partitions() {
-            Ok(p) => p,
-            Err(e) => {
-                warn!(error = %e, "cannot list partitions for handover");
+        let ks = self.keyspace.clone();
+        let partitions = match tokio::task::spawn_blocking(move || ks.partitions()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                warn!("cannot list partitions for handover");
                 return (0, 0);
             }
         };
@@ -270,20 +415,10 @@ impl AntiEntropy {
         let snap = &snap;
         let failures: usize = stream::iter(partitions)
             .map(|(_, table, pk)| async move {
-                let entries = match self.keyspace.partition_entries(table, &pk) {
-                    Ok(e) => e,
-                    Err(_) => return 1,
-                };
-                let m = Mutation {
-                    table,
-                    partition_key: pk.clone(),
-                    entries,
-                };
                 let mut failed = 0;
                 for r in snap.replicas(&pk).iter().filter(|r| r.up) {
                     if self
-                        .link
-                        .request(r.peer, Request::Write(m.clone()), self.timeout)
+                        .push_partition(r.peer, table, &pk, false)
                         .await
                         .is_err()
                     {
@@ -304,7 +439,7 @@ impl AntiEntropy {
 
     /// Hand off partitions this node is no longer a replica of. Only while every ring member is
     /// up and this node sees a majority: a partition is dropped only after every current replica
-    /// acknowledged it. Returns how many partitions were handed off.
+    /// acknowledged all of it. Returns how many partitions were handed off.
     pub async fn handoff(&self) -> usize {
         let snap = self.membership.snapshot();
         if !snap.has_majority() || snap.ring.iter().any(|m| !m.up) {
@@ -332,26 +467,9 @@ impl AntiEntropy {
             if replicas.contains(&self.local) {
                 continue;
             }
-            let entries = match self.keyspace.partition_entries(table, &pk) {
-                Ok(e) => e,
-                Err(e) => {
-                    warn!(error = %e, "cannot read a partition for handoff");
-                    continue;
-                }
-            };
-            let m = Mutation {
-                table,
-                partition_key: pk.clone(),
-                entries,
-            };
             let mut all = true;
             for peer in &replicas {
-                if self
-                    .link
-                    .request(*peer, Request::Write(m.clone()), self.timeout)
-                    .await
-                    .is_err()
-                {
+                if self.push_partition(*peer, table, &pk, false).await.is_err() {
                     all = false;
                     break;
                 }
@@ -371,5 +489,45 @@ impl AntiEntropy {
             );
         }
         handed
+    }
+}
+
+fn approx_size(m: &Mutation) -> usize {
+    m.partition_key.len()
+        + m.entries
+            .iter()
+            .map(|(_, c)| {
+                48 + match &c.value {
+                    sipmesh_storage::CellValue::Live { value, .. } => value.len(),
+                    sipmesh_storage::CellValue::Tombstone { .. } => 0,
+                }
+            })
+            .sum::<usize>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(pk: &str, hash: u64) -> PartitionDigest {
+        PartitionDigest {
+            table: 1,
+            partition_key: pk.as_bytes().to_vec(),
+            hash,
+        }
+    }
+
+    #[test]
+    fn only_differing_partitions_move_each_way() {
+        let mine = [d("a", 1), d("b", 2), d("c", 3)];
+        let theirs = [d("a", 1), d("b", 9), d("d", 4)];
+        let (pull, push) = plan_leaf(&mine, &theirs);
+        let keys = |v: Vec<PartitionRef>| {
+            v.into_iter()
+                .map(|(_, k)| String::from_utf8(k).unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(pull), vec!["b", "d"]);
+        assert_eq!(keys(push), vec!["b", "c"]);
     }
 }

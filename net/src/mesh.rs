@@ -115,14 +115,22 @@ impl Handler for Service {
                 {
                     Response::Error("leaf out of range".into())
                 } else {
-                    Response::Leaves(leaves.iter().map(|&l| merkle.leaf(l as usize)).collect())
+                    Response::Leaves(
+                        leaves
+                            .iter()
+                            .map(|&l| (merkle.leaf(l as usize), merkle.touched(l as usize)))
+                            .collect(),
+                    )
                 }
             }
-            Request::Fetch { leaves, from } => {
-                match anti_entropy::chunk(&self.keyspace, &leaves, from as usize) {
-                    Ok((mutations, next)) => Response::Chunk { mutations, next },
-                    Err(e) => Response::Error(e.to_string()),
-                }
+            // Scans of the store: off the async workers.
+            request @ (Request::Digests { .. } | Request::Page { .. }) => {
+                let ks = self.keyspace.clone();
+                return Box::pin(async move {
+                    tokio::task::spawn_blocking(move || anti_entropy::serve_scan(&ks, request))
+                        .await
+                        .unwrap_or_else(|e| Response::Error(e.to_string()))
+                });
             }
             Request::Push {
                 mutations,

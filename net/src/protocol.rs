@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use serde::{Deserialize, Serialize};
-use sipmesh_storage::{codec, Cell, EntryKey, Mutation, TableId};
+use sipmesh_storage::{codec, Cell, EntryKey, Mutation, PartitionDigest, TableId};
 
 use crate::error::{Error, Result};
 
@@ -17,8 +17,11 @@ use crate::error::{Error, Result};
 pub const PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/sipmesh/mesh/1");
 /// Largest frame accepted (anti-entropy chunks are cut well below it).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
-/// Target size of one anti-entropy or handoff chunk.
-pub const CHUNK_BYTES: usize = 1024 * 1024;
+/// Target size of one page of a partition (anti-entropy, handoff): a partition of any width
+/// travels in pages, so no frame grows with it.
+pub const PAGE_BYTES: usize = 256 * 1024;
+/// Partition digests per page.
+pub const DIGESTS_PER_PAGE: usize = 2_000;
 
 /// A frame: a request, its response, or a one-way message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,15 +87,25 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         partition_key: Vec<u8>,
     },
-    /// Return the hashes of these Merkle leaves.
+    /// Return the hashes of these Merkle leaves and when each last changed.
     Leaves(Vec<u32>),
-    /// Return the data in these leaves, starting at `from` (index into the list) and at most
-    /// about [`CHUNK_BYTES`] of it.
-    Fetch {
-        /// The leaves.
-        leaves: Vec<u32>,
-        /// Where to resume in `leaves`.
-        from: u32,
+    /// Return the digests of the partitions in a leaf, after partition `after`, a page of at
+    /// most [`DIGESTS_PER_PAGE`].
+    Digests {
+        /// The leaf.
+        leaf: u32,
+        /// Resume after this partition.
+        after: Option<(TableId, Vec<u8>)>,
+    },
+    /// Return a page of a partition's entries (about [`PAGE_BYTES`]), after raw key `after`.
+    Page {
+        /// The table.
+        table: TableId,
+        /// The partition key.
+        #[serde(with = "serde_bytes")]
+        partition_key: Vec<u8>,
+        /// Resume after this raw key.
+        after: Option<Vec<u8>>,
     },
     /// Apply these mutations, keeping only partitions this node is a replica of when `owned_only`.
     Push {
@@ -114,14 +127,21 @@ pub enum Response {
     Member(MemberInfo),
     /// Cells of a partition.
     Entries(Vec<(EntryKey, Cell)>),
-    /// Leaf hashes, in the order asked.
-    Leaves(Vec<u64>),
-    /// A chunk of data; `next` says where to resume, if anything is left.
-    Chunk {
-        /// The data.
-        mutations: Vec<Mutation>,
-        /// Index into the requested leaves to resume from.
-        next: Option<u32>,
+    /// Leaf hashes and last-change times (ms), in the order asked.
+    Leaves(Vec<(u64, u64)>),
+    /// A page of partition digests; `next` says where to resume, if anything is left.
+    Digests {
+        /// The digests.
+        digests: Vec<PartitionDigest>,
+        /// Resume after this partition.
+        next: Option<(TableId, Vec<u8>)>,
+    },
+    /// A page of a partition's entries; `next` says where to resume.
+    Page {
+        /// The entries.
+        entries: Vec<(EntryKey, Cell)>,
+        /// Resume after this raw key.
+        next: Option<Vec<u8>>,
     },
     /// Opaque application bytes.
     App(#[serde(with = "serde_bytes")] Vec<u8>),
@@ -138,7 +158,8 @@ impl Request {
             Request::Write(_) => "write",
             Request::Read { .. } => "read",
             Request::Leaves(_) => "leaves",
-            Request::Fetch { .. } => "fetch",
+            Request::Digests { .. } => "digests",
+            Request::Page { .. } => "page",
             Request::Push { .. } => "push",
             Request::App(_) => "app",
         }

@@ -37,7 +37,9 @@ pub use error::{Error, Result};
 pub use hints::{Hint, Hints};
 pub use hlc::{Hlc, SystemClock, Timestamp, WallClock};
 pub use key::{token_of, EntryKey, Token};
-pub use keyspace::{CellView, CompactionStats, Keyspace, KeyspaceConfig, Partition, RawEntry, Row};
+pub use keyspace::{
+    CellView, CompactionStats, Keyspace, KeyspaceConfig, Partition, PartitionDigest, RawEntry, Row,
+};
 pub use merkle::{MerkleTree, MERKLE_DEPTH, MERKLE_LEAVES};
 pub use mutation::Mutation;
 pub use schema::{ClusteringOrder, TableId, TableSchema};

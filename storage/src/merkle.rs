@@ -21,6 +21,8 @@ pub const MERKLE_LEAVES: usize = 1 << MERKLE_DEPTH;
 /// The incrementally maintained leaves of one keyspace.
 pub struct MerkleTree {
     leaves: Vec<AtomicU64>,
+    /// When each leaf last changed (wall-clock ms): anti-entropy leaves fresh writes alone.
+    touched: Vec<AtomicU64>,
 }
 
 impl std::fmt::Debug for MerkleTree {
@@ -33,6 +35,7 @@ impl Default for MerkleTree {
     fn default() -> Self {
         MerkleTree {
             leaves: (0..MERKLE_LEAVES).map(|_| AtomicU64::new(0)).collect(),
+            touched: (0..MERKLE_LEAVES).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 }
@@ -63,6 +66,18 @@ impl MerkleTree {
     /// Toggle an entry's hash in or out of its leaf.
     pub fn toggle(&self, token: Token, hash: u64) {
         self.leaves[leaf_of(token)].fetch_xor(hash, Ordering::Relaxed);
+    }
+
+    /// Toggle an entry's hash, noting the leaf changed at `now_ms`.
+    pub fn toggle_at(&self, token: Token, hash: u64, now_ms: u64) {
+        let leaf = leaf_of(token);
+        self.leaves[leaf].fetch_xor(hash, Ordering::Relaxed);
+        self.touched[leaf].fetch_max(now_ms, Ordering::Relaxed);
+    }
+
+    /// When a leaf last changed (wall-clock ms; 0: not since the node started).
+    pub fn touched(&self, index: usize) -> u64 {
+        self.touched[index].load(Ordering::Relaxed)
     }
 
     /// Reset every leaf to empty (before a rebuild).

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::cell::{Cell, CellValue};
+use crate::cell::Cell;
 use crate::codec;
 use crate::engine::{Engine, SledEngine, SyncPolicy, Tree};
 use crate::error::{hex, Error, Result};
@@ -31,6 +31,11 @@ use crate::partition::resolve_sorted;
 pub use crate::partition::{CellView, Partition, Row};
 use crate::row::StoredRow;
 use crate::schema::{ClusteringOrder, TableId, TableSchema};
+
+mod compaction;
+mod ranges;
+
+pub use ranges::PartitionDigest;
 
 /// Stripes of the per-partition write lock.
 const LOCK_STRIPES: usize = 256;
@@ -198,11 +203,6 @@ impl Keyspace {
         Ok(ks)
     }
 
-    /// The clock that stamps this node's writes.
-    pub fn hlc(&self) -> &Hlc {
-        &self.inner.hlc
-    }
-
     /// A new timestamp from the clock.
     pub fn now(&self) -> Timestamp {
         self.inner.hlc.now()
@@ -229,11 +229,6 @@ impl Keyspace {
             .schemas
             .get(&table)
             .ok_or_else(|| Error::UnknownTable(table.to_string()))
-    }
-
-    /// The tables of this keyspace.
-    pub fn tables(&self) -> impl Iterator<Item = &TableSchema> {
-        self.inner.schemas.values()
     }
 
     /// Make every applied write durable now.
@@ -363,8 +358,9 @@ impl Keyspace {
             let n = batch.len();
             if n > 0 {
                 self.inner.cells.apply(batch)?;
+                let now = self.wall_ms();
                 for h in toggles {
-                    self.inner.merkle.toggle(token, h);
+                    self.inner.merkle.toggle_at(token, h, now);
                 }
             }
             n
@@ -517,186 +513,6 @@ impl Keyspace {
         self.apply(&m).map(|_| ())
     }
 
-    /// Every raw entry whose token lies in `first..=last`, in order.
-    pub fn scan_tokens(
-        &self,
-        first: Token,
-        last: Token,
-    ) -> impl Iterator<Item = Result<RawEntry>> + '_ {
-        let start = Bound::Included(first.to_be_bytes().to_vec());
-        let end = match last.checked_add(1) {
-            Some(next) => Bound::Excluded(next.to_be_bytes().to_vec()),
-            None => Bound::Unbounded,
-        };
-        self.inner.cells.range(start, end).flat_map(move |kv| {
-            let expanded = kv.and_then(|(k, v)| {
-                let d = decode_key(&k)?;
-                let mut entries = Vec::new();
-                self.expand(&k, &v, &mut entries)?;
-                Ok(entries.into_iter().map(move |(entry, cell)| {
-                    Ok(RawEntry {
-                        table: d.table,
-                        partition_key: d.partition_key.clone(),
-                        entry,
-                        cell,
-                    })
-                }))
-            });
-            match expanded {
-                Ok(iter) => Box::new(iter) as Box<dyn Iterator<Item = Result<RawEntry>>>,
-                Err(e) => Box::new(std::iter::once(Err(e))),
-            }
-        })
-    }
-
-    /// The entries whose token lies in `first..=last`, grouped into one mutation per partition.
-    pub fn mutations_in(&self, first: Token, last: Token) -> Result<Vec<Mutation>> {
-        let mut out: Vec<Mutation> = Vec::new();
-        for e in self.scan_tokens(first, last) {
-            let e = e?;
-            match out.last_mut() {
-                Some(m) if m.table == e.table && m.partition_key == e.partition_key => {
-                    m.entries.push((e.entry, e.cell))
-                }
-                _ => {
-                    let mut m = Mutation::new(e.table, e.partition_key);
-                    m.entries.push((e.entry, e.cell));
-                    out.push(m);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// The distinct `(token, table, partition key)` triples stored, in order.
-    pub fn partitions(&self) -> Result<Vec<(Token, TableId, Vec<u8>)>> {
-        let mut out: Vec<(Token, TableId, Vec<u8>)> = Vec::new();
-        for kv in self.inner.cells.range(Bound::Unbounded, Bound::Unbounded) {
-            let (k, _) = kv?;
-            let d = decode_key(&k)?;
-            if out
-                .last()
-                .map(|l| l.1 != d.table || l.2 != d.partition_key)
-                .unwrap_or(true)
-            {
-                out.push((d.token, d.table, d.partition_key));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Remove every stored entry of a partition from this node only (not a delete: nothing is
-    /// replicated). Used when this node stops being a replica of the partition.
-    pub fn drop_partition_locally(&self, table: TableId, partition_key: &[u8]) -> Result<()> {
-        let prefix = partition_prefix(table, partition_key);
-        let token = key::token_of(partition_key);
-        let _guard = self.stripe(token).lock().unwrap_or_else(|p| p.into_inner());
-        let mut batch = Vec::new();
-        for kv in self
-            .inner
-            .cells
-            .range(Bound::Included(prefix.clone()), prefix_end(&prefix))
-        {
-            let (k, v) = kv?;
-            self.inner.merkle.toggle(token, entry_hash(&k, &v));
-            batch.push((k, None));
-        }
-        if !batch.is_empty() {
-            self.inner.cells.apply(batch)?;
-        }
-        Ok(())
-    }
-
-    /// Turn expired values into tombstones, and purge tombstones (and the cells they shadow)
-    /// older than the grace period. Returns what changed, counted in cells.
-    #[allow(clippy::type_complexity)]
-    pub fn compact(&self) -> Result<CompactionStats> {
-        let now = self.wall_ms();
-        let grace = self.inner.config.tombstone_grace_ms;
-        let mut stats = CompactionStats::default();
-        let mut partition_deleted: Option<(Vec<u8>, Timestamp)> = None;
-        // (key, bytes as scanned, replacement or None to remove)
-        let mut pending: Vec<(Vec<u8>, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-        for kv in self.inner.cells.range(Bound::Unbounded, Bound::Unbounded) {
-            let (k, v) = kv?;
-            let d = decode_key(&k)?;
-            let pprefix = partition_prefix(d.table, &d.partition_key);
-            if partition_deleted
-                .as_ref()
-                .map(|p| p.0 != pprefix)
-                .unwrap_or(true)
-            {
-                partition_deleted = Some((pprefix, Timestamp(0)));
-            }
-            let expired_tomb = |c: &Cell| match c.value {
-                CellValue::Tombstone { deleted_at } => deleted_at.saturating_add(grace) <= now,
-                _ => false,
-            };
-            if d.clustering.is_none() {
-                let cell = self.decode_cell(&k, &v)?;
-                if let Some(p) = partition_deleted.as_mut() {
-                    p.1 = cell.ts;
-                }
-                if expired_tomb(&cell) {
-                    stats.purged += 1;
-                    pending.push((k, v, None));
-                }
-                continue;
-            }
-            let pdel = partition_deleted.as_ref().map(|p| p.1).unwrap_or_default();
-            let mut row = self.decode_row(&k, &v)?;
-            let rdel = row
-                .tombstone
-                .as_ref()
-                .map(|t| t.ts)
-                .unwrap_or_default()
-                .max(pdel);
-            let mut changed = false;
-            row.retain_cells(|c| {
-                let is_tomb = matches!(c.value, CellValue::Tombstone { .. });
-                if expired_tomb(c) || (!is_tomb && c.ts <= rdel) {
-                    stats.purged += 1;
-                    changed = true;
-                    return false;
-                }
-                if let CellValue::Live {
-                    expires_at: Some(e),
-                    ..
-                } = c.value
-                {
-                    if e <= now {
-                        c.value = CellValue::Tombstone { deleted_at: e };
-                        stats.expired += 1;
-                        changed = true;
-                    }
-                }
-                true
-            });
-            if changed {
-                let replacement = if row.is_empty() {
-                    None
-                } else {
-                    Some(codec::encode(&row)?)
-                };
-                pending.push((k, v, replacement));
-            }
-        }
-        for (k, old_bytes, replacement) in pending {
-            let token = u64::from_be_bytes(k[..8].try_into().expect("decoded above"));
-            let _guard = self.stripe(token).lock().unwrap_or_else(|p| p.into_inner());
-            // Skip entries that changed since the scan; the next pass will see them.
-            if self.inner.cells.get(&k)?.as_deref() != Some(old_bytes.as_slice()) {
-                continue;
-            }
-            self.inner.merkle.toggle(token, entry_hash(&k, &old_bytes));
-            if let Some(bytes) = &replacement {
-                self.inner.merkle.toggle(token, entry_hash(&k, bytes));
-            }
-            self.inner.cells.apply(vec![(k, replacement)])?;
-        }
-        Ok(stats)
-    }
-
     fn mark_partition_tombstone(&self, prefix: &[u8]) {
         let bit = ptomb_bit(prefix);
         self.inner.partition_tombstones[bit / 64].fetch_or(1 << (bit % 64), Ordering::Relaxed);
@@ -746,7 +562,7 @@ impl Keyspace {
 }
 
 /// The exclusive end of the key range of everything starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Bound<Vec<u8>> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Bound<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xFF {
