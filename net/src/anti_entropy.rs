@@ -153,7 +153,9 @@ fn plan_leaf(
     mine: &[PartitionDigest],
     theirs: &[PartitionDigest],
 ) -> (Vec<PartitionRef>, Vec<PartitionRef>) {
-    let mut by_key: BTreeMap<(TableId, &[u8]), (Option<u64>, Option<u64>)> = BTreeMap::new();
+    // Per partition: (my digest, their digest).
+    type Sides = (Option<u64>, Option<u64>);
+    let mut by_key: BTreeMap<(TableId, &[u8]), Sides> = BTreeMap::new();
     for d in mine {
         by_key.entry((d.table, &d.partition_key)).or_default().0 = Some(d.hash);
     }
