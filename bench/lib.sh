@@ -37,17 +37,22 @@ python3 - "$WORK" "$NUSERS" <<'PY'
 import sys
 work, n = sys.argv[1], int(sys.argv[2])
 with open(f"{work}/users.csv", "w") as f:
-    f.write("callee,secret\ncaller,secret\n")
+    f.write("callee,secret\ncaller,secret\ncallee0,secret\ncallee1,secret\ncallee2,secret\n")
     for i in range(n):
         f.write(f"bench{i:05d},secret\n")
 with open(f"{work}/reg.csv", "w") as f:
     f.write("SEQUENTIAL\n")
-    for i in range(n):
+    for i in range(min(n, 100000)):
         f.write(f"bench{i:05d};[authentication username=bench{i:05d} password=secret]\n")
 with open(f"{work}/callee.csv", "w") as f:
     f.write("SEQUENTIAL\ncallee;[authentication username=callee password=secret]\n")
 with open(f"{work}/callees.csv", "w") as f:
     f.write("SEQUENTIAL\ncallee\n")
+for i in range(3):
+    with open(f"{work}/callee{i}.csv", "w") as f:
+        f.write(f"SEQUENTIAL\ncallee{i};[authentication username=callee{i} password=secret]\n")
+    with open(f"{work}/callees{i}.csv", "w") as f:
+        f.write(f"SEQUENTIAL\ncallee{i}\n")
 PY
 
 start_sipmesh() { # $1 = number of nodes; sets TARGET_PIDS, SIP0, SIPN (last node), HTTP0
@@ -90,36 +95,39 @@ start_kamailio() {
   SIPN=127.0.0.1:5070
 }
 
-# sipp_step LABEL SCENARIO-ARGS... ; prints "achieved failed retrans p50 p99 cpu_us_per"
-run_step() {
-  local kind=$1 rate=$2 server=$3; shift 3
-  local n=$((rate * STEP_SECONDS))
-  local d="$WORK/step-$kind-$rate-$RANDOM"
+# Start one SIPp instance in directory $1 against server $2 (rate $3, count $4), with the
+# scenario arguments after; its PID goes to PIDS and to STEP_PIDS.
+sipp_start() {
+  local d=$1 server=$2 rate=$3 n=$4; shift 4
   mkdir -p "$d"
-  local before after t0 t1
-  before=$(ticks "${TARGET_PIDS[@]}")
-  t0=$(date +%s.%N)
-  (cd "$d" && exec sipp "$@" -buff_size 4194304 -m "$n" -r "$rate" -l $((rate * 4)) -i 127.0.0.1 -nostdin -timeout $((STEP_SECONDS * 4 + 40))s \
-    -trace_stat -fd 1 -trace_rtt -rtt_freq 1 "$server" >/dev/null 2>&1) &
-  local sipp_pid=$!
-  PIDS+=($sipp_pid)
-  wait "$sipp_pid" || true
+  (cd "$d" && exec sipp "$@" -buff_size 4194304 -m "$n" -r "$rate" -l $((rate * 4 + 10)) -i 127.0.0.1 -nostdin \
+    -timeout $((STEP_SECONDS * 4 + 40))s -trace_stat -fd 1 -trace_rtt -rtt_freq 1 "$server" >/dev/null 2>&1) &
+  PIDS+=($!)
+  STEP_PIDS+=($!)
+}
+
+# Wait for STEP_PIDS and summarise directory $1 (every SIPp instance under it): prints
+# "ok failed retrans p50 p99 cpu_us_per_op achieved_per_s". Needs BEFORE (ticks) and T0.
+step_result() {
+  local d=$1 p
+  for p in "${STEP_PIDS[@]}"; do wait "$p" || true; done
+  local after t1
   t1=$(date +%s.%N)
   after=$(ticks "${TARGET_PIDS[@]}")
-  python3 - "$d" "$n" "$before" "$after" "$HZ" "$t0" "$t1" <<'PY'
+  python3 - "$d" "$BEFORE" "$after" "$HZ" "$T0" "$t1" <<'PY'
 import csv, glob, sys
-d, n, before, after, hz, t0, t1 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]), float(sys.argv[7])
+d, before, after, hz, t0, t1 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
 ok = failed = retrans = 0
-elapsed = t1 - t0
-for f in glob.glob(f"{d}/*_.csv"):
+for f in glob.glob(f"{d}/**/*_.csv", recursive=True):
     rows = list(csv.reader(open(f), delimiter=";"))
     if len(rows) >= 2:
         h, last = rows[0], rows[-1]
         col = lambda name: int(last[h.index(name)]) if name in h else 0
-        ok, failed, retrans = col("SuccessfulCall(C)"), col("FailedCall(C)"), col("Retransmissions(C)")
-        el = [x for x in h if x == "ElapsedTime(C)"]
+        ok += col("SuccessfulCall(C)")
+        failed += col("FailedCall(C)")
+        retrans += col("Retransmissions(C)")
 rtts = []
-for f in glob.glob(f"{d}/*_rtt.csv"):
+for f in glob.glob(f"{d}/**/*_rtt.csv", recursive=True):
     for r in list(csv.reader(open(f), delimiter=";"))[1:]:
         try:
             if r[2].strip() == "1":
@@ -129,7 +137,32 @@ for f in glob.glob(f"{d}/*_rtt.csv"):
 rtts.sort()
 pct = lambda p: rtts[min(len(rtts) - 1, int(p * (len(rtts) - 1)))] if rtts else float("nan")
 cpu_us = (after - before) / hz * 1e6 / max(ok, 1)
-print(f"{ok} {failed} {retrans} {pct(0.5):.1f} {pct(0.99):.1f} {cpu_us:.0f} {ok / max(elapsed - 0.0, 1e-9):.0f}")
+print(f"{ok} {failed} {retrans} {pct(0.5):.1f} {pct(0.99):.1f} {cpu_us:.0f} {ok / max(t1 - t0, 1e-9):.0f}")
 PY
+}
+
+# Begin a measured step: CPU ticks and start time of the target.
+step_begin() {
+  STEP_PIDS=()
+  BEFORE=$(ticks "${TARGET_PIDS[@]}")
+  T0=$(date +%s.%N)
+}
+
+# One SIPp instance for STEP_SECONDS: run_step KIND RATE SERVER SCENARIO-ARGS...
+run_step() {
+  local kind=$1 rate=$2 server=$3; shift 3
+  local d="$WORK/step-$kind-$rate-$RANDOM"
+  step_begin
+  sipp_start "$d" "$server" "$rate" $((rate * STEP_SECONDS)) "$@"
+  step_result "$d"
+}
+
+# Resident memory of the target, in KiB (summed over its processes).
+rss_kib() {
+  local t=0 p
+  for p in "${TARGET_PIDS[@]}"; do
+    t=$((t + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status")))
+  done
+  echo "$t"
 }
 

@@ -1,89 +1,182 @@
 #!/usr/bin/env bash
-# Side-by-side SIP benchmark, in one run: sipmesh (one node; a 3-node mesh with caller and
-# callee on different nodes) against Kamailio (Debian's package, bench/kamailio.cfg), driven by
-# SIPp with the scenarios in bench/scenarios. For each target the offered rate is stepped up
-# (STEP_SECONDS per step) until a step fails; per step it records the achieved rate, failed
-# calls, retransmissions, call-setup p50/p99 (SIPp response times, 1 ms resolution), and the
-# proxy's CPU per call or registration from /proc/PID/stat. Results go to bench/results.md.
+# Side-by-side SIP benchmark, in one run, driven by SIPp (UDP, loopback) with the scenarios in
+# bench/scenarios:
+#   kamailio     Kamailio (Debian's package, bench/kamailio.cfg, 4 workers, usrloc in memory)
+#   sipmesh1     sipmesh, one node
+#   sipmesh3     sipmesh, 3 nodes (RF=3, QUORUM): REGISTERs and calls enter node 0, the callee's
+#                UAS is registered at node 2, so every call crosses the mesh
+#   sipmesh3all  sipmesh, 3 nodes: calls enter every node (a third of the rate each), each
+#                calling a UAS registered at the next node
+# For each target the offered rate is stepped up (STEP_SECONDS per step) until a step fails:
+# REGISTERs with digest auth (fresh bindings), then a refresh step (the same users again), then
+# calls (INVITE…BYE, HOLD_MS hold). A step passes with no failed call, >= 99 % completed and
+# <= 0.1 % retransmissions (as in ../shared/bench-reference). Per step: achieved rate, failures,
+# retransmissions, setup p50/p99 (SIPp RTD, 1 ms resolution, 4 ms ticks), CPU µs per operation
+# summed over every target process (/proc/PID/stat), and after the REGISTER steps the target's
+# resident memory per registration. Results go to bench/results.md.
 #
-# Usage: bench/run.sh            (installs sip-tester and kamailio if missing)
-# Env:   CALL_RATES="200 500 1000 2000"  REG_RATES="500 1000 2000 4000"  STEP_SECONDS=10
-#        TARGETS="sipmesh1 sipmesh3 kamailio"  HOLD_MS=1000
+# Usage: bench/run.sh            (installs sip-tester and kamailio if missing; builds release)
+# Env:   TARGETS="kamailio sipmesh1 sipmesh3 sipmesh3all"  CALL_RATES="500 1000 2000 3000 4000"
+#        REG_RATES="1000 2000 4000 8000"  REFRESH_RATE=2000  STEP_SECONDS=10  HOLD_MS=1000
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-CALL_RATES=${CALL_RATES:-"200 500 1000 1500 2000 3000"}
-REG_RATES=${REG_RATES:-"500 1000 2000 4000 8000"}
+CALL_RATES=${CALL_RATES:-"500 1000 2000 3000 4000"}
+REG_RATES=${REG_RATES:-"1000 2000 4000 8000"}
+REFRESH_RATE=${REFRESH_RATE:-2000}
 STEP_SECONDS=${STEP_SECONDS:-10}
 HOLD_MS=${HOLD_MS:-1000}
 OUT=${OUT:-$ROOT/bench/results.md}
+NUSERS=${NUSERS:-160000}
 
 source "$ROOT/bench/lib.sh"
 
 RESULTS=()
+MEMORY=()
 record() { RESULTS+=("$1"); echo "$1"; }
 
-bench_target() { # $1 = label
-  local label=$1 rate res ok failed retrans p50 p99 cpu achieved
-  # Registrations with digest auth.
-  local offset=0
+# pass OK FAILED RETRANS EXPECTED: whether a step passed
+passed() { [[ $2 == 0 && $1 -ge $(($4 * 99 / 100)) && $3 -le $(($1 / 1000)) ]]; }
+
+# Register the UAS (on port $2) as user $1 at server $3.
+register_uas() {
+  (cd "$WORK" && sipp -sf "$ROOT/bench/scenarios/reg.xml" -inf "$WORK/$1.csv" -m 1 -i 127.0.0.1 \
+    -key contact_hp "127.0.0.1:$2" -nostdin "$3" >/dev/null 2>&1) || echo "registering $1 failed" >&2
+}
+
+start_uas() { # $1 = port
+  (cd "$WORK" && exec sipp -sf "$ROOT/bench/scenarios/uas.xml" -i 127.0.0.1 -p "$1" -t u1 -nostdin >/dev/null 2>&1) &
+  PIDS+=($!)
+  UAS_PIDS+=($!)
+}
+
+stop_uas() {
+  for p in "${UAS_PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  UAS_PIDS=()
+}
+
+# A SIPp injection file of users bench<offset>..bench<offset+n-1>; prints its path.
+reg_csv() {
+  local f="$WORK/reg-$1-$2.csv"
+  python3 - "$f" "$1" "$2" <<'PY'
+import sys
+f, off, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with open(f, "w") as out:
+    out.write("SEQUENTIAL\n")
+    for i in range(off, off + n):
+        out.write(f"bench{i:05d};[authentication username=bench{i:05d} password=secret]\n")
+PY
+  echo "$f"
+}
+
+bench_registrations() { # $1 = label
+  local label=$1 rate ok failed retrans p50 p99 cpu achieved offset=0 n
+  local rss0 rss1
+  rss0=$(rss_kib)
   for rate in $REG_RATES; do
-    local n=$((rate * STEP_SECONDS))
+    n=$((rate * STEP_SECONDS))
     ((offset + n > NUSERS)) && break
-    res=$(run_step reg "$rate" "$SIP0" -sf "$ROOT/bench/scenarios/reg.xml" -inf "$WORK/reg.csv" -key contact_hp 127.0.0.1:5099 -t u1)
+    res=$(run_step reg "$rate" "$SIP0" -sf "$ROOT/bench/scenarios/reg.xml" -inf "$(reg_csv "$offset" "$n")" -key contact_hp 127.0.0.1:5099 -t u1)
     read -r ok failed retrans p50 p99 cpu achieved <<<"$res"
+    offset=$((offset + n))
     record "| $label | REGISTER | $rate | $achieved | $ok | $failed | $retrans | $p50 / $p99 | $cpu |"
-        if [[ $failed != 0 || $ok -lt $((n * 99 / 100)) ]]; then
+    if ! passed "$ok" "$failed" "$retrans" "$n"; then
       sleep 35 # let the overloaded step's retransmissions die out
       break
     fi
   done
-  # Calls: a SIPp UAS registered as "callee" at the last node; the caller at the first.
-  (cd "$WORK" && sipp -sf "$ROOT/bench/scenarios/uas.xml" -i 127.0.0.1 -p 5099 -t u1 -nostdin >/dev/null 2>&1) &
-  local uas=$!
-  PIDS+=($uas)
+  sleep 3
+  rss1=$(rss_kib)
+  MEMORY+=("| $label | $offset | $(( (rss1 - rss0) * 1024 / (offset > 0 ? offset : 1) )) |")
+  # Refresh: the first users register again (the same contacts); the leases cover them.
+  n=$((REFRESH_RATE * STEP_SECONDS))
+  res=$(run_step refresh "$REFRESH_RATE" "$SIP0" -sf "$ROOT/bench/scenarios/reg.xml" -inf "$(reg_csv 0 "$n")" -key contact_hp 127.0.0.1:5099 -t u1)
+  read -r ok failed retrans p50 p99 cpu achieved <<<"$res"
+  record "| $label | REGISTER refresh | $REFRESH_RATE | $achieved | $ok | $failed | $retrans | $p50 / $p99 | $cpu |"
+}
+
+bench_calls() { # $1 = label; calls enter SIP0, callee registered at SIPN
+  local label=$1 rate ok failed retrans p50 p99 cpu achieved
+  start_uas 5099
   sleep 1
-  (cd "$WORK" && sipp -sf "$ROOT/bench/scenarios/reg.xml" -inf "$WORK/callee.csv" -m 1 -i 127.0.0.1 -key contact_hp 127.0.0.1:5099 -nostdin "$SIPN" >/dev/null 2>&1) || echo "callee registration failed" >&2
+  register_uas callee 5099 "$SIPN"
   for rate in $CALL_RATES; do
     res=$(run_step call "$rate" "$SIP0" -sf "$ROOT/bench/scenarios/uac.xml" -inf "$WORK/callees.csv" -s caller -au caller -ap secret -d "$HOLD_MS" -t u1)
     read -r ok failed retrans p50 p99 cpu achieved <<<"$res"
     record "| $label | call | $rate | $achieved | $ok | $failed | $retrans | $p50 / $p99 | $cpu |"
     sleep 5 # drain
-    [[ $failed != 0 || $ok -lt $((rate * STEP_SECONDS * 99 / 100)) ]] && break
+    passed "$ok" "$failed" "$retrans" $((rate * STEP_SECONDS)) || break
   done
-  kill "$uas" 2>/dev/null || true
-  wait "$uas" 2>/dev/null || true
+  stop_uas
 }
 
-TARGETS=${TARGETS:-"sipmesh1 sipmesh3 kamailio"}
+bench_calls_everywhere() { # $1 = label; 3 nodes, calls enter every node
+  local label=$1 rate ok failed retrans p50 p99 cpu achieved i d
+  for i in 0 1 2; do
+    start_uas $((5091 + i))
+  done
+  sleep 1
+  for i in 0 1 2; do
+    register_uas "callee$i" $((5091 + i)) "127.0.0.1:$((5200 + 10 * i))"
+  done
+  for rate in $CALL_RATES; do
+    d="$WORK/step-all-$rate-$RANDOM"
+    step_begin
+    for i in 0 1 2; do
+      sipp_start "$d/uac$i" "127.0.0.1:$((5200 + 10 * i))" $((rate / 3)) $((rate / 3 * STEP_SECONDS)) \
+        -sf "$ROOT/bench/scenarios/uac.xml" -inf "$WORK/callees$(((i + 1) % 3)).csv" -s caller -au caller -ap secret -d "$HOLD_MS" -t u1
+    done
+    step_result "$d" >"$d.result" # not in a subshell: it waits for this shell's SIPp processes
+    read -r ok failed retrans p50 p99 cpu achieved <"$d.result"
+    record "| $label | call | $rate | $achieved | $ok | $failed | $retrans | $p50 / $p99 | $cpu |"
+    sleep 5
+    passed "$ok" "$failed" "$retrans" $((rate / 3 * 3 * STEP_SECONDS)) || break
+  done
+  stop_uas
+}
+
+TARGETS=${TARGETS:-"kamailio sipmesh1 sipmesh3 sipmesh3all"}
 for target in $TARGETS; do
   case $target in
-    sipmesh1)
-      echo "== sipmesh, 1 node"
-      start_sipmesh 1
-      bench_target "sipmesh 1 node"
-      ;;
-    sipmesh3)
-      echo "== sipmesh, 3-node mesh (caller at node 0, callee at node 2, RF=3, QUORUM)"
-      start_sipmesh 3
-      bench_target "sipmesh 3 nodes"
-      ;;
     kamailio)
       echo "== Kamailio $(kamailio -v | head -1 | awk '{print $3}')"
       start_kamailio
-      bench_target "Kamailio"
+      bench_registrations "Kamailio"
+      bench_calls "Kamailio"
+      ;;
+    sipmesh1)
+      echo "== sipmesh, 1 node"
+      start_sipmesh 1
+      bench_registrations "sipmesh 1 node"
+      bench_calls "sipmesh 1 node"
+      ;;
+    sipmesh3)
+      echo "== sipmesh, 3-node mesh (calls enter node 0, callee at node 2, RF=3, QUORUM)"
+      start_sipmesh 3
+      bench_registrations "sipmesh 3 nodes"
+      bench_calls "sipmesh 3 nodes"
+      ;;
+    sipmesh3all)
+      echo "== sipmesh, 3-node mesh, calls entering every node"
+      start_sipmesh 3
+      bench_calls_everywhere "sipmesh 3 nodes, load on all"
       ;;
   esac
   stop_target
+  sleep 2
 done
 
 {
   echo "# Benchmark run $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
-  echo "Command: \`bench/run.sh\` (CALL_RATES=\"$CALL_RATES\" REG_RATES=\"$REG_RATES\" STEP_SECONDS=$STEP_SECONDS HOLD_MS=$HOLD_MS)"
+  echo "Command: \`bench/run.sh\` (TARGETS=\"$TARGETS\" CALL_RATES=\"$CALL_RATES\" REG_RATES=\"$REG_RATES\" REFRESH_RATE=$REFRESH_RATE STEP_SECONDS=$STEP_SECONDS HOLD_MS=$HOLD_MS)"
   echo
   echo "| target | kind | offered/s | achieved/s | ok | failed | retrans | p50 / p99 ms | CPU µs per op |"
   echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   printf '%s\n' "${RESULTS[@]}"
+  echo
+  echo "| target | registrations held | RSS growth per registration (bytes, all processes) |"
+  echo "| --- | --- | --- |"
+  printf '%s\n' "${MEMORY[@]}"
 } >"$OUT"
 echo "results in $OUT"

@@ -49,6 +49,12 @@ pub struct Verified {
     pub username: String,
 }
 
+/// A nonce's key in the nonce-count table: 8 bytes instead of its 48 characters. The nonce's
+/// own MAC already makes it unforgeable; this is only its name.
+fn nonce_id(nonce: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(nonce.as_bytes())
+}
+
 /// What a nonce's MAC covers first, so no other MAC of the mesh secret can pass for one.
 const NONCE_DOMAIN: &[u8] = b"sipmesh nonce v1";
 
@@ -69,7 +75,9 @@ pub struct Authenticator {
     /// The mesh-wide secret (nonces of the current and the previous key are accepted, so a
     /// change does not fail clients mid-authentication).
     secret: Arc<MeshSecret>,
-    nonce_counts: Mutex<HashMap<String, (u32, u64)>>,
+    /// The highest nonce count seen per nonce (keyed by a digest of the nonce) and when the
+    /// nonce was issued.
+    nonce_counts: Mutex<HashMap<u64, (u32, u64)>>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -187,7 +195,10 @@ impl Authenticator {
         }
         {
             let seen = self.nonce_counts.lock().unwrap_or_else(|p| p.into_inner());
-            if seen.get(nonce).is_some_and(|(max, _)| nc <= *max) {
+            if seen
+                .get(&nonce_id(nonce))
+                .is_some_and(|(max, _)| nc <= *max)
+            {
                 return Err(AuthError::Replay);
             }
         }
@@ -208,7 +219,10 @@ impl Authenticator {
         }
         // Record the count only now: a forged request must not burn a genuine client's count.
         let mut seen = self.nonce_counts.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.get(nonce).is_some_and(|(max, _)| nc <= *max) {
+        if seen
+            .get(&nonce_id(nonce))
+            .is_some_and(|(max, _)| nc <= *max)
+        {
             return Err(AuthError::Replay);
         }
         if seen.len() >= MAX_TRACKED_NONCES {
@@ -219,7 +233,7 @@ impl Authenticator {
                 seen.clear();
             }
         }
-        seen.insert(nonce.to_string(), (nc, issued));
+        seen.insert(nonce_id(nonce), (nc, issued));
         Ok(Verified {
             username: username.to_string(),
         })

@@ -65,6 +65,11 @@ impl Dispatcher {
         &self.registrar
     }
 
+    /// The transaction layer.
+    pub fn transactions(&self) -> &Arc<Transactions> {
+        &self.transactions
+    }
+
     /// Answer a malformed or refused request without a transaction.
     fn stateless(&self, req: &Message, flow: &Flow, fault: &Fault) {
         inc(&self.metrics.sip_bad_requests);

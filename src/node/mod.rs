@@ -328,6 +328,12 @@ impl Node {
         self.users.add(user, password, None).await
     }
 
+    /// Live SIP transactions: server, client, and pending timers.
+    pub(crate) fn transactions_alive(&self) -> serde_json::Value {
+        let (server, client, timers) = self.dispatcher.transactions().counts();
+        serde_json::json!({ "server": server, "client": client, "timers": timers })
+    }
+
     /// Open SIP TCP connections.
     pub fn tcp_connections(&self) -> usize {
         self.transport.connections()

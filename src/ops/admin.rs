@@ -125,6 +125,7 @@ async fn status(State(node): State<Node>) -> Response {
         "dialogs": node.proxy.dialogs().count(),
         "capacity": node.config.capacity,
         "tcp_connections": node.transport.connections(),
+        "transactions": node.transactions_alive(),
         "hints": node.keyspace().hints().len(),
         "members": members,
     }))

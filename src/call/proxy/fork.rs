@@ -105,18 +105,23 @@ pub(super) struct Fork {
     done: bool,
 }
 
-/// The transaction user of one branch: hands its events to the fork.
+/// The transaction user of one branch: hands its events to the fork. It holds the fork
+/// weakly: the proxy's table keeps a fork alive until every branch is final, and client
+/// transactions that linger after that (Timers D, K, M) must not keep its requests in memory.
 struct BranchUser {
-    fork: Arc<Mutex<Fork>>,
+    fork: Weak<Mutex<Fork>>,
     index: usize,
 }
 
 impl ClientUser for BranchUser {
     fn on_event(&self, event: ClientEvent) -> bool {
-        self.fork
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .on_event(self.index, event)
+        match self.fork.upgrade() {
+            Some(fork) => fork
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .on_event(self.index, event),
+            None => false, // the fork is over: a late 2xx is forwarded statelessly
+        }
     }
 }
 
@@ -147,7 +152,7 @@ impl Proxy {
                 chains.push(chain);
             }
         }
-        let key = req.key.clone();
+        let key = req.key;
         let fork = Arc::new_cyclic(|me| {
             Mutex::new(Fork {
                 me: me.clone(),
@@ -165,7 +170,7 @@ impl Proxy {
         self.forks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), fork.clone());
+            .insert(key, fork.clone());
         let mut f = fork.lock().unwrap_or_else(|p| p.into_inner());
         for chain in chains {
             // A target and its standby flows: the first that starts is the branch.
@@ -280,16 +285,15 @@ impl Fork {
     /// transaction (whose user is this fork, under index `i`).
     fn start_branch(&self, i: usize, t: &Target, flow: Flow) -> Result<Branch, Fault> {
         let proxy = &self.proxy;
-        let me = self
-            .me
-            .upgrade()
-            .ok_or_else(|| Fault::new(500, "Forwarding failed"))?;
         let id = proxy.new_branch(&self.hash);
         let request = proxy
             .forwarded(&self.req, t, &flow, &id, &self.plan)
             .ok_or_else(|| Fault::new(500, "Forwarding failed"))?;
         debug!(?flow, method = %self.req.c.method, "forwarding");
-        let user = Arc::new(BranchUser { fork: me, index: i });
+        let user = Arc::new(BranchUser {
+            fork: self.me.clone(),
+            index: i,
+        });
         proxy
             .ctx
             .transactions

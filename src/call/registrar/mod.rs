@@ -359,7 +359,7 @@ impl Registrar {
                 change.deleted.push(key);
             } else if refresh == Refresh::Covered {
                 // Only the expiry moved, within the row's lease: nothing to replicate.
-                self.owned.refreshed(aor, &key, expires_at_ms, c.cseq.seq);
+                self.owned.refreshed(aor, &b);
             } else {
                 b.expires_at_ms = now + LEASE_FACTOR * expires as u64 * 1000;
                 change.mutation = change.mutation.upsert(

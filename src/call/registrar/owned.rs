@@ -9,6 +9,7 @@
 //! ignored anyway) or restarts (the lease is then the expiry, at most one interval late).
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -21,15 +22,47 @@ pub const LEASE_FACTOR: u64 = 2;
 /// A binding row: its AOR (the partition) and its key in it.
 type RowRef = (String, Vec<u8>);
 
-/// One binding this node owns.
+/// One binding this node owns, in a few dozen bytes: what tells a refresh from a change, and
+/// the expiries.
 #[derive(Debug, Clone)]
 struct Entry {
-    /// The binding as its row holds it (`expires_at_ms` is the row's lease).
-    stored: Binding,
+    /// The binding's row key.
+    key: Box<[u8]>,
+    /// A digest of what a refresh must not change (contact, parameters, flow, path…).
+    fingerprint: u64,
+    /// When the row in the keyspace expires.
+    lease_ms: u64,
     /// When the phone's registration ends.
     expires_at_ms: u64,
-    /// The CSeq of the REGISTER that last refreshed it.
+    /// A digest of the Call-ID, and the CSeq, of the REGISTER that last refreshed it (RFC 3261
+    /// §10.3 step 7 orders REGISTERs of one Call-ID by CSeq; another Call-ID replaces).
+    call_id: u64,
     cseq: u32,
+}
+
+/// A digest of a binding's fields but expiry, Call-ID, CSeq and refresh time (what a row need
+/// not be rewritten for: the owner keeps those).
+fn fingerprint(b: &Binding) -> u64 {
+    let mut h = DefaultHasher::new();
+    (
+        &b.contact,
+        &b.params,
+        &b.q,
+        &b.user_agent,
+        &b.owner,
+        &b.flow,
+        &b.instance,
+        b.reg_id,
+        &b.path,
+    )
+        .hash(&mut h);
+    h.finish()
+}
+
+fn digest(s: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
 }
 
 /// The bindings this node owns, by AOR.
@@ -56,20 +89,6 @@ pub enum Refresh {
     Changed,
 }
 
-/// Whether two records are the same binding but for expiry, CSeq and refresh time.
-fn same_binding(a: &Binding, b: &Binding) -> bool {
-    a.contact == b.contact
-        && a.params == b.params
-        && a.q == b.q
-        && a.call_id == b.call_id
-        && a.user_agent == b.user_agent
-        && a.owner == b.owner
-        && a.flow == b.flow
-        && a.instance == b.instance
-        && a.reg_id == b.reg_id
-        && a.path == b.path
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -87,27 +106,29 @@ impl Owned {
         let key = b.key();
         let Some(e) = by_aor
             .get(aor)
-            .and_then(|list| list.iter().find(|e| e.stored.key() == key))
+            .and_then(|list| list.iter().find(|e| *e.key == *key))
         else {
             return Refresh::Unknown;
         };
-        if e.stored.call_id == b.call_id && e.cseq >= b.cseq {
+        if e.call_id == digest(&b.call_id) && e.cseq >= b.cseq {
             Refresh::OutOfOrder
-        } else if same_binding(&e.stored, b) && b.expires_at_ms <= e.stored.expires_at_ms {
+        } else if e.fingerprint == fingerprint(b) && b.expires_at_ms <= e.lease_ms {
             Refresh::Covered
         } else {
             Refresh::Changed
         }
     }
 
-    /// The expiry and CSeq of a covered refresh.
-    pub fn refreshed(&self, aor: &str, key: &[u8], expires_at_ms: u64, cseq: u32) {
+    /// The expiry, Call-ID and CSeq of a covered refresh.
+    pub fn refreshed(&self, aor: &str, b: &Binding) {
+        let key = b.key();
         if let Some(e) = lock(&self.by_aor)
             .get_mut(aor)
-            .and_then(|list| list.iter_mut().find(|e| e.stored.key() == key))
+            .and_then(|list| list.iter_mut().find(|e| *e.key == *key))
         {
-            e.expires_at_ms = expires_at_ms;
-            e.cseq = cseq;
+            e.expires_at_ms = b.expires_at_ms;
+            e.call_id = digest(&b.call_id);
+            e.cseq = b.cseq;
         }
     }
 
@@ -125,11 +146,14 @@ impl Owned {
         let mut by_aor = lock(&self.by_aor);
         let list = by_aor.entry(aor.to_string()).or_default();
         let entry = Entry {
-            cseq: stored.cseq,
-            stored,
+            key: key.clone().into_boxed_slice(),
+            fingerprint: fingerprint(&stored),
+            lease_ms: stored.expires_at_ms,
             expires_at_ms,
+            call_id: digest(&stored.call_id),
+            cseq: stored.cseq,
         };
-        match list.iter_mut().find(|e| e.stored.key() == key) {
+        match list.iter_mut().find(|e| *e.key == *key) {
             Some(e) => *e = entry,
             None => {
                 list.push(entry);
@@ -143,7 +167,7 @@ impl Owned {
         let mut by_aor = lock(&self.by_aor);
         if let Some(list) = by_aor.get_mut(aor) {
             let before = list.len();
-            list.retain(|e| e.stored.key() != key);
+            list.retain(|e| *e.key != *key);
             self.count
                 .fetch_sub((before - list.len()) as u64, Ordering::Relaxed);
             if list.is_empty() {
@@ -156,7 +180,7 @@ impl Owned {
     pub fn expiry(&self, aor: &str, key: &[u8]) -> Option<u64> {
         lock(&self.by_aor)
             .get(aor)
-            .and_then(|list| list.iter().find(|e| e.stored.key() == key))
+            .and_then(|list| list.iter().find(|e| *e.key == *key))
             .map(|e| e.expires_at_ms)
     }
 
@@ -179,7 +203,7 @@ impl Owned {
                 if e.expires_at_ms > now_ms {
                     return true;
                 }
-                out.push((aor.clone(), e.stored.key(), e.stored.expires_at_ms > now_ms));
+                out.push((aor.clone(), e.key.to_vec(), e.lease_ms > now_ms));
                 false
             });
         }
@@ -231,10 +255,15 @@ mod tests {
         let mut again = binding(2, 1_500_000);
         again.owner = stored.owner;
         assert_eq!(o.refresh("a", &again), Refresh::Covered);
-        o.refreshed("a", &again.key(), 1_500_000, 2);
+        o.refreshed("a", &again);
         assert_eq!(o.expiry("a", &again.key()), Some(1_500_000));
         // An older REGISTER is out of order; one past the lease, or changed, must be written.
         assert_eq!(o.refresh("a", &binding(2, 1_600_000)), Refresh::OutOfOrder);
+        // A new Call-ID (a phone that restarted) replaces the binding: still only a refresh.
+        let mut other_call = binding(1, 1_700_000);
+        other_call.owner = stored.owner;
+        other_call.call_id = "c2".into();
+        assert_eq!(o.refresh("a", &other_call), Refresh::Covered);
         again.cseq = 3;
         again.expires_at_ms = 2_500_000;
         assert_eq!(o.refresh("a", &again), Refresh::Changed);

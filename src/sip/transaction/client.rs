@@ -29,7 +29,9 @@ pub enum State {
 /// A client transaction.
 #[derive(Debug)]
 pub struct ClientTransaction {
-    request: Message,
+    /// The request, while it may be retransmitted or needs an ACK; dropped once a final
+    /// response came (a transaction then lingers for up to 32 s holding only its ACK).
+    request: Option<Message>,
     invite: bool,
     reliable: bool,
     state: State,
@@ -56,9 +58,13 @@ impl ClientTransaction {
             retransmit: (!reliable).then_some((now + first, first)),
             ends: Some(now + if invite { timers::B } else { timers::F }),
             ack: None,
-            request,
+            request: Some(request),
         };
-        let send = vec![Action::Send(t.request.raw.clone())];
+        let send = t
+            .request
+            .iter()
+            .map(|r| Action::Send(r.raw.clone()))
+            .collect();
         (t, send)
     }
 
@@ -111,6 +117,7 @@ impl ClientTransaction {
             return vec![Action::Deliver(response)];
         }
         self.retransmit = None;
+        let request = self.request.take();
         if self.invite && code < 300 {
             self.state = State::Accepted;
             self.ends = Some(now + timers::M);
@@ -119,7 +126,10 @@ impl ClientTransaction {
         self.state = State::Completed;
         let mut out = Vec::new();
         if self.invite {
-            let ack: Arc<[u8]> = Arc::from(ack_for(&self.request, &response));
+            let ack: Arc<[u8]> = match &request {
+                Some(r) => Arc::from(ack_for(r, &response)),
+                None => Arc::from(&b""[..]),
+            };
             out.push(Action::Send(ack.clone()));
             self.ack = Some(ack);
             self.ends = Some(now + unless_reliable(self.reliable, timers::D_UNRELIABLE));
@@ -154,7 +164,9 @@ impl ClientTransaction {
                     State::Calling | State::Trying | State::Proceeding
                 )
             {
-                out.push(Action::Send(self.request.raw.clone()));
+                if let Some(r) = &self.request {
+                    out.push(Action::Send(r.raw.clone()));
+                }
                 let next = if self.invite {
                     interval * 2
                 } else {

@@ -69,7 +69,7 @@ pub struct NotSent;
 /// Most transactions held at once; beyond this new requests get 503.
 pub const MAX_TRANSACTIONS: usize = 200_000;
 
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKey {
     Server(ServerKey),
     Client(ClientKey),
@@ -203,7 +203,7 @@ impl Transactions {
             };
             let flow = entry.flow.clone();
             let deadline = entry.txn.deadline();
-            self.schedule(&mut inner, TimerKey::Server(key.clone()), deadline);
+            self.schedule(&mut inner, TimerKey::Server(*key), deadline);
             drop(inner);
             self.run(&flow, actions, None);
             return m;
@@ -216,7 +216,7 @@ impl Transactions {
         }
         let txn = server::ServerTransaction::new(*method == Method::Invite, flow.is_reliable());
         inner.server.insert(
-            key.clone(),
+            *key,
             ServerEntry {
                 txn,
                 flow: flow.clone(),
@@ -239,7 +239,7 @@ impl Transactions {
         if entry.txn.is_terminated() {
             inner.server.remove(key);
         } else {
-            self.schedule(&mut inner, TimerKey::Server(key.clone()), deadline);
+            self.schedule(&mut inner, TimerKey::Server(*key), deadline);
         }
         drop(inner);
         self.run(&flow, actions, None);
@@ -266,7 +266,7 @@ impl Transactions {
             .method()
             .cloned()
             .unwrap_or(Method::Other(String::new()));
-        let key = ClientKey::new(branch, method);
+        let key = ClientKey::new(branch, &method);
         let (txn, actions) =
             client::ClientTransaction::new(request, flow.is_reliable(), Instant::now());
         // In the table before the first send: the answer may come back on another thread
@@ -275,14 +275,14 @@ impl Transactions {
         {
             let mut inner = self.lock();
             inner.client.insert(
-                key.clone(),
+                key,
                 ClientEntry {
                     txn,
                     flow: flow.clone(),
                     user,
                 },
             );
-            self.schedule(&mut inner, TimerKey::Client(key.clone()), deadline);
+            self.schedule(&mut inner, TimerKey::Client(key), deadline);
         }
         for a in actions {
             if let Action::Send(bytes) = a {
@@ -299,7 +299,7 @@ impl Transactions {
     /// Match a response to a client transaction; returns false if none matched, or if its user
     /// is gone (a 2xx retransmission after the proxy finished: forward it statelessly).
     pub fn on_response(&self, branch: &str, cseq_method: &str, response: Message) -> bool {
-        let key = ClientKey::new(branch, Method::parse(cseq_method));
+        let key = ClientKey::new(branch, &Method::parse(cseq_method));
         let mut inner = self.lock();
         let Some(entry) = inner.client.get_mut(&key) else {
             return false;
@@ -308,9 +308,15 @@ impl Transactions {
         let flow = entry.flow.clone();
         let user = entry.user.clone();
         let deadline = entry.txn.deadline();
-        self.schedule(&mut inner, TimerKey::Client(key.clone()), deadline);
+        self.schedule(&mut inner, TimerKey::Client(key), deadline);
         drop(inner);
         self.run_client(Some(&key), &flow, actions, Some(&user))
+    }
+
+    /// How many (server, client) transactions are alive, and timers are pending.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let inner = self.lock();
+        (inner.server.len(), inner.client.len(), inner.timers.len())
     }
 
     fn fire(&self, now: Instant) -> Option<Instant> {
@@ -343,7 +349,7 @@ impl Transactions {
                     if entry.txn.is_terminated() {
                         inner.server.remove(k);
                     } else {
-                        self.schedule(&mut inner, key.clone(), next);
+                        self.schedule(&mut inner, key, next);
                     }
                     drop(inner);
                     self.run(&flow, actions, None);
@@ -362,7 +368,7 @@ impl Transactions {
                     if entry.txn.is_terminated() {
                         inner.client.remove(k);
                     } else {
-                        self.schedule(&mut inner, key.clone(), next);
+                        self.schedule(&mut inner, key, next);
                     }
                     drop(inner);
                     self.run_client(Some(k), &flow, actions, Some(&user));

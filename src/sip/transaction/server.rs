@@ -106,6 +106,10 @@ impl ServerTransaction {
             _ => return Vec::new(),
         }
         self.last_response = Some(bytes.clone());
+        if self.invite && (200..300).contains(&code) {
+            // Accepted: 2xx retransmissions come from the UAS, not from here.
+            self.last_response = None;
+        }
         if code < 200 {
             self.state = State::Proceeding;
         } else if self.invite && code < 300 {
