@@ -522,3 +522,69 @@ async fn a_dead_tcp_flow_is_dropped_and_the_other_flow_rings() {
     })
     .await;
 }
+
+/// A binding moves: bob registers at node 2, then the same contact registers at node 1 (its
+/// owner changes). Calls reach him through the new owner; when that owner dies its binding is
+/// not used (480, not a call into the void); once bob registers again at node 2, calls reach
+/// him there. No node routes by a stale idea of who owns the binding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_binding_is_routed_through_its_new_owner_even_after_that_owner_dies() {
+    within(180, async {
+        let mesh = mesh_with(3, |_| {}).await;
+        let mut alice = Ua::new("alice", sip(&mesh, 0)).await;
+        let mut bob = Ua::new("bob", sip(&mesh, 2)).await;
+        assert_eq!(bob.register("b-pw").await, 200);
+        bob.retarget(sip(&mesh, 1));
+        assert_eq!(bob.register("b-pw").await, 200);
+        let contacts = |i: usize| {
+            let node = mesh.node(i).node().unwrap();
+            async move { node.contacts("bob").await.unwrap() }
+        };
+        assert_eq!(contacts(0).await.len(), 1, "one binding, moved, not two");
+        // Through the new owner.
+        let call = format!("{}@a", token());
+        let sent = invite_with_auth(&mut alice, "bob", "a-pw", &call, "t1").await;
+        let inv = bob.wait_request("INVITE", LONG).await.expect("bob rings");
+        let via = hvals(&inv, &HeaderName::Via);
+        assert!(
+            via[0].contains(&sip(&mesh, 1).to_string()),
+            "relayed by the new owner (node 1): {via:?}"
+        );
+        bob.respond(&inv, 486, "Busy Here", "b1").await;
+        let busy = alice.wait_final("INVITE", LONG).await.unwrap();
+        assert_eq!(busy.status(), Some(486));
+        alice.c.send(&ack_for(&sent, &busy)).await;
+        assert!(
+            bob.wait_request("ACK", LONG).await.is_some(),
+            "the ACK of the 486"
+        );
+        // The new owner dies: its binding is not used.
+        let dead = mesh.node(1).peer_id;
+        mesh.kill(1);
+        mesh.wait_state(dead, MemberState::Down, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let call = format!("{}@a", token());
+        let sent = invite_with_auth(&mut alice, "bob", "a-pw", &call, "t2").await;
+        let r = alice.wait_final("INVITE", LONG).await.unwrap();
+        assert_eq!(
+            r.status(),
+            Some(480),
+            "the dead owner's binding is unusable"
+        );
+        alice.c.send(&ack_for(&sent, &r)).await;
+        // Bob registers again, at node 2: calls reach him there.
+        bob.retarget(sip(&mesh, 2));
+        assert_eq!(bob.register("b-pw").await, 200);
+        let call = format!("{}@a", token());
+        invite_with_auth(&mut alice, "bob", "a-pw", &call, "t3").await;
+        let inv = bob
+            .wait_request("INVITE", LONG)
+            .await
+            .expect("bob rings again");
+        assert!(hvals(&inv, &HeaderName::Via)[0].contains(&sip(&mesh, 2).to_string()));
+        bob.respond(&inv, 200, "OK", "b3").await;
+        assert!(alice.wait_response(200, "INVITE", LONG).await.is_some());
+    })
+    .await;
+}

@@ -135,8 +135,24 @@ impl Registrar {
         gone.len()
     }
 
-    /// Delete a binding row at QUORUM (hinted where a replica misses it).
+    /// Delete one of this node's binding rows at QUORUM (hinted where a replica misses it) —
+    /// unless the row now belongs to another node (the phone moved): that one is left alone.
     async fn delete(&self, aor: &str, key: &[u8]) -> bool {
+        let mesh = &self.ctx.mesh;
+        match crate::call::location::lookup(mesh, aor, Consistency::Quorum).await {
+            Ok(rows) => {
+                if !rows
+                    .iter()
+                    .any(|b| b.key() == key && b.owner == mesh.peer_id())
+                {
+                    return false;
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, aor, "cannot read a binding before deleting it");
+                return false;
+            }
+        }
         let m = Mutation::new(REGISTRATIONS, aor.as_bytes().to_vec())
             .delete_row(key, self.ctx.mesh.keyspace().now());
         match self.ctx.mesh.write(m, Consistency::Quorum).await {
@@ -344,11 +360,15 @@ impl Registrar {
                 updated_ms: now,
             };
             let key = b.key();
-            let stale = existing
-                .iter()
-                .find(|o| o.key() == key)
-                .is_some_and(|old| old.call_id == c.call_id && old.cseq >= c.cseq.seq);
-            let refresh = self.owned.refresh(aor, &b);
+            let stored = existing.iter().find(|o| o.key() == key);
+            let stale =
+                stored.is_some_and(|old| old.call_id == c.call_id && old.cseq >= c.cseq.seq);
+            let mut refresh = self.owned.refresh(aor, &b);
+            if refresh == Refresh::Covered && stored.is_none_or(|row| row.owner != b.owner) {
+                // The row moved to another node (or is gone): this node's memory of it is
+                // stale; write it again.
+                refresh = Refresh::Changed;
+            }
             if stale || refresh == Refresh::OutOfOrder {
                 debug!(aor, "out-of-order REGISTER for a binding ignored");
                 continue;
