@@ -166,3 +166,52 @@ rss_kib() {
   echo "$t"
 }
 
+
+# Call setup latency with sub-millisecond resolution, from SIPp's message trace: calls at
+# rate $1 for STEP_SECONDS through server $2 (the callee must be registered); prints
+# "p50_ms p99_ms" of INVITE sent -> 200 received.
+latency_step() {
+  local rate=$1 server=$2
+  local d="$WORK/latency-$rate-$RANDOM"
+  mkdir -p "$d"
+  (cd "$d" && exec sipp -sf "$ROOT/bench/scenarios/uac.xml" -inf "$WORK/callees.csv" -s caller -au caller -ap secret \
+    -d "${HOLD_MS:-1000}" -t u1 -buff_size 4194304 -m $((rate * STEP_SECONDS)) -r "$rate" -i 127.0.0.1 -nostdin \
+    -timeout $((STEP_SECONDS * 4 + 40))s -trace_msg "$server" >/dev/null 2>&1) &
+  local p=$!
+  PIDS+=($p)
+  wait "$p" || true
+  python3 - "$d" <<'PY'
+import glob, re, sys
+from datetime import datetime
+d = sys.argv[1]
+sent, done = {}, {}
+for f in glob.glob(f"{d}/*_messages.log"):
+    block, stamp = [], None
+    def flush():
+        if stamp is None or len(block) < 3:
+            return
+        direction, first = block[0], block[2] if len(block) > 2 else ""
+        text = "\n".join(block)
+        cid = re.search(r"^Call-ID:\s*(\S+)", text, re.M)
+        cseq = re.search(r"^CSeq:\s*\d+\s+(\w+)", text, re.M)
+        if not cid or not cseq or cseq.group(1) != "INVITE":
+            return
+        c = cid.group(1)
+        if "sent" in direction and first.startswith("INVITE ") and c not in sent:
+            sent[c] = stamp
+        if "received" in direction and first.startswith("SIP/2.0 200") and c not in done:
+            done[c] = stamp
+    for line in open(f, errors="replace"):
+        line = line.rstrip("\r\n")
+        m = re.match(r"^-{20,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)", line)
+        if m:
+            flush()
+            block, stamp = [], datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        else:
+            block.append(line)
+    flush()
+lat = sorted((done[c] - sent[c]) * 1000 for c in done if c in sent)
+pct = lambda p: lat[min(len(lat) - 1, int(p * (len(lat) - 1)))] if lat else float("nan")
+print(f"{pct(0.5):.2f} {pct(0.99):.2f}")
+PY
+}

@@ -13,7 +13,8 @@
 # <= 0.1 % retransmissions (as in ../shared/bench-reference). Per step: achieved rate, failures,
 # retransmissions, setup p50/p99 (SIPp RTD, 1 ms resolution, 4 ms ticks), CPU µs per operation
 # summed over every target process (/proc/PID/stat), and after the REGISTER steps the target's
-# resident memory per registration. Results go to bench/results.md.
+# resident memory per registration, and call-setup latency at LATENCY_RATE calls/s measured
+# from SIPp's message trace (µs resolution). Results go to bench/results.md.
 #
 # Usage: bench/run.sh            (installs sip-tester and kamailio if missing; builds release)
 # Env:   TARGETS="kamailio sipmesh1 sipmesh3 sipmesh3all"  CALL_RATES="500 1000 2000 3000 4000"
@@ -24,6 +25,7 @@ ROOT=$PWD
 CALL_RATES=${CALL_RATES:-"500 1000 2000 3000 4000"}
 REG_RATES=${REG_RATES:-"1000 2000 4000 8000"}
 REFRESH_RATE=${REFRESH_RATE:-2000}
+LATENCY_RATE=${LATENCY_RATE:-200}
 STEP_SECONDS=${STEP_SECONDS:-10}
 HOLD_MS=${HOLD_MS:-1000}
 OUT=${OUT:-$ROOT/bench/results.md}
@@ -33,6 +35,7 @@ source "$ROOT/bench/lib.sh"
 
 RESULTS=()
 MEMORY=()
+LATENCY=()
 record() { RESULTS+=("$1"); echo "$1"; }
 
 # pass OK FAILED RETRANS EXPECTED: whether a step passed
@@ -100,6 +103,10 @@ bench_calls() { # $1 = label; calls enter SIP0, callee registered at SIPN
   start_uas 5099
   sleep 1
   register_uas callee 5099 "$SIPN"
+  read -r lp50 lp99 < <(latency_step "$LATENCY_RATE" "$SIP0")
+  LATENCY+=("| $label | $LATENCY_RATE | $lp50 | $lp99 |")
+  echo "setup latency at $LATENCY_RATE calls/s: p50 $lp50 ms, p99 $lp99 ms"
+  sleep 3
   for rate in $CALL_RATES; do
     res=$(run_step call "$rate" "$SIP0" -sf "$ROOT/bench/scenarios/uac.xml" -inf "$WORK/callees.csv" -s caller -au caller -ap secret -d "$HOLD_MS" -t u1)
     read -r ok failed retrans p50 p99 cpu achieved <<<"$res"
@@ -178,5 +185,11 @@ done
   echo "| target | registrations held | RSS growth per registration (bytes, all processes) |"
   echo "| --- | --- | --- |"
   printf '%s\n' "${MEMORY[@]}"
+  echo
+  echo "Call setup (INVITE sent -> 200 received, from SIPp's message trace, µs resolution):"
+  echo
+  echo "| target | calls/s | p50 ms | p99 ms |"
+  echo "| --- | --- | --- | --- |"
+  printf '%s\n' "${LATENCY[@]}"
 } >"$OUT"
 echo "results in $OUT"
