@@ -22,7 +22,7 @@ mkdir -p "$PROFILE_OUT"
 
 start_sipmesh "$NODES"
 if [[ $KIND == call ]]; then
-  (cd "$WORK" && exec sipp -sf "$ROOT/bench/scenarios/uas.xml" -i 127.0.0.1 -p 5099 -t u1 -nostdin >/dev/null 2>&1) &
+  (cd "$WORK" && exec sipp -sf "$ROOT/bench/scenarios/uas.xml" -buff_size 4194304 -i 127.0.0.1 -p 5099 -t u1 -nostdin >/dev/null 2>&1) &
   PIDS+=($!)
   sleep 1
   (cd "$WORK" && sipp -sf "$ROOT/bench/scenarios/reg.xml" -inf "$WORK/callee.csv" -m 1 -i 127.0.0.1 -key contact_hp 127.0.0.1:5099 -nostdin "$SIPN" >/dev/null 2>&1)

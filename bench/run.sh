@@ -48,7 +48,7 @@ register_uas() {
 }
 
 start_uas() { # $1 = port
-  (cd "$WORK" && exec sipp -sf "$ROOT/bench/scenarios/uas.xml" -i 127.0.0.1 -p "$1" -t u1 -nostdin >/dev/null 2>&1) &
+  (cd "$WORK" && exec sipp -sf "$ROOT/bench/scenarios/uas.xml" -buff_size 4194304 -i 127.0.0.1 -p "$1" -t u1 -nostdin >/dev/null 2>&1) &
   PIDS+=($!)
   UAS_PIDS+=($!)
 }

@@ -39,7 +39,7 @@ per_reg=$(((rss1 - rss0) * 1024 / (ok > 0 ? ok : 1)))
 per_owned=$(((own1 - own0) * 1024 / (ok > 0 ? ok : 1)))
 echo "resident memory: $rss0 KiB -> $rss1 KiB, $per_reg bytes per registration (all nodes); the owner node: $own0 -> $own1 KiB, $per_owned bytes per registration"
 
-(cd "$WORK" && exec sipp -sf "$ROOT/bench/scenarios/uas.xml" -i 127.0.0.1 -p 5099 -t u1 -nostdin >/dev/null 2>&1) &
+(cd "$WORK" && exec sipp -sf "$ROOT/bench/scenarios/uas.xml" -buff_size 4194304 -i 127.0.0.1 -p 5099 -t u1 -nostdin >/dev/null 2>&1) &
 PIDS+=($!)
 sleep 1
 (cd "$WORK" && sipp -sf "$ROOT/bench/scenarios/reg.xml" -inf "$WORK/callee.csv" -m 1 -i 127.0.0.1 -key contact_hp 127.0.0.1:5099 -nostdin "$SIPN" >/dev/null 2>&1)

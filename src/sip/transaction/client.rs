@@ -79,6 +79,12 @@ impl ClientTransaction {
         self.state == State::Terminated
     }
 
+    /// Whether the transaction only lingers (a final response came: it absorbs
+    /// retransmissions or passes 2xx through): it can be dropped early when memory is short.
+    pub fn is_lingering(&self) -> bool {
+        matches!(self.state, State::Completed | State::Accepted)
+    }
+
     /// When `on_timer` must next be called.
     pub fn deadline(&self) -> Option<Instant> {
         match (self.retransmit.map(|r| r.0), self.ends) {

@@ -11,7 +11,7 @@ pub mod timers;
 pub use key::{ClientKey, ServerKey};
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -68,6 +68,12 @@ pub struct NotSent;
 
 /// Most transactions held at once; beyond this new requests get 503.
 pub const MAX_TRANSACTIONS: usize = 200_000;
+/// Above this many transactions, lingering ones (final response done, kept only to absorb
+/// retransmissions: up to 32 s by RFC 3261's timers) older than [`MIN_LINGER`] are dropped,
+/// oldest first, to make room — a burst degrades retransmission absorption, not service.
+pub const SOFT_TRANSACTIONS: usize = 100_000;
+/// A lingering transaction is kept at least this long (T4: what a UDP retransmission needs).
+pub const MIN_LINGER: std::time::Duration = timers::T4;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKey {
@@ -78,12 +84,16 @@ enum TimerKey {
 struct ServerEntry {
     txn: server::ServerTransaction,
     flow: Flow,
+    /// Queued in `Inner::lingering`.
+    lingering: bool,
 }
 
 struct ClientEntry {
     txn: client::ClientTransaction,
     flow: Flow,
     user: Arc<dyn ClientUser>,
+    /// Queued in `Inner::lingering`.
+    lingering: bool,
 }
 
 #[derive(Default)]
@@ -91,6 +101,62 @@ struct Inner {
     server: HashMap<ServerKey, ServerEntry>,
     client: HashMap<ClientKey, ClientEntry>,
     timers: BinaryHeap<Reverse<(Instant, TimerKey)>>,
+    /// Transactions that reached a lingering state, oldest first (some may be gone already).
+    lingering: VecDeque<(Instant, TimerKey)>,
+}
+
+impl Inner {
+    fn total(&self) -> usize {
+        self.server.len() + self.client.len()
+    }
+
+    /// Note a transaction that now only lingers.
+    fn note_server(&mut self, key: ServerKey, now: Instant) {
+        if let Some(e) = self.server.get_mut(&key) {
+            if !e.lingering && e.txn.is_lingering() {
+                e.lingering = true;
+                self.lingering.push_back((now, TimerKey::Server(key)));
+            }
+        }
+    }
+
+    fn note_client(&mut self, key: ClientKey, now: Instant) {
+        if let Some(e) = self.client.get_mut(&key) {
+            if !e.lingering && e.txn.is_lingering() {
+                e.lingering = true;
+                self.lingering.push_back((now, TimerKey::Client(key)));
+            }
+        }
+    }
+
+    /// Above [`SOFT_TRANSACTIONS`], drop lingering transactions older than [`MIN_LINGER`].
+    /// Returns how many were dropped.
+    fn make_room(&mut self, now: Instant) -> usize {
+        let mut dropped = 0;
+        while self.total() >= SOFT_TRANSACTIONS {
+            let Some((at, key)) = self.lingering.front().copied() else {
+                break;
+            };
+            if now.duration_since(at) < MIN_LINGER {
+                break;
+            }
+            self.lingering.pop_front();
+            let gone = match key {
+                TimerKey::Server(k) => self.server.remove(&k).is_some(),
+                TimerKey::Client(k) => self.client.remove(&k).is_some(),
+            };
+            dropped += usize::from(gone);
+        }
+        // Keep the queue from growing with entries whose transactions ended on their own.
+        if self.lingering.len() > 2 * MAX_TRANSACTIONS {
+            let (server, client) = (&self.server, &self.client);
+            self.lingering.retain(|(_, k)| match k {
+                TimerKey::Server(k) => server.contains_key(k),
+                TimerKey::Client(k) => client.contains_key(k),
+            });
+        }
+        dropped
+    }
 }
 
 /// What happened when a request was matched against server transactions.
@@ -204,6 +270,7 @@ impl Transactions {
             let flow = entry.flow.clone();
             let deadline = entry.txn.deadline();
             self.schedule(&mut inner, TimerKey::Server(*key), deadline);
+            inner.note_server(*key, now);
             drop(inner);
             self.run(&flow, actions, None);
             return m;
@@ -211,7 +278,8 @@ impl Transactions {
         if *method == Method::Ack {
             return ServerMatch::StrayAck;
         }
-        if inner.server.len() + inner.client.len() >= MAX_TRANSACTIONS {
+        inner.make_room(now);
+        if inner.total() >= MAX_TRANSACTIONS {
             return ServerMatch::Overloaded;
         }
         let txn = server::ServerTransaction::new(*method == Method::Invite, flow.is_reliable());
@@ -220,6 +288,7 @@ impl Transactions {
             ServerEntry {
                 txn,
                 flow: flow.clone(),
+                lingering: false,
             },
         );
         ServerMatch::New
@@ -240,6 +309,7 @@ impl Transactions {
             inner.server.remove(key);
         } else {
             self.schedule(&mut inner, TimerKey::Server(*key), deadline);
+            inner.note_server(*key, now);
         }
         drop(inner);
         self.run(&flow, actions, None);
@@ -274,12 +344,14 @@ impl Transactions {
         let deadline = txn.deadline();
         {
             let mut inner = self.lock();
+            inner.make_room(Instant::now());
             inner.client.insert(
                 key,
                 ClientEntry {
                     txn,
                     flow: flow.clone(),
                     user,
+                    lingering: false,
                 },
             );
             self.schedule(&mut inner, TimerKey::Client(key), deadline);
@@ -304,11 +376,13 @@ impl Transactions {
         let Some(entry) = inner.client.get_mut(&key) else {
             return false;
         };
-        let actions = entry.txn.on_response(response, Instant::now());
+        let now = Instant::now();
+        let actions = entry.txn.on_response(response, now);
         let flow = entry.flow.clone();
         let user = entry.user.clone();
         let deadline = entry.txn.deadline();
         self.schedule(&mut inner, TimerKey::Client(key), deadline);
+        inner.note_client(key, now);
         drop(inner);
         self.run_client(Some(&key), &flow, actions, Some(&user))
     }
@@ -397,5 +471,52 @@ async fn timer_loop(this: std::sync::Weak<Transactions>) {
             _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
         }
         drop(t);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::message::Message;
+
+    fn lingering_entry(now: Instant) -> ServerEntry {
+        let mut txn = server::ServerTransaction::new(false, false);
+        txn.on_response(200, Arc::from(&b"SIP/2.0 200 OK\r\n\r\n"[..]), now);
+        ServerEntry {
+            txn,
+            flow: Flow::Udp("127.0.0.1:5060".parse().unwrap()),
+            lingering: false,
+        }
+    }
+
+    fn key(i: usize) -> ServerKey {
+        let m = Message::parse(
+            format!("OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK{i}\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+            false,
+        )
+        .unwrap();
+        let via =
+            crate::sip::header::Via::parse(m.values(&crate::sip::message::HeaderName::Via)[0])
+                .unwrap();
+        ServerKey::of(&m, &via, &Method::Options)
+    }
+
+    #[test]
+    fn under_pressure_old_lingering_transactions_make_room_young_ones_stay() {
+        let t0 = Instant::now();
+        let mut inner = Inner::default();
+        for i in 0..SOFT_TRANSACTIONS + 10 {
+            let k = key(i);
+            inner.server.insert(k, lingering_entry(t0));
+            inner.note_server(k, t0);
+        }
+        // Too young to drop.
+        assert_eq!(inner.make_room(t0 + MIN_LINGER / 2), 0);
+        // Old enough: dropped, oldest first, down to the soft limit.
+        let dropped = inner.make_room(t0 + MIN_LINGER);
+        assert_eq!(dropped, 11);
+        assert_eq!(inner.total(), SOFT_TRANSACTIONS - 1);
+        assert!(!inner.server.contains_key(&key(0)));
+        assert!(inner.server.contains_key(&key(SOFT_TRANSACTIONS + 9)));
     }
 }

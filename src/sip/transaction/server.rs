@@ -65,6 +65,17 @@ impl ServerTransaction {
         self.state == State::Terminated
     }
 
+    /// Whether the transaction only lingers (its final response sent, nothing left for it to
+    /// send on its own: absorbing retransmissions or passing 2xx through): it can be dropped
+    /// early when memory is short.
+    pub fn is_lingering(&self) -> bool {
+        match self.state {
+            State::Accepted | State::Confirmed => true,
+            State::Completed => !self.invite,
+            _ => false,
+        }
+    }
+
     /// When `on_timer` must next be called.
     pub fn deadline(&self) -> Option<Instant> {
         match (self.retransmit.map(|r| r.0), self.ends) {
