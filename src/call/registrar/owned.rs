@@ -66,9 +66,12 @@ fn digest(s: &str) -> u64 {
 }
 
 /// The bindings this node owns, by AOR.
-#[derive(Default)]
 pub struct Owned {
-    by_aor: Mutex<HashMap<String, Vec<Entry>>>,
+    /// The bindings by AOR, in [`SHARDS`] shards (less contention, and an expiry sweep that
+    /// visits a few shards per tick instead of every binding at once).
+    shards: Vec<Mutex<HashMap<String, Vec<Entry>>>>,
+    /// The next shard the sweep visits.
+    next_shard: AtomicU64,
     /// Outbound flows of owned bindings: flow → (AOR, binding row key), to drop them when the
     /// flow dies.
     flows: Mutex<HashMap<Flow, Vec<RowRef>>>,
@@ -89,11 +92,31 @@ pub enum Refresh {
     Changed,
 }
 
+/// Shards of the owned bindings.
+const SHARDS: usize = 64;
+/// Shards an expiry sweep visits (a full pass takes `SHARDS / SWEEP_SHARDS` sweeps).
+const SWEEP_SHARDS: usize = 16;
+
+impl Default for Owned {
+    fn default() -> Self {
+        Owned {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            next_shard: AtomicU64::new(0),
+            flows: Mutex::new(HashMap::new()),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Owned {
+    fn shard(&self, aor: &str) -> &Mutex<HashMap<String, Vec<Entry>>> {
+        &self.shards[(digest(aor) as usize) % SHARDS]
+    }
+
     /// How many bindings this node owns.
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
@@ -102,7 +125,7 @@ impl Owned {
     /// How a REGISTER's binding `b` (its `expires_at_ms` the phone's expiry) relates to what
     /// this node owns for `aor`.
     pub fn refresh(&self, aor: &str, b: &Binding) -> Refresh {
-        let by_aor = lock(&self.by_aor);
+        let by_aor = lock(self.shard(aor));
         let key = b.key();
         let Some(e) = by_aor
             .get(aor)
@@ -122,7 +145,7 @@ impl Owned {
     /// The expiry, Call-ID and CSeq of a covered refresh.
     pub fn refreshed(&self, aor: &str, b: &Binding) {
         let key = b.key();
-        if let Some(e) = lock(&self.by_aor)
+        if let Some(e) = lock(self.shard(aor))
             .get_mut(aor)
             .and_then(|list| list.iter_mut().find(|e| *e.key == *key))
         {
@@ -143,7 +166,7 @@ impl Owned {
                 list.push((aor.to_string(), key.clone()));
             }
         }
-        let mut by_aor = lock(&self.by_aor);
+        let mut by_aor = lock(self.shard(aor));
         let list = by_aor.entry(aor.to_string()).or_default();
         let entry = Entry {
             key: key.clone().into_boxed_slice(),
@@ -164,7 +187,7 @@ impl Owned {
 
     /// A binding row was deleted.
     pub fn removed(&self, aor: &str, key: &[u8]) {
-        let mut by_aor = lock(&self.by_aor);
+        let mut by_aor = lock(self.shard(aor));
         if let Some(list) = by_aor.get_mut(aor) {
             let before = list.len();
             list.retain(|e| *e.key != *key);
@@ -178,7 +201,7 @@ impl Owned {
 
     /// The phone's own expiry of a binding this node owns.
     pub fn expiry(&self, aor: &str, key: &[u8]) -> Option<u64> {
-        lock(&self.by_aor)
+        lock(self.shard(aor))
             .get(aor)
             .and_then(|list| list.iter().find(|e| *e.key == *key))
             .map(|e| e.expires_at_ms)
@@ -193,11 +216,28 @@ impl Owned {
         gone
     }
 
-    /// Bindings whose phones' expiry passed by `now_ms`, forgotten here, with whether their
-    /// rows outlive them (and must be deleted).
+    /// Bindings whose phones' expiry passed by `now_ms`, in the next few shards, forgotten
+    /// here, with whether their rows outlive them (and must be deleted). A full pass over every
+    /// binding takes `SHARDS / SWEEP_SHARDS` calls.
     pub fn expired(&self, now_ms: u64) -> Vec<(String, Vec<u8>, bool)> {
         let mut out = Vec::new();
-        let mut by_aor = lock(&self.by_aor);
+        for _ in 0..SWEEP_SHARDS {
+            let shard = self.next_shard.fetch_add(1, Ordering::Relaxed) as usize % SHARDS;
+            self.expire_shard(shard, now_ms, &mut out);
+        }
+        self.count.fetch_sub(out.len() as u64, Ordering::Relaxed);
+        let mut flows = lock(&self.flows);
+        for (aor, key, _) in &out {
+            for list in flows.values_mut() {
+                list.retain(|(a, k)| !(a == aor && k == key));
+            }
+        }
+        flows.retain(|_, list| !list.is_empty());
+        out
+    }
+
+    fn expire_shard(&self, shard: usize, now_ms: u64, out: &mut Vec<(String, Vec<u8>, bool)>) {
+        let mut by_aor = lock(&self.shards[shard]);
         for (aor, list) in by_aor.iter_mut() {
             list.retain(|e| {
                 if e.expires_at_ms > now_ms {
@@ -208,16 +248,6 @@ impl Owned {
             });
         }
         by_aor.retain(|_, list| !list.is_empty());
-        drop(by_aor);
-        self.count.fetch_sub(out.len() as u64, Ordering::Relaxed);
-        let mut flows = lock(&self.flows);
-        for (aor, key, _) in &out {
-            for list in flows.values_mut() {
-                list.retain(|(a, k)| !(a == aor && k == key));
-            }
-        }
-        flows.retain(|_, list| !list.is_empty());
-        out
     }
 }
 
@@ -277,8 +307,13 @@ mod tests {
         let o = Owned::default();
         o.written("a", binding(1, 4_000), 2_000);
         o.written("b", binding(1, 9_000), 9_000);
-        assert_eq!(o.expired(1_000), vec![]);
-        let gone = o.expired(3_000);
+        let full_pass = |now| {
+            (0..SHARDS / SWEEP_SHARDS)
+                .flat_map(|_| o.expired(now))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(full_pass(1_000), vec![]);
+        let gone = full_pass(3_000);
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].0, "a");
         assert!(gone[0].2, "the row's lease runs to 4,000");
