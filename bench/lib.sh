@@ -55,6 +55,10 @@ for i in range(3):
         f.write(f"SEQUENTIAL\ncallee{i}\n")
 PY
 
+# The admin token of the benchmark's nodes (SIPp sends from 127.0.0.1, a trusted source: the
+# benchmark measures the SIP path, not the throttle).
+BENCH_TOKEN=${BENCH_TOKEN:-bench-admin-token-0123456789}
+
 start_sipmesh() { # $1 = number of nodes; sets TARGET_PIDS, SIP0, SIPN (last node), HTTP0
   local n=$1 i
   TARGET_PIDS=()
@@ -63,7 +67,7 @@ start_sipmesh() { # $1 = number of nodes; sets TARGET_PIDS, SIP0, SIPN (last nod
     local dir="$WORK/node$n-$i"
     local args=(node --data-dir "$dir" --sip-listen "127.0.0.1:$((5200 + 10 * i))"
       --p2p-listen "/ip4/127.0.0.1/tcp/$((4200 + i))" --http-listen "127.0.0.1:$((8200 + i))"
-      --auth-invites false)
+      --auth-invites false --admin-token "$BENCH_TOKEN" --trusted-source 127.0.0.1)
     [[ -n $seed ]] && args+=(--bootstrap "$seed")
     env RUST_LOG=warn ${NODE_ENV:-} "$BIN" "${args[@]}" >"$WORK/node$n-$i.log" 2>&1 &
     TARGET_PIDS+=($!)
@@ -76,7 +80,9 @@ start_sipmesh() { # $1 = number of nodes; sets TARGET_PIDS, SIP0, SIPN (last nod
     [[ $up == "$n" ]] && break
     sleep 0.1
   done
-  curl -sf -X POST --data-binary @"$WORK/users.csv" http://127.0.0.1:8200/v1/users/import >/dev/null
+  python3 -c 'import json,sys; print(json.dumps({"csv": open(sys.argv[1]).read()}))' "$WORK/users.csv" |
+    curl -sf -X POST -H "Authorization: Bearer $BENCH_TOKEN" -H 'Content-Type: application/json' \
+      --data-binary @- http://127.0.0.1:8200/v1/users/import >/dev/null
   SIP0=127.0.0.1:5200
   SIPN=127.0.0.1:$((5200 + 10 * (n - 1)))
 }

@@ -29,6 +29,8 @@ pub(crate) mod node;
 
 pub mod ops;
 
+pub use call::policy::{PolicyConfig, TrunkConfig};
+pub use call::throttle::ThrottleConfig;
 pub use error::{Error, Result};
 pub use node::{Node, NodeConfig};
 pub use ops::local_mesh::{LocalMesh, LocalMeshBuilder, LocalNode};

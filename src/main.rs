@@ -18,12 +18,21 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The admin API's bearer token, for `user` and `status` (printed by `sipmesh dev`; a
+    /// node keeps its own in DATA_DIR/admin-token).
+    #[arg(
+        long,
+        global = true,
+        env = "SIPMESH_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run a node.
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Run a local mesh on loopback with demo users; prints how to connect. Ctrl-C stops it.
     Dev {
         /// How many nodes.
@@ -115,6 +124,19 @@ struct NodeArgs {
     /// A TOML config file; flags override it.
     #[arg(long, env = "SIPMESH_CONFIG")]
     config: Option<PathBuf>,
+    /// Bearer token of the admin API (default: generated into DATA_DIR/admin-token).
+    #[arg(long, env = "SIPMESH_ADMIN_TOKEN")]
+    admin_token: Option<String>,
+    /// Let a node whose p2p listener is beyond loopback run without --mesh-key (anyone who can
+    /// reach it can join, read and write the keyspace). Warns at every start.
+    #[arg(long)]
+    insecure_open_mesh: bool,
+    /// A domain of the mesh besides the realm and the members' SIP addresses; repeatable.
+    #[arg(long = "domain")]
+    domains: Vec<String>,
+    /// A source address never throttled (a trusted gateway, a load tester); repeatable.
+    #[arg(long = "trusted-source")]
+    trusted_sources: Vec<String>,
 }
 
 fn parse_sock(flag: &str, v: &str) -> Result<SocketAddr> {
@@ -135,9 +157,10 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
     };
     let data_dir = args
         .data_dir
-        .or(file.data_dir)
+        .or(file.data_dir.clone())
         .ok_or_else(|| anyhow!("missing --data-dir (or data_dir in --config)"))?;
     let mut c = NodeConfig::new(data_dir);
+    security_config(&mut c, &args.domains, &args.trusted_sources, &file)?;
     let sip = args
         .sip_listen
         .or(file.sip_listen)
@@ -183,9 +206,12 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
     if let Some(k) = args.mesh_key.or(file.mesh_key) {
         c.mesh.mesh_key = Some(sipmesh_net::MeshConfig::read_mesh_key(&k).context("--mesh-key")?);
     }
-    c.admin_token = std::env::var("SIPMESH_ADMIN_TOKEN")
-        .ok()
-        .or(file.admin_token);
+    c.insecure_open_mesh = args.insecure_open_mesh || file.insecure_open_mesh.unwrap_or(false);
+    c.admin_token = args.admin_token.or(file.admin_token);
+    if c.admin_token.as_deref().is_some_and(|t| t.len() < 16) {
+        bail!("--admin-token must be at least 16 characters");
+    }
+
     if let Some(v) = file.min_expires {
         c.registrar.min_expires = v;
     }
@@ -206,6 +232,79 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
         Some(other) => bail!("config: sync = {other:?}; use \"periodic\" or \"sync-before-ack\""),
     };
     Ok(c)
+}
+
+/// The routing policy and throttle settings from flags and the config file.
+fn security_config(
+    c: &mut NodeConfig,
+    domains: &[String],
+    trusted: &[String],
+    file: &FileConfig,
+) -> Result<()> {
+    let domains = if domains.is_empty() {
+        file.domains.clone().unwrap_or_default()
+    } else {
+        domains.to_vec()
+    };
+    c.policy.domains = domains;
+    let trusted = if trusted.is_empty() {
+        file.trusted_sources.clone().unwrap_or_default()
+    } else {
+        trusted.to_vec()
+    };
+    c.throttle.trusted = trusted
+        .iter()
+        .map(|t| {
+            t.parse()
+                .map_err(|e| anyhow!("--trusted-source {t:?} is not an IP address ({e})"))
+        })
+        .collect::<Result<_>>()?;
+    if let Some(m) = &file.auth_methods {
+        c.policy.auth_methods = m.iter().map(|x| x.to_ascii_uppercase()).collect();
+    }
+    if let Some(n) = file.max_contacts {
+        if n == 0 {
+            bail!("config: max_contacts must be at least 1");
+        }
+        c.policy.max_contacts = n;
+    }
+    if let Some(n) = file.max_branches {
+        if n == 0 {
+            bail!("config: max_branches must be at least 1");
+        }
+        c.policy.max_branches = n;
+    }
+    if let Some(t) = &file.trunk {
+        if sipmesh::sip::uri::SipUri::parse(&t.uri).is_err() {
+            bail!("config: trunk.uri {:?} is not a SIP URI", t.uri);
+        }
+        c.policy.trunk = Some(sipmesh::TrunkConfig {
+            uri: t.uri.clone(),
+            prefixes: t.prefixes.clone(),
+            calls_per_minute: t.calls_per_minute.unwrap_or(10),
+        });
+    }
+    c.digest_sha256_first = file.digest_sha256_first.unwrap_or(false);
+    let th = &mut c.throttle;
+    if let Some(v) = file.rate_limit {
+        th.requests_per_window = v;
+    }
+    if let Some(v) = file.rate_window_secs {
+        th.window = Duration::from_secs(v.max(1));
+    }
+    if let Some(v) = file.ban_secs {
+        th.ban = Duration::from_secs(v);
+    }
+    if let Some(v) = file.auth_failures_per_source {
+        th.auth_failures_per_source = v;
+    }
+    if let Some(v) = file.auth_failures_per_user {
+        th.auth_failures_per_user = v;
+    }
+    if let Some(v) = file.auth_window_secs {
+        th.auth_window = Duration::from_secs(v.max(1));
+    }
+    Ok(())
 }
 
 async fn wait_for_shutdown() {
@@ -246,9 +345,14 @@ async fn run_dev(n: usize) -> Result<()> {
         bail!("--nodes {n} must be between 1 and 9");
     }
     let dir = tempfile::Builder::new().prefix("sipmesh-dev-").tempdir()?;
+    let token = sipmesh::sip::digest::hex(&rand::random::<[u8; 16]>());
     let mut nodes: Vec<Node> = Vec::new();
     for i in 0..n {
         let mut c = NodeConfig::new(dir.path().join(format!("node{i}")));
+        c.admin_token = Some(token.clone());
+        // A development mesh on loopback: SIPp and softphones on this host are not throttled
+        // (other loopback addresses are, so the throttle can be tried).
+        c.throttle.trusted = vec![std::net::Ipv4Addr::LOCALHOST.into()];
         c.sip_listen = format!("127.0.0.1:{}", 5060 + 2 * i).parse()?;
         c.http_listen = Some(format!("127.0.0.1:{}", 8080 + i).parse()?);
         c.mesh.listen = vec![format!("/ip4/127.0.0.1/tcp/{}", 4001 + i).parse()?];
@@ -313,7 +417,8 @@ async fn run_dev(n: usize) -> Result<()> {
         "  printf 'SEQUENTIAL\\n{u};[authentication username={u} password={p}]\\n' > /tmp/{u}.csv"
     );
     println!("  sipp 127.0.0.1:5060 -sf bench/scenarios/reg.xml -inf /tmp/{u}.csv -m 1 -key contact_hp 127.0.0.1:5099 -trace_err\n");
-    println!("status: cargo run --release -- status --node http://127.0.0.1:8080\nCtrl-C stops the mesh.");
+    println!("admin token (every node): {token}");
+    println!("status: cargo run --release -- status --node http://127.0.0.1:8080 --token {token}\nCtrl-C stops the mesh.");
     wait_for_shutdown().await;
     println!("stopping...");
     for node in &nodes {
@@ -330,25 +435,29 @@ fn agent() -> ureq::Agent {
 
 fn call(
     req: ureq::Request,
+    token: Option<&str>,
     body: Option<serde_json::Value>,
-    text: Option<String>,
 ) -> Result<serde_json::Value> {
-    let req = match std::env::var("SIPMESH_ADMIN_TOKEN") {
-        Ok(t) => req.set("Authorization", &format!("Bearer {t}")),
-        Err(_) => req,
+    let req = match token {
+        Some(t) => req.set("Authorization", &format!("Bearer {t}")),
+        None => req,
     };
     let url = req.url().to_string();
-    let result = match (body, text) {
-        (Some(b), _) => req.send_json(b),
-        (None, Some(t)) => req.set("Content-Type", "text/csv").send_string(&t),
-        (None, None) => req.call(),
+    let result = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
     };
     match result {
         Ok(r) => Ok(r.into_json()?),
         Err(ureq::Error::Status(code, r)) => {
             let v: serde_json::Value = r.into_json().unwrap_or_default();
+            let hint = if code == 401 {
+                " (pass --token or set SIPMESH_ADMIN_TOKEN; a node keeps its token in DATA_DIR/admin-token)"
+            } else {
+                ""
+            };
             bail!(
-                "{url}: HTTP {code}: {}",
+                "{url}: HTTP {code}: {}{hint}",
                 v.get("error").and_then(|e| e.as_str()).unwrap_or("error")
             )
         }
@@ -358,7 +467,7 @@ fn call(
     }
 }
 
-fn user_command(cmd: UserCommand) -> Result<()> {
+fn user_command(cmd: UserCommand, token: Option<&str>) -> Result<()> {
     let a = agent();
     match cmd {
         UserCommand::Add {
@@ -368,17 +477,17 @@ fn user_command(cmd: UserCommand) -> Result<()> {
         } => {
             call(
                 a.post(&format!("{node}/v1/users")),
+                token,
                 Some(serde_json::json!({"user": user, "password": password})),
-                None,
             )?;
             println!("added {user}");
         }
         UserCommand::Remove { user, node } => {
-            call(a.delete(&format!("{node}/v1/users/{user}")), None, None)?;
+            call(a.delete(&format!("{node}/v1/users/{user}")), token, None)?;
             println!("removed {user}");
         }
         UserCommand::List { node } => {
-            let v = call(a.get(&format!("{node}/v1/users")), None, None)?;
+            let v = call(a.get(&format!("{node}/v1/users")), token, None)?;
             for u in v["users"].as_array().into_iter().flatten() {
                 println!("{}", u.as_str().unwrap_or_default());
             }
@@ -388,7 +497,11 @@ fn user_command(cmd: UserCommand) -> Result<()> {
                 .with_context(|| format!("cannot read {}", file.display()))?;
             sipmesh::ops::admin::parse_import(&text)
                 .map_err(|e| anyhow!("{}: {e}", file.display()))?;
-            let v = call(a.post(&format!("{node}/v1/users/import")), None, Some(text))?;
+            let v = call(
+                a.post(&format!("{node}/v1/users/import")),
+                token,
+                Some(serde_json::json!({ "csv": text })),
+            )?;
             println!("imported {} users", v["imported"]);
             if let Some(f) = v.get("failed") {
                 bail!("some users failed: {f}");
@@ -398,8 +511,8 @@ fn user_command(cmd: UserCommand) -> Result<()> {
     Ok(())
 }
 
-fn status(node: &str) -> Result<()> {
-    let v = call(agent().get(&format!("{node}/v1/status")), None, None)?;
+fn status(node: &str, token: Option<&str>) -> Result<()> {
+    let v = call(agent().get(&format!("{node}/v1/status")), token, None)?;
     println!("node        {}", v["peer_id"].as_str().unwrap_or_default());
     println!("sip         {}", v["sip"].as_str().unwrap_or_default());
     println!("realm       {}", v["realm"].as_str().unwrap_or_default());
@@ -422,8 +535,8 @@ fn status(node: &str) -> Result<()> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::User { command } => user_command(command),
-        Command::Status { node } => status(&node),
+        Command::User { command } => user_command(command, cli.token.as_deref()),
+        Command::Status { node } => status(&node, cli.token.as_deref()),
         command => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -442,7 +555,7 @@ fn main() -> Result<()> {
             let rt = rt.enable_all().build()?;
             rt.block_on(async move {
                 match command {
-                    Command::Node(args) => run_node(args).await,
+                    Command::Node(args) => run_node(*args).await,
                     Command::Dev { nodes } => run_dev(nodes).await,
                     _ => unreachable!("handled above"),
                 }

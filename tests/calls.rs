@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use sipmesh::sip::message::HeaderName;
 use sipmesh::sip::request::ack_for;
@@ -14,16 +12,7 @@ use sipmesh::LocalMesh;
 const LONG: u64 = 5000;
 
 async fn mesh() -> LocalMesh {
-    let mesh = LocalMesh::builder().nodes(3).start().await.unwrap();
-    mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
-    for (u, p) in [("alice", "a-pw"), ("bob", "b-pw"), ("carol", "c-pw")] {
-        mesh.node(0)
-            .run(move |n| async move { n.add_user(u, p).await })
-            .await
-            .unwrap()
-            .unwrap();
-    }
-    mesh
+    mesh_with_users(3, PHONES, |_| {}).await
 }
 
 fn sip(mesh: &LocalMesh, i: usize) -> std::net::SocketAddr {
@@ -54,6 +43,10 @@ async fn call_across_the_mesh_with_reinvite_and_bye_from_the_callee() {
             .expect("bob gets the INVITE");
         let rr = hvals(&inv, &HeaderName::RecordRoute);
         assert_eq!(rr.len(), 2, "both nodes record-route: {rr:?}");
+        assert!(
+            inv.header(&HeaderName::ProxyAuthorization).is_none(),
+            "alice's credentials are not passed on to bob"
+        );
         assert_eq!(inv.request_uri(), Some(bob.contact().as_str()));
         bob.send(&bob.answer(&inv, 180, "Ringing", "btag")).await;
         assert!(

@@ -18,8 +18,9 @@ enum Expect {
     Code(&'static [u16]),
     /// No response (a response to nobody, or no Via to answer to).
     Drop,
-    /// Forwarded along its Route to 127.0.0.1:5080 with the body byte-exact; the answer from
-    /// there comes back.
+    /// Forwarded to its callee's binding at 127.0.0.1:5080 with the body byte-exact; the answer
+    /// from there comes back. Its preloaded Route (to that address, outside the mesh) is taken
+    /// out first: a phone's Route toward a foreign host is refused (403 Not relaying).
     Forwarded,
     /// A REGISTER: 401, then 200 once credentials for `user` are added, listing `contacts`.
     Register(&'static str, &'static [&'static str]),
@@ -28,7 +29,9 @@ enum Expect {
 use Expect::*;
 
 const CASES: &[(&str, Expect)] = &[
-    ("wsinv", Code(&[404, 478])), // its Route names an unresolvable host
+    // An in-dialog request from a phone whose Route names a host outside the mesh: the node is
+    // no open relay.
+    ("wsinv", Code(&[403])),
     ("intmeth", Code(&[404, 480])),
     ("esc01", Code(&[404, 480])),
     (
@@ -38,13 +41,13 @@ const CASES: &[(&str, Expect)] = &[
             &["sip:%00@host5.example.com", "sip:%00%00@host5.example.com"],
         ),
     ),
-    ("esc02", Code(&[501, 404])),
+    ("esc02", Code(&[501, 404, 403])), // R-URI registrar.example.com: not a mesh domain
     ("lwsdisp", Code(&[404, 480])),
     ("longreq", Code(&[404, 480])),
     ("dblreq", Code(&[401])),
     ("semiuri", Code(&[404, 480])),
     ("transports", Code(&[404, 480])),
-    ("mpart01", Forwarded), // its Route names 127.0.0.1:5080
+    ("mpart01", Forwarded), // kumiko@example.org, registered at 127.0.0.1:5080
     ("unreason", Drop),
     ("noreason", Drop),
     ("badinv01", Code(&[400])),
@@ -153,7 +156,19 @@ fn contacts(m: &Message) -> Vec<String> {
 
 async fn run_case(mesh: &LocalMesh, name: &str, expect: Expect, tcp: bool) {
     let server = mesh.node(0).node().unwrap().sip_addr();
-    let raw = corpus(name);
+    let mut raw = corpus(name);
+    if matches!(expect, Forwarded) {
+        let route = b"Route: <sip:127.0.0.1:5080>\r\n";
+        let at = raw
+            .windows(route.len())
+            .position(|w| w == route)
+            .expect("mpart01 has its Route");
+        raw.drain(at..at + route.len());
+        let mut c = Client::udp(server).await;
+        let mut reg = common::Register::new("kumiko", "<sip:kumiko@127.0.0.1:5080>");
+        let ok = register(&mut c, server, &mut reg, "torture").await;
+        assert_eq!(ok.status(), Some(200), "kumiko registers");
+    }
     let next_hop = match expect {
         Forwarded => Some(
             tokio::net::UdpSocket::bind("127.0.0.1:5080")
@@ -306,11 +321,16 @@ async fn torture_mesh() -> LocalMesh {
             // Route INVITEs by the Request-URI (the torture messages carry no credentials).
             c.auth_invites = false;
             c.limits.message_timeout = Duration::from_millis(800);
+            // The torture messages address users at these domains.
+            c.policy.domains = ["example.com", "example.org", "example.net"]
+                .map(String::from)
+                .to_vec();
+            c.policy.auth_methods.clear();
         })
         .start()
         .await
         .unwrap();
-    for user in ["null-%00-null", "watson", "user"] {
+    for user in ["null-%00-null", "watson", "user", "kumiko"] {
         mesh.node(0)
             .run(move |n| async move { n.add_user(user, "torture").await })
             .await

@@ -14,26 +14,14 @@ use sipmesh::{Consistency, LocalMesh};
 use sipmesh_net::MemberState;
 
 const LONG: u64 = 5000;
+/// The admin token of the real processes.
+const ADMIN_TOKEN: &str = "failover-test-token-0123456789";
 
 async fn mesh_with(
     nodes: usize,
     f: impl Fn(&mut sipmesh::NodeConfig) + Send + Sync + 'static,
 ) -> LocalMesh {
-    let mesh = LocalMesh::builder()
-        .nodes(nodes)
-        .configure(f)
-        .start()
-        .await
-        .unwrap();
-    mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
-    for (u, p) in [("alice", "a-pw"), ("bob", "b-pw")] {
-        mesh.node(0)
-            .run(move |n| async move { n.add_user(u, p).await })
-            .await
-            .unwrap()
-            .unwrap();
-    }
-    mesh
+    mesh_with_users(nodes, PHONES, f).await
 }
 
 fn sip(mesh: &LocalMesh, i: usize) -> std::net::SocketAddr {
@@ -357,6 +345,12 @@ async fn graceful_leave_on_sigterm_loses_no_binding() {
                 &format!("/ip4/127.0.0.1/tcp/{}", base + 100 + i),
             ])
             .args(["--http-listen", &format!("127.0.0.1:{}", base + 200 + i)])
+            .args([
+                "--admin-token",
+                ADMIN_TOKEN,
+                "--trusted-source",
+                "127.0.0.1",
+            ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -385,10 +379,8 @@ async fn graceful_leave_on_sigterm_loses_no_binding() {
         })
         .await;
         let csv: String = (0..1000).map(|i| format!("g{i:04},pw\n")).collect();
-        let url = format!("{}/v1/users/import", http(0));
-        tokio::task::spawn_blocking(move || ureq::post(&url).send_string(&csv).unwrap())
-            .await
-            .unwrap();
+        let (code, v) = import_users(&http(0), ADMIN_TOKEN, csv).await;
+        assert_eq!(code, 200, "{v}");
         // 1,000 bindings at node 1, registered by SIPp.
         let inf = dir.path().join("g.csv");
         let text: String = std::iter::once("SEQUENTIAL\n".to_string())

@@ -267,6 +267,9 @@ async fn one_node(max_connections: usize) -> LocalMesh {
             c.limits.message_timeout = Duration::from_secs(1);
             c.limits.idle_timeout = Duration::from_secs(2);
             c.limits.max_connections = max_connections;
+            // The cases address nobody@example.com, without credentials.
+            c.policy.domains = vec!["example.com".into()];
+            c.policy.auth_methods.clear();
         })
         .start()
         .await

@@ -464,6 +464,46 @@ async fn mesh_key_keeps_strangers_out() {
         })
         .await;
         tokio::time::sleep(Duration::from_secs(4)).await;
+        // What members hold, outsiders cannot read; what outsiders write, members never see.
+        mesh.node(0)
+            .run(|n| async move { n.add_user("alice", "a-pw").await })
+            .await
+            .unwrap()
+            .unwrap();
+        for outsider in [&stranger, &wrong] {
+            let read = outsider
+                .node(0)
+                .run(|n| async move {
+                    n.mesh
+                        .read(sipmesh::tables::USERS, b"alice", Consistency::One)
+                        .await
+                })
+                .await
+                .unwrap();
+            assert!(
+                read.map_or(true, |p| p.rows.is_empty()),
+                "an outsider read a member's row"
+            );
+            let _ = outsider
+                .node(0)
+                .run(|n| async move { n.add_user("mallory", "m-pw").await })
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for i in 0..2 {
+            let got = mesh
+                .node(i)
+                .run(|n| async move {
+                    n.mesh
+                        .read(sipmesh::tables::USERS, b"mallory", Consistency::One)
+                        .await
+                })
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(got.rows.is_empty(), "an outsider's write reached a member");
+        }
         for outsider in [&stranger, &wrong] {
             let id = outsider.node(0).peer_id;
             assert_eq!(

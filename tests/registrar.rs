@@ -234,14 +234,14 @@ async fn registrar_rules_423_star_outbound_path_and_admin_api() {
         bad.expires = Some(60);
         assert_eq!(c.request(&bad.build(&c, server)).await.unwrap().status(), Some(400));
         // The admin API: users are replicated and readable anywhere; HA1s never leave.
-        let (code, _) = http_post(format!("{}/v1/users", http(&mesh, 1)), json!({"user": "frank", "password": "x"})).await;
+        let (code, _) = http_post(format!("{}/v1/users", http(&mesh, 1)), mesh.node(1).node().unwrap().admin_token().unwrap(), json!({"user": "frank", "password": "x"})).await;
         assert_eq!(code, 201);
         let (code, v) = http_get(format!("{}/v1/users/frank", http(&mesh, 2))).await;
         assert_eq!(code, 200);
         assert_eq!(v["user"], "frank");
         assert!(v.get("ha1_md5").is_none() && !v.to_string().contains("ha1"));
         assert_eq!(http_get(format!("{}/v1/users/nobody", http(&mesh, 0))).await.0, 404);
-        let (code, v) = http_post(format!("{}/v1/users", http(&mesh, 0)), json!({"user": "bad name", "password": "x"})).await;
+        let (code, v) = http_post(format!("{}/v1/users", http(&mesh, 0)), mesh.node(0).node().unwrap().admin_token().unwrap(), json!({"user": "bad name", "password": "x"})).await;
         assert_eq!(code, 400, "{v}");
         let (_, list) = http_get(format!("{}/v1/users", http(&mesh, 0))).await;
         let names: Vec<&str> = list["users"].as_array().unwrap().iter().filter_map(|u| u.as_str()).collect();

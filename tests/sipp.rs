@@ -36,14 +36,8 @@ async fn sipp_registers_1000_users_through_a_3_node_mesh() {
         mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
         let http = mesh.node(0).node().unwrap().http_addr().unwrap();
         let csv: String = (0..USERS).map(|i| format!("u{i:04},pw{i:04}\n")).collect();
-        let (code, v) = tokio::task::spawn_blocking(move || {
-            let r = ureq::post(&format!("http://{http}/v1/users/import"))
-                .send_string(&csv)
-                .unwrap();
-            (r.status(), r.into_json::<serde_json::Value>().unwrap())
-        })
-        .await
-        .unwrap();
+        let token = admin_token(&mesh, 0);
+        let (code, v) = import_users(&format!("http://{http}"), &token, csv).await;
         assert_eq!(code, 200, "{v}");
         assert_eq!(v["imported"], USERS);
 
@@ -175,15 +169,12 @@ fn errors_in(dir: &Path) -> String {
 
 /// A SIPp UAS registered at node 2 answers 1,000 calls from a SIPp UAC registered at node 0.
 async fn thousand_calls(transport: &str) {
-    let mesh = LocalMesh::builder().nodes(3).start().await.unwrap();
-    mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
-    for (u, p) in [("callee", "callee-pw"), ("caller", "caller-pw")] {
-        mesh.node(0)
-            .run(move |n| async move { n.add_user(u, p).await })
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    let mesh = mesh_with_users(
+        3,
+        &[("callee", "callee-pw"), ("caller", "caller-pw")],
+        |_| {},
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let t = if transport == "tcp" { "t1" } else { "u1" };
     let (uas_port, uac_port) = (free_port(), free_port());

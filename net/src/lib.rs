@@ -34,7 +34,7 @@ pub mod shutdown;
 
 pub use config::MeshConfig;
 pub use error::{Error, Result};
-pub use libp2p::{Multiaddr, PeerId};
+pub use libp2p::{multiaddr, Multiaddr, PeerId};
 pub use membership::{Member, MemberEvent, MemberState};
 pub use mesh::{AppHandler, AppMessage, Mesh};
 pub use placement::Snapshot;

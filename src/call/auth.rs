@@ -2,19 +2,24 @@
 //! MD5 with qop=auth, stateless HMAC nonces with an expiry, nonce-count replay checks, and a
 //! bound on failed attempts.
 //!
-//! A nonce is `hex(issued_ms) || hex(salt) || hex(HMAC-SHA256(secret, issued_ms || salt || realm)[..12])`
-//! with a random 32-bit salt (two challenges in the same millisecond differ, so their nonce counts
-//! do not collide): any node of the mesh holding the mesh-wide secret can check it without state. The nonce-count seen per
-//! nonce is kept per node (bounded), so a replayed request is refused where it was first seen.
+//! A nonce is `hex(issued_ms) || hex(salt) || hex(node) || hex(HMAC-SHA256(secret, issued_ms ||
+//! salt || node || realm)[..12])` with a random 32-bit salt (two challenges in the same
+//! millisecond differ, so their nonce counts do not collide). It is bound to the node that
+//! issued it: the nonce-count seen per nonce is kept by that node only, so another node answers a
+//! nonce it did not issue with a fresh challenge (`stale=true`, the phone retries without asking
+//! its user) rather than accepting a request that may replay one seen elsewhere. A failed
+//! attempt consumes its nonce count too, and a nonce that failed [`MAX_NONCE_FAILURES`] times is
+//! dead. The `uri` directive must name the Request-URI.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::call::flow_token::NodeId;
 use crate::call::secret::{constant_time_eq, MeshSecret};
 use crate::call::Context;
 use crate::metrics::inc;
-use crate::sip::digest::{hex, Algorithm, Credentials};
+use crate::sip::digest::{hex, unhex, Algorithm, Credentials};
 use crate::sip::header::DigestCredentials;
 use crate::sip::message::{HeaderName, Message};
 use crate::sip::validate::Checked;
@@ -24,6 +29,8 @@ use crate::sip::Fault;
 pub const NONCE_TTL: Duration = Duration::from_secs(300);
 /// Nonce counts remembered at most (older nonces are forgotten first).
 const MAX_TRACKED_NONCES: usize = 200_000;
+/// Failed attempts with one nonce before it is refused outright.
+pub const MAX_NONCE_FAILURES: u8 = 3;
 /// Failed attempts (per user and Call-ID) before 403.
 pub const MAX_FAILURES: u32 = 3;
 /// Failure counters kept at most.
@@ -58,27 +65,28 @@ fn nonce_id(nonce: &str) -> u64 {
 /// What a nonce's MAC covers first, so no other MAC of the mesh secret can pass for one.
 const NONCE_DOMAIN: &[u8] = b"sipmesh nonce v1";
 
-/// Bytes from lowercase or uppercase hex.
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 /// The digest authenticator of a node.
 pub struct Authenticator {
     realm: String,
     /// The mesh-wide secret (nonces of the current and the previous key are accepted, so a
     /// change does not fail clients mid-authentication).
     secret: Arc<MeshSecret>,
-    /// The highest nonce count seen per nonce (keyed by a digest of the nonce) and when the
-    /// nonce was issued.
-    nonce_counts: Mutex<HashMap<u64, (u32, u64)>>,
+    /// This node (nonces name their issuer).
+    node: NodeId,
+    /// Whether SHA-256 is offered before MD5.
+    sha256_first: bool,
+    /// Per nonce (keyed by a digest of it): the highest nonce count seen, when the nonce was
+    /// issued, and how many attempts with it failed.
+    nonce_counts: Mutex<HashMap<u64, NonceState>>,
     failures: Mutex<HashMap<String, u32>>,
+}
+
+/// What this node remembers of a nonce it issued.
+#[derive(Debug, Clone, Copy)]
+struct NonceState {
+    max_nc: u32,
+    issued: u64,
+    failures: u8,
 }
 
 impl Authenticator {
@@ -87,9 +95,23 @@ impl Authenticator {
         Authenticator {
             realm: realm.to_string(),
             secret,
+            node: NodeId([0; 8]),
+            sha256_first: false,
             nonce_counts: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Bind this authenticator's nonces to `node`.
+    pub fn for_node(mut self, node: NodeId) -> Self {
+        self.node = node;
+        self
+    }
+
+    /// Offer SHA-256 before MD5.
+    pub fn sha256_first(mut self, yes: bool) -> Self {
+        self.sha256_first = yes;
+        self
     }
 
     /// The realm.
@@ -104,18 +126,29 @@ impl Authenticator {
             NONCE_DOMAIN,
             &now_ms.to_be_bytes(),
             &salt.to_be_bytes(),
+            &self.node.0,
             self.realm.as_bytes(),
         ]);
-        format!("{now_ms:016x}{salt:08x}{}", hex(&mac[..12]))
+        format!(
+            "{now_ms:016x}{salt:08x}{}{}",
+            hex(&self.node.0),
+            hex(&mac[..12])
+        )
     }
 
-    /// The challenge header values (SHA-256 and MD5, same nonce). MD5 is listed first because
-    /// widely deployed clients (SIPp 3.6 among them) take the first challenge and know only MD5;
-    /// RFC 8760 clients pick the strongest algorithm they support from the list.
+    /// The challenge header values (SHA-256 and MD5, same nonce; one per algorithm). MD5 is
+    /// listed first unless configured otherwise, because widely deployed clients (SIPp 3.6
+    /// among them) take the first challenge and know only MD5; RFC 8760 clients pick the
+    /// strongest algorithm they support from the list.
     pub fn challenges(&self, now_ms: u64, stale: bool) -> Vec<String> {
         let nonce = self.nonce(now_ms);
         let stale = if stale { ", stale=true" } else { "" };
-        [Algorithm::Md5, Algorithm::Sha256]
+        let order = if self.sha256_first {
+            [Algorithm::Sha256, Algorithm::Md5]
+        } else {
+            [Algorithm::Md5, Algorithm::Sha256]
+        };
+        order
             .iter()
             .map(|alg| {
                 let name = match alg {
@@ -131,23 +164,27 @@ impl Authenticator {
     }
 
     fn check_nonce(&self, nonce: &str, now_ms: u64) -> Result<u64, AuthError> {
-        if nonce.len() != 48 || !nonce.is_ascii() {
-            return Err(AuthError::Invalid("malformed nonce".into()));
+        let malformed = || AuthError::Invalid("malformed nonce".into());
+        if nonce.len() != 64 || !nonce.is_ascii() {
+            return Err(malformed());
         }
-        let malformed = |_| AuthError::Invalid("malformed nonce".into());
-        let issued = u64::from_str_radix(&nonce[..16], 16).map_err(malformed)?;
-        let salt = u32::from_str_radix(&nonce[16..24], 16).map_err(malformed)?;
-        let Some(tag) = unhex(&nonce[24..]) else {
-            return Err(AuthError::Invalid("malformed nonce".into()));
-        };
-        let parts: [&[u8]; 4] = [
+        let issued = u64::from_str_radix(&nonce[..16], 16).map_err(|_| malformed())?;
+        let salt = u32::from_str_radix(&nonce[16..24], 16).map_err(|_| malformed())?;
+        let node = unhex(&nonce[24..40]).ok_or_else(malformed)?;
+        let tag = unhex(&nonce[40..]).ok_or_else(malformed)?;
+        let parts: [&[u8]; 5] = [
             NONCE_DOMAIN,
             &issued.to_be_bytes(),
             &salt.to_be_bytes(),
+            &node,
             self.realm.as_bytes(),
         ];
         if !self.secret.verify(&parts, &tag) {
             return Err(AuthError::Invalid("nonce not issued by this mesh".into()));
+        }
+        if node != self.node.0 {
+            // Another node's nonce: only that node knows which counts were used.
+            return Err(AuthError::Stale);
         }
         if now_ms.saturating_sub(issued) > NONCE_TTL.as_millis() as u64 || issued > now_ms + 60_000
         {
@@ -162,6 +199,7 @@ impl Authenticator {
         &self,
         creds: &DigestCredentials,
         method: &str,
+        request_uri: &str,
         credentials: Option<&Credentials>,
         now_ms: u64,
     ) -> Result<Verified, AuthError> {
@@ -178,8 +216,6 @@ impl Authenticator {
         };
         let username = get("username")?;
         let nonce = get("nonce")?;
-        let uri = get("uri")?;
-        let response = get("response")?;
         let alg = Algorithm::parse(creds.get("algorithm"))
             .ok_or_else(|| AuthError::Invalid("unsupported algorithm".into()))?;
         let issued = self.check_nonce(nonce, now_ms)?;
@@ -187,7 +223,7 @@ impl Authenticator {
             return Err(AuthError::Invalid("qop=auth is required".into()));
         }
         let nc_text = get("nc")?;
-        let cnonce = get("cnonce")?;
+        get("cnonce")?;
         let nc = u32::from_str_radix(nc_text, 16)
             .map_err(|_| AuthError::Invalid("malformed nc".into()))?;
         if nc_text.len() != 8 || nc == 0 {
@@ -195,12 +231,67 @@ impl Authenticator {
         }
         {
             let seen = self.nonce_counts.lock().unwrap_or_else(|p| p.into_inner());
-            if seen
-                .get(&nonce_id(nonce))
-                .is_some_and(|(max, _)| nc <= *max)
-            {
+            if let Some(st) = seen.get(&nonce_id(nonce)) {
+                if st.failures >= MAX_NONCE_FAILURES {
+                    return Err(AuthError::Invalid(
+                        "nonce used up by failed attempts".into(),
+                    ));
+                }
+                if nc <= st.max_nc {
+                    return Err(AuthError::Replay);
+                }
+            }
+        }
+        let outcome = self.check_response(creds, method, request_uri, credentials, alg);
+        // The count is consumed whatever the outcome; a failure also counts against the nonce.
+        let mut seen = self.nonce_counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(st) = seen.get(&nonce_id(nonce)) {
+            if nc <= st.max_nc {
                 return Err(AuthError::Replay);
             }
+        }
+        if seen.len() >= MAX_TRACKED_NONCES && !seen.contains_key(&nonce_id(nonce)) {
+            let horizon = now_ms.saturating_sub(NONCE_TTL.as_millis() as u64);
+            seen.retain(|_, st| st.issued >= horizon);
+            if seen.len() >= MAX_TRACKED_NONCES {
+                tracing::warn!("nonce-count table full of live nonces; forgetting them");
+                seen.clear();
+            }
+        }
+        let st = seen.entry(nonce_id(nonce)).or_insert(NonceState {
+            max_nc: 0,
+            issued,
+            failures: 0,
+        });
+        st.max_nc = nc;
+        if outcome.is_err() {
+            st.failures = st.failures.saturating_add(1);
+        }
+        outcome.map(|()| Verified {
+            username: username.to_string(),
+        })
+    }
+
+    /// Whether the response directive is right for the stored HA1 (and names the Request-URI).
+    fn check_response(
+        &self,
+        creds: &DigestCredentials,
+        method: &str,
+        request_uri: &str,
+        credentials: Option<&Credentials>,
+        alg: Algorithm,
+    ) -> Result<(), AuthError> {
+        let get = |n: &str| {
+            creds
+                .get(n)
+                .ok_or_else(|| AuthError::Invalid(format!("missing {n}")))
+        };
+        let (nonce, uri, response) = (get("nonce")?, get("uri")?, get("response")?);
+        let (nc_text, cnonce) = (get("nc")?, get("cnonce")?);
+        if !same_uri(uri, request_uri) {
+            return Err(AuthError::Invalid(
+                "digest uri does not match the Request-URI".into(),
+            ));
         }
         let Some(stored) = credentials else {
             return Err(AuthError::Invalid("unknown user".into()));
@@ -217,26 +308,7 @@ impl Authenticator {
         ) {
             return Err(AuthError::Invalid("wrong credentials".into()));
         }
-        // Record the count only now: a forged request must not burn a genuine client's count.
-        let mut seen = self.nonce_counts.lock().unwrap_or_else(|p| p.into_inner());
-        if seen
-            .get(&nonce_id(nonce))
-            .is_some_and(|(max, _)| nc <= *max)
-        {
-            return Err(AuthError::Replay);
-        }
-        if seen.len() >= MAX_TRACKED_NONCES {
-            let horizon = now_ms.saturating_sub(NONCE_TTL.as_millis() as u64);
-            seen.retain(|_, (_, issued)| *issued >= horizon);
-            if seen.len() >= MAX_TRACKED_NONCES {
-                tracing::warn!("nonce-count table full of live nonces; forgetting them");
-                seen.clear();
-            }
-        }
-        seen.insert(nonce_id(nonce), (nc, issued));
-        Ok(Verified {
-            username: username.to_string(),
-        })
+        Ok(())
     }
 
     /// Count a failure for `key` (user and Call-ID); returns true once the limit is reached.
@@ -256,6 +328,40 @@ impl Authenticator {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
+    }
+}
+
+/// What the digest `uri` directive must name: the Request-URI, or — as SIPp and some phones
+/// send — this mesh itself (a URI of one of its domains without a user part).
+fn digest_target(ctx: &Context, creds: &DigestCredentials, request_uri: &str) -> String {
+    if let Some(uri) = creds.get("uri") {
+        if let Ok(u) = crate::sip::uri::SipUri::parse(uri) {
+            if u.user.is_none() && ctx.is_mesh_domain(&u) {
+                return uri.to_string();
+            }
+        }
+    }
+    request_uri.to_string()
+}
+
+/// Whether the digest `uri` directive names the Request-URI: the same text, or the same
+/// scheme, user, host and port (RFC 3261 §22.4 leaves room for a proxy's rewriting of
+/// parameters; a different target is a replay toward something else).
+fn same_uri(directive: &str, request_uri: &str) -> bool {
+    if directive == request_uri {
+        return true;
+    }
+    match (
+        crate::sip::uri::SipUri::parse(directive),
+        crate::sip::uri::SipUri::parse(request_uri),
+    ) {
+        (Ok(a), Ok(b)) => {
+            a.secure == b.secure
+                && a.user == b.user
+                && a.host.eq_ignore_ascii_case(&b.host)
+                && a.port.unwrap_or(5060) == b.port.unwrap_or(5060)
+        }
+        _ => false,
     }
 }
 
@@ -300,6 +406,7 @@ pub(crate) async fn authenticate(
     c: &Checked,
     expected_user: &str,
     who: Challenger,
+    source: std::net::IpAddr,
 ) -> Result<String, Fault> {
     let now = ctx.mesh.keyspace().wall_ms();
     let challenge = |stale: bool| {
@@ -323,8 +430,17 @@ pub(crate) async fn authenticate(
     };
     let username = creds.get("username").unwrap_or_default().to_string();
     let fail_key = format!("{username}|{}", c.call_id);
-    if username != expected_user {
+    let failed = || {
         inc(&ctx.metrics.registrar_auth_failures);
+        if ctx
+            .throttle
+            .auth_failed(source, &username, std::time::Instant::now())
+        {
+            inc(&ctx.metrics.sip_sources_banned);
+        }
+    };
+    if username != expected_user {
+        failed();
         return Err(Fault::new(403, "Username does not match the AOR"));
     }
     let stored = match ctx.users.get_cached(&username).await {
@@ -335,10 +451,13 @@ pub(crate) async fn authenticate(
             return Err(Fault::new(500, "User lookup failed").with("Retry-After", "5"));
         }
     };
-    match ctx
-        .auth
-        .verify(&creds, c.method.as_str(), stored.as_ref(), now)
-    {
+    match ctx.auth.verify(
+        &creds,
+        c.method.as_str(),
+        &digest_target(ctx, &creds, &c.uri),
+        stored.as_ref(),
+        now,
+    ) {
         Ok(v) => {
             ctx.auth.succeed(&fail_key);
             Ok(v.username)
@@ -350,7 +469,7 @@ pub(crate) async fn authenticate(
             Err(challenge(false))
         }
         Err(AuthError::Invalid(why)) => {
-            inc(&ctx.metrics.registrar_auth_failures);
+            failed();
             tracing::debug!(user = %username, why, "authentication failed");
             // A phone with a wrong password gets one more chance to register; a call with
             // wrong credentials is refused at once.
@@ -404,7 +523,7 @@ mod tests {
             let nonce = a.nonce(1_000_000);
             let c = creds_for(&a, alg, &nonce, "00000001", "pw");
             assert_eq!(
-                a.verify(&c, "REGISTER", Some(&stored()), 1_000_500)
+                a.verify(&c, "REGISTER", "sip:r", Some(&stored()), 1_000_500)
                     .unwrap()
                     .username,
                 "alice"
@@ -418,24 +537,36 @@ mod tests {
         let nonce = a.nonce(1_000_000);
         let bad = creds_for(&a, Algorithm::Md5, &nonce, "00000001", "nope");
         assert!(matches!(
-            a.verify(&bad, "REGISTER", Some(&stored()), 1_000_100),
+            a.verify(&bad, "REGISTER", "sip:r", Some(&stored()), 1_000_100),
             Err(AuthError::Invalid(_))
         ));
-        let good = creds_for(&a, Algorithm::Md5, &nonce, "00000001", "pw");
-        assert!(a
-            .verify(&good, "REGISTER", Some(&stored()), 1_000_100)
-            .is_ok());
+        // the failed attempt consumed its count
+        let again = creds_for(&a, Algorithm::Md5, &nonce, "00000001", "pw");
         assert_eq!(
-            a.verify(&good, "REGISTER", Some(&stored()), 1_000_200),
+            a.verify(&again, "REGISTER", "sip:r", Some(&stored()), 1_000_100),
             Err(AuthError::Replay)
         );
-        let next = creds_for(&a, Algorithm::Md5, &nonce, "00000002", "pw");
+        let good = creds_for(&a, Algorithm::Md5, &nonce, "00000002", "pw");
         assert!(a
-            .verify(&next, "REGISTER", Some(&stored()), 1_000_300)
+            .verify(&good, "REGISTER", "sip:r", Some(&stored()), 1_000_100)
             .is_ok());
-        let late = creds_for(&a, Algorithm::Md5, &nonce, "00000003", "pw");
         assert_eq!(
-            a.verify(&late, "REGISTER", Some(&stored()), 1_000_000 + 301_000),
+            a.verify(&good, "REGISTER", "sip:r", Some(&stored()), 1_000_200),
+            Err(AuthError::Replay)
+        );
+        let next = creds_for(&a, Algorithm::Md5, &nonce, "00000003", "pw");
+        assert!(a
+            .verify(&next, "REGISTER", "sip:r", Some(&stored()), 1_000_300)
+            .is_ok());
+        let late = creds_for(&a, Algorithm::Md5, &nonce, "00000004", "pw");
+        assert_eq!(
+            a.verify(
+                &late,
+                "REGISTER",
+                "sip:r",
+                Some(&stored()),
+                1_000_000 + 301_000
+            ),
             Err(AuthError::Stale)
         );
         let other = Authenticator::new("r", Arc::new(MeshSecret::new(b"other".to_vec())));
@@ -447,15 +578,78 @@ mod tests {
             "pw",
         );
         assert!(matches!(
-            a.verify(&forged, "REGISTER", Some(&stored()), 1_000_100),
+            a.verify(&forged, "REGISTER", "sip:r", Some(&stored()), 1_000_100),
             Err(AuthError::Invalid(_))
         ));
         // a secret change keeps the previous secret's nonces valid
         a.secret.set(b"rotated".to_vec());
         let still = creds_for(&a, Algorithm::Md5, &nonce, "00000009", "pw");
         assert!(a
-            .verify(&still, "REGISTER", Some(&stored()), 1_000_400)
+            .verify(&still, "REGISTER", "sip:r", Some(&stored()), 1_000_400)
             .is_ok());
+    }
+
+    #[test]
+    fn uri_must_name_the_request_uri() {
+        let a = Authenticator::new("r", Arc::new(MeshSecret::new(b"secret".to_vec())));
+        let nonce = a.nonce(1_000_000);
+        let c = creds_for(&a, Algorithm::Md5, &nonce, "00000001", "pw");
+        assert!(matches!(
+            a.verify(
+                &c,
+                "REGISTER",
+                "sip:other.example",
+                Some(&stored()),
+                1_000_100
+            ),
+            Err(AuthError::Invalid(_))
+        ));
+        let c = creds_for(&a, Algorithm::Md5, &nonce, "00000002", "pw");
+        assert!(a
+            .verify(
+                &c,
+                "REGISTER",
+                "sip:r;transport=udp",
+                Some(&stored()),
+                1_000_100
+            )
+            .is_ok());
+    }
+
+    #[test]
+    fn a_nonce_is_bound_to_its_node_and_dies_after_failures() {
+        let secret = Arc::new(MeshSecret::new(b"secret".to_vec()));
+        let a = Authenticator::new("r", secret.clone()).for_node(NodeId([1; 8]));
+        let b = Authenticator::new("r", secret).for_node(NodeId([2; 8]));
+        let nonce = a.nonce(1_000_000);
+        let c = creds_for(&a, Algorithm::Md5, &nonce, "00000001", "pw");
+        // the other node re-challenges (stale), it does not accept or count a failure
+        assert_eq!(
+            b.verify(&c, "REGISTER", "sip:r", Some(&stored()), 1_000_100),
+            Err(AuthError::Stale)
+        );
+        for nc in 1..=MAX_NONCE_FAILURES as u32 {
+            let bad = creds_for(&a, Algorithm::Md5, &nonce, &format!("{nc:08x}"), "guess");
+            assert!(matches!(
+                a.verify(&bad, "REGISTER", "sip:r", Some(&stored()), 1_000_100),
+                Err(AuthError::Invalid(_))
+            ));
+        }
+        let right = creds_for(&a, Algorithm::Md5, &nonce, "00000010", "pw");
+        assert!(matches!(
+            a.verify(&right, "REGISTER", "sip:r", Some(&stored()), 1_000_100),
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn sha256_first_when_configured() {
+        let a = Authenticator::new("r", Arc::new(MeshSecret::new(vec![1]))).sha256_first(true);
+        let ch = a.challenges(5, false);
+        assert_eq!(ch.len(), 2, "one challenge per algorithm");
+        assert!(ch[0].contains("algorithm=SHA-256"));
+        let b = Authenticator::new("r", Arc::new(MeshSecret::new(vec![1])));
+        assert!(b.challenges(5, false)[0].contains("algorithm=MD5"));
     }
 
     #[test]
@@ -478,6 +672,9 @@ mod tests {
     fn unknown_scheme_is_missing() {
         let a = Authenticator::new("r", Arc::new(MeshSecret::new(vec![1])));
         let c = DigestCredentials::parse("NoOneKnowsThisScheme opaque-data=here").unwrap();
-        assert_eq!(a.verify(&c, "REGISTER", None, 0), Err(AuthError::Missing));
+        assert_eq!(
+            a.verify(&c, "REGISTER", "sip:r", None, 0),
+            Err(AuthError::Missing)
+        );
     }
 }

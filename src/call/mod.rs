@@ -9,6 +9,8 @@
 //! - [`proxy`]: the stateful proxy (RFC 3261 §16), across the mesh.
 //! - [`dialog`]: the state of established calls.
 //! - [`redirect`]: proxy assignment — the least-loaded nodes for 302 and bootstrap.
+//! - [`policy`]: what is forwarded and for whom (no open relay, trunk, caps).
+//! - [`throttle`]: per-source rate limits and bans after failed authentication.
 
 use std::sync::Arc;
 
@@ -17,15 +19,18 @@ use sipmesh_net::Mesh;
 use crate::metrics::Metrics;
 use crate::sip::transaction::Transactions;
 use crate::sip::transport::Transport;
+use crate::sip::uri::SipUri;
 
 pub(crate) mod auth;
 pub(crate) mod dialog;
 pub(crate) mod flow_token;
 pub(crate) mod location;
+pub mod policy;
 pub(crate) mod proxy;
 pub(crate) mod redirect;
 pub(crate) mod registrar;
 pub(crate) mod secret;
+pub mod throttle;
 pub(crate) mod users;
 
 /// What the registrar and the proxy share: the SIP stack below them, the mesh beside them, and
@@ -45,4 +50,34 @@ pub(crate) struct Context {
     pub metrics: Arc<Metrics>,
     /// The mesh-wide key of nonces and flow tokens.
     pub secret: Arc<secret::MeshSecret>,
+    /// The routing policy.
+    pub policy: Arc<policy::Policy>,
+    /// Rate limits and bans.
+    pub throttle: Arc<throttle::Throttle>,
+}
+
+impl Context {
+    /// Whether a URI's host is one of the mesh's domains: the realm, a configured domain, or
+    /// the SIP address of this node or another member.
+    pub fn is_mesh_domain(&self, u: &SipUri) -> bool {
+        if self.policy.is_named_domain(&u.host) {
+            return true;
+        }
+        let Ok(ip) = u.host.parse::<std::net::IpAddr>() else {
+            return false;
+        };
+        let at =
+            std::net::SocketAddr::new(ip, u.port.unwrap_or(if u.secure { 5061 } else { 5060 }));
+        let own = self.transport.local_addr();
+        if at.port() == own.port() && (ip == own.ip() || own.ip().is_unspecified()) {
+            return true;
+        }
+        self.mesh.members().iter().any(|m| {
+            m.tags.get("sip").and_then(|s| {
+                s.trim_start_matches("sip:")
+                    .parse::<std::net::SocketAddr>()
+                    .ok()
+            }) == Some(at)
+        })
+    }
 }

@@ -9,6 +9,7 @@ use tracing::{debug, Instrument};
 
 use crate::call::proxy::{Inbound, Proxy, Relayed};
 use crate::call::registrar::Registrar;
+use crate::call::throttle::Verdict;
 use crate::metrics::{inc, Metrics};
 use crate::node::internode::{self, Internode};
 use crate::sip::build::{reject, ResponseBuilder};
@@ -34,6 +35,8 @@ pub struct Dispatcher {
     mesh: sipmesh_net::Mesh,
     /// The mesh secret that seals datagrams between nodes.
     secret: Arc<crate::call::secret::MeshSecret>,
+    /// Rate limits and bans.
+    throttle: Arc<crate::call::throttle::Throttle>,
     /// Answer to the source port even without `rport` (NAT-friendly, like Kamailio's
     /// `force_rport()`).
     force_rport: bool,
@@ -56,6 +59,7 @@ impl Dispatcher {
             metrics: ctx.metrics.clone(),
             mesh: ctx.mesh.clone(),
             secret: ctx.secret.clone(),
+            throttle: ctx.throttle.clone(),
             force_rport,
         })
     }
@@ -96,6 +100,23 @@ impl Dispatcher {
 
     fn on_request(self: &Arc<Self>, msg: Message, flow: Flow) {
         inc(&self.metrics.sip_requests_received);
+        if flow.mesh_node().is_none() {
+            match self
+                .throttle
+                .request(flow.peer().ip(), std::time::Instant::now())
+            {
+                Verdict::Pass => {}
+                Verdict::Banned => {
+                    inc(&self.metrics.sip_banned_dropped);
+                    return;
+                }
+                Verdict::NewBan => {
+                    inc(&self.metrics.sip_sources_banned);
+                    inc(&self.metrics.sip_banned_dropped);
+                    return;
+                }
+            }
+        }
         let checked = match validate::check_request(&msg) {
             Ok(c) => c,
             Err(fault) => {
@@ -141,7 +162,37 @@ impl Dispatcher {
         }
         let this = self.clone();
         let span = tracing::debug_span!("sip_transaction", method = %req.c.method, call_id = %req.c.call_id);
-        tokio::spawn(async move { this.dispatch(req).await }.instrument(span));
+        tokio::spawn(
+            async move {
+                // A panic is a bug; it must not leak the server transaction (enough leaked
+                // transactions would turn every later request into 503): answer 500.
+                let (raw, key, flow) = (req.msg.raw.clone(), req.key, req.flow.clone());
+                let run = std::panic::AssertUnwindSafe(this.dispatch(req));
+                if futures::FutureExt::catch_unwind(run).await.is_err() {
+                    inc(&this.metrics.sip_panics);
+                    tracing::error!("panic while handling a request; answered 500");
+                    this.answer_after_panic(&raw, &key, &flow);
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Answer 500 to the request whose handling panicked (re-parsed from its bytes).
+    fn answer_after_panic(&self, raw: &[u8], key: &ServerKey, flow: &Flow) {
+        let Ok(msg) = Message::parse(raw, flow.is_reliable()) else {
+            return;
+        };
+        let Ok(c) = validate::check_request(&msg) else {
+            return;
+        };
+        let top_via = c.via.stamped(flow.peer());
+        self.transactions.reject(
+            key,
+            &msg,
+            &top_via,
+            &Fault::new(500, "Server Internal Error"),
+        );
     }
 
     /// Answer a request, or hand it to the registrar or the proxy.

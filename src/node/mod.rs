@@ -25,9 +25,11 @@ use tracing::{info, warn};
 use crate::call::auth::Authenticator;
 use crate::call::dialog::{Dialogs, Listed};
 use crate::call::flow_token::NodeId;
+use crate::call::policy::{Policy, PolicyConfig};
 use crate::call::proxy::{Proxy, ProxyConfig};
 use crate::call::registrar::{Registrar, RegistrarConfig};
 use crate::call::secret::MeshSecret;
+use crate::call::throttle::{Throttle, ThrottleConfig};
 use crate::call::users::Users;
 use crate::call::Context;
 use crate::error::{Error, Result};
@@ -75,6 +77,15 @@ pub struct NodeConfig {
     /// How long a call lasts before its dialog is written to the keyspace (shorter calls
     /// write nothing).
     pub dialog_write_after: Duration,
+    /// The routing policy (domains, trunk, caps, challenged methods).
+    pub policy: PolicyConfig,
+    /// Rate limits and bans.
+    pub throttle: ThrottleConfig,
+    /// Run with a p2p listener beyond loopback and no mesh key (warned at every start).
+    pub insecure_open_mesh: bool,
+    /// List SHA-256 before MD5 in digest challenges (RFC 8760 clients pick the first they
+    /// support; many deployed phones take the first one whatever it is).
+    pub digest_sha256_first: bool,
 }
 
 impl NodeConfig {
@@ -97,6 +108,10 @@ impl NodeConfig {
             dialog_ttl: crate::call::dialog::DEFAULT_DIALOG_TTL,
             dialog_grace: Duration::from_secs(30),
             dialog_write_after: crate::call::dialog::DEFAULT_WRITE_AFTER,
+            policy: PolicyConfig::default(),
+            throttle: ThrottleConfig::default(),
+            insecure_open_mesh: false,
+            digest_sha256_first: false,
         }
     }
 }
@@ -116,6 +131,8 @@ pub struct Node {
     pub(crate) proxy: Arc<Proxy>,
     /// Counters.
     pub(crate) metrics: Arc<Metrics>,
+    /// Rate limits and bans.
+    pub(crate) throttle: Arc<Throttle>,
     /// The configuration.
     pub(crate) config: Arc<NodeConfig>,
     /// The node's background loops.
@@ -199,7 +216,11 @@ impl Node {
         let secret = Arc::new(MeshSecret::new(
             mesh_secret(&mesh, !config.mesh.bootstrap.is_empty()).await,
         ));
-        let auth = Arc::new(Authenticator::new(&config.realm, secret.clone()));
+        let auth = Arc::new(
+            Authenticator::new(&config.realm, secret.clone())
+                .for_node(NodeId::of(&mesh.peer_id()))
+                .sha256_first(config.digest_sha256_first),
+        );
         {
             let (mesh, secret) = (mesh.clone(), secret.clone());
             background.spawn("secret refresh", |s| refresh_secret(mesh, secret, s));
@@ -212,6 +233,8 @@ impl Node {
             auth,
             metrics: metrics.clone(),
             secret,
+            policy: Arc::new(Policy::new(config.policy.clone(), &config.realm)),
+            throttle: Arc::new(Throttle::new(config.throttle.clone())),
         });
         let registrar = Arc::new(Registrar::new(
             ctx.clone(),
@@ -249,6 +272,7 @@ impl Node {
             transport,
             proxy,
             metrics,
+            throttle: ctx.throttle.clone(),
             config: Arc::new(config),
             background,
         };
@@ -316,6 +340,16 @@ impl Node {
     /// The admin API's address, if it runs.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.config.http_listen
+    }
+
+    /// The admin API's bearer token.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.config.admin_token.as_deref()
+    }
+
+    /// Rate limits and bans of the SIP edge.
+    pub fn throttle(&self) -> &Arc<Throttle> {
+        &self.throttle
     }
 
     /// The digest realm.

@@ -5,15 +5,21 @@
 //! | `GET /v1/status` | this node and the mesh: members, load, registrations, dialogs |
 //! | `GET /v1/users` | every user of the mesh |
 //! | `POST /v1/users` | `{"user", "password", "display_name"?}`: add or replace (QUORUM) |
-//! | `POST /v1/users/import` | CSV body of `user,password` lines (QUORUM) |
+//! | `POST /v1/users/import` | `{"csv": "user,password lines"}` (QUORUM) |
 //! | `GET /v1/users/{user}` | one user (never its HA1s) or 404 |
 //! | `DELETE /v1/users/{user}` | remove a user |
 //! | `GET /v1/registrations/{user}` | the AOR's bindings, read at QUORUM |
 //! | `GET /v1/dialogs` | every active dialog of the mesh |
 //! | `GET /v1/bootstrap` | the least-loaded live nodes to register with (SIP URIs, load, q) |
+//! | `GET /v1/bans` | sources banned by the throttle, why, seconds left |
+//! | `DELETE /v1/bans/{ip}` | lift a ban |
 //! | `GET /metrics` | Prometheus counters |
 //!
-//! With an admin token configured every request needs `Authorization: Bearer <token>`.
+//! Every mutating call (POST, PUT, DELETE) needs `Authorization: Bearer <token>`, on loopback
+//! too (the token is compared in constant time); off loopback every call does. Bodies are JSON
+//! only (`Content-Type: application/json`, else 415): a browser cannot send one cross-origin
+//! without a preflight, so a web page cannot reset a password through a local node. On a
+//! loopback listener the `Host` header must name loopback, which defeats DNS rebinding.
 
 use std::net::SocketAddr;
 
@@ -69,7 +75,10 @@ pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     mut shutdown: sipmesh_net::shutdown::Shutdown,
 ) {
-    let token = node.config.admin_token.clone();
+    let g = Guard {
+        token: node.config.admin_token.clone().unwrap_or_default(),
+        loopback: listener.local_addr().is_ok_and(|a| a.ip().is_loopback()),
+    };
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/users", get(list_users).post(add_user))
@@ -81,8 +90,10 @@ pub(crate) async fn serve(
         .route("/v1/registrations/{user}", get(registrations))
         .route("/v1/dialogs", get(dialogs))
         .route("/v1/bootstrap", get(bootstrap))
+        .route("/v1/bans", get(bans))
+        .route("/v1/bans/{ip}", axum::routing::delete(lift_ban))
         .route("/metrics", get(metrics))
-        .layer(middleware::from_fn_with_state(token, require_token))
+        .layer(middleware::from_fn_with_state(g, guard))
         .with_state(node);
     let stopped = async move { shutdown.wait().await };
     if let Err(e) = axum::serve(listener, app)
@@ -93,18 +104,91 @@ pub(crate) async fn serve(
     }
 }
 
-async fn require_token(State(token): State<Option<String>>, req: Request, next: Next) -> Response {
-    if let Some(token) = token {
-        let given = req
-            .headers()
+/// What the guard of the admin API checks.
+#[derive(Clone)]
+struct Guard {
+    token: String,
+    loopback: bool,
+}
+
+/// Whether a `Host` header names loopback (`localhost`, `127.x`, `[::1]`, any port).
+fn loopback_host(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    if g.loopback {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !loopback_host(host) {
+            return error(
+                StatusCode::MISDIRECTED_REQUEST,
+                "the Host header must name this loopback listener",
+            );
+        }
+    }
+    let method = req.method();
+    let mutating = !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS");
+    if mutating || !g.loopback {
+        let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
-            return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !crate::call::secret::constant_time_eq(given.as_bytes(), g.token.as_bytes()) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token (see --admin-token / SIPMESH_ADMIN_TOKEN)",
+            );
+        }
+    }
+    if mutating && matches!(method.as_str(), "POST" | "PUT") {
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.trim()
+                    .to_ascii_lowercase()
+                    .starts_with("application/json")
+            });
+        if !json {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "bodies must be JSON (Content-Type: application/json)",
+            );
         }
     }
     next.run(req).await
+}
+
+async fn bans(State(node): State<Node>) -> Response {
+    let bans = node.throttle().bans(std::time::Instant::now());
+    Json(json!({ "bans": bans })).into_response()
+}
+
+async fn lift_ban(State(node): State<Node>, Path(ip): Path<String>) -> Response {
+    let Ok(addr) = ip.parse::<std::net::IpAddr>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{ip:?} is not an IP address"),
+        );
+    };
+    if node.throttle().lift(&addr) {
+        Json(json!({ "lifted": addr.to_string() })).into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, format!("{addr} is not banned"))
+    }
 }
 
 async fn status(State(node): State<Node>) -> Response {
@@ -198,8 +282,13 @@ pub fn parse_import(body: &str) -> std::result::Result<Vec<(String, String)>, St
     Ok(out)
 }
 
-async fn import_users(State(node): State<Node>, body: String) -> Response {
-    let rows = match parse_import(&body) {
+#[derive(Deserialize)]
+struct Import {
+    csv: String,
+}
+
+async fn import_users(State(node): State<Node>, Json(body): Json<Import>) -> Response {
+    let rows = match parse_import(&body.csv) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
@@ -333,5 +422,26 @@ mod tests {
             .unwrap_err()
             .contains("line 2"));
         assert!(parse_import("carol,").is_err());
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "LOCALHOST",
+            "[::1]:8080",
+            "127.1.2.3",
+        ] {
+            assert!(loopback_host(h), "{h}");
+        }
+        for h in [
+            "evil.example:8080",
+            "192.0.2.1:8080",
+            "",
+            "localhost.evil.example",
+        ] {
+            assert!(!loopback_host(h), "{h}");
+        }
     }
 }

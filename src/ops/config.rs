@@ -41,6 +41,47 @@ pub struct FileConfig {
     pub max_expires: Option<u32>,
     /// Sync policy of the keyspace: "periodic" (default) or "sync-before-ack".
     pub sync: Option<String>,
+    /// `--insecure-open-mesh`
+    pub insecure_open_mesh: Option<bool>,
+    /// `--domain` (a list): domains of the mesh besides the realm and members' addresses.
+    pub domains: Option<Vec<String>>,
+    /// `--trusted-source` (a list): source addresses never throttled.
+    pub trusted_sources: Option<Vec<String>>,
+    /// Methods challenged when the From claims a user of the mesh.
+    pub auth_methods: Option<Vec<String>>,
+    /// Bindings an AOR may hold (default 10).
+    pub max_contacts: Option<usize>,
+    /// Branches a request may fork to (default 10).
+    pub max_branches: Option<usize>,
+    /// Offer SHA-256 before MD5 in challenges.
+    pub digest_sha256_first: Option<bool>,
+    /// Requests per source per `rate_window_secs` (default 16; 0: off).
+    pub rate_limit: Option<u32>,
+    /// The request-rate window (default 2 s).
+    pub rate_window_secs: Option<u64>,
+    /// Ban length (default 300 s).
+    pub ban_secs: Option<u64>,
+    /// Failed authentications per source per `auth_window_secs` before a ban (default 5).
+    pub auth_failures_per_source: Option<u32>,
+    /// Failed authentications per user per window after which failing sources are banned at
+    /// once (default 20).
+    pub auth_failures_per_user: Option<u32>,
+    /// The failed-authentication window (default 60 s).
+    pub auth_window_secs: Option<u64>,
+    /// The outbound trunk.
+    pub trunk: Option<TrunkFile>,
+}
+
+/// The `[trunk]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkFile {
+    /// The trunk's URI, e.g. `sip:203.0.113.5:5060`.
+    pub uri: String,
+    /// Dialled prefixes allowed through it, e.g. `["0049", "+49"]`.
+    pub prefixes: Vec<String>,
+    /// Calls per user per minute (default 10).
+    pub calls_per_minute: Option<u32>,
 }
 
 impl FileConfig {

@@ -116,6 +116,9 @@ impl LocalMeshBuilder {
         config.mesh.anti_entropy_interval = self.anti_entropy_interval;
         config.mesh.evict_after = self.evict_after;
         config.mesh.bootstrap = self.bootstrap.clone();
+        // The test client and SIPp send from 127.0.0.1 at load-test rates; throttling tests
+        // send from other loopback addresses (127.0.0.0/8).
+        config.throttle.trusted = vec![std::net::Ipv4Addr::LOCALHOST.into()];
         if let Some(t) = &self.tweak {
             t(&mut config);
         }

@@ -16,12 +16,11 @@ use crate::node::{Node, NodeConfig};
 /// Start a node and its admin API: bind the admin listener first (so the node publishes the
 /// real address), start the node, then serve the API.
 pub async fn launch(mut config: NodeConfig) -> Result<Node> {
+    admission(&config)?;
     let listener = match config.http_listen {
         Some(addr) => {
-            if !addr.ip().is_loopback() && config.admin_token.is_none() {
-                return Err(Error::Config(format!(
-                    "--http-listen {addr} is not a loopback address: set admin_token in the config file (or SIPMESH_ADMIN_TOKEN)"
-                )));
+            if config.admin_token.is_none() {
+                config.admin_token = Some(admin_token_file(&config.data_dir)?);
             }
             let l = admin::bind(addr).await?;
             config.http_listen = l.local_addr().ok();
@@ -35,4 +34,83 @@ pub async fn launch(mut config: NodeConfig) -> Result<Node> {
         node.spawn("admin api", |s| admin::serve(n, l, s));
     }
     Ok(node)
+}
+
+/// The admin token kept in `DATA_DIR/admin-token`: read, or generated (256 random bits, hex)
+/// and written readable by the owner only.
+fn admin_token_file(data_dir: &std::path::Path) -> Result<String> {
+    let path = data_dir.join("admin-token");
+    let io = |what: String| move |source| Error::Io { what, source };
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let t = text.trim().to_string();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    std::fs::create_dir_all(data_dir)
+        .map_err(io(format!("cannot create {}", data_dir.display())))?;
+    let token = crate::sip::digest::hex(&rand::random::<[u8; 32]>());
+    let tmp = data_dir.join("admin-token.tmp");
+    {
+        use std::io::Write;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts
+            .open(&tmp)
+            .map_err(io(format!("cannot write {}", tmp.display())))?;
+        f.write_all(token.as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(io(format!("cannot write {}", tmp.display())))?;
+    }
+    std::fs::rename(&tmp, &path).map_err(io(format!("cannot write {}", path.display())))?;
+    Ok(token)
+}
+
+/// Mesh admission: a node reachable beyond loopback refuses to run an open mesh (any peer that
+/// connects could read every HA1 and write any cell) unless the operator says so, and then it
+/// warns at every start.
+fn admission(config: &NodeConfig) -> Result<()> {
+    if config.mesh.mesh_key.is_some() {
+        return Ok(());
+    }
+    let beyond: Vec<String> = config
+        .mesh
+        .listen
+        .iter()
+        .filter(|a| !multiaddr_is_loopback(a))
+        .map(|a| a.to_string())
+        .collect();
+    if beyond.is_empty() {
+        return Ok(());
+    }
+    if config.insecure_open_mesh {
+        tracing::warn!(
+            listen = ?beyond,
+            "INSECURE: the p2p listener is beyond loopback and the mesh has no key \
+             (--insecure-open-mesh): anyone who reaches it can join, read every password hash \
+             and write any row"
+        );
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "--p2p-listen {} is beyond loopback and no --mesh-key is set: give every node of the \
+         mesh the same --mesh-key (a swarm.key file; docs/SECURITY.md shows how to make one), \
+         or pass --insecure-open-mesh",
+        beyond.join(", ")
+    )))
+}
+
+/// Whether a listen multiaddr is on a loopback address.
+fn multiaddr_is_loopback(a: &sipmesh_net::Multiaddr) -> bool {
+    use sipmesh_net::multiaddr::Protocol;
+    a.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
 }

@@ -14,7 +14,7 @@
 //! - [`request`]: requests the proxy makes itself (ACK for non-2xx, CANCEL, BYE).
 
 pub mod build;
-pub(crate) mod digest;
+pub mod digest;
 pub(crate) mod flow;
 pub mod header;
 pub mod message;

@@ -72,9 +72,22 @@ const TCP_SEND_QUEUE: usize = 1024;
 const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
 struct Conn {
+    /// The peer the connection is with: a flow naming this id and another peer is not it.
+    peer: SocketAddr,
     tx: mpsc::Sender<Arc<[u8]>>,
     /// The read side ended: answers may still go out, but the flow is dead for new traffic.
     closing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The high half of this process's TCP connection ids: seconds since the Unix epoch at start.
+/// A binding stored before a restart names a connection id of the old process; with the boot
+/// epoch (and a random start for the counter, for two starts in one second) in the id it cannot
+/// name a connection of the new one; ids are also bound to the peer address.
+fn boot_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() & 0xFFFF_FFFF)
+        .unwrap_or(1)
 }
 
 /// The node's SIP transports.
@@ -154,7 +167,9 @@ impl Transport {
             udp: Arc::new(udp),
             conns: Mutex::new(HashMap::new()),
             by_peer: Mutex::new(HashMap::new()),
-            next_conn: AtomicU64::new(1),
+            next_conn: AtomicU64::new(
+                boot_epoch() << 32 | (u64::from(rand::random::<u16>()) << 16) | 1,
+            ),
             permits: Arc::new(Semaphore::new(limits.max_connections)),
             limits,
             handler: OnceLock::new(),
@@ -208,9 +223,12 @@ impl Transport {
                 },
                 None => Err(SendError::Closed),
             },
-            Flow::Tcp { conn, .. } => {
+            Flow::Tcp { conn, peer } => {
                 let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-                let c = conns.get(conn).ok_or(SendError::Closed)?;
+                let c = conns
+                    .get(conn)
+                    .filter(|c| c.peer == *peer)
+                    .ok_or(SendError::Closed)?;
                 c.tx.try_send(bytes).map_err(|e| match e {
                     mpsc::error::TrySendError::Full(_) => SendError::Full,
                     mpsc::error::TrySendError::Closed(_) => SendError::Closed,
@@ -223,12 +241,12 @@ impl Transport {
     pub fn is_alive(&self, flow: &Flow) -> bool {
         match flow {
             Flow::Udp(_) | Flow::Mesh { .. } => true,
-            Flow::Tcp { conn, .. } => self
+            Flow::Tcp { conn, peer } => self
                 .conns
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(conn)
-                .is_some_and(|c| !c.closing.load(Ordering::Relaxed)),
+                .is_some_and(|c| c.peer == *peer && !c.closing.load(Ordering::Relaxed)),
         }
     }
 
@@ -280,6 +298,7 @@ impl Transport {
         self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(
             conn,
             Conn {
+                peer,
                 tx,
                 closing: closing.clone(),
             },

@@ -11,6 +11,43 @@ use sipmesh::sip::message::{frame_stream, Framed, HeaderName, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
+/// A converged local mesh of `nodes` nodes configured by `f`, with `users` added (user,
+/// password) through node 0.
+pub async fn mesh_with_users(
+    nodes: usize,
+    users: &[(&'static str, &'static str)],
+    f: impl Fn(&mut sipmesh::NodeConfig) + Send + Sync + 'static,
+) -> sipmesh::LocalMesh {
+    let mesh = sipmesh::LocalMesh::builder()
+        .nodes(nodes)
+        .configure(f)
+        .start()
+        .await
+        .unwrap();
+    mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+    for &(u, p) in users {
+        mesh.node(0)
+            .run(move |n| async move { n.add_user(u, p).await })
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    mesh
+}
+
+/// The admin token of node `i` of a local mesh.
+pub fn admin_token(mesh: &sipmesh::LocalMesh, i: usize) -> String {
+    mesh.node(i)
+        .node()
+        .unwrap()
+        .admin_token()
+        .unwrap()
+        .to_string()
+}
+
+/// The users of the call tests.
+pub const PHONES: &[(&str, &str)] = &[("alice", "a-pw"), ("bob", "b-pw"), ("carol", "c-pw")];
+
 /// Every test runs under this hard timeout.
 pub async fn within<F: Future<Output = ()>>(secs: u64, f: F) {
     tokio::time::timeout(Duration::from_secs(secs), f)
@@ -51,6 +88,12 @@ impl Client {
     /// A UDP client talking to `server`.
     pub async fn udp(server: SocketAddr) -> Client {
         let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        Client::Udp(s, server)
+    }
+
+    /// A UDP client sending from loopback address `ip` (127.0.0.0/8: a distinct source).
+    pub async fn udp_from(ip: &str, server: SocketAddr) -> Client {
+        let s = UdpSocket::bind((ip, 0)).await.unwrap();
         Client::Udp(s, server)
     }
 
@@ -254,6 +297,37 @@ pub async fn register(
         .expect("an answer to the authenticated REGISTER")
 }
 
+/// An admin API call with a method, optional token, optional raw body and content type, and
+/// extra headers; returns the status and body.
+pub async fn http_call(
+    method: &'static str,
+    url: String,
+    token: Option<String>,
+    body: Option<(&'static str, String)>,
+    headers: Vec<(&'static str, String)>,
+) -> (u16, serde_json::Value) {
+    tokio::task::spawn_blocking(move || {
+        let mut req = ureq::request(method, &url);
+        if let Some(t) = token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.set(k, &v);
+        }
+        let r = match body {
+            Some((ct, b)) => req.set("Content-Type", ct).send_string(&b),
+            None => req.call(),
+        };
+        match r {
+            Ok(r) => (r.status(), r.into_json().unwrap_or_default()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or_default()),
+            Err(e) => panic!("{method} {url}: {e}"),
+        }
+    })
+    .await
+    .unwrap()
+}
+
 /// GET a JSON document from a node's admin API.
 pub async fn http_get(url: String) -> (u16, serde_json::Value) {
     tokio::task::spawn_blocking(move || match ureq::get(&url).call() {
@@ -265,15 +339,32 @@ pub async fn http_get(url: String) -> (u16, serde_json::Value) {
     .unwrap()
 }
 
-/// POST JSON to a node's admin API.
-pub async fn http_post(url: String, body: serde_json::Value) -> (u16, serde_json::Value) {
-    tokio::task::spawn_blocking(move || match ureq::post(&url).send_json(body) {
-        Ok(r) => (r.status(), r.into_json().unwrap_or_default()),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or_default()),
-        Err(e) => panic!("POST {url}: {e}"),
+/// POST JSON to a node's admin API with its bearer token.
+pub async fn http_post(
+    url: String,
+    token: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let auth = format!("Bearer {token}");
+    tokio::task::spawn_blocking(move || {
+        match ureq::post(&url).set("Authorization", &auth).send_json(body) {
+            Ok(r) => (r.status(), r.into_json().unwrap_or_default()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or_default()),
+            Err(e) => panic!("POST {url}: {e}"),
+        }
     })
     .await
     .unwrap()
+}
+
+/// Import `user,password` lines through a node's admin API (`base`: `http://IP:PORT`).
+pub async fn import_users(base: &str, token: &str, csv: String) -> (u16, serde_json::Value) {
+    http_post(
+        format!("{base}/v1/users/import"),
+        token,
+        serde_json::json!({ "csv": csv }),
+    )
+    .await
 }
 
 /// A user agent on one UDP socket, for call tests: builds requests and answers like a phone.

@@ -9,12 +9,15 @@ use super::{name_addr_uri, Hop, Inbound, Plan, Proxy, BRANCH_TAG};
 use crate::call::auth::{authenticate, Challenger};
 use crate::call::dialog;
 use crate::call::flow_token::FlowRef;
+use crate::call::policy::not_relaying;
+use crate::metrics::inc;
 use crate::sip::flow::Flow;
 use crate::sip::header::Via;
 use crate::sip::message::{HeaderName, Method};
 use crate::sip::uri::SipUri;
 use crate::sip::Fault;
 use sipmesh_net::PeerId;
+use tracing::debug;
 
 /// Where Route processing leaves a request.
 pub(super) struct Routed {
@@ -24,6 +27,9 @@ pub(super) struct Routed {
     pub next: Option<Target>,
     /// Members down or gone whose entries were removed.
     pub dead: Vec<PeerId>,
+    /// Whether a Route entry this mesh signed was among them (the request follows a route
+    /// set the mesh recorded).
+    pub signed: bool,
 }
 
 impl Proxy {
@@ -35,8 +41,20 @@ impl Proxy {
         }
         let routed = self.process_routes(&req.msg.values(&HeaderName::Route));
         let in_dialog = req.c.to.tag().is_some();
+        if let Err(fault) = self.check_route(&req, &routed, in_dialog) {
+            return self.reject(&req, fault);
+        }
         let single = |u: String| vec![Target::to(Dest::Uri(u))];
-        let targets = if let Some(next) = routed.next {
+        // An initial request from a phone follows a signed route entry only to another node;
+        // the flows those entries name are reached through the location service (a token
+        // names a flow, not a dialog: it must not open new dialogs toward that flow).
+        let from_phone = req.flow.mesh_node().is_none();
+        let next = routed.next.filter(|t| {
+            in_dialog
+                || !from_phone
+                || matches!(t.dest, Dest::Flow(Flow::Mesh { target: None, .. }))
+        });
+        let targets = if let Some(next) = next {
             vec![next]
         } else if in_dialog {
             if self.is_own_uri(&req.c.uri) {
@@ -63,6 +81,39 @@ impl Proxy {
         self.forward(req, targets, plan).await;
     }
 
+    /// The routing policy for what a phone sends (a request another node passes on was checked
+    /// there): a route-set entry naming a host outside the mesh is refused, and so is an
+    /// in-dialog request that does not follow a Record-Route this mesh signed.
+    pub(super) fn check_route(
+        &self,
+        req: &Inbound,
+        routed: &Routed,
+        in_dialog: bool,
+    ) -> Result<(), Fault> {
+        if req.flow.mesh_node().is_some() {
+            return Ok(());
+        }
+        let foreign = matches!(
+            routed.next,
+            Some(Target {
+                dest: Dest::Uri(_),
+                ..
+            })
+        );
+        if foreign || (in_dialog && !routed.signed) {
+            inc(&self.ctx.metrics.sip_not_relayed);
+            debug!(
+                method = %req.c.method,
+                uri = %req.c.uri,
+                source = %req.flow.peer(),
+                "not relaying: {}",
+                if foreign { "a Route outside the mesh" } else { "an in-dialog request without a signed Route" }
+            );
+            return Err(not_relaying());
+        }
+        Ok(())
+    }
+
     /// Whether a Via of ours with this request's loop hash is already on it (§16.3 step 4).
     fn looped(&self, req: &Inbound) -> bool {
         let hash = Self::loop_hash(&req.msg, &req.c);
@@ -86,18 +137,27 @@ impl Proxy {
         let mut pop = 0;
         let mut last_ours: Option<FlowRef> = None;
         let mut dead = Vec::new();
+        let mut signed = false;
         for r in routes {
             let Some(uri) = name_addr_uri(r) else { break };
             let hop = self.hop(&uri);
             match hop {
-                Hop::Ours(flow) => last_ours = Some(flow),
+                Hop::Ours(flow) => {
+                    signed = true;
+                    last_ours = Some(flow);
+                }
+                Hop::Address => last_ours = Some(FlowRef::None),
                 Hop::Node {
                     peer, up: false, ..
                 } => {
+                    signed = true;
                     dead.push(peer);
                     last_ours = None;
                 }
-                Hop::Gone => last_ours = None,
+                Hop::Gone => {
+                    signed = true;
+                    last_ours = None;
+                }
                 Hop::Node {
                     peer,
                     up: true,
@@ -122,6 +182,7 @@ impl Proxy {
                         pop: pop + usize::from(relayed),
                         next: Some(next),
                         dead,
+                        signed: true,
                     };
                 }
                 Hop::Foreign(uri) => {
@@ -129,6 +190,7 @@ impl Proxy {
                         pop,
                         next: Some(Target::to(Dest::Uri(uri))),
                         dead,
+                        signed,
                     }
                 }
             }
@@ -138,27 +200,93 @@ impl Proxy {
             .and_then(|f| f.flow())
             .filter(|f| self.ctx.transport.is_alive(f))
             .map(|f| Target::to(Dest::Flow(f)));
-        Routed { pop, next, dead }
+        Routed {
+            pop,
+            next,
+            dead,
+            signed,
+        }
     }
 
-    /// The targets of an initial request from a phone: INVITEs are authenticated first (407),
-    /// then the callee is found by the location service.
+    /// The targets of an initial request from a phone. Toward a user of the mesh's domains:
+    /// that user's bindings, with the caller challenged first (407) when its From claims a
+    /// user of the mesh and the method is one the policy authenticates. Toward anything else:
+    /// the operator's trunk for an authenticated local caller dialling an allowed prefix, or
+    /// 403 Not relaying.
     async fn initial_targets(&self, req: &Inbound) -> Result<Vec<Target>, Fault> {
         let c = &req.c;
-        if c.method == Method::Invite && self.config.auth_invites {
-            let caller = SipUri::parse(&c.from.uri)
-                .ok()
-                .and_then(|u| u.canonical_user())
-                .unwrap_or_default();
-            authenticate(&self.ctx, &req.msg, c, &caller, Challenger::Proxy).await?;
+        let Ok(ruri) = SipUri::parse(&c.uri) else {
+            return Err(Fault::new(416, "Unsupported URI Scheme"));
+        };
+        let from = SipUri::parse(&c.from.uri).ok();
+        let caller = from
+            .as_ref()
+            .filter(|u| self.is_mesh_domain(u))
+            .and_then(|u| u.canonical_user());
+        if !self.is_mesh_domain(&ruri) {
+            return self.trunk_targets(req, &ruri, caller).await;
         }
-        let Some(user) = SipUri::parse(&c.uri).ok().and_then(|u| u.canonical_user()) else {
+        if let Some(caller) = &caller {
+            if self
+                .ctx
+                .policy
+                .challenges(&c.method, self.config.auth_invites)
+            {
+                self.authenticate_caller(req, caller).await?;
+            }
+        }
+        let Some(user) = ruri.canonical_user() else {
             return Err(if matches!(c.method, Method::Other(_)) {
                 Fault::new(501, "Not Implemented")
             } else {
                 Fault::new(404, "Not Found")
             });
         };
-        self.locate(&user).await
+        let mut targets = self.locate(&user).await?;
+        let max = self.ctx.policy.config().max_branches.max(1);
+        if targets.len() > max {
+            debug!(user, found = targets.len(), max, "branches capped");
+            targets.truncate(max);
+        }
+        Ok(targets)
+    }
+
+    /// Challenge (407) or verify the caller of a request.
+    async fn authenticate_caller(&self, req: &Inbound, caller: &str) -> Result<String, Fault> {
+        authenticate(
+            &self.ctx,
+            &req.msg,
+            &req.c,
+            caller,
+            Challenger::Proxy,
+            req.flow.peer().ip(),
+        )
+        .await
+    }
+
+    /// A request toward a host outside the mesh: through the trunk, or refused.
+    async fn trunk_targets(
+        &self,
+        req: &Inbound,
+        ruri: &SipUri,
+        caller: Option<String>,
+    ) -> Result<Vec<Target>, Fault> {
+        let dialled = ruri.user.clone().unwrap_or_default();
+        let Some(trunk) = self.ctx.policy.trunk_for(&req.c.method, &dialled) else {
+            inc(&self.ctx.metrics.sip_not_relayed);
+            debug!(uri = %req.c.uri, source = %req.flow.peer(), "not relaying: no user of the mesh");
+            return Err(not_relaying());
+        };
+        // Only an authenticated user of the mesh reaches the trunk, whatever --auth-invites.
+        let Some(caller) = caller else {
+            inc(&self.ctx.metrics.sip_not_relayed);
+            return Err(not_relaying());
+        };
+        let who = self.authenticate_caller(req, &caller).await?;
+        self.ctx
+            .policy
+            .trunk_call(&who, std::time::Instant::now())?;
+        let flow = self.resolve(&trunk.uri).await?;
+        Ok(vec![Target::to(Dest::Flow(flow))])
     }
 }

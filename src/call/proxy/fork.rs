@@ -430,7 +430,7 @@ impl Fork {
                 let now = proxy.ctx.mesh.keyspace().wall_ms();
                 let request = &self.branches[i].request;
                 let node_of = |uri: &str| match proxy.hop(uri) {
-                    Hop::Ours(_) => Some(proxy.node),
+                    Hop::Ours(_) | Hop::Address => Some(proxy.node),
                     Hop::Node { peer, .. } => Some(peer),
                     _ => None,
                 };

@@ -39,7 +39,7 @@ use crate::call::flow_token::{FlowRef, NodeId, Token};
 use crate::call::Context;
 use crate::sip::build::Edit;
 use crate::sip::flow::Flow;
-use crate::sip::header::NameAddr;
+use crate::sip::header::{DigestCredentials, NameAddr};
 use crate::sip::message::{HeaderName, Message, Method};
 use crate::sip::request::RequestBuilder;
 use crate::sip::transaction::{Discard, ServerKey};
@@ -51,6 +51,8 @@ use crate::sip::Fault;
 pub const NODE_PARAM: &str = "sm";
 /// Branch prefix of this proxy's Vias (after the magic cookie): `sm<loop hash>.<n>`.
 const BRANCH_TAG: &str = "z9hG4bKsm";
+/// What a branch's MAC covers first.
+const BRANCH_DOMAIN: &[u8] = b"sipmesh branch v1";
 /// Branch prefix of the Via a node adds for another node that relays (`smr<token>.<suffix>`).
 pub(crate) const RELAY_TAG: &str = "z9hG4bKsmr";
 
@@ -90,8 +92,10 @@ struct Plan {
 /// What a route-set entry (a Route value's URI) is to this node.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Hop {
-    /// One of this node's entries, with the flow it leads out on.
+    /// One of this node's signed entries, with the flow it leads out on.
     Ours(FlowRef),
+    /// This node's address without a token (a preloaded Route, an outbound proxy setting).
+    Address,
     /// Another member's entry: the member, whether it is up, and its flow.
     Node {
         /// The member.
@@ -190,7 +194,7 @@ impl Proxy {
             }
         }
         if self.is_own_address(&u) {
-            Hop::Ours(FlowRef::None)
+            Hop::Address
         } else {
             Hop::Foreign(uri.to_string())
         }
@@ -205,7 +209,7 @@ impl Proxy {
 
     /// Whether a URI (Route or Request-URI) designates this node.
     fn is_own_uri(&self, uri: &str) -> bool {
-        matches!(self.hop(uri), Hop::Ours(_))
+        matches!(self.hop(uri), Hop::Ours(_) | Hop::Address)
     }
 
     /// The SIP address (`host:port`) a member publishes.
@@ -267,12 +271,35 @@ impl Proxy {
         )
     }
 
-    /// A new branch for a request with loop hash `hash`.
+    /// A new branch for a request with loop hash `hash`: `sm<hash>.<n>.<mac>`, the MAC over
+    /// the rest under the mesh secret, so a response is relayed statelessly only for a branch
+    /// this mesh created (never reflected toward whatever a forged second Via names).
     fn new_branch(&self, hash: &str) -> String {
-        format!(
-            "{BRANCH_TAG}{hash}.{:x}",
-            self.branches.fetch_add(1, Ordering::Relaxed)
-        )
+        let body = format!("{hash}.{:x}", self.branches.fetch_add(1, Ordering::Relaxed));
+        let mac = self.ctx.secret.mac(&[BRANCH_DOMAIN, body.as_bytes()]);
+        format!("{BRANCH_TAG}{body}.{}", crate::sip::digest::hex(&mac[..5]))
+    }
+
+    /// Whether a branch is one this mesh's proxies created (see [`Proxy::new_branch`]).
+    fn is_signed_branch(&self, branch: &str) -> bool {
+        let Some(rest) = branch.strip_prefix(BRANCH_TAG) else {
+            return false;
+        };
+        let Some((body, mac)) = rest.rsplit_once('.') else {
+            return false;
+        };
+        match crate::sip::digest::unhex(mac) {
+            Some(tag) if tag.len() == 5 => self
+                .ctx
+                .secret
+                .verify(&[BRANCH_DOMAIN, body.as_bytes()], &tag),
+            _ => false,
+        }
+    }
+
+    /// Whether a URI's host is one of the mesh's domains.
+    pub(crate) fn is_mesh_domain(&self, u: &SipUri) -> bool {
+        self.ctx.is_mesh_domain(u)
     }
 
     /// The forwarded copy of a request toward one target (§16.6): new Request-URI if the
@@ -339,6 +366,17 @@ impl Proxy {
         }
         if plan.pop > 0 {
             e = e.drop_first_values(&HeaderName::Route, "Route", plan.pop);
+        }
+        // Credentials for our realm were for this mesh (RFC 3261 §22.3): never passed on,
+        // where the next hop could replay them.
+        let realm = self.ctx.auth.realm();
+        for (i, h) in msg.headers.iter().enumerate() {
+            if h.name == HeaderName::ProxyAuthorization
+                && DigestCredentials::parse(&h.value)
+                    .map_or(true, |d| d.get("realm") == Some(realm))
+            {
+                e = e.replace(i, None);
+            }
         }
         match msg
             .headers

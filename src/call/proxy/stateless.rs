@@ -21,6 +21,9 @@ impl Proxy {
             return;
         }
         let routed = self.process_routes(&req.msg.values(&HeaderName::Route));
+        if self.check_route(&req, &routed, true).is_err() {
+            return; // an ACK is never answered
+        }
         let flow = match routed.next.map(|t| t.dest) {
             Some(Dest::Flow(f)) => f,
             Some(Dest::Uri(u)) => match self.resolve(&u).await {
@@ -69,6 +72,10 @@ impl Proxy {
         };
         if format!("{}:{}", top.host, top.port.unwrap_or(5060)) != self.addr.to_string() {
             inc(&self.ctx.metrics.sip_dropped);
+            return;
+        }
+        if !top.branch().is_some_and(|b| self.is_signed_branch(b)) {
+            inc(&self.ctx.metrics.sip_forged_branch);
             return;
         }
         let Some(next) = vias.get(1).and_then(|v| Via::parse(v).ok()) else {

@@ -57,6 +57,12 @@ impl Default for RegistrarConfig {
     }
 }
 
+/// The refusal of a REGISTER that would leave an AOR with more than `max` bindings (a policy
+/// refusal, not an overload: retrying does not help, so not 503).
+fn too_many_contacts(max: usize) -> Fault {
+    Fault::new(403, format!("Too many registered contacts (at most {max})"))
+}
+
 /// Extensions the registrar supports (for Require).
 pub const SUPPORTED: &[&str] = &["path", "outbound"];
 
@@ -191,7 +197,15 @@ impl Registrar {
         let aor = aor_of(c)?;
         check_require(req)?;
         let request = self.parse_contacts(req)?;
-        authenticate(&self.ctx, req, c, &aor, Challenger::Registrar).await?;
+        authenticate(
+            &self.ctx,
+            req,
+            c,
+            &aor,
+            Challenger::Registrar,
+            flow.peer().ip(),
+        )
+        .await?;
         if self.draining.load(Ordering::SeqCst) {
             return Err(Fault::new(503, "Service Unavailable").with("Retry-After", "5"));
         }
@@ -214,6 +228,11 @@ impl Registrar {
             }
         }
         let change = self.apply(req, c, flow, &aor, request, &existing);
+        let max = self.ctx.policy.config().max_contacts;
+        if change.current.len() > max && change.current.len() > existing.len() {
+            inc(&self.ctx.metrics.registrar_too_many_contacts);
+            return Err(too_many_contacts(max));
+        }
         if !change.mutation.is_empty() {
             let mesh = &self.ctx.mesh;
             // Acknowledged at QUORUM; settled on every live replica when they are quick, so
@@ -250,6 +269,10 @@ impl Registrar {
                 return Err(Fault::bad("Contact * needs Expires 0 and no other contact"));
             }
             return Ok(Request::RemoveAll);
+        }
+        if contacts.len() > self.ctx.policy.config().max_contacts {
+            inc(&self.ctx.metrics.registrar_too_many_contacts);
+            return Err(too_many_contacts(self.ctx.policy.config().max_contacts));
         }
         let mut parsed = Vec::new();
         for v in &contacts {
