@@ -91,8 +91,15 @@ async fn run(mesh: &LocalMesh, write: bool, in_flight: usize) -> (f64, Vec<Durat
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
+    // SYNC=periodic|sync-before-ack|group-commit (default): when a write reaches the disk.
+    let sync = match std::env::var("SYNC").as_deref() {
+        Ok("periodic") => sipmesh_storage::SyncPolicy::Periodic { every_ms: 500 },
+        Ok("sync-before-ack") => sipmesh_storage::SyncPolicy::SyncBeforeAck,
+        _ => sipmesh_storage::SyncPolicy::GroupCommit,
+    };
     let mesh = LocalMesh::builder()
         .nodes(3)
+        .configure(move |c| c.sync = sync)
         .anti_entropy_interval(Duration::from_secs(3600))
         .start()
         .await
@@ -100,7 +107,7 @@ async fn main() {
     mesh.wait_converged(Duration::from_secs(30))
         .await
         .expect("converge");
-    println!("mesh bench: 3 nodes in one process, RF=3, QUORUM, {OPS} ops per run");
+    println!("mesh bench: 3 nodes in one process, RF=3, QUORUM, {OPS} ops per run, {sync:?}");
     for (name, write, in_flight) in [
         ("writes", true, 240),
         ("reads", false, 240),

@@ -92,3 +92,35 @@ impl MeshConfigKey {
 pub fn p2p(peer: libp2p::PeerId) -> libp2p::multiaddr::Protocol<'static> {
     libp2p::multiaddr::Protocol::P2p(peer)
 }
+
+/// Write a small file so that a crash leaves either the old or the new contents, never a torn
+/// or empty one: write a temporary file, fsync it, rename it over `path`, fsync the directory.
+/// `mode` sets Unix permissions on the temporary file before any byte is written.
+pub fn write_atomically(
+    path: &std::path::Path,
+    bytes: &[u8],
+    mode: Option<u32>,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if let Some(m) = mode {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(m);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut f = opts.open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}

@@ -29,6 +29,9 @@ pub enum Error {
         /// The request timeout.
         after: Duration,
     },
+    /// This node could not make a write durable (its flush failed).
+    #[error("write not durable: {0}")]
+    Durability(String),
     /// A peer could not be reached or its stream failed.
     #[error("peer {peer} unreachable: {reason}")]
     Unreachable {

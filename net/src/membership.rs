@@ -134,11 +134,14 @@ pub fn next_generation(dir: &Path) -> Result<u64> {
             )))
         }
     };
-    let next = previous + 1;
-    let tmp = dir.join("generation.tmp");
-    std::fs::write(&tmp, next.to_string())
-        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|_| std::fs::rename(&tmp, &path))
+    // Epoch-based, as Cassandra's: at least the wall clock in seconds, so a lost or restored
+    // file never makes the counter go backwards (peers ignore an older generation forever).
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let next = (previous + 1).max(epoch);
+    crate::config::write_atomically(&path, next.to_string().as_bytes(), None)
         .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))?;
     Ok(next)
 }

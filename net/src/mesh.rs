@@ -88,6 +88,22 @@ impl Service {
     }
 }
 
+impl Service {
+    /// A write's acknowledgement, sent once the write is on disk (group commit).
+    fn when_durable(&self, response: Response) -> BoxFuture<'static, Response> {
+        let replication = self.replication.clone();
+        Box::pin(async move {
+            if !matches!(response, Response::Ack) {
+                return response;
+            }
+            match replication.durable().await {
+                Ok(()) => Response::Ack,
+                Err(e) => Response::Error(e.to_string()),
+            }
+        })
+    }
+}
+
 impl Handler for Service {
     fn handle(&self, peer: PeerId, request: Request) -> BoxFuture<'static, Response> {
         let span = tracing::debug_span!("serve", %peer, kind = request.kind());
@@ -102,7 +118,10 @@ impl Handler for Service {
                 self.membership.on_leave(peer, generation);
                 Response::Ack
             }
-            Request::Write(m) => self.replication.handle_write(&m),
+            Request::Write(m) => {
+                let response = self.replication.handle_write(&m);
+                return self.when_durable(response);
+            }
             Request::Read {
                 table,
                 partition_key,
@@ -135,7 +154,10 @@ impl Handler for Service {
             Request::Push {
                 mutations,
                 owned_only,
-            } => self.replication.handle_push(&mutations, owned_only),
+            } => {
+                let response = self.replication.handle_push(&mutations, owned_only);
+                return self.when_durable(response);
+            }
             Request::App(payload) => {
                 let (tx, rx) = oneshot::channel();
                 let app = self.app.clone();

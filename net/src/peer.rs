@@ -80,15 +80,8 @@ pub fn load_or_create_key(dir: &Path) -> Result<identity::Keypair> {
             let bytes = key
                 .to_protobuf_encoding()
                 .map_err(|e| Error::Config(format!("cannot encode the node key: {e}")))?;
-            let tmp = dir.join("node.key.tmp");
-            std::fs::write(&tmp, bytes)
-                .and_then(|_| std::fs::rename(&tmp, &path))
+            crate::config::write_atomically(&path, &bytes, Some(0o600))
                 .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))?;
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-            }
             Ok(key)
         }
         Err(e) => Err(Error::Config(format!(

@@ -402,6 +402,11 @@ async fn metrics(State(node): State<Node>) -> Response {
             "Hints waiting for a peer",
             node.keyspace().hints().len() as u64,
         ),
+        (
+            "keyspace_clock_refusals",
+            "Mutations refused since start for a timestamp beyond the clock bound (5 min ahead)",
+            node.keyspace().clock_refusals(),
+        ),
     ]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

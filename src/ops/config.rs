@@ -39,7 +39,8 @@ pub struct FileConfig {
     pub default_expires: Option<u32>,
     /// Longest registration interval granted (seconds).
     pub max_expires: Option<u32>,
-    /// Sync policy of the keyspace: "periodic" (default) or "sync-before-ack".
+    /// Sync policy of the keyspace: "group-commit" (default: acknowledged writes are on disk,
+    /// concurrent writes share a flush), "sync-before-ack", or "periodic" (500 ms window).
     pub sync: Option<String>,
     /// `--insecure-open-mesh`
     pub insecure_open_mesh: Option<bool>,

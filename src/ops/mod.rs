@@ -50,24 +50,8 @@ fn admin_token_file(data_dir: &std::path::Path) -> Result<String> {
     std::fs::create_dir_all(data_dir)
         .map_err(io(format!("cannot create {}", data_dir.display())))?;
     let token = crate::sip::digest::hex(&rand::random::<[u8; 32]>());
-    let tmp = data_dir.join("admin-token.tmp");
-    {
-        use std::io::Write;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts
-            .open(&tmp)
-            .map_err(io(format!("cannot write {}", tmp.display())))?;
-        f.write_all(token.as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(io(format!("cannot write {}", tmp.display())))?;
-    }
-    std::fs::rename(&tmp, &path).map_err(io(format!("cannot write {}", path.display())))?;
+    sipmesh_net::config::write_atomically(&path, token.as_bytes(), Some(0o600))
+        .map_err(io(format!("cannot write {}", path.display())))?;
     Ok(token)
 }
 

@@ -14,21 +14,21 @@ pub type Kv = (Vec<u8>, Vec<u8>);
 pub type KvIter = Box<dyn Iterator<Item = Result<Kv>> + Send>;
 
 /// When writes reach the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SyncPolicy {
     /// Flush in the background every this many milliseconds (a crash loses at most that window).
     Periodic {
         /// The flush interval in milliseconds.
         every_ms: u64,
     },
-    /// Flush before a write is acknowledged (a crash loses nothing acknowledged).
+    /// Flush before a write is acknowledged (a crash loses nothing acknowledged), each write
+    /// on its own.
     SyncBeforeAck,
-}
-
-impl Default for SyncPolicy {
-    fn default() -> Self {
-        SyncPolicy::Periodic { every_ms: 500 }
-    }
+    /// Flush before a write is acknowledged, batching the flushes of concurrent writes: the
+    /// keyspace does not flush in `apply`; the replication layer waits for one shared flush
+    /// before it acknowledges (`sipmesh-net`'s group commit). Sled also flushes every 500 ms.
+    #[default]
+    GroupCommit,
 }
 
 /// One ordered tree of the engine.
@@ -64,6 +64,7 @@ impl SledEngine {
     pub fn open(path: &Path, policy: SyncPolicy) -> Result<Self> {
         let flush_every = match policy {
             SyncPolicy::Periodic { every_ms } => Some(every_ms.max(1)),
+            SyncPolicy::GroupCommit => Some(500),
             SyncPolicy::SyncBeforeAck => None,
         };
         let db = sled::Config::new()

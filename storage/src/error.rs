@@ -28,6 +28,17 @@ pub enum Error {
         expected: u8,
     },
     /// A table id or name that the keyspace does not know.
+    #[error("timestamp {remote_ms} ms is beyond the clock bound ({now_ms} ms now + {bound_ms} ms): refused, not stored")]
+    /// A mutation carries a timestamp too far ahead of this node's clock (a skewed or hostile
+    /// writer): it is refused whole, so no cell can be made unoverwritable.
+    ClockSkew {
+        /// The newest timestamp of the mutation (wall milliseconds).
+        remote_ms: u64,
+        /// This node's wall clock.
+        now_ms: u64,
+        /// The bound.
+        bound_ms: u64,
+    },
     #[error("unknown table {0}")]
     UnknownTable(String),
     /// A mutation or read that does not fit the table's schema.

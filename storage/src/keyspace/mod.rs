@@ -108,6 +108,8 @@ struct Inner {
     /// skips the tombstone lookup for the (vast) majority that never had one. Bits are only set
     /// (on write and at open); a false positive costs one extra engine read.
     partition_tombstones: Vec<AtomicU64>,
+    /// Mutations refused for a timestamp beyond the clock bound.
+    clock_refusals: AtomicU64,
 }
 
 /// Bits in the partition-tombstone filter (128 KiB).
@@ -197,6 +199,7 @@ impl Keyspace {
                 partition_tombstones: (0..PTOMB_FILTER_BITS / 64)
                     .map(|_| AtomicU64::new(0))
                     .collect(),
+                clock_refusals: AtomicU64::new(0),
             }),
         };
         ks.rebuild_merkle()?;
@@ -229,6 +232,16 @@ impl Keyspace {
             .schemas
             .get(&table)
             .ok_or_else(|| Error::UnknownTable(table.to_string()))
+    }
+
+    /// Mutations refused since start for a timestamp beyond the clock bound.
+    pub fn clock_refusals(&self) -> u64 {
+        self.inner.clock_refusals.load(Ordering::Relaxed)
+    }
+
+    /// When writes reach the disk.
+    pub fn sync_policy(&self) -> SyncPolicy {
+        self.inner.engine.sync_policy()
     }
 
     /// Make every applied write durable now.
@@ -291,7 +304,15 @@ impl Keyspace {
     pub fn apply(&self, m: &Mutation) -> Result<usize> {
         self.validate(m)?;
         if let Some(ts) = m.max_timestamp() {
-            self.inner.hlc.observe(ts);
+            if !self.inner.hlc.observe(ts) {
+                self.inner.clock_refusals.fetch_add(1, Ordering::Relaxed);
+                let now_ms = self.wall_ms();
+                return Err(Error::ClockSkew {
+                    remote_ms: ts.millis(),
+                    now_ms,
+                    bound_ms: crate::hlc::MAX_FORWARD_DRIFT_MS,
+                });
+            }
         }
         let prefix = partition_prefix(m.table, &m.partition_key);
         let token = key::token_of(&m.partition_key);
@@ -365,7 +386,9 @@ impl Keyspace {
             }
             n
         };
-        if changed > 0 && self.inner.engine.sync_policy() == SyncPolicy::SyncBeforeAck {
+        // Even when nothing changed: what made it a no-op may be another writer's bytes, not
+        // yet flushed, and this write is acknowledged on the strength of them.
+        if self.inner.engine.sync_policy() == SyncPolicy::SyncBeforeAck {
             self.inner.engine.flush()?;
         }
         Ok(changed)

@@ -219,6 +219,23 @@ mod tests {
     }
 
     #[test]
+    fn a_timestamp_beyond_the_clock_bound_is_refused_and_never_stored() {
+        let ks = ks();
+        let now = Timestamp::from_millis(ks.wall_ms());
+        let ahead =
+            Timestamp::from_millis(ks.wall_ms() + crate::hlc::MAX_FORWARD_DRIFT_MS + 60_000);
+        for ts in [ahead, Timestamp(u64::MAX)] {
+            let m = Mutation::new(1, b"p".to_vec()).upsert(b"r", [("v", vec![1])], ts, None);
+            assert!(matches!(ks.apply(&m), Err(crate::Error::ClockSkew { .. })));
+            assert!(ks.partition_entries(1, b"p").unwrap().is_empty(), "stored");
+        }
+        assert_eq!(ks.clock_refusals(), 2);
+        // a later correct write is not shadowed by anything
+        let m = Mutation::new(1, b"p".to_vec()).upsert(b"r", [("v", vec![2])], now, None);
+        assert_eq!(ks.apply(&m).unwrap(), 1);
+    }
+
+    #[test]
     fn pages_split_a_wide_partition_and_join_back_whole() {
         let ks = ks();
         fill(&ks, b"wide", 1000, 5);
