@@ -583,3 +583,51 @@ async fn anti_entropy_moves_a_wide_partition_in_pages() {
     })
     .await;
 }
+
+/// The ring is persisted: a node restarted while the rest of its ring is down knows it is a
+/// minority and refuses QUORUM at once (no mesh of one), and serves it again once a majority
+/// of its ring is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_alone_is_no_mesh_of_one() {
+    within(120, async {
+        let mesh = LocalMesh::builder().nodes(3).start().await.unwrap();
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        write(&mesh, 0, key(1), "before".into(), Consistency::Quorum)
+            .await
+            .unwrap();
+        mesh.kill(1);
+        mesh.kill(2);
+        mesh.kill(0);
+        mesh.restart(0).await.unwrap();
+        let members = mesh.node(0).node().unwrap().mesh.members().len();
+        assert_eq!(members, 3, "the restarted node knows its ring");
+        let t0 = std::time::Instant::now();
+        let refused = write(&mesh, 0, key(2), "alone".into(), Consistency::Quorum).await;
+        assert!(
+            matches!(refused, Err(NetError::Unavailable { .. })),
+            "a QUORUM write alone: {refused:?}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(1), "refused fast");
+        assert!(read(&mesh, 0, key(1), Consistency::Quorum).await.is_err());
+        mesh.restart(1).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while write(&mesh, 0, key(3), "majority".into(), Consistency::Quorum)
+            .await
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "QUORUM never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(
+            read(&mesh, 0, key(1), Consistency::Quorum)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("before")
+        );
+    })
+    .await;
+}

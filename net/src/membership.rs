@@ -114,6 +114,29 @@ pub struct Membership {
     events: broadcast::Sender<MemberEvent>,
     config: MembershipConfig,
     started: Instant,
+    /// Where the ring is persisted (`None`: not persisted, as in unit tests).
+    ring_file: Option<std::path::PathBuf>,
+    /// The ring (other members) as last written to `ring_file`.
+    persisted: Mutex<Vec<PeerId>>,
+}
+
+/// The ring file: one line per other member of the ring, `<peer id> <generation> <addr,addr…>`.
+fn read_ring(path: &Path) -> Vec<(PeerId, u64, Vec<String>)> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            let peer: PeerId = parts.next()?.parse().ok()?;
+            let generation = parts.next()?.parse().ok()?;
+            let addrs = parts
+                .next()
+                .map(|a| a.split(',').map(str::to_string).collect())
+                .unwrap_or_default();
+            Some((peer, generation, addrs))
+        })
+        .collect()
 }
 
 /// Read, increment and persist the node's generation (`dir/generation`).
@@ -147,20 +170,103 @@ pub fn next_generation(dir: &Path) -> Result<u64> {
 }
 
 impl Membership {
-    /// A view holding only this node.
+    /// A view holding only this node (not persisted).
+    #[cfg(test)]
     pub fn new(local_info: MemberInfo, local: PeerId, config: MembershipConfig) -> Arc<Self> {
+        Self::with_ring_file(local_info, local, config, None)
+    }
+
+    /// A view that persists its ring in `ring_file` and starts from it: the members this node
+    /// knew are in the ring from the first moment, down until heard from. A node restarted
+    /// while its peers are unreachable therefore sees a minority of its ring and refuses
+    /// QUORUM, instead of acting as a mesh of one.
+    pub fn with_ring_file(
+        local_info: MemberInfo,
+        local: PeerId,
+        config: MembershipConfig,
+        ring_file: Option<std::path::PathBuf>,
+    ) -> Arc<Self> {
         let (snapshot, _) = watch::channel(Snapshot::solo(local, config.replication_factor));
         let (events, _) = broadcast::channel(256);
-        Arc::new(Membership {
+        let now = Instant::now();
+        let mut members = HashMap::new();
+        let mut persisted = Vec::new();
+        for (peer, generation, addrs) in ring_file.as_deref().map(read_ring).unwrap_or_default() {
+            if peer == local {
+                continue;
+            }
+            persisted.push(peer);
+            members.insert(
+                peer,
+                Entry {
+                    addrs: addrs.iter().filter_map(|a| a.parse().ok()).collect(),
+                    info: MemberInfo {
+                        peer_id: peer.to_bytes(),
+                        addrs,
+                        generation,
+                        tags: BTreeMap::new(),
+                    },
+                    state: MemberState::Down,
+                    last_heard: now,
+                    since: now,
+                },
+            );
+        }
+        persisted.sort();
+        if !persisted.is_empty() {
+            info!(
+                members = persisted.len() + 1,
+                "ring loaded; members are down until heard from"
+            );
+        }
+        let m = Arc::new(Membership {
             local,
             local_info: RwLock::new(local_info),
-            members: Mutex::new(HashMap::new()),
+            members: Mutex::new(members),
             candidates: Mutex::new(HashSet::new()),
             snapshot,
             events,
             config,
-            started: Instant::now(),
-        })
+            started: now,
+            ring_file,
+            persisted: Mutex::new(persisted),
+        });
+        m.rebuild();
+        m
+    }
+
+    /// The addresses of the members this node knows (to dial them after a restart).
+    pub fn known_addrs(&self) -> Vec<(PeerId, Multiaddr)> {
+        self.members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .flat_map(|(p, e)| e.addrs.iter().map(|a| (*p, a.clone())))
+            .collect()
+    }
+
+    /// Write the ring if its membership changed since it was last written.
+    fn persist(&self, ring: &[RingMember], members: &HashMap<PeerId, Entry>) {
+        let Some(path) = &self.ring_file else { return };
+        let mut peers: Vec<PeerId> = ring
+            .iter()
+            .map(|m| m.peer)
+            .filter(|p| *p != self.local)
+            .collect();
+        peers.sort();
+        let mut last = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+        if *last == peers {
+            return;
+        }
+        let text: String = peers
+            .iter()
+            .filter_map(|p| members.get(p).map(|e| (p, e)))
+            .map(|(p, e)| format!("{p} {} {}\n", e.info.generation, e.info.addrs.join(",")))
+            .collect();
+        match crate::config::write_atomically(path, text.as_bytes(), None) {
+            Ok(()) => *last = peers,
+            Err(e) => warn!(error = %e, path = %path.display(), "cannot persist the ring"),
+        }
     }
 
     /// The current ring.
@@ -475,6 +581,7 @@ impl Membership {
             }
         }
         ring.sort_by_key(|m| m.position);
+        self.persist(&ring, &members);
         let version = self.snapshot.borrow().version + 1;
         self.snapshot.send_replace(Arc::new(Snapshot {
             local: self.local,

@@ -335,7 +335,7 @@ impl Mesh {
             generation,
             tags: config.tags.clone(),
         };
-        let membership = Membership::new(
+        let membership = Membership::with_ring_file(
             info,
             local,
             MembershipConfig {
@@ -343,7 +343,11 @@ impl Mesh {
                 down_after: config.down_after,
                 evict_after: config.evict_after,
             },
+            Some(config.data_dir.join("ring")),
         );
+        for (peer, addr) in membership.known_addrs() {
+            let _ = handle.commands.try_send(Command::AddAddress(peer, addr));
+        }
         let links = Links::new(handle.control.clone(), config.request_timeout);
         let link: Arc<dyn Link> = Arc::new(links.clone());
         let replication = Replication::new(

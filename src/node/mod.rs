@@ -153,6 +153,15 @@ async fn read_secret(mesh: &Mesh) -> Result<Option<Vec<u8>>> {
 
 /// The mesh-wide nonce secret: read it, or create it if this is the mesh's first node.
 async fn mesh_secret(mesh: &Mesh, has_seeds: bool) -> Vec<u8> {
+    // A restarted replica has the secret on disk: use it at once (the refresh loop adopts a
+    // newer one from the mesh), so a node that sees no majority yet still starts.
+    if let Ok(Some(row)) = mesh.keyspace().read_row(MESH, SECRET_KEY, b"") {
+        if let Some(v) = row.get("value") {
+            return v.to_vec();
+        }
+    }
+    // A node that knew a ring waits for it as a joining node waits for its seed.
+    let has_seeds = has_seeds || mesh.members().len() > 1;
     if has_seeds {
         // Let membership find the seed first, so a joining node adopts the mesh's secret.
         for _ in 0..100 {

@@ -403,6 +403,11 @@ async fn metrics(State(node): State<Node>) -> Response {
             node.keyspace().hints().len() as u64,
         ),
         (
+            "mesh_majority",
+            "1 while this node sees a majority of its persisted ring (QUORUM is served), else 0",
+            u64::from(node.mesh.snapshot().has_majority()),
+        ),
+        (
             "keyspace_clock_refusals",
             "Mutations refused since start for a timestamp beyond the clock bound (5 min ahead)",
             node.keyspace().clock_refusals(),
