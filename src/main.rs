@@ -44,8 +44,25 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Operate on the mesh's membership.
+    Mesh {
+        #[command(subcommand)]
+        command: MeshCommand,
+    },
     /// Show a node's view of the mesh.
     Status {
+        /// The node's admin URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "SIPMESH_NODE")]
+        node: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum MeshCommand {
+    /// Remove a dead member from the ring (its data is re-replicated from the other copies).
+    Remove {
+        /// The member's peer id (see `sipmesh status`).
+        peer_id: String,
         /// The node's admin URL.
         #[arg(long, default_value = "http://127.0.0.1:8080", env = "SIPMESH_NODE")]
         node: String,
@@ -540,6 +557,17 @@ fn main() -> Result<()> {
     match cli.command {
         Command::User { command } => user_command(command, cli.token.as_deref()),
         Command::Status { node } => status(&node, cli.token.as_deref()),
+        Command::Mesh {
+            command: MeshCommand::Remove { peer_id, node },
+        } => {
+            call(
+                agent().post(&format!("{node}/v1/mesh/remove")),
+                cli.token.as_deref(),
+                Some(serde_json::json!({ "peer_id": peer_id })),
+            )?;
+            println!("removed {peer_id} from the ring");
+            Ok(())
+        }
         command => {
             tracing_subscriber::fmt()
                 .with_env_filter(

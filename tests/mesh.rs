@@ -631,3 +631,64 @@ async fn a_node_restarted_alone_is_no_mesh_of_one() {
     })
     .await;
 }
+
+/// `sipmesh mesh remove`: refused for a member that is up; a dead member is removed, the
+/// decision reaches the other members (it is left everywhere, out of every ring), and QUORUM
+/// keeps working on the remaining replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_removes_a_dead_member() {
+    within(120, async {
+        let mesh = LocalMesh::builder().nodes(3).start().await.unwrap();
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        let n0 = mesh.node(0).node().unwrap();
+        let (http, token) = (
+            n0.http_addr().unwrap(),
+            n0.admin_token().unwrap().to_string(),
+        );
+        let dead = mesh.node(2).peer_id;
+        let cli = |peer: String| {
+            let (http, token) = (http, token.clone());
+            async move {
+                tokio::process::Command::new(env!("CARGO_BIN_EXE_sipmesh"))
+                    .args(["mesh", "remove", &peer, "--node", &format!("http://{http}")])
+                    .args(["--token", &token])
+                    .output()
+                    .await
+                    .unwrap()
+            }
+        };
+        let up = cli(dead.to_string()).await;
+        assert!(
+            !up.status.success(),
+            "removing a live member must be refused"
+        );
+        assert!(String::from_utf8_lossy(&up.stderr).contains("is up"));
+        mesh.kill(2);
+        eventually(30, "node 0 sees node 2 down", || {
+            !mesh.node(0).node().unwrap().mesh.is_up(&dead)
+        })
+        .await;
+        let out = cli(dead.to_string()).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for i in 0..2 {
+            eventually(30, "the removal reaches every member", || {
+                mesh.node(i)
+                    .node()
+                    .unwrap()
+                    .mesh
+                    .members()
+                    .iter()
+                    .any(|m| m.peer_id == dead && m.state == MemberState::Left)
+            })
+            .await;
+        }
+        write(&mesh, 1, key(7), "after".into(), Consistency::Quorum)
+            .await
+            .unwrap();
+    })
+    .await;
+}

@@ -524,6 +524,52 @@ impl Membership {
         }
     }
 
+    /// An operator removes a dead member from the ring (`sipmesh mesh remove`). It is marked
+    /// left, which heartbeats spread to every member, and the persisted ring drops it; its
+    /// partitions are re-replicated from the other replicas by handoff and anti-entropy.
+    /// Refused for this node, for a member that is up (decommission it instead: it can hand
+    /// its data over), and when so many members are down that some partition might have had
+    /// its last copy on them.
+    pub fn remove(&self, peer: PeerId) -> std::result::Result<(), String> {
+        if peer == self.local {
+            return Err(
+                "this is the node you are talking to; stop it with SIGTERM to leave".into(),
+            );
+        }
+        {
+            let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+            let down = members
+                .values()
+                .filter(|e| e.state == MemberState::Down)
+                .count();
+            let Some(e) = members.get_mut(&peer) else {
+                return Err(format!("{peer} is not a member"));
+            };
+            match e.state {
+                MemberState::Up => {
+                    return Err(format!(
+                        "{peer} is up: decommission it (SIGTERM) so it hands its data over"
+                    ))
+                }
+                MemberState::Left | MemberState::Evicted => return Ok(()),
+                MemberState::Down => {}
+            }
+            if down >= self.config.replication_factor {
+                return Err(format!(
+                    "{down} members are down and the replication factor is {}: a partition may \
+                     have had its last copy on them; bring some back first",
+                    self.config.replication_factor
+                ));
+            }
+            info!(%peer, "member removed by the operator");
+            e.state = MemberState::Left;
+            e.since = Instant::now();
+            let _ = self.events.send(MemberEvent::Left(peer));
+        }
+        self.rebuild();
+        Ok(())
+    }
+
     /// Failure detection: mark silent members down, and long-down ones evicted.
     pub fn tick(&self) {
         // Right after start nobody has been heard from yet: give the mesh one detection period.

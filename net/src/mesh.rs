@@ -462,6 +462,12 @@ impl Mesh {
         self.inner.membership.members()
     }
 
+    /// An operator removes a dead member from the ring: marked left mesh-wide, dropped from
+    /// the persisted ring. Refused for an up member or when data could be lost (the reason).
+    pub fn remove_member(&self, peer: PeerId) -> std::result::Result<(), String> {
+        self.inner.membership.remove(peer)
+    }
+
     /// Whether a member is up.
     pub fn is_up(&self, peer: &PeerId) -> bool {
         self.inner.membership.is_up(peer)

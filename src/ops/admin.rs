@@ -11,6 +11,7 @@
 //! | `GET /v1/registrations/{user}` | the AOR's bindings, read at QUORUM |
 //! | `GET /v1/dialogs` | every active dialog of the mesh |
 //! | `GET /v1/bootstrap` | the least-loaded live nodes to register with (SIP URIs, load, q) |
+//! | `POST /v1/mesh/remove` | `{"peer_id"}`: remove a dead member from the ring (409 if it is up or data could be lost) |
 //! | `GET /v1/bans` | sources banned by the throttle, why, seconds left |
 //! | `DELETE /v1/bans/{ip}` | lift a ban |
 //! | `GET /metrics` | Prometheus counters |
@@ -90,6 +91,7 @@ pub(crate) async fn serve(
         .route("/v1/registrations/{user}", get(registrations))
         .route("/v1/dialogs", get(dialogs))
         .route("/v1/bootstrap", get(bootstrap))
+        .route("/v1/mesh/remove", post(remove_member))
         .route("/v1/bans", get(bans))
         .route("/v1/bans/{ip}", axum::routing::delete(lift_ban))
         .route("/metrics", get(metrics))
@@ -170,6 +172,24 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
         }
     }
     next.run(req).await
+}
+
+#[derive(Deserialize)]
+struct Removal {
+    peer_id: String,
+}
+
+async fn remove_member(State(node): State<Node>, Json(r): Json<Removal>) -> Response {
+    let Ok(peer) = r.peer_id.parse::<sipmesh_net::PeerId>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{:?} is not a peer id", r.peer_id),
+        );
+    };
+    match node.mesh.remove_member(peer) {
+        Ok(()) => Json(json!({ "removed": peer.to_string() })).into_response(),
+        Err(why) => error(StatusCode::CONFLICT, why),
+    }
 }
 
 async fn bans(State(node): State<Node>) -> Response {
