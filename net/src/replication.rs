@@ -313,6 +313,15 @@ impl Replication {
         for (_, entries) in &answers {
             merge_into(&mut merged, entries);
         }
+        // Blocking read repair (as Cassandra's): when the replicas that answered differ, bring
+        // the stale ones up to the merged version before answering, so the next QUORUM read —
+        // whose quorum overlaps this one — cannot see less than this one returned.
+        if answers
+            .iter()
+            .any(|(_, entries)| !repair_diff(&merged, entries).is_empty())
+        {
+            self.repair(table, &pk, answers).await;
+        }
         Ok(merged.into_iter().collect())
     }
 
@@ -596,6 +605,35 @@ mod tests {
             })
             .await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_quorum_read_repairs_the_replicas_it_read_before_answering() {
+        let (net, nodes) = cluster(3);
+        let old = put(&nodes[0].1, b"old");
+        let new = put(&nodes[0].1, b"new");
+        nodes[0].1.keyspace.apply(&old).unwrap();
+        nodes[1].1.keyspace.apply(&new).unwrap();
+        nodes[2].1.keyspace.apply(&old).unwrap();
+        // Only replicas 0 and 1 answer: 0 is stale.
+        net.cut(nodes[2].0);
+        let p = nodes[0]
+            .1
+            .read(T, b"key", Consistency::Quorum)
+            .await
+            .unwrap();
+        assert_eq!(p.rows[0].get("v"), Some(&b"new"[..]));
+        // Checked at once, without yielding: the repair was part of the read.
+        assert_eq!(stored(&nodes[0].1).as_deref(), Some(&b"new"[..]));
+        // So a QUORUM read through replicas 0 and 2 (1 now cut) still sees "new".
+        net.heal(nodes[2].0);
+        net.cut(nodes[1].0);
+        let p = nodes[2]
+            .1
+            .read(T, b"key", Consistency::Quorum)
+            .await
+            .unwrap();
+        assert_eq!(p.rows[0].get("v"), Some(&b"new"[..]));
     }
 
     #[test]
