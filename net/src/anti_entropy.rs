@@ -469,6 +469,15 @@ impl AntiEntropy {
             if replicas.contains(&self.local) {
                 continue;
             }
+            // What is dropped afterwards is only what this fingerprint saw (and the pushes,
+            // which read after it, carried): a write acknowledged during the transfer stays.
+            let seen = match self.keyspace.partition_fingerprint(table, &pk) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "cannot read a partition for handoff");
+                    continue;
+                }
+            };
             let mut all = true;
             for peer in &replicas {
                 if self.push_partition(*peer, table, &pk, false).await.is_err() {
@@ -477,10 +486,12 @@ impl AntiEntropy {
                 }
             }
             if all {
-                if let Err(e) = self.keyspace.drop_partition_locally(table, &pk) {
-                    warn!(error = %e, "cannot drop a handed-off partition");
-                } else {
-                    handed += 1;
+                match self
+                    .keyspace
+                    .drop_partition_locally_if_unchanged(table, &pk, &seen)
+                {
+                    Ok(_) => handed += 1,
+                    Err(e) => warn!(error = %e, "cannot drop a handed-off partition"),
                 }
             }
         }

@@ -176,26 +176,62 @@ impl Keyspace {
         Ok(out)
     }
 
-    /// Remove every stored entry of a partition from this node only (not a delete: nothing is
-    /// replicated). Used when this node stops being a replica of the partition.
-    pub fn drop_partition_locally(&self, table: TableId, partition_key: &[u8]) -> Result<()> {
+    /// The stored rows of a partition as (row key, hash of its stored bytes): what
+    /// [`Keyspace::drop_partition_locally_if_unchanged`] compares against.
+    pub fn partition_fingerprint(
+        &self,
+        table: TableId,
+        partition_key: &[u8],
+    ) -> Result<Vec<(Vec<u8>, u64)>> {
         let prefix = partition_prefix(table, partition_key);
-        let token = key::token_of(partition_key);
-        let _guard = self.stripe(token).lock().unwrap_or_else(|p| p.into_inner());
-        let mut batch = Vec::new();
+        let mut out = Vec::new();
         for kv in self
             .inner
             .cells
             .range(Bound::Included(prefix.clone()), prefix_end(&prefix))
         {
             let (k, v) = kv?;
-            self.inner.merkle.toggle(token, entry_hash(&k, &v));
-            batch.push((k, None));
+            let h = entry_hash(&k, &v);
+            out.push((k, h));
+        }
+        Ok(out)
+    }
+
+    /// Remove from this node only the rows of a partition that are exactly as `seen` recorded
+    /// them (by [`Keyspace::partition_fingerprint`] before they were handed over); a row written
+    /// since — a write acknowledged during the handoff — stays for the next round. Returns how
+    /// many rows stayed.
+    pub fn drop_partition_locally_if_unchanged(
+        &self,
+        table: TableId,
+        partition_key: &[u8],
+        seen: &[(Vec<u8>, u64)],
+    ) -> Result<usize> {
+        let prefix = partition_prefix(table, partition_key);
+        let token = key::token_of(partition_key);
+        let seen: std::collections::HashMap<&[u8], u64> =
+            seen.iter().map(|(k, h)| (k.as_slice(), *h)).collect();
+        let _guard = self.stripe(token).lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = Vec::new();
+        let mut kept = 0;
+        for kv in self
+            .inner
+            .cells
+            .range(Bound::Included(prefix.clone()), prefix_end(&prefix))
+        {
+            let (k, v) = kv?;
+            let h = entry_hash(&k, &v);
+            if seen.get(k.as_slice()) == Some(&h) {
+                self.inner.merkle.toggle(token, h);
+                batch.push((k, None));
+            } else {
+                kept += 1;
+            }
         }
         if !batch.is_empty() {
             self.inner.cells.apply(batch)?;
         }
-        Ok(())
+        Ok(kept)
     }
 }
 
@@ -233,6 +269,32 @@ mod tests {
         // a later correct write is not shadowed by anything
         let m = Mutation::new(1, b"p".to_vec()).upsert(b"r", [("v", vec![2])], now, None);
         assert_eq!(ks.apply(&m).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_handoff_drop_keeps_rows_written_after_the_fingerprint() {
+        let ks = ks();
+        fill(&ks, b"p", 3, 5);
+        let seen = ks.partition_fingerprint(1, b"p").unwrap();
+        assert_eq!(seen.len(), 3);
+        // During the transfer: row 1 is overwritten, row 9 is new.
+        let m = Mutation::new(1, b"p".to_vec())
+            .upsert(&1u32.to_be_bytes(), [("v", vec![8])], Timestamp(9), None)
+            .upsert(&9u32.to_be_bytes(), [("v", vec![8])], Timestamp(9), None);
+        ks.apply(&m).unwrap();
+        let kept = ks
+            .drop_partition_locally_if_unchanged(1, b"p", &seen)
+            .unwrap();
+        assert_eq!(kept, 2);
+        let left = ks.partition_fingerprint(1, b"p").unwrap();
+        assert_eq!(
+            left.len(),
+            2,
+            "the two rows written during the handoff stay"
+        );
+        ks.drop_partition_locally_if_unchanged(1, b"p", &left)
+            .unwrap();
+        assert!(ks.partition_entries(1, b"p").unwrap().is_empty());
     }
 
     #[test]
