@@ -10,7 +10,7 @@
 //! Gossip spreads addresses, so a node that knows one seed finds everyone; a member joins this
 //! node's ring only once heard from directly.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -22,6 +22,13 @@ use tracing::{info, warn};
 use crate::error::{Error, Result};
 use crate::placement::{peer_position, RingMember, Snapshot};
 use crate::protocol::{Gossip, MemberInfo, Request};
+
+/// Candidates (peers named by gossip or connected, not yet heard from) kept at most.
+const MAX_CANDIDATES: usize = 1_024;
+/// How long a candidate that never answers is heartbeated.
+const CANDIDATE_TTL: Duration = Duration::from_secs(300);
+/// How long a member that left or was evicted is remembered (its state gossiped).
+const FORGET_AFTER: Duration = Duration::from_secs(3_600);
 
 /// A member's state as this node sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -109,7 +116,7 @@ pub struct Membership {
     local_info: RwLock<MemberInfo>,
     members: Mutex<HashMap<PeerId, Entry>>,
     /// Connected peers that are not members yet (heartbeats go to them too).
-    candidates: Mutex<HashSet<PeerId>>,
+    candidates: Mutex<HashMap<PeerId, Instant>>,
     snapshot: watch::Sender<Arc<Snapshot>>,
     events: broadcast::Sender<MemberEvent>,
     config: MembershipConfig,
@@ -223,7 +230,7 @@ impl Membership {
             local,
             local_info: RwLock::new(local_info),
             members: Mutex::new(members),
-            candidates: Mutex::new(HashSet::new()),
+            candidates: Mutex::new(HashMap::new()),
             snapshot,
             events,
             config,
@@ -357,10 +364,10 @@ impl Membership {
     /// A connected peer that may be a member: heartbeat it.
     pub fn add_candidate(&self, peer: PeerId) {
         if peer != self.local {
-            self.candidates
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(peer);
+            let mut c = self.candidates.lock().unwrap_or_else(|p| p.into_inner());
+            if c.len() < MAX_CANDIDATES || c.contains_key(&peer) {
+                c.insert(peer, Instant::now());
+            }
         }
     }
 
@@ -398,7 +405,7 @@ impl Membership {
             .map(|(p, _)| *p)
             .collect();
         let candidates = self.candidates.lock().unwrap_or_else(|p| p.into_inner());
-        out.extend(candidates.iter().filter(|c| !members.contains_key(c)));
+        out.extend(candidates.keys().filter(|c| !members.contains_key(c)));
         out
     }
 
@@ -481,7 +488,9 @@ impl Membership {
                     None if !g.left => {
                         let mut candidates =
                             self.candidates.lock().unwrap_or_else(|p| p.into_inner());
-                        if candidates.insert(peer) {
+                        if candidates.len() < MAX_CANDIDATES
+                            && candidates.insert(peer, now).is_none()
+                        {
                             learnt.extend(
                                 g.addrs
                                     .iter()
@@ -579,8 +588,18 @@ impl Membership {
         let majority = self.snapshot().has_majority();
         let mut changed = false;
         {
-            let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
+            // Peers named by gossip that never answered are not dialled forever.
+            self.candidates
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|_, since| now.duration_since(*since) < CANDIDATE_TTL);
+            let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+            // Members that left or were evicted long ago (their state has spread) are forgotten.
+            members.retain(|_, e| {
+                !matches!(e.state, MemberState::Left | MemberState::Evicted)
+                    || now.duration_since(e.since) < FORGET_AFTER
+            });
             for (peer, e) in members.iter_mut() {
                 match e.state {
                     MemberState::Up
@@ -635,5 +654,76 @@ impl Membership {
             replication_factor: self.config.replication_factor,
             version,
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(p: PeerId) -> MemberInfo {
+        MemberInfo {
+            peer_id: p.to_bytes(),
+            addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
+            generation: 1,
+            tags: BTreeMap::new(),
+        }
+    }
+
+    fn config() -> MembershipConfig {
+        MembershipConfig {
+            replication_factor: 3,
+            down_after: Duration::from_secs(3),
+            evict_after: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn gossip_cannot_grow_the_candidates_without_bound() {
+        let me = PeerId::random();
+        let m = Membership::new(info(me), me, config());
+        let from = PeerId::random();
+        let gossip: Vec<Gossip> = (0..5_000)
+            .map(|_| Gossip {
+                peer_id: PeerId::random().to_bytes(),
+                addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+                generation: 1,
+                left: false,
+            })
+            .collect();
+        let learnt = m.on_info(from, info(from), &gossip);
+        assert!(learnt.len() <= MAX_CANDIDATES);
+        assert!(m.candidates.lock().unwrap().len() <= MAX_CANDIDATES);
+        assert!(m.heartbeat_targets(1).len() <= MAX_CANDIDATES + 1);
+    }
+
+    #[test]
+    fn the_ring_is_persisted_and_loaded_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ring");
+        let me = PeerId::random();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let m = Membership::with_ring_file(info(me), me, config(), Some(file.clone()));
+        m.on_info(a, info(a), &[]);
+        m.on_info(b, info(b), &[]);
+        assert!(m.snapshot().has_majority());
+        drop(m);
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        // A restart: the ring comes back, every other member down until heard from.
+        let m = Membership::with_ring_file(info(me), me, config(), Some(file));
+        let members = m.members();
+        assert_eq!(members.len(), 3);
+        assert!(members
+            .iter()
+            .filter(|x| !x.local)
+            .all(|x| x.state == MemberState::Down));
+        assert!(
+            !m.snapshot().has_majority(),
+            "alone, this node is a minority"
+        );
+        assert_eq!(m.known_addrs().len(), 2);
+        m.on_info(a, info(a), &[]);
+        assert!(m.snapshot().has_majority());
     }
 }
