@@ -410,7 +410,7 @@ async fn legitimate_users_keep_working_during_an_invite_flood() {
         }
         let sent = flood.await.unwrap();
         assert!(sent > 1000, "the flood was a flood ({sent})");
-        assert!(worst < Duration::from_secs(1), "a registration took {worst:?} during the flood");
+        assert!(worst < Duration::from_secs(2), "a registration took {worst:?} during the flood");
         let (_, v) = http_get(format!("http://{http}/v1/bans")).await;
         assert!(
             v["bans"].as_array().unwrap().iter().any(|b| b["source"] == "127.0.0.90" && b["reason"] == "request_rate"),

@@ -149,7 +149,7 @@ pub struct Throttle {
     rates: Vec<Mutex<Windows<IpAddr>>>,
     source_failures: Vec<Mutex<Windows<IpAddr>>>,
     user_failures: Mutex<Windows<String>>,
-    bans: Mutex<HashMap<IpAddr, (Instant, BanReason)>>,
+    bans: std::sync::RwLock<HashMap<IpAddr, (Instant, BanReason)>>,
 }
 
 fn shard(ip: &IpAddr) -> usize {
@@ -168,7 +168,7 @@ impl Throttle {
             rates: (0..SHARDS).map(|_| Mutex::new(Windows::new())).collect(),
             source_failures: (0..SHARDS).map(|_| Mutex::new(Windows::new())).collect(),
             user_failures: Mutex::new(Windows::new()),
-            bans: Mutex::new(HashMap::new()),
+            bans: std::sync::RwLock::new(HashMap::new()),
         }
     }
 
@@ -181,21 +181,15 @@ impl Throttle {
         self.config.trusted.contains(ip)
     }
 
-    /// Whether `ip` is banned at `now` (an expired ban is lifted).
+    /// Whether `ip` is banned at `now` (a read lock: this runs for every datagram, before it
+    /// is parsed; expired bans are cleaned up when the list is full or listed).
     pub fn is_banned(&self, ip: &IpAddr, now: Instant) -> bool {
-        let mut bans = self.bans.lock().unwrap_or_else(|p| p.into_inner());
-        match bans.get(ip) {
-            Some((until, _)) if *until > now => true,
-            Some(_) => {
-                bans.remove(ip);
-                false
-            }
-            None => false,
-        }
+        let bans = self.bans.read().unwrap_or_else(|p| p.into_inner());
+        !bans.is_empty() && bans.get(ip).is_some_and(|(until, _)| *until > now)
     }
 
     fn ban(&self, ip: IpAddr, reason: BanReason, now: Instant) {
-        let mut bans = self.bans.lock().unwrap_or_else(|p| p.into_inner());
+        let mut bans = self.bans.write().unwrap_or_else(|p| p.into_inner());
         if bans.len() >= MAX_BANS && !bans.contains_key(&ip) {
             bans.retain(|_, (until, _)| *until > now);
             if bans.len() >= MAX_BANS {
@@ -260,7 +254,8 @@ impl Throttle {
 
     /// The bans in force at `now`.
     pub fn bans(&self, now: Instant) -> Vec<Ban> {
-        let bans = self.bans.lock().unwrap_or_else(|p| p.into_inner());
+        let mut bans = self.bans.write().unwrap_or_else(|p| p.into_inner());
+        bans.retain(|_, (until, _)| *until > now);
         let mut out: Vec<Ban> = bans
             .iter()
             .filter(|(_, (until, _))| *until > now)
@@ -287,7 +282,7 @@ impl Throttle {
             .map
             .remove(ip);
         self.bans
-            .lock()
+            .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(ip)
             .is_some()

@@ -309,6 +309,17 @@ impl Handler for Dispatcher {
         }
     }
 
+    fn admit(&self, peer: std::net::SocketAddr) -> bool {
+        if self
+            .throttle
+            .is_banned(&peer.ip(), std::time::Instant::now())
+        {
+            inc(&self.metrics.sip_banned_dropped);
+            return false;
+        }
+        true
+    }
+
     fn on_closed(&self, flow: Flow) {
         let registrar = self.registrar.clone();
         tokio::spawn(async move {

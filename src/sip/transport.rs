@@ -29,6 +29,11 @@ pub trait Handler: Send + Sync + 'static {
     fn on_closed(&self, _flow: Flow) {}
     /// A UDP datagram starting with [`Transport`]'s mesh magic byte arrived (another node's).
     fn on_datagram(&self, _data: &[u8], _peer: SocketAddr) {}
+    /// Whether to parse what `peer` sent at all (false: a banned source, dropped before any
+    /// work is spent on it).
+    fn admit(&self, _peer: SocketAddr) -> bool {
+        true
+    }
 }
 
 /// Transport limits.
@@ -439,6 +444,14 @@ async fn udp_loop(t: Arc<Transport>) {
             // RFC 5626 §4.4.2: Outbound keepalives over UDP are STUN binding requests.
             inc(&t.metrics.sip_keepalives);
             let _ = t.udp.try_send_to(&answer, peer);
+            continue;
+        }
+        if !t
+            .handler
+            .get()
+            .and_then(|h| h.upgrade())
+            .is_none_or(|h| h.admit(peer))
+        {
             continue;
         }
         if let Some(msg) = parse_guarded(data, false, &t.metrics) {

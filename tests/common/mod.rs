@@ -179,6 +179,21 @@ impl Client {
         self.send(msg.as_bytes()).await;
         self.recv_final(5000).await
     }
+
+    /// Send a request as a phone does (RFC 3261 Timer E over UDP: again after 0.5, 1, 2, 4 s
+    /// until a final response), and wait for its final response; over TCP, once.
+    pub async fn request_retransmitting(&mut self, msg: &str) -> Option<Message> {
+        if matches!(self, Client::Tcp(..)) {
+            return self.request(msg).await;
+        }
+        for wait in [500, 1000, 2000, 4000, 4000] {
+            self.send(msg.as_bytes()).await;
+            if let Some(m) = self.recv_final(wait).await {
+                return Some(m);
+            }
+        }
+        None
+    }
 }
 
 /// A REGISTER.
@@ -276,7 +291,7 @@ pub async fn register(
     password: &str,
 ) -> Message {
     let first = c
-        .request(&reg.build(c, server))
+        .request_retransmitting(&reg.build(c, server))
         .await
         .expect("an answer to REGISTER");
     if first.status() != Some(401) {
@@ -292,7 +307,7 @@ pub async fn register(
         &format!("sip:{server}"),
         1,
     ));
-    c.request(&reg.build(c, server))
+    c.request_retransmitting(&reg.build(c, server))
         .await
         .expect("an answer to the authenticated REGISTER")
 }
