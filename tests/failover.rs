@@ -360,15 +360,7 @@ async fn graceful_leave_on_sigterm_loses_no_binding() {
             }
             children.push(cmd.spawn().unwrap());
             let url = format!("http://127.0.0.1:{}/v1/status", base + 200 + i);
-            eventually(30, "the node answers", || {
-                let url = url.clone();
-                async move {
-                    tokio::task::spawn_blocking(move || ureq::get(&url).call().is_ok())
-                        .await
-                        .unwrap()
-                }
-            })
-            .await;
+            wait_answering(url.clone()).await;
             if i == 0 {
                 seed = http_get(url).await.1["p2p"].as_str().unwrap().to_string();
             }

@@ -62,16 +62,7 @@ async fn start(dir: &Path, base: u16, n: u16, config: Option<&Path>) -> Vec<Chil
             (i > 0).then_some(seed.as_str()),
             config,
         ));
-        let url = format!("{}/v1/status", http(base, i));
-        eventually(30, "the node answers", || {
-            let url = url.clone();
-            async move {
-                tokio::task::spawn_blocking(move || ureq::get(&url).call().is_ok())
-                    .await
-                    .unwrap()
-            }
-        })
-        .await;
+        wait_answering(format!("{}/v1/status", http(base, i))).await;
     }
     for i in 0..n {
         eventually(30, "every member up", || async move {

@@ -543,17 +543,7 @@ async fn mesh_admission_and_the_generated_admin_token() {
             .spawn()
             .unwrap();
         let url = format!("http://127.0.0.1:{}", base + 2);
-        eventually(30, "the node answers", || {
-            let url = url.clone();
-            async move {
-                tokio::task::spawn_blocking(move || {
-                    ureq::get(&format!("{url}/v1/status")).call().is_ok()
-                })
-                .await
-                .unwrap()
-            }
-        })
-        .await;
+        wait_answering(format!("{url}/v1/status")).await;
         let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
         let body = || {
             Some((

@@ -251,8 +251,10 @@ impl Replication {
         quorum::ask(&up, needed, self.timeout, linger, call, then)
             .instrument(span)
             .await?;
-        if !down.is_empty() {
-            // Hints for replicas that were down stand for the write: as durable as it is.
+        if !down.is_empty() && !up.contains(&self.local) {
+            // Hints for replicas that were down stand for the write: as durable as it is. (When
+            // this node is a replica, its own acknowledgement already waited for a flush that
+            // began after the hints were written.)
             self.durable().await?;
         }
         Ok(())

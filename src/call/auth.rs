@@ -223,15 +223,16 @@ impl Authenticator {
             return Err(AuthError::Invalid("qop=auth is required".into()));
         }
         let nc_text = get("nc")?;
-        get("cnonce")?;
+        let cnonce = get("cnonce")?;
         let nc = u32::from_str_radix(nc_text, 16)
             .map_err(|_| AuthError::Invalid("malformed nc".into()))?;
         if nc_text.len() != 8 || nc == 0 {
             return Err(AuthError::Invalid("malformed nc".into()));
         }
+        let id = nonce_id(nonce);
         {
             let seen = self.nonce_counts.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(st) = seen.get(&nonce_id(nonce)) {
+            if let Some(st) = seen.get(&id) {
                 if st.failures >= MAX_NONCE_FAILURES {
                     return Err(AuthError::Invalid(
                         "nonce used up by failed attempts".into(),
@@ -242,15 +243,16 @@ impl Authenticator {
                 }
             }
         }
-        let outcome = self.check_response(creds, method, request_uri, credentials, alg);
+        let counted = (nonce, nc_text, cnonce);
+        let outcome = self.check_response(creds, counted, method, request_uri, credentials, alg);
         // The count is consumed whatever the outcome; a failure also counts against the nonce.
         let mut seen = self.nonce_counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(st) = seen.get(&nonce_id(nonce)) {
+        if let Some(st) = seen.get(&id) {
             if nc <= st.max_nc {
                 return Err(AuthError::Replay);
             }
         }
-        if seen.len() >= MAX_TRACKED_NONCES && !seen.contains_key(&nonce_id(nonce)) {
+        if seen.len() >= MAX_TRACKED_NONCES && !seen.contains_key(&id) {
             let horizon = now_ms.saturating_sub(NONCE_TTL.as_millis() as u64);
             seen.retain(|_, st| st.issued >= horizon);
             if seen.len() >= MAX_TRACKED_NONCES {
@@ -258,7 +260,7 @@ impl Authenticator {
                 seen.clear();
             }
         }
-        let st = seen.entry(nonce_id(nonce)).or_insert(NonceState {
+        let st = seen.entry(id).or_insert(NonceState {
             max_nc: 0,
             issued,
             failures: 0,
@@ -272,10 +274,12 @@ impl Authenticator {
         })
     }
 
-    /// Whether the response directive is right for the stored HA1 (and names the Request-URI).
+    /// Whether the response directive is right for the stored HA1 (and names the Request-URI),
+    /// given the nonce, nonce count and cnonce `verify` already read.
     fn check_response(
         &self,
         creds: &DigestCredentials,
+        (nonce, nc_text, cnonce): (&str, &str, &str),
         method: &str,
         request_uri: &str,
         credentials: Option<&Credentials>,
@@ -286,8 +290,7 @@ impl Authenticator {
                 .get(n)
                 .ok_or_else(|| AuthError::Invalid(format!("missing {n}")))
         };
-        let (nonce, uri, response) = (get("nonce")?, get("uri")?, get("response")?);
-        let (nc_text, cnonce) = (get("nc")?, get("cnonce")?);
+        let (uri, response) = (get("uri")?, get("response")?);
         if !same_uri(uri, request_uri) {
             return Err(AuthError::Invalid(
                 "digest uri does not match the Request-URI".into(),

@@ -172,11 +172,6 @@ impl Throttle {
         }
     }
 
-    /// Its settings.
-    pub fn config(&self) -> &ThrottleConfig {
-        &self.config
-    }
-
     fn trusted(&self, ip: &IpAddr) -> bool {
         self.config.trusted.contains(ip)
     }

@@ -71,6 +71,19 @@ where
     }
 }
 
+/// Wait (up to 30 s) until a node process answers `GET url` (its admin API is up).
+pub async fn wait_answering(url: String) {
+    eventually(30, "the node answers", || {
+        let url = url.clone();
+        async move {
+            tokio::task::spawn_blocking(move || ureq::get(&url).call().is_ok())
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+}
+
 /// A random token.
 pub fn token() -> String {
     format!("{:012x}", rand::random::<u64>() & 0xFFFF_FFFF_FFFF)

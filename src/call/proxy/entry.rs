@@ -221,9 +221,9 @@ impl Proxy {
         let from = SipUri::parse(&c.from.uri).ok();
         let caller = from
             .as_ref()
-            .filter(|u| self.is_mesh_domain(u))
+            .filter(|u| self.ctx.is_mesh_domain(u))
             .and_then(|u| u.canonical_user());
-        if !self.is_mesh_domain(&ruri) {
+        if !self.ctx.is_mesh_domain(&ruri) {
             return self.trunk_targets(req, &ruri, caller).await;
         }
         if let Some(caller) = &caller {

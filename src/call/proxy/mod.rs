@@ -297,11 +297,6 @@ impl Proxy {
         }
     }
 
-    /// Whether a URI's host is one of the mesh's domains.
-    pub(crate) fn is_mesh_domain(&self, u: &SipUri) -> bool {
-        self.ctx.is_mesh_domain(u)
-    }
-
     /// The forwarded copy of a request toward one target (§16.6): new Request-URI if the
     /// target has one, our Via, our Record-Route entries if asked, the target's Path as Route,
     /// the removed Route values gone, Max-Forwards decremented. When the next hop is a flow of

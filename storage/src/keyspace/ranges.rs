@@ -207,20 +207,13 @@ impl Keyspace {
         partition_key: &[u8],
         seen: &[(Vec<u8>, u64)],
     ) -> Result<usize> {
-        let prefix = partition_prefix(table, partition_key);
         let token = key::token_of(partition_key);
         let seen: std::collections::HashMap<&[u8], u64> =
             seen.iter().map(|(k, h)| (k.as_slice(), *h)).collect();
         let _guard = self.stripe(token).lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = Vec::new();
         let mut kept = 0;
-        for kv in self
-            .inner
-            .cells
-            .range(Bound::Included(prefix.clone()), prefix_end(&prefix))
-        {
-            let (k, v) = kv?;
-            let h = entry_hash(&k, &v);
+        for (k, h) in self.partition_fingerprint(table, partition_key)? {
             if seen.get(k.as_slice()) == Some(&h) {
                 self.inner.merkle.toggle(token, h);
                 batch.push((k, None));
