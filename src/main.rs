@@ -63,6 +63,10 @@ enum MeshCommand {
     Remove {
         /// The member's peer id (see `sipmesh status`).
         peer_id: String,
+        /// Remove even while as many members are down as the replication factor (some data may
+        /// have had its last copies on them): only for members gone for good.
+        #[arg(long)]
+        force: bool,
         /// The node's admin URL.
         #[arg(long, default_value = "http://127.0.0.1:8080", env = "SIPMESH_NODE")]
         node: String,
@@ -558,12 +562,17 @@ fn main() -> Result<()> {
         Command::User { command } => user_command(command, cli.token.as_deref()),
         Command::Status { node } => status(&node, cli.token.as_deref()),
         Command::Mesh {
-            command: MeshCommand::Remove { peer_id, node },
+            command:
+                MeshCommand::Remove {
+                    peer_id,
+                    force,
+                    node,
+                },
         } => {
             call(
                 agent().post(&format!("{node}/v1/mesh/remove")),
                 cli.token.as_deref(),
-                Some(serde_json::json!({ "peer_id": peer_id })),
+                Some(serde_json::json!({ "peer_id": peer_id, "force": force })),
             )?;
             println!("removed {peer_id} from the ring");
             Ok(())

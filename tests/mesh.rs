@@ -229,12 +229,7 @@ async fn killed_node_loses_no_acknowledged_write_and_catches_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_minority_refuses_majority_writes_then_converges() {
     within(240, async {
-        let mesh = LocalMesh::builder()
-            .nodes(5)
-            .evict_after(Duration::from_secs(4))
-            .start()
-            .await
-            .unwrap();
+        let mesh = LocalMesh::builder().nodes(5).start().await.unwrap();
         mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
         for i in 0..200 {
             write(
@@ -247,10 +242,12 @@ async fn partition_minority_refuses_majority_writes_then_converges() {
             .await
             .unwrap();
         }
+        let ring_before = mesh.node(2).node().unwrap().mesh.snapshot();
         let (minority, majority) = ([0usize, 1], [2usize, 3, 4]);
         mesh.partition(&minority, &majority).await.unwrap();
-        // The majority evicts the minority; the minority sees the majority down.
-        let evicted = |i: usize, peers: &[usize], state: MemberState| {
+        // Each side sees the other down. Failure detection never changes placement, so the
+        // ring keeps all five members on both sides, however long the partition lasts.
+        let sees = |i: usize, peers: &[usize], state: MemberState| {
             let node = mesh.node(i).node().unwrap();
             peers.iter().all(|&p| {
                 node.mesh
@@ -259,29 +256,70 @@ async fn partition_minority_refuses_majority_writes_then_converges() {
                     .any(|m| m.peer_id == mesh.node(p).peer_id && m.state == state)
             })
         };
-        eventually(30, "majority evicts the minority", || {
+        eventually(30, "the majority sees the minority down", || {
             majority
                 .iter()
-                .all(|&i| evicted(i, &minority, MemberState::Evicted))
+                .all(|&i| sees(i, &minority, MemberState::Down))
         })
         .await;
-        eventually(30, "minority sees the majority down", || {
+        eventually(30, "the minority sees the majority down", || {
             minority
                 .iter()
-                .all(|&i| evicted(i, &majority, MemberState::Down))
+                .all(|&i| sees(i, &majority, MemberState::Down))
         })
         .await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        for i in 0..5 {
+            let ring: Vec<_> = mesh
+                .node(i)
+                .node()
+                .unwrap()
+                .mesh
+                .snapshot()
+                .ring
+                .iter()
+                .map(|m| m.peer)
+                .collect();
+            let before: Vec<_> = ring_before.ring.iter().map(|m| m.peer).collect();
+            assert_eq!(ring, before, "node {i}'s ring changed during the partition");
+        }
+        // A partition with two replicas on the majority side takes QUORUM writes there; one
+        // with two on the minority side is writable on neither side.
+        let minority_peers: Vec<_> = minority.iter().map(|&i| mesh.node(i).peer_id).collect();
+        let on_minority = |k: &[u8]| {
+            ring_before
+                .replicas(k)
+                .iter()
+                .filter(|m| minority_peers.contains(&m.peer))
+                .count()
+        };
+        let (mut written, mut refused) = (Vec::new(), 0);
         for i in 0..200 {
-            write(
+            let result = write(
                 &mesh,
                 majority[i % 3],
                 key(i),
                 format!("after{i}"),
                 Consistency::Quorum,
             )
-            .await
-            .unwrap_or_else(|e| panic!("majority write {i} failed: {e}"));
+            .await;
+            if on_minority(&key(i)) >= 2 {
+                let err = result.expect_err("a write without a quorum of replicas succeeded");
+                assert!(
+                    matches!(err, NetError::Unavailable { .. } | NetError::Timeout { .. }),
+                    "{err}"
+                );
+                refused += 1;
+            } else {
+                result.unwrap_or_else(|e| panic!("majority write {i} failed: {e}"));
+                written.push(i);
+            }
         }
+        assert!(
+            !written.is_empty() && refused > 0,
+            "{} written, {refused} refused",
+            written.len()
+        );
         for i in 0..20 {
             let started = std::time::Instant::now();
             let err = write(
@@ -313,7 +351,12 @@ async fn partition_minority_refuses_majority_writes_then_converges() {
             let got = read(&mesh, i % 5, key(i), Consistency::Quorum)
                 .await
                 .unwrap();
-            assert_eq!(got.as_deref(), Some(format!("after{i}").as_str()));
+            let want = if written.contains(&i) {
+                "after"
+            } else {
+                "before"
+            };
+            assert_eq!(got.as_deref(), Some(format!("{want}{i}").as_str()));
         }
     })
     .await;

@@ -25,8 +25,6 @@ pub struct MeshConfig {
     /// tolerates six lost or late heartbeats on a busy 2-core machine and still detects a death
     /// well within 5 s.
     pub down_after: Duration,
-    /// A member down for this long leaves the ring, and its partitions are re-replicated.
-    pub evict_after: Duration,
     /// The timeout of one replication request.
     pub request_timeout: Duration,
     /// How often anti-entropy compares digests with each peer.
@@ -52,7 +50,6 @@ impl MeshConfig {
             replication_factor: 3,
             heartbeat_interval: Duration::from_millis(500),
             down_after: Duration::from_secs(3),
-            evict_after: Duration::from_secs(60),
             request_timeout: Duration::from_secs(2),
             anti_entropy_interval: Duration::from_secs(10),
             hint_interval: Duration::from_secs(1),

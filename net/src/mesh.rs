@@ -341,7 +341,6 @@ impl Mesh {
             MembershipConfig {
                 replication_factor: config.replication_factor.max(1),
                 down_after: config.down_after,
-                evict_after: config.evict_after,
             },
             Some(config.data_dir.join("ring")),
         );
@@ -463,9 +462,10 @@ impl Mesh {
     }
 
     /// An operator removes a dead member from the ring: marked left mesh-wide, dropped from
-    /// the persisted ring. Refused for an up member or when data could be lost (the reason).
-    pub fn remove_member(&self, peer: PeerId) -> std::result::Result<(), String> {
-        self.inner.membership.remove(peer)
+    /// the persisted ring. Refused for an up member, or when data could be lost unless `force`
+    /// (the reason).
+    pub fn remove_member(&self, peer: PeerId, force: bool) -> std::result::Result<(), String> {
+        self.inner.membership.remove(peer, force)
     }
 
     /// Whether a member is up.

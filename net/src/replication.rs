@@ -499,7 +499,6 @@ mod tests {
                 MembershipConfig {
                     replication_factor: 3,
                     down_after: Duration::from_secs(3),
-                    evict_after: Duration::from_secs(60),
                 },
             );
             for &other in peers.iter().filter(|p| **p != me) {

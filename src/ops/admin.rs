@@ -11,7 +11,7 @@
 //! | `GET /v1/registrations/{user}` | the AOR's bindings, read at QUORUM |
 //! | `GET /v1/dialogs` | every active dialog of the mesh |
 //! | `GET /v1/bootstrap` | the least-loaded live nodes to register with (SIP URIs, load, q) |
-//! | `POST /v1/mesh/remove` | `{"peer_id"}`: remove a dead member from the ring (409 if it is up or data could be lost) |
+//! | `POST /v1/mesh/remove` | `{"peer_id", "force"?}`: remove a dead member from the ring (409 if it is up, or if data could be lost and not `force`) |
 //! | `GET /v1/bans` | sources banned by the throttle, why, seconds left |
 //! | `DELETE /v1/bans/{ip}` | lift a ban |
 //! | `GET /metrics` | Prometheus counters |
@@ -177,6 +177,10 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
 #[derive(Deserialize)]
 struct Removal {
     peer_id: String,
+    /// Remove even when a partition may have had its last copies on the down members (the
+    /// operator knows they are gone for good, as after a redeploy with new identities).
+    #[serde(default)]
+    force: bool,
 }
 
 async fn remove_member(State(node): State<Node>, Json(r): Json<Removal>) -> Response {
@@ -186,7 +190,7 @@ async fn remove_member(State(node): State<Node>, Json(r): Json<Removal>) -> Resp
             format!("{:?} is not a peer id", r.peer_id),
         );
     };
-    match node.mesh.remove_member(peer) {
+    match node.mesh.remove_member(peer, r.force) {
         Ok(()) => Json(json!({ "removed": peer.to_string() })).into_response(),
         Err(why) => error(StatusCode::CONFLICT, why),
     }

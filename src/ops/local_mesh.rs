@@ -33,7 +33,6 @@ pub struct LocalMeshBuilder {
     replication_factor: usize,
     mesh_key: Option<sipmesh_net::config::MeshConfigKey>,
     anti_entropy_interval: Duration,
-    evict_after: Duration,
     bootstrap: Vec<Multiaddr>,
 }
 
@@ -64,7 +63,6 @@ impl Default for LocalMeshBuilder {
             replication_factor: 3,
             mesh_key: None,
             anti_entropy_interval: Duration::from_secs(1),
-            evict_after: Duration::from_secs(60),
             bootstrap: Vec::new(),
         }
     }
@@ -91,11 +89,6 @@ impl LocalMeshBuilder {
         self.anti_entropy_interval = d;
         self
     }
-    /// How long a dead member keeps its ring place (default 60 s).
-    pub fn evict_after(mut self, d: Duration) -> Self {
-        self.evict_after = d;
-        self
-    }
 
     /// Change every node's configuration (SIP settings, limits, …) before it starts.
     pub fn configure(mut self, f: impl Fn(&mut NodeConfig) + Send + Sync + 'static) -> Self {
@@ -114,7 +107,6 @@ impl LocalMeshBuilder {
         config.mesh.replication_factor = self.replication_factor;
         config.mesh.mesh_key = self.mesh_key.map(|k| k.psk());
         config.mesh.anti_entropy_interval = self.anti_entropy_interval;
-        config.mesh.evict_after = self.evict_after;
         config.mesh.bootstrap = self.bootstrap.clone();
         // The test client and SIPp send from 127.0.0.1 at load-test rates; throttling tests
         // send from other loopback addresses (127.0.0.0/8).

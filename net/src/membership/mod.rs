@@ -1,0 +1,482 @@
+//! Membership: who is in the mesh and whether they are alive.
+//!
+//! Every node sends every member a heartbeat (its own [`MemberInfo`] plus gossip about the
+//! members it knows) each `heartbeat_interval` over the node-to-node stream; the answer carries
+//! the receiver's info. A member not heard from — neither a heartbeat from it nor an answer to
+//! ours — for `down_after` is marked down. Down members keep their place in the ring: only a
+//! decision changes it (a member that says `Leave`, or an operator's `remove`). A member that
+//! comes back with a higher generation is a restart.
+//!
+//! Gossip spreads addresses, so a node that knows one seed finds everyone; a member joins this
+//! node's ring only once heard from directly.
+//!
+//! [`view`] is the state machine, driven with explicit time; [`Membership`] wraps it with a
+//! lock and the clock, publishes the ring as a [`Snapshot`] and events, and persists the ring.
+
+mod view;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{broadcast, watch};
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+use crate::placement::{RingMember, Snapshot};
+use crate::protocol::{Gossip, MemberInfo, Request};
+use view::{Changes, RemoveRefused, View};
+
+/// A member's state as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MemberState {
+    /// Heard from recently.
+    Up,
+    /// Not heard from for `down_after`; keeps its ring place, gets hints.
+    Down,
+    /// Out of the ring: it left gracefully, or an operator removed it.
+    Left,
+}
+
+/// A member as the node and its admin API see it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Member {
+    /// The peer.
+    #[serde(serialize_with = "ser_display")]
+    pub peer_id: PeerId,
+    /// Its libp2p addresses.
+    #[serde(serialize_with = "ser_display_vec")]
+    pub addrs: Vec<Multiaddr>,
+    /// Its generation (increases on every start).
+    pub generation: u64,
+    /// Its state.
+    pub state: MemberState,
+    /// Its application tags.
+    pub tags: BTreeMap<String, String>,
+    /// Milliseconds since it was last heard from (0 for this node).
+    pub last_heard_ms: u64,
+    /// Whether this is the local node.
+    pub local: bool,
+}
+
+fn ser_display<S: serde::Serializer, T: std::fmt::Display>(
+    v: &T,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn ser_display_vec<S: serde::Serializer, T: std::fmt::Display>(
+    v: &[T],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|x| x.to_string()))
+}
+
+/// A change of a member's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberEvent {
+    /// The member is up (joined, restarted, or back).
+    Up(PeerId),
+    /// The member is down.
+    Down(PeerId),
+    /// The member left the ring (gracefully, or removed by an operator).
+    Left(PeerId),
+}
+
+/// Settings membership needs.
+#[derive(Debug, Clone)]
+pub struct MembershipConfig {
+    /// Copies of each partition.
+    pub replication_factor: usize,
+    /// Silence after which a member is down.
+    pub down_after: Duration,
+}
+
+/// The membership view of one node.
+pub struct Membership {
+    local: PeerId,
+    local_info: RwLock<MemberInfo>,
+    view: Mutex<View>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    events: broadcast::Sender<MemberEvent>,
+    replication_factor: usize,
+    /// Where the ring is persisted (`None`: not persisted, as in unit tests).
+    ring_file: Option<std::path::PathBuf>,
+    /// The ring (other members) as last written to `ring_file`.
+    persisted: Mutex<Vec<PeerId>>,
+}
+
+/// The ring file: one line per other member of the ring, `<peer id> <generation> <addr,addr…>`.
+fn read_ring(path: &Path) -> Vec<(PeerId, u64, Vec<String>)> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            let peer: PeerId = parts.next()?.parse().ok()?;
+            let generation = parts.next()?.parse().ok()?;
+            let addrs = parts
+                .next()
+                .map(|a| a.split(',').map(str::to_string).collect())
+                .unwrap_or_default();
+            Some((peer, generation, addrs))
+        })
+        .collect()
+}
+
+/// Read, increment and persist the node's generation (`dir/generation`).
+pub fn next_generation(dir: &Path) -> Result<u64> {
+    let path = dir.join("generation");
+    let previous = match std::fs::read_to_string(&path) {
+        Ok(s) => s.trim().parse::<u64>().map_err(|e| {
+            Error::Config(format!(
+                "{} is corrupt ({e}); delete it to start over",
+                path.display()
+            ))
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => {
+            return Err(Error::Config(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    // Epoch-based, as Cassandra's: at least the wall clock in seconds, so a lost or restored
+    // file never makes the counter go backwards (peers ignore an older generation forever).
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let next = (previous + 1).max(epoch);
+    crate::config::write_atomically(&path, next.to_string().as_bytes(), None)
+        .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))?;
+    Ok(next)
+}
+
+impl Membership {
+    /// A view holding only this node (not persisted).
+    #[cfg(test)]
+    pub fn new(local_info: MemberInfo, local: PeerId, config: MembershipConfig) -> Arc<Self> {
+        Self::with_ring_file(local_info, local, config, None)
+    }
+
+    /// A view that persists its ring in `ring_file` and starts from it: the members this node
+    /// knew are in the ring from the first moment, down until heard from. A node restarted
+    /// while its peers are unreachable therefore sees a minority of its ring and refuses
+    /// QUORUM, instead of acting as a mesh of one.
+    pub fn with_ring_file(
+        local_info: MemberInfo,
+        local: PeerId,
+        config: MembershipConfig,
+        ring_file: Option<std::path::PathBuf>,
+    ) -> Arc<Self> {
+        let (snapshot, _) = watch::channel(Snapshot::solo(local, config.replication_factor));
+        let (events, _) = broadcast::channel(256);
+        let known = ring_file.as_deref().map(read_ring).unwrap_or_default();
+        let mut persisted: Vec<PeerId> = known
+            .iter()
+            .map(|(p, _, _)| *p)
+            .filter(|p| *p != local)
+            .collect();
+        persisted.sort();
+        if !persisted.is_empty() {
+            info!(
+                members = persisted.len() + 1,
+                "ring loaded; members are down until heard from"
+            );
+        }
+        let view = View::new(
+            Instant::now(),
+            local,
+            config.replication_factor,
+            config.down_after,
+            known,
+        );
+        let m = Arc::new(Membership {
+            local,
+            local_info: RwLock::new(local_info),
+            view: Mutex::new(view),
+            snapshot,
+            events,
+            replication_factor: config.replication_factor,
+            ring_file,
+            persisted: Mutex::new(persisted),
+        });
+        m.apply(Changes {
+            events: Vec::new(),
+            ring_changed: true,
+        });
+        m
+    }
+
+    fn view(&self) -> std::sync::MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publish what a step of the view changed: events, then the new ring.
+    fn apply(&self, changes: Changes) {
+        for event in changes.events {
+            let _ = self.events.send(event);
+        }
+        if changes.ring_changed {
+            self.rebuild();
+        }
+    }
+
+    /// The addresses of the members this node knows (to dial them after a restart).
+    pub fn known_addrs(&self) -> Vec<(PeerId, Multiaddr)> {
+        self.view()
+            .entries()
+            .flat_map(|(p, e)| e.addrs.iter().map(|a| (*p, a.clone())))
+            .collect()
+    }
+
+    /// Write the ring if its membership changed since it was last written.
+    fn persist(&self, ring: &[RingMember], view: &View) {
+        let Some(path) = &self.ring_file else { return };
+        let mut peers: Vec<PeerId> = ring
+            .iter()
+            .map(|m| m.peer)
+            .filter(|p| *p != self.local)
+            .collect();
+        peers.sort();
+        let mut last = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+        if *last == peers {
+            return;
+        }
+        let text: String = peers
+            .iter()
+            .filter_map(|p| view.get(p).map(|e| (p, e)))
+            .map(|(p, e)| format!("{p} {} {}\n", e.info.generation, e.info.addrs.join(",")))
+            .collect();
+        match crate::config::write_atomically(path, text.as_bytes(), None) {
+            Ok(()) => *last = peers,
+            Err(e) => warn!(error = %e, path = %path.display(), "cannot persist the ring"),
+        }
+    }
+
+    /// The current ring.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// Subscribe to member state changes.
+    pub fn events(&self) -> broadcast::Receiver<MemberEvent> {
+        self.events.subscribe()
+    }
+
+    /// This node's info.
+    pub fn local_info(&self) -> MemberInfo {
+        self.local_info
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replace this node's tags (published with the next heartbeat).
+    pub fn set_tags(&self, tags: BTreeMap<String, String>) {
+        self.local_info
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .tags = tags;
+    }
+
+    /// Every member, this node first.
+    pub fn members(&self) -> Vec<Member> {
+        let info = self.local_info();
+        let mut out = vec![Member {
+            peer_id: self.local,
+            addrs: info.addrs.iter().filter_map(|a| a.parse().ok()).collect(),
+            generation: info.generation,
+            state: MemberState::Up,
+            tags: info.tags,
+            last_heard_ms: 0,
+            local: true,
+        }];
+        let now = Instant::now();
+        let view = self.view();
+        let mut others: Vec<Member> = view
+            .entries()
+            .map(|(peer, e)| Member {
+                peer_id: *peer,
+                addrs: e.addrs.clone(),
+                generation: e.info.generation,
+                state: e.state,
+                tags: e.info.tags.clone(),
+                last_heard_ms: now.saturating_duration_since(e.last_heard).as_millis() as u64,
+                local: false,
+            })
+            .collect();
+        others.sort_by_key(|m| m.peer_id.to_string());
+        out.extend(others);
+        out
+    }
+
+    /// A tag of a member (this node included).
+    pub fn tag(&self, peer: &PeerId, name: &str) -> Option<String> {
+        if *peer == self.local {
+            return self
+                .local_info
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .tags
+                .get(name)
+                .cloned();
+        }
+        self.view()
+            .get(peer)
+            .and_then(|e| e.info.tags.get(name).cloned())
+    }
+
+    /// Whether a peer is up (this node always is).
+    pub fn is_up(&self, peer: &PeerId) -> bool {
+        *peer == self.local
+            || self
+                .view()
+                .get(peer)
+                .is_some_and(|e| e.state == MemberState::Up)
+    }
+
+    /// A connected peer that may be a member: heartbeat it.
+    pub fn add_candidate(&self, peer: PeerId) {
+        self.view().add_candidate(Instant::now(), peer);
+    }
+
+    /// The heartbeat this node sends now.
+    pub fn heartbeat(&self) -> Request {
+        let gossip: Vec<Gossip> = self.view().gossip();
+        Request::Heartbeat {
+            info: self.local_info(),
+            gossip,
+        }
+    }
+
+    /// Whom to send heartbeats to on tick number `tick`: up members and candidates every time,
+    /// down ones every 4th tick.
+    pub fn heartbeat_targets(&self, tick: u64) -> Vec<PeerId> {
+        self.view().heartbeat_targets(tick)
+    }
+
+    /// A member's info arrived (its heartbeat, or its answer to ours). Returns addresses of
+    /// peers learnt from gossip, for the swarm.
+    pub fn on_info(
+        &self,
+        from: PeerId,
+        info: MemberInfo,
+        gossip: &[Gossip],
+    ) -> Vec<(PeerId, Multiaddr)> {
+        let (changes, learnt) = self.view().on_heartbeat(Instant::now(), from, info, gossip);
+        self.apply(changes);
+        learnt
+    }
+
+    /// A member left gracefully.
+    pub fn on_leave(&self, from: PeerId, generation: u64) {
+        let changes = self.view().on_leave(Instant::now(), from, generation);
+        self.apply(changes);
+    }
+
+    /// An operator removes a dead member from the ring (`sipmesh mesh remove`). It is marked
+    /// left, which heartbeats spread to every member, and the persisted ring drops it; its
+    /// partitions are re-replicated from the other replicas by handoff and anti-entropy.
+    /// Refused for this node, for a member that is up (decommission it instead: it can hand
+    /// its data over), and — unless `force` — when so many members are down that some
+    /// partition might have had its last copy on them.
+    pub fn remove(&self, peer: PeerId, force: bool) -> std::result::Result<(), String> {
+        let result = self.view().remove(Instant::now(), peer, force);
+        match result {
+            Ok(changes) => {
+                self.apply(changes);
+                Ok(())
+            }
+            Err(RemoveRefused::Local) => {
+                Err("this is the node you are talking to; stop it with SIGTERM to leave".into())
+            }
+            Err(RemoveRefused::Unknown) => Err(format!("{peer} is not a member")),
+            Err(RemoveRefused::Up) => Err(format!(
+                "{peer} is up: decommission it (SIGTERM) so it hands its data over"
+            )),
+            Err(RemoveRefused::LastCopies { down }) => Err(format!(
+                "{down} members are down and the replication factor is {}: a partition may \
+                 have had its last copy on them; bring some back first, or remove with force \
+                 if they are gone for good",
+                self.replication_factor
+            )),
+        }
+    }
+
+    /// Failure detection: mark silent members down. It never changes placement.
+    pub fn tick(&self) {
+        let changes = self.view().tick(Instant::now());
+        self.apply(changes);
+    }
+
+    fn rebuild(&self) {
+        let view = self.view();
+        let ring = view.ring();
+        self.persist(&ring, &view);
+        let version = self.snapshot.borrow().version + 1;
+        self.snapshot.send_replace(Arc::new(Snapshot {
+            local: self.local,
+            ring,
+            replication_factor: self.replication_factor,
+            version,
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(p: PeerId) -> MemberInfo {
+        MemberInfo {
+            peer_id: p.to_bytes(),
+            addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
+            generation: 1,
+            tags: BTreeMap::new(),
+        }
+    }
+
+    fn config() -> MembershipConfig {
+        MembershipConfig {
+            replication_factor: 3,
+            down_after: Duration::from_secs(3),
+        }
+    }
+
+    #[test]
+    fn the_ring_is_persisted_and_loaded_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ring");
+        let me = PeerId::random();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let m = Membership::with_ring_file(info(me), me, config(), Some(file.clone()));
+        m.on_info(a, info(a), &[]);
+        m.on_info(b, info(b), &[]);
+        assert!(m.snapshot().has_majority());
+        drop(m);
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        // A restart: the ring comes back, every other member down until heard from.
+        let m = Membership::with_ring_file(info(me), me, config(), Some(file));
+        let members = m.members();
+        assert_eq!(members.len(), 3);
+        assert!(members
+            .iter()
+            .filter(|x| !x.local)
+            .all(|x| x.state == MemberState::Down));
+        assert!(
+            !m.snapshot().has_majority(),
+            "alone, this node is a minority"
+        );
+        assert_eq!(m.known_addrs().len(), 2);
+        m.on_info(a, info(a), &[]);
+        assert!(m.snapshot().has_majority());
+    }
+}

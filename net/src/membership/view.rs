@@ -1,0 +1,578 @@
+//! The membership state machine: what this node knows of every other member, driven only by
+//! the messages it is given and the time it is told (`now`), never by a clock of its own — so
+//! every rule is unit-tested with explicit time, as the SIP transactions are.
+//!
+//! Failure detection marks members down and up again; it never changes placement. The ring (the
+//! members that own data) changes only by decisions: a member joins when first heard from, and
+//! leaves when it says so (decommission) or when an operator removes it (`remove`). A member down
+//! for days keeps its place and gets hints, as in Cassandra, so a partition can never make two
+//! sides each shrink the ring to a majority of their own.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use libp2p::{Multiaddr, PeerId};
+use tracing::{info, warn};
+
+use super::{MemberEvent, MemberState};
+use crate::placement::{peer_position, RingMember};
+use crate::protocol::{Gossip, MemberInfo};
+
+/// Candidates (peers named by gossip or connected, not yet heard from) kept at most.
+pub(crate) const MAX_CANDIDATES: usize = 1_024;
+/// How long a candidate that never answers is heartbeated.
+pub(crate) const CANDIDATE_TTL: Duration = Duration::from_secs(300);
+/// How long a member that left is remembered (its state gossiped so every member learns it).
+pub(crate) const FORGET_AFTER: Duration = Duration::from_secs(3_600);
+
+/// A member as this node knows it.
+pub(crate) struct Entry {
+    pub(crate) info: MemberInfo,
+    pub(crate) addrs: Vec<Multiaddr>,
+    pub(crate) state: MemberState,
+    pub(crate) last_heard: Instant,
+    pub(crate) since: Instant,
+}
+
+/// What a step changed: the events to publish, and whether the ring (who owns data, who is up)
+/// must be rebuilt.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Changes {
+    pub(crate) events: Vec<MemberEvent>,
+    pub(crate) ring_changed: bool,
+}
+
+impl Changes {
+    fn push(&mut self, event: MemberEvent) {
+        self.ring_changed = true;
+        self.events.push(event);
+    }
+}
+
+/// Why a removal was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RemoveRefused {
+    /// The node asked is the one to remove.
+    Local,
+    /// Not a member.
+    Unknown,
+    /// Up: it must be decommissioned so it hands its data over.
+    Up,
+    /// So many members are down that a partition may have its last copies on them.
+    LastCopies { down: usize },
+}
+
+/// The membership state of one node, without locks or clocks.
+pub(crate) struct View {
+    local: PeerId,
+    replication_factor: usize,
+    down_after: Duration,
+    started: Instant,
+    members: HashMap<PeerId, Entry>,
+    /// Connected or gossiped peers that are not members yet (heartbeats go to them too).
+    candidates: HashMap<PeerId, Instant>,
+}
+
+impl View {
+    /// A view started at `now` holding `known` (the persisted ring: peer, generation,
+    /// addresses), each down until heard from.
+    pub(crate) fn new(
+        now: Instant,
+        local: PeerId,
+        replication_factor: usize,
+        down_after: Duration,
+        known: Vec<(PeerId, u64, Vec<String>)>,
+    ) -> Self {
+        let members = known
+            .into_iter()
+            .filter(|(peer, _, _)| *peer != local)
+            .map(|(peer, generation, addrs)| {
+                let entry = Entry {
+                    addrs: addrs.iter().filter_map(|a| a.parse().ok()).collect(),
+                    info: MemberInfo {
+                        peer_id: peer.to_bytes(),
+                        addrs,
+                        generation,
+                        tags: BTreeMap::new(),
+                    },
+                    state: MemberState::Down,
+                    last_heard: now,
+                    since: now,
+                };
+                (peer, entry)
+            })
+            .collect();
+        View {
+            local,
+            replication_factor,
+            down_after,
+            started: now,
+            members,
+            candidates: HashMap::new(),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn local(&self) -> PeerId {
+        self.local
+    }
+
+    pub(crate) fn get(&self, peer: &PeerId) -> Option<&Entry> {
+        self.members.get(peer)
+    }
+
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&PeerId, &Entry)> {
+        self.members.iter()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn candidate_count(&self) -> usize {
+        self.candidates.len()
+    }
+
+    /// A connected peer that may be a member: heartbeat it.
+    pub(crate) fn add_candidate(&mut self, now: Instant, peer: PeerId) {
+        if peer != self.local
+            && !self.members.contains_key(&peer)
+            && (self.candidates.len() < MAX_CANDIDATES || self.candidates.contains_key(&peer))
+        {
+            self.candidates.insert(peer, now);
+        }
+    }
+
+    /// What this node gossips: every member it knows and whether it left.
+    pub(crate) fn gossip(&self) -> Vec<Gossip> {
+        self.members
+            .iter()
+            .map(|(peer, e)| Gossip {
+                peer_id: peer.to_bytes(),
+                addrs: e.info.addrs.clone(),
+                generation: e.info.generation,
+                left: e.state == MemberState::Left,
+            })
+            .collect()
+    }
+
+    /// Whom to heartbeat on tick number `tick`: up members and candidates every time, down
+    /// ones every 4th tick.
+    pub(crate) fn heartbeat_targets(&self, tick: u64) -> Vec<PeerId> {
+        let mut out: Vec<PeerId> = self
+            .members
+            .iter()
+            .filter(|(_, e)| match e.state {
+                MemberState::Up => true,
+                MemberState::Down => tick.is_multiple_of(4),
+                MemberState::Left => false,
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        out.extend(
+            self.candidates
+                .keys()
+                .filter(|c| !self.members.contains_key(c)),
+        );
+        out
+    }
+
+    /// A member's heartbeat (or its answer to ours) arrived at `now`, with its gossip. Returns
+    /// what changed and the addresses of peers first learnt from the gossip (to dial).
+    pub(crate) fn on_heartbeat(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        info: MemberInfo,
+        gossip: &[Gossip],
+    ) -> (Changes, Vec<(PeerId, Multiaddr)>) {
+        let mut changes = Changes::default();
+        if PeerId::from_bytes(&info.peer_id).ok() != Some(from) || from == self.local {
+            warn!(%from, "heartbeat names another peer; ignored");
+            return (changes, Vec::new());
+        }
+        let addrs: Vec<Multiaddr> = info.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        match self.members.get_mut(&from) {
+            Some(e) => {
+                let restarted = info.generation > e.info.generation;
+                if info.generation < e.info.generation {
+                    return (changes, Vec::new()); // a stale message from a previous life
+                }
+                if e.state == MemberState::Left && !restarted {
+                    return (changes, Vec::new());
+                }
+                e.last_heard = now;
+                if e.state != MemberState::Up {
+                    info!(peer = %from, generation = info.generation, was = ?e.state, "member up");
+                    e.state = MemberState::Up;
+                    e.since = now;
+                    changes.push(MemberEvent::Up(from));
+                } else if restarted {
+                    info!(peer = %from, generation = info.generation, "member restarted");
+                    changes.events.push(MemberEvent::Up(from));
+                }
+                e.info = info;
+                e.addrs = addrs;
+            }
+            None => {
+                info!(peer = %from, generation = info.generation, "member joined");
+                self.members.insert(
+                    from,
+                    Entry {
+                        info,
+                        addrs,
+                        state: MemberState::Up,
+                        last_heard: now,
+                        since: now,
+                    },
+                );
+                changes.push(MemberEvent::Up(from));
+            }
+        }
+        self.candidates.remove(&from);
+        let mut learnt = Vec::new();
+        for g in gossip {
+            let Ok(peer) = PeerId::from_bytes(&g.peer_id) else {
+                continue;
+            };
+            if peer == self.local {
+                continue;
+            }
+            match self.members.get_mut(&peer) {
+                Some(e)
+                    if g.left
+                        && g.generation >= e.info.generation
+                        && e.state != MemberState::Left =>
+                {
+                    info!(%peer, "member left (gossip)");
+                    e.state = MemberState::Left;
+                    e.since = now;
+                    changes.push(MemberEvent::Left(peer));
+                }
+                Some(_) => {}
+                None if !g.left
+                    && self.candidates.len() < MAX_CANDIDATES
+                    && !self.candidates.contains_key(&peer) =>
+                {
+                    self.candidates.insert(peer, now);
+                    learnt.extend(
+                        g.addrs
+                            .iter()
+                            .filter_map(|a| a.parse().ok())
+                            .map(|a| (peer, a)),
+                    );
+                }
+                None => {}
+            }
+        }
+        (changes, learnt)
+    }
+
+    /// A member left gracefully (decommission) with `generation`.
+    pub(crate) fn on_leave(&mut self, now: Instant, from: PeerId, generation: u64) -> Changes {
+        let mut changes = Changes::default();
+        if let Some(e) = self.members.get_mut(&from) {
+            if e.info.generation <= generation && e.state != MemberState::Left {
+                info!(peer = %from, "member left");
+                e.state = MemberState::Left;
+                e.since = now;
+                changes.push(MemberEvent::Left(from));
+            }
+        }
+        changes
+    }
+
+    /// An operator removes a dead member from the ring. Refused for this node, for a member
+    /// that is up, and — unless `force` — while as many members are down as the replication
+    /// factor (a partition may have had its last copies on them).
+    pub(crate) fn remove(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        force: bool,
+    ) -> Result<Changes, RemoveRefused> {
+        if peer == self.local {
+            return Err(RemoveRefused::Local);
+        }
+        let down = self
+            .members
+            .values()
+            .filter(|e| e.state == MemberState::Down)
+            .count();
+        let e = self.members.get_mut(&peer).ok_or(RemoveRefused::Unknown)?;
+        let mut changes = Changes::default();
+        match e.state {
+            MemberState::Up => return Err(RemoveRefused::Up),
+            MemberState::Left => return Ok(changes),
+            MemberState::Down => {}
+        }
+        if down >= self.replication_factor && !force {
+            return Err(RemoveRefused::LastCopies { down });
+        }
+        info!(%peer, force, "member removed by the operator");
+        e.state = MemberState::Left;
+        e.since = now;
+        changes.push(MemberEvent::Left(peer));
+        Ok(changes)
+    }
+
+    /// Failure detection at `now`: members silent for `down_after` are marked down. Candidates
+    /// that never answered and members that left long ago are forgotten. Nothing here changes
+    /// who owns data.
+    pub(crate) fn tick(&mut self, now: Instant) -> Changes {
+        let mut changes = Changes::default();
+        self.candidates
+            .retain(|_, since| now.saturating_duration_since(*since) < CANDIDATE_TTL);
+        self.members.retain(|_, e| {
+            e.state != MemberState::Left || now.saturating_duration_since(e.since) < FORGET_AFTER
+        });
+        // Right after start nobody has been heard from yet: give the mesh one detection period.
+        if now.saturating_duration_since(self.started) < self.down_after {
+            return changes;
+        }
+        for (peer, e) in self.members.iter_mut() {
+            let silent = now.saturating_duration_since(e.last_heard);
+            if e.state == MemberState::Up && silent > self.down_after {
+                warn!(%peer, silent_ms = silent.as_millis() as u64, "member down");
+                e.state = MemberState::Down;
+                e.since = now;
+                changes.push(MemberEvent::Down(*peer));
+            }
+        }
+        changes
+    }
+
+    /// The ring: this node and every member that has not left, sorted by position.
+    pub(crate) fn ring(&self) -> Vec<RingMember> {
+        let mut ring = vec![RingMember {
+            peer: self.local,
+            position: peer_position(&self.local),
+            up: true,
+        }];
+        ring.extend(
+            self.members
+                .iter()
+                .filter(|(_, e)| e.state != MemberState::Left)
+                .map(|(peer, e)| RingMember {
+                    peer: *peer,
+                    position: peer_position(peer),
+                    up: e.state == MemberState::Up,
+                }),
+        );
+        ring.sort_by_key(|m| m.position);
+        ring
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOWN_AFTER: Duration = Duration::from_secs(3);
+
+    fn info(p: PeerId, generation: u64) -> MemberInfo {
+        MemberInfo {
+            peer_id: p.to_bytes(),
+            addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
+            generation,
+            tags: BTreeMap::new(),
+        }
+    }
+
+    fn view(t0: Instant) -> View {
+        View::new(t0, PeerId::random(), 3, DOWN_AFTER, Vec::new())
+    }
+
+    fn state(v: &View, p: &PeerId) -> Option<MemberState> {
+        v.get(p).map(|e| e.state)
+    }
+
+    fn up_count(v: &View) -> usize {
+        v.ring().iter().filter(|m| m.up).count()
+    }
+
+    #[test]
+    fn a_member_joins_when_heard_from_and_goes_down_after_silence() {
+        let t0 = Instant::now();
+        let mut v = view(t0);
+        let a = PeerId::random();
+        let (changes, _) = v.on_heartbeat(t0, a, info(a, 1), &[]);
+        assert_eq!(changes.events, vec![MemberEvent::Up(a)]);
+        assert!(changes.ring_changed);
+        // Silence shorter than down_after: still up.
+        assert_eq!(v.tick(t0 + DOWN_AFTER), Changes::default());
+        assert_eq!(state(&v, &a), Some(MemberState::Up));
+        let changes = v.tick(t0 + DOWN_AFTER + Duration::from_millis(1));
+        assert_eq!(changes.events, vec![MemberEvent::Down(a)]);
+        assert_eq!(state(&v, &a), Some(MemberState::Down));
+        // A heartbeat brings it back.
+        let (changes, _) = v.on_heartbeat(t0 + Duration::from_secs(10), a, info(a, 1), &[]);
+        assert_eq!(changes.events, vec![MemberEvent::Up(a)]);
+        assert_eq!(up_count(&v), 2);
+    }
+
+    #[test]
+    fn failure_detection_never_changes_placement() {
+        let t0 = Instant::now();
+        let mut v = view(t0);
+        let peers: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
+        for p in &peers {
+            v.on_heartbeat(t0, *p, info(*p, 1), &[]);
+        }
+        let ring: Vec<PeerId> = v.ring().iter().map(|m| m.peer).collect();
+        // Two members silent for a week: down, but still in the ring (a 5-member ring with 3 up
+        // keeps its majority only because its base did not shrink).
+        for hour in 1..=168u64 {
+            let now = t0 + Duration::from_secs(hour * 3_600);
+            for p in &peers[..2] {
+                v.on_heartbeat(now, *p, info(*p, 1), &[]);
+            }
+            v.tick(now);
+        }
+        let after: Vec<PeerId> = v.ring().iter().map(|m| m.peer).collect();
+        assert_eq!(ring, after, "the ring changed without a decision");
+        assert_eq!(state(&v, &peers[2]), Some(MemberState::Down));
+        assert_eq!(up_count(&v), 3);
+    }
+
+    #[test]
+    fn no_one_goes_down_during_the_first_detection_period() {
+        let t0 = Instant::now();
+        let known = vec![(PeerId::random(), 7, vec!["/ip4/127.0.0.1/tcp/1".into()])];
+        let mut v = View::new(t0, PeerId::random(), 3, DOWN_AFTER, known);
+        // Loaded members start down; a member heard just before start is not marked down early.
+        let a = PeerId::random();
+        v.on_heartbeat(t0, a, info(a, 1), &[]);
+        assert!(v.tick(t0 + Duration::from_secs(2)).events.is_empty());
+        assert_eq!(state(&v, &a), Some(MemberState::Up));
+        assert_eq!(v.ring().len(), 3);
+        assert_eq!(up_count(&v), 2);
+    }
+
+    #[test]
+    fn generations_tell_restarts_from_stale_messages() {
+        let t0 = Instant::now();
+        let mut v = view(t0);
+        let a = PeerId::random();
+        v.on_heartbeat(t0, a, info(a, 5), &[]);
+        // A restart (higher generation) while up is reported, without a ring change.
+        let (changes, _) = v.on_heartbeat(t0, a, info(a, 6), &[]);
+        assert_eq!(changes.events, vec![MemberEvent::Up(a)]);
+        assert!(!changes.ring_changed);
+        // A message from the previous life changes nothing, not even liveness.
+        let later = t0 + Duration::from_secs(10);
+        let (changes, _) = v.on_heartbeat(later, a, info(a, 5), &[]);
+        assert_eq!(changes, Changes::default());
+        v.tick(later);
+        assert_eq!(state(&v, &a), Some(MemberState::Down));
+    }
+
+    #[test]
+    fn a_member_that_left_stays_out_until_it_restarts() {
+        let t0 = Instant::now();
+        let mut v = view(t0);
+        let a = PeerId::random();
+        v.on_heartbeat(t0, a, info(a, 3), &[]);
+        assert_eq!(v.on_leave(t0, a, 3).events, vec![MemberEvent::Left(a)]);
+        assert_eq!(v.ring().len(), 1);
+        // Late heartbeats of the same generation do not bring it back.
+        let (changes, _) = v.on_heartbeat(t0, a, info(a, 3), &[]);
+        assert_eq!(changes, Changes::default());
+        // A new generation is a new start: it rejoins.
+        let (changes, _) = v.on_heartbeat(t0, a, info(a, 4), &[]);
+        assert_eq!(changes.events, vec![MemberEvent::Up(a)]);
+        assert_eq!(v.ring().len(), 2);
+    }
+
+    #[test]
+    fn a_leave_spreads_by_gossip() {
+        let t0 = Instant::now();
+        let mut v = view(t0);
+        let (a, b) = (PeerId::random(), PeerId::random());
+        v.on_heartbeat(t0, a, info(a, 1), &[]);
+        v.on_heartbeat(t0, b, info(b, 1), &[]);
+        let gossip = [Gossip {
+            peer_id: b.to_bytes(),
+            addrs: Vec::new(),
+            generation: 1,
+            left: true,
+        }];
+        let (changes, _) = v.on_heartbeat(t0, a, info(a, 1), &gossip);
+        assert_eq!(changes.events, vec![MemberEvent::Left(b)]);
+        assert_eq!(state(&v, &b), Some(MemberState::Left));
+        // Remembered for an hour (so it spreads further), then forgotten.
+        v.tick(t0 + FORGET_AFTER - Duration::from_secs(1));
+        assert!(v.get(&b).is_some());
+        v.on_heartbeat(t0 + FORGET_AFTER, a, info(a, 1), &[]);
+        v.tick(t0 + FORGET_AFTER + Duration::from_secs(1));
+        assert!(v.get(&b).is_none());
+        assert!(v.get(&a).is_some());
+    }
+
+    #[test]
+    fn removal_is_refused_when_it_could_lose_data_unless_forced() {
+        let t0 = Instant::now();
+        let mut v = view(t0);
+        let peers: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
+        for p in &peers {
+            v.on_heartbeat(t0, *p, info(*p, 1), &[]);
+        }
+        let local = v.local();
+        assert_eq!(v.remove(t0, local, true), Err(RemoveRefused::Local));
+        assert_eq!(
+            v.remove(t0, PeerId::random(), false),
+            Err(RemoveRefused::Unknown)
+        );
+        assert_eq!(v.remove(t0, peers[0], false), Err(RemoveRefused::Up));
+        // Three down with RF=3: a partition may have lived only on them.
+        let later = t0 + Duration::from_secs(60);
+        for p in &peers[3..] {
+            v.on_heartbeat(later, *p, info(*p, 1), &[]);
+        }
+        v.tick(later);
+        assert_eq!(
+            v.remove(later, peers[0], false),
+            Err(RemoveRefused::LastCopies { down: 3 })
+        );
+        // The operator who knows those nodes are gone for good (a redeploy) forces it.
+        let changes = v.remove(later, peers[0], true).unwrap();
+        assert_eq!(changes.events, vec![MemberEvent::Left(peers[0])]);
+        // Two down now: no force needed.
+        assert!(v.remove(later, peers[1], false).is_ok());
+        assert_eq!(v.ring().len(), 4);
+        // Removing twice is not an error.
+        assert_eq!(v.remove(later, peers[1], false), Ok(Changes::default()));
+    }
+
+    #[test]
+    fn candidates_are_bounded_and_forgotten() {
+        let t0 = Instant::now();
+        let mut v = view(t0);
+        let from = PeerId::random();
+        let gossip: Vec<Gossip> = (0..5_000)
+            .map(|_| Gossip {
+                peer_id: PeerId::random().to_bytes(),
+                addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+                generation: 1,
+                left: false,
+            })
+            .collect();
+        let (_, learnt) = v.on_heartbeat(t0, from, info(from, 1), &gossip);
+        assert_eq!(learnt.len(), MAX_CANDIDATES);
+        assert_eq!(v.candidate_count(), MAX_CANDIDATES);
+        assert_eq!(v.heartbeat_targets(1).len(), MAX_CANDIDATES + 1);
+        v.tick(t0 + CANDIDATE_TTL);
+        assert_eq!(v.candidate_count(), 0);
+    }
+
+    #[test]
+    fn down_members_are_heartbeated_less_often() {
+        let t0 = Instant::now();
+        let mut v = view(t0);
+        let (a, b) = (PeerId::random(), PeerId::random());
+        v.on_heartbeat(t0, a, info(a, 1), &[]);
+        v.on_heartbeat(t0, b, info(b, 1), &[]);
+        let later = t0 + Duration::from_secs(10);
+        v.on_heartbeat(later, a, info(a, 1), &[]);
+        v.tick(later);
+        assert_eq!(v.heartbeat_targets(1), vec![a]);
+        assert_eq!(v.heartbeat_targets(4).len(), 2);
+    }
+}
