@@ -158,6 +158,10 @@ struct NodeArgs {
     /// A source address never throttled (a trusted gateway, a load tester); repeatable.
     #[arg(long = "trusted-source")]
     trusted_sources: Vec<String>,
+    /// Digest algorithms offered in challenges, in order: MD5 (default: what every phone
+    /// knows), SHA-256,MD5 (RFC 8760 clients pick SHA-256), or SHA-256 alone.
+    #[arg(long = "digest-algorithms", value_name = "LIST")]
+    digest_algorithms: Option<String>,
 }
 
 fn parse_sock(flag: &str, v: &str) -> Result<SocketAddr> {
@@ -181,7 +185,13 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
         .or(file.data_dir.clone())
         .ok_or_else(|| anyhow!("missing --data-dir (or data_dir in --config)"))?;
     let mut c = NodeConfig::new(data_dir);
-    security_config(&mut c, &args.domains, &args.trusted_sources, &file)?;
+    security_config(
+        &mut c,
+        &args.domains,
+        &args.trusted_sources,
+        args.digest_algorithms.as_deref(),
+        &file,
+    )?;
     let sip = args
         .sip_listen
         .or(file.sip_listen)
@@ -263,6 +273,7 @@ fn security_config(
     c: &mut NodeConfig,
     domains: &[String],
     trusted: &[String],
+    algorithms: Option<&str>,
     file: &FileConfig,
 ) -> Result<()> {
     let domains = if domains.is_empty() {
@@ -308,7 +319,10 @@ fn security_config(
             calls_per_minute: t.calls_per_minute.unwrap_or(10),
         });
     }
-    c.digest_sha256_first = file.digest_sha256_first.unwrap_or(false);
+    if let Some(list) = algorithms.or(file.digest_algorithms.as_deref()) {
+        c.digest_algorithms = sipmesh::sip::digest::Algorithm::parse_list(list)
+            .map_err(|e| anyhow!("--digest-algorithms {list:?}: {e}"))?;
+    }
     let th = &mut c.throttle;
     if let Some(v) = file.rate_limit {
         th.requests_per_window = v;

@@ -73,8 +73,8 @@ pub struct Authenticator {
     secret: Arc<MeshSecret>,
     /// This node (nonces name their issuer).
     node: NodeId,
-    /// Whether SHA-256 is offered before MD5.
-    sha256_first: bool,
+    /// The algorithms offered, one challenge each, in this order (MD5 alone by default).
+    algorithms: Vec<Algorithm>,
     /// Per nonce (keyed by a digest of it): the highest nonce count seen, when the nonce was
     /// issued, and how many attempts with it failed.
     nonce_counts: Mutex<HashMap<u64, NonceState>>,
@@ -96,7 +96,7 @@ impl Authenticator {
             realm: realm.to_string(),
             secret,
             node: NodeId([0; 8]),
-            sha256_first: false,
+            algorithms: vec![Algorithm::Md5],
             nonce_counts: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
         }
@@ -108,9 +108,11 @@ impl Authenticator {
         self
     }
 
-    /// Offer SHA-256 before MD5.
-    pub fn sha256_first(mut self, yes: bool) -> Self {
-        self.sha256_first = yes;
+    /// Offer these algorithms, in this order (an empty list keeps the default, MD5).
+    pub fn algorithms(mut self, algorithms: &[Algorithm]) -> Self {
+        if !algorithms.is_empty() {
+            self.algorithms = algorithms.to_vec();
+        }
         self
     }
 
@@ -136,25 +138,17 @@ impl Authenticator {
         )
     }
 
-    /// The challenge header values (SHA-256 and MD5, same nonce; one per algorithm). MD5 is
-    /// listed first unless configured otherwise, because widely deployed clients (SIPp 3.6
-    /// among them) take the first challenge and know only MD5; RFC 8760 clients pick the
-    /// strongest algorithm they support from the list.
+    /// The challenge header values: one per configured algorithm, same nonce. MD5 alone by
+    /// default, as Kamailio and OpenSIPS send: many deployed phones and SIP stacks give up on
+    /// the whole response when one challenge names an algorithm they do not know, while RFC
+    /// 8760 clients pick the strongest one they support from the list.
     pub fn challenges(&self, now_ms: u64, stale: bool) -> Vec<String> {
         let nonce = self.nonce(now_ms);
         let stale = if stale { ", stale=true" } else { "" };
-        let order = if self.sha256_first {
-            [Algorithm::Sha256, Algorithm::Md5]
-        } else {
-            [Algorithm::Md5, Algorithm::Sha256]
-        };
-        order
+        self.algorithms
             .iter()
             .map(|alg| {
-                let name = match alg {
-                    Algorithm::Md5 => "MD5",
-                    Algorithm::Sha256 => "SHA-256",
-                };
+                let name = alg.name();
                 format!(
                     "Digest realm=\"{}\", nonce=\"{nonce}\", algorithm={name}, qop=\"auth\"{stale}",
                     self.realm
@@ -217,7 +211,8 @@ impl Authenticator {
         let username = get("username")?;
         let nonce = get("nonce")?;
         let alg = Algorithm::parse(creds.get("algorithm"))
-            .ok_or_else(|| AuthError::Invalid("unsupported algorithm".into()))?;
+            .filter(|a| self.algorithms.contains(a))
+            .ok_or_else(|| AuthError::Invalid("algorithm not offered".into()))?;
         let issued = self.check_nonce(nonce, now_ms)?;
         if creds.get("qop") != Some("auth") {
             return Err(AuthError::Invalid("qop=auth is required".into()));
@@ -500,11 +495,7 @@ mod tests {
         let ha1 = ha1(alg, "alice", "r", password);
         let ha2 = alg.hash("REGISTER:sip:r");
         let resp = alg.hash(&format!("{ha1}:{nonce}:{nc}:cn:auth:{ha2}"));
-        let alg_name = if alg == Algorithm::Md5 {
-            "MD5"
-        } else {
-            "SHA-256"
-        };
+        let alg_name = alg.name();
         DigestCredentials::parse(&format!(
             r#"Digest username="alice", realm="{}", nonce="{nonce}", uri="sip:r", response="{resp}", algorithm={alg_name}, qop=auth, nc={nc}, cnonce="cn""#,
             a.realm()
@@ -521,7 +512,8 @@ mod tests {
 
     #[test]
     fn good_credentials_both_algorithms() {
-        let a = Authenticator::new("r", Arc::new(MeshSecret::new(b"secret".to_vec())));
+        let a = Authenticator::new("r", Arc::new(MeshSecret::new(b"secret".to_vec())))
+            .algorithms(&[Algorithm::Md5, Algorithm::Sha256]);
         for alg in [Algorithm::Md5, Algorithm::Sha256] {
             let nonce = a.nonce(1_000_000);
             let c = creds_for(&a, alg, &nonce, "00000001", "pw");
@@ -646,13 +638,34 @@ mod tests {
     }
 
     #[test]
-    fn sha256_first_when_configured() {
-        let a = Authenticator::new("r", Arc::new(MeshSecret::new(vec![1]))).sha256_first(true);
+    fn md5_alone_by_default_and_the_configured_list_otherwise() {
+        let b = Authenticator::new("r", Arc::new(MeshSecret::new(vec![1])));
+        let ch = b.challenges(5, false);
+        assert_eq!(ch.len(), 1, "{ch:?}");
+        assert!(ch[0].contains("algorithm=MD5"));
+        let a = Authenticator::new("r", Arc::new(MeshSecret::new(vec![1])))
+            .algorithms(&[Algorithm::Sha256, Algorithm::Md5]);
         let ch = a.challenges(5, false);
         assert_eq!(ch.len(), 2, "one challenge per algorithm");
         assert!(ch[0].contains("algorithm=SHA-256"));
-        let b = Authenticator::new("r", Arc::new(MeshSecret::new(vec![1])));
-        assert!(b.challenges(5, false)[0].contains("algorithm=MD5"));
+        assert!(ch[1].contains("algorithm=MD5"));
+    }
+
+    #[test]
+    fn an_algorithm_not_offered_is_refused() {
+        // SHA-256 only: an MD5 answer (a downgrade) fails even with the right password.
+        let a = Authenticator::new("r", Arc::new(MeshSecret::new(vec![1])))
+            .algorithms(&[Algorithm::Sha256]);
+        let nonce = a.nonce(1_000_000);
+        let md5 = creds_for(&a, Algorithm::Md5, &nonce, "00000001", "pw");
+        assert!(matches!(
+            a.verify(&md5, "REGISTER", "sip:r", Some(&stored()), 1_000_100),
+            Err(AuthError::Invalid(_))
+        ));
+        let sha = creds_for(&a, Algorithm::Sha256, &nonce, "00000002", "pw");
+        assert!(a
+            .verify(&sha, "REGISTER", "sip:r", Some(&stored()), 1_000_100)
+            .is_ok());
     }
 
     #[test]

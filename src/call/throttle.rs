@@ -172,7 +172,8 @@ impl Throttle {
         }
     }
 
-    fn trusted(&self, ip: &IpAddr) -> bool {
+    /// Whether `ip` is a trusted source (a gateway or edge proxy the operator runs).
+    pub fn trusted(&self, ip: &IpAddr) -> bool {
         self.config.trusted.contains(ip)
     }
 

@@ -83,9 +83,9 @@ pub struct NodeConfig {
     pub throttle: ThrottleConfig,
     /// Run with a p2p listener beyond loopback and no mesh key (warned at every start).
     pub insecure_open_mesh: bool,
-    /// List SHA-256 before MD5 in digest challenges (RFC 8760 clients pick the first they
-    /// support; many deployed phones take the first one whatever it is).
-    pub digest_sha256_first: bool,
+    /// The digest algorithms challenges offer, in order (MD5 alone by default: many phones
+    /// give up on a response that names an algorithm they do not know).
+    pub digest_algorithms: Vec<crate::sip::digest::Algorithm>,
 }
 
 impl NodeConfig {
@@ -111,7 +111,7 @@ impl NodeConfig {
             policy: PolicyConfig::default(),
             throttle: ThrottleConfig::default(),
             insecure_open_mesh: false,
-            digest_sha256_first: false,
+            digest_algorithms: vec![crate::sip::digest::Algorithm::Md5],
         }
     }
 }
@@ -228,7 +228,7 @@ impl Node {
         let auth = Arc::new(
             Authenticator::new(&config.realm, secret.clone())
                 .for_node(NodeId::of(&mesh.peer_id()))
-                .sha256_first(config.digest_sha256_first),
+                .algorithms(&config.digest_algorithms),
         );
         {
             let (mesh, secret) = (mesh.clone(), secret.clone());

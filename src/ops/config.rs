@@ -54,8 +54,8 @@ pub struct FileConfig {
     pub max_contacts: Option<usize>,
     /// Branches a request may fork to (default 10).
     pub max_branches: Option<usize>,
-    /// Offer SHA-256 before MD5 in challenges.
-    pub digest_sha256_first: Option<bool>,
+    /// Digest algorithms offered, in order: `"MD5"` (default), `"SHA-256,MD5"`, `"SHA-256"`.
+    pub digest_algorithms: Option<String>,
     /// Requests per source per `rate_window_secs` (default 16; 0: off).
     pub rate_limit: Option<u32>,
     /// The request-rate window (default 2 s).

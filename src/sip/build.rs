@@ -266,6 +266,14 @@ impl<'a> Edit<'a> {
             out.extend_from_slice(l.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
+        // A datagram may omit Content-Length (RFC 3261 §18.3), but what is forwarded may go
+        // over a stream, where the length is the framing: it is always stated.
+        let has_length = msg.headers.iter().enumerate().any(|(i, h)| {
+            h.name == HeaderName::ContentLength && !matches!(self.replace.get(&i), Some(None))
+        });
+        if !has_length {
+            out.extend_from_slice(format!("Content-Length: {}\r\n", msg.body().len()).as_bytes());
+        }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(msg.body());
         out
@@ -312,5 +320,19 @@ mod tests {
             .build();
         let q = Message::parse(&removed, true).unwrap();
         assert_eq!(q.values(&HeaderName::Via).len(), 2);
+    }
+
+    #[test]
+    fn a_datagram_without_content_length_is_forwarded_with_one() {
+        let dgram = b"MESSAGE sip:n SIP/2.0\r\nVia: SIP/2.0/UDP a:1;branch=z9hG4bK1\r\nMax-Forwards: 70\r\nFrom: <sip:a@a>;tag=x\r\nTo: <sip:n>\r\nCall-ID: c\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\n\r\nhello";
+        let m = Message::parse(dgram, false).unwrap();
+        assert_eq!(m.body(), b"hello");
+        let out = Edit::new(&m)
+            .prepend("Via: SIP/2.0/TCP me;branch=z9hG4bKme".into())
+            .build();
+        // Framed as a stream would frame it: the body survives.
+        let p = Message::parse(&out, true).unwrap();
+        assert_eq!(p.header(&HeaderName::ContentLength), Some("5"));
+        assert_eq!(p.body(), b"hello");
     }
 }

@@ -23,6 +23,32 @@ impl Algorithm {
         }
     }
 
+    /// Its name in `algorithm=` directives.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Md5 => "MD5",
+            Algorithm::Sha256 => "SHA-256",
+        }
+    }
+
+    /// A comma-separated list of algorithm names (`MD5,SHA-256`, any case), in the order given:
+    /// at least one, no repeats.
+    pub fn parse_list(s: &str) -> Result<Vec<Algorithm>, String> {
+        let mut out = Vec::new();
+        for name in s.split(',').map(str::trim) {
+            let alg = match name.to_ascii_uppercase().as_str() {
+                "MD5" => Algorithm::Md5,
+                "SHA-256" | "SHA256" => Algorithm::Sha256,
+                _ => return Err(format!("{name:?} is not MD5 or SHA-256")),
+            };
+            if out.contains(&alg) {
+                return Err(format!("{name} is listed twice"));
+            }
+            out.push(alg);
+        }
+        Ok(out)
+    }
+
     /// Hex digest of `data`.
     pub fn hash(self, data: &str) -> String {
         match self {

@@ -15,6 +15,38 @@ pub fn param<'a>(params: &'a Params, name: &str) -> Option<Option<&'a str>> {
         .map(|(_, v)| v.as_deref())
 }
 
+/// Write `params` as `;a=b;c`. A value goes back in quotes when it was a quoted string: when
+/// it holds anything but token and host characters (`"<urn:uuid:…>"`, `"INVITE,BYE"`), and
+/// always for a feature tag (`+sip.instance`, RFC 3840 §9), so a phone finds its own
+/// parameters exactly as it sent them.
+pub fn write_params(out: &mut String, params: &Params) {
+    use std::fmt::Write;
+    for (n, v) in params {
+        match v {
+            Some(v) if n.starts_with('+') || !v.bytes().all(is_param_char) => {
+                let _ = write!(out, ";{n}=\"");
+                for c in v.chars() {
+                    if c == '"' || c == '\\' {
+                        out.push('\\');
+                    }
+                    out.push(c);
+                }
+                out.push('"');
+            }
+            Some(v) => {
+                let _ = write!(out, ";{n}={v}");
+            }
+            None => {
+                let _ = write!(out, ";{n}");
+            }
+        }
+    }
+}
+
+fn is_param_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"-.!%*_+`'~:[]".contains(&c)
+}
+
 /// Parse `;a=b;c` parameters (the leading `;` included). Values may be tokens, hosts or quoted
 /// strings; empty names are a fault.
 pub fn parse_params(s: &str, what: &str) -> Result<Params, Fault> {
@@ -204,16 +236,7 @@ impl Via {
         if let Some(p) = self.port {
             let _ = write!(out, ":{p}");
         }
-        for (n, v) in params {
-            match v {
-                Some(v) => {
-                    let _ = write!(out, ";{n}={v}");
-                }
-                None => {
-                    let _ = write!(out, ";{n}");
-                }
-            }
-        }
+        write_params(&mut out, &params);
         out
     }
 }
@@ -518,5 +541,24 @@ mod tests {
         assert_eq!(d.scheme, "Digest");
         assert_eq!(d.get("nonce"), Some("n,1"));
         assert_eq!(d.get("qop"), Some("auth"));
+    }
+
+    #[test]
+    fn quoted_values_come_back_quoted() {
+        let text = r#";+sip.instance="<urn:uuid:00000000-0000-1000-8000-000A95A0E128>";reg-id=1;expires=60;+sip.methods="INVITE,BYE";lr;x="a \"b\"""#;
+        let params = parse_params(text, "Contact").unwrap();
+        assert_eq!(
+            param(&params, "+sip.instance"),
+            Some(Some("<urn:uuid:00000000-0000-1000-8000-000A95A0E128>"))
+        );
+        let mut out = String::new();
+        write_params(&mut out, &params);
+        assert_eq!(out, text);
+        assert_eq!(parse_params(&out, "Contact").unwrap(), params);
+        // Host values (an IPv6 received) and tokens stay bare.
+        let via = parse_params(";received=::1;branch=z9hG4bK.x", "Via").unwrap();
+        let mut out = String::new();
+        write_params(&mut out, &via);
+        assert_eq!(out, ";received=::1;branch=z9hG4bK.x");
     }
 }

@@ -104,6 +104,8 @@ struct Change {
     deleted: Vec<Vec<u8>>,
     /// Whether a binding uses Outbound.
     outbound_used: bool,
+    /// The Path stored with the bindings and echoed in the 200 (RFC 3327).
+    path: Vec<String>,
 }
 
 /// A 500 telling the client to retry.
@@ -227,7 +229,7 @@ impl Registrar {
                 return Err(redirect);
             }
         }
-        let change = self.apply(req, c, flow, &aor, request, &existing);
+        let mut change = self.apply(req, c, flow, &aor, request, &existing)?;
         let max = self.ctx.policy.config().max_contacts;
         if change.current.len() > max && change.current.len() > existing.len() {
             inc(&self.ctx.metrics.registrar_too_many_contacts);
@@ -235,17 +237,21 @@ impl Registrar {
         }
         if !change.mutation.is_empty() {
             let mesh = &self.ctx.mesh;
+            let mutation = std::mem::replace(
+                &mut change.mutation,
+                Mutation::new(REGISTRATIONS, Vec::new()),
+            );
             // Acknowledged at QUORUM; settled on every live replica when they are quick, so
             // a call routed from any of them right after finds the binding.
             if let Err(e) = mesh
-                .write_settled(change.mutation, Consistency::Quorum, SETTLE)
+                .write_settled(mutation, Consistency::Quorum, SETTLE)
                 .await
             {
                 inc(&self.ctx.metrics.registrar_errors);
                 warn!(error = %e, aor, "binding write failed");
                 return Err(unavailable());
             }
-            for (b, expires_at_ms) in change.written {
+            for (b, expires_at_ms) in std::mem::take(&mut change.written) {
                 self.owned.written(&aor, b, expires_at_ms);
             }
             for key in &change.deleted {
@@ -255,7 +261,7 @@ impl Registrar {
             inc(&self.ctx.metrics.registrar_refreshes_unwritten);
         }
         inc(&self.ctx.metrics.registrar_ok);
-        Ok(self.answer(req, top_via, &aor, &change.current, change.outbound_used))
+        Ok(self.answer(req, top_via, &aor, &change))
     }
 
     /// The Contacts of the request, checked (before the keyspace is touched).
@@ -310,6 +316,8 @@ impl Registrar {
 
     /// What a REGISTER changes in the AOR's bindings (RFC 3261 §10.3 steps 6–8, RFC 5626 §6):
     /// the mutation, the bindings after it, and what this node's memory of its own must learn.
+    /// A contact whose binding has the same Call-ID and a CSeq at least as high fails the whole
+    /// request (step 7: the update is aborted), with nothing written.
     fn apply(
         &self,
         req: &Message,
@@ -318,7 +326,7 @@ impl Registrar {
         aor: &str,
         request: Request,
         existing: &[Binding],
-    ) -> Change {
+    ) -> Result<Change, Fault> {
         let ks = self.ctx.mesh.keyspace();
         let now = ks.wall_ms();
         let ts = ks.now();
@@ -328,6 +336,7 @@ impl Registrar {
             written: Vec::new(),
             deleted: Vec::new(),
             outbound_used: false,
+            path: Vec::new(),
         };
         let parsed = match request {
             Request::RemoveAll => {
@@ -338,16 +347,25 @@ impl Registrar {
                     change.deleted.push(b.key());
                 }
                 change.current.retain(keep);
-                return change;
+                return Ok(change);
             }
             Request::Contacts(parsed) => parsed,
         };
         let user_agent = req.header(&HeaderName::UserAgent).map(str::to_string);
-        let path: Vec<String> = req
-            .values(&HeaderName::Path)
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        // Path is an edge proxy's to add (RFC 3327). From anyone else — a phone itself — it
+        // would let the sender choose where the mesh sends this user's calls: ignored.
+        let path: Vec<String> = if self.ctx.throttle.trusted(&flow.peer().ip()) {
+            req.values(&HeaderName::Path)
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        } else {
+            if req.header(&HeaderName::Path).is_some() {
+                debug!(aor, "Path from an untrusted source ignored");
+            }
+            Vec::new()
+        };
+        change.path = path.clone();
         let outbound_supported = req
             .values(&HeaderName::Supported)
             .iter()
@@ -393,8 +411,9 @@ impl Registrar {
                 refresh = Refresh::Changed;
             }
             if stale || refresh == Refresh::OutOfOrder {
-                debug!(aor, "out-of-order REGISTER for a binding ignored");
-                continue;
+                debug!(aor, "out-of-order REGISTER refused");
+                inc(&self.ctx.metrics.registrar_errors);
+                return Err(Fault::new(500, "Out of order request"));
             }
             if expires == 0 {
                 change.current.retain(|o| o.key() != key);
@@ -416,31 +435,19 @@ impl Registrar {
                 change.written.push((b, expires_at_ms));
             }
         }
-        change
+        Ok(change)
     }
 
     /// The 200 OK listing every current binding with its expiry (RFC 3261 §10.3 step 8).
     /// This node's bindings show the phone's own expiry; others' their lease.
-    fn answer(
-        &self,
-        req: &Message,
-        top_via: &str,
-        aor: &str,
-        current: &[Binding],
-        outbound_used: bool,
-    ) -> Vec<u8> {
+    fn answer(&self, req: &Message, top_via: &str, aor: &str, change: &Change) -> Vec<u8> {
         let now = self.ctx.mesh.keyspace().wall_ms();
         let mut r = ResponseBuilder::new(req, 200, "OK")
             .to_tag(&random_tag())
             .top_via(top_via.to_string());
-        for b in current {
+        for b in &change.current {
             let mut v = format!("<{}>", b.contact);
-            for (n, val) in &b.params {
-                match val {
-                    Some(val) => v.push_str(&format!(";{n}={val}")),
-                    None => v.push_str(&format!(";{n}")),
-                }
-            }
+            crate::sip::header::write_params(&mut v, &b.params);
             let expires_at = self.owned.expiry(aor, &b.key()).unwrap_or(b.expires_at_ms);
             v.push_str(&format!(
                 ";expires={}",
@@ -448,10 +455,10 @@ impl Registrar {
             ));
             r = r.header("Contact", v);
         }
-        for p in req.values(&HeaderName::Path) {
-            r = r.header("Path", p);
+        for p in &change.path {
+            r = r.header("Path", p.as_str());
         }
-        if outbound_used {
+        if change.outbound_used {
             r = r
                 .header("Require", "outbound")
                 .header("Flow-Timer", FLOW_TIMER_SECS.to_string());
