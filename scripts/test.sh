@@ -7,12 +7,24 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
 command -v linphone-daemon >/dev/null 2>&1 || need_apt+=(linphone-cli)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if ((${#need_apt[@]})); then
   echo "installing: ${need_apt[*]}"
   SUDO=""
   [[ $(id -u) -ne 0 ]] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# PJSIP's PJSUA2 API (PyPI pjsua2-python) for tests/pjsua.rs, in a venv under target/.
+export SIPMESH_PYTHON="$PWD/target/pjsua-venv/bin/python"
+if ! "$SIPMESH_PYTHON" -c 'import pjsua2' >/dev/null 2>&1; then
+  echo "installing: pjsua2-python (PyPI) in target/pjsua-venv"
+  rm -rf target/pjsua-venv
+  mkdir -p target
+  python3 -m venv target/pjsua-venv
+  target/pjsua-venv/bin/pip install -q pjsua2-python
 fi
 
 cargo test --workspace --locked

@@ -28,11 +28,7 @@ impl Linphone {
     async fn start(name: &str, transport: &str, auto_answer: bool) -> Linphone {
         let home = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(home.path().join(".local/share/linphone")).unwrap();
-        let (udp, tcp) = if transport == "tcp" {
-            (0, -1)
-        } else {
-            (-1, 0)
-        };
+        let (udp, tcp) = if transport == "tcp" { (0, -1) } else { (-1, 0) };
         let rc = home.path().join("linphonerc");
         std::fs::write(
             &rc,
@@ -80,7 +76,9 @@ impl Linphone {
     /// answer ends when nothing more arrives for a moment).
     async fn cmd(&self, command: &str) -> String {
         let mut s = UnixStream::connect(&self.socket).await.unwrap();
-        s.write_all(format!("{command}\n").as_bytes()).await.unwrap();
+        s.write_all(format!("{command}\n").as_bytes())
+            .await
+            .unwrap();
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];
         let mut wait = Duration::from_secs(5);
@@ -147,10 +145,18 @@ async fn calls_across_the_mesh(transport: &str) {
     bob.cmd(&format!("register sip:bob@{} {} bob-pw", sip(2), proxy(2)))
         .await;
     alice
-        .wait_for("register-status ALL", "LinphoneRegistrationOk", "alice registers")
+        .wait_for(
+            "register-status ALL",
+            "LinphoneRegistrationOk",
+            "alice registers",
+        )
         .await;
-    bob.wait_for("register-status ALL", "LinphoneRegistrationOk", "bob registers")
-        .await;
+    bob.wait_for(
+        "register-status ALL",
+        "LinphoneRegistrationOk",
+        "bob registers",
+    )
+    .await;
     // The bindings are Linphone's, over the transport asked for, owned by the nodes they
     // registered with.
     let http = mesh.node(1).node().unwrap().http_addr().unwrap();
@@ -159,7 +165,10 @@ async fn calls_across_the_mesh(transport: &str) {
         assert_eq!(code, 200, "{v}");
         let b = &v["bindings"][0];
         assert_eq!(
-            b["transport"].as_str().map(str::to_ascii_lowercase).as_deref(),
+            b["transport"]
+                .as_str()
+                .map(str::to_ascii_lowercase)
+                .as_deref(),
             Some(transport),
             "{v}"
         );
@@ -176,14 +185,26 @@ async fn calls_across_the_mesh(transport: &str) {
         let answer = alice.cmd(&format!("call sip:bob@{}", sip(0))).await;
         assert!(answer.contains("Status: Ok"), "{answer}");
         alice
-            .wait_for("call-status", "LinphoneCallStreamsRunning", "alice's call is up")
+            .wait_for(
+                "call-status",
+                "LinphoneCallStreamsRunning",
+                "alice's call is up",
+            )
             .await;
-        bob.wait_for("call-status", "LinphoneCallStreamsRunning", "bob's call is up")
-            .await;
+        bob.wait_for(
+            "call-status",
+            "LinphoneCallStreamsRunning",
+            "bob's call is up",
+        )
+        .await;
         // Stays up.
         tokio::time::sleep(Duration::from_secs(1)).await;
         alice
-            .wait_for("call-status", "LinphoneCallStreamsRunning", "the call stays up")
+            .wait_for(
+                "call-status",
+                "LinphoneCallStreamsRunning",
+                "the call stays up",
+            )
             .await;
         let (hangs_up, other) = if hang_up_by_callee {
             (&bob, &alice)
@@ -193,7 +214,11 @@ async fn calls_across_the_mesh(transport: &str) {
         let answer = hangs_up.cmd("terminate").await;
         assert!(answer.contains("Status: Ok"), "{answer}");
         other
-            .wait_for("call-status", "No current call", "the BYE reaches the other side")
+            .wait_for(
+                "call-status",
+                "No current call",
+                "the BYE reaches the other side",
+            )
             .await;
         hangs_up
             .wait_for("call-status", "No current call", "the call ended")
