@@ -194,3 +194,134 @@ async fn a_datagram_without_content_length_reaches_a_tcp_phone_whole() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timer_c_cancels_the_ringing_branch_and_answers_408() {
+    within(120, async {
+        // Timer C at 2 s (RFC 3261 wants > 3 min; the rule is the same).
+        let mesh = mesh_with_users(3, &[("fay", "pw"), ("gus", "pw")], |c| {
+            c.timer_c = Duration::from_secs(2);
+        })
+        .await;
+        let mut callee = Ua::new("gus", sip(&mesh, 2)).await;
+        assert_eq!(callee.register("pw").await, 200);
+        let mut caller = Ua::new("fay", sip(&mesh, 0)).await;
+        assert_eq!(caller.register("pw").await, 200);
+        let call_id = format!("{}@test", token());
+        invite_with_auth(&mut caller, "gus", "pw", &call_id, "ft").await;
+        let invite = callee
+            .wait_request("INVITE", 5000)
+            .await
+            .expect("the INVITE");
+        let rang = std::time::Instant::now();
+        callee.respond(&invite, 180, "Ringing", "gt").await;
+        // Nobody answers. Timer C fires: the callee gets a CANCEL for this INVITE…
+        let cancel = callee
+            .wait_request("CANCEL", 10_000)
+            .await
+            .expect("a CANCEL when Timer C fires");
+        assert!(
+            rang.elapsed() >= Duration::from_millis(1500),
+            "{:?}",
+            rang.elapsed()
+        );
+        assert_eq!(
+            cancel.header(&HeaderName::CallId),
+            invite.header(&HeaderName::CallId)
+        );
+        callee.respond(&cancel, 200, "OK", "gt").await;
+        callee
+            .respond(&invite, 487, "Request Terminated", "gt")
+            .await;
+        // …and the caller gets 408 (once), not a ringing call that never ends.
+        let last = caller
+            .wait_final("INVITE", 10_000)
+            .await
+            .expect("a final answer upstream");
+        assert_eq!(last.status(), Some(408), "{:?}", last.start);
+        // The 487 is ACKed by the proxy (no retransmissions reach the caller as a second final).
+        assert!(callee.wait_request("ACK", 5000).await.is_some());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_right_behind_its_invite_always_ends_the_call() {
+    within(120, async {
+        let mesh = mesh_with_users(3, &[("hal", "pw")], |_| {}).await;
+        let mut callee = Ua::new("hal", sip(&mesh, 2)).await;
+        assert_eq!(callee.register("pw").await, 200);
+        let server = sip(&mesh, 0);
+        let mut caller = Client::udp(server).await;
+        // The CANCEL leaves right behind the INVITE, so it usually arrives while the INVITE is
+        // still being routed (location lookup across the mesh), before any branch exists.
+        let me = caller.local();
+        for round in 0..10 {
+            let (branch, tag, call_id) = (token(), token(), format!("{}@test", token()));
+            let head = |method: &str| {
+                format!(
+                    "{method} sip:hal@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{branch};rport\r\nMax-Forwards: 70\r\nFrom: <sip:guest@example.org>;tag={tag}\r\nTo: <sip:hal@{server}>\r\nCall-ID: {call_id}\r\nCSeq: 1 {method}\r\n"
+                )
+            };
+            let invite = format!(
+                "{}Contact: <sip:guest@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n",
+                head("INVITE")
+            );
+            let cancel = format!("{}Content-Length: 0\r\n\r\n", head("CANCEL"));
+            caller.send(invite.as_bytes()).await;
+            caller.send(cancel.as_bytes()).await;
+            // The callee, if the INVITE reached it, rings and must then get the CANCEL.
+            let mut rang = false;
+            let mut cancelled = false;
+            let deadline = std::time::Instant::now() + Duration::from_secs(3);
+            while std::time::Instant::now() < deadline && !(rang && cancelled) {
+                let Some(m) = callee.wait_for(300, |m| m.is_request()).await else {
+                    if !rang {
+                        break;
+                    }
+                    continue;
+                };
+                if m.header(&HeaderName::CallId) != Some(call_id.as_str()) {
+                    continue;
+                }
+                match m.method().map(|x| x.as_str().to_string()).as_deref() {
+                    Some("INVITE") => {
+                        rang = true;
+                        callee.respond(&m, 180, "Ringing", "ht").await;
+                    }
+                    Some("CANCEL") => {
+                        cancelled = true;
+                        callee.respond(&m, 200, "OK", "ht").await;
+                    }
+                    _ => {}
+                }
+            }
+            assert!(
+                !rang || cancelled,
+                "round {round}: the callee rings and never hears the CANCEL"
+            );
+            // The caller: 200 for its CANCEL, and a final answer for its INVITE (487).
+            let (mut cancel_ok, mut invite_final) = (None, None);
+            while cancel_ok.is_none() || invite_final.is_none() {
+                let m = caller
+                    .recv_final(5000)
+                    .await
+                    .unwrap_or_else(|| panic!("round {round}: {cancel_ok:?} {invite_final:?}"));
+                let cseq = m.header(&HeaderName::CSeq).unwrap_or_default().to_string();
+                if cseq.ends_with("CANCEL") {
+                    cancel_ok = m.status();
+                } else if cseq.ends_with("INVITE") {
+                    invite_final = m.status();
+                    let ack = format!(
+                        "{}Content-Length: 0\r\n\r\n",
+                        head("ACK").replace(&format!("To: <sip:hal@{server}>"), m.header(&HeaderName::To).map(|t| format!("To: {t}")).unwrap_or_default().as_str())
+                    );
+                    caller.send(ack.as_bytes()).await;
+                }
+            }
+            assert_eq!(cancel_ok, Some(200), "round {round}");
+            assert_eq!(invite_final, Some(487), "round {round}");
+        }
+    })
+    .await;
+}

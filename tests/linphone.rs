@@ -73,12 +73,21 @@ impl Linphone {
     }
 
     /// Send one command and return the daemon's answer (it keeps the connection open, so the
-    /// answer ends when nothing more arrives for a moment).
+    /// answer ends when nothing more arrives for a moment). The daemon serves one client at a
+    /// time and may drop a connection made while it still closes the previous one: retried.
     async fn cmd(&self, command: &str) -> String {
-        let mut s = UnixStream::connect(&self.socket).await.unwrap();
-        s.write_all(format!("{command}\n").as_bytes())
-            .await
-            .unwrap();
+        for _ in 0..50 {
+            if let Some(answer) = self.try_cmd(command).await {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("linphone-daemon does not answer `{command}`");
+    }
+
+    async fn try_cmd(&self, command: &str) -> Option<String> {
+        let mut s = UnixStream::connect(&self.socket).await.ok()?;
+        s.write_all(format!("{command}\n").as_bytes()).await.ok()?;
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];
         let mut wait = Duration::from_secs(5);
@@ -89,7 +98,8 @@ impl Linphone {
             out.extend_from_slice(&buf[..n]);
             wait = Duration::from_millis(200);
         }
-        String::from_utf8_lossy(&out).into_owned()
+        let answer = String::from_utf8_lossy(&out).into_owned();
+        answer.contains("Status:").then_some(answer)
     }
 
     /// Poll `command` until its answer contains `want`.

@@ -226,7 +226,7 @@ impl Dispatcher {
             }
             Method::Cancel => {
                 let invite_key = ServerKey::of(&req.msg, &req.c.via, &Method::Invite);
-                self.proxy.cancel(&req, &invite_key);
+                self.proxy.cancel(req, &invite_key).await;
                 return;
             }
             _ => {}

@@ -77,6 +77,9 @@ pub struct NodeConfig {
     /// How long a call lasts before its dialog is written to the keyspace (shorter calls
     /// write nothing).
     pub dialog_write_after: Duration,
+    /// Timer C: how long a ringing INVITE branch waits for an answer before it is cancelled
+    /// and the caller gets 408 (RFC 3261 §16.6 step 11: above 3 minutes; tests use less).
+    pub timer_c: Duration,
     /// The routing policy (domains, trunk, caps, challenged methods).
     pub policy: PolicyConfig,
     /// Rate limits and bans.
@@ -108,6 +111,7 @@ impl NodeConfig {
             dialog_ttl: crate::call::dialog::DEFAULT_DIALOG_TTL,
             dialog_grace: Duration::from_secs(30),
             dialog_write_after: crate::call::dialog::DEFAULT_WRITE_AFTER,
+            timer_c: crate::sip::transaction::timers::C,
             policy: PolicyConfig::default(),
             throttle: ThrottleConfig::default(),
             insecure_open_mesh: false,
@@ -235,7 +239,7 @@ impl Node {
             background.spawn("secret refresh", |s| refresh_secret(mesh, secret, s));
         }
         let ctx = Arc::new(Context {
-            transactions: Transactions::new(transport.clone()),
+            transactions: Transactions::new(transport.clone(), config.timer_c),
             transport: transport.clone(),
             mesh: mesh.clone(),
             users: users.clone(),

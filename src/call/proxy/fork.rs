@@ -39,6 +39,21 @@ use crate::sip::request::cancel_for;
 use crate::sip::transaction::{ClientEvent, ClientUser, Discard, ServerKey};
 use crate::sip::{random_tag, Fault};
 
+/// INVITEs cancelled before their fork existed are remembered at most this long (64·T1: the
+/// longest an INVITE can take to be routed before its caller gives up)…
+const EARLY_CANCEL_TTL: std::time::Duration = crate::sip::transaction::timers::B;
+/// …and at most this many.
+const MAX_EARLY_CANCELS: usize = 4_096;
+
+/// The proxy's table of running forks, and of INVITEs cancelled while still being routed
+/// (authentication, location lookup, DNS, connect): one lock, so a CANCEL and the fork it
+/// races with agree on which came first.
+#[derive(Default)]
+pub(super) struct Forks {
+    running: std::collections::HashMap<ServerKey, Arc<Mutex<Fork>>>,
+    cancelled_early: std::collections::HashMap<ServerKey, std::time::Instant>,
+}
+
 /// Where a branch is (its client transaction's view, as far as the fork cares).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -153,10 +168,11 @@ impl Proxy {
             }
         }
         let key = req.key;
+        let hash = Self::loop_hash(&req.msg, &req.c);
         let fork = Arc::new_cyclic(|me| {
             Mutex::new(Fork {
                 me: me.clone(),
-                hash: Self::loop_hash(&req.msg, &req.c),
+                hash,
                 proxy: self.clone(),
                 req,
                 plan,
@@ -166,11 +182,16 @@ impl Proxy {
                 done: false,
             })
         });
-        // The fork is in the table before any branch can answer.
-        self.forks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, fork.clone());
+        // The fork is in the table before any branch can answer, unless a CANCEL came while
+        // the INVITE was being routed: then it was answered 487 already, and goes nowhere.
+        {
+            let mut forks = self.forks.lock().unwrap_or_else(|p| p.into_inner());
+            if forks.cancelled_early.remove(&key).is_some() {
+                debug!("INVITE cancelled while being routed; not forwarded");
+                return;
+            }
+            forks.running.insert(key, fork.clone());
+        }
         let mut f = fork.lock().unwrap_or_else(|p| p.into_inner());
         for chain in chains {
             // A target and its standby flows: the first that starts is the branch.
@@ -211,36 +232,77 @@ impl Proxy {
         self.forks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .running
             .remove(key);
     }
 
-    /// The fork of a server transaction, if one is running.
-    fn fork_of(&self, key: &ServerKey) -> Option<Arc<Mutex<Fork>>> {
-        self.forks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .cloned()
-    }
-
-    /// A CANCEL arrived (§16.10): answer it, and cancel the matching INVITE's branches; 481 if
-    /// no INVITE of ours matches.
-    pub fn cancel(&self, cancel: &Inbound, invite_key: &ServerKey) {
-        match self.fork_of(invite_key) {
-            Some(fork) => {
-                fork.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .cancel_pending();
-                let ok = ResponseBuilder::new(&cancel.msg, 200, "OK")
-                    .to_tag(cancel.c.to.tag().unwrap_or(&random_tag()))
+    /// A CANCEL arrived (§16.10): answer it, and cancel the matching INVITE's branches. An
+    /// INVITE still being routed (no branch yet) is answered 487 at once and never forwarded.
+    /// With no INVITE of ours at all, a CANCEL routed onward (a Route naming another hop) is
+    /// forwarded statelessly, as the INVITE may have been; any other gets 481.
+    pub async fn cancel(&self, cancel: Inbound, invite_key: &ServerKey) {
+        enum Context {
+            Fork(Arc<Mutex<Fork>>),
+            Routing,
+            None,
+        }
+        let context = {
+            let mut forks = self.forks.lock().unwrap_or_else(|p| p.into_inner());
+            match forks.running.get(invite_key) {
+                Some(fork) => Context::Fork(fork.clone()),
+                None if self.ctx.transactions.awaiting_final(invite_key) => {
+                    let now = std::time::Instant::now();
+                    let early = &mut forks.cancelled_early;
+                    if early.len() >= MAX_EARLY_CANCELS {
+                        early.retain(|_, at| now.duration_since(*at) < EARLY_CANCEL_TTL);
+                    }
+                    if early.len() < MAX_EARLY_CANCELS {
+                        early.insert(*invite_key, now);
+                    }
+                    Context::Routing
+                }
+                None => Context::None,
+            }
+        };
+        match context {
+            Context::None => {
+                let onward = self
+                    .process_routes(&cancel.msg.values(&HeaderName::Route))
+                    .next
+                    .is_some();
+                if onward {
+                    self.forward_stateless(cancel).await;
+                } else {
+                    self.reject(&cancel, Fault::new(481, "Call/Transaction Does Not Exist"));
+                }
+                return;
+            }
+            Context::Fork(fork) => fork
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .cancel_pending(),
+            Context::Routing => {
+                // The INVITE's own answer: 487 (§9.2), built from the CANCEL, which carries
+                // the INVITE's Via, From, To, Call-ID and CSeq number.
+                let terminated = ResponseBuilder::new(&cancel.msg, 487, "Request Terminated")
+                    .to_tag(&random_tag())
                     .top_via(cancel.top_via.clone())
                     .build();
+                let terminated = String::from_utf8_lossy(&terminated)
+                    .replacen(" CANCEL\r\n", " INVITE\r\n", 1)
+                    .into_bytes();
                 self.ctx
                     .transactions
-                    .respond(&cancel.key, 200, Arc::from(ok));
+                    .respond(invite_key, 487, Arc::from(terminated));
             }
-            None => self.reject(cancel, Fault::new(481, "Call/Transaction Does Not Exist")),
         }
+        let ok = ResponseBuilder::new(&cancel.msg, 200, "OK")
+            .to_tag(cancel.c.to.tag().unwrap_or(&random_tag()))
+            .top_via(cancel.top_via.clone())
+            .build();
+        self.ctx
+            .transactions
+            .respond(&cancel.key, 200, Arc::from(ok));
     }
 
     /// A mesh node went down: every branch through it fails now (no answer will come).
@@ -249,6 +311,7 @@ impl Proxy {
             .forks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .running
             .values()
             .cloned()
             .collect();
@@ -261,8 +324,12 @@ impl Proxy {
                 .filter(|(_, b)| b.state != State::Completed && b.flow.mesh_node() == Some(node))
                 .map(|(i, _)| i)
                 .collect();
+            // As a 408, but no CANCEL: there is no one to send it to, and a standby flow
+            // of the phone may still take the call.
             for i in through {
-                f.on_event(i, ClientEvent::Timeout);
+                if !f.done {
+                    f.on_final(i, Final::Local(408));
+                }
             }
         }
     }
@@ -327,7 +394,16 @@ impl Fork {
                 None => return true,
             },
             ClientEvent::Timeout if self.branches[i].state == State::Completed => return true,
-            ClientEvent::Timeout => Final::Local(408),
+            ClientEvent::Timeout => {
+                // Timer C (§16.8) on a ringing branch: CANCEL it, or the callee keeps ringing
+                // and its later 200 makes a call nobody upstream waits for.
+                if self.branches[i].state == State::Proceeding {
+                    self.branches[i].cancel_wanted = true;
+                    self.branches[i].standby.clear();
+                    self.proxy.cancel_branch(&self.branches[i]);
+                }
+                Final::Local(408)
+            }
         };
         self.on_final(i, reply);
         true
@@ -345,6 +421,9 @@ impl Fork {
     /// upstream unless it is a 100 or the call is already answered.
     fn on_provisional(&mut self, i: usize, code: u16, m: &Message) {
         let b = &mut self.branches[i];
+        if b.state == State::Completed {
+            return; // a branch given up (Timer C) still rings until its CANCEL lands
+        }
         if b.state == State::Trying {
             b.state = State::Proceeding;
             if b.cancel_wanted {
@@ -426,6 +505,12 @@ impl Fork {
     fn on_answered(&self, i: usize, response: &Message) {
         let proxy = &self.proxy;
         match self.req.c.method {
+            // A re-INVITE's 2xx: the dialog exists; its record (route sets, nodes, which side
+            // called) is never rebuilt from a mid-dialog exchange, where the parties may be
+            // the other way round.
+            Method::Invite if self.req.c.to.tag().is_some() => {
+                proxy.dialogs.touch(&dialog::id_of(&self.req.c));
+            }
             Method::Invite => {
                 let now = proxy.ctx.mesh.keyspace().wall_ms();
                 let request = &self.branches[i].request;

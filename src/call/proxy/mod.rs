@@ -124,8 +124,9 @@ pub struct Proxy {
     addr: SocketAddr,
     /// Other members' SIP addresses (`host:port`), as their tags publish them.
     addrs: Mutex<HashMap<PeerId, String>>,
-    /// Requests being forwarded, by server transaction (for CANCEL and members going down).
-    forks: Mutex<HashMap<ServerKey, Arc<Mutex<fork::Fork>>>>,
+    /// Requests being forwarded, by server transaction (for CANCEL and members going down),
+    /// and INVITEs cancelled while still being routed.
+    forks: Mutex<fork::Forks>,
     /// Numbers this proxy's branches.
     branches: AtomicU64,
 }
@@ -160,7 +161,7 @@ impl Proxy {
             dialogs,
             config,
             addr,
-            forks: Mutex::new(HashMap::new()),
+            forks: Mutex::new(fork::Forks::default()),
             branches: AtomicU64::new(1),
         })
     }

@@ -40,6 +40,11 @@ pub struct ClientTransaction {
     /// Timer B/F (timeout), C (proxy INVITE after a provisional), D/K/M (end of state).
     ends: Option<Instant>,
     ack: Option<Arc<[u8]>>,
+    /// Timer C's duration (RFC 3261 §16.6 step 11; > 3 min unless configured otherwise).
+    timer_c: Duration,
+    /// Timer C fired: the user was told (and cancels the branch); the transaction waits up to
+    /// 64·T1 for the final response the CANCEL brings (§9.1).
+    timer_c_fired: bool,
 }
 
 impl ClientTransaction {
@@ -59,6 +64,8 @@ impl ClientTransaction {
             ends: Some(now + if invite { timers::B } else { timers::F }),
             ack: None,
             request: Some(request),
+            timer_c: timers::C,
+            timer_c_fired: false,
         };
         let send = t
             .request
@@ -66,6 +73,12 @@ impl ClientTransaction {
             .map(|r| Action::Send(r.raw.clone()))
             .collect();
         (t, send)
+    }
+
+    /// Use `d` for Timer C (a proxy may choose any value above 3 minutes; tests use less).
+    pub fn with_timer_c(mut self, d: Duration) -> Self {
+        self.timer_c = d;
+        self
     }
 
     /// The current state.
@@ -112,7 +125,11 @@ impl ClientTransaction {
         if code < 200 {
             if self.invite {
                 self.retransmit = None;
-                self.ends = Some(now + timers::C);
+                // Timer C replaces Timer B at the first response, and only a provisional
+                // response other than 100 restarts it (§16.7 step 2); never once it fired.
+                if !self.timer_c_fired && (code > 100 || self.state == State::Calling) {
+                    self.ends = Some(now + self.timer_c);
+                }
             } else if self.state == State::Trying {
                 // Non-INVITE keeps retransmitting in Proceeding, at T2.
                 if let Some((at, _)) = self.retransmit {
@@ -182,6 +199,14 @@ impl ClientTransaction {
             }
         }
         if self.ends.is_some_and(|e| now >= e) {
+            if self.invite && self.state == State::Proceeding && !self.timer_c_fired {
+                // Timer C (§16.8): the user cancels the branch; its final response (487, or a
+                // 2xx that crossed the CANCEL) still comes through this transaction.
+                self.timer_c_fired = true;
+                self.ends = Some(now + timers::B);
+                out.push(Action::Timeout);
+                return out;
+            }
             if matches!(
                 self.state,
                 State::Calling | State::Trying | State::Proceeding
@@ -273,6 +298,46 @@ mod tests {
             [Action::Deliver(_)]
         ));
         t.on_timer(t0 + timers::M);
+        assert!(t.is_terminated());
+    }
+
+    #[test]
+    fn timer_c_restarts_only_on_101_to_199_and_leaves_room_for_the_cancels_answer() {
+        let t0 = Instant::now();
+        let (t, _) = ClientTransaction::new(msg(INVITE), true, t0);
+        let mut t = t.with_timer_c(Duration::from_secs(60));
+        let s = Duration::from_secs;
+        t.on_response(response(100, "INVITE"), t0);
+        // A 100 started Timer C (Timer B no longer applies in Proceeding)…
+        assert!(t.on_timer(t0 + timers::B).is_empty());
+        // …and further 100s do not restart it; a 180 does.
+        t.on_response(response(100, "INVITE"), t0 + s(50));
+        assert_eq!(t.deadline(), Some(t0 + s(60)));
+        t.on_response(response(180, "INVITE"), t0 + s(55));
+        assert_eq!(t.deadline(), Some(t0 + s(115)));
+        // Expiry: the user hears a timeout (and cancels), the transaction stays to take the
+        // 487 the CANCEL brings, ACKs it, and nothing restarts Timer C any more.
+        let fired = t.on_timer(t0 + s(115));
+        assert!(matches!(fired.as_slice(), [Action::Timeout]));
+        assert!(!t.is_terminated());
+        t.on_response(response(180, "INVITE"), t0 + s(116));
+        assert_eq!(t.deadline(), Some(t0 + s(115) + timers::B));
+        let a = t.on_response(response(487, "INVITE"), t0 + s(117));
+        assert_eq!(sends(&a), 1, "the 487 is ACKed");
+        assert_eq!(t.state(), State::Completed);
+    }
+
+    #[test]
+    fn timer_c_without_an_answer_to_the_cancel_ends_after_64_t1() {
+        let t0 = Instant::now();
+        let (t, _) = ClientTransaction::new(msg(INVITE), true, t0);
+        let mut t = t.with_timer_c(Duration::from_secs(10));
+        t.on_response(response(180, "INVITE"), t0);
+        assert!(matches!(
+            t.on_timer(t0 + Duration::from_secs(10)).as_slice(),
+            [Action::Timeout]
+        ));
+        t.on_timer(t0 + Duration::from_secs(10) + timers::B);
         assert!(t.is_terminated());
     }
 

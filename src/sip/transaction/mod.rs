@@ -179,15 +179,19 @@ pub struct Transactions {
     inner: Mutex<Inner>,
     wake: Notify,
     transport: Arc<Transport>,
+    /// Timer C of proxied INVITEs.
+    timer_c: std::time::Duration,
 }
 
 impl Transactions {
-    /// The transaction layer over `transport`; spawns its timer task.
-    pub fn new(transport: Arc<Transport>) -> Arc<Self> {
+    /// The transaction layer over `transport`, with `timer_c` for proxied INVITEs (RFC 3261
+    /// §16.6 step 11: above 3 minutes; [`timers::C`] by default); spawns its timer task.
+    pub fn new(transport: Arc<Transport>, timer_c: std::time::Duration) -> Arc<Self> {
         let t = Arc::new(Transactions {
             inner: Mutex::new(Inner::default()),
             wake: Notify::new(),
             transport,
+            timer_c,
         });
         tokio::spawn(timer_loop(Arc::downgrade(&t)));
         t
@@ -294,6 +298,16 @@ impl Transactions {
         ServerMatch::New
     }
 
+    /// Whether server transaction `key` exists and has sent no final response yet.
+    pub fn awaiting_final(&self, key: &ServerKey) -> bool {
+        self.lock().server.get(key).is_some_and(|e| {
+            matches!(
+                e.txn.state(),
+                server::State::Trying | server::State::Proceeding
+            )
+        })
+    }
+
     /// The transaction user answers server transaction `key` with a response of status `code`.
     pub fn respond(&self, key: &ServerKey, code: u16, bytes: Arc<[u8]>) {
         let now = Instant::now();
@@ -339,6 +353,7 @@ impl Transactions {
         let key = ClientKey::new(branch, &method);
         let (txn, actions) =
             client::ClientTransaction::new(request, flow.is_reliable(), Instant::now());
+        let txn = txn.with_timer_c(self.timer_c);
         // In the table before the first send: the answer may come back on another thread
         // before `send` returns.
         let deadline = txn.deadline();

@@ -55,7 +55,6 @@ impl ServerTransaction {
     }
 
     /// The current state.
-    #[cfg(test)]
     pub fn state(&self) -> State {
         self.state
     }
