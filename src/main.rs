@@ -118,6 +118,10 @@ struct NodeArgs {
     /// SIP address, UDP and TCP (IP:PORT).
     #[arg(long, env = "SIPMESH_SIP_LISTEN")]
     sip_listen: Option<String>,
+    /// The SIP address phones and other nodes reach, HOST[:PORT] (a hostname or an IP), when
+    /// it is not the bound one: required with --sip-listen 0.0.0.0:PORT, or behind a NAT.
+    #[arg(long, env = "SIPMESH_SIP_ADVERTISE", value_name = "HOST[:PORT]")]
+    sip_advertise: Option<String>,
     /// libp2p listen multiaddr, e.g. /ip4/0.0.0.0/tcp/4001.
     #[arg(long, env = "SIPMESH_P2P_LISTEN")]
     p2p_listen: Option<String>,
@@ -197,6 +201,19 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
         .or(file.sip_listen)
         .ok_or_else(|| anyhow!("missing --sip-listen (or sip_listen in --config)"))?;
     c.sip_listen = parse_sock("--sip-listen", &sip)?;
+    c.sip_advertise = args.sip_advertise.or(file.sip_advertise.clone());
+    if let Some(a) = &c.sip_advertise {
+        if sipmesh::sip::address::HostPort::parse(a, c.sip_listen.port()).is_none() {
+            bail!("--sip-advertise {a:?} is not HOST[:PORT] (a hostname or an IP address)");
+        }
+    }
+    if c.sip_listen.ip().is_unspecified() && c.sip_advertise.is_none() {
+        bail!(
+            "--sip-listen {} binds every address: add --sip-advertise HOST[:PORT], the address \
+             phones and other nodes reach",
+            c.sip_listen
+        );
+    }
     let p2p = args
         .p2p_listen
         .or(file.p2p_listen)

@@ -270,58 +270,115 @@ async fn a_cancel_right_behind_its_invite_always_ends_the_call() {
             let cancel = format!("{}Content-Length: 0\r\n\r\n", head("CANCEL"));
             caller.send(invite.as_bytes()).await;
             caller.send(cancel.as_bytes()).await;
-            // The callee, if the INVITE reached it, rings and must then get the CANCEL.
-            let mut rang = false;
-            let mut cancelled = false;
-            let deadline = std::time::Instant::now() + Duration::from_secs(3);
-            while std::time::Instant::now() < deadline && !(rang && cancelled) {
-                let Some(m) = callee.wait_for(300, |m| m.is_request()).await else {
-                    if !rang {
-                        break;
+            // The callee rings if the INVITE reaches it, and answers a CANCEL as a phone does
+            // (200 to the CANCEL, 487 to the INVITE); the caller needs 200 for its CANCEL and
+            // a final answer to its INVITE.
+            let (mut invite_seen, mut cancelled) = (None, false);
+            let (mut cancel_ok, mut invite_final) = (None, None);
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while cancel_ok.is_none() || invite_final.is_none() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "round {round}: CANCEL {cancel_ok:?}, INVITE {invite_final:?}, callee rang: \
+                     {}, cancelled: {cancelled}",
+                    invite_seen.is_some()
+                );
+                if let Some(m) = callee.wait_for(100, |m| m.is_request()).await {
+                    if m.header(&HeaderName::CallId) == Some(call_id.as_str()) {
+                        match m.method().map(|x| x.as_str().to_string()).as_deref() {
+                            Some("INVITE") => {
+                                callee.respond(&m, 180, "Ringing", "ht").await;
+                                invite_seen = Some(m);
+                            }
+                            Some("CANCEL") => {
+                                cancelled = true;
+                                callee.respond(&m, 200, "OK", "ht").await;
+                                if let Some(inv) = &invite_seen {
+                                    callee.respond(inv, 487, "Request Terminated", "ht").await;
+                                }
+                            }
+                            _ => {}
+                        }
                     }
+                }
+                let Some(raw) = caller.recv_raw(100).await else {
                     continue;
                 };
-                if m.header(&HeaderName::CallId) != Some(call_id.as_str()) {
+                let Ok(m) = Message::parse(&raw, false) else {
+                    continue;
+                };
+                if m.status().is_none_or(|c| c < 200) {
                     continue;
                 }
-                match m.method().map(|x| x.as_str().to_string()).as_deref() {
-                    Some("INVITE") => {
-                        rang = true;
-                        callee.respond(&m, 180, "Ringing", "ht").await;
-                    }
-                    Some("CANCEL") => {
-                        cancelled = true;
-                        callee.respond(&m, 200, "OK", "ht").await;
-                    }
-                    _ => {}
-                }
-            }
-            assert!(
-                !rang || cancelled,
-                "round {round}: the callee rings and never hears the CANCEL"
-            );
-            // The caller: 200 for its CANCEL, and a final answer for its INVITE (487).
-            let (mut cancel_ok, mut invite_final) = (None, None);
-            while cancel_ok.is_none() || invite_final.is_none() {
-                let m = caller
-                    .recv_final(5000)
-                    .await
-                    .unwrap_or_else(|| panic!("round {round}: {cancel_ok:?} {invite_final:?}"));
                 let cseq = m.header(&HeaderName::CSeq).unwrap_or_default().to_string();
                 if cseq.ends_with("CANCEL") {
                     cancel_ok = m.status();
                 } else if cseq.ends_with("INVITE") {
                     invite_final = m.status();
+                    let to = m.header(&HeaderName::To).unwrap_or_default().to_string();
                     let ack = format!(
                         "{}Content-Length: 0\r\n\r\n",
-                        head("ACK").replace(&format!("To: <sip:hal@{server}>"), m.header(&HeaderName::To).map(|t| format!("To: {t}")).unwrap_or_default().as_str())
+                        head("ACK").replace(&format!("To: <sip:hal@{server}>"), &format!("To: {to}"))
                     );
                     caller.send(ack.as_bytes()).await;
                 }
             }
+            assert!(
+                invite_seen.is_none() || cancelled,
+                "round {round}: the callee rang and never heard the CANCEL"
+            );
             assert_eq!(cancel_ok, Some(200), "round {round}");
             assert_eq!(invite_final, Some(487), "round {round}");
         }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_bound_to_every_address_names_itself_by_its_advertised_name() {
+    within(120, async {
+        let mesh = mesh_with_users(1, &[("ida", "pw")], |c| {
+            c.sip_listen = "0.0.0.0:0".parse().unwrap();
+            c.sip_advertise = Some("localhost".into());
+        })
+        .await;
+        let node = mesh.node(0).node().unwrap();
+        let port = node.sip_addr().port();
+        let server: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let name = format!("localhost:{port}");
+        assert_eq!(node.sip_advertised(), name);
+        let http = node.http_addr().unwrap();
+        let (_, status) = http_get(format!("http://{http}/v1/status")).await;
+        assert_eq!(status["sip"], format!("sip:{name}"), "{status}");
+        let mut callee = Ua::new("ida", server).await;
+        assert_eq!(callee.register("pw").await, 200);
+        // A preloaded Route naming the node by its name: the node's own, popped (not a loop
+        // into itself, not a foreign hop).
+        let mut caller = Client::udp(server).await;
+        let me = caller.local();
+        let invite = format!(
+            "INVITE sip:ida@{name} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{};rport\r\nMax-Forwards: 70\r\nRoute: <sip:{name};lr>\r\nFrom: <sip:guest@example.org>;tag={}\r\nTo: <sip:ida@{name}>\r\nCall-ID: {}@test\r\nCSeq: 1 INVITE\r\nContact: <sip:guest@{me}>\r\nContent-Length: 0\r\n\r\n",
+            token(),
+            token(),
+            token()
+        );
+        caller.send(invite.as_bytes()).await;
+        let got = callee
+            .wait_request("INVITE", 5000)
+            .await
+            .expect("the INVITE, through the node's own Route");
+        let text = String::from_utf8_lossy(&got.raw).to_string();
+        assert!(!text.contains("0.0.0.0"), "the bound address leaked:\n{text}");
+        let via = got.values(&HeaderName::Via)[0].to_string();
+        assert!(via.contains(&format!(" {name};")), "{via}");
+        let rr = got.values(&HeaderName::RecordRoute);
+        assert!(!rr.is_empty() && rr.iter().all(|r| r.contains(&name)), "{rr:?}");
+        assert!(got.values(&HeaderName::Route).is_empty(), "our Route was not popped");
+        // Answered to the node by its bound address (the helper cannot resolve names).
+        let busy = callee.answer(&got, 486, "Busy Here", "it");
+        callee.send(&busy).await;
+        let last = caller.recv_final(5000).await.expect("the 486 relayed back");
+        assert_eq!(last.status(), Some(486));
     })
     .await;
 }

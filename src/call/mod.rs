@@ -54,6 +54,8 @@ pub(crate) struct Context {
     pub policy: Arc<policy::Policy>,
     /// Rate limits and bans.
     pub throttle: Arc<throttle::Throttle>,
+    /// This node's SIP names: the advertised address and every name it answers to.
+    pub names: crate::sip::address::OwnNames,
 }
 
 impl Context {
@@ -63,21 +65,17 @@ impl Context {
         if self.policy.is_named_domain(&u.host) {
             return true;
         }
-        let Ok(ip) = u.host.parse::<std::net::IpAddr>() else {
-            return false;
-        };
-        let at =
-            std::net::SocketAddr::new(ip, u.port.unwrap_or(if u.secure { 5061 } else { 5060 }));
-        let own = self.transport.local_addr();
-        if at.port() == own.port() && (ip == own.ip() || own.ip().is_unspecified()) {
+        let port = u.port.unwrap_or(if u.secure { 5061 } else { 5060 });
+        if self.names.is_own(&u.host, Some(port)) {
             return true;
         }
         self.mesh.members().iter().any(|m| {
-            m.tags.get("sip").and_then(|s| {
-                s.trim_start_matches("sip:")
-                    .parse::<std::net::SocketAddr>()
-                    .ok()
-            }) == Some(at)
+            m.tags
+                .get("sip")
+                .and_then(|s| {
+                    crate::sip::address::HostPort::parse(s.trim_start_matches("sip:"), 5060)
+                })
+                .is_some_and(|hp| hp.matches(&u.host, Some(port)))
         })
     }
 }

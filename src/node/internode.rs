@@ -111,8 +111,13 @@ impl Members {
         }
         let addr = self
             .mesh
-            .tag(peer, "sip")
-            .and_then(|s| s.trim_start_matches("sip:").parse().ok());
+            .tag(peer, "sip_ip")
+            .and_then(|s| s.parse().ok())
+            .or_else(|| {
+                self.mesh
+                    .tag(peer, "sip")
+                    .and_then(|s| s.trim_start_matches("sip:").parse().ok())
+            });
         if cache.len() >= MAX_CACHED_ADDRS {
             cache.clear();
         }

@@ -38,6 +38,7 @@ use crate::node::dispatch::Dispatcher;
 use crate::node::internode::{
     seal, AppMessage, Internode, Members, DATAGRAM_MAGIC, DATAGRAM_MAX_SIP,
 };
+use crate::sip::address::{HostPort, OwnNames};
 use crate::sip::transaction::Transactions;
 use crate::sip::transport::{SendError, Transport, TransportLimits};
 use crate::tables::{self, MESH};
@@ -53,6 +54,9 @@ pub struct NodeConfig {
     pub sync: SyncPolicy,
     /// SIP address (UDP and TCP).
     pub sip_listen: SocketAddr,
+    /// The SIP address phones and other nodes reach (`host[:port]`, a hostname or an IP), when
+    /// it is not the bound one: bound to 0.0.0.0, or behind a NAT. Required for 0.0.0.0.
+    pub sip_advertise: Option<String>,
     /// The admin API's address, published to the mesh (bound and served by
     /// [`crate::ops::launch`]; `None`: no admin API).
     pub http_listen: Option<SocketAddr>,
@@ -100,6 +104,7 @@ impl NodeConfig {
             data_dir,
             sync: SyncPolicy::default(),
             sip_listen: "127.0.0.1:0".parse().expect("valid"),
+            sip_advertise: None,
             http_listen: Some("127.0.0.1:0".parse().expect("valid")),
             realm: "sipmesh".into(),
             auth_invites: true,
@@ -141,6 +146,10 @@ pub struct Node {
     pub(crate) config: Arc<NodeConfig>,
     /// The node's background loops.
     background: Arc<Background>,
+    /// The SIP address it advertises (`host:port`).
+    advertised: String,
+    /// The IP address and port other nodes send SIP to.
+    mesh_sip: SocketAddr,
 }
 
 const SECRET_KEY: &[u8] = b"nonce_secret";
@@ -216,10 +225,14 @@ impl Node {
                 source,
             })?;
         let sip_addr = transport.local_addr();
+        let (names, mesh_sip) = sip_names(&config, sip_addr)?;
         let mut mesh_config = config.mesh.clone();
         mesh_config
             .tags
-            .insert("sip".into(), format!("sip:{sip_addr}"));
+            .insert("sip".into(), format!("sip:{}", names.advertised()));
+        mesh_config
+            .tags
+            .insert("sip_ip".into(), mesh_sip.to_string());
         mesh_config
             .tags
             .insert("capacity".into(), config.capacity.to_string());
@@ -248,6 +261,7 @@ impl Node {
             secret,
             policy: Arc::new(Policy::new(config.policy.clone(), &config.realm)),
             throttle: Arc::new(Throttle::new(config.throttle.clone())),
+            names,
         });
         let registrar = Arc::new(Registrar::new(
             ctx.clone(),
@@ -288,6 +302,8 @@ impl Node {
             throttle: ctx.throttle.clone(),
             config: Arc::new(config),
             background,
+            advertised: ctx.names.advertised().to_string(),
+            mesh_sip,
         };
         node.background
             .spawn("internode", |s| serve_internode(node.clone(), app_rx, s));
@@ -345,9 +361,15 @@ impl Node {
         self.mesh.keyspace()
     }
 
-    /// The SIP address.
+    /// The SIP address (bound).
     pub fn sip_addr(&self) -> SocketAddr {
         self.transport.local_addr()
+    }
+
+    /// The SIP address phones and other nodes reach (`host:port`): `--sip-advertise`, or the
+    /// bound address.
+    pub fn sip_advertised(&self) -> &str {
+        &self.advertised
     }
 
     /// The admin API's address, if it runs.
@@ -458,6 +480,38 @@ impl Node {
     }
 }
 
+/// This node's SIP names, and the IP address and port other nodes send SIP to: the advertised
+/// address when it is an IP, else the bound one, else the advertised name resolved (once, at
+/// start).
+fn sip_names(config: &NodeConfig, bound: SocketAddr) -> Result<(OwnNames, SocketAddr)> {
+    let advertised =
+        match &config.sip_advertise {
+            Some(a) => Some(HostPort::parse(a, bound.port()).ok_or_else(|| {
+                Error::Config(format!("--sip-advertise {a:?} is not HOST[:PORT]"))
+            })?),
+            None if bound.ip().is_unspecified() => {
+                return Err(Error::Config(format!(
+                "--sip-listen {bound} binds every address: say which one phones and other nodes \
+                 reach with --sip-advertise HOST[:PORT]"
+            )))
+            }
+            None => None,
+        };
+    let names = OwnNames::new(bound, advertised);
+    let adv = names.advertised();
+    let mesh_sip = match adv.ip() {
+        Some(ip) => SocketAddr::new(ip, adv.port),
+        None if !bound.ip().is_unspecified() => bound,
+        None => std::net::ToSocketAddrs::to_socket_addrs(&(adv.host.as_str(), adv.port))
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| {
+                Error::Config(format!("--sip-advertise {adv}: the name does not resolve"))
+            })?,
+    };
+    Ok((names, mesh_sip))
+}
+
 /// How often the node's load is published in its membership tags.
 const PUBLISH_LOAD_EVERY: Duration = Duration::from_secs(2);
 /// The `proxies` row is rewritten every this many publications (its TTL is three times that).
@@ -465,18 +519,15 @@ const PROXIES_ROW_EVERY: u32 = 5;
 
 /// Publish this node's load in its membership tags, and now and then in the `proxies` table.
 async fn publish_load(node: Node, mut shutdown: Shutdown) {
-    let sip = format!("sip:{}", node.sip_addr());
+    let sip = format!("sip:{}", node.advertised);
     let http = node.http_addr().map(|a| format!("http://{a}"));
     let capacity = node.config.capacity as u64;
     let mut n = 0u32;
     loop {
         let load = node.load();
-        node.mesh.set_tags(crate::node::load::tags(
-            &sip,
-            http.as_deref(),
-            capacity,
-            load,
-        ));
+        let mut tags = crate::node::load::tags(&sip, http.as_deref(), capacity, load);
+        tags.insert("sip_ip".into(), node.mesh_sip.to_string());
+        node.mesh.set_tags(tags);
         if n.is_multiple_of(PROXIES_ROW_EVERY) {
             let ttl = (PUBLISH_LOAD_EVERY * PROXIES_ROW_EVERY * 3).as_millis() as u64;
             let row = crate::node::load::proxies_row(

@@ -224,7 +224,7 @@ async fn status(State(node): State<Node>) -> Response {
     let registrations = node.owned_bindings();
     Json(json!({
         "peer_id": node.mesh.peer_id().to_string(),
-        "sip": format!("sip:{}", node.sip_addr()),
+        "sip": format!("sip:{}", node.sip_advertised()),
         "http": node.http_addr().map(|a| format!("http://{a}")),
         "p2p": node.mesh.dial_addr().map(|a| a.to_string()),
         "realm": node.config.realm,

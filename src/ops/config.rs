@@ -15,6 +15,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// `--sip-listen`
     pub sip_listen: Option<String>,
+    /// The SIP address phones and other nodes reach (`host[:port]`), if not the bound one.
+    pub sip_advertise: Option<String>,
     /// `--p2p-listen`
     pub p2p_listen: Option<String>,
     /// `--http-listen`

@@ -6,6 +6,7 @@
 //! - [`header`]: typed views of the headers sipmesh acts on (Via, name-addr, CSeq, digest).
 //! - [`uri`]: SIP URIs (rsipstack underneath), AOR canonicalisation.
 //! - [`validate`]: the checks a request must pass, each failure a status code and a reason.
+//! - [`address`]: how a node is named (advertised address, every name it answers to).
 //! - [`build`]: responses built from requests, and byte-preserving edits of messages.
 //! - `digest`: digest algorithms, HA1, stored credentials.
 //! - `flow`: flows (UDP peer, TCP connection, mesh node) and where responses go.
@@ -13,6 +14,7 @@
 //! - `transaction`: the transaction layer of RFC 3261 §17, built for a proxy.
 //! - [`request`]: requests the proxy makes itself (ACK for non-2xx, CANCEL, BYE).
 
+pub mod address;
 pub mod build;
 pub mod digest;
 pub(crate) mod flow;

@@ -118,10 +118,9 @@ impl Proxy {
     fn looped(&self, req: &Inbound) -> bool {
         let hash = Self::loop_hash(&req.msg, &req.c);
         let ours = format!("{BRANCH_TAG}{hash}");
-        let own_sent_by = self.addr.to_string();
         req.msg.values(&HeaderName::Via).iter().any(|v| {
             Via::parse(v).is_ok_and(|via| {
-                format!("{}:{}", via.host, via.port.unwrap_or(5060)) == own_sent_by
+                self.ctx.names.is_own(&via.host, via.port)
                     && via.branch().is_some_and(|b| b.starts_with(&ours))
             })
         })

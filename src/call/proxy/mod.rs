@@ -27,7 +27,6 @@ mod targets;
 pub(crate) use relay::Relayed;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -37,6 +36,7 @@ use tracing::debug;
 use crate::call::dialog::Dialogs;
 use crate::call::flow_token::{FlowRef, NodeId, Token};
 use crate::call::Context;
+use crate::sip::address::HostPort;
 use crate::sip::build::Edit;
 use crate::sip::flow::Flow;
 use crate::sip::header::{DigestCredentials, NameAddr};
@@ -120,8 +120,8 @@ pub struct Proxy {
     node: PeerId,
     /// This node as flow tokens name it.
     node_id: NodeId,
-    /// The SIP address of this node.
-    addr: SocketAddr,
+    /// The SIP address this node advertises (Via, Record-Route).
+    addr: HostPort,
     /// Other members' SIP addresses (`host:port`), as their tags publish them.
     addrs: Mutex<HashMap<PeerId, String>>,
     /// Requests being forwarded, by server transaction (for CANCEL and members going down),
@@ -151,7 +151,7 @@ fn name_addr_uri(value: &str) -> Option<String> {
 impl Proxy {
     /// A proxy over the node's parts.
     pub fn new(ctx: Arc<Context>, dialogs: Arc<Dialogs>, config: ProxyConfig) -> Arc<Self> {
-        let addr = ctx.transport.local_addr();
+        let addr = ctx.names.advertised().clone();
         let node = ctx.mesh.peer_id();
         Arc::new(Proxy {
             node,
@@ -203,9 +203,7 @@ impl Proxy {
 
     /// Whether a URI without a user part names this node's SIP address.
     fn is_own_address(&self, u: &SipUri) -> bool {
-        u.user.is_none()
-            && u.port.unwrap_or(5060) == self.addr.port()
-            && u.host == self.addr.ip().to_string()
+        u.user.is_none() && self.ctx.names.is_own(&u.host, u.port)
     }
 
     /// Whether a URI (Route or Request-URI) designates this node.

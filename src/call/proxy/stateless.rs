@@ -42,7 +42,12 @@ impl Proxy {
                 }
             },
         };
-        if flow.peer() == self.addr {
+        if flow.peer() == self.ctx.transport.local_addr()
+            || self
+                .ctx
+                .names
+                .is_own(&flow.peer().ip().to_string(), Some(flow.peer().port()))
+        {
             // An ACK whose transaction is gone (or never matched) addressed to this node:
             // forwarding it to ourselves would only loop.
             inc(&self.ctx.metrics.sip_dropped);
@@ -70,7 +75,7 @@ impl Proxy {
         let Some(top) = vias.first().and_then(|v| Via::parse(v).ok()) else {
             return;
         };
-        if format!("{}:{}", top.host, top.port.unwrap_or(5060)) != self.addr.to_string() {
+        if !self.ctx.names.is_own(&top.host, top.port) {
             inc(&self.ctx.metrics.sip_dropped);
             return;
         }

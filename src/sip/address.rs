@@ -1,0 +1,132 @@
+//! How a node is named in SIP: the address it advertises (in Via, Record-Route, the mesh's
+//! tags, 302s and the bootstrap list) and every name it answers to. A node bound to 0.0.0.0,
+//! or behind a NAT, advertises what phones and other nodes can reach, not what it bound.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use super::header::parse_host_port;
+
+/// A host and port as SIP writes them (`host:port`, IPv6 in brackets); hosts compare without
+/// case and without brackets, so `[::1]:5060` and a Via's `::1` host with port 5060 are one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// A hostname or an IP address (IPv6 without brackets).
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+impl HostPort {
+    /// Parse `host[:port]` (`[v6]:port` for IPv6); `default_port` when none is given.
+    pub fn parse(s: &str, default_port: u16) -> Option<HostPort> {
+        let (host, port) = parse_host_port(s.trim())?;
+        Some(HostPort {
+            host,
+            port: port.unwrap_or(default_port),
+        })
+    }
+
+    /// A socket address as a host and port.
+    pub fn of(addr: SocketAddr) -> HostPort {
+        HostPort {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        }
+    }
+
+    /// Whether `host` (brackets optional) and `port` (5060 when absent) name this.
+    pub fn matches(&self, host: &str, port: Option<u16>) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        port.unwrap_or(5060) == self.port && host.eq_ignore_ascii_case(&self.host)
+    }
+
+    /// The IP address, if the host is one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Every name a node answers to in SIP, the advertised one first.
+#[derive(Debug, Clone)]
+pub struct OwnNames {
+    advertised: HostPort,
+    bound: SocketAddr,
+}
+
+impl OwnNames {
+    /// A node bound to `bound` that advertises `advertised` (`None`: the bound address, which
+    /// must then be a specific one).
+    pub fn new(bound: SocketAddr, advertised: Option<HostPort>) -> OwnNames {
+        OwnNames {
+            advertised: advertised.unwrap_or_else(|| HostPort::of(bound)),
+            bound,
+        }
+    }
+
+    /// The address this node puts in Via and Record-Route and publishes to the mesh.
+    pub fn advertised(&self) -> &HostPort {
+        &self.advertised
+    }
+
+    /// Whether `host:port` names this node: the advertised name, the bound address, or — bound
+    /// to every interface — a loopback address on the bound port.
+    pub fn is_own(&self, host: &str, port: Option<u16>) -> bool {
+        if self.advertised.matches(host, port) {
+            return true;
+        }
+        let port = port.unwrap_or(5060);
+        if port != self.bound.port() {
+            return false;
+        }
+        let Ok(ip) = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        else {
+            return false;
+        };
+        ip == self.bound.ip() || (self.bound.ip().is_unspecified() && ip.is_loopback())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_sent_by_compares_with_or_without_brackets() {
+        let me = HostPort::of("[::1]:5060".parse().unwrap());
+        assert_eq!(me.to_string(), "[::1]:5060");
+        assert!(me.matches("::1", None));
+        assert!(me.matches("[::1]", Some(5060)));
+        assert!(!me.matches("::1", Some(5062)));
+        assert_eq!(HostPort::parse("[::1]:5060", 5060), Some(me));
+    }
+
+    #[test]
+    fn a_node_answers_to_every_name_it_has() {
+        let names = OwnNames::new(
+            "0.0.0.0:5060".parse().unwrap(),
+            HostPort::parse("SIP.Example.org", 5060),
+        );
+        assert_eq!(names.advertised().to_string(), "SIP.Example.org:5060");
+        assert!(names.is_own("sip.example.org", None));
+        assert!(names.is_own("127.0.0.1", Some(5060)));
+        assert!(!names.is_own("0.0.0.0", Some(5062)));
+        assert!(!names.is_own("other.example.org", None));
+        let plain = OwnNames::new("192.0.2.7:5070".parse().unwrap(), None);
+        assert!(plain.is_own("192.0.2.7", Some(5070)));
+        assert!(!plain.is_own("127.0.0.1", Some(5070)));
+    }
+}
