@@ -382,3 +382,34 @@ async fn a_node_bound_to_every_address_names_itself_by_its_advertised_name() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sips_target_is_never_reached_over_a_clear_transport() {
+    within(120, async {
+        let mesh = mesh_with_users(1, &[("jo", "pw")], |_| {}).await;
+        let server = sip(&mesh, 0);
+        let mut callee = Ua::new("jo", server).await;
+        assert_eq!(callee.register("pw").await, 200);
+        let mut caller = Client::udp(server).await;
+        let me = caller.local();
+        // Over UDP and over TCP alike: this node has no TLS, so no hop to jo can be.
+        for (ruri, route) in [
+            (format!("sips:jo@{server}"), String::new()),
+            (format!("sips:jo@{server};transport=tcp"), String::new()),
+        ] {
+            let invite = format!(
+                "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{};rport\r\nMax-Forwards: 70\r\n{route}From: <sip:guest@example.org>;tag={}\r\nTo: <sip:jo@{server}>\r\nCall-ID: {}@test\r\nCSeq: 1 INVITE\r\nContact: <sip:guest@{me}>\r\nContent-Length: 0\r\n\r\n",
+                token(),
+                token(),
+                token()
+            );
+            let r = caller.request(&invite).await.expect("an answer");
+            assert_eq!(r.status(), Some(416), "{ruri} {route}: {:?}", r.start);
+        }
+        assert!(
+            callee.wait_request("INVITE", 500).await.is_none(),
+            "the phone was reached over UDP"
+        );
+    })
+    .await;
+}

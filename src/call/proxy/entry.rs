@@ -217,6 +217,10 @@ impl Proxy {
         let Ok(ruri) = SipUri::parse(&c.uri) else {
             return Err(Fault::new(416, "Unsupported URI Scheme"));
         };
+        if ruri.secure {
+            // RFC 3261 §26.2: every hop to a sips: target is TLS; this node has none yet.
+            return Err(no_tls());
+        }
         let from = SipUri::parse(&c.from.uri).ok();
         let caller = from
             .as_ref()
@@ -288,4 +292,9 @@ impl Proxy {
         let flow = self.resolve(&trunk.uri).await?;
         Ok(vec![Target::to(Dest::Flow(flow))])
     }
+}
+
+/// The answer for a `sips:` target: it is never reached over a clear transport.
+pub(super) fn no_tls() -> Fault {
+    Fault::new(416, "sips: needs TLS, which this node does not offer")
 }

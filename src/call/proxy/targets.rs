@@ -87,7 +87,10 @@ impl Proxy {
                 _ => {}
             }
         }
-        let port = u.port.unwrap_or(if u.secure { 5061 } else { 5060 });
+        if u.secure {
+            return Err(super::entry::no_tls());
+        }
+        let port = u.port.unwrap_or(5060);
         let unresolvable = || Fault::new(478, "Unresolvable Destination");
         let ip = match u.host.parse::<std::net::IpAddr>() {
             Ok(ip) => ip,
