@@ -413,3 +413,35 @@ async fn a_sips_target_is_never_reached_over_a_clear_transport() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbound_register_through_a_proxy_without_outbound_gets_439() {
+    within(120, async {
+        let mesh = mesh_with_users(1, &[("kim", "pw")], |_| {}).await;
+        let server = sip(&mesh, 0);
+        let mut c = Client::udp(server).await;
+        let contact = format!(
+            "<sip:kim@{};ob>;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-00000000c1c1>\";reg-id=1",
+            c.local()
+        );
+        // Through an edge proxy (a second Via) whose Path has no `ob`: 439, nothing stored.
+        let mut reg = Register::new("kim", &contact);
+        reg.extra = "Supported: outbound, path\r\nVia: SIP/2.0/UDP 192.0.2.9;branch=z9hG4bKphone\r\nPath: <sip:edge.example.org;lr>\r\n".into();
+        let r = register(&mut c, server, &mut reg, "pw").await;
+        assert_eq!(r.status(), Some(439), "{:?}", r.start);
+        assert!(bindings(&mesh, "kim").await.is_empty());
+        // The same with `ob` on the edge proxy's Path: accepted.
+        let mut reg = Register::new("kim", &contact);
+        reg.extra = "Supported: outbound, path\r\nVia: SIP/2.0/UDP 192.0.2.9;branch=z9hG4bKphone\r\nPath: <sip:edge.example.org;lr;ob>\r\n".into();
+        let r = register(&mut c, server, &mut reg, "pw").await;
+        assert_eq!(r.status(), Some(200), "{:?}", r.start);
+        // Straight from the phone (one Via): this node is the first hop, and supports it.
+        let mut reg = Register::new("kim", &contact);
+        reg.extra = "Supported: outbound\r\n".into();
+        assert_eq!(
+            register(&mut c, server, &mut reg, "pw").await.status(),
+            Some(200)
+        );
+    })
+    .await;
+}

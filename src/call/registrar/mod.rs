@@ -199,6 +199,7 @@ impl Registrar {
         let aor = aor_of(c)?;
         check_require(req)?;
         let request = self.parse_contacts(req)?;
+        check_first_hop(req, &request)?;
         authenticate(
             &self.ctx,
             req,
@@ -464,6 +465,36 @@ impl Registrar {
                 .header("Flow-Timer", FLOW_TIMER_SECS.to_string());
         }
         r.build()
+    }
+}
+
+/// RFC 5626 §6: an Outbound registration (reg-id) that came through a proxy (more than one
+/// Via) needs that first hop to support Outbound, as an `ob` parameter on the first Path says;
+/// otherwise its flow could not be reached, and the phone is told 439.
+fn check_first_hop(req: &Message, request: &Request) -> Result<(), Fault> {
+    let Request::Contacts(contacts) = request else {
+        return Ok(());
+    };
+    let outbound = contacts
+        .iter()
+        .any(|(na, _)| param(&na.params, "reg-id").is_some())
+        && req
+            .values(&HeaderName::Supported)
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case("outbound"));
+    if !outbound || req.values(&HeaderName::Via).len() < 2 {
+        return Ok(());
+    }
+    let first_hop_ob = req
+        .values(&HeaderName::Path)
+        .first()
+        .and_then(|p| NameAddr::parse(p, "Path").ok())
+        .and_then(|na| SipUri::parse(&na.uri).ok())
+        .is_some_and(|u| u.param("ob").is_some());
+    if first_hop_ob {
+        Ok(())
+    } else {
+        Err(Fault::new(439, "First Hop Lacks Outbound Support"))
     }
 }
 
