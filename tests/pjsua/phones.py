@@ -124,9 +124,20 @@ def main():
     pump(lambda: call.media_status == pj.PJSUA_CALL_MEDIA_LOCAL_HOLD, "alice on hold")
     pump(lambda: theirs.media_status == pj.PJSUA_CALL_MEDIA_REMOTE_HOLD, "bob sees the hold")
     print("held", flush=True)
-    op = pj.CallOpParam(True)
-    op.opt.flag = pj.PJSUA_CALL_UNHOLD
-    call.reinvite(op)
+    # The hold's ACK travels apart from the next re-INVITE: let the dialog settle first, as a
+    # person would, and retry if the callee still answered 491/500 (RFC 3261 §14.1).
+    settle = time.time() + 0.5
+    pump(lambda: time.time() > settle, "a pause")
+    for attempt in range(3):
+        op = pj.CallOpParam(True)
+        op.opt.flag = pj.PJSUA_CALL_UNHOLD
+        call.reinvite(op)
+        deadline = time.time() + 5
+        pump(lambda: call.media_status == pj.PJSUA_CALL_MEDIA_ACTIVE or time.time() > deadline,
+             "alice off hold")
+        if call.media_status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+            break
+        print(f"unhold attempt {attempt + 1} answered {call.getInfo().lastStatusCode}", flush=True)
     pump(lambda: call.media_status == pj.PJSUA_CALL_MEDIA_ACTIVE, "alice off hold")
     pump(lambda: theirs.media_status == pj.PJSUA_CALL_MEDIA_ACTIVE, "bob sees the unhold")
     print("unheld", flush=True)
@@ -164,4 +175,10 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as e:
+        # Leave without PJSUA2's destructors (they assert once the library is half gone).
+        print(e, file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
