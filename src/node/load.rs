@@ -2,9 +2,13 @@
 //! by heartbeats) and in the `proxies` table with a TTL. `call::redirect` picks from them.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use sipmesh_net::Mesh;
+use sipmesh_net::shutdown::Shutdown;
+use sipmesh_net::{Consistency, Mesh};
 use sipmesh_storage::Mutation;
+
+use super::Node;
 
 use crate::tables::PROXIES;
 
@@ -45,4 +49,32 @@ pub fn proxies_row(
         ks.now(),
         Some(now + ttl_ms),
     )
+}
+/// How often the node's load is published in its membership tags.
+const PUBLISH_LOAD_EVERY: Duration = Duration::from_secs(2);
+/// The `proxies` row is rewritten every this many publications (its TTL is three times that).
+const PROXIES_ROW_EVERY: u32 = 5;
+
+/// Publish this node's load in its membership tags, and now and then in the `proxies` table.
+pub(crate) async fn publish(node: Node, mut shutdown: Shutdown) {
+    let sip = format!("sip:{}", node.sip_advertised());
+    let http = node.http_addr().map(|a| format!("http://{a}"));
+    let capacity = node.config.capacity as u64;
+    let mut n = 0u32;
+    loop {
+        let load = node.load();
+        let mut tags = tags(&sip, http.as_deref(), capacity, load);
+        tags.insert("sip_ip".into(), node.mesh_sip().to_string());
+        node.mesh.set_tags(tags);
+        if n.is_multiple_of(PROXIES_ROW_EVERY) {
+            let ttl = (PUBLISH_LOAD_EVERY * PROXIES_ROW_EVERY * 3).as_millis() as u64;
+            let row = proxies_row(&node.mesh, &sip, http.as_deref(), capacity, load, ttl);
+            let _ = node.mesh.write(row, Consistency::One).await;
+        }
+        n = n.wrapping_add(1);
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(PUBLISH_LOAD_EVERY) => {}
+        }
+    }
 }

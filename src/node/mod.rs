@@ -38,7 +38,7 @@ use crate::node::dispatch::Dispatcher;
 use crate::node::internode::{
     seal, AppMessage, Internode, Members, DATAGRAM_MAGIC, DATAGRAM_MAX_SIP,
 };
-use crate::sip::address::{HostPort, OwnNames};
+use crate::sip::address::OwnNames;
 use crate::sip::transaction::Transactions;
 use crate::sip::transport::{SendError, Transport, TransportLimits};
 use crate::tables::{self, MESH};
@@ -225,7 +225,8 @@ impl Node {
                 source,
             })?;
         let sip_addr = transport.local_addr();
-        let (names, mesh_sip) = sip_names(&config, sip_addr)?;
+        let (names, mesh_sip) =
+            OwnNames::for_node(sip_addr, config.sip_advertise.as_deref()).map_err(Error::Config)?;
         let mut mesh_config = config.mesh.clone();
         mesh_config
             .tags
@@ -308,7 +309,7 @@ impl Node {
         node.background
             .spawn("internode", |s| serve_internode(node.clone(), app_rx, s));
         node.background
-            .spawn("load publisher", |s| publish_load(node.clone(), s));
+            .spawn("load publisher", |s| load::publish(node.clone(), s));
         node.background.spawn("sweeper", |s| sweep(node.clone(), s));
         info!(peer_id = %node.mesh.peer_id(), sip = %sip_addr, http = ?node.config.http_listen, "node started");
         Ok(node)
@@ -370,6 +371,11 @@ impl Node {
     /// bound address.
     pub fn sip_advertised(&self) -> &str {
         &self.advertised
+    }
+
+    /// The IP address and port other nodes send SIP to.
+    pub(crate) fn mesh_sip(&self) -> SocketAddr {
+        self.mesh_sip
     }
 
     /// The admin API's address, if it runs.
@@ -477,74 +483,6 @@ impl Node {
     /// Bindings this node owns.
     pub(crate) fn owned_bindings(&self) -> u64 {
         self.dispatcher.registrar().load()
-    }
-}
-
-/// This node's SIP names, and the IP address and port other nodes send SIP to: the advertised
-/// address when it is an IP, else the bound one, else the advertised name resolved (once, at
-/// start).
-fn sip_names(config: &NodeConfig, bound: SocketAddr) -> Result<(OwnNames, SocketAddr)> {
-    let advertised =
-        match &config.sip_advertise {
-            Some(a) => Some(HostPort::parse(a, bound.port()).ok_or_else(|| {
-                Error::Config(format!("--sip-advertise {a:?} is not HOST[:PORT]"))
-            })?),
-            None if bound.ip().is_unspecified() => {
-                return Err(Error::Config(format!(
-                "--sip-listen {bound} binds every address: say which one phones and other nodes \
-                 reach with --sip-advertise HOST[:PORT]"
-            )))
-            }
-            None => None,
-        };
-    let names = OwnNames::new(bound, advertised);
-    let adv = names.advertised();
-    let mesh_sip = match adv.ip() {
-        Some(ip) => SocketAddr::new(ip, adv.port),
-        None if !bound.ip().is_unspecified() => bound,
-        None => std::net::ToSocketAddrs::to_socket_addrs(&(adv.host.as_str(), adv.port))
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| {
-                Error::Config(format!("--sip-advertise {adv}: the name does not resolve"))
-            })?,
-    };
-    Ok((names, mesh_sip))
-}
-
-/// How often the node's load is published in its membership tags.
-const PUBLISH_LOAD_EVERY: Duration = Duration::from_secs(2);
-/// The `proxies` row is rewritten every this many publications (its TTL is three times that).
-const PROXIES_ROW_EVERY: u32 = 5;
-
-/// Publish this node's load in its membership tags, and now and then in the `proxies` table.
-async fn publish_load(node: Node, mut shutdown: Shutdown) {
-    let sip = format!("sip:{}", node.advertised);
-    let http = node.http_addr().map(|a| format!("http://{a}"));
-    let capacity = node.config.capacity as u64;
-    let mut n = 0u32;
-    loop {
-        let load = node.load();
-        let mut tags = crate::node::load::tags(&sip, http.as_deref(), capacity, load);
-        tags.insert("sip_ip".into(), node.mesh_sip.to_string());
-        node.mesh.set_tags(tags);
-        if n.is_multiple_of(PROXIES_ROW_EVERY) {
-            let ttl = (PUBLISH_LOAD_EVERY * PROXIES_ROW_EVERY * 3).as_millis() as u64;
-            let row = crate::node::load::proxies_row(
-                &node.mesh,
-                &sip,
-                http.as_deref(),
-                capacity,
-                load,
-                ttl,
-            );
-            let _ = node.mesh.write(row, Consistency::One).await;
-        }
-        n = n.wrapping_add(1);
-        tokio::select! {
-            _ = shutdown.wait() => return,
-            _ = tokio::time::sleep(PUBLISH_LOAD_EVERY) => {}
-        }
     }
 }
 

@@ -74,6 +74,40 @@ impl OwnNames {
         }
     }
 
+    /// The names of a node bound to `bound` with `--sip-advertise` `advertise`, and the IP
+    /// address and port other nodes send SIP to: the advertised address when it is an IP, else
+    /// the bound one, else the advertised name resolved (once, at start). A node bound to
+    /// every address must say which one it is reached at.
+    pub fn for_node(
+        bound: SocketAddr,
+        advertise: Option<&str>,
+    ) -> Result<(OwnNames, SocketAddr), String> {
+        let advertised = match advertise {
+            Some(a) => Some(
+                HostPort::parse(a, bound.port())
+                    .ok_or_else(|| format!("--sip-advertise {a:?} is not HOST[:PORT]"))?,
+            ),
+            None if bound.ip().is_unspecified() => {
+                return Err(format!(
+                    "--sip-listen {bound} binds every address: say which one phones and other \
+                     nodes reach with --sip-advertise HOST[:PORT]"
+                ))
+            }
+            None => None,
+        };
+        let names = OwnNames::new(bound, advertised);
+        let adv = names.advertised();
+        let mesh_sip = match adv.ip() {
+            Some(ip) => SocketAddr::new(ip, adv.port),
+            None if !bound.ip().is_unspecified() => bound,
+            None => std::net::ToSocketAddrs::to_socket_addrs(&(adv.host.as_str(), adv.port))
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| format!("--sip-advertise {adv}: the name does not resolve"))?,
+        };
+        Ok((names, mesh_sip))
+    }
+
     /// The address this node puts in Via and Record-Route and publishes to the mesh.
     pub fn advertised(&self) -> &HostPort {
         &self.advertised

@@ -2,7 +2,7 @@
 //! rsipstack's `sip` module (used for URI grammar).
 //!
 //! - [`message`]: lexical parsing of one message (start line, header fields, body by
-//!   Content-Length), framing on TCP, limits.
+//!   Content-Length), limits; `framing`: where a message ends on a stream, keepalives.
 //! - [`header`]: typed views of the headers sipmesh acts on (Via, name-addr, CSeq, digest).
 //! - [`uri`]: SIP URIs (rsipstack underneath), AOR canonicalisation.
 //! - [`validate`]: the checks a request must pass, each failure a status code and a reason.
@@ -18,6 +18,7 @@ pub mod address;
 pub mod build;
 pub mod digest;
 pub(crate) mod flow;
+pub(crate) mod framing;
 pub mod header;
 pub mod message;
 pub mod request;
