@@ -445,3 +445,26 @@ async fn an_outbound_register_through_a_proxy_without_outbound_gets_439() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_interval_below_min_se_gets_422() {
+    within(120, async {
+        let mesh = mesh_with_users(1, &[("lu", "pw")], |_| {}).await;
+        let server = sip(&mesh, 0);
+        let mut callee = Ua::new("lu", server).await;
+        assert_eq!(callee.register("pw").await, 200);
+        let mut caller = Client::udp(server).await;
+        let me = caller.local();
+        let invite = format!(
+            "INVITE sip:lu@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{};rport\r\nMax-Forwards: 70\r\nFrom: <sip:guest@example.org>;tag={}\r\nTo: <sip:lu@{server}>\r\nCall-ID: {}@test\r\nCSeq: 1 INVITE\r\nSupported: timer\r\nSession-Expires: 30\r\nContact: <sip:guest@{me}>\r\nContent-Length: 0\r\n\r\n",
+            token(),
+            token(),
+            token()
+        );
+        let r = caller.request(&invite).await.expect("an answer");
+        assert_eq!(r.status(), Some(422), "{:?}", r.start);
+        assert_eq!(r.header(&HeaderName::Other("min-se".into())), Some("90"));
+        assert!(callee.wait_request("INVITE", 500).await.is_none());
+    })
+    .await;
+}

@@ -175,8 +175,33 @@ struct Local {
     written_ms: u64,
     /// When in-dialog traffic last passed (wall-clock ms).
     seen_ms: u64,
+    /// How long the dialog lives without in-dialog traffic (ms): its session interval and a
+    /// grace when the parties negotiated session timers (RFC 4028), else the TTL.
+    lifetime_ms: u64,
     /// The record.
     record: Dialog,
+}
+
+/// The smallest session interval this mesh accepts (RFC 4028 §4: 90 s), sent as Min-SE in 422.
+pub const MIN_SE: u64 = 90;
+
+/// The session interval a message states (`Session-Expires`, compact `x`), in seconds.
+pub fn session_interval(m: &Message) -> Option<u64> {
+    let v = m
+        .header(&HeaderName::Other("session-expires".into()))
+        .or_else(|| m.header(&HeaderName::Other("x".into())))?;
+    let digits: String = v
+        .trim()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok().filter(|s| *s > 0)
+}
+
+/// How long a dialog with this session interval lives without a refresh: the interval and the
+/// grace RFC 4028 §10 gives the refresher (a third of it, at most 32 s).
+fn session_lifetime_ms(interval: u64) -> u64 {
+    (interval + (interval / 3).min(32)) * 1000
 }
 
 /// A dialog as nodes list it for the admin API.
@@ -220,9 +245,9 @@ impl Dialogs {
         self.lock().len()
     }
 
-    fn upsert(&self, d: &Dialog, writer: &PeerId) -> Mutation {
+    fn upsert(&self, d: &Dialog, writer: &PeerId, lifetime_ms: u64) -> Mutation {
         let ks = self.mesh.keyspace();
-        let expires = ks.wall_ms() + self.ttl.as_millis() as u64;
+        let expires = ks.wall_ms() + lifetime_ms;
         Mutation::new(DIALOGS_OF_NODE, bucket_key(writer, &d.call_id)).upsert(
             d.id.as_bytes(),
             [("dialog", codec::encode(d).unwrap_or_default())],
@@ -255,9 +280,10 @@ impl Dialogs {
             .collect()
     }
 
-    /// A dialog was established through this node (a 2xx to an INVITE passed). Nothing is
-    /// written now: see [`Dialogs::sweep`].
-    pub fn established(&self, d: Dialog, writer: bool) {
+    /// A dialog was established through this node (a 2xx to an INVITE passed), with the
+    /// session interval the 2xx states, if any. Nothing is written now: see
+    /// [`Dialogs::sweep`].
+    pub fn established(&self, d: Dialog, writer: bool, session: Option<u64>) {
         let now = self.mesh.keyspace().wall_ms();
         let mut local = self.lock();
         if local.len() >= MAX_LOCAL_DIALOGS && !local.contains_key(&d.id) {
@@ -270,6 +296,9 @@ impl Dialogs {
             stored: false,
             written_ms: 0,
             seen_ms: now,
+            lifetime_ms: session
+                .map(session_lifetime_ms)
+                .unwrap_or(self.ttl.as_millis() as u64),
             record: d,
         });
     }
@@ -288,11 +317,10 @@ impl Dialogs {
     /// for a TTL (their parties vanished without a BYE). Run every second or so.
     pub async fn sweep(&self) {
         let now = self.mesh.keyspace().wall_ms();
-        let ttl = self.ttl.as_millis() as u64;
-        let (due, stale): (Vec<Dialog>, usize) = {
+        let (due, stale): (Vec<(Dialog, u64)>, usize) = {
             let mut local = self.lock();
             let before = local.len();
-            local.retain(|_, l| now.saturating_sub(l.seen_ms.max(l.written_ms)) < ttl);
+            local.retain(|_, l| now.saturating_sub(l.seen_ms.max(l.written_ms)) < l.lifetime_ms);
             let stale = before - local.len();
             let after = self.write_after.as_millis() as u64;
             let due = local
@@ -301,24 +329,27 @@ impl Dialogs {
                     let new = !l.stored && now.saturating_sub(l.record.started_ms) >= after;
                     let refresh = l.stored
                         && l.seen_ms > l.written_ms
-                        && now.saturating_sub(l.written_ms) > ttl / 4;
+                        && now.saturating_sub(l.written_ms) > l.lifetime_ms / 4;
                     l.writer && (new || refresh)
                 })
-                .map(|l| l.record.clone())
+                .map(|l| (l.record.clone(), l.lifetime_ms))
                 .collect();
             (due, stale)
         };
         if stale > 0 {
-            debug!(stale, "forgot dialogs not seen for a TTL");
+            debug!(stale, "forgot dialogs not refreshed within their lifetime");
         }
         if due.is_empty() {
             return;
         }
         let me = self.mesh.peer_id();
-        let muts = due.iter().map(|d| self.upsert(d, &me)).collect();
+        let muts = due
+            .iter()
+            .map(|(d, lifetime)| self.upsert(d, &me, *lifetime))
+            .collect();
         if self.write_all(muts).await {
             let mut local = self.lock();
-            for d in &due {
+            for (d, _) in &due {
                 if let Some(l) = local.get_mut(&d.id) {
                     l.stored = true;
                     l.written_ms = now;
@@ -436,4 +467,34 @@ impl Dialogs {
 /// Decode a dialog record.
 pub fn decode(bytes: &[u8]) -> Option<Dialog> {
     codec::decode(bytes, "dialogs", b"").ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(header: &str) -> Message {
+        let text = format!(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nFrom: <sip:a@a>;tag=1\r\nTo: <sip:b@b>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n{header}Content-Length: 0\r\n\r\n"
+        );
+        Message::parse(text.as_bytes(), true).unwrap()
+    }
+
+    #[test]
+    fn the_session_interval_is_read_in_both_forms() {
+        assert_eq!(
+            session_interval(&with("Session-Expires: 1800;refresher=uac\r\n")),
+            Some(1800)
+        );
+        assert_eq!(session_interval(&with("x: 90\r\n")), Some(90));
+        assert_eq!(session_interval(&with("")), None);
+        assert_eq!(session_interval(&with("Session-Expires: soon\r\n")), None);
+        assert_eq!(session_interval(&with("Session-Expires: 0\r\n")), None);
+    }
+
+    #[test]
+    fn a_session_lives_its_interval_and_a_bounded_grace() {
+        assert_eq!(session_lifetime_ms(90), 120_000);
+        assert_eq!(session_lifetime_ms(1800), 1_832_000);
+    }
 }

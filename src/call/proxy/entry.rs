@@ -39,6 +39,21 @@ impl Proxy {
         if self.looped(&req) {
             return self.reject(&req, Fault::new(482, "Loop Detected"));
         }
+        // RFC 4028 §8.1: a session refreshed less often than Min-SE would load every node on
+        // its path for nothing.
+        if matches!(&req.c.method, Method::Invite)
+            || req.c.method.as_str().eq_ignore_ascii_case("UPDATE")
+        {
+            if let Some(interval) = dialog::session_interval(&req.msg) {
+                if interval < dialog::MIN_SE {
+                    return self.reject(
+                        &req,
+                        Fault::new(422, "Session Interval Too Small")
+                            .with("Min-SE", dialog::MIN_SE.to_string()),
+                    );
+                }
+            }
+        }
         let routed = self.process_routes(&req.msg.values(&HeaderName::Route));
         let in_dialog = req.c.to.tag().is_some();
         if let Err(fault) = self.check_route(&req, &routed, in_dialog) {

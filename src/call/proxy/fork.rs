@@ -524,7 +524,8 @@ impl Fork {
                 {
                     // The node facing the caller writes the dialog; the others remember it.
                     let writer = self.req.flow.mesh_node().is_none();
-                    proxy.dialogs.established(d, writer);
+                    let session = dialog::session_interval(response);
+                    proxy.dialogs.established(d, writer, session);
                 }
             }
             Method::Bye => {
