@@ -468,3 +468,64 @@ async fn a_session_interval_below_min_se_gets_422() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strict_routed_request_is_restored_before_it_is_routed() {
+    within(120, async {
+        let mesh = mesh_with_users(1, &[("max", "pw")], |_| {}).await;
+        let server = sip(&mesh, 0);
+        let mut callee = Ua::new("max", server).await;
+        assert_eq!(callee.register("pw").await, 200);
+        let mut caller = Client::udp(server).await;
+        let me = caller.local();
+        let (tag, call_id) = (token(), format!("{}@test", token()));
+        let request = |method: &str, ruri: &str, routes: &[String], to: &str, cseq: u32| {
+            let mut m = format!(
+                "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{};rport\r\nMax-Forwards: 70\r\n",
+                token()
+            );
+            for r in routes {
+                m.push_str(&format!("Route: {r}\r\n"));
+            }
+            m.push_str(&format!(
+                "From: <sip:guest@example.org>;tag={tag}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContact: <sip:guest@{me}>\r\nContent-Length: 0\r\n\r\n"
+            ));
+            m
+        };
+        let to = format!("<sip:max@{server}>");
+        caller
+            .send(request("INVITE", &format!("sip:max@{server}"), &[], &to, 1).as_bytes())
+            .await;
+        let invite = callee.wait_request("INVITE", 5000).await.expect("the INVITE");
+        callee.respond(&invite, 200, "OK", "mt").await;
+        let ok = caller.recv_final(5000).await.expect("the 200");
+        assert_eq!(ok.status(), Some(200));
+        let to = ok.header(&HeaderName::To).unwrap().to_string();
+        let target = uri_of(ok.values(&HeaderName::Contact)[0]);
+        // The caller's route set: the Record-Route reversed.
+        let set: Vec<String> = ok
+            .values(&HeaderName::RecordRoute)
+            .iter()
+            .rev()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(!set.is_empty());
+        caller
+            .send(request("ACK", &target, &set, &to, 1).as_bytes())
+            .await;
+        // A strict router's BYE: the first route entry as the Request-URI, the remote target
+        // as the last Route (RFC 3261 §12.2.1.1).
+        let mut strict: Vec<String> = set[1..].to_vec();
+        strict.push(format!("<{target}>"));
+        caller
+            .send(request("BYE", &uri_of(&set[0]), &strict, &to, 2).as_bytes())
+            .await;
+        let bye = callee.wait_request("BYE", 5000).await.expect("the BYE");
+        assert_eq!(bye.request_uri(), Some(target.as_str()));
+        assert!(bye.values(&HeaderName::Route).is_empty(), "{:?}", bye.values(&HeaderName::Route));
+        callee.respond(&bye, 200, "OK", "mt").await;
+        let done = caller.recv_final(5000).await.expect("the BYE's 200");
+        assert_eq!(done.status(), Some(200));
+    })
+    .await;
+}

@@ -5,15 +5,16 @@
 use std::sync::Arc;
 
 use super::targets::{Dest, Target};
-use super::{name_addr_uri, Hop, Inbound, Plan, Proxy, BRANCH_TAG};
+use super::{name_addr_uri, Hop, Inbound, Plan, Proxy, BRANCH_TAG, NODE_PARAM};
 use crate::call::auth::{authenticate, Challenger};
 use crate::call::dialog;
 use crate::call::flow_token::FlowRef;
 use crate::call::policy::not_relaying;
 use crate::metrics::inc;
+use crate::sip::build::Edit;
 use crate::sip::flow::Flow;
 use crate::sip::header::Via;
-use crate::sip::message::{HeaderName, Method};
+use crate::sip::message::{HeaderName, Message, Method};
 use crate::sip::uri::SipUri;
 use crate::sip::Fault;
 use sipmesh_net::PeerId;
@@ -35,6 +36,7 @@ pub(super) struct Routed {
 impl Proxy {
     /// Route a request that is not for this node's registrar: answer it or forward it.
     pub async fn route(self: Arc<Self>, req: Inbound) {
+        let req = self.unstrict(req);
         // Loop detection (§16.3 step 4).
         if self.looped(&req) {
             return self.reject(&req, Fault::new(482, "Loop Detected"));
@@ -127,6 +129,41 @@ impl Proxy {
             return Err(not_relaying());
         }
         Ok(())
+    }
+
+    /// §16.4: a strict router before this node put this node's Record-Route entry in the
+    /// Request-URI and the real target in the last Route. Restore the request a loose router
+    /// would have sent: the entry back on top of the Route set, the last Route as the
+    /// Request-URI. Any other request is returned as it is.
+    fn unstrict(&self, req: Inbound) -> Inbound {
+        let routes = req.msg.values(&HeaderName::Route);
+        let Some(target) = routes.last().and_then(|r| name_addr_uri(r)) else {
+            return req;
+        };
+        let ours = SipUri::parse(&req.c.uri).is_ok_and(|u| u.param(NODE_PARAM).is_some())
+            && matches!(self.hop(&req.c.uri), Hop::Ours(_));
+        if !ours {
+            return req;
+        }
+        let mut set = vec![format!("<{}>", req.c.uri)];
+        set.extend(routes[..routes.len() - 1].iter().map(|r| r.to_string()));
+        let mut edit = Edit::new(&req.msg)
+            .start_line(format!("{} {target} SIP/2.0", req.c.method.as_str()))
+            .prepend(format!("Route: {}", set.join(", ")));
+        for (i, h) in req.msg.headers.iter().enumerate() {
+            if h.name == HeaderName::Route {
+                edit = edit.replace(i, None);
+            }
+        }
+        let bytes = edit.build();
+        let Ok(msg) = Message::parse(&bytes, true) else {
+            return req;
+        };
+        let Ok(c) = crate::sip::validate::check_request(&msg) else {
+            return req;
+        };
+        debug!(target, "strict-routed request restored");
+        Inbound { msg, c, ..req }
     }
 
     /// Whether a Via of ours with this request's loop hash is already on it (§16.3 step 4).
