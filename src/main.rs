@@ -27,6 +27,10 @@ struct Cli {
         hide_env_values = true
     )]
     token: Option<String>,
+    /// More logs: -v info, -vv debug (RUST_LOG, when set, wins). `node` logs info by default,
+    /// `dev` only warnings.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
 }
 
 #[derive(Subcommand)]
@@ -49,8 +53,57 @@ enum Command {
         #[command(subcommand)]
         command: MeshCommand,
     },
-    /// Show a node's view of the mesh.
+    /// Show a node's view of the mesh: members, their load, registrations and dialogs.
     Status {
+        /// The node's admin URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "SIPMESH_NODE")]
+        node: String,
+        /// Refresh every N seconds until Ctrl-C.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<u64>,
+    },
+    /// List or lift the throttle's bans.
+    Bans {
+        #[command(subcommand)]
+        command: BanCommand,
+    },
+    /// List or end active calls.
+    Dialogs {
+        #[command(subcommand)]
+        command: DialogCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BanCommand {
+    /// Sources banned now, why, and for how long.
+    List {
+        /// The node's admin URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "SIPMESH_NODE")]
+        node: String,
+    },
+    /// Lift the ban on a source address.
+    Lift {
+        /// The banned IP address.
+        ip: String,
+        /// The node's admin URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "SIPMESH_NODE")]
+        node: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DialogCommand {
+    /// Every active dialog of the mesh.
+    List {
+        /// The node's admin URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "SIPMESH_NODE")]
+        node: String,
+    },
+    /// End a dialog: BYE to both parties (`Reason: ... ended by the operator`).
+    End {
+        /// The dialog id, as `sipmesh dialogs list` shows it.
+        id: String,
         /// The node's admin URL.
         #[arg(long, default_value = "http://127.0.0.1:8080", env = "SIPMESH_NODE")]
         node: String,
@@ -59,6 +112,15 @@ enum Command {
 
 #[derive(Subcommand)]
 enum MeshCommand {
+    /// Decommission the node: it hands every replica over, leaves the ring and stops.
+    Decommission {
+        /// Longest the handover may take, in seconds.
+        #[arg(long, default_value_t = 300)]
+        within: u64,
+        /// The node's admin URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "SIPMESH_NODE")]
+        node: String,
+    },
     /// Remove a dead member from the ring (its data is re-replicated from the other copies).
     Remove {
         /// The member's peer id (see `sipmesh status`).
@@ -388,10 +450,14 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     if let Some(a) = node.mesh.dial_addr() {
         println!("  p2p   {a}");
     }
-    wait_for_shutdown().await;
-    println!("leaving the mesh...");
-    let (partitions, failed) = node.leave_gracefully().await;
-    println!("handed over {partitions} partitions ({failed} transfers failed); bye");
+    tokio::select! {
+        _ = wait_for_shutdown() => {
+            println!("leaving the mesh...");
+            let (partitions, failed) = node.leave_gracefully().await;
+            println!("handed over {partitions} partitions ({failed} transfers failed); bye");
+        }
+        _ = node.decommissioned() => println!("decommissioned: left the ring; bye"),
+    }
     Ok(())
 }
 
@@ -447,13 +513,42 @@ async fn run_dev(n: usize) -> Result<()> {
             .with_context(|| format!("adding demo user {name}"))?;
         users.push((name, pw));
     }
+    let realm = nodes[0].realm().to_string();
+    let http0 = nodes[0]
+        .http_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let ports: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, x)| format!("{} (node {i})", x.sip_addr().port()))
+        .collect();
+    println!("\nsipmesh dev: {n} nodes on loopback, ready.\n");
+    println!("  live mesh page  http://{http0}/");
+    println!("  admin token     {token}   (paste it into the page to unlock actions)\n");
+    println!("Register a softphone (Linphone, Zoiper, MicroSIP, ...) with any node:");
+    println!("  SIP server      127.0.0.1");
+    println!("  port            {}", ports.join(", "));
+    println!("  transport       UDP or TCP");
+    println!("  domain / realm  127.0.0.1 / {realm}");
+    for (u, p) in &users {
+        println!("  user {u:6}     password {p}");
+    }
+    let (u, p) = &users[0];
     println!(
-        "sipmesh dev: {n} nodes on loopback (data in {}, removed on exit)\n",
-        dir.path().display()
+        "  e.g. account sip:{u}@127.0.0.1:{} with password {p}, then call sip:{}@127.0.0.1",
+        nodes[0].sip_addr().port(),
+        users[1].0
     );
+    println!("\nOr with SIPp (Debian package sip-tester):");
+    println!(
+        "  printf 'SEQUENTIAL\\n{u};[authentication username={u} password={p}]\\n' > /tmp/{u}.csv"
+    );
+    println!("  sipp 127.0.0.1:{} -sf bench/scenarios/reg.xml -inf /tmp/{u}.csv -m 1 -key contact_hp 127.0.0.1:5099 -trace_err", nodes[0].sip_addr().port());
+    println!("\nNodes:");
     for (i, node) in nodes.iter().enumerate() {
         println!(
-            "node {i}: SIP sip:{} (UDP+TCP)  admin http://{}  p2p {}",
+            "  node {i}: SIP sip:{} (UDP+TCP)  admin http://{}  p2p {}",
             node.sip_addr(),
             node.http_addr().map(|a| a.to_string()).unwrap_or_default(),
             node.mesh
@@ -462,18 +557,13 @@ async fn run_dev(n: usize) -> Result<()> {
                 .unwrap_or_default()
         );
     }
-    println!("\nrealm {:?}; demo users:", nodes[0].realm());
-    for (u, p) in &users {
-        println!("  {u:6} password {p}");
-    }
-    let (u, p) = &users[0];
-    println!("\nregister {u} with SIPp (Debian package sip-tester):");
     println!(
-        "  printf 'SEQUENTIAL\\n{u};[authentication username={u} password={p}]\\n' > /tmp/{u}.csv"
+        "\nstatus: cargo run --release -- status --node http://{http0} --token {token} --watch"
     );
-    println!("  sipp 127.0.0.1:5060 -sf bench/scenarios/reg.xml -inf /tmp/{u}.csv -m 1 -key contact_hp 127.0.0.1:5099 -trace_err\n");
-    println!("admin token (every node): {token}");
-    println!("status: cargo run --release -- status --node http://127.0.0.1:8080 --token {token}\nCtrl-C stops the mesh.");
+    println!(
+        "data in {} (removed on exit). Logs: warnings only; run with -v for more.\nCtrl-C stops the mesh.",
+        dir.path().display()
+    );
     wait_for_shutdown().await;
     println!("stopping...");
     for node in &nodes {
@@ -547,73 +637,279 @@ fn user_command(cmd: UserCommand, token: Option<&str>) -> Result<()> {
                 println!("{}", u.as_str().unwrap_or_default());
             }
         }
-        UserCommand::Import { file, node } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            sipmesh::ops::admin::parse_import(&text)
-                .map_err(|e| anyhow!("{}: {e}", file.display()))?;
-            let v = call(
-                a.post(&format!("{node}/v1/users/import")),
-                token,
-                Some(serde_json::json!({ "csv": text })),
-            )?;
-            println!("imported {} users", v["imported"]);
-            if let Some(f) = v.get("failed") {
-                bail!("some users failed: {f}");
-            }
-        }
+        UserCommand::Import { file, node } => import(&a, &file, &node, token)?,
     }
     Ok(())
 }
 
-fn status(node: &str, token: Option<&str>) -> Result<()> {
+/// Users sent per import request.
+const IMPORT_BATCH: usize = 2_000;
+
+/// Import a CSV of users in batches, with progress on stderr and a summary: added, failed,
+/// and the failures by reason.
+fn import(a: &ureq::Agent, file: &std::path::Path, node: &str, token: Option<&str>) -> Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let rows =
+        sipmesh::ops::admin::parse_import(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    let total = rows.len();
+    let started = std::time::Instant::now();
+    let (mut added, mut failed) = (0usize, Vec::<String>::new());
+    for batch in rows.chunks(IMPORT_BATCH) {
+        let csv: String = batch.iter().map(|(u, p)| format!("{u},{p}\n")).collect();
+        let v = call(
+            a.post(&format!("{node}/v1/users/import")),
+            token,
+            Some(serde_json::json!({ "csv": csv })),
+        );
+        match v {
+            Ok(v) => {
+                added += v["imported"].as_u64().unwrap_or(0) as usize;
+                failed.extend(
+                    v["failed"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|f| f.as_str().unwrap_or_default().to_string()),
+                );
+            }
+            Err(e) => {
+                failed.extend(batch.iter().map(|(u, _)| format!("{u}: {e:#}")));
+            }
+        }
+        let done = added + failed.len();
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "imported {done}/{total} ({:.0}%), {} failed, {:.0} users/s",
+            100.0 * done as f64 / total.max(1) as f64,
+            failed.len(),
+            done as f64 / secs.max(0.001)
+        );
+    }
+    println!(
+        "added {added} of {total} users in {:.1} s; {} failed",
+        started.elapsed().as_secs_f64(),
+        failed.len()
+    );
+    if failed.is_empty() {
+        return Ok(());
+    }
+    // Failures by reason (the text after "user: "), with an example user each.
+    let mut reasons: std::collections::BTreeMap<String, (usize, String)> = Default::default();
+    for f in &failed {
+        let (user, why) = f.split_once(": ").unwrap_or(("?", f));
+        let e = reasons
+            .entry(why.to_string())
+            .or_insert((0, user.to_string()));
+        e.0 += 1;
+    }
+    for (why, (n, example)) in reasons.iter().take(20) {
+        println!("  {n:6} failed: {why} (e.g. {example})");
+    }
+    bail!(
+        "{} of {total} users were not added (run the import again: it is idempotent)",
+        failed.len()
+    )
+}
+
+fn status_once(node: &str, token: Option<&str>) -> Result<()> {
     let v = call(agent().get(&format!("{node}/v1/status")), token, None)?;
-    println!("node        {}", v["peer_id"].as_str().unwrap_or_default());
-    println!("sip         {}", v["sip"].as_str().unwrap_or_default());
-    println!("realm       {}", v["realm"].as_str().unwrap_or_default());
-    println!("members up  {}", v["members_up"]);
+    let text = |x: &serde_json::Value| x.as_str().unwrap_or_default().to_string();
+    println!("node        {}", text(&v["peer_id"]));
+    println!("sip         {}", text(&v["sip"]));
+    println!("realm       {}", text(&v["realm"]));
+    println!(
+        "members up  {} of {} in the ring (QUORUM {})",
+        v["members_up"],
+        v["ring_members"],
+        if v["majority"].as_bool().unwrap_or(false) {
+            "served"
+        } else {
+            "UNAVAILABLE: no majority"
+        }
+    );
     println!("bindings    {} (owned by this node)", v["registrations"]);
     println!("dialogs     {}", v["dialogs"]);
-    println!("\nmembers:");
+    println!("hints       {} (writes waiting for a replica)", v["hints"]);
+    println!(
+        "\n  {:52} {:5} {:>16} {:>6} {:>7} {:>4} {:>8}  sip",
+        "member", "state", "load/capacity", "regs", "dialogs", "gen", "heard"
+    );
     for m in v["members"].as_array().into_iter().flatten() {
+        let local = m["local"].as_bool().unwrap_or(false);
+        let tag = |k: &str| text(&m["tags"][k]);
+        let (regs, dialogs) = if local {
+            (v["registrations"].to_string(), v["dialogs"].to_string())
+        } else {
+            (tag("registrations"), tag("dialogs"))
+        };
+        let heard = if local {
+            "-".to_string()
+        } else {
+            format!(
+                "{:.1}s",
+                m["last_heard_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+            )
+        };
         println!(
-            "  {:52} {:8} gen {:3} {}",
-            m["peer_id"].as_str().unwrap_or_default(),
-            m["state"].as_str().unwrap_or_default(),
+            "{} {:52} {:5} {:>16} {:>6} {:>7} {:>4} {:>8}  {}",
+            if local { "*" } else { " " },
+            text(&m["peer_id"]),
+            text(&m["state"]).to_lowercase(),
+            format!("{}/{}", tag("load"), tag("capacity")),
+            regs,
+            dialogs,
             m["generation"],
-            m["tags"]["sip"].as_str().unwrap_or_default()
+            heard,
+            tag("sip")
         );
     }
     Ok(())
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::User { command } => user_command(command, cli.token.as_deref()),
-        Command::Status { node } => status(&node, cli.token.as_deref()),
-        Command::Mesh {
-            command:
-                MeshCommand::Remove {
-                    peer_id,
-                    force,
-                    node,
-                },
+fn status(node: &str, token: Option<&str>, watch: Option<u64>) -> Result<()> {
+    let Some(every) = watch else {
+        return status_once(node, token);
+    };
+    if every == 0 {
+        bail!("--watch 0: give the refresh interval in seconds (1 or more)");
+    }
+    loop {
+        // Clear the screen and go home, as `watch` does.
+        print!("\x1b[2J\x1b[H");
+        println!("every {every}s: {node}/v1/status  (Ctrl-C stops)\n");
+        if let Err(e) = status_once(node, token) {
+            println!("{e:#}");
+        }
+        std::thread::sleep(Duration::from_secs(every));
+    }
+}
+
+fn bans_command(cmd: BanCommand, token: Option<&str>) -> Result<()> {
+    match cmd {
+        BanCommand::List { node } => {
+            let v = call(agent().get(&format!("{node}/v1/bans")), token, None)?;
+            let bans = v["bans"].as_array().cloned().unwrap_or_default();
+            if bans.is_empty() {
+                println!("no bans");
+            }
+            for b in bans {
+                println!(
+                    "{:40} {:24} {} s left",
+                    b["source"].as_str().unwrap_or_default(),
+                    b["reason"].as_str().unwrap_or_default(),
+                    b["expires_in"]
+                );
+            }
+        }
+        BanCommand::Lift { ip, node } => {
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                bail!("{ip:?} is not an IP address");
+            }
+            call(agent().delete(&format!("{node}/v1/bans/{ip}")), token, None)?;
+            println!("lifted the ban on {ip}");
+        }
+    }
+    Ok(())
+}
+
+fn dialogs_command(cmd: DialogCommand, token: Option<&str>) -> Result<()> {
+    match cmd {
+        DialogCommand::List { node } => {
+            let v = call(agent().get(&format!("{node}/v1/dialogs")), token, None)?;
+            let list = v["dialogs"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no dialogs");
+            }
+            for d in list {
+                println!(
+                    "{}\n    {} -> {}  since {} ms  stored {}",
+                    d["id"].as_str().unwrap_or_default(),
+                    d["caller_uri"].as_str().unwrap_or_default(),
+                    d["callee_uri"].as_str().unwrap_or_default(),
+                    d["started_ms"],
+                    d["stored"]
+                );
+            }
+        }
+        DialogCommand::End { id, node } => {
+            let url = format!("{node}/v1/dialogs/{}", encode_path(&id));
+            call(agent().delete(&url), token, None)?;
+            println!("ended {id}");
+        }
+    }
+    Ok(())
+}
+
+/// Percent-encode a path segment (dialog ids hold `;` and `@`).
+fn encode_path(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn mesh_command(cmd: MeshCommand, token: Option<&str>) -> Result<()> {
+    match cmd {
+        MeshCommand::Remove {
+            peer_id,
+            force,
+            node,
         } => {
             call(
                 agent().post(&format!("{node}/v1/mesh/remove")),
-                cli.token.as_deref(),
+                token,
                 Some(serde_json::json!({ "peer_id": peer_id, "force": force })),
             )?;
             println!("removed {peer_id} from the ring");
-            Ok(())
         }
+        MeshCommand::Decommission { within, node } => {
+            let v = call(
+                agent().post(&format!("{node}/v1/mesh/decommission")),
+                token,
+                Some(serde_json::json!({ "within_secs": within })),
+            )?;
+            println!(
+                "decommissioning {}: it hands its replicas over (its log shows the progress), leaves the ring and stops",
+                v["decommissioning"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn log_filter(verbose: u8, default: &str) -> tracing_subscriber::EnvFilter {
+    if let Ok(f) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        return f;
+    }
+    match verbose {
+        0 => default.into(),
+        1 => "info,libp2p=warn".into(),
+        _ => "debug,libp2p=info".into(),
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let token = cli.token.as_deref();
+    match cli.command {
+        Command::User { command } => user_command(command, token),
+        Command::Status { node, watch } => status(&node, token, watch),
+        Command::Mesh { command } => mesh_command(command, token),
+        Command::Bans { command } => bans_command(command, token),
+        Command::Dialogs { command } => dialogs_command(command, token),
         command => {
+            let default = match command {
+                Command::Dev { .. } => "warn",
+                _ => "info,libp2p=warn",
+            };
             tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info,libp2p=warn".into()),
-                )
+                .with_env_filter(log_filter(cli.verbose, default))
                 .with_writer(std::io::stderr)
                 .init();
             let mut rt = tokio::runtime::Builder::new_multi_thread();

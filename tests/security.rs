@@ -62,7 +62,7 @@ async fn metric(http: SocketAddr, name: &str) -> u64 {
             .await
             .unwrap();
     text.lines()
-        .find_map(|l| l.strip_prefix(&format!("sipmesh_{name} ")))
+        .find_map(|l| l.strip_prefix(&format!("sipmesh_{name}_total ")))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no metric {name}"))
 }

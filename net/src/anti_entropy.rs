@@ -211,12 +211,13 @@ impl AntiEntropy {
             .collect()
     }
 
-    /// One exchange with every up peer (only when this node sees a majority).
-    pub async fn round(&self) -> Exchange {
+    /// One exchange with every up peer (only when this node sees a majority: `None` when it
+    /// does not).
+    pub async fn round(&self) -> Option<Exchange> {
         let snap = self.membership.snapshot();
         let mut total = Exchange::default();
         if !snap.has_majority() {
-            return total;
+            return None;
         }
         self.rounds.fetch_add(1, Ordering::Relaxed);
         for m in snap.ring.iter().filter(|m| m.up && m.peer != self.local) {
@@ -234,7 +235,7 @@ impl AntiEntropy {
                 "anti-entropy repaired differences"
             );
         }
-        total
+        Some(total)
     }
 
     /// A peer's hashes and change times of these leaves.
@@ -414,7 +415,12 @@ impl AntiEntropy {
             }
         };
         let total = partitions.len();
+        info!(partitions = total, "handover started");
         let snap = &snap;
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let done = &done;
+        let last_report = std::sync::Mutex::new(std::time::Instant::now());
+        let last_report = &last_report;
         let failures: usize = stream::iter(partitions)
             .map(|(_, table, pk)| async move {
                 let mut failed = 0;
@@ -426,6 +432,12 @@ impl AntiEntropy {
                     {
                         failed = 1;
                     }
+                }
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                let mut last = last_report.lock().unwrap_or_else(|p| p.into_inner());
+                if last.elapsed() >= Duration::from_secs(2) {
+                    *last = std::time::Instant::now();
+                    info!(done = n, of = total, "handover progress");
                 }
                 failed
             })

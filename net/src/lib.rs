@@ -15,6 +15,7 @@
 //! - [`anti_entropy`]: Merkle comparison between replicas, streaming of differences, handoff.
 //! - [`mesh`]: [`Mesh`], the handle the node uses.
 //! - [`shutdown`]: background loops that stop on one signal.
+//! - [`stats`]: what the mesh layer measures, for the node's Prometheus registry.
 //!
 //! This crate knows nothing of SIP: the node's own traffic rides [`Mesh::send_app`] as opaque bytes.
 
@@ -33,6 +34,7 @@ pub(crate) mod protocol;
 pub(crate) mod quorum;
 pub(crate) mod replication;
 pub mod shutdown;
+pub mod stats;
 
 pub use config::MeshConfig;
 pub use error::{Error, Result};
@@ -41,3 +43,4 @@ pub use membership::{Member, MemberEvent, MemberState};
 pub use mesh::{AppHandler, AppMessage, Mesh};
 pub use placement::Snapshot;
 pub use replication::Consistency;
+pub use stats::MeshMetrics;

@@ -20,6 +20,7 @@ use crate::placement::Snapshot;
 use crate::protocol::{MemberInfo, Request, Response, PROTOCOL};
 use crate::replication::{Consistency, Replication};
 use crate::shutdown::{Background, Shutdown};
+use crate::stats::MeshMetrics;
 
 /// Application messages waiting for the node.
 const APP_QUEUE: usize = 8192;
@@ -63,6 +64,7 @@ struct Inner {
     background: Background,
     /// Where one-way application messages go.
     one_way: Arc<OnceLock<AppHandler>>,
+    metrics: MeshMetrics,
 }
 
 /// Takes the one-way application messages of other nodes (the node's SIP traffic), on the task
@@ -215,6 +217,7 @@ async fn heartbeats(
     service: Arc<Service>,
     commands: mpsc::Sender<Command>,
     (interval, timeout): (Duration, Duration),
+    metrics: MeshMetrics,
     mut shutdown: Shutdown,
 ) {
     let mut ticker = tokio::time::interval(interval);
@@ -232,8 +235,12 @@ async fn heartbeats(
             let request = link.request(peer, hb.clone(), timeout);
             let service = service.clone();
             let commands = commands.clone();
+            let metrics = metrics.clone();
             tokio::spawn(async move {
-                match request.await {
+                let sent = std::time::Instant::now();
+                let answer = request.await;
+                metrics.heartbeat(answer.is_ok().then(|| sent.elapsed()));
+                match answer {
                     Ok(Response::Member(info)) => {
                         let learnt = service.membership.on_info(peer, info, &[]);
                         service.learn(learnt);
@@ -252,7 +259,12 @@ async fn heartbeats(
 }
 
 /// Offer stored hints to peers that are up, every `every`.
-async fn deliver_hints(replication: Replication, every: Duration, mut shutdown: Shutdown) {
+async fn deliver_hints(
+    replication: Replication,
+    every: Duration,
+    metrics: MeshMetrics,
+    mut shutdown: Shutdown,
+) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -260,12 +272,17 @@ async fn deliver_hints(replication: Replication, every: Duration, mut shutdown: 
             _ = shutdown.wait() => return,
             _ = ticker.tick() => {}
         }
-        replication.deliver_hints().await;
+        metrics.hints(replication.deliver_hints().await);
     }
 }
 
 /// One anti-entropy round every `every` (the first after one interval).
-async fn anti_entropy_rounds(ae: AntiEntropy, every: Duration, mut shutdown: Shutdown) {
+async fn anti_entropy_rounds(
+    ae: AntiEntropy,
+    every: Duration,
+    metrics: MeshMetrics,
+    mut shutdown: Shutdown,
+) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -274,13 +291,20 @@ async fn anti_entropy_rounds(ae: AntiEntropy, every: Duration, mut shutdown: Shu
             _ = shutdown.wait() => return,
             _ = ticker.tick() => {}
         }
-        ae.round().await;
+        if let Some(x) = ae.round().await {
+            metrics.anti_entropy(&x);
+        }
     }
 }
 
 /// Hand off partitions this node no longer replicates (when the ring changed, and now and
 /// then as a safety net), and compact the keyspace every [`COMPACT_EVERY`].
-async fn handoff_and_compaction(ae: AntiEntropy, keyspace: Keyspace, mut shutdown: Shutdown) {
+async fn handoff_and_compaction(
+    ae: AntiEntropy,
+    keyspace: Keyspace,
+    metrics: MeshMetrics,
+    mut shutdown: Shutdown,
+) {
     let mut ticker = tokio::time::interval(HANDOFF_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -300,6 +324,7 @@ async fn handoff_and_compaction(ae: AntiEntropy, keyspace: Keyspace, mut shutdow
         };
         if due {
             let moved = ae.handoff().await;
+            metrics.handed_off(moved);
             // Unchanged ring and nothing left to move: done until it changes.
             if moved == 0 {
                 handed_at = Some((version, tokio::time::Instant::now()));
@@ -380,6 +405,7 @@ impl Mesh {
             .map_err(|e| Error::Config(format!("stream protocol: {e}")))?;
         let span = tracing::info_span!("mesh", peer = %local);
         let background = Background::default();
+        let metrics = MeshMetrics::default();
         background.keep("swarm", swarm_task);
         background.keep(
             "serve streams",
@@ -395,19 +421,31 @@ impl Mesh {
                 service.clone(),
                 handle.commands.clone(),
                 (config.heartbeat_interval, config.down_after),
+                metrics.clone(),
                 s,
             )
             .instrument(span.clone())
         });
         background.spawn("hints", |s| {
-            deliver_hints(replication.clone(), config.hint_interval, s).instrument(span.clone())
+            deliver_hints(
+                replication.clone(),
+                config.hint_interval,
+                metrics.clone(),
+                s,
+            )
+            .instrument(span.clone())
         });
         background.spawn("anti-entropy", |s| {
-            anti_entropy_rounds(anti_entropy.clone(), config.anti_entropy_interval, s)
-                .instrument(span.clone())
+            anti_entropy_rounds(
+                anti_entropy.clone(),
+                config.anti_entropy_interval,
+                metrics.clone(),
+                s,
+            )
+            .instrument(span.clone())
         });
         background.spawn("handoff and compaction", |s| {
-            handoff_and_compaction(anti_entropy.clone(), keyspace.clone(), s)
+            handoff_and_compaction(anti_entropy.clone(), keyspace.clone(), metrics.clone(), s)
                 .instrument(span.clone())
         });
         info!(peer_id = %local, generation, "mesh started");
@@ -423,6 +461,7 @@ impl Mesh {
                 listen_addrs: handle.listen_addrs,
                 background,
                 one_way,
+                metrics,
             }),
         };
         Ok((mesh, app_rx))
@@ -494,12 +533,23 @@ impl Mesh {
 
     /// Write a mutation at consistency `cl`.
     pub async fn write(&self, m: Mutation, cl: Consistency) -> Result<()> {
-        self.inner.replication.write(m, cl).await
+        let t0 = std::time::Instant::now();
+        let r = self.inner.replication.write(m, cl).await;
+        self.inner.metrics.replicated("write", cl, t0.elapsed(), &r);
+        r
+    }
+
+    /// What the mesh layer measures, for the node's `/metrics`.
+    pub fn metrics(&self) -> &MeshMetrics {
+        &self.inner.metrics
     }
 
     /// Write several mutations at consistency `cl`, batched per replica when they share them.
     pub async fn write_many(&self, ms: Vec<Mutation>, cl: Consistency) -> Result<()> {
-        self.inner.replication.write_many(ms, cl).await
+        let t0 = std::time::Instant::now();
+        let r = self.inner.replication.write_many(ms, cl).await;
+        self.inner.metrics.replicated("write", cl, t0.elapsed(), &r);
+        r
     }
 
     /// Write a mutation at consistency `cl`, then wait up to `linger` for the other live
@@ -510,7 +560,10 @@ impl Mesh {
         cl: Consistency,
         linger: Duration,
     ) -> Result<()> {
-        self.inner.replication.write_settled(m, cl, linger).await
+        let t0 = std::time::Instant::now();
+        let r = self.inner.replication.write_settled(m, cl, linger).await;
+        self.inner.metrics.replicated("write", cl, t0.elapsed(), &r);
+        r
     }
 
     /// Read a partition's live rows at consistency `cl`.
@@ -520,7 +573,10 @@ impl Mesh {
         partition_key: &[u8],
         cl: Consistency,
     ) -> Result<Partition> {
-        self.inner.replication.read(table, partition_key, cl).await
+        let t0 = std::time::Instant::now();
+        let r = self.inner.replication.read(table, partition_key, cl).await;
+        self.inner.metrics.replicated("read", cl, t0.elapsed(), &r);
+        r
     }
 
     /// Read a partition's merged cells at consistency `cl`.
@@ -530,10 +586,14 @@ impl Mesh {
         partition_key: &[u8],
         cl: Consistency,
     ) -> Result<Vec<(EntryKey, Cell)>> {
-        self.inner
+        let t0 = std::time::Instant::now();
+        let r = self
+            .inner
             .replication
             .read_entries(table, partition_key, cl)
-            .await
+            .await;
+        self.inner.metrics.replicated("read", cl, t0.elapsed(), &r);
+        r
     }
 
     /// Take one-way application messages with `handler` from now on (once; later calls are

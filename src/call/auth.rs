@@ -435,6 +435,10 @@ pub(crate) async fn authenticate(
             .auth_failed(source, &username, std::time::Instant::now())
         {
             inc(&ctx.metrics.sip_sources_banned);
+            ctx.metrics.events.push(
+                crate::ops::events::Kind::Ban,
+                format!("banned {} (failed authentications as {username:?})", source),
+            );
         }
     };
     if username != expected_user {

@@ -10,8 +10,9 @@ use tracing::{debug, Instrument};
 use crate::call::proxy::{Inbound, Proxy, Relayed};
 use crate::call::registrar::Registrar;
 use crate::call::throttle::Verdict;
-use crate::metrics::{inc, Metrics};
+use crate::metrics::{inc, method_index, Metrics, METHODS};
 use crate::node::internode::{self, Internode};
+use crate::ops::events::Kind;
 use crate::sip::build::{reject, ResponseBuilder};
 use crate::sip::flow::Flow;
 use crate::sip::header::Via;
@@ -95,11 +96,14 @@ impl Dispatcher {
             None => (None, flow.clone()),
         };
         let bytes = reject(req, top_via.as_deref(), fault);
-        let _ = self.transport.send(&dest, Arc::from(bytes));
+        if self.transport.send(&dest, Arc::from(bytes)).is_ok() {
+            let method = req.method().map_or(METHODS.len() - 1, method_index);
+            self.metrics.sip.response(method, fault.code);
+        }
     }
 
     fn on_request(self: &Arc<Self>, msg: Message, flow: Flow) {
-        inc(&self.metrics.sip_requests_received);
+        self.metrics.sip.request(msg.method(), &flow);
         if flow.mesh_node().is_none() {
             match self
                 .throttle
@@ -112,6 +116,10 @@ impl Dispatcher {
                 }
                 Verdict::NewBan => {
                     inc(&self.metrics.sip_sources_banned);
+                    self.metrics.events.push(
+                        Kind::Ban,
+                        format!("banned {} (request rate)", flow.peer().ip()),
+                    );
                     inc(&self.metrics.sip_banned_dropped);
                     return;
                 }

@@ -63,6 +63,16 @@ async fn claim(mesh: &Mesh, dead: &PeerId) -> bool {
 /// Close a dialog that lost a node: BYE to both parties at their contacts (client
 /// transactions; answers are not needed), then remove it from the keyspace.
 pub async fn force_close(proxy: &Proxy, d: &Dialog) {
+    force_close_because(
+        proxy,
+        d,
+        "SIP;cause=503;text=\"a proxy on the path failed\"",
+    )
+    .await
+}
+
+/// [`force_close`] with the `Reason` header value the BYEs carry (RFC 3326).
+pub async fn force_close_because(proxy: &Proxy, d: &Dialog, reason: &str) {
     let legs = [
         // To the caller, as if from the callee.
         (
@@ -88,10 +98,7 @@ pub async fn force_close(proxy: &Proxy, d: &Dialog) {
             &d.call_id,
             cseq,
         )
-        .header(
-            "Reason",
-            "SIP;cause=503;text=\"a proxy on the path failed\"",
-        );
+        .header("Reason", reason);
         if !proxy.originate(target, bye).await {
             debug!(target = %target, "party unreachable for a force-close BYE");
         }
@@ -145,6 +152,10 @@ async fn take_custody(mesh: Mesh, proxy: Arc<Proxy>, dead: PeerId, grace: Durati
         return;
     }
     info!(%dead, grace_ms = grace.as_millis() as u64, "custodian of a dead node's dialogs");
+    proxy.metrics().events.push(
+        crate::ops::events::Kind::Custody,
+        format!("custodian of {dead}'s dialogs (closing them in {grace:?} unless it returns)"),
+    );
     tokio::time::sleep(grace).await;
     if mesh.is_up(&dead) {
         return; // it came back
@@ -157,6 +168,13 @@ async fn take_custody(mesh: Mesh, proxy: Arc<Proxy>, dead: PeerId, grace: Durati
             }
             if !dialogs.is_empty() {
                 info!(%dead, dialogs = dialogs.len(), "force-closed the dialogs of a dead node");
+                proxy.metrics().events.push(
+                    crate::ops::events::Kind::Custody,
+                    format!(
+                        "custodian of {dead}: force-closed {} dialogs",
+                        dialogs.len()
+                    ),
+                );
             }
         }
         Err(e) => warn!(%dead, error = %e, "cannot read a dead node's dialogs"),

@@ -205,6 +205,10 @@ pub enum AppMessage {
     ListDialogs,
     /// The answer to `ListDialogs`.
     Dialogs(Vec<crate::call::dialog::Listed>),
+    /// End this dialog (an operator's request): you hold it.
+    EndDialog(String),
+    /// The answer to `EndDialog`: whether it was found and ended.
+    Ended(bool),
 }
 
 impl AppMessage {

@@ -150,6 +150,8 @@ pub struct Node {
     advertised: String,
     /// The IP address and port other nodes send SIP to.
     mesh_sip: SocketAddr,
+    /// Told when a decommission finished.
+    decommissioned: Arc<tokio::sync::Notify>,
 }
 
 const SECRET_KEY: &[u8] = b"nonce_secret";
@@ -207,6 +209,32 @@ async fn mesh_secret(mesh: &Mesh, has_seeds: bool) -> Vec<u8> {
     }
     warn!("using a node-local nonce secret until the mesh's can be read");
     rand::random::<[u8; 32]>().to_vec()
+}
+
+/// Record members going up, down and leaving in the node's recent events.
+async fn record_member_events(node: Node, mut shutdown: sipmesh_net::shutdown::Shutdown) {
+    use crate::ops::events::Kind;
+    use sipmesh_net::MemberEvent;
+    let mut events = node.mesh.events();
+    loop {
+        let ev = tokio::select! {
+            _ = shutdown.wait() => return,
+            ev = events.recv() => match ev {
+                Ok(ev) => ev,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            },
+        };
+        let (kind, peer, what) = match ev {
+            MemberEvent::Up(p) => (Kind::Up, p, "is up"),
+            MemberEvent::Down(p) => (Kind::Down, p, "is down"),
+            MemberEvent::Left(p) => (Kind::Left, p, "left the ring"),
+        };
+        let sip = node.mesh.tag(&peer, "sip").unwrap_or_default();
+        node.metrics
+            .events
+            .push(kind, format!("{peer} {what} {sip}").trim_end().to_string());
+    }
 }
 
 impl Node {
@@ -305,12 +333,15 @@ impl Node {
             background,
             advertised: ctx.names.advertised().to_string(),
             mesh_sip,
+            decommissioned: Arc::new(tokio::sync::Notify::new()),
         };
         node.background
             .spawn("internode", |s| serve_internode(node.clone(), app_rx, s));
         node.background
             .spawn("load publisher", |s| load::publish(node.clone(), s));
         node.background.spawn("sweeper", |s| sweep(node.clone(), s));
+        node.background
+            .spawn("member events", |s| record_member_events(node.clone(), s));
         info!(peer_id = %node.mesh.peer_id(), sip = %sip_addr, http = ?node.config.http_listen, "node started");
         Ok(node)
     }
@@ -346,8 +377,35 @@ impl Node {
     /// replica to its next holder and wait for them, close client flows so phones fail over,
     /// tell the mesh, stop. Returns (partitions handed over, failed transfers).
     pub async fn leave_gracefully(&self) -> (usize, usize) {
+        self.leave_within(Duration::from_secs(7)).await
+    }
+
+    /// Decommission (an operator's request through the admin API): leave gracefully, giving
+    /// the handover up to `within`, then tell [`Node::decommissioned`] waiters.
+    pub fn decommission(&self, within: Duration) {
+        let node = self.clone();
+        self.metrics.events.push(
+            crate::ops::events::Kind::Admin,
+            "decommissioning: handing every replica over, then leaving",
+        );
+        tokio::spawn(async move {
+            // Let the admin API answer first.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let (partitions, failed) = node.leave_within(within).await;
+            info!(partitions, failed, "decommissioned");
+            node.decommissioned.notify_waiters();
+            node.decommissioned.notify_one();
+        });
+    }
+
+    /// Resolves once a decommission finished (the process should exit).
+    pub async fn decommissioned(&self) {
+        self.decommissioned.notified().await
+    }
+
+    async fn leave_within(&self, within: Duration) -> (usize, usize) {
         self.dispatcher.registrar().drain();
-        let handed = tokio::time::timeout(Duration::from_secs(7), self.mesh.handover())
+        let handed = tokio::time::timeout(within, self.mesh.handover())
             .await
             .unwrap_or((0, usize::MAX));
         self.transport.close_all();
@@ -474,6 +532,58 @@ impl Node {
         Ok(all)
     }
 
+    /// End a dialog for an operator: BYE to both parties (`Reason: ... ended by the operator`)
+    /// and its record removed, by the node holding it (asked over the mesh when it is another
+    /// up member). `Ok(false)`: no dialog with this id in the mesh.
+    pub(crate) async fn end_dialog(&self, id: &str) -> Result<bool> {
+        let Some(listed) = self
+            .list_dialogs()
+            .await?
+            .into_iter()
+            .find(|l| l.dialog.id == id)
+        else {
+            return Ok(false);
+        };
+        let me = self.mesh.peer_id();
+        if let Some(holder) = listed
+            .dialog
+            .nodes
+            .first()
+            .copied()
+            .filter(|h| *h != me && self.mesh.is_up(h))
+        {
+            let answer = self
+                .mesh
+                .request_app(
+                    holder,
+                    AppMessage::EndDialog(id.to_string()).encode(),
+                    Duration::from_secs(10),
+                )
+                .await?;
+            if matches!(AppMessage::decode(&answer), Some(AppMessage::Ended(true))) {
+                return Ok(true);
+            }
+        }
+        self.end_here(&listed.dialog).await;
+        Ok(true)
+    }
+
+    async fn end_here(&self, d: &crate::call::dialog::Dialog) {
+        crate::node::failover::force_close_because(
+            &self.proxy,
+            d,
+            "SIP;cause=200;text=\"ended by the operator\"",
+        )
+        .await;
+        self.metrics.events.push(
+            crate::ops::events::Kind::Admin,
+            format!(
+                "ended dialog {} ({} to {})",
+                d.call_id, d.caller_uri, d.callee_uri
+            ),
+        );
+    }
+
     /// The contact URIs bound to an AOR (its user part), read at QUORUM.
     pub async fn contacts(&self, aor: &str) -> Result<Vec<String>> {
         let bindings = crate::call::location::lookup(&self.mesh, aor, Consistency::Quorum).await?;
@@ -517,6 +627,25 @@ async fn serve_internode(node: Node, mut rx: mpsc::Receiver<MeshMessage>, mut sh
             }
             Some(AppMessage::ListDialogs) => {
                 AppMessage::Dialogs(node.proxy.dialogs().local_records())
+            }
+            Some(AppMessage::EndDialog(id)) => {
+                // Ending sends BYEs: off this loop.
+                let node = node.clone();
+                tokio::spawn(async move {
+                    let found = node
+                        .proxy
+                        .dialogs()
+                        .local_records()
+                        .into_iter()
+                        .find(|l| l.dialog.id == id);
+                    if let Some(l) = &found {
+                        node.end_here(&l.dialog).await;
+                    }
+                    if let Some(reply) = msg.reply {
+                        let _ = reply.send(AppMessage::Ended(found.is_some()).encode());
+                    }
+                });
+                continue;
             }
             _ => {
                 warn!(from = %msg.from, "unknown application message");

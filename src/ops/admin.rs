@@ -12,9 +12,17 @@
 //! | `GET /v1/dialogs` | every active dialog of the mesh |
 //! | `GET /v1/bootstrap` | the least-loaded live nodes to register with (SIP URIs, load, q) |
 //! | `POST /v1/mesh/remove` | `{"peer_id", "force"?}`: remove a dead member from the ring (409 if it is up, or if data could be lost and not `force`) |
+//! | `DELETE /v1/dialogs/{id}` | end a dialog: BYE to both parties, record removed |
+//! | `POST /v1/mesh/decommission` | `{"within_secs"?}`: hand every replica over, leave the ring, stop (202) |
+//! | `GET /v1/overview` | status, counters, anti-entropy, bans and events (`?since=SEQ`) |
+//! | `GET /v1/live` | the overview every second as Server-Sent Events (`event: overview`) |
+//! | `GET /v1/ring` | each member's ring position and share of the keyspace |
+//! | `GET /v1/placement/{user}` | the replicas of a user's partitions and its bindings' owners |
+//! | `GET /v1/events` | recent events (`?since=SEQ`) |
+//! | `GET /` | the live mesh page (its files need no token; its data does off loopback) |
 //! | `GET /v1/bans` | sources banned by the throttle, why, seconds left |
 //! | `DELETE /v1/bans/{ip}` | lift a ban |
-//! | `GET /metrics` | Prometheus counters |
+//! | `GET /metrics` | Prometheus metrics (OpenMetrics text; every metric in docs/OPERATIONS.md) |
 //!
 //! Every mutating call (POST, PUT, DELETE) needs `Authorization: Bearer <token>`, on loopback
 //! too (the token is compared in constant time); off loopback every call does. Bodies are JSON
@@ -94,7 +102,16 @@ pub(crate) async fn serve(
         .route("/v1/mesh/remove", post(remove_member))
         .route("/v1/bans", get(bans))
         .route("/v1/bans/{ip}", axum::routing::delete(lift_ban))
+        .route("/v1/dialogs/{id}", axum::routing::delete(end_dialog))
+        .route("/v1/mesh/decommission", post(decommission))
+        .route("/v1/overview", get(overview_handler))
+        .route("/v1/live", get(live))
+        .route("/v1/ring", get(ring))
+        .route("/v1/placement/{user}", get(placement))
+        .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
+        .merge(crate::ops::page::routes())
+        .layer(axum::Extension(shutdown.clone()))
         .layer(middleware::from_fn_with_state(g, guard))
         .with_state(node);
     let stopped = async move { shutdown.wait().await };
@@ -142,7 +159,10 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
     }
     let method = req.method();
     let mutating = !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS");
-    if mutating || !g.loopback {
+    // The page's own files hold no data: a browser loads them without a token, then asks
+    // for the data with the token the operator types in.
+    let asset = !mutating && crate::ops::page::is_asset(req.uri().path());
+    if (mutating || !g.loopback) && !asset {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -191,7 +211,16 @@ async fn remove_member(State(node): State<Node>, Json(r): Json<Removal>) -> Resp
         );
     };
     match node.mesh.remove_member(peer, r.force) {
-        Ok(()) => Json(json!({ "removed": peer.to_string() })).into_response(),
+        Ok(()) => {
+            node.metrics.events.push(
+                crate::ops::events::Kind::Admin,
+                format!(
+                    "removed {peer} from the ring{}",
+                    if r.force { " (forced)" } else { "" }
+                ),
+            );
+            Json(json!({ "removed": peer.to_string() })).into_response()
+        }
         Err(why) => error(StatusCode::CONFLICT, why),
     }
 }
@@ -209,35 +238,232 @@ async fn lift_ban(State(node): State<Node>, Path(ip): Path<String>) -> Response 
         );
     };
     if node.throttle().lift(&addr) {
+        node.metrics.events.push(
+            crate::ops::events::Kind::Ban,
+            format!("lifted the ban on {addr}"),
+        );
         Json(json!({ "lifted": addr.to_string() })).into_response()
     } else {
         error(StatusCode::NOT_FOUND, format!("{addr} is not banned"))
     }
 }
 
-async fn status(State(node): State<Node>) -> Response {
+/// This node and the mesh as `/v1/status` gives them.
+fn status_json(node: &Node) -> serde_json::Value {
     let members = node.mesh.members();
     let up = members
         .iter()
         .filter(|m| m.state == sipmesh_net::MemberState::Up)
         .count();
     let registrations = node.owned_bindings();
-    Json(json!({
+    json!({
         "peer_id": node.mesh.peer_id().to_string(),
         "sip": format!("sip:{}", node.sip_advertised()),
         "http": node.http_addr().map(|a| format!("http://{a}")),
         "p2p": node.mesh.dial_addr().map(|a| a.to_string()),
         "realm": node.config.realm,
+        "version": env!("CARGO_PKG_VERSION"),
         "members_up": up,
+        "ring_members": node.mesh.snapshot().ring.len(),
+        "majority": node.mesh.snapshot().has_majority(),
         "registrations": registrations,
         "dialogs": node.proxy.dialogs().count(),
         "capacity": node.config.capacity,
+        "load": node.load(),
         "tcp_connections": node.transport.connections(),
         "transactions": node.transactions_alive(),
         "hints": node.keyspace().hints().len(),
         "members": members,
+    })
+}
+
+async fn status(State(node): State<Node>) -> Response {
+    Json(status_json(&node)).into_response()
+}
+
+/// Most bans the overview lists.
+const OVERVIEW_BANS: usize = 50;
+
+/// What the live page shows: the status, counters for rates, anti-entropy, bans, and the
+/// events after sequence number `since`.
+fn overview(node: &Node, since: u64) -> serde_json::Value {
+    use crate::sip::message::Method;
+    let sip = &node.metrics.sip;
+    let events = node.metrics.events.since(since);
+    let last_event = events.last().map_or(since, |e| e.seq);
+    let mut bans = node.throttle().bans(std::time::Instant::now());
+    bans.truncate(OVERVIEW_BANS);
+    let (rounds, differing, repaired) = node.mesh.metrics().anti_entropy_totals();
+    json!({
+        "status": status_json(node),
+        "ring_version": node.mesh.snapshot().version,
+        "now_ms": node.keyspace().wall_ms(),
+        "counters": {
+            "requests": sip.requests_total(),
+            "registers_ok": node.metrics.registrar_ok.get(),
+            "auth_failures": node.metrics.registrar_auth_failures.get(),
+            "calls_answered": sip.responses(&Method::Invite, 2),
+            "invites": sip.requests_of(&Method::Invite),
+            "failures": sip.server_failures(),
+        },
+        "anti_entropy": { "rounds": rounds, "differing": differing, "repaired": repaired },
+        "bans": bans,
+        "events": events,
+        "last_event": last_event,
+    })
+}
+
+#[derive(Deserialize)]
+struct Since {
+    #[serde(default)]
+    since: u64,
+}
+
+async fn overview_handler(
+    State(node): State<Node>,
+    axum::extract::Query(q): axum::extract::Query<Since>,
+) -> Response {
+    Json(overview(&node, q.since)).into_response()
+}
+
+async fn events(
+    State(node): State<Node>,
+    axum::extract::Query(q): axum::extract::Query<Since>,
+) -> Response {
+    Json(json!({ "events": node.metrics.events.since(q.since) })).into_response()
+}
+
+/// How often the live stream sends the overview.
+const LIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Server-Sent Events: an `overview` event at once and every second (with only the events
+/// not sent yet), until the client goes or the node stops.
+async fn live(
+    State(node): State<Node>,
+    axum::Extension(shutdown): axum::Extension<sipmesh_net::shutdown::Shutdown>,
+    axum::extract::Query(q): axum::extract::Query<Since>,
+) -> impl IntoResponse {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let stream = stream::unfold(
+        (node, shutdown, q.since, true),
+        |(node, mut shutdown, since, first)| async move {
+            if !first {
+                tokio::select! {
+                    _ = shutdown.wait() => return None,
+                    _ = tokio::time::sleep(LIVE_EVERY) => {}
+                }
+            }
+            if shutdown.is_triggered() {
+                return None;
+            }
+            let v = overview(&node, since);
+            let next = v["last_event"].as_u64().unwrap_or(since);
+            let event = Event::default().event("overview").data(v.to_string());
+            Some((
+                Ok::<_, std::convert::Infallible>(event),
+                (node, shutdown, next, false),
+            ))
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// Positions sampled to estimate each member's share of the keyspace.
+const RING_SAMPLES: u32 = 2048;
+
+/// The ring: each member's position (0..1 around the circle: the first 32 bits of its
+/// Kademlia position) and the share of the keyspace it replicates (sampled).
+async fn ring(State(node): State<Node>) -> Response {
+    use sha2::Digest;
+    let snap = node.mesh.snapshot();
+    let mut held: std::collections::HashMap<sipmesh_net::PeerId, u32> =
+        std::collections::HashMap::new();
+    for i in 0..RING_SAMPLES {
+        let pos: [u8; 32] = sha2::Sha256::digest(i.to_be_bytes()).into();
+        for m in snap.replicas_at(&pos) {
+            *held.entry(m.peer).or_default() += 1;
+        }
+    }
+    let members: Vec<_> = snap
+        .ring
+        .iter()
+        .map(|m| {
+            let p = u32::from_be_bytes([m.position[0], m.position[1], m.position[2], m.position[3]]);
+            json!({
+                "peer_id": m.peer.to_string(),
+                "up": m.up,
+                "local": m.peer == snap.local,
+                "position": f64::from(p) / f64::from(u32::MAX),
+                "share": f64::from(held.get(&m.peer).copied().unwrap_or(0)) / f64::from(RING_SAMPLES),
+            })
+        })
+        .collect();
+    Json(json!({
+        "version": snap.version,
+        "replication_factor": snap.effective_rf(),
+        "members": members,
     }))
     .into_response()
+}
+
+/// Where a user's data lives: the replicas of its `users` and `registrations` partitions
+/// (closest first), and the nodes owning its bindings (read at QUORUM).
+async fn placement(State(node): State<Node>, Path(user): Path<String>) -> Response {
+    let aor = crate::sip::uri::canonical_user(&user);
+    let snap = node.mesh.snapshot();
+    let position = |pk: &[u8]| {
+        let p = sipmesh_net::placement::key_position(pk);
+        f64::from(u32::from_be_bytes([p[0], p[1], p[2], p[3]])) / f64::from(u32::MAX)
+    };
+    let replicas = |pk: &[u8]| -> Vec<serde_json::Value> {
+        snap.replicas(pk)
+            .iter()
+            .map(|m| json!({ "peer_id": m.peer.to_string(), "up": m.up }))
+            .collect()
+    };
+    let owners = match crate::call::location::lookup(&node.mesh, &aor, Consistency::Quorum).await {
+        Ok(b) => b
+            .iter()
+            .map(|b| json!({ "peer_id": b.owner.to_string(), "contact": b.contact }))
+            .collect::<Vec<_>>(),
+        Err(e) => return internal(e),
+    };
+    Json(json!({
+        "user": aor,
+        "position": position(aor.as_bytes()),
+        "user_replicas": replicas(aor.as_bytes()),
+        "registration_replicas": replicas(aor.as_bytes()),
+        "binding_owners": owners,
+    }))
+    .into_response()
+}
+
+async fn end_dialog(State(node): State<Node>, Path(id): Path<String>) -> Response {
+    match node.end_dialog(&id).await {
+        Ok(true) => Json(json!({ "ended": id })).into_response(),
+        Ok(false) => error(StatusCode::NOT_FOUND, format!("no dialog {id:?}")),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct Decommission {
+    /// Seconds the handover may take (default 300).
+    #[serde(default)]
+    within_secs: Option<u64>,
+}
+
+async fn decommission(State(node): State<Node>, Json(d): Json<Decommission>) -> Response {
+    let within = std::time::Duration::from_secs(d.within_secs.unwrap_or(300).clamp(5, 3600));
+    node.decommission(within);
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "decommissioning": node.mesh.peer_id().to_string(),
+            "within_secs": within.as_secs(),
+        })),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -404,40 +630,38 @@ async fn dialogs(State(node): State<Node>) -> Response {
 }
 
 async fn metrics(State(node): State<Node>) -> Response {
-    let members_up = node
-        .mesh
-        .members()
-        .iter()
-        .filter(|m| m.state == sipmesh_net::MemberState::Up)
-        .count() as u64;
-    let body = node.metrics.render(&[
-        (
-            "members_up",
-            "Members of the mesh that are up, this node included",
-            members_up,
-        ),
-        (
-            "tcp_connections",
-            "Open SIP TCP connections",
-            node.transport.connections() as u64,
-        ),
-        (
-            "hints_pending",
-            "Hints waiting for a peer",
-            node.keyspace().hints().len() as u64,
-        ),
-        (
-            "mesh_majority",
-            "1 while this node sees a majority of its persisted ring (QUORUM is served), else 0",
-            u64::from(node.mesh.snapshot().has_majority()),
-        ),
-        (
-            "keyspace_clock_refusals",
-            "Mutations refused since start for a timestamp beyond the clock bound (5 min ahead)",
+    let body = node.metrics.encode(node.mesh.metrics(), |m| {
+        let members = node.mesh.members();
+        let count = |st: sipmesh_net::MemberState| members.iter().filter(|x| x.state == st).count();
+        let g = &m.gauges;
+        g.members("up", count(sipmesh_net::MemberState::Up));
+        g.members("down", count(sipmesh_net::MemberState::Down));
+        g.members("left", count(sipmesh_net::MemberState::Left));
+        let snap = node.mesh.snapshot();
+        g.ring_members.set(snap.ring.len() as i64);
+        g.mesh_majority.set(i64::from(snap.has_majority()));
+        g.hints_pending.set(node.keyspace().hints().len() as i64);
+        let (server, client, _) = node.dispatcher.transactions().counts();
+        g.transactions.set((server + client) as i64);
+        g.dialogs.set(node.proxy.dialogs().count() as i64);
+        g.bindings.set(node.owned_bindings() as i64);
+        g.tcp_connections.set(node.transport.connections() as i64);
+        g.bans
+            .set(node.throttle().bans(std::time::Instant::now()).len() as i64);
+        g.capacity.set(i64::from(node.config.capacity));
+        crate::metrics::Metrics::catch_up(
+            &m.keyspace_clock_refusals,
             node.keyspace().clock_refusals(),
-        ),
-    ]);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+        );
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 #[cfg(test)]

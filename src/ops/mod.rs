@@ -2,13 +2,17 @@
 //!
 //! - [`admin`]: the admin HTTP API (JSON) and Prometheus `/metrics`.
 //! - [`config`]: the TOML configuration file.
+//! - [`events`]: the node's recent events (members, bans, custody, operator actions).
+//! - [`page`]: the live mesh page served at `/`.
 //! - [`local_mesh`]: [`crate::LocalMesh`], N nodes in one process for tests.
 //!
 //! [`launch`] starts a node with its admin API, as `sipmesh node` and `LocalMesh` do.
 
 pub mod admin;
 pub mod config;
+pub mod events;
 pub mod local_mesh;
+pub mod page;
 
 use crate::error::{Error, Result};
 use crate::node::{Node, NodeConfig};

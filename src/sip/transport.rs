@@ -207,6 +207,11 @@ impl Transport {
     }
 
     /// Send bytes on a flow (never blocks: UDP is best effort, TCP is queued).
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     pub fn send(&self, flow: &Flow, bytes: Arc<[u8]>) -> Result<(), SendError> {
         match flow {
             Flow::Udp(addr) => match self.udp.try_send_to(&bytes, *addr) {

@@ -149,6 +149,11 @@ fn name_addr_uri(value: &str) -> Option<String> {
 }
 
 impl Proxy {
+    /// The node's metrics (and recent events).
+    pub(crate) fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.ctx.metrics
+    }
+
     /// A proxy over the node's parts.
     pub fn new(ctx: Arc<Context>, dialogs: Arc<Dialogs>, config: ProxyConfig) -> Arc<Self> {
         let addr = ctx.names.advertised().clone();

@@ -18,6 +18,7 @@ use std::time::Instant;
 use tokio::sync::Notify;
 use tracing::debug;
 
+use crate::metrics;
 use crate::sip::flow::Flow;
 use crate::sip::message::{Message, Method};
 use crate::sip::transport::Transport;
@@ -86,6 +87,11 @@ struct ServerEntry {
     flow: Flow,
     /// Queued in `Inner::lingering`.
     lingering: bool,
+    /// When the request arrived, and its method's metrics label ([`metrics::method_index`]).
+    started: Instant,
+    method: u8,
+    /// A response beyond 100 Trying was sent (call setup is measured once).
+    answered: bool,
 }
 
 struct ClientEntry {
@@ -293,6 +299,9 @@ impl Transactions {
                 txn,
                 flow: flow.clone(),
                 lingering: false,
+                started: now,
+                method: metrics::method_index(method) as u8,
+                answered: false,
             },
         );
         ServerMatch::New
@@ -316,6 +325,13 @@ impl Transactions {
             debug!(?key, code, "response for an unknown server transaction");
             return;
         };
+        let was_final = !matches!(
+            entry.txn.state(),
+            server::State::Trying | server::State::Proceeding
+        );
+        let first_answer = code > 100 && !entry.answered;
+        entry.answered |= code > 100;
+        let (method, took) = (usize::from(entry.method), now - entry.started);
         let actions = entry.txn.on_response(code, bytes, now);
         let flow = entry.flow.clone();
         let deadline = entry.txn.deadline();
@@ -326,6 +342,16 @@ impl Transactions {
             inner.note_server(*key, now);
         }
         drop(inner);
+        if !was_final {
+            let sip = &self.transport.metrics().sip;
+            sip.response(method, code);
+            if code >= 200 {
+                sip.transaction(method, took);
+            }
+            if first_answer && method == metrics::INVITE {
+                sip.call_setup(took);
+            }
+        }
         self.run(&flow, actions, None);
     }
 
@@ -501,6 +527,9 @@ mod tests {
             txn,
             flow: Flow::Udp("127.0.0.1:5060".parse().unwrap()),
             lingering: false,
+            started: now,
+            method: 5,
+            answered: true,
         }
     }
 

@@ -1,0 +1,213 @@
+//! What the mesh layer measures: replication latency and outcomes, anti-entropy, handoff,
+//! hints and heartbeat round trips. The node registers these with its Prometheus registry
+//! ([`MeshMetrics::register`]); every label has a fixed, small set of values.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::error::Error;
+use crate::replication::Consistency;
+
+/// Labels of a replicated read or write.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// `read` or `write`.
+    pub op: &'static str,
+    /// `one`, `quorum` or `all`.
+    pub consistency: &'static str,
+}
+
+/// Labels of a failed replicated read or write.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailLabels {
+    /// `read` or `write`.
+    pub op: &'static str,
+    /// `one`, `quorum` or `all`.
+    pub consistency: &'static str,
+    /// `unavailable`, `timeout` or `error`.
+    pub reason: &'static str,
+}
+
+/// The mesh layer's metrics (cheap to clone: every metric is shared).
+#[derive(Clone, Debug)]
+pub struct MeshMetrics {
+    replication_seconds: Family<OpLabels, Histogram>,
+    replication_failures: Family<FailLabels, Counter>,
+    anti_entropy_rounds: Counter,
+    anti_entropy_leaves_compared: Counter,
+    anti_entropy_leaves_differing: Counter,
+    anti_entropy_partitions_repaired: Counter,
+    anti_entropy_bytes: Counter,
+    handoff_partitions: Counter,
+    hints_delivered: Counter,
+    heartbeat_rtt_seconds: Histogram,
+    heartbeat_failures: Counter,
+}
+
+fn latency_buckets() -> Histogram {
+    // 100 µs .. ~3.3 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+impl Default for MeshMetrics {
+    fn default() -> Self {
+        MeshMetrics {
+            replication_seconds: Family::new_with_constructor(latency_buckets),
+            replication_failures: Family::default(),
+            anti_entropy_rounds: Counter::default(),
+            anti_entropy_leaves_compared: Counter::default(),
+            anti_entropy_leaves_differing: Counter::default(),
+            anti_entropy_partitions_repaired: Counter::default(),
+            anti_entropy_bytes: Counter::default(),
+            handoff_partitions: Counter::default(),
+            hints_delivered: Counter::default(),
+            heartbeat_rtt_seconds: latency_buckets(),
+            heartbeat_failures: Counter::default(),
+        }
+    }
+}
+
+fn level(cl: Consistency) -> &'static str {
+    match cl {
+        Consistency::One => "one",
+        Consistency::Quorum => "quorum",
+        Consistency::All => "all",
+    }
+}
+
+impl MeshMetrics {
+    /// Register every metric in `registry` (names get the registry's prefix).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register_with_unit(
+            "replication",
+            "Replicated reads and writes coordinated by this node, until their consistency level was reached or failed",
+            Unit::Seconds,
+            self.replication_seconds.clone(),
+        );
+        registry.register(
+            "replication_failures",
+            "Replicated reads and writes that failed (unavailable: too few replicas up or no majority; timeout; error)",
+            self.replication_failures.clone(),
+        );
+        registry.register(
+            "anti_entropy_rounds",
+            "Anti-entropy rounds run (one exchange with every up peer)",
+            self.anti_entropy_rounds.clone(),
+        );
+        registry.register(
+            "anti_entropy_leaves_compared",
+            "Merkle leaves compared with peers",
+            self.anti_entropy_leaves_compared.clone(),
+        );
+        registry.register(
+            "anti_entropy_leaves_differing",
+            "Merkle leaves found different from a peer's",
+            self.anti_entropy_leaves_differing.clone(),
+        );
+        registry.register(
+            "anti_entropy_partitions_repaired",
+            "Partitions pulled from or pushed to peers by anti-entropy",
+            self.anti_entropy_partitions_repaired.clone(),
+        );
+        registry.register_with_unit(
+            "anti_entropy",
+            "Bytes moved by anti-entropy (both ways)",
+            Unit::Bytes,
+            self.anti_entropy_bytes.clone(),
+        );
+        registry.register(
+            "handoff_partitions",
+            "Partitions handed off to their new replicas after a ring change",
+            self.handoff_partitions.clone(),
+        );
+        registry.register(
+            "hints_delivered",
+            "Hinted writes delivered to a replica that was back",
+            self.hints_delivered.clone(),
+        );
+        registry.register_with_unit(
+            "heartbeat_rtt",
+            "Round trip of membership heartbeats to other members",
+            Unit::Seconds,
+            self.heartbeat_rtt_seconds.clone(),
+        );
+        registry.register(
+            "heartbeat_failures",
+            "Heartbeats that got no answer in time",
+            self.heartbeat_failures.clone(),
+        );
+    }
+
+    /// A replicated operation ended after `took`.
+    pub(crate) fn replicated<T>(
+        &self,
+        op: &'static str,
+        cl: Consistency,
+        took: Duration,
+        outcome: &Result<T, Error>,
+    ) {
+        let consistency = level(cl);
+        match outcome {
+            Ok(_) => self
+                .replication_seconds
+                .get_or_create(&OpLabels { op, consistency })
+                .observe(took.as_secs_f64()),
+            Err(e) => {
+                let reason = match e {
+                    Error::Unavailable { .. } => "unavailable",
+                    Error::Timeout { .. } => "timeout",
+                    _ => "error",
+                };
+                self.replication_failures
+                    .get_or_create(&FailLabels {
+                        op,
+                        consistency,
+                        reason,
+                    })
+                    .inc();
+            }
+        }
+    }
+
+    /// An anti-entropy round ended.
+    pub(crate) fn anti_entropy(&self, x: &crate::anti_entropy::Exchange) {
+        self.anti_entropy_rounds.inc();
+        self.anti_entropy_leaves_compared.inc_by(x.compared as u64);
+        self.anti_entropy_leaves_differing
+            .inc_by(x.differing as u64);
+        self.anti_entropy_partitions_repaired
+            .inc_by((x.pulled + x.pushed) as u64);
+        self.anti_entropy_bytes.inc_by(x.bytes as u64);
+    }
+
+    pub(crate) fn handed_off(&self, n: usize) {
+        self.handoff_partitions.inc_by(n as u64);
+    }
+
+    pub(crate) fn hints(&self, n: usize) {
+        self.hints_delivered.inc_by(n as u64);
+    }
+
+    pub(crate) fn heartbeat(&self, rtt: Option<Duration>) {
+        match rtt {
+            Some(d) => self.heartbeat_rtt_seconds.observe(d.as_secs_f64()),
+            None => {
+                self.heartbeat_failures.inc();
+            }
+        }
+    }
+
+    /// Anti-entropy totals since start: (rounds, leaves differing, partitions repaired).
+    pub fn anti_entropy_totals(&self) -> (u64, u64, u64) {
+        (
+            self.anti_entropy_rounds.get(),
+            self.anti_entropy_leaves_differing.get(),
+            self.anti_entropy_partitions_repaired.get(),
+        )
+    }
+}

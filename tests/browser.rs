@@ -1,0 +1,153 @@
+//! The live mesh page in a real browser (issue "Operator experience"): Debian's chromium,
+//! driven by playwright-core (tests/browser/mesh_page.mjs), loads `/` from node 0 of a 3-node
+//! mesh with phones registered and a call up. What the page shows must match `/v1/status`;
+//! locating a user highlights its replicas; the page is read-only until the admin token is
+//! typed, then lifts a ban at the node. The screenshot lands in target/screenshots/ (a copy
+//! from a run is docs/mesh-page.png).
+
+mod common;
+
+use common::*;
+use sipmesh::sip::message::HeaderName;
+
+const LONG: u64 = 5000;
+
+/// Where the browser driver lives (its node_modules are installed by scripts/test.sh).
+fn driver_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_page_matches_status_and_acts_only_with_the_token() {
+    within(240, async {
+        let mesh = mesh_with_users(3, PHONES, |_| {}).await;
+        let sip = |i: usize| mesh.node(i).node().unwrap().sip_addr();
+        let http = mesh.node(0).node().unwrap().http_addr().unwrap();
+        let admin = admin_token(&mesh, 0);
+
+        // Phones at node 0 and node 2, and a call between them that stays up.
+        let mut alice = Ua::new("alice", sip(0)).await;
+        let mut bob = Ua::new("bob", sip(2)).await;
+        assert_eq!(alice.register("a-pw").await, 200);
+        assert_eq!(bob.register("b-pw").await, 200);
+        let call_id = format!("{}@alice", token());
+        invite_with_auth(&mut alice, "bob", "a-pw", &call_id, "atag").await;
+        let inv = bob.wait_request("INVITE", LONG).await.expect("bob rings");
+        bob.send(&bob.answer(&inv, 200, "OK", "btag")).await;
+        let ok = alice
+            .wait_response(200, "INVITE", LONG)
+            .await
+            .expect("answered");
+        let route_set: Vec<String> = hvals(&ok, &HeaderName::RecordRoute)
+            .into_iter()
+            .rev()
+            .collect();
+        let (to, from) = (
+            ok.header(&HeaderName::To).unwrap().to_string(),
+            ok.header(&HeaderName::From).unwrap().to_string(),
+        );
+        let target = uri_of(&hvals(&ok, &HeaderName::Contact)[0]);
+        alice
+            .send(&alice.in_dialog("ACK", &target, &route_set, &from, &to, &call_id, 2))
+            .await;
+
+        // A scanner from 127.0.0.9 gets itself banned.
+        let mut scanner = Client::udp_from("127.0.0.9", sip(0)).await;
+        for i in 0..40 {
+            let options = format!(
+                "OPTIONS sip:{} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKscan{i}\r\nMax-Forwards: 70\r\nFrom: <sip:scan@x>;tag=s\r\nTo: <sip:{}>\r\nCall-ID: scan{i}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+                sip(0), scanner.local(), sip(0)
+            );
+            scanner.send(options.as_bytes()).await;
+        }
+        eventually(10, "the scanner is banned", || async {
+            let (_, v) = http_get(format!("http://{http}/v1/bans")).await;
+            v["bans"].to_string().contains("127.0.0.9")
+        })
+        .await;
+        // Member tags (load, registrations, dialogs) are published every 2 s.
+        eventually(10, "node 0's tags show its call", || async {
+            let (_, v) = http_get(format!("http://{}/v1/status", mesh.node(2).node().unwrap().http_addr().unwrap())).await;
+            v["members"].as_array().unwrap().iter().any(|m| m["tags"]["dialogs"] == "1")
+        })
+        .await;
+
+        let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+        std::fs::create_dir_all(&shot).unwrap();
+        let shot = shot.join("mesh-page.png");
+        let _ = std::fs::remove_file(&shot);
+        let run = tokio::process::Command::new("node")
+            .current_dir(driver_dir())
+            .arg("mesh_page.mjs")
+            .arg(format!("http://{http}/"))
+            .arg(&shot)
+            .arg("alice")
+            .arg(&admin)
+            .arg("127.0.0.9")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("node (Node.js) runs: scripts/test.sh installs it");
+        assert!(
+            run.status.success(),
+            "the browser driver failed: {}\n{}",
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let page: serde_json::Value =
+            serde_json::from_slice(run.stdout.trim_ascii()).expect("the driver prints JSON");
+        let (_, status) = http_get(format!("http://{http}/v1/status")).await;
+
+        let shown = &page["read_only"];
+        assert_eq!(shown["members_up"], status["members_up"], "{page}");
+        assert_eq!(shown["members_up"], 3);
+        assert_eq!(shown["registrations"], status["registrations"]);
+        assert_eq!(shown["registrations"], 1, "alice is bound at node 0");
+        assert_eq!(shown["dialogs"], status["dialogs"]);
+        assert_eq!(shown["dialogs"], 1, "the call is up");
+        assert_eq!(shown["majority"], "yes");
+        let mut want: Vec<(String, String)> = status["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["peer_id"].as_str().unwrap().into(), m["state"].as_str().unwrap().into()))
+            .collect();
+        let mut got: Vec<(String, String)> = shown["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["peer_id"].as_str().unwrap().into(), m["state"].as_str().unwrap().into()))
+            .collect();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want, "the page lists every member in its state");
+        // Node 2's row counts bob's binding (from its published tags).
+        let node2 = mesh.node(2).node().unwrap().mesh.peer_id().to_string();
+        let row2 = shown["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["peer_id"] == node2.as_str())
+            .unwrap();
+        assert_eq!(row2["registrations"], 1, "{row2}");
+        assert_eq!(shown["ring_dots"], 3);
+        assert_ne!(shown["rate_register"], "–", "rates come from successive updates");
+        assert!(shown["bans"].to_string().contains("127.0.0.9"));
+        assert!(shown["events"].to_string().contains("ban"), "the ban is a recent event");
+        // Read-only without the token.
+        assert_eq!(shown["admin"], false);
+        assert_eq!(shown["lift_buttons_visible"], 0);
+        // Locating alice: her 3 replicas highlighted, her binding's owner named.
+        let lookup = page["lookup"].as_str().unwrap();
+        assert!(lookup.contains("alice") && lookup.contains("via"), "{lookup}");
+        assert_eq!(page["highlighted"], 3);
+        // With the token, the page lifted the ban at the node.
+        assert_eq!(page["admin"]["admin"], true);
+        let (_, bans) = http_get(format!("http://{http}/v1/bans")).await;
+        assert!(!bans["bans"].to_string().contains("127.0.0.9"), "{bans}");
+        // Every asset came from the node.
+        assert_eq!(page["foreign_requests"], serde_json::json!([]));
+        assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "a screenshot");
+    })
+    .await;
+}
