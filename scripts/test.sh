@@ -9,6 +9,15 @@ command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
 command -v linphone-daemon >/dev/null 2>&1 || need_apt+=(linphone-cli)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# The live mesh page in a real browser (tests/browser.rs), driven by playwright-core on Node.js.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+# A real Prometheus scrapes the nodes and promtool tests the alerting rules (tests/ops.rs);
+# systemd-analyze verifies the unit.
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if ((${#need_apt[@]})); then
   echo "installing: ${need_apt[*]}"
   SUDO=""
@@ -25,6 +34,12 @@ if ! "$SIPMESH_PYTHON" -c 'import pjsua2' >/dev/null 2>&1; then
   mkdir -p target
   python3 -m venv target/pjsua-venv
   target/pjsua-venv/bin/pip install -q pjsua2-python
+fi
+
+# playwright-core (npm), pinned by tests/browser/package-lock.json; it drives Debian's chromium.
+if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
+  echo "installing: playwright-core (npm) in tests/browser"
+  npm ci --prefix tests/browser --no-audit --no-fund --silent
 fi
 
 cargo test --workspace --locked

@@ -112,6 +112,13 @@ enum DialogCommand {
 
 #[derive(Subcommand)]
 enum MeshCommand {
+    /// Generate a mesh key (IPFS swarm.key format) for --mesh-key: every node of a mesh needs
+    /// the same one.
+    Keygen {
+        /// Write it here (owner-only permissions; refuses to overwrite).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Decommission the node: it hands every replica over, leaves the ring and stops.
     Decommission {
         /// Longest the handover may take, in seconds.
@@ -752,7 +759,7 @@ fn status_once(node: &str, token: Option<&str>) -> Result<()> {
             )
         };
         println!(
-            "{} {:52} {:5} {:>16} {:>6} {:>7} {:>4} {:>8}  {}",
+            "{} {:52} {:5} {:>16} {:>6} {:>7} {:>10} {:>8}  {}",
             if local { "*" } else { " " },
             text(&m["peer_id"]),
             text(&m["state"]).to_lowercase(),
@@ -856,6 +863,25 @@ fn encode_path(s: &str) -> String {
 
 fn mesh_command(cmd: MeshCommand, token: Option<&str>) -> Result<()> {
     match cmd {
+        MeshCommand::Keygen { out } => {
+            let key = sipmesh::sip::digest::hex(&rand::random::<[u8; 32]>());
+            let text = format!("/key/swarm/psk/1.0.0/\n/base16/\n{key}\n");
+            let mut f = std::fs::OpenOptions::new();
+            f.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut f, 0o600);
+            let mut file = f.open(&out).with_context(|| {
+                format!("cannot create {} (it must not exist yet)", out.display())
+            })?;
+            std::io::Write::write_all(&mut file, text.as_bytes())?;
+            file.sync_all()?;
+            sipmesh_net::MeshConfig::read_mesh_key(&out).context("the written key")?;
+            println!(
+                "wrote a mesh key to {}: copy it to every node over a secure channel and pass --mesh-key {}",
+                out.display(),
+                out.display()
+            );
+        }
         MeshCommand::Remove {
             peer_id,
             force,
@@ -894,7 +920,18 @@ fn log_filter(verbose: u8, default: &str) -> tracing_subscriber::EnvFilter {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain of causes on one line; no backtrace (RUST_BACKTRACE is for bugs).
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     let token = cli.token.as_deref();
     match cli.command {

@@ -675,6 +675,35 @@ async fn a_node_restarted_alone_is_no_mesh_of_one() {
     .await;
 }
 
+/// The seed node (started without --bootstrap) leaves gracefully, as `systemctl stop` does,
+/// and starts again: it dials the members of its persisted ring (the others no longer dial a
+/// member that left) and is back in everyone's ring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_that_left_rejoins_through_its_persisted_ring() {
+    within(120, async {
+        let mesh = LocalMesh::builder().nodes(3).start().await.unwrap();
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        assert!(
+            mesh.node(0).config().mesh.bootstrap.is_empty(),
+            "node 0 is the seed"
+        );
+        let seed = mesh.node(0).peer_id;
+        mesh.leave(0).await.unwrap();
+        mesh.wait_state(seed, MemberState::Left, Duration::from_secs(10))
+            .await
+            .unwrap();
+        mesh.restart(0).await.unwrap();
+        mesh.wait_state(seed, MemberState::Up, Duration::from_secs(30))
+            .await
+            .expect("the others see the seed back");
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        write(&mesh, 0, key(7), "back".into(), Consistency::Quorum)
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
 /// `sipmesh mesh remove`: refused for a member that is up; a dead member is removed, the
 /// decision reaches the other members (it is left everywhere, out of every ring), and QUORUM
 /// keeps working on the remaining replicas.

@@ -91,11 +91,57 @@ pub fn load_or_create_key(dir: &Path) -> Result<identity::Keypair> {
     }
 }
 
+/// TCP that dials from a fresh port, never from its listening one. libp2p dials with
+/// `PortUse::Reuse` by default: the socket is bound to `0.0.0.0:LISTEN_PORT`, and when the
+/// destination is an address of this host with the same port (two nodes on one host, on two
+/// addresses, both on 4001) the kernel picks the destination itself as the source, and the
+/// socket connects to itself; every Noise handshake then fails. Port reuse only helps NAT hole
+/// punching, which the mesh does not do.
+struct FreshPorts<T>(T);
+
+impl<T: Transport + Unpin> Transport for FreshPorts<T> {
+    type Output = T::Output;
+    type Error = T::Error;
+    type ListenerUpgrade = T::ListenerUpgrade;
+    type Dial = T::Dial;
+
+    fn listen_on(
+        &mut self,
+        id: libp2p::core::transport::ListenerId,
+        addr: Multiaddr,
+    ) -> std::result::Result<(), libp2p::core::transport::TransportError<Self::Error>> {
+        self.0.listen_on(id, addr)
+    }
+
+    fn remove_listener(&mut self, id: libp2p::core::transport::ListenerId) -> bool {
+        self.0.remove_listener(id)
+    }
+
+    fn dial(
+        &mut self,
+        addr: Multiaddr,
+        mut opts: libp2p::core::transport::DialOpts,
+    ) -> std::result::Result<Self::Dial, libp2p::core::transport::TransportError<Self::Error>> {
+        opts.port_use = libp2p::core::transport::PortUse::New;
+        self.0.dial(addr, opts)
+    }
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<libp2p::core::transport::TransportEvent<Self::ListenerUpgrade, Self::Error>>
+    {
+        std::pin::Pin::new(&mut self.get_mut().0).poll(cx)
+    }
+}
+
 fn transport(
     key: &identity::Keypair,
     psk: Option<pnet::PreSharedKey>,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>> {
-    let tcp = libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default().nodelay(true));
+    let tcp = FreshPorts(libp2p::tcp::tokio::Transport::new(
+        libp2p::tcp::Config::default().nodelay(true),
+    ));
     let noise = noise::Config::new(key).map_err(|e| Error::Config(format!("noise: {e}")))?;
     let yamux = yamux::Config::default();
     let timeout = Duration::from_secs(10);
@@ -237,7 +283,13 @@ async fn run(
     loop {
         tokio::select! {
             command = commands.recv() => match command {
-                Some(Command::AddAddress(peer, addr)) => swarm.add_peer_address(peer, addr),
+                Some(Command::AddAddress(peer, addr)) => {
+                    // The swarm keeps no address book of its own: Kademlia's routing table is
+                    // where dials find addresses (a seed restarted without --bootstrap reaches
+                    // its persisted ring this way).
+                    swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    swarm.add_peer_address(peer, addr);
+                }
                 Some(Command::FindPeer(peer)) => {
                     swarm.behaviour_mut().kad.get_closest_peers(peer);
                 }

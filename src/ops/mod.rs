@@ -87,7 +87,7 @@ fn admission(config: &NodeConfig) -> Result<()> {
     }
     Err(Error::Config(format!(
         "--p2p-listen {} is beyond loopback and no --mesh-key is set: give every node of the \
-         mesh the same --mesh-key (a swarm.key file; docs/SECURITY.md shows how to make one), \
+         mesh the same --mesh-key (a swarm.key file: `sipmesh mesh keygen --out FILE` makes one), \
          or pass --insecure-open-mesh",
         beyond.join(", ")
     )))
