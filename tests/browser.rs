@@ -52,14 +52,7 @@ async fn live_page_matches_status_and_acts_only_with_the_token() {
             .await;
 
         // A scanner from 127.0.0.9 gets itself banned.
-        let mut scanner = Client::udp_from("127.0.0.9", sip(0)).await;
-        for i in 0..40 {
-            let options = format!(
-                "OPTIONS sip:{} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKscan{i}\r\nMax-Forwards: 70\r\nFrom: <sip:scan@x>;tag=s\r\nTo: <sip:{}>\r\nCall-ID: scan{i}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
-                sip(0), scanner.local(), sip(0)
-            );
-            scanner.send(options.as_bytes()).await;
-        }
+        scan_from("127.0.0.9", sip(0), 40).await;
         eventually(10, "the scanner is banned", || async {
             let (_, v) = http_get(format!("http://{http}/v1/bans")).await;
             v["bans"].to_string().contains("127.0.0.9")
@@ -67,8 +60,16 @@ async fn live_page_matches_status_and_acts_only_with_the_token() {
         .await;
         // Member tags (load, registrations, dialogs) are published every 2 s.
         eventually(10, "node 0's tags show its call", || async {
-            let (_, v) = http_get(format!("http://{}/v1/status", mesh.node(2).node().unwrap().http_addr().unwrap())).await;
-            v["members"].as_array().unwrap().iter().any(|m| m["tags"]["dialogs"] == "1")
+            let (_, v) = http_get(format!(
+                "http://{}/v1/status",
+                mesh.node(2).node().unwrap().http_addr().unwrap()
+            ))
+            .await;
+            v["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["tags"]["dialogs"] == "1")
         })
         .await;
 
@@ -110,13 +111,23 @@ async fn live_page_matches_status_and_acts_only_with_the_token() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|m| (m["peer_id"].as_str().unwrap().into(), m["state"].as_str().unwrap().into()))
+            .map(|m| {
+                (
+                    m["peer_id"].as_str().unwrap().into(),
+                    m["state"].as_str().unwrap().into(),
+                )
+            })
             .collect();
         let mut got: Vec<(String, String)> = shown["members"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|m| (m["peer_id"].as_str().unwrap().into(), m["state"].as_str().unwrap().into()))
+            .map(|m| {
+                (
+                    m["peer_id"].as_str().unwrap().into(),
+                    m["state"].as_str().unwrap().into(),
+                )
+            })
             .collect();
         want.sort();
         got.sort();
@@ -131,15 +142,24 @@ async fn live_page_matches_status_and_acts_only_with_the_token() {
             .unwrap();
         assert_eq!(row2["registrations"], 1, "{row2}");
         assert_eq!(shown["ring_dots"], 3);
-        assert_ne!(shown["rate_register"], "–", "rates come from successive updates");
+        assert_ne!(
+            shown["rate_register"], "–",
+            "rates come from successive updates"
+        );
         assert!(shown["bans"].to_string().contains("127.0.0.9"));
-        assert!(shown["events"].to_string().contains("ban"), "the ban is a recent event");
+        assert!(
+            shown["events"].to_string().contains("ban"),
+            "the ban is a recent event"
+        );
         // Read-only without the token.
         assert_eq!(shown["admin"], false);
         assert_eq!(shown["lift_buttons_visible"], 0);
         // Locating alice: her 3 replicas highlighted, her binding's owner named.
         let lookup = page["lookup"].as_str().unwrap();
-        assert!(lookup.contains("alice") && lookup.contains("via"), "{lookup}");
+        assert!(
+            lookup.contains("alice") && lookup.contains("via"),
+            "{lookup}"
+        );
         assert_eq!(page["highlighted"], 3);
         // With the token, the page lifted the ban at the node.
         assert_eq!(page["admin"]["admin"], true);
@@ -147,7 +167,10 @@ async fn live_page_matches_status_and_acts_only_with_the_token() {
         assert!(!bans["bans"].to_string().contains("127.0.0.9"), "{bans}");
         // Every asset came from the node.
         assert_eq!(page["foreign_requests"], serde_json::json!([]));
-        assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "a screenshot");
+        assert!(
+            std::fs::metadata(&shot).unwrap().len() > 10_000,
+            "a screenshot"
+        );
     })
     .await;
 }

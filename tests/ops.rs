@@ -269,9 +269,8 @@ async fn operator_commands_on_real_nodes() {
     within(300, async {
         let base = 28000 + (std::process::id() % 500) as u16 * 3;
         let http = |i: u16| format!("http://127.0.0.1:{}", base + 200 + i);
-        let sip = |i: u16| -> std::net::SocketAddr {
-            format!("127.0.0.1:{}", base + i).parse().unwrap()
-        };
+        let sip =
+            |i: u16| -> std::net::SocketAddr { format!("127.0.0.1:{}", base + i).parse().unwrap() };
         let dir = tempfile::tempdir().unwrap();
         let mut nodes = Vec::new();
         for i in 0..3 {
@@ -292,21 +291,32 @@ async fn operator_commands_on_real_nodes() {
         }
         let file = dir.path().join("users.csv");
         std::fs::write(&file, csv).unwrap();
-        let (ok, out, err) = cli(&["user", "import", file.to_str().unwrap(), "--node", &http(0)]).await;
+        let (ok, out, err) =
+            cli(&["user", "import", file.to_str().unwrap(), "--node", &http(0)]).await;
         assert!(ok, "{out}{err}");
         assert!(err.contains("imported 2000/5000"), "progress: {err}");
         assert!(err.contains("imported 5000/5000 (100%), 0 failed"), "{err}");
         assert!(out.contains("added 5000 of 5000 users"), "{out}");
         // A bad line is refused before anything is sent, naming the line.
         std::fs::write(&file, "carol,c-pw\nbad user,x\n").unwrap();
-        let (ok, _, err) = cli(&["user", "import", file.to_str().unwrap(), "--node", &http(0)]).await;
+        let (ok, _, err) =
+            cli(&["user", "import", file.to_str().unwrap(), "--node", &http(0)]).await;
         assert!(!ok && err.contains("line 2"), "{err}");
 
         // Status: members with their load; --watch refreshes.
         let (ok, out, err) = cli(&["status", "--node", &http(0)]).await;
         assert!(ok, "{err}");
-        assert!(out.contains("members up  3 of 3 in the ring (QUORUM served)"), "{out}");
-        assert_eq!(out.lines().filter(|l| l.contains(" up ") && l.contains("/100000")).count(), 3, "{out}");
+        assert!(
+            out.contains("members up  3 of 3 in the ring (QUORUM served)"),
+            "{out}"
+        );
+        assert_eq!(
+            out.lines()
+                .filter(|l| l.contains(" up ") && l.contains("/100000"))
+                .count(),
+            3,
+            "{out}"
+        );
         let mut watch = Command::new(env!("CARGO_BIN_EXE_sipmesh"))
             .args(["status", "--watch", "1", "--node", &http(0)])
             .env("SIPMESH_ADMIN_TOKEN", TOKEN)
@@ -317,7 +327,9 @@ async fn operator_commands_on_real_nodes() {
         tokio::time::sleep(Duration::from_millis(3500)).await;
         watch.start_kill().unwrap();
         let out = watch.wait_with_output().await.unwrap();
-        let screens = String::from_utf8_lossy(&out.stdout).matches("every 1s:").count();
+        let screens = String::from_utf8_lossy(&out.stdout)
+            .matches("every 1s:")
+            .count();
         assert!(screens >= 2, "--watch refreshed {screens} times");
 
         // Dialogs: a call alice (node 0) -> bob (node 2), listed and ended by the operator.
@@ -329,45 +341,66 @@ async fn operator_commands_on_real_nodes() {
         invite_with_auth(&mut alice, "bob", "a-pw", &call_id, "atag").await;
         let inv = bob.wait_request("INVITE", LONG).await.expect("bob rings");
         bob.send(&bob.answer(&inv, 200, "OK", "btag")).await;
-        let ok200 = alice.wait_response(200, "INVITE", LONG).await.expect("answered");
-        let routes: Vec<String> = hvals(&ok200, &HeaderName::RecordRoute).into_iter().rev().collect();
+        let ok200 = alice
+            .wait_response(200, "INVITE", LONG)
+            .await
+            .expect("answered");
+        let routes: Vec<String> = hvals(&ok200, &HeaderName::RecordRoute)
+            .into_iter()
+            .rev()
+            .collect();
         let target = uri_of(&hvals(&ok200, &HeaderName::Contact)[0]);
         let (to, from) = (
             ok200.header(&HeaderName::To).unwrap().to_string(),
             ok200.header(&HeaderName::From).unwrap().to_string(),
         );
-        alice.send(&alice.in_dialog("ACK", &target, &routes, &from, &to, &call_id, 2)).await;
+        alice
+            .send(&alice.in_dialog("ACK", &target, &routes, &from, &to, &call_id, 2))
+            .await;
         let (ok, out, err) = cli(&["dialogs", "list", "--node", &http(1)]).await;
         assert!(ok && out.contains(&call_id), "{out}{err}");
-        let id = out.lines().find(|l| l.starts_with(&call_id)).unwrap().trim().to_string();
+        let id = out
+            .lines()
+            .find(|l| l.starts_with(&call_id))
+            .unwrap()
+            .trim()
+            .to_string();
         let (ok, out, err) = cli(&["dialogs", "end", &id, "--node", &http(1)]).await;
         assert!(ok, "{out}{err}");
         for ua in [&mut alice, &mut bob] {
-            let bye = ua.wait_request("BYE", LONG).await.expect("a BYE for each party");
-            let reason = bye.header(&HeaderName::Other("reason".into())).unwrap_or_default().to_string();
+            let bye = ua
+                .wait_request("BYE", LONG)
+                .await
+                .expect("a BYE for each party");
+            let reason = bye
+                .header(&HeaderName::Other("reason".into()))
+                .unwrap_or_default()
+                .to_string();
             assert!(reason.contains("ended by the operator"), "{reason}");
         }
         eventually(10, "the dialog is gone", || async {
-            cli(&["dialogs", "list", "--node", &http(0)]).await.1.contains("no dialogs")
+            cli(&["dialogs", "list", "--node", &http(0)])
+                .await
+                .1
+                .contains("no dialogs")
         })
         .await;
 
         // Bans: a scanner banned, listed, lifted.
-        let mut scanner = Client::udp_from("127.0.0.9", sip(0)).await;
-        for i in 0..40 {
-            let options = format!(
-                "OPTIONS sip:{} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKscan{i}\r\nMax-Forwards: 70\r\nFrom: <sip:scan@x>;tag=s\r\nTo: <sip:{}>\r\nCall-ID: scan{i}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
-                sip(0), scanner.local(), sip(0)
-            );
-            scanner.send(options.as_bytes()).await;
-        }
+        scan_from("127.0.0.9", sip(0), 40).await;
         eventually(10, "the scanner is listed", || async {
-            cli(&["bans", "list", "--node", &http(0)]).await.1.contains("127.0.0.9")
+            cli(&["bans", "list", "--node", &http(0)])
+                .await
+                .1
+                .contains("127.0.0.9")
         })
         .await;
         let (ok, out, _) = cli(&["bans", "lift", "127.0.0.9", "--node", &http(0)]).await;
         assert!(ok && out.contains("lifted"), "{out}");
-        assert!(!cli(&["bans", "list", "--node", &http(0)]).await.1.contains("127.0.0.9"));
+        assert!(!cli(&["bans", "list", "--node", &http(0)])
+            .await
+            .1
+            .contains("127.0.0.9"));
         let (ok, _, err) = cli(&["bans", "lift", "not-an-ip", "--node", &http(0)]).await;
         assert!(!ok && err.contains("not an IP address"), "{err}");
 

@@ -45,6 +45,19 @@ pub fn admin_token(mesh: &sipmesh::LocalMesh, i: usize) -> String {
         .to_string()
 }
 
+/// A scanner at `ip` sends `n` OPTIONS to `server` back to back (past the throttle's rate,
+/// so the source gets banned).
+pub async fn scan_from(ip: &str, server: SocketAddr, n: usize) {
+    let mut scanner = Client::udp_from(ip, server).await;
+    for i in 0..n {
+        let options = format!(
+            "OPTIONS sip:{server} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKscan{i}\r\nMax-Forwards: 70\r\nFrom: <sip:scan@x>;tag=s\r\nTo: <sip:{server}>\r\nCall-ID: scan{i}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            scanner.local()
+        );
+        scanner.send(options.as_bytes()).await;
+    }
+}
+
 /// The users of the call tests.
 pub const PHONES: &[(&str, &str)] = &[("alice", "a-pw"), ("bob", "b-pw"), ("carol", "c-pw")];
 
