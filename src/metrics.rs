@@ -378,7 +378,7 @@ pub struct Metrics {
     /// Sampled state.
     pub gauges: Gauges,
     /// Recent events (for the live page; not exported to Prometheus).
-    pub events: crate::ops::events::Events,
+    pub events: crate::events::Events,
     /// Serialises scrapes (gauges are set, then encoded).
     scrape: Mutex<()>,
 }

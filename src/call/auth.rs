@@ -436,7 +436,7 @@ pub(crate) async fn authenticate(
         {
             inc(&ctx.metrics.sip_sources_banned);
             ctx.metrics.events.push(
-                crate::ops::events::Kind::Ban,
+                crate::events::Kind::Ban,
                 format!("banned {} (failed authentications as {username:?})", source),
             );
         }

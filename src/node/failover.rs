@@ -153,7 +153,7 @@ async fn take_custody(mesh: Mesh, proxy: Arc<Proxy>, dead: PeerId, grace: Durati
     }
     info!(%dead, grace_ms = grace.as_millis() as u64, "custodian of a dead node's dialogs");
     proxy.metrics().events.push(
-        crate::ops::events::Kind::Custody,
+        crate::events::Kind::Custody,
         format!("custodian of {dead}'s dialogs (closing them in {grace:?} unless it returns)"),
     );
     tokio::time::sleep(grace).await;
@@ -169,7 +169,7 @@ async fn take_custody(mesh: Mesh, proxy: Arc<Proxy>, dead: PeerId, grace: Durati
             if !dialogs.is_empty() {
                 info!(%dead, dialogs = dialogs.len(), "force-closed the dialogs of a dead node");
                 proxy.metrics().events.push(
-                    crate::ops::events::Kind::Custody,
+                    crate::events::Kind::Custody,
                     format!(
                         "custodian of {dead}: force-closed {} dialogs",
                         dialogs.len()

@@ -213,7 +213,7 @@ async fn mesh_secret(mesh: &Mesh, has_seeds: bool) -> Vec<u8> {
 
 /// Record members going up, down and leaving in the node's recent events.
 async fn record_member_events(node: Node, mut shutdown: sipmesh_net::shutdown::Shutdown) {
-    use crate::ops::events::Kind;
+    use crate::events::Kind;
     use sipmesh_net::MemberEvent;
     let mut events = node.mesh.events();
     loop {
@@ -385,7 +385,7 @@ impl Node {
     pub fn decommission(&self, within: Duration) {
         let node = self.clone();
         self.metrics.events.push(
-            crate::ops::events::Kind::Admin,
+            crate::events::Kind::Admin,
             "decommissioning: handing every replica over, then leaving",
         );
         tokio::spawn(async move {
@@ -576,7 +576,7 @@ impl Node {
         )
         .await;
         self.metrics.events.push(
-            crate::ops::events::Kind::Admin,
+            crate::events::Kind::Admin,
             format!(
                 "ended dialog {} ({} to {})",
                 d.call_id, d.caller_uri, d.callee_uri

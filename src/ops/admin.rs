@@ -213,7 +213,7 @@ async fn remove_member(State(node): State<Node>, Json(r): Json<Removal>) -> Resp
     match node.mesh.remove_member(peer, r.force) {
         Ok(()) => {
             node.metrics.events.push(
-                crate::ops::events::Kind::Admin,
+                crate::events::Kind::Admin,
                 format!(
                     "removed {peer} from the ring{}",
                     if r.force { " (forced)" } else { "" }
@@ -239,7 +239,7 @@ async fn lift_ban(State(node): State<Node>, Path(ip): Path<String>) -> Response 
     };
     if node.throttle().lift(&addr) {
         node.metrics.events.push(
-            crate::ops::events::Kind::Ban,
+            crate::events::Kind::Ban,
             format!("lifted the ban on {addr}"),
         );
         Json(json!({ "lifted": addr.to_string() })).into_response()

@@ -2,7 +2,6 @@
 //!
 //! - [`admin`]: the admin HTTP API (JSON) and Prometheus `/metrics`.
 //! - [`config`]: the TOML configuration file.
-//! - [`events`]: the node's recent events (members, bans, custody, operator actions).
 //! - [`page`]: the live mesh page served at `/`.
 //! - [`local_mesh`]: [`crate::LocalMesh`], N nodes in one process for tests.
 //!
@@ -10,7 +9,6 @@
 
 pub mod admin;
 pub mod config;
-pub mod events;
 pub mod local_mesh;
 pub mod page;
 
