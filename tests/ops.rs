@@ -482,3 +482,70 @@ async fn two_nodes_sharing_a_port_on_one_host_join() {
     })
     .await;
 }
+
+/// `sipmesh dev` for a newcomer: quiet logs, and a banner that says how to register a softphone
+/// (server, ports, transport, users and passwords), where the live page is, and the token. The
+/// banner's users work: one registers through the printed server and password. Ctrl-C stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_prints_how_to_connect_a_softphone() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    within(120, async {
+        let mut dev = Command::new(env!("CARGO_BIN_EXE_sipmesh"))
+            .args(["dev", "--nodes", "1"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
+        let mut banner = String::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            banner.push_str(&line);
+            banner.push('\n');
+            if line.contains("Ctrl-C stops the mesh") {
+                break;
+            }
+        }
+        for want in [
+            "live mesh page  http://127.0.0.1:8080/",
+            "admin token",
+            "SIP server      127.0.0.1",
+            "port            5060 (node 0)",
+            "transport       UDP or TCP",
+            "user alice      password alice-",
+            "run with -v for more",
+        ] {
+            assert!(banner.contains(want), "{want:?} missing from:\n{banner}");
+        }
+        // The printed credentials register.
+        let password = banner
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("user alice")?
+                    .trim()
+                    .strip_prefix("password ")
+            })
+            .unwrap()
+            .to_string();
+        let mut alice = Ua::new("alice", "127.0.0.1:5060".parse().unwrap()).await;
+        assert_eq!(alice.register(&password).await, 200);
+        let (code, _) = http_get("http://127.0.0.1:8080/".into()).await;
+        assert_eq!(code, 200, "the live page is served");
+        // Ctrl-C stops it; nothing was logged below a warning.
+        let pid = dev.id().unwrap() as i32;
+        assert!(std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+        let out = tokio::time::timeout(Duration::from_secs(30), dev.wait_with_output())
+            .await
+            .expect("dev stops on Ctrl-C")
+            .unwrap();
+        let logs = String::from_utf8_lossy(&out.stderr);
+        assert!(!logs.contains(" INFO "), "quiet by default:\n{logs}");
+    })
+    .await;
+}

@@ -286,13 +286,34 @@ async fn anti_entropy_rounds(
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
+    // Until a round pulls nothing, the node is catching up (a new or returning member streaming
+    // its replicas): say how far it got, then that it is in sync.
+    let (mut catching_up, mut pulled, mut bytes) = (true, 0usize, 0usize);
     loop {
         tokio::select! {
             _ = shutdown.wait() => return,
             _ = ticker.tick() => {}
         }
-        if let Some(x) = ae.round().await {
-            metrics.anti_entropy(&x);
+        let Some(x) = ae.round().await else { continue };
+        metrics.anti_entropy(&x);
+        if !catching_up {
+            continue;
+        }
+        pulled += x.pulled;
+        bytes += x.bytes;
+        if x.pulled > 0 {
+            info!(
+                partitions = pulled,
+                bytes,
+                leaves_differing = x.differing,
+                "catching up: replicas streamed from peers so far"
+            );
+        } else if x.compared > 0 {
+            info!(
+                partitions = pulled,
+                bytes, "in sync with every peer (replicas streamed since start)"
+            );
+            catching_up = false;
         }
     }
 }
