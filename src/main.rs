@@ -459,9 +459,9 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     }
     tokio::select! {
         _ = wait_for_shutdown() => {
-            println!("leaving the mesh...");
-            let (partitions, failed) = node.leave_gracefully().await;
-            println!("handed over {partitions} partitions ({failed} transfers failed); bye");
+            println!("stopping in place (the ring keeps this node; `sipmesh mesh decommission` leaves it)...");
+            node.stop_in_place().await;
+            println!("stopped; bye");
         }
         _ = node.decommissioned() => println!("decommissioned: left the ring; bye"),
     }

@@ -120,6 +120,10 @@ impl Handler for Service {
                 self.membership.on_leave(peer, generation);
                 Response::Ack
             }
+            Request::Stopping { generation } => {
+                self.membership.on_stopping(peer, generation);
+                Response::Ack
+            }
             Request::Write(m) => {
                 let response = self.replication.handle_write(&m);
                 return self.when_durable(response);
@@ -691,6 +695,28 @@ impl Mesh {
             .collect();
         futures::future::join_all(asks).await;
         info!(told = peers.len(), "left the mesh");
+    }
+
+    /// Stopping in place: tell every up member this node is going down (waiting up to
+    /// `timeout` for their answers), so they mark it down at once and keep its ring place.
+    pub async fn announce_stop(&self, timeout: Duration) {
+        let generation = self.inner.membership.local_info().generation;
+        let peers: Vec<PeerId> = self
+            .members()
+            .into_iter()
+            .filter(|m| !m.local && m.state == crate::MemberState::Up)
+            .map(|m| m.peer_id)
+            .collect();
+        let link: &Arc<Links> = &self.inner.links;
+        let asks: Vec<_> = peers
+            .iter()
+            .map(|p| Link::request(link, *p, Request::Stopping { generation }, timeout))
+            .collect();
+        futures::future::join_all(asks).await;
+        info!(
+            told = peers.len(),
+            "stopping in place; the ring keeps this node"
+        );
     }
 
     /// Stop every background loop and the swarm.

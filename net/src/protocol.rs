@@ -116,6 +116,11 @@ pub enum Request {
     },
     /// Opaque application bytes (the node's SIP traffic).
     App(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The sender stops in place (a restart, an upgrade): mark it down now, keep its ring place.
+    Stopping {
+        /// The generation that stops.
+        generation: u64,
+    },
 }
 
 /// A response.
@@ -162,6 +167,7 @@ impl Request {
             Request::Page { .. } => "page",
             Request::Push { .. } => "push",
             Request::App(_) => "app",
+            Request::Stopping { .. } => "stopping",
         }
     }
 }

@@ -373,9 +373,23 @@ impl Node {
         self.dispatcher.registrar().load() + self.proxy.dialogs().count() as u64
     }
 
-    /// Leave gracefully (SIGTERM): refuse new registrations (503 + Retry-After), give every
-    /// replica to its next holder and wait for them, close client flows so phones fail over,
-    /// tell the mesh, stop. Returns (partitions handed over, failed transfers).
+    /// Stop in place (SIGTERM: `systemctl stop` or `restart`, an upgrade, a backup): the node
+    /// keeps its ring place and its data, so nothing moves. It refuses new registrations (503 +
+    /// Retry-After), closes its client flows (phones move to their other flows or register
+    /// elsewhere), tells the members it is going down (they mark it down at once and keep hints
+    /// for it) and stops; what it acknowledged is on disk (group commit). Leaving the ring is
+    /// [`Node::decommission`].
+    pub async fn stop_in_place(&self) {
+        self.dispatcher.registrar().drain();
+        self.transport.close_all();
+        self.mesh.announce_stop(Duration::from_secs(1)).await;
+        self.stop().await;
+        info!("stopped in place");
+    }
+
+    /// Leave gracefully: refuse new registrations (503 + Retry-After), give every replica to
+    /// its next holder and wait for them (up to 7 s), close client flows so phones fail over,
+    /// tell the mesh it left, stop. Returns (partitions handed over, failed transfers).
     pub async fn leave_gracefully(&self) -> (usize, usize) {
         self.leave_within(Duration::from_secs(7)).await
     }

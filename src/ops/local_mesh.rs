@@ -339,7 +339,16 @@ impl LocalMesh {
         }
     }
 
-    /// Node `i` leaves gracefully (as on SIGTERM), then stops. Returns (partitions handed
+    /// Node `i` stops in place (as on SIGTERM): down at once for the others, ring place kept.
+    pub async fn stop(&self, i: usize) -> Result<()> {
+        self.nodes[i]
+            .run(|node| async move { node.stop_in_place().await })
+            .await?;
+        self.kill(i);
+        Ok(())
+    }
+
+    /// Node `i` leaves gracefully (as on decommission), then stops. Returns (partitions handed
     /// over, failed transfers).
     pub async fn leave(&self, i: usize) -> Result<(usize, usize)> {
         let handed = self.nodes[i]

@@ -342,7 +342,7 @@ impl Transport {
         }
     }
 
-    /// Close every TCP connection (graceful leave: phones fail over to their other flows).
+    /// Close every TCP connection (stop or leave: phones fail over to their other flows).
     pub fn close_all(&self) {
         self.conns.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.by_peer

@@ -381,6 +381,12 @@ impl Membership {
         self.apply(changes);
     }
 
+    /// A member stops in place: down now, ring place kept.
+    pub fn on_stopping(&self, from: PeerId, generation: u64) {
+        let changes = self.view().on_stopping(Instant::now(), from, generation);
+        self.apply(changes);
+    }
+
     /// An operator removes a dead member from the ring (`sipmesh mesh remove`). It is marked
     /// left, which heartbeats spread to every member, and the persisted ring drops it; its
     /// partitions are re-replicated from the other replicas by handoff and anti-entropy.
@@ -395,11 +401,11 @@ impl Membership {
                 Ok(())
             }
             Err(RemoveRefused::Local) => {
-                Err("this is the node you are talking to; stop it with SIGTERM to leave".into())
+                Err("this is the node you are talking to; `sipmesh mesh decommission` makes it leave".into())
             }
             Err(RemoveRefused::Unknown) => Err(format!("{peer} is not a member")),
             Err(RemoveRefused::Up) => Err(format!(
-                "{peer} is up: decommission it (SIGTERM) so it hands its data over"
+                "{peer} is up: decommission it (`sipmesh mesh decommission`) so it hands its data over"
             )),
             Err(RemoveRefused::LastCopies { down }) => Err(format!(
                 "{down} members are down and the replication factor is {}: a partition may \

@@ -32,6 +32,8 @@ pub(crate) struct Entry {
     pub(crate) state: MemberState,
     pub(crate) last_heard: Instant,
     pub(crate) since: Instant,
+    /// This generation announced it is stopping: its late heartbeats do not bring it back up.
+    pub(crate) stopped: bool,
 }
 
 /// What a step changed: the events to publish, and whether the ring (who owns data, who is up)
@@ -88,6 +90,7 @@ impl View {
             .filter(|(peer, _, _)| *peer != local)
             .map(|(peer, generation, addrs)| {
                 let entry = Entry {
+                    stopped: false,
                     addrs: addrs.iter().filter_map(|a| a.parse().ok()).collect(),
                     info: MemberInfo {
                         peer_id: peer.to_bytes(),
@@ -195,9 +198,10 @@ impl View {
                 if info.generation < e.info.generation {
                     return (changes, Vec::new()); // a stale message from a previous life
                 }
-                if e.state == MemberState::Left && !restarted {
+                if (e.state == MemberState::Left || e.stopped) && !restarted {
                     return (changes, Vec::new());
                 }
+                e.stopped = false;
                 e.last_heard = now;
                 if e.state != MemberState::Up {
                     info!(peer = %from, generation = info.generation, was = ?e.state, "member up");
@@ -216,6 +220,7 @@ impl View {
                 self.members.insert(
                     from,
                     Entry {
+                        stopped: false,
                         info,
                         addrs,
                         state: MemberState::Up,
@@ -263,6 +268,25 @@ impl View {
             }
         }
         (changes, learnt)
+    }
+
+    /// A member of `generation` stops in place (a restart): down at once, as if its silence had
+    /// been detected; it keeps its ring place and gets hints. A later generation's heartbeat
+    /// brings it back up.
+    pub(crate) fn on_stopping(&mut self, now: Instant, from: PeerId, generation: u64) -> Changes {
+        let mut changes = Changes::default();
+        if let Some(e) = self.members.get_mut(&from) {
+            if e.info.generation == generation && e.state != MemberState::Left {
+                e.stopped = true;
+            }
+            if e.info.generation == generation && e.state == MemberState::Up {
+                info!(peer = %from, "member stopping (down, keeps its ring place)");
+                e.state = MemberState::Down;
+                e.since = now;
+                changes.push(MemberEvent::Down(from));
+            }
+        }
+        changes
     }
 
     /// A member left gracefully (decommission) with `generation`.
@@ -479,6 +503,30 @@ mod tests {
         let (changes, _) = v.on_heartbeat(t0, a, info(a, 4), &[]);
         assert_eq!(changes.events, vec![MemberEvent::Up(a)]);
         assert_eq!(v.ring().len(), 2);
+    }
+
+    #[test]
+    fn a_member_stopping_in_place_is_down_at_once_and_keeps_its_place() {
+        let t0 = Instant::now();
+        let mut v = view(t0);
+        let a = PeerId::random();
+        v.on_heartbeat(t0, a, info(a, 1), &[]);
+        let changes = v.on_stopping(t0, a, 1);
+        assert_eq!(changes.events, vec![MemberEvent::Down(a)]);
+        assert_eq!(state(&v, &a), Some(MemberState::Down));
+        assert!(
+            v.ring().iter().any(|m| m.peer == a),
+            "it keeps its ring place"
+        );
+        // A late heartbeat of the stopped generation does not bring it back; a restart does.
+        let (late, _) = v.on_heartbeat(t0, a, info(a, 1), &[]);
+        assert!(late.events.is_empty());
+        assert_eq!(state(&v, &a), Some(MemberState::Down));
+        let (back, _) = v.on_heartbeat(t0, a, info(a, 2), &[]);
+        assert_eq!(back.events, vec![MemberEvent::Up(a)]);
+        // A stale announcement (an older generation) changes nothing.
+        assert!(v.on_stopping(t0, a, 1).events.is_empty());
+        assert_eq!(state(&v, &a), Some(MemberState::Up));
     }
 
     #[test]

@@ -172,7 +172,7 @@ impl Registrar {
         }
     }
 
-    /// Stop accepting registrations (graceful leave).
+    /// Stop accepting registrations (stop or leave).
     pub fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
