@@ -948,6 +948,8 @@ fn run() -> Result<()> {
             tracing_subscriber::fmt()
                 .with_env_filter(log_filter(cli.verbose, default))
                 .with_writer(std::io::stderr)
+                // Colours only on a terminal: journald and log files get plain text.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             let mut rt = tokio::runtime::Builder::new_multi_thread();
             if let Some(n) = std::env::var("SIPMESH_WORKERS")
