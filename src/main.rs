@@ -738,6 +738,12 @@ fn status_once(node: &str, token: Option<&str>) -> Result<()> {
     println!("bindings    {} (owned by this node)", v["registrations"]);
     println!("dialogs     {}", v["dialogs"]);
     println!("hints       {} (writes waiting for a replica)", v["hints"]);
+    if v["clock_skewed"].as_bool().unwrap_or(false) {
+        println!(
+            "CLOCK       off the mesh's by {} ms: this node coordinates no reads or writes (check NTP)",
+            -v["clock_offset_ms"].as_i64().unwrap_or(0)
+        );
+    }
     println!(
         "\n  {:52} {:5} {:>16} {:>6} {:>7} {:>4} {:>8}  sip",
         "member", "state", "load/capacity", "regs", "dialogs", "gen", "heard"

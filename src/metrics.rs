@@ -304,6 +304,10 @@ pub struct Gauges {
     pub bans: Gauge,
     /// Registrations this node takes before redirecting.
     pub capacity: Gauge,
+    /// The median of the members' clocks minus this node's, seconds.
+    pub clock_offset: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// 1 while this node's clock is off the mesh's (it coordinates nothing).
+    pub clock_skewed: Gauge,
 }
 
 impl Gauges {
@@ -366,6 +370,17 @@ impl Gauges {
         for (name, help, gauge) in g {
             registry.register(name, help, gauge.clone());
         }
+        registry.register_with_unit(
+            "clock_offset",
+            "Median of the up members' wall clocks minus this node's (positive: they are ahead)",
+            Unit::Seconds,
+            self.clock_offset.clone(),
+        );
+        registry.register(
+            "clock_skewed",
+            "1 while this node's clock disagrees with a majority of the members by over 15 s: it coordinates no reads or writes",
+            self.clock_skewed.clone(),
+        );
     }
 }
 

@@ -29,6 +29,15 @@ pub enum Error {
         /// The request timeout.
         after: Duration,
     },
+    /// This node's wall clock disagrees with a majority of the members it hears: it
+    /// coordinates no read or write (their timestamps and expiry times would be wrong).
+    #[error("this node's clock is {offset_ms} ms off the mesh's (a majority of the members it hears disagree by over {bound_ms} ms): it coordinates no reads or writes until the clock is fixed (check NTP)")]
+    ClockSkew {
+        /// The median of the members' clocks minus this node's (positive: they are ahead).
+        offset_ms: i64,
+        /// The largest disagreement tolerated.
+        bound_ms: u64,
+    },
     /// This node could not make a write durable (its flush failed).
     #[error("write not durable: {0}")]
     Durability(String),

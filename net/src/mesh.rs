@@ -380,6 +380,7 @@ impl Mesh {
         let generation = membership::next_generation(&config.data_dir)?;
         let (handle, peer_events, swarm_task) = peer::start(&config, key).await?;
         let info = MemberInfo {
+            wall_ms: 0,
             peer_id: local.to_bytes(),
             addrs: handle.listen_addrs.iter().map(|a| a.to_string()).collect(),
             generation,
@@ -530,6 +531,13 @@ impl Mesh {
     /// (the reason).
     pub fn remove_member(&self, peer: PeerId, force: bool) -> std::result::Result<(), String> {
         self.inner.membership.remove(peer, force)
+    }
+
+    /// The median of the members' clocks minus this node's (ms), and whether this node's clock
+    /// is off the mesh's (then it coordinates no reads or writes: [`Error::ClockSkew`]).
+    pub fn clock(&self) -> (i64, bool) {
+        let m = &self.inner.membership;
+        (m.clock_offset_ms(), m.clock_skew().is_some())
     }
 
     /// Whether a member is up.

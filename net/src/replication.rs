@@ -130,6 +130,12 @@ impl Replication {
         partition_key: &[u8],
         cl: Consistency,
     ) -> Result<(Vec<PeerId>, usize, Vec<PeerId>)> {
+        if let Some(offset_ms) = self.membership.clock_skew() {
+            return Err(Error::ClockSkew {
+                offset_ms,
+                bound_ms: crate::membership::clock::MAX_SKEW_MS,
+            });
+        }
         let snap = self.membership.snapshot();
         let needed = cl.required(snap.effective_rf());
         let replicas = snap.replicas(partition_key);
@@ -479,6 +485,7 @@ mod tests {
 
     fn info(peer: PeerId) -> MemberInfo {
         MemberInfo {
+            wall_ms: 0,
             peer_id: peer.to_bytes(),
             addrs: Vec::new(),
             generation: 1,

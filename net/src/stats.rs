@@ -160,6 +160,7 @@ impl MeshMetrics {
             Err(e) => {
                 let reason = match e {
                     Error::Unavailable { .. } => "unavailable",
+                    Error::ClockSkew { .. } => "clock_skew",
                     Error::Timeout { .. } => "timeout",
                     _ => "error",
                 };

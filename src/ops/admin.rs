@@ -61,6 +61,7 @@ fn internal(e: Error) -> Response {
     match e {
         Error::Config(m) => error(StatusCode::BAD_REQUEST, m),
         Error::Net(e @ sipmesh_net::Error::Unavailable { .. })
+        | Error::Net(e @ sipmesh_net::Error::ClockSkew { .. })
         | Error::Net(e @ sipmesh_net::Error::Timeout { .. }) => {
             error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }
@@ -273,6 +274,8 @@ fn status_json(node: &Node) -> serde_json::Value {
         "tcp_connections": node.transport.connections(),
         "transactions": node.transactions_alive(),
         "hints": node.keyspace().hints().len(),
+        "clock_offset_ms": node.mesh.clock().0,
+        "clock_skewed": node.mesh.clock().1,
         "members": members,
     })
 }
@@ -649,6 +652,9 @@ async fn metrics(State(node): State<Node>) -> Response {
         g.bans
             .set(node.throttle().bans(std::time::Instant::now()).len() as i64);
         g.capacity.set(i64::from(node.config.capacity));
+        let (offset_ms, skewed) = node.mesh.clock();
+        g.clock_offset.set(offset_ms as f64 / 1000.0);
+        g.clock_skewed.set(i64::from(skewed));
         crate::metrics::Metrics::catch_up(
             &m.keyspace_clock_refusals,
             node.keyspace().clock_refusals(),

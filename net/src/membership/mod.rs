@@ -12,11 +12,14 @@
 //!
 //! [`view`] is the state machine, driven with explicit time; [`Membership`] wraps it with a
 //! lock and the clock, publishes the ring as a [`Snapshot`] and events, and persists the ring.
+//! [`clock`] compares this node's wall clock with the members' (carried by every heartbeat).
 
+pub mod clock;
 mod view;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -107,6 +110,20 @@ pub struct Membership {
     ring_file: Option<std::path::PathBuf>,
     /// The ring (other members) as last written to `ring_file`.
     persisted: Mutex<Vec<PeerId>>,
+    /// The members' clocks against this node's.
+    clocks: Mutex<clock::Clocks>,
+    /// The last comparison (updated every tick): the median offset, and whether this node's
+    /// clock is the odd one out.
+    clock_offset_ms: AtomicI64,
+    clock_skewed: AtomicBool,
+}
+
+/// This host's wall clock, ms since the Unix epoch.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The ring file: one line per other member of the ring, `<peer id> <generation> <addr,addr…>`.
@@ -206,6 +223,9 @@ impl Membership {
             replication_factor: config.replication_factor,
             ring_file,
             persisted: Mutex::new(persisted),
+            clocks: Mutex::new(clock::Clocks::default()),
+            clock_offset_ms: AtomicI64::new(0),
+            clock_skewed: AtomicBool::new(false),
         });
         m.apply(Changes {
             events: Vec::new(),
@@ -272,10 +292,26 @@ impl Membership {
 
     /// This node's info.
     pub fn local_info(&self) -> MemberInfo {
-        self.local_info
+        let mut info = self
+            .local_info
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone();
+        info.wall_ms = wall_ms();
+        info
+    }
+
+    /// `Some(median offset in ms)` while this node's clock disagrees with a majority of the
+    /// members it hears by more than [`clock::MAX_SKEW_MS`] (then it must not coordinate).
+    pub fn clock_skew(&self) -> Option<i64> {
+        self.clock_skewed
+            .load(Ordering::Relaxed)
+            .then(|| self.clock_offset_ms.load(Ordering::Relaxed))
+    }
+
+    /// The median of the members' clocks minus this node's, ms (0 when none is heard).
+    pub fn clock_offset_ms(&self) -> i64 {
+        self.clock_offset_ms.load(Ordering::Relaxed)
     }
 
     /// Replace this node's tags (published with the next heartbeat).
@@ -370,7 +406,15 @@ impl Membership {
         info: MemberInfo,
         gossip: &[Gossip],
     ) -> Vec<(PeerId, Multiaddr)> {
-        let (changes, learnt) = self.view().on_heartbeat(Instant::now(), from, info, gossip);
+        let now = Instant::now();
+        if info.wall_ms > 0 {
+            let offset = info.wall_ms as i64 - wall_ms() as i64;
+            self.clocks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .observe(now, from, offset);
+        }
+        let (changes, learnt) = self.view().on_heartbeat(now, from, info, gossip);
         self.apply(changes);
         learnt
     }
@@ -418,8 +462,40 @@ impl Membership {
 
     /// Failure detection: mark silent members down. It never changes placement.
     pub fn tick(&self) {
-        let changes = self.view().tick(Instant::now());
+        let now = Instant::now();
+        let changes = self.view().tick(now);
         self.apply(changes);
+        self.check_clock(now);
+    }
+
+    /// Compare this node's clock with the up members' and remember the verdict.
+    fn check_clock(&self, now: Instant) {
+        let up: std::collections::HashSet<PeerId> = self
+            .view()
+            .entries()
+            .filter(|(_, e)| e.state == MemberState::Up)
+            .map(|(p, _)| *p)
+            .collect();
+        let check = self
+            .clocks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(now, |p| up.contains(p));
+        self.clock_offset_ms
+            .store(check.median_ms, Ordering::Relaxed);
+        let was = self.clock_skewed.swap(check.skewed, Ordering::Relaxed);
+        if check.skewed && !was {
+            tracing::error!(
+                offset_ms = check.median_ms,
+                peers = check.peers,
+                "this node's clock disagrees with a majority of the mesh: it coordinates no reads or writes until the clock is fixed (check NTP)"
+            );
+        } else if was && !check.skewed {
+            info!(
+                offset_ms = check.median_ms,
+                "this node's clock agrees with the mesh again"
+            );
+        }
     }
 
     fn rebuild(&self) {
@@ -442,6 +518,7 @@ mod tests {
 
     fn info(p: PeerId) -> MemberInfo {
         MemberInfo {
+            wall_ms: 0,
             peer_id: p.to_bytes(),
             addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
             generation: 1,

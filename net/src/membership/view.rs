@@ -93,6 +93,7 @@ impl View {
                     stopped: false,
                     addrs: addrs.iter().filter_map(|a| a.parse().ok()).collect(),
                     info: MemberInfo {
+                        wall_ms: 0,
                         peer_id: peer.to_bytes(),
                         addrs,
                         generation,
@@ -393,6 +394,7 @@ mod tests {
 
     fn info(p: PeerId, generation: u64) -> MemberInfo {
         MemberInfo {
+            wall_ms: 0,
             peer_id: p.to_bytes(),
             addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
             generation,
