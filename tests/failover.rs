@@ -331,33 +331,18 @@ async fn assignment_redirects_new_clients_at_capacity() {
 async fn sigterm_stops_in_place_and_decommission_leaves_losing_no_binding() {
     within(300, async {
         let dir = tempfile::tempdir().unwrap();
-        let bin = env!("CARGO_BIN_EXE_sipmesh");
         let base = 15000 + (std::process::id() % 1000) as u16 * 10;
         let mut children = Vec::new();
         let mut seed = String::new();
         for i in 0..4u16 {
-            let mut cmd = tokio::process::Command::new(bin);
-            cmd.args([
-                "node",
-                "--data-dir",
-                dir.path().join(format!("n{i}")).to_str().unwrap(),
-            ])
-            .args(["--sip-listen", &format!("127.0.0.1:{}", base + i)])
-            .args([
-                "--p2p-listen",
-                &format!("/ip4/127.0.0.1/tcp/{}", base + 100 + i),
-            ])
-            .args(["--http-listen", &format!("127.0.0.1:{}", base + 200 + i)])
-            .args([
-                "--admin-token",
-                ADMIN_TOKEN,
-                "--trusted-source",
+            let mut cmd = node_command(
+                dir.path(),
+                i,
                 "127.0.0.1",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
+                (base + i, base + 100 + i, base + 200 + i),
+                ADMIN_TOKEN,
+            );
+            cmd.args(["--trusted-source", "127.0.0.1"]);
             if i > 0 {
                 cmd.args(["--bootstrap", &seed]);
             }
@@ -450,23 +435,14 @@ async fn sigterm_stops_in_place_and_decommission_leaves_losing_no_binding() {
         }
         // Restarted on its data: back in its place.
         children[1] = {
-            let mut cmd = tokio::process::Command::new(bin);
-            cmd.args([
-                "node",
-                "--data-dir",
-                dir.path().join("n1").to_str().unwrap(),
-            ])
-            .args(["--sip-listen", &format!("127.0.0.1:{}", base + 1)])
-            .args([
-                "--p2p-listen",
-                &format!("/ip4/127.0.0.1/tcp/{}", base + 101),
-            ])
-            .args(["--http-listen", &format!("127.0.0.1:{}", base + 201)])
-            .args(["--admin-token", ADMIN_TOKEN, "--bootstrap", &seed])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
+            let mut cmd = node_command(
+                dir.path(),
+                1,
+                "127.0.0.1",
+                (base + 1, base + 101, base + 201),
+                ADMIN_TOKEN,
+            );
+            cmd.args(["--bootstrap", &seed]);
             cmd.spawn().unwrap()
         };
         eventually(30, "node 1 is back", || async {

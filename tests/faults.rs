@@ -10,33 +10,22 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 const TOKEN: &str = "faults-test-admin-token-0123";
 
 fn spawn(dir: &Path, base: u16, i: u16, seed: Option<&str>, config: Option<&Path>) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sipmesh"));
-    cmd.args([
-        "node",
-        "--data-dir",
-        dir.join(format!("n{i}")).to_str().unwrap(),
-    ])
-    .args(["--sip-listen", &format!("127.0.0.1:{}", base + i)])
-    .args([
-        "--p2p-listen",
-        &format!("/ip4/127.0.0.1/tcp/{}", base + 100 + i),
-    ])
-    .args(["--http-listen", &format!("127.0.0.1:{}", base + 200 + i)])
-    .args(["--admin-token", TOKEN])
-    .env("RUST_LOG", "warn")
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .kill_on_drop(true);
+    let mut cmd = node_command(
+        dir,
+        i,
+        "127.0.0.1",
+        (base + i, base + 100 + i, base + 200 + i),
+        TOKEN,
+    );
     if let Some(s) = seed {
         cmd.args(["--bootstrap", s]);
     }
@@ -165,23 +154,13 @@ async fn a_node_an_hour_ahead_coordinates_nothing_and_shadows_nothing() {
         let base = 26000 + (std::process::id() % 300) as u16 * 3;
         let mut nodes = Vec::new();
         for i in 0..3u16 {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_sipmesh"));
-            cmd.args([
-                "node",
-                "--data-dir",
-                dir.path().join(format!("n{i}")).to_str().unwrap(),
-            ])
-            .args(["--sip-listen", &format!("127.0.0.1:{}", base + i)])
-            .args([
-                "--p2p-listen",
-                &format!("/ip4/127.0.0.1/tcp/{}", base + 100 + i),
-            ])
-            .args(["--http-listen", &format!("127.0.0.1:{}", base + 200 + i)])
-            .args(["--admin-token", TOKEN])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
+            let mut cmd = node_command(
+                dir.path(),
+                i,
+                "127.0.0.1",
+                (base + i, base + 100 + i, base + 200 + i),
+                TOKEN,
+            );
             if i > 0 {
                 cmd.args(["--bootstrap", &format!("/ip4/127.0.0.1/tcp/{}", base + 100)]);
             }

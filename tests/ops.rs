@@ -227,20 +227,13 @@ fn systemd_unit_verifies() {
 const TOKEN: &str = "ops-test-admin-token-0123456";
 
 fn spawn(dir: &Path, base: u16, i: u16) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sipmesh"));
-    cmd.arg("node")
-        .args(["--data-dir", dir.join(format!("n{i}")).to_str().unwrap()])
-        .args(["--sip-listen", &format!("127.0.0.1:{}", base + i)])
-        .args([
-            "--p2p-listen",
-            &format!("/ip4/127.0.0.1/tcp/{}", base + 100 + i),
-        ])
-        .args(["--http-listen", &format!("127.0.0.1:{}", base + 200 + i)])
-        .args(["--admin-token", TOKEN])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
+    let mut cmd = node_command(
+        dir,
+        i,
+        "127.0.0.1",
+        (base + i, base + 100 + i, base + 200 + i),
+        TOKEN,
+    );
     if i > 0 {
         cmd.args(["--bootstrap", &format!("/ip4/127.0.0.1/tcp/{}", base + 100)]);
     }
@@ -445,23 +438,8 @@ async fn two_nodes_sharing_a_port_on_one_host_join() {
             }
         };
         let node = |i: u16, seed: bool| {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_sipmesh"));
-            cmd.arg("node")
-                .args([
-                    "--data-dir",
-                    dir.path().join(format!("n{i}")).to_str().unwrap(),
-                ])
-                .args(["--sip-listen", &format!("{}:{port}", ip(i))])
-                .args([
-                    "--p2p-listen",
-                    &format!("/ip4/{}/tcp/{}", ip(i), port + 100),
-                ])
-                .args(["--http-listen", &format!("{}:{}", ip(i), port + 200)])
-                .args(["--admin-token", TOKEN])
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true);
+            let mut cmd =
+                node_command(dir.path(), i, &ip(i), (port, port + 100, port + 200), TOKEN);
             if seed {
                 cmd.args(["--bootstrap", &format!("/ip4/127.0.0.1/tcp/{}", port + 100)]);
             }

@@ -58,6 +58,33 @@ pub async fn scan_from(ip: &str, server: SocketAddr, n: usize) {
     }
 }
 
+/// A real `sipmesh node` process on `ip` with SIP, p2p and admin ports `ports`, its data in
+/// `dir/n{i}`, the admin token `token`: logs at warn, output discarded, killed when dropped.
+/// Add flags and environment before spawning.
+pub fn node_command(
+    dir: &std::path::Path,
+    i: u16,
+    ip: &str,
+    (sip, p2p, http): (u16, u16, u16),
+    token: &str,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_sipmesh"));
+    cmd.args([
+        "node",
+        "--data-dir",
+        dir.join(format!("n{i}")).to_str().unwrap(),
+    ])
+    .args(["--sip-listen", &format!("{ip}:{sip}")])
+    .args(["--p2p-listen", &format!("/ip4/{ip}/tcp/{p2p}")])
+    .args(["--http-listen", &format!("{ip}:{http}")])
+    .args(["--admin-token", token])
+    .env("RUST_LOG", "warn")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .kill_on_drop(true);
+    cmd
+}
+
 /// The users of the call tests.
 pub const PHONES: &[(&str, &str)] = &[("alice", "a-pw"), ("bob", "b-pw"), ("carol", "c-pw")];
 
