@@ -529,3 +529,75 @@ async fn a_strict_routed_request_is_restored_before_it_is_routed() {
     })
     .await;
 }
+
+/// IPv6 end to end: three nodes whose SIP listens on ::1, phones on ::1. Registration with
+/// digest, a call from node 0 to a callee registered at node 2 (so it crosses the mesh), the
+/// Record-Route entries and Vias naming the nodes in brackets, an in-dialog BYE back along
+/// the route set, and the dialog gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_across_the_mesh_over_ipv6() {
+    within(120, async {
+        let mesh = mesh_with_users(3, PHONES, |c| {
+            c.sip_listen = "[::1]:0".parse().unwrap();
+            c.throttle.trusted.push("::1".parse().unwrap());
+        })
+        .await;
+        for i in 0..3 {
+            assert!(sip(&mesh, i).is_ipv6());
+        }
+        let mut alice = Ua::new("alice", sip(&mesh, 0)).await;
+        let mut bob = Ua::new("bob", sip(&mesh, 2)).await;
+        assert!(alice.contact().contains("@[::1]:"), "{}", alice.contact());
+        assert_eq!(alice.register("a-pw").await, 200);
+        assert_eq!(bob.register("b-pw").await, 200);
+        let call_id = format!("{}@alice", token());
+        invite_with_auth(&mut alice, "bob", "a-pw", &call_id, "atag").await;
+        let inv = bob
+            .wait_request("INVITE", 5000)
+            .await
+            .expect("bob rings over IPv6");
+        let rr = hvals(&inv, &HeaderName::RecordRoute);
+        assert_eq!(rr.len(), 2, "{rr:?}");
+        assert!(rr.iter().all(|r| r.contains("[::1]:")), "{rr:?}");
+        let vias = hvals(&inv, &HeaderName::Via);
+        assert!(vias[0].contains("[::1]:"), "{vias:?}");
+        bob.send(&bob.answer(&inv, 200, "OK", "btag")).await;
+        let ok = alice
+            .wait_response(200, "INVITE", 5000)
+            .await
+            .expect("answered");
+        let routes: Vec<String> = hvals(&ok, &HeaderName::RecordRoute)
+            .into_iter()
+            .rev()
+            .collect();
+        let target = uri_of(&hvals(&ok, &HeaderName::Contact)[0]);
+        let (to, from) = (
+            ok.header(&HeaderName::To).unwrap().to_string(),
+            ok.header(&HeaderName::From).unwrap().to_string(),
+        );
+        alice
+            .send(&alice.in_dialog("ACK", &target, &routes, &from, &to, &call_id, 2))
+            .await;
+        assert!(
+            bob.wait_request("ACK", 5000).await.is_some(),
+            "the ACK arrives"
+        );
+        alice
+            .send(&alice.in_dialog("BYE", &target, &routes, &from, &to, &call_id, 3))
+            .await;
+        let bye = bob
+            .wait_request("BYE", 5000)
+            .await
+            .expect("the BYE arrives");
+        bob.send(&bob.answer(&bye, 200, "OK", "btag")).await;
+        assert!(alice.wait_response(200, "BYE", 5000).await.is_some());
+        let http = mesh.node(0).node().unwrap().http_addr().unwrap();
+        eventually(10, "the dialog is gone", || async {
+            http_get(format!("http://{http}/v1/dialogs")).await.1["dialogs"]
+                .as_array()
+                .is_some_and(|d| d.is_empty())
+        })
+        .await;
+    })
+    .await;
+}

@@ -138,9 +138,14 @@ pub enum Client {
 }
 
 impl Client {
-    /// A UDP client talking to `server`.
+    /// A UDP client talking to `server`, from loopback of the same family (127.0.0.1 or ::1).
     pub async fn udp(server: SocketAddr) -> Client {
-        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = if server.is_ipv6() {
+            "[::1]:0"
+        } else {
+            "127.0.0.1:0"
+        };
+        let s = UdpSocket::bind(local).await.unwrap();
         Client::Udp(s, server)
     }
 
