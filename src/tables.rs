@@ -18,6 +18,11 @@ pub const MESH: TableId = 7;
 /// the caller, spread over a fixed number of buckets per node.
 pub const DIALOGS_OF_NODE: TableId = 8;
 
+/// `bans (scope, source)`: sources the throttle of any node banned, one row each, TTL = the
+/// ban's end; every node applies them (`node::bans`). One partition (`scope` = "all"): bans
+/// are few and short-lived.
+pub const BANS: TableId = 9;
+
 /// Every table of the keyspace.
 pub fn all() -> Vec<TableSchema> {
     vec![
@@ -50,5 +55,7 @@ pub fn all() -> Vec<TableSchema> {
             &["dialog"],
         )
         .clustered("dialog_id", ClusteringOrder::Asc),
+        TableSchema::new(BANS, "bans", "scope", &["reason", "by"])
+            .clustered("source", ClusteringOrder::Asc),
     ]
 }

@@ -566,3 +566,62 @@ async fn mesh_admission_and_the_generated_admin_token() {
     })
     .await;
 }
+
+/// Bans are mesh-wide: a scanner banned by node 0 is dropped by every node within a few
+/// seconds (others keep answering everyone else), and a ban lifted through node 2's admin API
+/// is lifted on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_by_one_node_holds_on_every_node_and_lifts_everywhere() {
+    within(120, async {
+        let mesh = mesh_of(3, |_| {}).await;
+        let sip = |i: usize| mesh.node(i).node().unwrap().sip_addr();
+        let http = |i: usize| mesh.node(i).node().unwrap().http_addr().unwrap();
+        let banned_at = |i: usize| async move {
+            http_get(format!("http://{}/v1/bans", http(i)))
+                .await
+                .1["bans"]
+                .to_string()
+                .contains("127.0.0.91")
+        };
+        let options = |c: &Client, to: std::net::SocketAddr| {
+            format!(
+                "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK{}\r\nMax-Forwards: 70\r\nFrom: <sip:x@x>;tag=1\r\nTo: <sip:{to}>\r\nCall-ID: {}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+                c.local(),
+                token(),
+                token()
+            )
+        };
+        // The scanner has never talked to node 1: it is answered there.
+        let mut probe = Client::udp_from("127.0.0.91", sip(1)).await;
+        assert!(probe.request(&options(&probe, sip(1))).await.is_some());
+        scan_from("127.0.0.91", sip(0), 40).await;
+        assert!(banned_at(0).await, "banned where it scanned");
+        for i in [1, 2] {
+            eventually(10, "the ban reaches every node", || banned_at(i)).await;
+        }
+        assert!(
+            probe.request(&options(&probe, sip(1))).await.is_none(),
+            "node 1 drops the scanner too"
+        );
+        let mut other = Client::udp_from("127.0.0.92", sip(1)).await;
+        assert!(other.request(&options(&other, sip(1))).await.is_some(), "others are answered");
+        // Lifted at node 2: lifted everywhere.
+        let admin = admin_token(&mesh, 2);
+        let (code, v) = http_call(
+            "DELETE",
+            format!("http://{}/v1/bans/127.0.0.91", http(2)),
+            Some(admin),
+            None,
+            vec![],
+        )
+        .await;
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(v["mesh_wide"], true, "{v}");
+        for i in [0, 1] {
+            eventually(10, "the lift reaches every node", || async move { !banned_at(i).await })
+                .await;
+        }
+        assert!(probe.request(&options(&probe, sip(1))).await.is_some(), "answered again");
+    })
+    .await;
+}

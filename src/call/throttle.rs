@@ -121,6 +121,32 @@ pub enum BanReason {
     UserUnderAttack,
 }
 
+impl BanReason {
+    /// The name the admin API and the `bans` table use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BanReason::RequestRate => "request_rate",
+            BanReason::AuthFailures => "auth_failures",
+            BanReason::UserUnderAttack => "user_under_attack",
+        }
+    }
+
+    /// The reason named `s`.
+    pub fn parse(s: &str) -> Option<BanReason> {
+        [
+            BanReason::RequestRate,
+            BanReason::AuthFailures,
+            BanReason::UserUnderAttack,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
+/// Bans of this node not yet published to the mesh (bounded: a storm past this publishes the
+/// first ones; the rest stay local).
+const MAX_UNPUBLISHED: usize = 4_096;
+
 /// A ban, as the admin API shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Ban {
@@ -150,6 +176,8 @@ pub struct Throttle {
     source_failures: Vec<Mutex<Windows<IpAddr>>>,
     user_failures: Mutex<Windows<String>>,
     bans: std::sync::RwLock<HashMap<IpAddr, (Instant, BanReason)>>,
+    /// Bans made here, waiting to be published to the mesh (`node::bans`).
+    unpublished: Mutex<Vec<(IpAddr, BanReason, Duration)>>,
 }
 
 fn shard(ip: &IpAddr) -> usize {
@@ -169,6 +197,7 @@ impl Throttle {
             source_failures: (0..SHARDS).map(|_| Mutex::new(Windows::new())).collect(),
             user_failures: Mutex::new(Windows::new()),
             bans: std::sync::RwLock::new(HashMap::new()),
+            unpublished: Mutex::new(Vec::new()),
         }
     }
 
@@ -185,16 +214,39 @@ impl Throttle {
     }
 
     fn ban(&self, ip: IpAddr, reason: BanReason, now: Instant) {
+        if self.ban_until(ip, reason, now + self.config.ban, now) {
+            tracing::info!(source = %ip, ?reason, secs = self.config.ban.as_secs(), "source banned");
+            let mut unpublished = self.unpublished.lock().unwrap_or_else(|p| p.into_inner());
+            if unpublished.len() < MAX_UNPUBLISHED {
+                unpublished.push((ip, reason, self.config.ban));
+            }
+        }
+    }
+
+    /// Ban `ip` until `until` (a ban another member published); returns whether it is new.
+    /// Trusted sources are never banned.
+    pub fn ban_until(&self, ip: IpAddr, reason: BanReason, until: Instant, now: Instant) -> bool {
+        if self.trusted(&ip) || until <= now {
+            return false;
+        }
         let mut bans = self.bans.write().unwrap_or_else(|p| p.into_inner());
+        if bans.get(&ip).is_some_and(|(u, _)| *u > now) {
+            return false;
+        }
         if bans.len() >= MAX_BANS && !bans.contains_key(&ip) {
             bans.retain(|_, (until, _)| *until > now);
             if bans.len() >= MAX_BANS {
                 tracing::warn!("ban list full; not banning {ip}");
-                return;
+                return false;
             }
         }
-        tracing::info!(source = %ip, ?reason, secs = self.config.ban.as_secs(), "source banned");
-        bans.insert(ip, (now + self.config.ban, reason));
+        bans.insert(ip, (until, reason));
+        true
+    }
+
+    /// Bans this node made since the last call, to publish mesh-wide: (source, reason, length).
+    pub fn take_unpublished(&self) -> Vec<(IpAddr, BanReason, Duration)> {
+        std::mem::take(&mut *self.unpublished.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// A request arrived from `ip` at `now`.

@@ -5,7 +5,9 @@
 //! - [`internode`]: the messages nodes send each other over the mesh (SIP, listings).
 //! - [`load`]: proxy assignment — load published, least-loaded nodes for 302 and bootstrap.
 //! - [`failover`]: the custodian of a dead node's dialogs.
+//! - [`bans`]: bans made by any node's throttle apply on every node.
 
+pub(crate) mod bans;
 pub(crate) mod dispatch;
 pub(crate) mod failover;
 pub(crate) mod internode;
@@ -342,6 +344,8 @@ impl Node {
         node.background.spawn("sweeper", |s| sweep(node.clone(), s));
         node.background
             .spawn("member events", |s| record_member_events(node.clone(), s));
+        node.background
+            .spawn("mesh bans", |s| bans::sync(node.clone(), s));
         info!(peer_id = %node.mesh.peer_id(), sip = %sip_addr, http = ?node.config.http_listen, "node started");
         Ok(node)
     }

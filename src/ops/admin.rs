@@ -21,7 +21,7 @@
 //! | `GET /v1/events` | recent events (`?since=SEQ`) |
 //! | `GET /` | the live mesh page (its files need no token; its data does off loopback) |
 //! | `GET /v1/bans` | sources banned by the throttle, why, seconds left |
-//! | `DELETE /v1/bans/{ip}` | lift a ban |
+//! | `DELETE /v1/bans/{ip}` | lift a ban, mesh-wide |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text; every metric in docs/OPERATIONS.md) |
 //!
 //! Every mutating call (POST, PUT, DELETE) needs `Authorization: Bearer <token>`, on loopback
@@ -238,14 +238,25 @@ async fn lift_ban(State(node): State<Node>, Path(ip): Path<String>) -> Response 
             format!("{ip:?} is not an IP address"),
         );
     };
-    if node.throttle().lift(&addr) {
-        node.metrics.events.push(
-            crate::events::Kind::Ban,
-            format!("lifted the ban on {addr}"),
-        );
-        Json(json!({ "lifted": addr.to_string() })).into_response()
-    } else {
-        error(StatusCode::NOT_FOUND, format!("{addr} is not banned"))
+    if !node.throttle().lift(&addr) {
+        return error(StatusCode::NOT_FOUND, format!("{addr} is not banned"));
+    }
+    node.metrics.events.push(
+        crate::events::Kind::Ban,
+        format!("lifted the ban on {addr}"),
+    );
+    // Mesh-wide: the other nodes lift it when its row is gone.
+    match crate::node::bans::lift(&node, addr).await {
+        Ok(()) => Json(json!({ "lifted": addr.to_string(), "mesh_wide": true })).into_response(),
+        Err(e) => (
+            StatusCode::OK,
+            Json(json!({
+                "lifted": addr.to_string(),
+                "mesh_wide": false,
+                "warning": format!("lifted here only: {e}"),
+            })),
+        )
+            .into_response(),
     }
 }
 
