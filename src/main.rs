@@ -738,6 +738,11 @@ fn status_once(node: &str, token: Option<&str>) -> Result<()> {
     println!("bindings    {} (owned by this node)", v["registrations"]);
     println!("dialogs     {}", v["dialogs"]);
     println!("hints       {} (writes waiting for a replica)", v["hints"]);
+    if v["catching_up"].as_bool().unwrap_or(false) {
+        println!(
+            "sync        catching up: its replicas are being streamed; it reads from a quorum"
+        );
+    }
     if v["clock_skewed"].as_bool().unwrap_or(false) {
         println!(
             "CLOCK       off the mesh's by {} ms: this node coordinates no reads or writes (check NTP)",

@@ -276,3 +276,63 @@ async fn a_binding_that_loops_back_is_482() {
     })
     .await;
 }
+
+/// A node that joins is Up at once, but its replicas are empty until anti-entropy streams
+/// their data (and a returning node's are stale): until a round pulls nothing it reads a
+/// quorum instead of its own replica. A call entering the new node right after it joined
+/// reaches a callee registered before it existed (with the old local-replica read: 480).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_member_reads_a_quorum_until_it_has_caught_up() {
+    within(120, async {
+        let users: Vec<(String, String)> = (0..12)
+            .map(|i| (format!("u{i}"), format!("p{i}")))
+            .collect();
+        let mut mesh = LocalMesh::builder()
+            .nodes(3)
+            // No anti-entropy round during the test: the new node stays behind.
+            .anti_entropy_interval(std::time::Duration::from_secs(3600))
+            .start()
+            .await
+            .unwrap();
+        mesh.wait_converged(std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        for (u, p) in users
+            .iter()
+            .cloned()
+            .chain([("alice".into(), "a-pw".into())])
+        {
+            mesh.node(0)
+                .run(move |n| async move { n.add_user(&u, &p).await })
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let mut phones = Vec::new();
+        for (u, p) in &users {
+            let mut ua = Ua::new(u, sip(&mesh, 0)).await;
+            assert_eq!(ua.register(p).await, 200);
+            phones.push(ua);
+        }
+        let new = mesh.add_node().await.unwrap();
+        mesh.wait_converged(std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        let node = mesh.node(new).node().unwrap();
+        assert!(node.mesh.catching_up(), "a new node is catching up");
+        // A callee whose bindings the new node now replicates (but does not hold yet).
+        let snap = node.mesh.snapshot();
+        let i = users
+            .iter()
+            .position(|(u, _)| snap.is_local_replica(u.as_bytes()))
+            .expect("the new node replicates some of the users");
+        let callee = &users[i].0;
+        let mut alice = Ua::new("alice", sip(&mesh, new)).await;
+        assert_eq!(alice.register("a-pw").await, 200);
+        let call_id = format!("{}@alice", token());
+        invite_with_auth(&mut alice, callee, "a-pw", &call_id, "atag").await;
+        let ring = phones[i].wait_request("INVITE", LONG).await;
+        assert!(ring.is_some(), "{callee} rings through the new node");
+    })
+    .await;
+}

@@ -395,6 +395,11 @@ impl AntiEntropy {
         }
     }
 
+    /// Whether this node is the only member of its ring (nothing to catch up from).
+    pub fn alone(&self) -> bool {
+        self.membership.snapshot().ring.len() <= 1
+    }
+
     /// The version of the ring this node sees.
     pub fn ring_version(&self) -> u64 {
         self.membership.snapshot().version

@@ -1,6 +1,7 @@
 //! [`Mesh`]: the handle a node holds on its libp2p peer, membership and replicated keyspace.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -65,6 +66,9 @@ struct Inner {
     /// Where one-way application messages go.
     one_way: Arc<OnceLock<AppHandler>>,
     metrics: MeshMetrics,
+    /// From start until an anti-entropy round pulls nothing: this node's replicas may lack
+    /// what the others hold (a new or returning member), so reads must not trust them alone.
+    catching_up: Arc<AtomicBool>,
 }
 
 /// Takes the one-way application messages of other nodes (the node's SIP traffic), on the task
@@ -285,6 +289,7 @@ async fn anti_entropy_rounds(
     ae: AntiEntropy,
     every: Duration,
     metrics: MeshMetrics,
+    catching_up: Arc<AtomicBool>,
     mut shutdown: Shutdown,
 ) {
     let mut ticker = tokio::time::interval(every);
@@ -292,7 +297,7 @@ async fn anti_entropy_rounds(
     ticker.tick().await;
     // Until a round pulls nothing, the node is catching up (a new or returning member streaming
     // its replicas): say how far it got, then that it is in sync.
-    let (mut catching_up, mut pulled, mut bytes) = (true, 0usize, 0usize);
+    let (mut pulled, mut bytes) = (0usize, 0usize);
     loop {
         tokio::select! {
             _ = shutdown.wait() => return,
@@ -300,7 +305,7 @@ async fn anti_entropy_rounds(
         }
         let Some(x) = ae.round().await else { continue };
         metrics.anti_entropy(&x);
-        if !catching_up {
+        if !catching_up.load(Ordering::Relaxed) {
             continue;
         }
         pulled += x.pulled;
@@ -312,12 +317,12 @@ async fn anti_entropy_rounds(
                 leaves_differing = x.differing,
                 "catching up: replicas streamed from peers so far"
             );
-        } else if x.compared > 0 {
+        } else if x.compared > 0 || ae.alone() {
             info!(
                 partitions = pulled,
                 bytes, "in sync with every peer (replicas streamed since start)"
             );
-            catching_up = false;
+            catching_up.store(false, Ordering::Relaxed);
         }
     }
 }
@@ -432,6 +437,7 @@ impl Mesh {
         let span = tracing::info_span!("mesh", peer = %local);
         let background = Background::default();
         let metrics = MeshMetrics::default();
+        let catching_up = Arc::new(AtomicBool::new(true));
         background.keep("swarm", swarm_task);
         background.keep(
             "serve streams",
@@ -466,6 +472,7 @@ impl Mesh {
                 anti_entropy.clone(),
                 config.anti_entropy_interval,
                 metrics.clone(),
+                catching_up.clone(),
                 s,
             )
             .instrument(span.clone())
@@ -488,6 +495,7 @@ impl Mesh {
                 background,
                 one_way,
                 metrics,
+                catching_up,
             }),
         };
         Ok((mesh, app_rx))
@@ -570,6 +578,12 @@ impl Mesh {
         let r = self.inner.replication.write(m, cl).await;
         self.inner.metrics.replicated("write", cl, t0.elapsed(), &r);
         r
+    }
+
+    /// Whether this node is still catching up (from start until an anti-entropy round pulls
+    /// nothing): its own replicas may miss data, so reads should ask a quorum instead.
+    pub fn catching_up(&self) -> bool {
+        self.inner.catching_up.load(Ordering::Relaxed)
     }
 
     /// What the mesh layer measures, for the node's `/metrics`.

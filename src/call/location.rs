@@ -71,9 +71,10 @@ impl Binding {
 
 /// The live bindings of an AOR as the nearest copy has them: this node's own replica when it
 /// is one (no round trip; a write this replica missed is caught up by hints, read repair and
-/// anti-entropy within seconds), else read at QUORUM. This is the call path's lookup.
+/// anti-entropy within seconds), else read at QUORUM. This is the call path's lookup. A node
+/// still catching up (new, or back from a restart) reads at QUORUM: its replica may be empty.
 pub async fn lookup_near(mesh: &Mesh, aor: &str) -> Result<Vec<Binding>> {
-    if !mesh.snapshot().is_local_replica(aor.as_bytes()) {
+    if mesh.catching_up() || !mesh.snapshot().is_local_replica(aor.as_bytes()) {
         return lookup(mesh, aor, Consistency::Quorum).await;
     }
     let p = mesh

@@ -285,6 +285,7 @@ fn status_json(node: &Node) -> serde_json::Value {
         "tcp_connections": node.transport.connections(),
         "transactions": node.transactions_alive(),
         "hints": node.keyspace().hints().len(),
+        "catching_up": node.mesh.catching_up(),
         "clock_offset_ms": node.mesh.clock().0,
         "clock_skewed": node.mesh.clock().1,
         "members": members,
