@@ -144,6 +144,10 @@ function render(v) {
   $("hints").textContent = s.hints;
   $("ae-repaired").textContent = v.anti_entropy.repaired;
   $("ae-detail").textContent = v.anti_entropy.rounds + " rounds, " + v.anti_entropy.differing + " leaves differed";
+  $("sync").textContent = s.clock_skewed ? "CLOCK OFF" : (s.catching_up ? "catching up" : "in sync");
+  $("sync").style.color = s.clock_skewed ? "var(--down)" : (s.catching_up ? "var(--warn)" : "var(--up)");
+  $("clock").textContent = "peers' clocks " + (s.clock_offset_ms >= 0 ? "+" : "") + (s.clock_offset_ms / 1000).toFixed(1) + " s" +
+    (s.clock_skewed ? ": this node coordinates nothing" : "");
   const dt = last ? (v.now_ms - last.now_ms) / 1000 : 0;
   $("rate-register").textContent = rate(v, last, "registers_ok", dt);
   $("rate-calls").textContent = rate(v, last, "calls_answered", dt);
