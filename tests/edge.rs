@@ -601,3 +601,59 @@ async fn a_call_across_the_mesh_over_ipv6() {
     })
     .await;
 }
+
+/// A UDP phone behind a NAT registers a private contact (192.168.x) from another address (the
+/// NAT's). Calls to it go to the address its REGISTER came from, with the contact as the
+/// Request-URI — locally and across the mesh — and in-dialog requests follow; a contact on a
+/// public or loopback address is still taken as given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_behind_a_nat_is_reached_where_it_registered_from() {
+    within(120, async {
+        let mesh = mesh_with_users(3, PHONES, |_| {}).await;
+        // bob at node 2, his contact an unreachable private address.
+        let mut bob = Ua::new("bob", sip(&mesh, 2)).await;
+        let private = "<sip:bob@192.168.77.2:5060>";
+        let mut reg = Register::new("bob", private);
+        let ok = register(&mut bob.c, sip(&mesh, 2), &mut reg, "b-pw").await;
+        assert_eq!(ok.status(), Some(200));
+        for (caller_node, tag) in [(0usize, "far"), (2, "near")] {
+            let mut alice = Ua::new("alice", sip(&mesh, caller_node)).await;
+            assert_eq!(alice.register("a-pw").await, 200);
+            let call_id = format!("{}@{tag}", token());
+            invite_with_auth(&mut alice, "bob", "a-pw", &call_id, tag).await;
+            let inv = bob
+                .wait_request("INVITE", 5000)
+                .await
+                .unwrap_or_else(|| panic!("bob behind the NAT rings ({tag})"));
+            assert_eq!(inv.request_uri(), Some("sip:bob@192.168.77.2:5060"));
+            bob.send(&bob.answer(&inv, 200, "OK", "btag")).await;
+            let ok = alice
+                .wait_response(200, "INVITE", 5000)
+                .await
+                .expect("answered");
+            let routes: Vec<String> = hvals(&ok, &HeaderName::RecordRoute)
+                .into_iter()
+                .rev()
+                .collect();
+            let (to, from) = (
+                ok.header(&HeaderName::To).unwrap().to_string(),
+                ok.header(&HeaderName::From).unwrap().to_string(),
+            );
+            let target = uri_of(&hvals(&ok, &HeaderName::Contact)[0]);
+            alice
+                .send(&alice.in_dialog("ACK", &target, &routes, &from, &to, &call_id, 2))
+                .await;
+            assert!(bob.wait_request("ACK", 5000).await.is_some(), "ACK ({tag})");
+            alice
+                .send(&alice.in_dialog("BYE", &target, &routes, &from, &to, &call_id, 3))
+                .await;
+            let bye = bob
+                .wait_request("BYE", 5000)
+                .await
+                .expect("the BYE reaches bob");
+            bob.send(&bob.answer(&bye, 200, "OK", "btag")).await;
+            assert!(alice.wait_response(200, "BYE", 5000).await.is_some());
+        }
+    })
+    .await;
+}

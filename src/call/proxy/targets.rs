@@ -60,6 +60,30 @@ fn contact_addr(contact: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, u.port.unwrap_or(5060)))
 }
 
+/// Whether an address is private (RFC 1918, RFC 6598 shared, IPv6 unique local): what a phone
+/// behind a NAT puts in its Contact.
+fn private(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_private() || (o[0] == 100 && (64..128).contains(&o[1]))
+        }
+        std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
+/// A UDP binding registered from behind a NAT: its contact is a private address other than
+/// the one the REGISTER came from, and no edge proxy (Path) stands in between. Such a contact
+/// cannot be reached; the address the REGISTER came from can (the NAT keeps it open while the
+/// phone refreshes), as Kamailio's `fix_nated_register` + `nat_uac_test("1")` do. A contact on
+/// a public or loopback address is taken as given (a third-party registration).
+fn behind_nat(b: &Binding) -> bool {
+    let Flow::Udp(source) = b.flow else {
+        return false;
+    };
+    b.path.is_empty() && contact_addr(&b.contact).is_some_and(|c| private(c.ip()) && c != source)
+}
+
 impl Proxy {
     /// Where a URI leads: another mesh node (its Record-Route), or an address.
     pub(crate) async fn resolve(&self, uri: &str) -> Result<Flow, Fault> {
@@ -164,10 +188,10 @@ impl Proxy {
 
     /// How to reach one binding. An Outbound binding (RFC 5626, with reg-id) is reached only
     /// down its flow; another binding at its contact URI (RFC 3261), or down its TCP connection
-    /// while that is open. A binding owned by another node goes through that node.
+    /// while that is open, or at the address its REGISTER came from when it is behind a NAT. A binding owned by another node goes through that node.
     fn binding_target(&self, b: &Binding) -> Option<Target> {
         let outbound = b.reg_id.is_some();
-        let use_flow = outbound || matches!(b.flow, Flow::Tcp { .. });
+        let use_flow = outbound || behind_nat(b) || matches!(b.flow, Flow::Tcp { .. });
         let dest = if b.owner == self.node {
             if use_flow && self.ctx.transport.is_alive(&b.flow) {
                 Dest::Flow(b.flow.clone())
@@ -199,5 +223,32 @@ impl Proxy {
             routes: b.path.clone(),
             alternates: Vec::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::private;
+
+    #[test]
+    fn private_addresses_are_what_nat_phones_register() {
+        for ip in [
+            "10.1.2.3",
+            "172.16.0.9",
+            "192.168.77.2",
+            "100.64.1.1",
+            "fd00::1",
+        ] {
+            assert!(private(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "127.0.0.1",
+            "203.0.113.7",
+            "100.128.0.1",
+            "::1",
+            "2001:db8::1",
+        ] {
+            assert!(!private(ip.parse().unwrap()), "{ip}");
+        }
     }
 }
