@@ -18,6 +18,9 @@ command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+# tests/nat.rs: a phone in a network namespace behind a masquerading one (iproute2, nftables).
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 # libfaketime runs one node of tests/faults.rs with its wall clock an hour ahead.
 [[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ]] || need_apt+=(faketime)
 if ((${#need_apt[@]})); then
