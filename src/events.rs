@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use serde::Serialize;
+use sipmesh_storage::{SystemClock, WallClock};
 
 /// Events kept.
 pub const KEEP: usize = 200;
@@ -50,13 +51,6 @@ pub struct Events {
     inner: Mutex<(u64, VecDeque<Event>)>,
 }
 
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl Events {
     /// Record an event (the oldest goes when [`KEEP`] are held).
     pub fn push(&self, kind: Kind, text: impl Into<String>) {
@@ -76,7 +70,7 @@ impl Events {
         }
         g.1.push_back(Event {
             seq,
-            at_ms: wall_ms(),
+            at_ms: SystemClock.now_ms(),
             kind,
             text,
         });

@@ -406,14 +406,6 @@ impl std::ops::Deref for Metrics {
 }
 
 impl Metrics {
-    /// A counter by name (plain counters, and `sip_requests_received` summed over its labels).
-    pub fn get(&self, name: &str) -> Option<u64> {
-        match name {
-            "sip_requests_received" => Some(self.sip.requests_total()),
-            other => self.counters.get(other),
-        }
-    }
-
     /// Bring a counter kept elsewhere (a total since start) up to `total`.
     pub fn catch_up(counter: &Counter, total: u64) {
         let seen = counter.get();

@@ -8,9 +8,6 @@
 mod common;
 
 use common::*;
-use sipmesh::sip::message::HeaderName;
-
-const LONG: u64 = 5000;
 
 /// Where the browser driver lives (its node_modules are installed by scripts/test.sh).
 fn driver_dir() -> std::path::PathBuf {
@@ -30,26 +27,7 @@ async fn live_page_matches_status_and_acts_only_with_the_token() {
         let mut bob = Ua::new("bob", sip(2)).await;
         assert_eq!(alice.register("a-pw").await, 200);
         assert_eq!(bob.register("b-pw").await, 200);
-        let call_id = format!("{}@alice", token());
-        invite_with_auth(&mut alice, "bob", "a-pw", &call_id, "atag").await;
-        let inv = bob.wait_request("INVITE", LONG).await.expect("bob rings");
-        bob.send(&bob.answer(&inv, 200, "OK", "btag")).await;
-        let ok = alice
-            .wait_response(200, "INVITE", LONG)
-            .await
-            .expect("answered");
-        let route_set: Vec<String> = hvals(&ok, &HeaderName::RecordRoute)
-            .into_iter()
-            .rev()
-            .collect();
-        let (to, from) = (
-            ok.header(&HeaderName::To).unwrap().to_string(),
-            ok.header(&HeaderName::From).unwrap().to_string(),
-        );
-        let target = uri_of(&hvals(&ok, &HeaderName::Contact)[0]);
-        alice
-            .send(&alice.in_dialog("ACK", &target, &route_set, &from, &to, &call_id, 2))
-            .await;
+        answered_call(&mut alice, "a-pw", &mut bob, "btag").await;
 
         // A scanner from 127.0.0.9 gets itself banned.
         scan_from("127.0.0.9", sip(0), 40).await;

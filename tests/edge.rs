@@ -566,25 +566,13 @@ async fn a_call_across_the_mesh_over_ipv6() {
             .wait_response(200, "INVITE", 5000)
             .await
             .expect("answered");
-        let routes: Vec<String> = hvals(&ok, &HeaderName::RecordRoute)
-            .into_iter()
-            .rev()
-            .collect();
-        let target = uri_of(&hvals(&ok, &HeaderName::Contact)[0]);
-        let (to, from) = (
-            ok.header(&HeaderName::To).unwrap().to_string(),
-            ok.header(&HeaderName::From).unwrap().to_string(),
-        );
-        alice
-            .send(&alice.in_dialog("ACK", &target, &routes, &from, &to, &call_id, 2))
-            .await;
+        let leg = CallerLeg::of_answer(&ok, &call_id);
+        alice.send(&leg.request(&alice, "ACK", 2)).await;
         assert!(
             bob.wait_request("ACK", 5000).await.is_some(),
             "the ACK arrives"
         );
-        alice
-            .send(&alice.in_dialog("BYE", &target, &routes, &from, &to, &call_id, 3))
-            .await;
+        alice.send(&leg.request(&alice, "BYE", 3)).await;
         let bye = bob
             .wait_request("BYE", 5000)
             .await
@@ -631,22 +619,10 @@ async fn a_phone_behind_a_nat_is_reached_where_it_registered_from() {
                 .wait_response(200, "INVITE", 5000)
                 .await
                 .expect("answered");
-            let routes: Vec<String> = hvals(&ok, &HeaderName::RecordRoute)
-                .into_iter()
-                .rev()
-                .collect();
-            let (to, from) = (
-                ok.header(&HeaderName::To).unwrap().to_string(),
-                ok.header(&HeaderName::From).unwrap().to_string(),
-            );
-            let target = uri_of(&hvals(&ok, &HeaderName::Contact)[0]);
-            alice
-                .send(&alice.in_dialog("ACK", &target, &routes, &from, &to, &call_id, 2))
-                .await;
+            let leg = CallerLeg::of_answer(&ok, &call_id);
+            alice.send(&leg.request(&alice, "ACK", 2)).await;
             assert!(bob.wait_request("ACK", 5000).await.is_some(), "ACK ({tag})");
-            alice
-                .send(&alice.in_dialog("BYE", &target, &routes, &from, &to, &call_id, 3))
-                .await;
+            alice.send(&leg.request(&alice, "BYE", 3)).await;
             let bye = bob
                 .wait_request("BYE", 5000)
                 .await

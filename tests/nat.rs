@@ -11,7 +11,6 @@ mod common;
 use std::process::Command as Std;
 
 use common::*;
-use sipmesh::sip::message::HeaderName;
 
 /// Run a command; panic with its output if it fails.
 fn run(args: &[&str]) {
@@ -186,25 +185,13 @@ async fn a_phone_behind_a_masquerading_nat_is_called_through_its_pinhole() {
             .wait_response(200, "INVITE", 10_000)
             .await
             .expect("bob answers through the NAT");
-        let routes: Vec<String> = hvals(&ok, &HeaderName::RecordRoute)
-            .into_iter()
-            .rev()
-            .collect();
-        let (to, from) = (
-            ok.header(&HeaderName::To).unwrap().to_string(),
-            ok.header(&HeaderName::From).unwrap().to_string(),
-        );
-        let target = uri_of(&hvals(&ok, &HeaderName::Contact)[0]);
-        assert_eq!(target, "sip:bob@192.168.77.2:5060");
-        alice
-            .send(&alice.in_dialog("ACK", &target, &routes, &from, &to, &call_id, 2))
-            .await;
+        let leg = CallerLeg::of_answer(&ok, &call_id);
+        assert_eq!(leg.target, "sip:bob@192.168.77.2:5060");
+        alice.send(&leg.request(&alice, "ACK", 2)).await;
         // The call lasts a moment (a BYE right behind the ACK may overtake it: the ACK takes
         // the stateless path).
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        alice
-            .send(&alice.in_dialog("BYE", &target, &routes, &from, &to, &call_id, 3))
-            .await;
+        alice.send(&leg.request(&alice, "BYE", 3)).await;
         assert!(
             alice.wait_response(200, "BYE", 10_000).await.is_some(),
             "bob's 200 to the BYE comes back"

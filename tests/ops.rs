@@ -330,26 +330,9 @@ async fn operator_commands_on_real_nodes() {
         let mut bob = Ua::new("bob", sip(2)).await;
         assert_eq!(alice.register("a-pw").await, 200);
         assert_eq!(bob.register("b-pw").await, 200);
-        let call_id = format!("{}@alice", token());
-        invite_with_auth(&mut alice, "bob", "a-pw", &call_id, "atag").await;
-        let inv = bob.wait_request("INVITE", LONG).await.expect("bob rings");
-        bob.send(&bob.answer(&inv, 200, "OK", "btag")).await;
-        let ok200 = alice
-            .wait_response(200, "INVITE", LONG)
+        let call_id = answered_call(&mut alice, "a-pw", &mut bob, "btag")
             .await
-            .expect("answered");
-        let routes: Vec<String> = hvals(&ok200, &HeaderName::RecordRoute)
-            .into_iter()
-            .rev()
-            .collect();
-        let target = uri_of(&hvals(&ok200, &HeaderName::Contact)[0]);
-        let (to, from) = (
-            ok200.header(&HeaderName::To).unwrap().to_string(),
-            ok200.header(&HeaderName::From).unwrap().to_string(),
-        );
-        alice
-            .send(&alice.in_dialog("ACK", &target, &routes, &from, &to, &call_id, 2))
-            .await;
+            .call_id;
         let (ok, out, err) = cli(&["dialogs", "list", "--node", &http(1)]).await;
         assert!(ok && out.contains(&call_id), "{out}{err}");
         let id = out

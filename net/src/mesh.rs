@@ -586,6 +586,13 @@ impl Mesh {
         self.inner.catching_up.load(Ordering::Relaxed)
     }
 
+    /// Whether this node's own replica of a partition may answer a read alone: this node is
+    /// one of its replicas and is not catching up (a new or returning node's replicas may
+    /// lack what the others hold).
+    pub fn reads_locally(&self, partition_key: &[u8]) -> bool {
+        !self.catching_up() && self.snapshot().is_local_replica(partition_key)
+    }
+
     /// What the mesh layer measures, for the node's `/metrics`.
     pub fn metrics(&self) -> &MeshMetrics {
         &self.inner.metrics
@@ -701,9 +708,9 @@ impl Mesh {
         self.inner.anti_entropy.handover().await
     }
 
-    /// Leave gracefully: tell every up member (waiting up to `timeout` for their answers).
-    pub async fn leave(&self, timeout: Duration) {
-        let generation = self.inner.membership.local_info().generation;
+    /// Send `request` to every up member, waiting up to `timeout` for their answers; returns
+    /// how many were told.
+    async fn tell_up_members(&self, request: Request, timeout: Duration) -> usize {
         let peers: Vec<PeerId> = self
             .members()
             .into_iter()
@@ -713,32 +720,29 @@ impl Mesh {
         let link: &Arc<Links> = &self.inner.links;
         let asks: Vec<_> = peers
             .iter()
-            .map(|p| Link::request(link, *p, Request::Leave { generation }, timeout))
+            .map(|p| Link::request(link, *p, request.clone(), timeout))
             .collect();
         futures::future::join_all(asks).await;
-        info!(told = peers.len(), "left the mesh");
+        peers.len()
+    }
+
+    /// Leave gracefully: tell every up member (waiting up to `timeout` for their answers).
+    pub async fn leave(&self, timeout: Duration) {
+        let generation = self.inner.membership.local_info().generation;
+        let told = self
+            .tell_up_members(Request::Leave { generation }, timeout)
+            .await;
+        info!(told, "left the mesh");
     }
 
     /// Stopping in place: tell every up member this node is going down (waiting up to
     /// `timeout` for their answers), so they mark it down at once and keep its ring place.
     pub async fn announce_stop(&self, timeout: Duration) {
         let generation = self.inner.membership.local_info().generation;
-        let peers: Vec<PeerId> = self
-            .members()
-            .into_iter()
-            .filter(|m| !m.local && m.state == crate::MemberState::Up)
-            .map(|m| m.peer_id)
-            .collect();
-        let link: &Arc<Links> = &self.inner.links;
-        let asks: Vec<_> = peers
-            .iter()
-            .map(|p| Link::request(link, *p, Request::Stopping { generation }, timeout))
-            .collect();
-        futures::future::join_all(asks).await;
-        info!(
-            told = peers.len(),
-            "stopping in place; the ring keeps this node"
-        );
+        let told = self
+            .tell_up_members(Request::Stopping { generation }, timeout)
+            .await;
+        info!(told, "stopping in place; the ring keeps this node");
     }
 
     /// Stop every background loop and the swarm.

@@ -74,7 +74,7 @@ impl Binding {
 /// anti-entropy within seconds), else read at QUORUM. This is the call path's lookup. A node
 /// still catching up (new, or back from a restart) reads at QUORUM: its replica may be empty.
 pub async fn lookup_near(mesh: &Mesh, aor: &str) -> Result<Vec<Binding>> {
-    if mesh.catching_up() || !mesh.snapshot().is_local_replica(aor.as_bytes()) {
+    if !mesh.reads_locally(aor.as_bytes()) {
         return lookup(mesh, aor, Consistency::Quorum).await;
     }
     let p = mesh

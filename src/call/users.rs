@@ -164,7 +164,7 @@ impl Users {
     /// write within seconds (hints, read repair, anti-entropy); until then the QUORUM path
     /// answers for users the replica lacks.
     pub async fn get_cached(&self, user: &str) -> Result<Option<UserRecord>> {
-        if !self.mesh.catching_up() && self.mesh.snapshot().is_local_replica(user.as_bytes()) {
+        if self.mesh.reads_locally(user.as_bytes()) {
             let p = self
                 .mesh
                 .keyspace()

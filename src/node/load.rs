@@ -62,11 +62,12 @@ pub(crate) async fn publish(node: Node, mut shutdown: Shutdown) {
     let capacity = node.config.capacity as u64;
     let mut n = 0u32;
     loop {
-        let load = node.load();
+        let (bindings, dialogs) = node.load();
+        let load = bindings + dialogs;
         let mut tags = tags(&sip, http.as_deref(), capacity, load);
         tags.insert("sip_ip".into(), node.mesh_sip().to_string());
-        tags.insert("registrations".into(), node.owned_bindings().to_string());
-        tags.insert("dialogs".into(), node.proxy.dialogs().count().to_string());
+        tags.insert("registrations".into(), bindings.to_string());
+        tags.insert("dialogs".into(), dialogs.to_string());
         node.mesh.set_tags(tags);
         if n.is_multiple_of(PROXIES_ROW_EVERY) {
             let ttl = (PUBLISH_LOAD_EVERY * PROXIES_ROW_EVERY * 3).as_millis() as u64;

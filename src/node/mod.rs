@@ -372,9 +372,13 @@ impl Node {
         self.background.spawn(name, f);
     }
 
-    /// This node's load: bindings it owns plus dialogs it is on.
-    pub(crate) fn load(&self) -> u64 {
-        self.dispatcher.registrar().load() + self.proxy.dialogs().count() as u64
+    /// This node's load, whose sum is what capacity is measured against: (bindings it owns,
+    /// dialogs it is on).
+    pub(crate) fn load(&self) -> (u64, u64) {
+        (
+            self.dispatcher.registrar().load(),
+            self.proxy.dialogs().count() as u64,
+        )
     }
 
     /// Stop in place (SIGTERM: `systemctl stop` or `restart`, an upgrade, a backup): the node
@@ -411,7 +415,7 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let (partitions, failed) = node.leave_within(within).await;
             info!(partitions, failed, "decommissioned");
-            node.decommissioned.notify_waiters();
+            // One waiter (the process); the permit is kept if it is not waiting yet.
             node.decommissioned.notify_one();
         });
     }

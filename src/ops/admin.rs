@@ -267,7 +267,9 @@ fn status_json(node: &Node) -> serde_json::Value {
         .iter()
         .filter(|m| m.state == sipmesh_net::MemberState::Up)
         .count();
-    let registrations = node.owned_bindings();
+    let (registrations, dialogs) = node.load();
+    let snap = node.mesh.snapshot();
+    let (clock_offset_ms, clock_skewed) = node.mesh.clock();
     json!({
         "peer_id": node.mesh.peer_id().to_string(),
         "sip": format!("sip:{}", node.sip_advertised()),
@@ -276,18 +278,18 @@ fn status_json(node: &Node) -> serde_json::Value {
         "realm": node.config.realm,
         "version": env!("CARGO_PKG_VERSION"),
         "members_up": up,
-        "ring_members": node.mesh.snapshot().ring.len(),
-        "majority": node.mesh.snapshot().has_majority(),
+        "ring_members": snap.ring.len(),
+        "majority": snap.has_majority(),
         "registrations": registrations,
-        "dialogs": node.proxy.dialogs().count(),
+        "dialogs": dialogs,
         "capacity": node.config.capacity,
-        "load": node.load(),
+        "load": registrations + dialogs,
         "tcp_connections": node.transport.connections(),
         "transactions": node.transactions_alive(),
         "hints": node.keyspace().hints().len(),
         "catching_up": node.mesh.catching_up(),
-        "clock_offset_ms": node.mesh.clock().0,
-        "clock_skewed": node.mesh.clock().1,
+        "clock_offset_ms": clock_offset_ms,
+        "clock_skewed": clock_skewed,
         "members": members,
     })
 }
@@ -388,6 +390,11 @@ const RING_SAMPLES: u32 = 2048;
 
 /// The ring: each member's position (0..1 around the circle: the first 32 bits of its
 /// Kademlia position) and the share of the keyspace it replicates (sampled).
+/// Where a Kademlia position sits around the page's circle: its first 32 bits, as 0..1.
+fn around(p: &sipmesh_net::placement::Position) -> f64 {
+    f64::from(u32::from_be_bytes([p[0], p[1], p[2], p[3]])) / f64::from(u32::MAX)
+}
+
 async fn ring(State(node): State<Node>) -> Response {
     use sha2::Digest;
     let snap = node.mesh.snapshot();
@@ -403,12 +410,11 @@ async fn ring(State(node): State<Node>) -> Response {
         .ring
         .iter()
         .map(|m| {
-            let p = u32::from_be_bytes([m.position[0], m.position[1], m.position[2], m.position[3]]);
             json!({
                 "peer_id": m.peer.to_string(),
                 "up": m.up,
                 "local": m.peer == snap.local,
-                "position": f64::from(p) / f64::from(u32::MAX),
+                "position": around(&m.position),
                 "share": f64::from(held.get(&m.peer).copied().unwrap_or(0)) / f64::from(RING_SAMPLES),
             })
         })
@@ -425,17 +431,14 @@ async fn ring(State(node): State<Node>) -> Response {
 /// (closest first), and the nodes owning its bindings (read at QUORUM).
 async fn placement(State(node): State<Node>, Path(user): Path<String>) -> Response {
     let aor = crate::sip::uri::canonical_user(&user);
-    let snap = node.mesh.snapshot();
-    let position = |pk: &[u8]| {
-        let p = sipmesh_net::placement::key_position(pk);
-        f64::from(u32::from_be_bytes([p[0], p[1], p[2], p[3]])) / f64::from(u32::MAX)
-    };
-    let replicas = |pk: &[u8]| -> Vec<serde_json::Value> {
-        snap.replicas(pk)
-            .iter()
-            .map(|m| json!({ "peer_id": m.peer.to_string(), "up": m.up }))
-            .collect()
-    };
+    // `users` and `registrations` are both keyed by the user: one placement.
+    let replicas: Vec<serde_json::Value> = node
+        .mesh
+        .snapshot()
+        .replicas(aor.as_bytes())
+        .iter()
+        .map(|m| json!({ "peer_id": m.peer.to_string(), "up": m.up }))
+        .collect();
     let owners = match crate::call::location::lookup(&node.mesh, &aor, Consistency::Quorum).await {
         Ok(b) => b
             .iter()
@@ -445,9 +448,9 @@ async fn placement(State(node): State<Node>, Path(user): Path<String>) -> Respon
     };
     Json(json!({
         "user": aor,
-        "position": position(aor.as_bytes()),
-        "user_replicas": replicas(aor.as_bytes()),
-        "registration_replicas": replicas(aor.as_bytes()),
+        "position": around(&sipmesh_net::placement::key_position(aor.as_bytes())),
+        "user_replicas": replicas,
+        "registration_replicas": replicas,
         "binding_owners": owners,
     }))
     .into_response()

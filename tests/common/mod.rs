@@ -651,6 +651,74 @@ impl Ua {
     }
 }
 
+/// The caller's side of an answered call: what its in-dialog requests need (RFC 3261 §12.1.2).
+pub struct CallerLeg {
+    /// The call's Call-ID.
+    pub call_id: String,
+    /// The route set: the 2xx's Record-Route, reversed.
+    pub routes: Vec<String>,
+    /// The caller's From (with its tag).
+    pub from: String,
+    /// The callee's To (with its tag).
+    pub to: String,
+    /// The callee's Contact URI: the remote target.
+    pub target: String,
+}
+
+impl CallerLeg {
+    /// The caller's leg from the 2xx to its INVITE `call_id`.
+    pub fn of_answer(ok: &Message, call_id: &str) -> CallerLeg {
+        CallerLeg {
+            call_id: call_id.to_string(),
+            routes: hvals(ok, &HeaderName::RecordRoute)
+                .into_iter()
+                .rev()
+                .collect(),
+            from: ok.header(&HeaderName::From).unwrap().to_string(),
+            to: ok.header(&HeaderName::To).unwrap().to_string(),
+            target: uri_of(&hvals(ok, &HeaderName::Contact)[0]),
+        }
+    }
+
+    /// An in-dialog request of the caller `ua`, along the route set.
+    pub fn request(&self, ua: &Ua, method: &str, cseq: u32) -> String {
+        ua.in_dialog(
+            method,
+            &self.target,
+            &self.routes,
+            &self.from,
+            &self.to,
+            &self.call_id,
+            cseq,
+        )
+    }
+}
+
+/// `caller` (password `password`) calls `callee`'s user; the callee answers 200 (To tag
+/// `tag`) and the caller ACKs. The call stays up; returns the caller's leg.
+pub async fn answered_call(
+    caller: &mut Ua,
+    password: &str,
+    callee: &mut Ua,
+    tag: &str,
+) -> CallerLeg {
+    let call_id = format!("{}@{}", token(), caller.user);
+    let callee_user = callee.user.clone();
+    invite_with_auth(caller, &callee_user, password, &call_id, "atag").await;
+    let inv = callee
+        .wait_request("INVITE", 5000)
+        .await
+        .expect("the callee rings");
+    callee.send(&callee.answer(&inv, 200, "OK", tag)).await;
+    let ok = caller
+        .wait_response(200, "INVITE", 5000)
+        .await
+        .expect("answered");
+    let leg = CallerLeg::of_answer(&ok, &call_id);
+    caller.send(&leg.request(caller, "ACK", 2)).await;
+    leg
+}
+
 /// Send an INVITE from `caller` to `to`, answering the 407 with the caller's `password`;
 /// returns the authenticated INVITE as sent (for the ACK of its final answer).
 pub async fn invite_with_auth(

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
+use sipmesh_storage::{SystemClock, WallClock};
 use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
 
@@ -116,14 +117,6 @@ pub struct Membership {
     /// clock is the odd one out.
     clock_offset_ms: AtomicI64,
     clock_skewed: AtomicBool,
-}
-
-/// This host's wall clock, ms since the Unix epoch.
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The ring file: one line per other member of the ring, `<peer id> <generation> <addr,addr…>`.
@@ -297,7 +290,7 @@ impl Membership {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        info.wall_ms = wall_ms();
+        info.wall_ms = SystemClock.now_ms();
         info
     }
 
@@ -408,7 +401,7 @@ impl Membership {
     ) -> Vec<(PeerId, Multiaddr)> {
         let now = Instant::now();
         if info.wall_ms > 0 {
-            let offset = info.wall_ms as i64 - wall_ms() as i64;
+            let offset = info.wall_ms as i64 - SystemClock.now_ms() as i64;
             self.clocks
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -76,12 +76,13 @@ fn private(ip: std::net::IpAddr) -> bool {
 /// the one the REGISTER came from, and no edge proxy (Path) stands in between. Such a contact
 /// cannot be reached; the address the REGISTER came from can (the NAT keeps it open while the
 /// phone refreshes), as Kamailio's `fix_nated_register` + `nat_uac_test("1")` do. A contact on
-/// a public or loopback address is taken as given (a third-party registration).
-fn behind_nat(b: &Binding) -> bool {
+/// a public or loopback address is taken as given (a third-party registration). `contact`
+/// is the binding's contact as an address.
+fn behind_nat(b: &Binding, contact: Option<SocketAddr>) -> bool {
     let Flow::Udp(source) = b.flow else {
         return false;
     };
-    b.path.is_empty() && contact_addr(&b.contact).is_some_and(|c| private(c.ip()) && c != source)
+    b.path.is_empty() && contact.is_some_and(|c| private(c.ip()) && c != source)
 }
 
 impl Proxy {
@@ -188,10 +189,18 @@ impl Proxy {
 
     /// How to reach one binding. An Outbound binding (RFC 5626, with reg-id) is reached only
     /// down its flow; another binding at its contact URI (RFC 3261), or down its TCP connection
-    /// while that is open, or at the address its REGISTER came from when it is behind a NAT. A binding owned by another node goes through that node.
+    /// while that is open, or at the address its REGISTER came from when it is behind a NAT.
+    /// A binding owned by another node goes through that node.
     fn binding_target(&self, b: &Binding) -> Option<Target> {
         let outbound = b.reg_id.is_some();
-        let use_flow = outbound || behind_nat(b) || matches!(b.flow, Flow::Tcp { .. });
+        let tcp = matches!(b.flow, Flow::Tcp { .. });
+        // The contact as an address, parsed once: only a UDP binding may be reached at it.
+        let contact = if outbound || tcp {
+            None
+        } else {
+            contact_addr(&b.contact)
+        };
+        let use_flow = outbound || tcp || behind_nat(b, contact);
         let dest = if b.owner == self.node {
             if use_flow && self.ctx.transport.is_alive(&b.flow) {
                 Dest::Flow(b.flow.clone())
@@ -210,7 +219,7 @@ impl Proxy {
             let target = if use_flow {
                 Some(b.flow.clone())
             } else {
-                contact_addr(&b.contact).map(Flow::Udp)
+                contact.map(Flow::Udp)
             };
             Dest::Flow(Flow::Mesh {
                 node: b.owner,
