@@ -191,6 +191,21 @@ struct NodeArgs {
     /// it is not the bound one: required with --sip-listen 0.0.0.0:PORT, or behind a NAT.
     #[arg(long, env = "SIPMESH_SIP_ADVERTISE", value_name = "HOST[:PORT]")]
     sip_advertise: Option<String>,
+    /// SIP over TLS (IP:PORT, 5061 by convention; RFC 3261 §26). Needs --tls-cert and --tls-key.
+    #[arg(long, env = "SIPMESH_SIP_TLS_LISTEN", value_name = "IP:PORT")]
+    sip_tls_listen: Option<String>,
+    /// SIP over WebSocket (IP:PORT; RFC 7118, subprotocol "sip"): browser phones.
+    #[arg(long, env = "SIPMESH_SIP_WS_LISTEN", value_name = "IP:PORT")]
+    sip_ws_listen: Option<String>,
+    /// SIP over secure WebSocket (IP:PORT), with the TLS certificate.
+    #[arg(long, env = "SIPMESH_SIP_WSS_LISTEN", value_name = "IP:PORT")]
+    sip_wss_listen: Option<String>,
+    /// The TLS certificate chain (PEM), reloaded when the file changes.
+    #[arg(long, env = "SIPMESH_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM), reloaded when the file changes.
+    #[arg(long, env = "SIPMESH_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
     /// libp2p listen multiaddr, e.g. /ip4/0.0.0.0/tcp/4001.
     #[arg(long, env = "SIPMESH_P2P_LISTEN")]
     p2p_listen: Option<String>,
@@ -248,6 +263,40 @@ fn parse_multiaddr(flag: &str, v: &str) -> Result<sipmesh_net::Multiaddr> {
     })
 }
 
+/// The TLS and WebSocket listeners and the certificate, checked together: a TLS or WSS
+/// listener needs both files, and the files need a listener.
+fn stream_config(
+    c: &mut NodeConfig,
+    listens: [(&str, Option<String>); 3],
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<()> {
+    let mut addrs = [None; 3];
+    for (i, (flag, v)) in listens.iter().enumerate() {
+        if let Some(v) = v {
+            addrs[i] = Some(parse_sock(flag, v)?);
+        }
+    }
+    [c.sip_tls_listen, c.sip_ws_listen, c.sip_wss_listen] = addrs;
+    c.tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(sipmesh::sip::tls::TlsFiles { cert, key }),
+        (None, None) => None,
+        (Some(_), None) => bail!("--tls-cert needs --tls-key"),
+        (None, Some(_)) => bail!("--tls-key needs --tls-cert"),
+    };
+    if c.tls.is_none() {
+        for (flag, addr) in [
+            ("--sip-tls-listen", c.sip_tls_listen),
+            ("--sip-wss-listen", c.sip_wss_listen),
+        ] {
+            if addr.is_some() {
+                bail!("{flag} needs a certificate: add --tls-cert FILE --tls-key FILE");
+            }
+        }
+    }
+    Ok(())
+}
+
 fn node_config(args: NodeArgs) -> Result<NodeConfig> {
     let file = match &args.config {
         Some(p) => FileConfig::load(p)?,
@@ -283,6 +332,25 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
             c.sip_listen
         );
     }
+    stream_config(
+        &mut c,
+        [
+            (
+                "--sip-tls-listen",
+                args.sip_tls_listen.or(file.sip_tls_listen.clone()),
+            ),
+            (
+                "--sip-ws-listen",
+                args.sip_ws_listen.or(file.sip_ws_listen.clone()),
+            ),
+            (
+                "--sip-wss-listen",
+                args.sip_wss_listen.or(file.sip_wss_listen.clone()),
+            ),
+        ],
+        args.tls_cert.or(file.tls_cert.clone()),
+        args.tls_key.or(file.tls_key.clone()),
+    )?;
     let p2p = args
         .p2p_listen
         .or(file.p2p_listen)
@@ -451,6 +519,12 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     let node = sipmesh::ops::launch(config).await?;
     println!("sipmesh node {} up", node.mesh.peer_id());
     println!("  SIP   sip:{} (UDP, TCP)", node.sip_addr());
+    let l = node.sip_listeners();
+    for (what, addr) in [("TLS  ", l.tls), ("WS   ", l.ws), ("WSS  ", l.wss)] {
+        if let Some(a) = addr {
+            println!("  {what} {a}");
+        }
+    }
     if let Some(h) = node.http_addr() {
         println!("  admin http://{h}");
     }
@@ -475,6 +549,11 @@ async fn run_dev(n: usize) -> Result<()> {
     let dir = tempfile::Builder::new().prefix("sipmesh-dev-").tempdir()?;
     let token = sipmesh::sip::digest::hex(&rand::random::<[u8; 16]>());
     let mut nodes: Vec<Node> = Vec::new();
+    // One self-signed certificate for every dev node (TLS and WSS), for localhost.
+    let tls = sipmesh::sip::tls::self_signed(
+        &dir.path().join("tls"),
+        &["localhost".into(), "127.0.0.1".into()],
+    )?;
     for i in 0..n {
         let mut c = NodeConfig::new(dir.path().join(format!("node{i}")));
         c.admin_token = Some(token.clone());
@@ -482,6 +561,10 @@ async fn run_dev(n: usize) -> Result<()> {
         // (other loopback addresses are, so the throttle can be tried).
         c.throttle.trusted = vec![std::net::Ipv4Addr::LOCALHOST.into()];
         c.sip_listen = format!("127.0.0.1:{}", 5060 + 2 * i).parse()?;
+        c.sip_tls_listen = Some(format!("127.0.0.1:{}", 5061 + 2 * i).parse()?);
+        c.sip_ws_listen = Some(format!("127.0.0.1:{}", 8090 + i).parse()?);
+        c.sip_wss_listen = Some(format!("127.0.0.1:{}", 8443 + i).parse()?);
+        c.tls = Some(tls.clone());
         c.http_listen = Some(format!("127.0.0.1:{}", 8080 + i).parse()?);
         c.mesh.listen = vec![format!("/ip4/127.0.0.1/tcp/{}", 4001 + i).parse()?];
         if let Some(first) = nodes.first() {
@@ -489,8 +572,11 @@ async fn run_dev(n: usize) -> Result<()> {
         }
         let node = sipmesh::ops::launch(c).await.with_context(|| {
             format!(
-                "starting dev node {i} (are ports {}/udp+tcp, {} and {} free?)",
+                "starting dev node {i} (are ports {}/udp+tcp, {}, {}, {}, {} and {} free?)",
                 5060 + 2 * i,
+                5061 + 2 * i,
+                8090 + i,
+                8443 + i,
                 8080 + i,
                 4001 + i
             )
@@ -536,7 +622,14 @@ async fn run_dev(n: usize) -> Result<()> {
     println!("Register a softphone (Linphone, Zoiper, MicroSIP, ...) with any node:");
     println!("  SIP server      127.0.0.1");
     println!("  port            {}", ports.join(", "));
-    println!("  transport       UDP or TCP");
+    println!(
+        "  transport       UDP or TCP (TLS on port {}, self-signed)",
+        nodes[0]
+            .sip_listeners()
+            .tls
+            .map(|a| a.port())
+            .unwrap_or_default()
+    );
     println!("  domain / realm  127.0.0.1 / {realm}");
     for (u, p) in &users {
         println!("  user {u:6}     password {p}");
@@ -547,6 +640,15 @@ async fn run_dev(n: usize) -> Result<()> {
         nodes[0].sip_addr().port(),
         users[1].0
     );
+    println!("\nOr in a browser: the phone page of any node, e.g.");
+    println!(
+        "  http://{http0}/phone?user={u}   (password {p}; SIP over WebSocket to ws://127.0.0.1:{})",
+        nodes[0]
+            .sip_listeners()
+            .ws
+            .map(|a| a.port())
+            .unwrap_or_default()
+    );
     println!("\nOr with SIPp (Debian package sip-tester):");
     println!(
         "  printf 'SEQUENTIAL\\n{u};[authentication username={u} password={p}]\\n' > /tmp/{u}.csv"
@@ -554,9 +656,14 @@ async fn run_dev(n: usize) -> Result<()> {
     println!("  sipp 127.0.0.1:{} -sf bench/scenarios/reg.xml -inf /tmp/{u}.csv -m 1 -key contact_hp 127.0.0.1:5099 -trace_err", nodes[0].sip_addr().port());
     println!("\nNodes:");
     for (i, node) in nodes.iter().enumerate() {
+        let l = node.sip_listeners();
+        let port = |a: Option<SocketAddr>| a.map(|a| a.port()).unwrap_or_default();
         println!(
-            "  node {i}: SIP sip:{} (UDP+TCP)  admin http://{}  p2p {}",
+            "  node {i}: SIP sip:{} (UDP+TCP), TLS {}, WS {}, WSS {}  admin http://{}  p2p {}",
             node.sip_addr(),
+            port(l.tls),
+            port(l.ws),
+            port(l.wss),
             node.http_addr().map(|a| a.to_string()).unwrap_or_default(),
             node.mesh
                 .dial_addr()

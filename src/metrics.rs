@@ -50,6 +50,11 @@ counters! {
     sip_tcp_connections: "TCP connections accepted or opened",
     sip_tcp_refused: "TCP connections refused at the connection limit",
     sip_tcp_closed_framing: "TCP connections closed for a framing error or timeout",
+    sip_tls_connections: "TLS connections accepted or opened (SIP over TLS and WSS)",
+    sip_tls_handshake_failures: "TLS handshakes that failed or timed out",
+    sip_ws_connections: "WebSocket connections upgraded (WS and WSS)",
+    sip_ws_refused: "WebSocket upgrades refused: not a WebSocket request, no sip subprotocol, or too slow",
+    sip_ws_closed: "WebSocket connections closed for a frame or message over the limit, a protocol error, or a timeout",
     sip_keepalives: "Double-CRLF keepalives answered",
     sip_relay_refused: "Responses with a relay Via this mesh did not sign (dropped)",
     sip_datagrams_refused: "Datagrams with the mesh's magic byte that no member sealed (dropped)",
@@ -92,7 +97,7 @@ pub const METHODS: [&str; 15] = [
 pub const INVITE: usize = 0;
 
 /// Transport label values, in [`transport_index`] order.
-pub const TRANSPORTS: [&str; 3] = ["udp", "tcp", "mesh"];
+pub const TRANSPORTS: [&str; 6] = ["udp", "tcp", "mesh", "tls", "ws", "wss"];
 
 /// Status class label values (index = code / 100 - 1).
 pub const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"];
@@ -123,6 +128,11 @@ fn transport_index(flow: &Flow) -> usize {
         Flow::Udp(_) => 0,
         Flow::Tcp { .. } => 1,
         Flow::Mesh { .. } => 2,
+        Flow::Stream { kind, .. } => match kind {
+            crate::sip::flow::StreamKind::Tls => 3,
+            crate::sip::flow::StreamKind::Ws => 4,
+            crate::sip::flow::StreamKind::Wss => 5,
+        },
     }
 }
 

@@ -21,7 +21,7 @@ use base64::Engine as _;
 use sipmesh_net::PeerId;
 
 use crate::call::secret::MeshSecret;
-use crate::sip::flow::Flow;
+use crate::sip::flow::{Flow, StreamKind};
 
 /// Domain separation: no other MAC of the mesh secret can pass for a token.
 const DOMAIN: &[u8] = b"sipmesh flow token v1";
@@ -58,6 +58,24 @@ pub enum FlowRef {
         /// The peer's address.
         peer: SocketAddr,
     },
+    /// A TLS or WebSocket connection and its peer.
+    Stream {
+        /// Its transport.
+        kind: StreamKind,
+        /// The connection id at that node.
+        conn: u64,
+        /// The peer's address.
+        peer: SocketAddr,
+    },
+}
+
+/// A stream kind's tag byte in a token.
+fn kind_byte(kind: StreamKind) -> u8 {
+    match kind {
+        StreamKind::Tls => 3,
+        StreamKind::Ws => 4,
+        StreamKind::Wss => 5,
+    }
 }
 
 impl FlowRef {
@@ -66,6 +84,11 @@ impl FlowRef {
         match flow {
             Flow::Udp(a) => FlowRef::Udp(*a),
             Flow::Tcp { conn, peer } => FlowRef::Tcp {
+                conn: *conn,
+                peer: *peer,
+            },
+            Flow::Stream { kind, conn, peer } => FlowRef::Stream {
+                kind: *kind,
                 conn: *conn,
                 peer: *peer,
             },
@@ -79,6 +102,11 @@ impl FlowRef {
             FlowRef::None => None,
             FlowRef::Udp(a) => Some(Flow::Udp(*a)),
             FlowRef::Tcp { conn, peer } => Some(Flow::Tcp {
+                conn: *conn,
+                peer: *peer,
+            }),
+            FlowRef::Stream { kind, conn, peer } => Some(Flow::Stream {
+                kind: *kind,
                 conn: *conn,
                 peer: *peer,
             }),
@@ -130,6 +158,11 @@ pub(crate) fn put_flow(out: &mut Vec<u8>, f: &FlowRef) {
             out.extend_from_slice(&conn.to_be_bytes());
             put_addr(out, peer);
         }
+        FlowRef::Stream { kind, conn, peer } => {
+            out.push(kind_byte(*kind));
+            out.extend_from_slice(&conn.to_be_bytes());
+            put_addr(out, peer);
+        }
     }
 }
 
@@ -167,6 +200,15 @@ impl<'a> Reader<'a> {
             2 => {
                 let conn = u64::from_be_bytes(self.take(8)?.try_into().ok()?);
                 FlowRef::Tcp {
+                    conn,
+                    peer: self.addr()?,
+                }
+            }
+            b @ 3..=5 => {
+                let kind = [StreamKind::Tls, StreamKind::Ws, StreamKind::Wss][usize::from(b - 3)];
+                let conn = u64::from_be_bytes(self.take(8)?.try_into().ok()?);
+                FlowRef::Stream {
+                    kind,
                     conn,
                     peer: self.addr()?,
                 }
@@ -263,6 +305,22 @@ mod tests {
                 flow: FlowRef::None,
             },
             Token::Up { node },
+            Token::Route {
+                node,
+                flow: FlowRef::Stream {
+                    kind: StreamKind::Wss,
+                    conn: 42,
+                    peer: "[2001:db8::1]:443".parse().unwrap(),
+                },
+            },
+            Token::Route {
+                node,
+                flow: FlowRef::Stream {
+                    kind: StreamKind::Tls,
+                    conn: 1,
+                    peer: "192.0.2.1:5061".parse().unwrap(),
+                },
+            },
         ];
         for t in cases {
             let text = t.encode(&s, b"x");

@@ -188,7 +188,7 @@ impl Dispatcher {
 
     /// Answer 500 to the request whose handling panicked (re-parsed from its bytes).
     fn answer_after_panic(&self, raw: &[u8], key: &ServerKey, flow: &Flow) {
-        let Ok(msg) = Message::parse(raw, flow.is_reliable()) else {
+        let Ok(msg) = Message::parse(raw, flow.is_stream()) else {
             return;
         };
         let Ok(c) = validate::check_request(&msg) else {

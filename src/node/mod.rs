@@ -41,6 +41,7 @@ use crate::node::internode::{
     seal, AppMessage, Internode, Members, DATAGRAM_MAGIC, DATAGRAM_MAX_SIP,
 };
 use crate::sip::address::OwnNames;
+use crate::sip::flow::StreamKind;
 use crate::sip::transaction::Transactions;
 use crate::sip::transport::{SendError, Transport, TransportLimits};
 use crate::tables::{self, MESH};
@@ -59,6 +60,14 @@ pub struct NodeConfig {
     /// The SIP address phones and other nodes reach (`host[:port]`, a hostname or an IP), when
     /// it is not the bound one: bound to 0.0.0.0, or behind a NAT. Required for 0.0.0.0.
     pub sip_advertise: Option<String>,
+    /// SIP over TLS (RFC 3261 §26); needs `tls`.
+    pub sip_tls_listen: Option<SocketAddr>,
+    /// SIP over WebSocket (RFC 7118).
+    pub sip_ws_listen: Option<SocketAddr>,
+    /// SIP over secure WebSocket (RFC 7118); needs `tls`.
+    pub sip_wss_listen: Option<SocketAddr>,
+    /// The certificate and key for TLS and WSS (PEM files, reloaded when they change).
+    pub tls: Option<crate::sip::tls::TlsFiles>,
     /// The admin API's address, published to the mesh (bound and served by
     /// [`crate::ops::launch`]; `None`: no admin API).
     pub http_listen: Option<SocketAddr>,
@@ -107,6 +116,10 @@ impl NodeConfig {
             sync: SyncPolicy::default(),
             sip_listen: "127.0.0.1:0".parse().expect("valid"),
             sip_advertise: None,
+            sip_tls_listen: None,
+            sip_ws_listen: None,
+            sip_wss_listen: None,
+            tls: None,
             http_listen: Some("127.0.0.1:0".parse().expect("valid")),
             realm: "sipmesh".into(),
             auth_invites: true,
@@ -157,6 +170,52 @@ pub struct Node {
 }
 
 const SECRET_KEY: &[u8] = b"nonce_secret";
+/// How often the TLS certificate files are checked for a change.
+const TLS_RELOAD_EVERY: Duration = Duration::from_secs(2);
+
+/// Start the TLS, WS and WSS listeners the configuration asks for; the node's TLS, if any.
+async fn listen_streams(
+    config: &NodeConfig,
+    transport: &Arc<Transport>,
+) -> Result<Option<Arc<crate::sip::tls::Tls>>> {
+    let needs_tls = config.sip_tls_listen.is_some() || config.sip_wss_listen.is_some();
+    let tls = match (&config.tls, needs_tls) {
+        (Some(files), _) => Some(Arc::new(
+            crate::sip::tls::Tls::load(files.clone()).map_err(|e| Error::Config(e.to_string()))?,
+        )),
+        (None, true) => {
+            return Err(Error::Config(
+                "--sip-tls-listen and --sip-wss-listen need a certificate: --tls-cert FILE \
+                 --tls-key FILE"
+                    .into(),
+            ))
+        }
+        (None, false) => None,
+    };
+    let io = |flag: &str, addr: SocketAddr| {
+        let what = format!("cannot listen for SIP on {addr} ({flag})");
+        move |source| Error::Io { what, source }
+    };
+    if let (Some(addr), Some(tls)) = (config.sip_tls_listen, &tls) {
+        transport
+            .listen_tls(addr, tls.clone())
+            .await
+            .map_err(io("--sip-tls-listen", addr))?;
+    }
+    if let Some(addr) = config.sip_ws_listen {
+        transport
+            .listen_ws(addr, None)
+            .await
+            .map_err(io("--sip-ws-listen", addr))?;
+    }
+    if let (Some(addr), Some(tls)) = (config.sip_wss_listen, &tls) {
+        transport
+            .listen_ws(addr, Some(tls.clone()))
+            .await
+            .map_err(io("--sip-wss-listen", addr))?;
+    }
+    Ok(tls)
+}
 /// How often the mesh-wide nonce secret is re-read (concurrent first starts converge on one).
 const SECRET_REFRESH: Duration = Duration::from_secs(10);
 
@@ -255,9 +314,24 @@ impl Node {
                 source,
             })?;
         let sip_addr = transport.local_addr();
-        let (names, mesh_sip) =
+        let (mut names, mesh_sip) =
             OwnNames::for_node(sip_addr, config.sip_advertise.as_deref()).map_err(Error::Config)?;
+        let tls = listen_streams(&config, &transport).await?;
         let mut mesh_config = config.mesh.clone();
+        for (kind, addr) in [
+            (StreamKind::Tls, transport.listeners().tls),
+            (StreamKind::Ws, transport.listeners().ws),
+            (StreamKind::Wss, transport.listeners().wss),
+        ] {
+            if let Some(addr) = addr {
+                names = names.with_listener(kind, addr.port());
+                if let Some(adv) = names.advertised_for(Some(kind)) {
+                    mesh_config
+                        .tags
+                        .insert(format!("sip_{}", kind.param()), adv.to_string());
+                }
+            }
+        }
         mesh_config
             .tags
             .insert("sip".into(), format!("sip:{}", names.advertised()));
@@ -311,6 +385,22 @@ impl Node {
                 auth_invites: config.auth_invites,
             },
         );
+        if let Some(tls) = tls {
+            let events = metrics.clone();
+            background.spawn("tls reload", |s| {
+                tls.watch(
+                    TLS_RELOAD_EVERY,
+                    move |r| {
+                        let what = match r {
+                            Ok(()) => "TLS certificate reloaded".to_string(),
+                            Err(e) => format!("TLS certificate not reloaded: {e}"),
+                        };
+                        events.events.push(crate::events::Kind::Admin, what);
+                    },
+                    s,
+                )
+            });
+        }
         let members = Arc::new(Members::new(mesh.clone()));
         transport.set_mesh_sender(
             mesh_sender(mesh.clone(), members, ctx.secret.clone()),
@@ -445,6 +535,11 @@ impl Node {
     /// The SIP address (bound).
     pub fn sip_addr(&self) -> SocketAddr {
         self.transport.local_addr()
+    }
+
+    /// The TLS, WS and WSS listeners' bound addresses (those the node has).
+    pub fn sip_listeners(&self) -> crate::sip::transport::Listeners {
+        self.transport.listeners()
     }
 
     /// The SIP address phones and other nodes reach (`host:port`): `--sip-advertise`, or the

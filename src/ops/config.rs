@@ -17,6 +17,16 @@ pub struct FileConfig {
     pub sip_listen: Option<String>,
     /// The SIP address phones and other nodes reach (`host[:port]`), if not the bound one.
     pub sip_advertise: Option<String>,
+    /// `--sip-tls-listen`
+    pub sip_tls_listen: Option<String>,
+    /// `--sip-ws-listen`
+    pub sip_ws_listen: Option<String>,
+    /// `--sip-wss-listen`
+    pub sip_wss_listen: Option<String>,
+    /// `--tls-cert`
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`
+    pub tls_key: Option<PathBuf>,
     /// `--p2p-listen`
     pub p2p_listen: Option<String>,
     /// `--http-listen`

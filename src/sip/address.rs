@@ -5,6 +5,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use super::flow::StreamKind;
 use super::header::parse_host_port;
 
 /// A host and port as SIP writes them (`host:port`, IPv6 in brackets); hosts compare without
@@ -62,6 +63,16 @@ impl fmt::Display for HostPort {
 pub struct OwnNames {
     advertised: HostPort,
     bound: SocketAddr,
+    /// The ports of the TLS, WS and WSS listeners (same host names and addresses).
+    streams: [Option<u16>; 3],
+}
+
+fn stream_index(kind: StreamKind) -> usize {
+    match kind {
+        StreamKind::Tls => 0,
+        StreamKind::Ws => 1,
+        StreamKind::Wss => 2,
+    }
 }
 
 impl OwnNames {
@@ -71,7 +82,31 @@ impl OwnNames {
         OwnNames {
             advertised: advertised.unwrap_or_else(|| HostPort::of(bound)),
             bound,
+            streams: [None; 3],
         }
+    }
+
+    /// The same names, also answering on the port of a TLS or WebSocket listener.
+    pub fn with_listener(mut self, kind: StreamKind, port: u16) -> OwnNames {
+        self.streams[stream_index(kind)] = Some(port);
+        self
+    }
+
+    /// The address to advertise for a transport (`None`: UDP and TCP): the advertised host
+    /// with that listener's port (`None` when the node has no such listener).
+    pub fn advertised_for(&self, kind: Option<StreamKind>) -> Option<HostPort> {
+        let port = match kind {
+            None => self.advertised.port,
+            Some(k) => self.streams[stream_index(k)]?,
+        };
+        Some(HostPort {
+            host: self.advertised.host.clone(),
+            port,
+        })
+    }
+
+    fn has_port(&self, port: u16) -> bool {
+        self.streams.contains(&Some(port))
     }
 
     /// The names of a node bound to `bound` with `--sip-advertise` `advertise`, and the IP
@@ -120,7 +155,10 @@ impl OwnNames {
             return true;
         }
         let port = port.unwrap_or(5060);
-        if port != self.bound.port() {
+        if self.has_port(port) && self.advertised.matches(host, Some(self.advertised.port)) {
+            return true;
+        }
+        if port != self.bound.port() && !self.has_port(port) {
             return false;
         }
         let Ok(ip) = host
@@ -162,5 +200,20 @@ mod tests {
         let plain = OwnNames::new("192.0.2.7:5070".parse().unwrap(), None);
         assert!(plain.is_own("192.0.2.7", Some(5070)));
         assert!(!plain.is_own("127.0.0.1", Some(5070)));
+        let tls = OwnNames::new(
+            "0.0.0.0:5060".parse().unwrap(),
+            HostPort::parse("sip.example.org", 5060),
+        )
+        .with_listener(StreamKind::Tls, 5061);
+        assert!(tls.is_own("sip.example.org", Some(5061)));
+        assert!(tls.is_own("127.0.0.1", Some(5061)));
+        assert!(!tls.is_own("sip.example.org", Some(5062)));
+        assert_eq!(
+            tls.advertised_for(Some(StreamKind::Tls))
+                .unwrap()
+                .to_string(),
+            "sip.example.org:5061"
+        );
+        assert_eq!(tls.advertised_for(Some(StreamKind::Ws)), None);
     }
 }

@@ -1,5 +1,5 @@
-//! Flows (RFC 5626 §3.1): where a message came from, or goes to — a UDP peer, a TCP connection,
-//! or another node of the mesh — and where the responses to a request go (RFC 3261 §18.2.2,
+//! Flows (RFC 5626 §3.1): where a message came from, or goes to — a UDP peer, a TCP, TLS or
+//! WebSocket connection, or another node of the mesh — and where the responses to a request go (RFC 3261 §18.2.2,
 //! RFC 3581).
 
 use std::net::SocketAddr;
@@ -30,6 +30,53 @@ pub enum Flow {
         /// The flow of that node to deliver to, if any.
         target: Option<Box<Flow>>,
     },
+    /// A TLS, WebSocket or secure WebSocket connection (by id) and its peer address. Plain TCP
+    /// keeps its own variant: flows are stored in bindings, and new variants go last so that
+    /// stored ones still decode.
+    Stream {
+        /// Which transport the connection carries.
+        kind: StreamKind,
+        /// The connection id (unique in this process, shared with TCP's ids).
+        conn: u64,
+        /// The peer's address.
+        peer: SocketAddr,
+    },
+}
+
+/// The connection-oriented transports beside plain TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StreamKind {
+    /// SIP over TLS (RFC 3261 §26, `sips:`).
+    Tls,
+    /// SIP over WebSocket (RFC 7118).
+    Ws,
+    /// SIP over secure WebSocket (RFC 7118).
+    Wss,
+}
+
+impl StreamKind {
+    /// The Via transport token.
+    pub fn via(self) -> &'static str {
+        match self {
+            StreamKind::Tls => "TLS",
+            StreamKind::Ws => "WS",
+            StreamKind::Wss => "WSS",
+        }
+    }
+
+    /// The URI `transport` parameter value.
+    pub fn param(self) -> &'static str {
+        match self {
+            StreamKind::Tls => "tls",
+            StreamKind::Ws => "ws",
+            StreamKind::Wss => "wss",
+        }
+    }
+
+    /// Whether messages on it are framed by WebSocket (not by Content-Length).
+    pub fn is_websocket(self) -> bool {
+        matches!(self, StreamKind::Ws | StreamKind::Wss)
+    }
 }
 
 impl Flow {
@@ -39,14 +86,49 @@ impl Flow {
     /// is re-opened, so transactions over the mesh retransmit like UDP (duplicates are absorbed
     /// by the receiving node's transactions).
     pub fn is_reliable(&self) -> bool {
-        matches!(self, Flow::Tcp { .. })
+        matches!(self, Flow::Tcp { .. } | Flow::Stream { .. })
+    }
+
+    /// Whether messages on it are framed by Content-Length (TCP and TLS), so a message parsed
+    /// from it must carry one. A WebSocket message or a datagram is whole by itself.
+    pub fn is_stream(&self) -> bool {
+        match self {
+            Flow::Tcp { .. } => true,
+            Flow::Stream { kind, .. } => !kind.is_websocket(),
+            Flow::Udp(_) | Flow::Mesh { .. } => false,
+        }
+    }
+
+    /// A connection's id and peer (TCP, TLS, WS, WSS).
+    pub fn conn(&self) -> Option<(u64, SocketAddr)> {
+        match self {
+            Flow::Tcp { conn, peer } | Flow::Stream { conn, peer, .. } => Some((*conn, *peer)),
+            Flow::Udp(_) | Flow::Mesh { .. } => None,
+        }
+    }
+
+    /// The kind of a TLS or WebSocket flow.
+    pub fn stream_kind(&self) -> Option<StreamKind> {
+        match self {
+            Flow::Stream { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+
+    /// The URI `transport` parameter that leads to this flow's transport (`None`: UDP).
+    pub fn uri_transport(&self) -> Option<&'static str> {
+        match self {
+            Flow::Udp(_) | Flow::Mesh { .. } => None,
+            Flow::Tcp { .. } => Some("tcp"),
+            Flow::Stream { kind, .. } => Some(kind.param()),
+        }
     }
 
     /// The peer's address (unspecified for a mesh flow).
     pub fn peer(&self) -> SocketAddr {
         match self {
             Flow::Udp(a) => *a,
-            Flow::Tcp { peer, .. } => *peer,
+            Flow::Tcp { peer, .. } | Flow::Stream { peer, .. } => *peer,
             Flow::Mesh { .. } => SocketAddr::from(([0, 0, 0, 0], 0)),
         }
     }
@@ -56,6 +138,7 @@ impl Flow {
         match self {
             Flow::Udp(_) => "UDP",
             Flow::Tcp { .. } | Flow::Mesh { .. } => "TCP",
+            Flow::Stream { kind, .. } => kind.via(),
         }
     }
 
@@ -144,6 +227,38 @@ mod tests {
         let back: Flow = sipmesh_storage::codec::decode(&bytes, "flow", b"").unwrap();
         assert_eq!(back, f);
         assert_eq!(back.mesh_node(), Some(&node));
+        let ws = Flow::Mesh {
+            node,
+            target: Some(Box::new(Flow::Stream {
+                kind: StreamKind::Wss,
+                conn: 9,
+                peer: "[::1]:443".parse().unwrap(),
+            })),
+        };
+        let bytes = sipmesh_storage::codec::encode(&ws).unwrap();
+        let back: Flow = sipmesh_storage::codec::decode(&bytes, "flow", b"").unwrap();
+        assert_eq!(back, ws);
+    }
+
+    #[test]
+    fn a_flow_stored_before_tls_and_websocket_still_decodes() {
+        // The encoding of Flow::Tcp { conn: 7, peer: 127.0.0.1:5060 } as bindings stored it.
+        let tcp = Flow::Tcp {
+            conn: 7,
+            peer: "127.0.0.1:5060".parse().unwrap(),
+        };
+        let bytes = sipmesh_storage::codec::encode(&tcp).unwrap();
+        assert_eq!(bytes[0], 1, "Tcp keeps variant index 1");
+        let back: Flow = sipmesh_storage::codec::decode(&bytes, "flow", b"").unwrap();
+        assert_eq!(back, tcp);
+        let ws = Flow::Stream {
+            kind: StreamKind::Ws,
+            conn: 1,
+            peer: "127.0.0.1:1".parse().unwrap(),
+        };
+        assert!(ws.is_reliable() && !ws.is_stream());
+        assert_eq!(ws.transport(), "WS");
+        assert_eq!(ws.uri_transport(), Some("ws"));
     }
 
     #[test]

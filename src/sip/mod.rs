@@ -10,7 +10,9 @@
 //! - [`build`]: responses built from requests, and byte-preserving edits of messages.
 //! - `digest`: digest algorithms, HA1, stored credentials.
 //! - `flow`: flows (UDP peer, TCP connection, mesh node) and where responses go.
-//! - `transport`: UDP and TCP on one address, with limits.
+//! - `transport`: UDP and TCP on one address, TLS, WebSocket and secure WebSocket on their
+//!   own listeners, with limits.
+//! - [`tls`]: the node's certificate (PEM files, reloaded when they change; self-signed for dev).
 //! - `transaction`: the transaction layer of RFC 3261 §17, built for a proxy.
 //! - [`request`]: requests the proxy makes itself (ACK for non-2xx, CANCEL, BYE).
 
@@ -22,8 +24,9 @@ pub(crate) mod framing;
 pub mod header;
 pub mod message;
 pub mod request;
+pub mod tls;
 pub(crate) mod transaction;
-pub(crate) mod transport;
+pub mod transport;
 pub mod uri;
 pub mod validate;
 

@@ -1,10 +1,13 @@
-//! SIP transports: UDP and TCP on the same address (RFC 3261 §18).
+//! SIP transports: UDP and TCP on the same address (RFC 3261 §18), and, on listeners of their
+//! own, TLS (§26), WebSocket and secure WebSocket (RFC 7118).
 //!
-//! Limits: a message is at most [`MAX_MESSAGE`] bytes; at most `max_connections` TCP
-//! connections; a TCP connection idle for `idle_timeout` is closed, and a message must arrive
-//! whole within `message_timeout` of its first byte (slow senders cannot pin a connection); a
-//! connection whose stream cannot be framed is closed. Every parse runs under `catch_unwind`, so
-//! a panic in a dependency costs one message, never the node.
+//! Limits: a message is at most [`MAX_MESSAGE`] bytes; at most `max_connections` connections of
+//! every kind together; a TLS or WebSocket handshake must finish within `handshake_timeout`; a
+//! connection idle for `idle_timeout` is closed, and a message must arrive whole within
+//! `message_timeout` of its first byte (slow senders cannot pin a connection; on WebSocket,
+//! within twice that); a connection whose stream cannot be framed, or a WebSocket frame or
+//! message over [`MAX_MESSAGE`], closes the connection. Every parse runs under `catch_unwind`,
+//! so a panic in a dependency costs one message, never the node.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,14 +15,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Semaphore};
+use tokio_tungstenite::tungstenite;
 use tracing::{debug, info, warn};
 
 use crate::metrics::{inc, Metrics};
-use crate::sip::flow::Flow;
+use crate::sip::flow::{Flow, StreamKind};
 use crate::sip::message::{frame_stream, Framed, Message, MAX_MESSAGE};
+use crate::sip::tls::Tls;
 
 /// What the transport hands up.
 pub trait Handler: Send + Sync + 'static {
@@ -45,6 +51,8 @@ pub struct TransportLimits {
     pub idle_timeout: Duration,
     /// A message must arrive whole within this long of its first byte.
     pub message_timeout: Duration,
+    /// A TLS or WebSocket handshake must finish within this long of the connection.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for TransportLimits {
@@ -53,6 +61,7 @@ impl Default for TransportLimits {
             max_connections: 1024,
             idle_timeout: Duration::from_secs(300),
             message_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -95,12 +104,28 @@ fn boot_epoch() -> u64 {
         .unwrap_or(1)
 }
 
+/// The addresses of the listeners beside UDP/TCP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Listeners {
+    /// SIP over TLS.
+    pub tls: Option<SocketAddr>,
+    /// SIP over WebSocket.
+    pub ws: Option<SocketAddr>,
+    /// SIP over secure WebSocket.
+    pub wss: Option<SocketAddr>,
+}
+
+/// The kind of connection in the reuse index: TCP or one of the stream kinds.
+type PeerKey = (Option<StreamKind>, SocketAddr);
+
 /// The node's SIP transports.
 pub struct Transport {
     local: SocketAddr,
     udp: Arc<UdpSocket>,
     conns: Mutex<HashMap<u64, Conn>>,
-    by_peer: Mutex<HashMap<SocketAddr, u64>>,
+    by_peer: Mutex<HashMap<PeerKey, u64>>,
+    listeners: Mutex<Listeners>,
+    tls: OnceLock<Arc<Tls>>,
     next_conn: AtomicU64,
     limits: TransportLimits,
     permits: Arc<Semaphore>,
@@ -172,6 +197,8 @@ impl Transport {
             udp: Arc::new(udp),
             conns: Mutex::new(HashMap::new()),
             by_peer: Mutex::new(HashMap::new()),
+            listeners: Mutex::new(Listeners::default()),
+            tls: OnceLock::new(),
             next_conn: AtomicU64::new(
                 boot_epoch() << 32 | (u64::from(rand::random::<u16>()) << 16) | 1,
             ),
@@ -206,12 +233,12 @@ impl Transport {
         self.local
     }
 
-    /// Send bytes on a flow (never blocks: UDP is best effort, TCP is queued).
     /// The node's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
+    /// Send bytes on a flow (never blocks: UDP is best effort, connections are queued).
     pub fn send(&self, flow: &Flow, bytes: Arc<[u8]>) -> Result<(), SendError> {
         match flow {
             Flow::Udp(addr) => match self.udp.try_send_to(&bytes, *addr) {
@@ -233,7 +260,7 @@ impl Transport {
                 },
                 None => Err(SendError::Closed),
             },
-            Flow::Tcp { conn, peer } => {
+            Flow::Tcp { conn, peer } | Flow::Stream { conn, peer, .. } => {
                 let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
                 let c = conns
                     .get(conn)
@@ -247,37 +274,38 @@ impl Transport {
         }
     }
 
-    /// Whether a flow is still usable (a TCP connection still open; UDP always).
+    /// Whether a flow is still usable (a connection still open; UDP always).
     pub fn is_alive(&self, flow: &Flow) -> bool {
-        match flow {
-            Flow::Udp(_) | Flow::Mesh { .. } => true,
-            Flow::Tcp { conn, peer } => self
+        match flow.conn() {
+            None => true,
+            Some((conn, peer)) => self
                 .conns
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .get(conn)
-                .is_some_and(|c| c.peer == *peer && !c.closing.load(Ordering::Relaxed)),
+                .get(&conn)
+                .is_some_and(|c| c.peer == peer && !c.closing.load(Ordering::Relaxed)),
         }
     }
 
-    /// A TCP flow to `peer`: an open connection, or a new one.
-    pub async fn tcp_flow(self: &Arc<Self>, peer: SocketAddr) -> Result<Flow, SendError> {
-        if let Some(conn) = self
+    /// An open connection of `kind` (`None`: TCP) to `peer`, if there is one.
+    fn reuse(&self, kind: Option<StreamKind>, peer: SocketAddr) -> Option<u64> {
+        let conn = self
             .by_peer
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&peer)
-            .copied()
-        {
-            if self
-                .conns
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(&conn)
-            {
-                return Ok(Flow::Tcp { conn, peer });
-            }
-        }
+            .get(&(kind, peer))
+            .copied()?;
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&conn)
+            .then_some(conn)
+    }
+
+    async fn connect(
+        self: &Arc<Self>,
+        peer: SocketAddr,
+    ) -> Result<(TcpStream, tokio::sync::OwnedSemaphorePermit), SendError> {
         let permit = self
             .permits
             .clone()
@@ -285,23 +313,62 @@ impl Transport {
             .map_err(|_| SendError::Full)?;
         let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(peer))
             .await
-            .map_err(|_| {
-                SendError::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "connect timed out",
-                ))
-            })??;
-        Ok(self.clone().adopt(stream, peer, permit))
+            .map_err(|_| timed_out("connect timed out"))??;
+        Ok((stream, permit))
     }
 
-    fn adopt(
-        self: Arc<Self>,
-        stream: TcpStream,
+    /// A TCP flow to `peer`: an open connection, or a new one.
+    pub async fn tcp_flow(self: &Arc<Self>, peer: SocketAddr) -> Result<Flow, SendError> {
+        if let Some(conn) = self.reuse(None, peer) {
+            return Ok(Flow::Tcp { conn, peer });
+        }
+        let (stream, permit) = self.connect(peer).await?;
+        Ok(self.clone().adopt(stream, peer, permit, None))
+    }
+
+    /// A TLS flow to `peer`, verified as `host`: an open connection, or a new one. Fails when
+    /// the node has no TLS.
+    pub async fn tls_flow(
+        self: &Arc<Self>,
         peer: SocketAddr,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    ) -> Flow {
+        host: &str,
+    ) -> Result<Flow, SendError> {
+        if let Some(conn) = self.reuse(Some(StreamKind::Tls), peer) {
+            return Ok(Flow::Stream {
+                kind: StreamKind::Tls,
+                conn,
+                peer,
+            });
+        }
+        let tls = self.tls.get().ok_or(SendError::Closed)?.clone();
+        let name = crate::sip::tls::server_name(host).ok_or(SendError::Closed)?;
+        let (stream, permit) = self.connect(peer).await?;
         let _ = stream.set_nodelay(true);
-        inc(&self.metrics.sip_tcp_connections);
+        let secured = tokio::time::timeout(
+            self.limits.handshake_timeout,
+            tls.connector().connect(name, stream),
+        )
+        .await
+        .map_err(|_| timed_out("TLS handshake timed out"))
+        .inspect_err(|_| inc(&self.metrics.sip_tls_handshake_failures))?
+        .inspect_err(|_| inc(&self.metrics.sip_tls_handshake_failures))?;
+        inc(&self.metrics.sip_tls_connections);
+        Ok(self
+            .clone()
+            .adopt(secured, peer, permit, Some(StreamKind::Tls)))
+    }
+
+    /// Register a new connection of `kind` (`None`: TCP) with `peer`: its flow, the queue its
+    /// writer reads, and its closing flag.
+    fn register(
+        &self,
+        peer: SocketAddr,
+        kind: Option<StreamKind>,
+    ) -> (
+        Flow,
+        mpsc::Receiver<Arc<[u8]>>,
+        Arc<std::sync::atomic::AtomicBool>,
+    ) {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(TCP_SEND_QUEUE);
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -316,21 +383,43 @@ impl Transport {
         self.by_peer
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(peer, conn);
-        let flow = Flow::Tcp { conn, peer };
+            .insert((kind, peer), conn);
+        let flow = match kind {
+            None => Flow::Tcp { conn, peer },
+            Some(kind) => Flow::Stream { kind, conn, peer },
+        };
+        (flow, rx, closing)
+    }
+
+    /// Take a byte stream (TCP or TLS) as a connection of `kind`.
+    fn adopt<S>(
+        self: Arc<Self>,
+        stream: S,
+        peer: SocketAddr,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        kind: Option<StreamKind>,
+    ) -> Flow
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        if kind.is_none() {
+            inc(&self.metrics.sip_tcp_connections);
+        }
+        let (flow, rx, closing) = self.register(peer, kind);
         tokio::spawn(connection(self, stream, flow.clone(), rx, permit, closing));
         flow
     }
 
     fn forget(&self, flow: &Flow) {
-        if let Flow::Tcp { conn, peer } = flow {
+        if let Some((conn, peer)) = flow.conn() {
             self.conns
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .remove(conn);
+                .remove(&conn);
+            let kind = flow.stream_kind();
             let mut by_peer = self.by_peer.lock().unwrap_or_else(|p| p.into_inner());
-            if by_peer.get(peer) == Some(conn) {
-                by_peer.remove(peer);
+            if by_peer.get(&(kind, peer)) == Some(&conn) {
+                by_peer.remove(&(kind, peer));
             }
         }
     }
@@ -342,7 +431,14 @@ impl Transport {
         }
     }
 
-    /// Close every TCP connection (stop or leave: phones fail over to their other flows).
+    fn admits(&self, peer: SocketAddr) -> bool {
+        self.handler
+            .get()
+            .and_then(|h| h.upgrade())
+            .is_none_or(|h| h.admit(peer))
+    }
+
+    /// Close every connection (stop or leave: phones fail over to their other flows).
     pub fn close_all(&self) {
         self.conns.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.by_peer
@@ -351,10 +447,63 @@ impl Transport {
             .clear();
     }
 
-    /// Open TCP connections.
+    /// Open connections (TCP, TLS, WebSocket).
     pub fn connections(&self) -> usize {
         self.conns.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
+
+    /// The TLS, WS and WSS listeners' addresses.
+    pub fn listeners(&self) -> Listeners {
+        *self.listeners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The node's TLS, once [`Transport::listen_tls`] or a WSS listener set it.
+    pub fn tls(&self) -> Option<&Arc<Tls>> {
+        self.tls.get()
+    }
+
+    /// Listen for SIP over TLS on `addr` with `tls`'s certificate.
+    pub async fn listen_tls(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        tls: Arc<Tls>,
+    ) -> std::io::Result<SocketAddr> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let _ = self.tls.set(tls);
+        self.listeners.lock().unwrap_or_else(|p| p.into_inner()).tls = Some(local);
+        tokio::spawn(stream_accept_loop(self.clone(), listener, StreamKind::Tls));
+        info!(%local, "SIP listening on TLS");
+        Ok(local)
+    }
+
+    /// Listen for SIP over WebSocket on `addr` (secure WebSocket with `tls`).
+    pub async fn listen_ws(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        tls: Option<Arc<Tls>>,
+    ) -> std::io::Result<SocketAddr> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let kind = match tls {
+            Some(tls) => {
+                let _ = self.tls.set(tls);
+                self.listeners.lock().unwrap_or_else(|p| p.into_inner()).wss = Some(local);
+                StreamKind::Wss
+            }
+            None => {
+                self.listeners.lock().unwrap_or_else(|p| p.into_inner()).ws = Some(local);
+                StreamKind::Ws
+            }
+        };
+        tokio::spawn(stream_accept_loop(self.clone(), listener, kind));
+        info!(%local, transport = kind.via(), "SIP listening on WebSocket");
+        Ok(local)
+    }
+}
+
+fn timed_out(what: &'static str) -> SendError {
+    SendError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
 }
 
 /// Socket buffers of the UDP socket: bursts of thousands of small datagrams must not overflow
@@ -451,12 +600,7 @@ async fn udp_loop(t: Arc<Transport>) {
             let _ = t.udp.try_send_to(&answer, peer);
             continue;
         }
-        if !t
-            .handler
-            .get()
-            .and_then(|h| h.upgrade())
-            .is_none_or(|h| h.admit(peer))
-        {
+        if !t.admits(peer) {
             continue;
         }
         if let Some(msg) = parse_guarded(data, false, &t.metrics) {
@@ -467,36 +611,298 @@ async fn udp_loop(t: Arc<Transport>) {
 
 async fn accept_loop(t: Arc<Transport>, listener: TcpListener) {
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(error = %e, "TCP accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let Some((stream, peer, permit)) = accept_one(&t, &listener).await else {
+            continue;
         };
-        match t.permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                t.clone().adopt(stream, peer, permit);
-            }
-            Err(_) => {
-                inc(&t.metrics.sip_tcp_refused);
-                warn!(%peer, "TCP connection refused: connection limit reached");
-                drop(stream);
-            }
+        t.clone().adopt(stream, peer, permit, None);
+    }
+}
+
+/// Accept one connection within the connection limit (`None`: refused or failed).
+async fn accept_one(
+    t: &Arc<Transport>,
+    listener: &TcpListener,
+) -> Option<(TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
+    let (stream, peer) = match listener.accept().await {
+        Ok(x) => x,
+        Err(e) => {
+            warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return None;
+        }
+    };
+    if !t.admits(peer) {
+        return None; // a banned source: closed before any handshake work
+    }
+    match t.permits.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let _ = stream.set_nodelay(true);
+            Some((stream, peer, permit))
+        }
+        Err(_) => {
+            inc(&t.metrics.sip_tcp_refused);
+            warn!(%peer, "connection refused: connection limit reached");
+            None
         }
     }
 }
 
-async fn connection(
+/// Accept TLS, WS or WSS connections: each handshake runs in its own task, bounded by the
+/// handshake timeout, holding one of the connection permits.
+async fn stream_accept_loop(t: Arc<Transport>, listener: TcpListener, kind: StreamKind) {
+    loop {
+        let Some((stream, peer, permit)) = accept_one(&t, &listener).await else {
+            continue;
+        };
+        tokio::spawn(handshake(t.clone(), stream, peer, permit, kind));
+    }
+}
+
+async fn handshake(
     t: Arc<Transport>,
     stream: TcpStream,
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    kind: StreamKind,
+) {
+    let deadline = tokio::time::Instant::now() + t.limits.handshake_timeout;
+    if kind == StreamKind::Ws {
+        return websocket(t, stream, peer, permit, kind, deadline).await;
+    }
+    let Some(tls) = t.tls.get() else {
+        return;
+    };
+    let secured = match tokio::time::timeout_at(deadline, tls.acceptor().accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "TLS handshake failed");
+            inc(&t.metrics.sip_tls_handshake_failures);
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "TLS handshake timed out");
+            inc(&t.metrics.sip_tls_handshake_failures);
+            return;
+        }
+    };
+    inc(&t.metrics.sip_tls_connections);
+    match kind {
+        StreamKind::Wss => websocket(t, secured, peer, permit, kind, deadline).await,
+        _ => {
+            t.adopt(secured, peer, permit, Some(kind));
+        }
+    }
+}
+
+/// The WebSocket subprotocol of SIP (RFC 7118 §4.1).
+const SUBPROTOCOL: &str = "sip";
+
+/// Whether an upgrade request offers the `sip` subprotocol.
+fn offers_sip(req: &tungstenite::handshake::server::Request) -> bool {
+    req.headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == SUBPROTOCOL)
+}
+
+/// Upgrade a connection to WebSocket (subprotocol `sip` required), then serve it.
+async fn websocket<S>(
+    t: Arc<Transport>,
+    stream: S,
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    kind: StreamKind,
+    deadline: tokio::time::Instant,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+    let config = tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE));
+    // The callback's signature is tungstenite's.
+    #[allow(clippy::result_large_err)]
+    let check = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        if !offers_sip(req) {
+            let mut refusal = ErrorResponse::new(Some(
+                "SIP over WebSocket needs the subprotocol \"sip\" (RFC 7118)".into(),
+            ));
+            *refusal.status_mut() = tungstenite::http::StatusCode::BAD_REQUEST;
+            return Err(refusal);
+        }
+        resp.headers_mut().insert(
+            "sec-websocket-protocol",
+            tungstenite::http::HeaderValue::from_static(SUBPROTOCOL),
+        );
+        Ok(resp)
+    };
+    let read = Arc::new(AtomicU64::new(0));
+    let stream = Counting {
+        inner: stream,
+        read: read.clone(),
+    };
+    let ws = match tokio::time::timeout_at(
+        deadline,
+        tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config)),
+    )
+    .await
+    {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "WebSocket upgrade refused");
+            inc(&t.metrics.sip_ws_refused);
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "WebSocket upgrade timed out");
+            inc(&t.metrics.sip_ws_refused);
+            return;
+        }
+    };
+    inc(&t.metrics.sip_ws_connections);
+    let (flow, rx, closing) = t.register(peer, Some(kind));
+    ws_connection(t, ws, read, flow, rx, permit, closing).await;
+}
+
+/// A byte stream that counts the bytes read from it (how a WebSocket connection tells a
+/// message in progress from silence).
+struct Counting<S> {
+    inner: S,
+    read: Arc<AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        self.read.fetch_add(n, Ordering::Relaxed);
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Serve one WebSocket connection: each WebSocket message is one SIP message (RFC 7118 §5.1),
+/// sent as text when it is UTF-8.
+async fn ws_connection<S>(
+    t: Arc<Transport>,
+    ws: tokio_tungstenite::WebSocketStream<S>,
+    read: Arc<AtomicU64>,
     flow: Flow,
     mut rx: mpsc::Receiver<Arc<[u8]>>,
     _permit: tokio::sync::OwnedSemaphorePermit,
     closing: Arc<std::sync::atomic::AtomicBool>,
-) {
-    let (mut reader, mut writer) = stream.into_split();
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut stream) = ws.split();
+    let writer_task = tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            if bytes.iter().all(|b| *b == b'\r' || *b == b'\n') {
+                continue; // a stream keepalive answer: WebSocket has its own pings
+            }
+            let msg = match std::str::from_utf8(&bytes) {
+                Ok(text) => tungstenite::Message::text(text),
+                Err(_) => tungstenite::Message::binary(bytes.to_vec()),
+            };
+            if sink.send(msg).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let mut idle_since = tokio::time::Instant::now();
+    let mut read_at_message = read.load(Ordering::Relaxed);
+    let mut pending = false;
+    let mut timed_out = false;
+    loop {
+        // Bytes read since the last whole message, still there at the next check, are a
+        // message that took longer than the message timeout (tungstenite holds partial frames):
+        // a slow sender. No bytes for the idle timeout: an idle connection.
+        let next = tokio::time::timeout(t.limits.message_timeout, stream.next()).await;
+        let msg = match next {
+            Err(_) => {
+                let partial = read.load(Ordering::Relaxed) != read_at_message;
+                if (partial && pending) || idle_since.elapsed() >= t.limits.idle_timeout {
+                    debug!(?flow, partial, "WebSocket connection timed out");
+                    inc(&t.metrics.sip_ws_closed);
+                    timed_out = true;
+                    break;
+                }
+                pending = partial;
+                continue;
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                debug!(?flow, error = %e, "WebSocket connection closed");
+                if matches!(
+                    e,
+                    tungstenite::Error::Capacity(_) | tungstenite::Error::Protocol(_)
+                ) {
+                    inc(&t.metrics.sip_ws_closed);
+                }
+                break;
+            }
+            Ok(Some(Ok(m))) => m,
+        };
+        idle_since = tokio::time::Instant::now();
+        read_at_message = read.load(Ordering::Relaxed);
+        pending = false;
+        let data: &[u8] = match &msg {
+            tungstenite::Message::Text(text) => text.as_bytes(),
+            tungstenite::Message::Binary(bytes) => bytes,
+            tungstenite::Message::Close(_) => break,
+            _ => continue, // pings are answered by tungstenite
+        };
+        if data.iter().all(|b| b.is_ascii_whitespace()) {
+            inc(&t.metrics.sip_keepalives);
+            continue;
+        }
+        if let Some(msg) = parse_guarded(data, false, &t.metrics) {
+            t.deliver(msg, flow.clone());
+        }
+    }
+    finish(t, flow, closing, writer_task, timed_out).await;
+}
+
+async fn connection<S>(
+    t: Arc<Transport>,
+    stream: S,
+    flow: Flow,
+    mut rx: mpsc::Receiver<Arc<[u8]>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    closing: Arc<std::sync::atomic::AtomicBool>,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let writer_task = tokio::spawn(async move {
         while let Some(bytes) = rx.recv().await {
             if writer.write_all(&bytes).await.is_err() {
@@ -528,7 +934,7 @@ async fn connection(
                     }
                 }
                 Framed::Error(fault) => {
-                    debug!(?flow, %fault, "closing a TCP connection that cannot be framed");
+                    debug!(?flow, %fault, "closing a connection that cannot be framed");
                     inc(&t.metrics.sip_tcp_closed_framing);
                     break 'conn;
                 }
@@ -556,7 +962,7 @@ async fn connection(
                 debug!(
                     ?flow,
                     partial = partial_since.is_some(),
-                    "TCP connection timed out"
+                    "connection timed out"
                 );
                 inc(&t.metrics.sip_tcp_closed_framing);
                 timed_out = true;
@@ -564,14 +970,25 @@ async fn connection(
             }
         }
     }
-    // The read side is done (peer closed, timeout, or a stream that cannot be framed). Keep the
-    // write side registered for a moment so answers already being computed still go out, then
-    // let the writer drain its queue and close.
+    finish(t, flow, closing, writer_task, timed_out).await;
+}
+
+/// The read side of a connection is done (peer closed, timeout, or a stream that cannot be
+/// framed). Keep the write side registered for a moment so answers already being computed
+/// still go out, then let the writer drain its queue and close.
+async fn finish(
+    t: Arc<Transport>,
+    flow: Flow,
+    closing: Arc<std::sync::atomic::AtomicBool>,
+    writer_task: tokio::task::JoinHandle<()>,
+    timed_out: bool,
+) {
     closing.store(true, Ordering::Relaxed);
-    if let Flow::Tcp { conn, peer } = &flow {
+    if let Some((conn, peer)) = flow.conn() {
+        let kind = flow.stream_kind();
         let mut by_peer = t.by_peer.lock().unwrap_or_else(|p| p.into_inner());
-        if by_peer.get(peer) == Some(conn) {
-            by_peer.remove(peer);
+        if by_peer.get(&(kind, peer)) == Some(&conn) {
+            by_peer.remove(&(kind, peer));
         }
     }
     if !timed_out {

@@ -129,12 +129,68 @@ pub fn token() -> String {
     format!("{:012x}", rand::random::<u64>() & 0xFFFF_FFFF_FFFF)
 }
 
-/// A SIP client on one socket (UDP or TCP).
+/// A TLS client stream.
+pub type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+/// A WebSocket client stream (over plain TCP).
+pub type WsStream = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// A SIP client on one socket (UDP, TCP, TLS or WebSocket).
 pub enum Client {
     /// UDP.
     Udp(UdpSocket, SocketAddr),
     /// TCP, with a read buffer.
     Tcp(TcpStream, Vec<u8>),
+    /// TLS, with a read buffer.
+    Tls(Box<TlsStream>, Vec<u8>),
+    /// WebSocket (subprotocol sip): one SIP message per WebSocket message.
+    Ws(Box<WsStream>),
+}
+
+/// A rustls client configuration trusting the PEM certificate `ca` only.
+pub fn tls_client_config(ca: &std::path::Path) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+/// A TLS connection to `server`, verifying it as `name` against the PEM certificate `ca`.
+pub async fn tls_connect(
+    server: SocketAddr,
+    ca: &std::path::Path,
+    name: &str,
+) -> std::io::Result<TlsStream> {
+    let tcp = TcpStream::connect(server).await?;
+    let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    tokio_rustls::TlsConnector::from(tls_client_config(ca))
+        .connect(name, tcp)
+        .await
+}
+
+/// A WebSocket upgrade of a TCP connection to `server`, offering `protocol`.
+pub async fn ws_connect(
+    server: SocketAddr,
+    protocol: Option<&str>,
+) -> Result<WsStream, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let tcp = TcpStream::connect(server).await?;
+    let mut req = format!("ws://{server}/").into_client_request()?;
+    if let Some(p) = protocol {
+        req.headers_mut()
+            .insert("sec-websocket-protocol", p.parse().unwrap());
+    }
+    let (ws, _) = tokio_tungstenite::client_async(req, tcp).await?;
+    Ok(ws)
 }
 
 impl Client {
@@ -160,11 +216,24 @@ impl Client {
         Client::Tcp(TcpStream::connect(server).await.unwrap(), Vec::new())
     }
 
+    /// A TLS client connected to `server`, trusting the PEM certificate `ca` for 127.0.0.1.
+    pub async fn tls(server: SocketAddr, ca: &std::path::Path) -> Client {
+        let s = tls_connect(server, ca, "127.0.0.1").await.unwrap();
+        Client::Tls(Box::new(s), Vec::new())
+    }
+
+    /// A WebSocket client (subprotocol sip) connected to `server`.
+    pub async fn ws(server: SocketAddr) -> Client {
+        Client::Ws(Box::new(ws_connect(server, Some("sip")).await.unwrap()))
+    }
+
     /// The transport token for Via.
     pub fn transport(&self) -> &'static str {
         match self {
             Client::Udp(..) => "UDP",
             Client::Tcp(..) => "TCP",
+            Client::Tls(..) => "TLS",
+            Client::Ws(..) => "WS",
         }
     }
 
@@ -173,6 +242,8 @@ impl Client {
         match self {
             Client::Udp(s, _) => s.local_addr().unwrap(),
             Client::Tcp(s, _) => s.local_addr().unwrap(),
+            Client::Tls(s, _) => s.get_ref().0.local_addr().unwrap(),
+            Client::Ws(s) => s.get_ref().local_addr().unwrap(),
         }
     }
 
@@ -183,6 +254,17 @@ impl Client {
                 s.send_to(bytes, *server).await.unwrap();
             }
             Client::Tcp(s, _) => s.write_all(bytes).await.unwrap(),
+            Client::Tls(s, _) => {
+                s.write_all(bytes).await.unwrap();
+                s.flush().await.unwrap();
+            }
+            Client::Ws(s) => {
+                use futures::SinkExt;
+                let text = String::from_utf8(bytes.to_vec()).unwrap();
+                s.send(tokio_tungstenite::tungstenite::Message::text(text))
+                    .await
+                    .unwrap()
+            }
         }
     }
 
@@ -196,21 +278,17 @@ impl Client {
                     buf.truncate(n);
                     Some(buf)
                 }
-                Client::Tcp(s, buf) => loop {
-                    match frame_stream(buf) {
-                        Framed::Message { skip, len } => {
-                            return Some(buf.drain(..skip + len).skip(skip).collect())
-                        }
-                        Framed::Ping(n) | Framed::Pong(n) => return Some(buf.drain(..n).collect()),
-                        Framed::Error(_) => return None,
-                        Framed::Incomplete => {}
+                Client::Tcp(s, buf) => read_framed(s, buf).await,
+                Client::Tls(s, buf) => read_framed(s.as_mut(), buf).await,
+                Client::Ws(s) => loop {
+                    use futures::StreamExt;
+                    use tokio_tungstenite::tungstenite::Message as W;
+                    match s.next().await?.ok()? {
+                        W::Text(t) => return Some(t.as_bytes().to_vec()),
+                        W::Binary(b) => return Some(b.to_vec()),
+                        W::Close(_) => return None,
+                        _ => continue,
                     }
-                    let mut chunk = [0u8; 8192];
-                    let n = s.read(&mut chunk).await.ok()?;
-                    if n == 0 {
-                        return None;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
                 },
             }
         };
@@ -241,7 +319,7 @@ impl Client {
     /// Send a request as a phone does (RFC 3261 Timer E over UDP: again after 0.5, 1, 2, 4 s
     /// until a final response), and wait for its final response; over TCP, once.
     pub async fn request_retransmitting(&mut self, msg: &str) -> Option<Message> {
-        if matches!(self, Client::Tcp(..)) {
+        if !matches!(self, Client::Udp(..)) {
             return self.request(msg).await;
         }
         for wait in [500, 1000, 2000, 4000, 4000] {
@@ -251,6 +329,29 @@ impl Client {
             }
         }
         None
+    }
+}
+
+/// Read one framed message (or keepalive bytes) from a byte stream.
+async fn read_framed<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> Option<Vec<u8>> {
+    loop {
+        match frame_stream(buf) {
+            Framed::Message { skip, len } => {
+                return Some(buf.drain(..skip + len).skip(skip).collect())
+            }
+            Framed::Ping(n) | Framed::Pong(n) => return Some(buf.drain(..n).collect()),
+            Framed::Error(_) => return None,
+            Framed::Incomplete => {}
+        }
+        let mut chunk = [0u8; 8192];
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -480,9 +581,24 @@ impl Ua {
         }
     }
 
-    /// Its contact URI.
+    /// A UA for `user` on client `c` (TCP, TLS, WebSocket) talking to `server`.
+    pub fn on(user: &str, server: SocketAddr, c: Client) -> Ua {
+        Ua {
+            c,
+            user: user.to_string(),
+            server,
+        }
+    }
+
+    /// Its contact URI (over WebSocket, an unreachable host name, as RFC 7118 §5.2 clients
+    /// write it).
     pub fn contact(&self) -> String {
-        format!("sip:{}@{}", self.user, self.c.local())
+        match self.c {
+            Client::Udp(..) => format!("sip:{}@{}", self.user, self.c.local()),
+            Client::Tcp(..) => format!("sip:{}@{};transport=tcp", self.user, self.c.local()),
+            Client::Tls(..) => format!("sip:{}@{};transport=tls", self.user, self.c.local()),
+            Client::Ws(..) => format!("sip:{}@df7jal23ls0d.invalid;transport=ws", self.user),
+        }
     }
 
     /// Register its socket as the user's contact; returns the final status.
@@ -498,9 +614,13 @@ impl Ua {
     }
 
     fn via(&self) -> String {
+        let sent_by = match self.c {
+            Client::Ws(..) => "df7jal23ls0d.invalid".to_string(),
+            _ => self.c.local().to_string(),
+        };
         format!(
-            "SIP/2.0/UDP {};branch=z9hG4bK{};rport",
-            self.c.local(),
+            "SIP/2.0/{} {sent_by};branch=z9hG4bK{};rport",
+            self.c.transport(),
             token()
         )
     }
@@ -631,6 +751,11 @@ impl Ua {
     /// Answer a request where its top Via says (RFC 3261 §18.2.2), not to our node.
     pub async fn respond(&mut self, req: &Message, code: u16, reason: &str, to_tag: &str) {
         let text = self.answer(req, code, reason, to_tag);
+        if !matches!(self.c, Client::Udp(..)) {
+            // A connection: responses go back on it (RFC 3261 §18.2.2).
+            self.c.send(text.as_bytes()).await;
+            return;
+        }
         let via = sipmesh::sip::header::Via::parse(req.values(&HeaderName::Via)[0]).unwrap();
         let host = via.received().unwrap_or(&via.host).to_string();
         let port = via

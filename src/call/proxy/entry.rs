@@ -12,7 +12,7 @@ use crate::call::flow_token::FlowRef;
 use crate::call::policy::not_relaying;
 use crate::metrics::inc;
 use crate::sip::build::Edit;
-use crate::sip::flow::Flow;
+use crate::sip::flow::{Flow, StreamKind};
 use crate::sip::header::Via;
 use crate::sip::message::{HeaderName, Message, Method};
 use crate::sip::uri::SipUri;
@@ -274,8 +274,14 @@ impl Proxy {
             return Err(Fault::new(416, "Unsupported URI Scheme"));
         };
         if ruri.secure {
-            // RFC 3261 §26.2: every hop to a sips: target is TLS; this node has none yet.
-            return Err(no_tls());
+            // RFC 3261 §26.2: every hop to a sips: target is TLS (the mesh's own hops are
+            // encrypted and authenticated by Noise).
+            if self.ctx.transport.tls().is_none() {
+                return Err(no_tls());
+            }
+            if !secure(&req.flow) {
+                return Err(Fault::new(416, "sips: must arrive over TLS"));
+            }
         }
         let from = SipUri::parse(&c.from.uri).ok();
         let caller = from
@@ -302,6 +308,19 @@ impl Proxy {
             });
         };
         let mut targets = self.locate(&user).await?;
+        if ruri.secure {
+            targets.retain(|t| match &t.dest {
+                Dest::Flow(Flow::Mesh {
+                    target: Some(f), ..
+                }) => secure(f),
+                Dest::Flow(Flow::Mesh { target: None, .. }) => false,
+                Dest::Flow(f) => secure(f),
+                Dest::Uri(u) => SipUri::parse(u).is_ok_and(|u| u.secure),
+            });
+            if targets.is_empty() {
+                return Err(Fault::new(480, "No TLS binding for a sips: request"));
+            }
+        }
         let max = self.ctx.policy.config().max_branches.max(1);
         if targets.len() > max {
             debug!(user, found = targets.len(), max, "branches capped");
@@ -351,6 +370,17 @@ impl Proxy {
 }
 
 /// The answer for a `sips:` target: it is never reached over a clear transport.
+/// Whether a flow is secure end to end for sips: (TLS, WSS, or another node of the mesh).
+fn secure(flow: &Flow) -> bool {
+    matches!(
+        flow,
+        Flow::Stream {
+            kind: StreamKind::Tls | StreamKind::Wss,
+            ..
+        } | Flow::Mesh { .. }
+    )
+}
+
 pub(super) fn no_tls() -> Fault {
     Fault::new(416, "sips: needs TLS, which this node does not offer")
 }

@@ -38,7 +38,7 @@ use crate::call::flow_token::{FlowRef, NodeId, Token};
 use crate::call::Context;
 use crate::sip::address::HostPort;
 use crate::sip::build::Edit;
-use crate::sip::flow::Flow;
+use crate::sip::flow::{Flow, StreamKind};
 use crate::sip::header::{DigestCredentials, NameAddr};
 use crate::sip::message::{HeaderName, Message, Method};
 use crate::sip::request::RequestBuilder;
@@ -123,7 +123,7 @@ pub struct Proxy {
     /// The SIP address this node advertises (Via, Record-Route).
     addr: HostPort,
     /// Other members' SIP addresses (`host:port`), as their tags publish them.
-    addrs: Mutex<HashMap<PeerId, String>>,
+    addrs: Mutex<HashMap<(PeerId, Option<StreamKind>), String>>,
     /// Requests being forwarded, by server transaction (for CANCEL and members going down),
     /// and INVITEs cancelled while still being routed.
     forks: Mutex<fork::Forks>,
@@ -216,46 +216,64 @@ impl Proxy {
         matches!(self.hop(uri), Hop::Ours(_) | Hop::Address)
     }
 
-    /// The SIP address (`host:port`) a member publishes.
-    fn address_of(&self, peer: &PeerId) -> Option<String> {
+    /// The SIP address (`host:port`) a member publishes for a transport (`None`: UDP and
+    /// TCP; a member without that listener: its UDP/TCP address).
+    fn address_of(&self, peer: &PeerId, kind: Option<StreamKind>) -> Option<String> {
         if let Some(a) = self
             .addrs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(peer)
+            .get(&(*peer, kind))
         {
             return Some(a.clone());
         }
-        let sip = self.ctx.mesh.tag(peer, "sip")?;
-        let addr = sip.trim_start_matches("sip:").to_string();
+        let tagged = kind.and_then(|k| self.ctx.mesh.tag(peer, &format!("sip_{}", k.param())));
+        let addr = match tagged {
+            Some(a) => a,
+            None => self
+                .ctx
+                .mesh
+                .tag(peer, "sip")?
+                .trim_start_matches("sip:")
+                .to_string(),
+        };
         self.addrs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(*peer, addr.clone());
+            .insert((*peer, kind), addr.clone());
         Some(addr)
     }
 
     /// A route-set entry naming `node` (at `addr`) and its flow on the far side, reached over
-    /// `transport`.
-    fn route_entry(&self, node: &PeerId, addr: &str, flow: &FlowRef, tcp: bool) -> String {
+    /// the transport `transport` names (`None`: UDP).
+    fn route_entry(
+        &self,
+        node: &PeerId,
+        addr: &str,
+        flow: &FlowRef,
+        transport: Option<&str>,
+    ) -> String {
         let token = Token::Route {
             node: NodeId::of(node),
             flow: flow.clone(),
         }
         .encode(&self.ctx.secret, b"");
-        let transport = if tcp { ";transport=tcp" } else { "" };
+        let transport = transport
+            .map(|t| format!(";transport={t}"))
+            .unwrap_or_default();
         format!("<sip:{addr};lr;{NODE_PARAM}={token}{transport}>")
     }
 
-    /// This node's entry for a flow of its own.
+    /// This node's entry for a flow of its own: at the address of the flow's listener, so a
+    /// phone on TLS or WebSocket sends in-dialog requests back down the same connection.
     fn own_entry(&self, flow: &Flow) -> String {
-        let addr = self.addr.to_string();
-        self.route_entry(
-            &self.node,
-            &addr,
-            &FlowRef::of(flow),
-            matches!(flow, Flow::Tcp { .. }),
-        )
+        let addr = self
+            .ctx
+            .names
+            .advertised_for(flow.stream_kind())
+            .unwrap_or_else(|| self.addr.clone())
+            .to_string();
+        self.route_entry(&self.node, &addr, &FlowRef::of(flow), flow.uri_transport())
     }
 
     /// The loop-detection hash of a request (RFC 3261 §16.6 step 8): what a looped copy would
@@ -325,7 +343,11 @@ impl Proxy {
             Flow::Mesh {
                 node,
                 target: Some(flow),
-            } => Some((*node, self.address_of(node)?, flow.as_ref())),
+            } => Some((
+                *node,
+                self.address_of(node, flow.stream_kind())?,
+                flow.as_ref(),
+            )),
             _ => None,
         };
         if let Some((_, addr, flow)) = &relay {
@@ -348,9 +370,9 @@ impl Proxy {
             match (&relay, next_hop) {
                 (Some((node, addr, flow)), _) => top.push(format!(
                     "Record-Route: {}",
-                    self.route_entry(node, addr, &FlowRef::of(flow), flow.is_reliable())
+                    self.route_entry(node, addr, &FlowRef::of(flow), flow.uri_transport())
                 )),
-                (None, Flow::Udp(_) | Flow::Tcp { .. }) => {
+                (None, Flow::Udp(_) | Flow::Tcp { .. } | Flow::Stream { .. }) => {
                     top.push(format!("Record-Route: {}", self.own_entry(next_hop)))
                 }
                 (None, _) => {}

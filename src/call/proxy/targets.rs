@@ -112,10 +112,16 @@ impl Proxy {
                 _ => {}
             }
         }
-        if u.secure {
+        let transport = u.param("transport").flatten().map(str::to_ascii_lowercase);
+        let tls = u.secure || transport.as_deref() == Some("tls");
+        if tls && self.ctx.transport.tls().is_none() {
             return Err(super::entry::no_tls());
         }
-        let port = u.port.unwrap_or(5060);
+        if matches!(transport.as_deref(), Some("ws" | "wss")) {
+            // A WebSocket client is reached only down the connection it opened.
+            return Err(Fault::new(480, "Temporarily Unavailable"));
+        }
+        let port = u.port.unwrap_or(if tls { 5061 } else { 5060 });
         let unresolvable = || Fault::new(478, "Unresolvable Destination");
         let ip = match u.host.parse::<std::net::IpAddr>() {
             Ok(ip) => ip,
@@ -132,11 +138,16 @@ impl Proxy {
             }
         };
         let dest = SocketAddr::new(ip, port);
-        let tcp = u
-            .param("transport")
-            .flatten()
-            .is_some_and(|t| t.eq_ignore_ascii_case("tcp"));
-        if tcp {
+        if tls {
+            // RFC 3261 §26.2: a sips: target is only ever reached over TLS.
+            return self
+                .ctx
+                .transport
+                .tls_flow(dest, &u.host)
+                .await
+                .map_err(|_| Fault::new(503, "Service Unavailable"));
+        }
+        if transport.as_deref() == Some("tcp") {
             self.ctx
                 .transport
                 .tcp_flow(dest)
@@ -193,7 +204,7 @@ impl Proxy {
     /// A binding owned by another node goes through that node.
     fn binding_target(&self, b: &Binding) -> Option<Target> {
         let outbound = b.reg_id.is_some();
-        let tcp = matches!(b.flow, Flow::Tcp { .. });
+        let tcp = b.flow.is_reliable();
         // The contact as an address, parsed once: only a UDP binding may be reached at it.
         let contact = if outbound || tcp {
             None

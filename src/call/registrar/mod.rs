@@ -301,8 +301,13 @@ impl Registrar {
         Ok(Request::Contacts(parsed))
     }
 
-    /// 302 to the least-loaded other nodes, if there are any.
+    /// 302 to the least-loaded other nodes, if there are any. A TLS or WebSocket client is
+    /// not redirected (its TLS name and its page's WebSocket URL are configured, not taken from
+    /// a Contact); at capacity it is served here.
     fn redirect(&self, flow: &Flow) -> Option<Fault> {
+        if flow.stream_kind().is_some() {
+            return None;
+        }
         let others = crate::call::redirect::least_loaded_others(&self.ctx.mesh, 3);
         if others.is_empty() {
             return None;
