@@ -152,3 +152,115 @@ async fn live_page_matches_status_and_acts_only_with_the_token() {
     })
     .await;
 }
+
+/// A counter of `/metrics` with these labels (0 when absent).
+async fn metric(http: std::net::SocketAddr, family: &str, labels: &str) -> u64 {
+    let url = format!("http://{http}/metrics");
+    let text = tokio::task::spawn_blocking(move || {
+        ureq::get(&url)
+            .call()
+            .map(|r| r.into_string().unwrap_or_default())
+            .unwrap_or_default()
+    })
+    .await
+    .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(family) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// The browser phone (issue "TLS and WebSocket"): two pages of one headless Chromium, as two
+/// users registered over WebSocket at two different nodes of a 3-node mesh. The caller calls,
+/// the callee answers automatically with Chromium's fake microphone, the call stays up and the
+/// caller hangs up. The pages' states and the SIP the nodes saw (INVITE, ACK, BYE over WS)
+/// must agree. Screenshots land in target/screenshots/ (copies from a run: docs/phone-*.png).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browser_phones_call_each_other_across_the_mesh() {
+    within(240, async {
+        let mesh = mesh_with_users(3, PHONES, |c| {
+            c.sip_ws_listen = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await;
+        let http = |i: usize| mesh.node(i).node().unwrap().http_addr().unwrap();
+        let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+        std::fs::create_dir_all(&shots).unwrap();
+        let run = tokio::process::Command::new("node")
+            .current_dir(driver_dir())
+            .arg("phone_call.mjs")
+            .arg(format!("http://{}/phone?user=alice", http(0)))
+            .arg(format!("http://{}/phone?user=bob", http(2)))
+            .args(["alice", "a-pw", "bob", "b-pw"])
+            .arg(&shots)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("node (Node.js) runs: scripts/test.sh installs it");
+        assert!(
+            run.status.success(),
+            "the browser driver failed: {}\n{}",
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let page: serde_json::Value =
+            serde_json::from_slice(run.stdout.trim_ascii()).expect("the driver prints JSON");
+        assert!(page.get("error").is_none(), "{page:#}");
+        // Audio flows both ways (Chromium's fake microphone, ICE on loopback).
+        for side in ["caller", "callee"] {
+            let m = &page["media"][side];
+            assert!(
+                m["ice"] == "connected" || m["ice"] == "completed",
+                "{side}: {m}"
+            );
+            assert!(
+                m["bytes"].as_u64().unwrap_or(0) > 0,
+                "{side} hears audio: {m}"
+            );
+        }
+        for (step, want) in [
+            ("registered", "idle"),
+            ("up", "confirmed"),
+            ("still_up", "confirmed"),
+            ("ended", "ended"),
+        ] {
+            for side in ["caller", "callee"] {
+                assert_eq!(
+                    page[step][side]["reg"], "registered",
+                    "{step} {side}: {page:#}"
+                );
+                assert_eq!(page[step][side]["call"], want, "{step} {side}: {page:#}");
+            }
+        }
+        // Each phone is bound over WebSocket at the node whose page it is.
+        for (user, node) in [("alice", 0), ("bob", 2)] {
+            let (_, v) = http_get(format!("http://{}/v1/registrations/{user}", http(1))).await;
+            let b = &v["bindings"][0];
+            assert_eq!(b["transport"], "WS", "{v}");
+            assert_eq!(b["owner"], mesh.node(node).peer_id.to_string(), "{v}");
+        }
+        // The nodes saw the call's SIP over WebSocket: the INVITE, ACK and BYE from the caller
+        // at node 0, and node 2 forwarded the INVITE down the callee's WebSocket.
+        for method in ["INVITE", "ACK", "BYE"] {
+            let n = metric(
+                http(0),
+                "sipmesh_sip_requests_total",
+                &format!("method=\"{method}\",transport=\"ws\""),
+            )
+            .await;
+            assert!(n >= 1, "node 0 received {method} over WS: {n}");
+        }
+        let answers = metric(http(2), "sipmesh_sip_responses_received_total", "").await;
+        assert!(
+            answers >= 2,
+            "node 2 received the callee's answers: {answers}"
+        );
+        for f in ["phone-caller.png", "phone-callee.png"] {
+            assert!(
+                std::fs::metadata(shots.join(f)).unwrap().len() > 10_000,
+                "{f}"
+            );
+        }
+    })
+    .await;
+}

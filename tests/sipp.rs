@@ -15,19 +15,6 @@ const USERS: usize = 1000;
 /// The SIPp loads of this file run one at a time: each wants the 2 cores to itself.
 static LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The SIPp binary; the test script installs it, so its absence is an error, not a skip.
-pub fn sipp() -> &'static str {
-    let ok = std::process::Command::new("sipp")
-        .arg("-v")
-        .output()
-        .is_ok();
-    assert!(
-        ok,
-        "sipp not found: run ./scripts/test.sh (it installs Debian's sip-tester)"
-    );
-    "sipp"
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sipp_registers_1000_users_through_a_3_node_mesh() {
     let _one_at_a_time = LOAD.lock().await;
@@ -124,49 +111,6 @@ async fn sipp_registers_1000_users_through_a_3_node_mesh() {
 
 const CALLS: usize = 1000;
 
-/// Free local port for a SIPp process (UDP and TCP).
-fn free_port() -> u16 {
-    loop {
-        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = u.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn scenario(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("bench/scenarios")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
-
-async fn run_sipp(dir: &Path, args: &[String]) -> std::process::Output {
-    tokio::process::Command::new(sipp())
-        .current_dir(dir)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .await
-        .expect("run sipp")
-}
-
-fn errors_in(dir: &Path) -> String {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with("_errors.log"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("\n")
-        .chars()
-        .take(3000)
-        .collect()
-}
-
 /// A SIPp UAS registered at node 2 answers 1,000 calls from a SIPp UAC registered at node 0.
 async fn thousand_calls(transport: &str) {
     let mesh = mesh_with_users(
@@ -204,42 +148,9 @@ async fn thousand_calls(transport: &str) {
         ("callee", "callee-pw", 2, uas_port),
         ("caller", "caller-pw", 0, uac_port),
     ] {
-        let inf = dir.path().join(format!("{user}.csv"));
-        std::fs::write(
-            &inf,
-            format!("SEQUENTIAL\n{user};[authentication username={user} password={pw}]\n"),
-        )
-        .unwrap();
-        let out = run_sipp(
-            dir.path(),
-            &[
-                s("-sf"),
-                scenario("reg.xml"),
-                s("-inf"),
-                inf.to_string_lossy().into_owned(),
-                s("-m"),
-                s("1"),
-                s("-i"),
-                s("127.0.0.1"),
-                s("-t"),
-                s(t),
-                s("-key"),
-                s("contact_hp"),
-                format!("127.0.0.1:{contact_port}"),
-                s("-nostdin"),
-                s("-timeout"),
-                s("30s"),
-                s("-timeout_error"),
-                s("-trace_err"),
-                node(node_i),
-            ],
-        )
-        .await;
-        assert!(
-            out.status.success(),
-            "registering {user} failed: {}",
-            errors_in(dir.path())
-        );
+        let node = mesh.node(node_i).node().unwrap().sip_addr();
+        let contact = format!("127.0.0.1:{contact_port}");
+        sipp_register(dir.path(), user, pw, node, t, &contact).await;
     }
     // The caller: 1,000 calls through node 0.
     let callees = dir.path().join("callees.csv");

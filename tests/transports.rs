@@ -402,3 +402,101 @@ async fn reqwest_text(url: String) -> String {
     .await
     .unwrap()
 }
+
+/// A JsSIP user agent in Node.js (tests/browser/node_call.mjs) registers over WSS at node 0
+/// and calls a SIPp phone registered over UDP at node 2; SIPp answers, the call stays up, the
+/// JsSIP side hangs up and SIPp receives the BYE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jssip_phone_on_node_js_over_wss_calls_a_sipp_phone_over_udp() {
+    within(120, async {
+        let (_dir, files) = certificate();
+        let mesh = secure_mesh(&files, |_| {}).await;
+        let dir = tempfile::tempdir().unwrap();
+        let uas_port = free_port();
+        let mut uas = tokio::process::Command::new(sipp())
+            .current_dir(dir.path())
+            .args(["-sf", &scenario("uas.xml"), "-i", "127.0.0.1", "-p"])
+            .arg(uas_port.to_string())
+            .args([
+                "-t",
+                "u1",
+                "-m",
+                "1",
+                "-nostdin",
+                "-trace_msg",
+                "-trace_err",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let node2 = node(&mesh, 2).sip_addr();
+        sipp_register(
+            dir.path(),
+            "bob",
+            "bob-pw",
+            node2,
+            "u1",
+            &format!("127.0.0.1:{uas_port}"),
+        )
+        .await;
+        let wss = node(&mesh, 0).sip_listeners().wss.unwrap();
+        let driver = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+        let run = tokio::process::Command::new("node")
+            .current_dir(&driver)
+            .arg("node_call.mjs")
+            .arg(format!("wss://127.0.0.1:{}", wss.port()))
+            .arg(&files.cert)
+            .args([
+                "alice",
+                "alice-pw",
+                "sipmesh",
+                "sipmesh",
+                "sip:bob@sipmesh",
+                "1500",
+            ])
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("node (Node.js) runs: scripts/test.sh installs it");
+        let out: serde_json::Value = serde_json::from_slice(run.stdout.trim_ascii())
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the JsSIP driver prints JSON: {}\n{}",
+                    String::from_utf8_lossy(&run.stdout),
+                    String::from_utf8_lossy(&run.stderr)
+                )
+            });
+        assert!(run.status.success() && out.get("error").is_none(), "{out}");
+        let events = out["events"].to_string();
+        for e in ["registered", "accepted 200", "confirmed"] {
+            assert!(events.contains(e), "{e}: {out}");
+        }
+        assert_eq!(out["ended_by"], "local", "{out}");
+        // SIPp received the call and the BYE, and ended after its one call.
+        let status = tokio::time::timeout(Duration::from_secs(20), uas.wait())
+            .await
+            .expect("SIPp ends after the call")
+            .unwrap();
+        let log: String = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with("_messages.log"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect();
+        assert!(log.contains("INVITE sip:bob@"), "SIPp got the INVITE");
+        assert!(
+            log.contains("\nBYE sip:") || log.contains("BYE sip:"),
+            "SIPp got the BYE"
+        );
+        assert!(
+            status.success(),
+            "SIPp's call succeeded: {}",
+            errors_in(dir.path())
+        );
+        // alice was bound over WSS at node 0.
+        assert!(node(&mesh, 0).counter("sip_ws_connections").unwrap() >= 1);
+    })
+    .await;
+}

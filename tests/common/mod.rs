@@ -4,6 +4,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use md5::{Digest, Md5};
@@ -878,4 +880,109 @@ pub async fn invite_with_auth(
     let second = caller.invite(to, call_id, tag, 2, Some(&auth));
     caller.send(&second).await;
     Message::parse(second.as_bytes(), true).unwrap()
+}
+
+/// The SIPp binary; the test script installs it, so its absence is an error, not a skip.
+pub fn sipp() -> &'static str {
+    let ok = std::process::Command::new("sipp")
+        .arg("-v")
+        .output()
+        .is_ok();
+    assert!(
+        ok,
+        "sipp not found: run ./scripts/test.sh (it installs Debian's sip-tester)"
+    );
+    "sipp"
+}
+
+/// Free local port for a SIPp process (UDP and TCP).
+pub fn free_port() -> u16 {
+    loop {
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+pub fn scenario(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("bench/scenarios")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+pub async fn run_sipp(dir: &Path, args: &[String]) -> std::process::Output {
+    tokio::process::Command::new(sipp())
+        .current_dir(dir)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .expect("run sipp")
+}
+
+pub fn errors_in(dir: &Path) -> String {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with("_errors.log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
+        .chars()
+        .take(3000)
+        .collect()
+}
+
+/// Register `user` at `node` with SIPp (bench/scenarios/reg.xml) over `t` ("u1", "t1"), its
+/// contact `contact_hp` (`IP:PORT`, e.g. a SIPp UAS's); panics with SIPp's errors if it fails.
+pub async fn sipp_register(
+    dir: &std::path::Path,
+    user: &str,
+    password: &str,
+    node: SocketAddr,
+    t: &str,
+    contact_hp: &str,
+) {
+    let inf = dir.join(format!("{user}.csv"));
+    std::fs::write(
+        &inf,
+        format!("SEQUENTIAL\n{user};[authentication username={user} password={password}]\n"),
+    )
+    .unwrap();
+    let s = |x: &str| x.to_string();
+    let out = run_sipp(
+        dir,
+        &[
+            s("-sf"),
+            scenario("reg.xml"),
+            s("-inf"),
+            inf.to_string_lossy().into_owned(),
+            s("-m"),
+            s("1"),
+            s("-i"),
+            s("127.0.0.1"),
+            s("-t"),
+            s(t),
+            s("-key"),
+            s("contact_hp"),
+            s(contact_hp),
+            s("-nostdin"),
+            s("-timeout"),
+            s("30s"),
+            s("-timeout_error"),
+            s("-trace_err"),
+            node.to_string(),
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "registering {user} failed: {}",
+        errors_in(dir)
+    );
 }

@@ -127,4 +127,7 @@ $('dial').addEventListener('submit', (ev) => {
 $('answer').addEventListener('click', () => { if (session) session.answer(mediaOptions()); });
 $('hangup').addEventListener('click', () => { if (session) session.terminate(); });
 
+// For operators' scripts and the browser test: the call's peer connection, if any.
+window.sipmeshPhone = { peerConnection: () => (session ? session.connection : null) };
+
 loadConfig().then(buttons).catch((e) => log('cannot read this node\'s phone settings: ' + e));
