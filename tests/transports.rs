@@ -500,3 +500,110 @@ async fn a_jssip_phone_on_node_js_over_wss_calls_a_sipp_phone_over_udp() {
     })
     .await;
 }
+
+/// Outbound (RFC 5626) over TLS and over WebSocket: a binding registered with reg-id and an
+/// instance on a connection lives as long as that connection; when the phone's connection
+/// closes, its binding is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_bindings_on_tls_and_websocket_die_with_their_connection() {
+    within(60, async {
+        let (_dir, files) = certificate();
+        let mesh = secure_mesh(&files, |_| {}).await;
+        for (user, pw, client) in [
+            (
+                "alice",
+                "alice-pw",
+                Client::tls(tls_addr(&mesh, 0), &files.cert).await,
+            ),
+            ("bob", "bob-pw", Client::ws(ws_addr(&mesh, 0)).await),
+        ] {
+            let server = match client {
+                Client::Tls(..) => tls_addr(&mesh, 0),
+                _ => ws_addr(&mesh, 0),
+            };
+            let mut ua = Ua::on(user, server, client);
+            let contact = format!(
+                "<{}>;reg-id=1;+sip.instance=\"<urn:uuid:00000000-0000-4000-8000-{:012x}>\"",
+                ua.contact(),
+                rand::random::<u32>()
+            );
+            let mut reg = Register::new(user, &contact);
+            reg.extra = "Supported: outbound, path\r\n".into();
+            let ok = register(&mut ua.c, server, &mut reg, pw).await;
+            assert_eq!(ok.status(), Some(200), "{:?}", ok.start);
+            assert!(
+                hvals(&ok, &HeaderName::Require)
+                    .iter()
+                    .any(|r| r.contains("outbound")),
+                "Outbound is used over {}",
+                ua.c.transport()
+            );
+            assert_eq!(transports_of(&mesh, user).await.len(), 1);
+            drop(ua);
+            eventually(10, "the binding dies with its connection", || async {
+                transports_of(&mesh, user).await.is_empty()
+            })
+            .await;
+        }
+    })
+    .await;
+}
+
+/// A `sips:` contact whose connection is gone is reached by a new TLS connection from the
+/// node, which verifies the phone's certificate (here the node's own, which it trusts): the
+/// INVITE arrives over TLS, never over UDP or TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sips_contact_is_reached_over_a_new_tls_connection() {
+    within(60, async {
+        let (_dir, files) = certificate();
+        let mesh = secure_mesh(&files, |c| c.auth_invites = false).await;
+        // The phone's own TLS server (a phone that listens, as a desk phone does).
+        let server = sipmesh::sip::tls::Tls::load(files.clone()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let phone_addr = listener.local_addr().unwrap();
+        // It registers over TLS from another connection, with a sips: contact at its server,
+        // then that connection closes (no Outbound: the binding stays).
+        {
+            let mut ua = Ua::on(
+                "carol",
+                tls_addr(&mesh, 2),
+                Client::tls(tls_addr(&mesh, 2), &files.cert).await,
+            );
+            let contact = format!("<sips:carol@{phone_addr}>");
+            let mut reg = Register::new("carol", &contact);
+            let ok = register(&mut ua.c, tls_addr(&mesh, 2), &mut reg, "carol-pw").await;
+            assert_eq!(ok.status(), Some(200));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut caller = Ua::on(
+            "alice",
+            tls_addr(&mesh, 0),
+            Client::tls(tls_addr(&mesh, 0), &files.cert).await,
+        );
+        let call_id = format!("{}@sips", token());
+        caller
+            .send(&caller.invite("carol", &call_id, "t", 1, None))
+            .await;
+        let (tcp, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("the node connects to the sips: contact")
+            .unwrap();
+        let mut tls = server.acceptor().accept(tcp).await.expect("over TLS");
+        let mut buf = Vec::new();
+        let raw = tokio::time::timeout(Duration::from_secs(5), read_framed(&mut tls, &mut buf))
+            .await
+            .expect("a message in time")
+            .expect("a message");
+        let inv = Message::parse(&raw, true).unwrap();
+        assert_eq!(
+            inv.method().map(|m| m.as_str().to_string()),
+            Some("INVITE".into())
+        );
+        assert_eq!(
+            inv.request_uri(),
+            Some(format!("sips:carol@{phone_addr}").as_str())
+        );
+        assert!(hvals(&inv, &HeaderName::Via)[0].starts_with("SIP/2.0/TLS"));
+    })
+    .await;
+}

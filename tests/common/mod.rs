@@ -146,6 +146,8 @@ pub enum Client {
     Tls(Box<TlsStream>, Vec<u8>),
     /// WebSocket (subprotocol sip): one SIP message per WebSocket message.
     Ws(Box<WsStream>),
+    /// Secure WebSocket.
+    Wss(Box<tokio_tungstenite::WebSocketStream<TlsStream>>),
 }
 
 /// A rustls client configuration trusting the PEM certificate `ca` only.
@@ -229,6 +231,17 @@ impl Client {
         Client::Ws(Box::new(ws_connect(server, Some("sip")).await.unwrap()))
     }
 
+    /// A secure WebSocket client (subprotocol sip) connected to `server`, trusting `ca`.
+    pub async fn wss(server: SocketAddr, ca: &std::path::Path) -> Client {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let tls = tls_connect(server, ca, "127.0.0.1").await.unwrap();
+        let mut req = format!("wss://{server}/").into_client_request().unwrap();
+        req.headers_mut()
+            .insert("sec-websocket-protocol", "sip".parse().unwrap());
+        let (ws, _) = tokio_tungstenite::client_async(req, tls).await.unwrap();
+        Client::Wss(Box::new(ws))
+    }
+
     /// The transport token for Via.
     pub fn transport(&self) -> &'static str {
         match self {
@@ -236,6 +249,7 @@ impl Client {
             Client::Tcp(..) => "TCP",
             Client::Tls(..) => "TLS",
             Client::Ws(..) => "WS",
+            Client::Wss(..) => "WSS",
         }
     }
 
@@ -246,6 +260,7 @@ impl Client {
             Client::Tcp(s, _) => s.local_addr().unwrap(),
             Client::Tls(s, _) => s.get_ref().0.local_addr().unwrap(),
             Client::Ws(s) => s.get_ref().local_addr().unwrap(),
+            Client::Wss(s) => s.get_ref().get_ref().0.local_addr().unwrap(),
         }
     }
 
@@ -260,13 +275,8 @@ impl Client {
                 s.write_all(bytes).await.unwrap();
                 s.flush().await.unwrap();
             }
-            Client::Ws(s) => {
-                use futures::SinkExt;
-                let text = String::from_utf8(bytes.to_vec()).unwrap();
-                s.send(tokio_tungstenite::tungstenite::Message::text(text))
-                    .await
-                    .unwrap()
-            }
+            Client::Ws(s) => ws_send(s.as_mut(), bytes).await,
+            Client::Wss(s) => ws_send(s.as_mut(), bytes).await,
         }
     }
 
@@ -282,16 +292,8 @@ impl Client {
                 }
                 Client::Tcp(s, buf) => read_framed(s, buf).await,
                 Client::Tls(s, buf) => read_framed(s.as_mut(), buf).await,
-                Client::Ws(s) => loop {
-                    use futures::StreamExt;
-                    use tokio_tungstenite::tungstenite::Message as W;
-                    match s.next().await?.ok()? {
-                        W::Text(t) => return Some(t.as_bytes().to_vec()),
-                        W::Binary(b) => return Some(b.to_vec()),
-                        W::Close(_) => return None,
-                        _ => continue,
-                    }
-                },
+                Client::Ws(s) => ws_recv(s.as_mut()).await,
+                Client::Wss(s) => ws_recv(s.as_mut()).await,
             }
         };
         tokio::time::timeout(Duration::from_millis(ms), fut)
@@ -334,8 +336,37 @@ impl Client {
     }
 }
 
+/// Send one SIP message as a WebSocket text message.
+async fn ws_send<S>(s: &mut tokio_tungstenite::WebSocketStream<S>, bytes: &[u8])
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures::SinkExt;
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    s.send(tokio_tungstenite::tungstenite::Message::text(text))
+        .await
+        .unwrap()
+}
+
+/// Receive one SIP message from a WebSocket (`None`: closed).
+async fn ws_recv<S>(s: &mut tokio_tungstenite::WebSocketStream<S>) -> Option<Vec<u8>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as W;
+    loop {
+        match s.next().await?.ok()? {
+            W::Text(t) => return Some(t.as_bytes().to_vec()),
+            W::Binary(b) => return Some(b.to_vec()),
+            W::Close(_) => return None,
+            _ => continue,
+        }
+    }
+}
+
 /// Read one framed message (or keepalive bytes) from a byte stream.
-async fn read_framed<S: tokio::io::AsyncRead + Unpin>(
+pub async fn read_framed<S: tokio::io::AsyncRead + Unpin>(
     s: &mut S,
     buf: &mut Vec<u8>,
 ) -> Option<Vec<u8>> {
@@ -599,7 +630,9 @@ impl Ua {
             Client::Udp(..) => format!("sip:{}@{}", self.user, self.c.local()),
             Client::Tcp(..) => format!("sip:{}@{};transport=tcp", self.user, self.c.local()),
             Client::Tls(..) => format!("sip:{}@{};transport=tls", self.user, self.c.local()),
-            Client::Ws(..) => format!("sip:{}@df7jal23ls0d.invalid;transport=ws", self.user),
+            Client::Ws(..) | Client::Wss(..) => {
+                format!("sip:{}@df7jal23ls0d.invalid;transport=ws", self.user)
+            }
         }
     }
 
@@ -617,7 +650,7 @@ impl Ua {
 
     fn via(&self) -> String {
         let sent_by = match self.c {
-            Client::Ws(..) => "df7jal23ls0d.invalid".to_string(),
+            Client::Ws(..) | Client::Wss(..) => "df7jal23ls0d.invalid".to_string(),
             _ => self.c.local().to_string(),
         };
         format!(
