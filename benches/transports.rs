@@ -6,7 +6,8 @@
 //! node process from /proc/PID/stat), and the ratio to UDP; then the node's CPU µs per TLS
 //! handshake (HANDSHAKES fresh TLS connections, each closed after its handshake).
 //!
-//! Run: `cargo bench --bench transports` (env PAIRS=20 SECONDS=10 HANDSHAKES=2000).
+//! Run: `cargo bench --bench transports` (env PAIRS=20 SECONDS=10 HANDSHAKES=2000
+//! TRANSPORTS="udp tls ws wss"; the node's PID is printed on stderr, for `perf record -p`).
 //! Results and the command go in docs/BENCHMARKS.md.
 
 #[path = "../tests/common/mod.rs"]
@@ -66,7 +67,7 @@ impl Drop for NodeProcess {
 
 async fn start_node(cert: &sipmesh::sip::tls::TlsFiles) -> NodeProcess {
     let dir = tempfile::tempdir().unwrap();
-    let token = "bench-token".to_string();
+    let token = "bench-token-0123456789".to_string();
     let sip_port = free_port();
     let [tls, ws, wss, http] = [(); 4].map(|_| free_tcp_port());
     let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
@@ -88,10 +89,21 @@ async fn start_node(cert: &sipmesh::sip::tls::TlsFiles) -> NodeProcess {
         .args(["--trusted-source", "127.0.0.1"])
         .env("SIPMESH_ADMIN_TOKEN", &token)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("node.log")).unwrap())
         .spawn()
         .expect("the sipmesh binary");
-    wait_answering(format!("http://{}/v1/status", addr(http))).await;
+    let log = dir.path().join("node.log");
+    let up = tokio::time::timeout(
+        Duration::from_secs(30),
+        wait_answering(format!("http://{}/v1/status", addr(http))),
+    )
+    .await;
+    if up.is_err() {
+        panic!(
+            "the node did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
     NodeProcess {
         child,
         sip: addr(sip_port),
@@ -149,18 +161,13 @@ async fn calls_over(
 ) -> (f64, f64) {
     let mut phones = Vec::new();
     for i in 0..pairs {
-        let mut a = phone(node, transport, &format!("a{i}"), ca).await;
-        let mut b = phone(node, transport, &format!("b{i}"), ca).await;
-        assert_eq!(
-            a.register("pw").await,
-            200,
-            "a{i} registers over {transport}"
-        );
-        assert_eq!(
-            b.register("pw").await,
-            200,
-            "b{i} registers over {transport}"
-        );
+        // Users of their own per transport: a call forks to nobody else's binding.
+        let mut a = phone(node, transport, &format!("{transport}a{i}"), ca).await;
+        let mut b = phone(node, transport, &format!("{transport}b{i}"), ca).await;
+        for ua in [&mut a, &mut b] {
+            let code = ua.register("pw").await;
+            assert_eq!(code, 200, "{} registers over {transport}", ua.user);
+        }
         phones.push((a, b));
     }
     let pid = node.child.id();
@@ -211,17 +218,21 @@ async fn main() {
     let cert = sipmesh::sip::tls::self_signed(certs.path(), &["127.0.0.1".into()]).unwrap();
     let node = start_node(&cert).await;
     let mut users = String::new();
-    for i in 0..pairs {
-        users.push_str(&format!("a{i},pw\nb{i},pw\n"));
+    for t in ["udp", "tls", "ws", "wss"] {
+        for i in 0..pairs {
+            users.push_str(&format!("{t}a{i},pw\n{t}b{i},pw\n"));
+        }
     }
     let (code, v) = import_users(&format!("http://{}", node.http), &node.token, users).await;
     assert!(code < 300, "importing users: {v}");
     println!("| transport | calls/s | node CPU µs per call | vs UDP |");
     println!("|---|---|---|---|");
     let mut udp = 0.0;
-    for transport in ["udp", "tls", "ws", "wss"] {
+    let wanted = std::env::var("TRANSPORTS").unwrap_or_else(|_| "udp tls ws wss".into());
+    eprintln!("node pid {}", node.child.id());
+    for transport in wanted.split_whitespace() {
         let (rate, per_call) = calls_over(&node, transport, pairs, secs, &cert.cert).await;
-        if transport == "udp" {
+        if transport == "udp" || udp == 0.0 {
             udp = per_call;
         }
         println!(

@@ -175,6 +175,7 @@ pub async fn tls_connect(
     name: &str,
 ) -> std::io::Result<TlsStream> {
     let tcp = TcpStream::connect(server).await?;
+    tcp.set_nodelay(true)?;
     let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
     tokio_rustls::TlsConnector::from(tls_client_config(ca))
         .connect(name, tcp)
@@ -188,6 +189,7 @@ pub async fn ws_connect(
 ) -> Result<WsStream, tokio_tungstenite::tungstenite::Error> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let tcp = TcpStream::connect(server).await?;
+    tcp.set_nodelay(true)?;
     let mut req = format!("ws://{server}/").into_client_request()?;
     if let Some(p) = protocol {
         req.headers_mut()
@@ -217,7 +219,9 @@ impl Client {
 
     /// A TCP client connected to `server`.
     pub async fn tcp(server: SocketAddr) -> Client {
-        Client::Tcp(TcpStream::connect(server).await.unwrap(), Vec::new())
+        let s = TcpStream::connect(server).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        Client::Tcp(s, Vec::new())
     }
 
     /// A TLS client connected to `server`, trusting the PEM certificate `ca` for 127.0.0.1.
