@@ -5,7 +5,8 @@
 //! - [`users`]: the users of the mesh and their HA1 credentials, in the `users` table.
 //! - [`flow_token`]: signed route-set and Via tokens naming a node and a flow (RFC 5626).
 //! - [`location`]: bindings of AORs to contacts and flows, in the `registrations` table.
-//! - [`registrar`]: REGISTER (RFC 3261 §10.3, Path, Outbound).
+//! - [`registrar`]: REGISTER (RFC 3261 §10.3, Path, Outbound, GRUU).
+//! - [`gruu`]: public and temporary GRUUs (RFC 5627), resolved to an instance's bindings.
 //! - [`proxy`]: the stateful proxy (RFC 3261 §16), across the mesh.
 //! - [`dialog`]: the state of established calls.
 //! - [`redirect`]: proxy assignment — the least-loaded nodes for 302 and bootstrap.
@@ -24,6 +25,7 @@ use crate::sip::uri::SipUri;
 pub(crate) mod auth;
 pub(crate) mod dialog;
 pub(crate) mod flow_token;
+pub(crate) mod gruu;
 pub(crate) mod location;
 pub mod policy;
 pub(crate) mod proxy;

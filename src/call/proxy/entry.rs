@@ -77,7 +77,13 @@ impl Proxy {
             if self.is_own_uri(&req.c.uri) {
                 return self.reject(&req, Fault::new(404, "Not Found"));
             }
-            single(req.c.uri.clone())
+            // A remote target that is a GRUU of the mesh reaches its phone wherever it is
+            // registered now (the node that carried the call may be gone).
+            match self.gruu_targets(&req.c.uri).await {
+                Some(Ok(t)) => t,
+                Some(Err(fault)) => return self.reject(&req, fault),
+                None => single(req.c.uri.clone()),
+            }
         } else if req.flow.mesh_node().is_some() {
             // An initial request another node passed on: the Request-URI is the contact.
             single(req.c.uri.clone())
@@ -300,14 +306,23 @@ impl Proxy {
                 self.authenticate_caller(req, caller).await?;
             }
         }
-        let Some(user) = ruri.canonical_user() else {
-            return Err(if matches!(c.method, Method::Other(_)) {
-                Fault::new(501, "Not Implemented")
-            } else {
-                Fault::new(404, "Not Found")
-            });
+        let mut targets = match crate::call::gruu::target(&self.ctx.secret, &ruri) {
+            // RFC 5627 §6: a GRUU reaches the bindings of its instance only.
+            Some(gruu) => {
+                let (aor, instance) = gruu?;
+                self.locate(&aor, Some(&instance)).await?
+            }
+            None => {
+                let Some(user) = ruri.canonical_user() else {
+                    return Err(if matches!(c.method, Method::Other(_)) {
+                        Fault::new(501, "Not Implemented")
+                    } else {
+                        Fault::new(404, "Not Found")
+                    });
+                };
+                self.locate(&user, None).await?
+            }
         };
-        let mut targets = self.locate(&user).await?;
         if ruri.secure {
             targets.retain(|t| match &t.dest {
                 Dest::Flow(Flow::Mesh {
@@ -323,10 +338,22 @@ impl Proxy {
         }
         let max = self.ctx.policy.config().max_branches.max(1);
         if targets.len() > max {
-            debug!(user, found = targets.len(), max, "branches capped");
+            debug!(uri = %c.uri, found = targets.len(), max, "branches capped");
             targets.truncate(max);
         }
         Ok(targets)
+    }
+
+    /// The targets of a Request-URI that is a GRUU of the mesh (`None`: it is not one).
+    async fn gruu_targets(&self, uri: &str) -> Option<Result<Vec<Target>, Fault>> {
+        let u = SipUri::parse(uri).ok()?;
+        if !self.ctx.is_mesh_domain(&u) {
+            return None;
+        }
+        Some(match crate::call::gruu::target(&self.ctx.secret, &u)? {
+            Ok((aor, instance)) => self.locate(&aor, Some(&instance)).await,
+            Err(fault) => Err(fault),
+        })
     }
 
     /// Challenge (407) or verify the caller of a request.

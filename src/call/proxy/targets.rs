@@ -158,11 +158,26 @@ impl Proxy {
         }
     }
 
-    /// The targets of an initial request: the callee's bindings, each through its owner node.
-    pub(super) async fn locate(&self, user: &str) -> Result<Vec<Target>, Fault> {
-        let bindings = location::lookup_near(&self.ctx.mesh, user)
+    /// The targets of an initial request: the callee's bindings, each through its owner node;
+    /// only those of one instance (a phone) when the request was for its GRUU.
+    pub(super) async fn locate(
+        &self,
+        user: &str,
+        instance: Option<&str>,
+    ) -> Result<Vec<Target>, Fault> {
+        let mut bindings = location::lookup_near(&self.ctx.mesh, user)
             .await
             .map_err(|_| Fault::new(500, "Location service unavailable"))?;
+        if let Some(id) = instance {
+            bindings.retain(|b| {
+                b.instance
+                    .as_deref()
+                    .is_some_and(|i| crate::call::gruu::instance_id(i) == id)
+            });
+            if bindings.is_empty() {
+                return Err(Fault::new(480, "Temporarily Unavailable"));
+            }
+        }
         if bindings.is_empty() {
             return Err(match self.ctx.users.get_cached(user).await {
                 Ok(Some(_)) => Fault::new(480, "Temporarily Unavailable"),

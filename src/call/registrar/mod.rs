@@ -64,7 +64,7 @@ fn too_many_contacts(max: usize) -> Fault {
 }
 
 /// Extensions the registrar supports (for Require).
-pub const SUPPORTED: &[&str] = &["path", "outbound"];
+pub const SUPPORTED: &[&str] = &["path", "outbound", "gruu"];
 
 /// The registrar of a node.
 pub struct Registrar {
@@ -451,9 +451,33 @@ impl Registrar {
         let mut r = ResponseBuilder::new(req, 200, "OK")
             .to_tag(&random_tag())
             .top_via(top_via.to_string());
+        // RFC 5627 §5: a phone that supports GRUU gets a public and a temporary GRUU for each
+        // binding with an instance id, in the domain of its To.
+        let gruu_domain = req
+            .values(&HeaderName::Supported)
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case("gruu"))
+            .then(|| {
+                let to = req.header(&HeaderName::To)?;
+                let uri = SipUri::parse(&NameAddr::parse(to, "To").ok()?.uri).ok()?;
+                Some(match uri.port {
+                    Some(p) => crate::sip::address::HostPort {
+                        host: uri.host.clone(),
+                        port: p,
+                    }
+                    .to_string(),
+                    None => uri.host.clone(),
+                })
+            })
+            .flatten();
         for b in &change.current {
             let mut v = format!("<{}>", b.contact);
             crate::sip::header::write_params(&mut v, &b.params);
+            if let (Some(domain), Some(instance)) = (&gruu_domain, &b.instance) {
+                let (public, temp) =
+                    crate::call::gruu::assign(&self.ctx.secret, aor, domain, instance);
+                v.push_str(&format!(";pub-gruu=\"{public}\";temp-gruu=\"{temp}\""));
+            }
             let expires_at = self.owned.expiry(aor, &b.key()).unwrap_or(b.expires_at_ms);
             v.push_str(&format!(
                 ";expires={}",
