@@ -95,6 +95,10 @@ pub struct NodeConfig {
     /// Timer C: how long a ringing INVITE branch waits for an answer before it is cancelled
     /// and the caller gets 408 (RFC 3261 §16.6 step 11: above 3 minutes; tests use less).
     pub timer_c: Duration,
+    /// The smallest session interval a call may ask for (RFC 4028 Min-SE, seconds): 90, the
+    /// RFC's floor; tests use less. A dialog not refreshed within its session interval is
+    /// forgotten, so a call whose parties died expires on time.
+    pub min_se: u64,
     /// The routing policy (domains, trunk, caps, challenged methods).
     pub policy: PolicyConfig,
     /// Rate limits and bans.
@@ -132,6 +136,7 @@ impl NodeConfig {
             dialog_grace: Duration::from_secs(30),
             dialog_write_after: crate::call::dialog::DEFAULT_WRITE_AFTER,
             timer_c: crate::sip::transaction::timers::C,
+            min_se: crate::call::dialog::MIN_SE,
             policy: PolicyConfig::default(),
             throttle: ThrottleConfig::default(),
             insecure_open_mesh: false,
@@ -383,6 +388,7 @@ impl Node {
             dialogs,
             ProxyConfig {
                 auth_invites: config.auth_invites,
+                min_se: config.min_se,
             },
         );
         if let Some(tls) = tls {

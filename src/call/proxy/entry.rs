@@ -47,11 +47,11 @@ impl Proxy {
             || req.c.method.as_str().eq_ignore_ascii_case("UPDATE")
         {
             if let Some(interval) = dialog::session_interval(&req.msg) {
-                if interval < dialog::MIN_SE {
+                if interval < self.config.min_se {
                     return self.reject(
                         &req,
                         Fault::new(422, "Session Interval Too Small")
-                            .with("Min-SE", dialog::MIN_SE.to_string()),
+                            .with("Min-SE", self.config.min_se.to_string()),
                     );
                 }
             }

@@ -61,6 +61,8 @@ pub(crate) const RELAY_TAG: &str = "z9hG4bKsmr";
 pub struct ProxyConfig {
     /// Whether initial INVITEs are challenged (407).
     pub auth_invites: bool,
+    /// The smallest session interval accepted (RFC 4028 Min-SE, seconds).
+    pub min_se: u64,
 }
 
 /// A request in the proxy's hands: the message, its checked headers, the flow it came on
