@@ -633,3 +633,54 @@ async fn a_phone_behind_a_nat_is_reached_where_it_registered_from() {
     })
     .await;
 }
+
+/// RFC 3327 and §16.6 step 7: a phone registered through an edge proxy (a trusted source,
+/// with Path) is reached through that proxy; and when its Path names a strict router (no
+/// `lr`), the proxy puts that URI in the Request-URI and the Request-URI (the phone's contact)
+/// in the last Route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_toward_a_strict_router_carries_its_request_uri_in_the_last_route() {
+    within(120, async {
+        let mesh = mesh_with_users(1, &[("olga", "pw"), ("pat", "pw")], |c| {
+            c.auth_invites = false;
+            c.throttle.trusted = vec!["127.0.0.7".parse().unwrap()];
+        })
+        .await;
+        let server = sip(&mesh, 0);
+        // The edge proxy at 127.0.0.7, relaying olga's REGISTER with its strict-router Path.
+        let mut edge = Client::udp_from("127.0.0.7", server).await;
+        let edge_uri = format!("sip:{}", edge.local());
+        let contact = "sip:olga@192.0.2.50:5070";
+        let mut reg = Register::new("olga", &format!("<{contact}>"));
+        reg.extra = format!(
+            "Supported: path\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch=z9hG4bKphone\r\nPath: <{edge_uri}>\r\n"
+        );
+        let ok = register(&mut edge, server, &mut reg, "pw").await;
+        assert_eq!(ok.status(), Some(200), "{:?}", ok.start);
+        assert_eq!(hvals(&ok, &HeaderName::Path), vec![format!("<{edge_uri}>")]);
+        // pat calls olga: the INVITE goes to the edge, strict-routed.
+        let mut pat = Ua::new("pat", server).await;
+        assert_eq!(pat.register("pw").await, 200);
+        let call_id = format!("{}@strict", token());
+        pat.send(&pat.invite("olga", &call_id, "pt", 1, None)).await;
+        let inv = loop {
+            let raw = edge.recv_raw(5000).await.expect("the INVITE reaches the edge proxy");
+            let m = Message::parse(&raw, false).unwrap();
+            if m.method().is_some_and(|x| x.as_str() == "INVITE") {
+                break m;
+            }
+        };
+        assert_eq!(inv.request_uri(), Some(edge_uri.as_str()));
+        let routes = hvals(&inv, &HeaderName::Route);
+        assert_eq!(
+            routes.last().map(|r| uri_of(r)),
+            Some(contact.to_string()),
+            "{routes:?}"
+        );
+        assert!(
+            !routes.iter().any(|r| uri_of(r) == edge_uri),
+            "the strict router's URI left the Route set: {routes:?}"
+        );
+    })
+    .await;
+}

@@ -381,14 +381,38 @@ impl Proxy {
             }
             top.push(format!("Record-Route: {}", self.own_entry(&req.flow)));
         }
-        for r in &t.routes {
+        // §16.6 step 7: toward a strict router (a first Route without `lr`), its URI becomes
+        // the Request-URI and the Request-URI the last Route.
+        let kept = msg.values(&HeaderName::Route);
+        let first_route = t
+            .routes
+            .first()
+            .map(String::as_str)
+            .or_else(|| kept.get(plan.pop).copied());
+        let strict = first_route
+            .and_then(name_addr_uri)
+            .filter(|u| SipUri::parse(u).is_ok_and(|p| p.param("lr").is_none()));
+        let mut drop_routes = plan.pop;
+        let mut routes = t.routes.iter();
+        if let Some(next) = &strict {
+            let old = t.uri.as_deref().unwrap_or(&c.uri);
+            e = e
+                .start_line(format!("{} {next} SIP/2.0", c.method))
+                .append(format!("Route: <{old}>"));
+            if t.routes.is_empty() {
+                drop_routes += 1;
+            } else {
+                routes.next();
+            }
+        }
+        for r in routes {
             top.push(format!("Route: {r}"));
         }
         for line in top {
             e = e.prepend(line);
         }
-        if plan.pop > 0 {
-            e = e.drop_first_values(&HeaderName::Route, "Route", plan.pop);
+        if drop_routes > 0 {
+            e = e.drop_first_values(&HeaderName::Route, "Route", drop_routes);
         }
         // Credentials for our realm were for this mesh (RFC 3261 §22.3): never passed on,
         // where the next hop could replay them.

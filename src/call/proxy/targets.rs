@@ -226,7 +226,9 @@ impl Proxy {
         } else {
             contact_addr(&b.contact)
         };
-        let use_flow = outbound || tcp || behind_nat(b, contact);
+        // A binding registered through an edge proxy (Path) is reached through that proxy, on
+        // the flow its REGISTER came in on (RFC 3327: the Path is the request's first hops).
+        let use_flow = outbound || tcp || !b.path.is_empty() || behind_nat(b, contact);
         let dest = if b.owner == self.node {
             if use_flow && self.ctx.transport.is_alive(&b.flow) {
                 Dest::Flow(b.flow.clone())
