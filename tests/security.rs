@@ -625,3 +625,108 @@ async fn a_ban_by_one_node_holds_on_every_node_and_lifts_everywhere() {
     })
     .await;
 }
+
+/// A trunk that record-routes (as SBCs do): the phone's in-dialog requests follow the route
+/// set through the node to the trunk (a foreign next hop allowed only because it is the
+/// operator's trunk, after this mesh's own signed entry); the same Route toward any other host
+/// is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_dialog_requests_reach_a_record_routing_trunk() {
+    within(120, async {
+        let sbc = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let tr = sbc.local_addr().unwrap();
+        let mesh = mesh_of(1, move |c| {
+            c.policy.trunk = Some(TrunkConfig {
+                uri: format!("sip:{tr}"),
+                prefixes: vec!["0049".into()],
+                calls_per_minute: 10,
+            });
+        })
+        .await;
+        let node = mesh.node(0).node().unwrap().sip_addr();
+        let mut alice = Ua::new("alice", node).await;
+        assert_eq!(alice.register("a-pw").await, 200);
+        let call_id = format!("{}@trunk", token());
+        let first = alice
+            .invite("004930123", &call_id, "at", 1, None)
+            .replacen(&format!("sip:004930123@{node}"), &format!("sip:004930123@{tr}"), 2);
+        alice.send(&first).await;
+        let ch = alice.wait_final("INVITE", 5000).await.expect("a challenge");
+        assert_eq!(ch.status(), Some(407));
+        let sent = Message::parse(first.as_bytes(), true).unwrap();
+        alice
+            .c
+            .send(&sipmesh::sip::request::ack_for(&sent, &ch))
+            .await;
+        let auth = digest(
+            &ch,
+            &HeaderName::Other("proxy-authenticate".into()),
+            "alice",
+            "a-pw",
+            "INVITE",
+            &format!("sip:004930123@{tr}"),
+            1,
+        );
+        let second = alice
+            .invite("004930123", &call_id, "at", 2, Some(&auth))
+            .replacen(&format!("sip:004930123@{node}"), &format!("sip:004930123@{tr}"), 2);
+        alice.send(&second).await;
+        // The SBC answers 200, adding its own Record-Route on top.
+        let mut buf = vec![0u8; 65536];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), sbc.recv_from(&mut buf))
+            .await
+            .expect("the trunk gets the call")
+            .unwrap();
+        let inv = Message::parse(&buf[..n], false).unwrap();
+        let mut ok = "SIP/2.0 200 OK\r\n".to_string();
+        for v in hvals(&inv, &HeaderName::Via) {
+            ok.push_str(&format!("Via: {v}\r\n"));
+        }
+        ok.push_str(&format!("Record-Route: <sip:{tr};lr>\r\n"));
+        for r in hvals(&inv, &HeaderName::RecordRoute) {
+            ok.push_str(&format!("Record-Route: {r}\r\n"));
+        }
+        ok.push_str(&format!(
+            "From: {}\r\nTo: {};tag=sbc\r\nCall-ID: {call_id}\r\nCSeq: 2 INVITE\r\nContact: <sip:gw@{tr}>\r\nContent-Length: 0\r\n\r\n",
+            inv.header(&HeaderName::From).unwrap(),
+            inv.header(&HeaderName::To).unwrap(),
+        ));
+        sbc.send_to(ok.as_bytes(), from).await.unwrap();
+        let answered = alice
+            .wait_response(200, "INVITE", 5000)
+            .await
+            .expect("answered");
+        let leg = CallerLeg::of_answer(&answered, &call_id);
+        assert_eq!(uri_of(leg.routes.last().unwrap()), format!("sip:{tr};lr"));
+        // The phone hangs up: the BYE reaches the trunk through the node.
+        alice.send(&leg.request(&alice, "BYE", 3)).await;
+        let bye = loop {
+            let (n, _) = tokio::time::timeout(Duration::from_secs(5), sbc.recv_from(&mut buf))
+                .await
+                .expect("the BYE reaches the trunk")
+                .unwrap();
+            let m = Message::parse(&buf[..n], false).unwrap();
+            if m.method().is_some_and(|x| x.as_str() == "BYE") {
+                break m;
+            }
+        };
+        assert_eq!(bye.request_uri(), Some(format!("sip:gw@{tr}").as_str()));
+        // The same signed entry followed by another host's Route: refused.
+        let mut evil = leg.routes.clone();
+        *evil.last_mut().unwrap() = "<sip:127.0.0.1:9;lr>".into();
+        let forged = CallerLeg {
+            routes: evil,
+            call_id: leg.call_id.clone(),
+            from: leg.from.clone(),
+            to: leg.to.clone(),
+            target: leg.target.clone(),
+        };
+        let r = alice
+            .c
+            .request(&forged.request(&alice, "BYE", 4))
+            .await
+            .expect("an answer");
+        assert_eq!(r.status(), Some(403), "{:?}", r.start);
+    })
+    .await;
+}

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::call::throttle::Windows;
 use crate::sip::message::Method;
+use crate::sip::uri::SipUri;
 use crate::sip::Fault;
 
 /// An outbound trunk configured by the operator: where calls to numbers outside the mesh go.
@@ -125,6 +126,22 @@ impl Policy {
         let t = self.config.trunk.as_ref()?;
         (*method == Method::Invite && t.prefixes.iter().any(|p| user.starts_with(p.as_str())))
             .then_some(t)
+    }
+
+    /// Whether `uri` names the trunk's host and port (a Record-Route entry the trunk added).
+    pub fn is_trunk_uri(&self, uri: &str) -> bool {
+        let Some(t) = &self.config.trunk else {
+            return false;
+        };
+        let (Ok(trunk), Ok(u)) = (SipUri::parse(&t.uri), SipUri::parse(uri)) else {
+            return false;
+        };
+        let port = |u: &SipUri| u.port.unwrap_or(if u.secure { 5061 } else { 5060 });
+        u.user.is_none()
+            && port(&u) == port(&trunk)
+            && u.host
+                .trim_matches(|c| c == '[' || c == ']')
+                .eq_ignore_ascii_case(trunk.host.trim_matches(|c| c == '[' || c == ']'))
     }
 
     /// Count a trunk call of `user` at `now`: Err(429-ish fault) above the per-user rate.

@@ -116,13 +116,16 @@ impl Proxy {
         if req.flow.mesh_node().is_some() {
             return Ok(());
         }
-        let foreign = matches!(
-            routed.next,
+        // A Route outside the mesh is refused, but for the operator's trunk after this mesh's
+        // own signed entries in a dialog (an SBC trunk that record-routes: the phone's BYE
+        // must reach it).
+        let foreign = match &routed.next {
             Some(Target {
-                dest: Dest::Uri(_),
+                dest: Dest::Uri(uri),
                 ..
-            })
-        );
+            }) => !(in_dialog && routed.signed && self.ctx.policy.is_trunk_uri(uri)),
+            _ => false,
+        };
         if foreign || (in_dialog && !routed.signed) {
             inc(&self.ctx.metrics.sip_not_relayed);
             debug!(
