@@ -8,6 +8,7 @@
 mod common;
 
 use common::*;
+use sipmesh::sip::message::HeaderName;
 
 /// Where the browser driver lives (its node_modules are installed by scripts/test.sh).
 fn driver_dir() -> std::path::PathBuf {
@@ -261,6 +262,92 @@ async fn two_browser_phones_call_each_other_across_the_mesh() {
                 "{f}"
             );
         }
+    })
+    .await;
+}
+
+/// A WebRTC-compatible SDP answer to a browser's offer (audio, PCMU, the offer's mid): enough
+/// for the browser to accept it; no media flows (the UDP phone here is a test phone).
+fn sdp_answer(offer: &str) -> String {
+    let mid = offer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=mid:"))
+        .unwrap_or("0")
+        .trim()
+        .to_string();
+    let fingerprint = (0..32)
+        .map(|i| format!("{:02X}", i * 7 % 256))
+        .collect::<Vec<_>>()
+        .join(":");
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE {mid}\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 127.0.0.1\r\na=mid:{mid}\r\na=ice-ufrag:sipm\r\na=ice-pwd:sipmeshsipmeshsipmeshsi\r\na=fingerprint:sha-256 {fingerprint}\r\na=setup:active\r\na=rtcp-mux\r\na=sendrecv\r\na=rtpmap:0 PCMU/8000\r\n"
+    )
+}
+
+/// A browser phone (WebSocket, node 0) calls a UDP phone registered at node 2: the UDP phone
+/// answers with SDP the browser accepts, the call is up on the page, and the UDP phone's BYE
+/// ends it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_phone_calls_a_udp_phone_across_the_mesh() {
+    within(240, async {
+        let mesh = mesh_with_users(3, PHONES, |c| {
+            c.sip_ws_listen = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await;
+        let http0 = mesh.node(0).node().unwrap().http_addr().unwrap();
+        let mut bob = Ua::new("bob", mesh.node(2).node().unwrap().sip_addr()).await;
+        assert_eq!(bob.register("b-pw").await, 200);
+        let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+        std::fs::create_dir_all(&shots).unwrap();
+        let driver = tokio::process::Command::new("node")
+            .current_dir(driver_dir())
+            .arg("phone_to_udp.mjs")
+            .arg(format!("http://{http0}/phone"))
+            .args(["alice", "a-pw", "bob"])
+            .arg(shots.join("phone-to-udp.png"))
+            .kill_on_drop(true)
+            .output();
+        let phone = async {
+            let inv = bob.wait_request("INVITE", 60_000).await.expect("the browser's INVITE");
+            let offer = String::from_utf8_lossy(inv.body()).to_string();
+            assert!(offer.contains("m=audio"), "{offer}");
+            let sdp = sdp_answer(&offer);
+            let ok = bob.answer(&inv, 200, "OK", "bob1").replacen(
+                "Content-Length: 0\r\n\r\n",
+                &format!(
+                    "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+                    sdp.len()
+                ),
+                1,
+            );
+            bob.send(&ok).await;
+            assert!(bob.wait_request("ACK", 10_000).await.is_some(), "the browser ACKs");
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            // Bob hangs up along his route set (the INVITE's Record-Route, in order).
+            let routes: String = hvals(&inv, &HeaderName::RecordRoute)
+                .iter()
+                .map(|r| format!("Route: {r}\r\n"))
+                .collect();
+            let bye = format!(
+                "BYE {} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK{};rport\r\nMax-Forwards: 70\r\n{routes}From: {};tag=bob1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+                uri_of(&hvals(&inv, &HeaderName::Contact)[0]),
+                bob.c.local(),
+                token(),
+                inv.header(&HeaderName::To).unwrap(),
+                inv.header(&HeaderName::From).unwrap(),
+                inv.header(&HeaderName::CallId).unwrap(),
+            );
+            bob.send(&bye).await;
+            bob.wait_response(200, "BYE", 10_000).await.is_some()
+        };
+        let (run, bye_ok) = tokio::join!(driver, phone);
+        let run = run.expect("node (Node.js) runs: scripts/test.sh installs it");
+        let page: serde_json::Value = serde_json::from_slice(run.stdout.trim_ascii())
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&run.stderr)));
+        assert!(page.get("error").is_none(), "{page:#}");
+        assert_eq!(page["up"]["call"], "confirmed", "{page:#}");
+        assert_eq!(page["ended"]["call"], "ended", "{page:#}");
+        assert!(bye_ok, "the browser answered the UDP phone's BYE");
     })
     .await;
 }
