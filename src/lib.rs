@@ -31,6 +31,7 @@ pub(crate) mod node;
 
 pub mod ops;
 
+pub use call::dialog::MIN_SE;
 pub use call::policy::{PolicyConfig, TrunkConfig};
 pub use call::throttle::ThrottleConfig;
 pub use error::{Error, Result};

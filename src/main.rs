@@ -250,6 +250,10 @@ struct NodeArgs {
     /// knows), SHA-256,MD5 (RFC 8760 clients pick SHA-256), or SHA-256 alone.
     #[arg(long = "digest-algorithms", value_name = "LIST")]
     digest_algorithms: Option<String>,
+    /// The smallest session interval a call may ask for, in seconds (RFC 4028 Min-SE; at
+    /// least 90, the default). A call not refreshed within its interval is forgotten.
+    #[arg(long = "min-se", value_name = "SECONDS")]
+    min_se: Option<u64>,
 }
 
 fn parse_sock(flag: &str, v: &str) -> Result<SocketAddr> {
@@ -314,6 +318,15 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
         args.digest_algorithms.as_deref(),
         &file,
     )?;
+    if let Some(se) = args.min_se.or(file.min_se) {
+        if se < sipmesh::MIN_SE {
+            bail!(
+                "--min-se {se}: RFC 4028 allows no Min-SE below {} seconds",
+                sipmesh::MIN_SE
+            );
+        }
+        c.min_se = se;
+    }
     let sip = args
         .sip_listen
         .or(file.sip_listen)

@@ -510,3 +510,58 @@ async fn dev_prints_how_to_connect_a_softphone() {
     })
     .await;
 }
+
+/// Mistakes in the TLS, WebSocket and session-timer flags stop the node with a one-line error
+/// naming the flag, before anything listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_and_session_timer_flags_fail_with_their_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_string_lossy().into_owned();
+    let base = [
+        "node",
+        "--data-dir",
+        data.as_str(),
+        "--sip-listen",
+        "127.0.0.1:0",
+        "--p2p-listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ];
+    let cert = dir.path().join("missing.pem");
+    let cert = cert.to_string_lossy();
+    for (extra, want) in [
+        (
+            vec!["--sip-tls-listen", "127.0.0.1:0"],
+            "--sip-tls-listen needs a certificate",
+        ),
+        (
+            vec!["--sip-wss-listen", "127.0.0.1:0"],
+            "--sip-wss-listen needs a certificate",
+        ),
+        (vec!["--tls-cert", &cert], "--tls-cert needs --tls-key"),
+        (
+            vec!["--sip-ws-listen", "nowhere"],
+            "--sip-ws-listen \"nowhere\" is not IP:PORT",
+        ),
+        (vec!["--min-se", "30"], "--min-se 30"),
+        (
+            vec![
+                "--sip-tls-listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &cert,
+            ],
+            "missing.pem",
+        ),
+    ] {
+        let mut args: Vec<&str> = base.to_vec();
+        args.extend(extra.iter().copied());
+        let (ok, _, err) = cli(&args).await;
+        assert!(!ok, "{args:?} must fail");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(err.starts_with("error:"), "{err}");
+    }
+}

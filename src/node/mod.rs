@@ -178,30 +178,33 @@ const SECRET_KEY: &[u8] = b"nonce_secret";
 /// How often the TLS certificate files are checked for a change.
 const TLS_RELOAD_EVERY: Duration = Duration::from_secs(2);
 
-/// Start the TLS, WS and WSS listeners the configuration asks for; the node's TLS, if any.
+/// The node's certificate, loaded before anything listens (an error names the file).
+fn load_tls(config: &NodeConfig) -> Result<Option<Arc<crate::sip::tls::Tls>>> {
+    let needs_tls = config.sip_tls_listen.is_some() || config.sip_wss_listen.is_some();
+    match (&config.tls, needs_tls) {
+        (Some(files), _) => Ok(Some(Arc::new(
+            crate::sip::tls::Tls::load(files.clone()).map_err(|e| Error::Config(e.to_string()))?,
+        ))),
+        (None, true) => Err(Error::Config(
+            "--sip-tls-listen and --sip-wss-listen need a certificate: --tls-cert FILE \
+             --tls-key FILE"
+                .into(),
+        )),
+        (None, false) => Ok(None),
+    }
+}
+
+/// Start the TLS, WS and WSS listeners the configuration asks for.
 async fn listen_streams(
     config: &NodeConfig,
     transport: &Arc<Transport>,
-) -> Result<Option<Arc<crate::sip::tls::Tls>>> {
-    let needs_tls = config.sip_tls_listen.is_some() || config.sip_wss_listen.is_some();
-    let tls = match (&config.tls, needs_tls) {
-        (Some(files), _) => Some(Arc::new(
-            crate::sip::tls::Tls::load(files.clone()).map_err(|e| Error::Config(e.to_string()))?,
-        )),
-        (None, true) => {
-            return Err(Error::Config(
-                "--sip-tls-listen and --sip-wss-listen need a certificate: --tls-cert FILE \
-                 --tls-key FILE"
-                    .into(),
-            ))
-        }
-        (None, false) => None,
-    };
+    tls: &Option<Arc<crate::sip::tls::Tls>>,
+) -> Result<()> {
     let io = |flag: &str, addr: SocketAddr| {
         let what = format!("cannot listen for SIP on {addr} ({flag})");
         move |source| Error::Io { what, source }
     };
-    if let (Some(addr), Some(tls)) = (config.sip_tls_listen, &tls) {
+    if let (Some(addr), Some(tls)) = (config.sip_tls_listen, tls) {
         transport
             .listen_tls(addr, tls.clone())
             .await
@@ -213,13 +216,13 @@ async fn listen_streams(
             .await
             .map_err(io("--sip-ws-listen", addr))?;
     }
-    if let (Some(addr), Some(tls)) = (config.sip_wss_listen, &tls) {
+    if let (Some(addr), Some(tls)) = (config.sip_wss_listen, tls) {
         transport
             .listen_ws(addr, Some(tls.clone()))
             .await
             .map_err(io("--sip-wss-listen", addr))?;
     }
-    Ok(tls)
+    Ok(())
 }
 /// How often the mesh-wide nonce secret is re-read (concurrent first starts converge on one).
 const SECRET_REFRESH: Duration = Duration::from_secs(10);
@@ -310,6 +313,7 @@ impl Node {
             what: format!("cannot create data dir {}", config.data_dir.display()),
             source,
         })?;
+        let tls = load_tls(&config)?;
         let keyspace = open_keyspace(&config).await?;
         let metrics = Arc::new(Metrics::default());
         let transport = Transport::bind(config.sip_listen, config.limits.clone(), metrics.clone())
@@ -321,7 +325,7 @@ impl Node {
         let sip_addr = transport.local_addr();
         let (mut names, mesh_sip) =
             OwnNames::for_node(sip_addr, config.sip_advertise.as_deref()).map_err(Error::Config)?;
-        let tls = listen_streams(&config, &transport).await?;
+        listen_streams(&config, &transport, &tls).await?;
         let mut mesh_config = config.mesh.clone();
         for (kind, addr) in [
             (StreamKind::Tls, transport.listeners().tls),

@@ -68,6 +68,8 @@ pub struct FileConfig {
     pub max_branches: Option<usize>,
     /// Digest algorithms offered, in order: `"MD5"` (default), `"SHA-256,MD5"`, `"SHA-256"`.
     pub digest_algorithms: Option<String>,
+    /// `--min-se`: the smallest session interval accepted (seconds, at least 90).
+    pub min_se: Option<u64>,
     /// Requests per source per `rate_window_secs` (default 16; 0: off).
     pub rate_limit: Option<u32>,
     /// The request-rate window (default 2 s).
