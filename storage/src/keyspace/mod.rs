@@ -53,6 +53,8 @@ pub struct KeyspaceConfig {
     pub tombstone_grace_ms: u64,
     /// The most hints kept; beyond that the oldest are dropped (and counted).
     pub max_hints: usize,
+    /// The most bytes of hints kept (encoded mutations); beyond that the oldest are dropped.
+    pub max_hint_bytes: u64,
     /// The sync policy for the sled engine.
     pub sync: SyncPolicy,
 }
@@ -62,6 +64,7 @@ impl Default for KeyspaceConfig {
         KeyspaceConfig {
             tombstone_grace_ms: 60 * 60 * 1_000,
             max_hints: 100_000,
+            max_hint_bytes: 64 * 1024 * 1024,
             sync: SyncPolicy::default(),
         }
     }
@@ -185,7 +188,7 @@ impl Keyspace {
                 store_engine.flush()
             })),
         );
-        let hints = Hints::open(engine.as_ref(), config.max_hints)?;
+        let hints = Hints::open(engine.as_ref(), config.max_hints, config.max_hint_bytes)?;
         let ks = Keyspace {
             inner: Arc::new(Inner {
                 engine,
