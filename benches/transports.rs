@@ -38,14 +38,6 @@ fn cpu_us(pid: u32) -> f64 {
     ticks * 10_000.0
 }
 
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The node process, stopped (by PID) when dropped.
 struct NodeProcess {
     child: Child,
@@ -69,7 +61,7 @@ async fn start_node(cert: &sipmesh::sip::tls::TlsFiles) -> NodeProcess {
     let dir = tempfile::tempdir().unwrap();
     let token = "bench-token-0123456789".to_string();
     let sip_port = free_port();
-    let [tls, ws, wss, http] = [(); 4].map(|_| free_tcp_port());
+    let [tls, ws, wss, http] = [(); 4].map(|_| free_port());
     let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
     let child = Command::new(env!("CARGO_BIN_EXE_sipmesh"))
         .arg("node")

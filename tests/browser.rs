@@ -15,6 +15,32 @@ fn driver_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
 }
 
+/// Where screenshots go (created).
+fn screenshots() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Run a browser driver script with `args`: the JSON object it prints.
+async fn drive(script: &str, args: &[String]) -> serde_json::Value {
+    let run = tokio::process::Command::new("node")
+        .current_dir(driver_dir())
+        .arg(script)
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("node (Node.js) runs: scripts/test.sh installs it");
+    assert!(
+        run.status.success(),
+        "the browser driver failed: {}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    serde_json::from_slice(run.stdout.trim_ascii()).expect("the driver prints JSON")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_page_matches_status_and_acts_only_with_the_token() {
     within(240, async {
@@ -52,30 +78,19 @@ async fn live_page_matches_status_and_acts_only_with_the_token() {
         })
         .await;
 
-        let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
-        std::fs::create_dir_all(&shot).unwrap();
-        let shot = shot.join("mesh-page.png");
+        let shot = screenshots().join("mesh-page.png");
         let _ = std::fs::remove_file(&shot);
-        let run = tokio::process::Command::new("node")
-            .current_dir(driver_dir())
-            .arg("mesh_page.mjs")
-            .arg(format!("http://{http}/"))
-            .arg(&shot)
-            .arg("alice")
-            .arg(&admin)
-            .arg("127.0.0.9")
-            .kill_on_drop(true)
-            .output()
-            .await
-            .expect("node (Node.js) runs: scripts/test.sh installs it");
-        assert!(
-            run.status.success(),
-            "the browser driver failed: {}\n{}",
-            String::from_utf8_lossy(&run.stdout),
-            String::from_utf8_lossy(&run.stderr)
-        );
-        let page: serde_json::Value =
-            serde_json::from_slice(run.stdout.trim_ascii()).expect("the driver prints JSON");
+        let page = drive(
+            "mesh_page.mjs",
+            &[
+                format!("http://{http}/"),
+                shot.to_string_lossy().into_owned(),
+                "alice".into(),
+                admin.clone(),
+                "127.0.0.9".into(),
+            ],
+        )
+        .await;
         let (_, status) = http_get(format!("http://{http}/v1/status")).await;
 
         let shown = &page["read_only"];
@@ -156,16 +171,9 @@ async fn live_page_matches_status_and_acts_only_with_the_token() {
 
 /// A counter of `/metrics` with these labels (0 when absent).
 async fn metric(http: std::net::SocketAddr, family: &str, labels: &str) -> u64 {
-    let url = format!("http://{http}/metrics");
-    let text = tokio::task::spawn_blocking(move || {
-        ureq::get(&url)
-            .call()
-            .map(|r| r.into_string().unwrap_or_default())
-            .unwrap_or_default()
-    })
-    .await
-    .unwrap();
-    text.lines()
+    metrics_text(http)
+        .await
+        .lines()
         .filter(|l| l.starts_with(family) && l.contains(labels))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as u64)
@@ -185,27 +193,20 @@ async fn two_browser_phones_call_each_other_across_the_mesh() {
         })
         .await;
         let http = |i: usize| mesh.node(i).node().unwrap().http_addr().unwrap();
-        let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
-        std::fs::create_dir_all(&shots).unwrap();
-        let run = tokio::process::Command::new("node")
-            .current_dir(driver_dir())
-            .arg("phone_call.mjs")
-            .arg(format!("http://{}/phone?user=alice", http(0)))
-            .arg(format!("http://{}/phone?user=bob", http(2)))
-            .args(["alice", "a-pw", "bob", "b-pw"])
-            .arg(&shots)
-            .kill_on_drop(true)
-            .output()
-            .await
-            .expect("node (Node.js) runs: scripts/test.sh installs it");
-        assert!(
-            run.status.success(),
-            "the browser driver failed: {}\n{}",
-            String::from_utf8_lossy(&run.stdout),
-            String::from_utf8_lossy(&run.stderr)
-        );
-        let page: serde_json::Value =
-            serde_json::from_slice(run.stdout.trim_ascii()).expect("the driver prints JSON");
+        let shots = screenshots();
+        let page = drive(
+            "phone_call.mjs",
+            &[
+                format!("http://{}/phone?user=alice", http(0)),
+                format!("http://{}/phone?user=bob", http(2)),
+                "alice".into(),
+                "a-pw".into(),
+                "bob".into(),
+                "b-pw".into(),
+                shots.to_string_lossy().into_owned(),
+            ],
+        )
+        .await;
         assert!(page.get("error").is_none(), "{page:#}");
         // Audio flows both ways (Chromium's fake microphone, ICE on loopback).
         for side in ["caller", "callee"] {
@@ -297,16 +298,17 @@ async fn a_browser_phone_calls_a_udp_phone_across_the_mesh() {
         let http0 = mesh.node(0).node().unwrap().http_addr().unwrap();
         let mut bob = Ua::new("bob", mesh.node(2).node().unwrap().sip_addr()).await;
         assert_eq!(bob.register("b-pw").await, 200);
-        let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
-        std::fs::create_dir_all(&shots).unwrap();
-        let driver = tokio::process::Command::new("node")
-            .current_dir(driver_dir())
-            .arg("phone_to_udp.mjs")
-            .arg(format!("http://{http0}/phone"))
-            .args(["alice", "a-pw", "bob"])
-            .arg(shots.join("phone-to-udp.png"))
-            .kill_on_drop(true)
-            .output();
+        let args = [
+            format!("http://{http0}/phone"),
+            "alice".into(),
+            "a-pw".into(),
+            "bob".into(),
+            screenshots()
+                .join("phone-to-udp.png")
+                .to_string_lossy()
+                .into_owned(),
+        ];
+        let driver = drive("phone_to_udp.mjs", &args);
         let phone = async {
             let inv = bob.wait_request("INVITE", 60_000).await.expect("the browser's INVITE");
             let offer = String::from_utf8_lossy(inv.body()).to_string();
@@ -340,10 +342,7 @@ async fn a_browser_phone_calls_a_udp_phone_across_the_mesh() {
             bob.send(&bye).await;
             bob.wait_response(200, "BYE", 10_000).await.is_some()
         };
-        let (run, bye_ok) = tokio::join!(driver, phone);
-        let run = run.expect("node (Node.js) runs: scripts/test.sh installs it");
-        let page: serde_json::Value = serde_json::from_slice(run.stdout.trim_ascii())
-            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&run.stderr)));
+        let (page, bye_ok) = tokio::join!(driver, phone);
         assert!(page.get("error").is_none(), "{page:#}");
         assert_eq!(page["up"]["call"], "confirmed", "{page:#}");
         assert_eq!(page["ended"]["call"], "ended", "{page:#}");

@@ -56,11 +56,7 @@ fn request(method: &str, ruri: &str, c: &Client, from: &str, to: &str, extra: &s
 }
 
 async fn metric(http: SocketAddr, name: &str) -> u64 {
-    let url = format!("http://{http}/metrics");
-    let text =
-        tokio::task::spawn_blocking(move || ureq::get(&url).call().unwrap().into_string().unwrap())
-            .await
-            .unwrap();
+    let text = metrics_text(http).await;
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("sipmesh_{name}_total ")))
         .and_then(|v| v.trim().parse().ok())

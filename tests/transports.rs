@@ -379,7 +379,7 @@ async fn bad_tls_and_websocket_clients_are_refused_and_the_node_keeps_serving() 
         assert_eq!(bob.register("bob-pw").await, 200);
         // And the metrics are exposed.
         let http = n.http_addr().unwrap();
-        let text = reqwest_text(format!("http://{http}/metrics")).await;
+        let text = metrics_text(http).await;
         for name in [
             "sipmesh_sip_tls_handshake_failures_total",
             "sipmesh_sip_ws_refused_total",
@@ -389,18 +389,6 @@ async fn bad_tls_and_websocket_clients_are_refused_and_the_node_keeps_serving() 
         }
     })
     .await;
-}
-
-/// The body of a GET.
-async fn reqwest_text(url: String) -> String {
-    tokio::task::spawn_blocking(move || {
-        ureq::get(&url)
-            .call()
-            .map(|r| r.into_string().unwrap_or_default())
-            .unwrap_or_default()
-    })
-    .await
-    .unwrap()
 }
 
 /// A JsSIP user agent in Node.js (tests/browser/node_call.mjs) registers over WSS at node 0

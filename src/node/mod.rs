@@ -327,10 +327,11 @@ impl Node {
             OwnNames::for_node(sip_addr, config.sip_advertise.as_deref()).map_err(Error::Config)?;
         listen_streams(&config, &transport, &tls).await?;
         let mut mesh_config = config.mesh.clone();
+        let listeners = transport.listeners();
         for (kind, addr) in [
-            (StreamKind::Tls, transport.listeners().tls),
-            (StreamKind::Ws, transport.listeners().ws),
-            (StreamKind::Wss, transport.listeners().wss),
+            (StreamKind::Tls, listeners.tls),
+            (StreamKind::Ws, listeners.ws),
+            (StreamKind::Wss, listeners.wss),
         ] {
             if let Some(addr) = addr {
                 names = names.with_listener(kind, addr.port());

@@ -344,14 +344,22 @@ impl Transport {
         let tls = self.tls.get().ok_or(SendError::Closed)?.clone();
         let name = crate::sip::tls::server_name(host).ok_or(SendError::Closed)?;
         let (stream, permit) = self.connect(peer).await?;
-        let secured = tokio::time::timeout(
+        let handshake = tokio::time::timeout(
             self.limits.handshake_timeout,
             tls.connector().connect(name, stream),
         )
-        .await
-        .map_err(|_| timed_out("TLS handshake timed out"))
-        .inspect_err(|_| inc(&self.metrics.sip_tls_handshake_failures))?
-        .inspect_err(|_| inc(&self.metrics.sip_tls_handshake_failures))?;
+        .await;
+        let secured = match handshake {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                inc(&self.metrics.sip_tls_handshake_failures);
+                return Err(e.into());
+            }
+            Err(_) => {
+                inc(&self.metrics.sip_tls_handshake_failures);
+                return Err(timed_out("TLS handshake timed out"));
+            }
+        };
         inc(&self.metrics.sip_tls_connections);
         Ok(self
             .clone()
@@ -410,17 +418,24 @@ impl Transport {
         flow
     }
 
-    fn forget(&self, flow: &Flow) {
+    /// Stop offering a connection for reuse (its peer may open another).
+    fn unindex(&self, flow: &Flow) {
         if let Some((conn, peer)) = flow.conn() {
+            let key = (flow.stream_kind(), peer);
+            let mut by_peer = self.by_peer.lock().unwrap_or_else(|p| p.into_inner());
+            if by_peer.get(&key) == Some(&conn) {
+                by_peer.remove(&key);
+            }
+        }
+    }
+
+    fn forget(&self, flow: &Flow) {
+        if let Some((conn, _)) = flow.conn() {
             self.conns
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&conn);
-            let kind = flow.stream_kind();
-            let mut by_peer = self.by_peer.lock().unwrap_or_else(|p| p.into_inner());
-            if by_peer.get(&(kind, peer)) == Some(&conn) {
-                by_peer.remove(&(kind, peer));
-            }
+            self.unindex(flow);
         }
     }
 
@@ -672,26 +687,21 @@ async fn handshake(
     let Some(tls) = t.tls.get() else {
         return;
     };
-    let secured = match tokio::time::timeout_at(deadline, tls.acceptor().accept(stream)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            debug!(%peer, error = %e, "TLS handshake failed");
-            inc(&t.metrics.sip_tls_handshake_failures);
-            return;
+    let failure = match tokio::time::timeout_at(deadline, tls.acceptor().accept(stream)).await {
+        Ok(Ok(secured)) => {
+            inc(&t.metrics.sip_tls_connections);
+            return match kind {
+                StreamKind::Wss => websocket(t, secured, peer, permit, kind, deadline).await,
+                _ => {
+                    t.adopt(secured, peer, permit, Some(kind));
+                }
+            };
         }
-        Err(_) => {
-            debug!(%peer, "TLS handshake timed out");
-            inc(&t.metrics.sip_tls_handshake_failures);
-            return;
-        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_string(),
     };
-    inc(&t.metrics.sip_tls_connections);
-    match kind {
-        StreamKind::Wss => websocket(t, secured, peer, permit, kind, deadline).await,
-        _ => {
-            t.adopt(secured, peer, permit, Some(kind));
-        }
-    }
+    debug!(%peer, error = %failure, "TLS handshake failed");
+    inc(&t.metrics.sip_tls_handshake_failures);
 }
 
 /// Bytes a WebSocket connection reads at a time (a few SIP messages).
@@ -992,13 +1002,7 @@ async fn finish(
     timed_out: bool,
 ) {
     closing.store(true, Ordering::Relaxed);
-    if let Some((conn, peer)) = flow.conn() {
-        let kind = flow.stream_kind();
-        let mut by_peer = t.by_peer.lock().unwrap_or_else(|p| p.into_inner());
-        if by_peer.get(&(kind, peer)) == Some(&conn) {
-            by_peer.remove(&(kind, peer));
-        }
-    }
+    t.unindex(&flow);
     if !timed_out {
         tokio::time::sleep(CLOSE_LINGER).await;
     }

@@ -5,16 +5,10 @@
 //   USER       a user to locate on the ring
 //   TOKEN      the admin token, typed into the page after the read-only checks
 //   BANNED_IP  a banned source whose ban the page lifts in admin mode
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [url, screenshot, user, token, banned] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.SIPMESH_CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launch();
 const out = {};
 try {
   const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });

@@ -5,19 +5,10 @@
 // page showed at each step.
 //
 // usage: node phone_call.mjs CALLER_PAGE CALLEE_PAGE CALLER_USER CALLER_PW CALLEE_USER CALLEE_PW SHOT_DIR
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [callerUrl, calleeUrl, cu, cp, eu, ep, shots] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.SIPMESH_CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--autoplay-policy=no-user-gesture-required",
-  ],
-});
+const browser = await launch({ fakeMedia: true });
 const out = { steps: [] };
 const state = (page) => page.evaluate(() => ({
   reg: document.getElementById("reg-state").dataset.state,

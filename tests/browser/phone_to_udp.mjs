@@ -3,17 +3,10 @@
 // Prints one JSON object: the page's states.
 //
 // usage: node phone_to_udp.mjs PAGE USER PASSWORD CALLEE SHOT.png
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [url, user, pw, callee, shot] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.SIPMESH_CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-  ],
-});
+const browser = await launch({ fakeMedia: true });
 const out = {};
 const state = (page) => page.evaluate(() => ({
   reg: document.getElementById("reg-state").dataset.state,

@@ -113,6 +113,19 @@ where
     }
 }
 
+/// The text of a node's `/metrics`.
+pub async fn metrics_text(http: SocketAddr) -> String {
+    let url = format!("http://{http}/metrics");
+    tokio::task::spawn_blocking(move || {
+        ureq::get(&url)
+            .call()
+            .map(|r| r.into_string().unwrap_or_default())
+            .unwrap_or_default()
+    })
+    .await
+    .unwrap()
+}
+
 /// Wait (up to 30 s) until a node process answers `GET url` (its admin API is up).
 pub async fn wait_answering(url: String) {
     eventually(30, "the node answers", || {

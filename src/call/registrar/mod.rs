@@ -262,7 +262,7 @@ impl Registrar {
             inc(&self.ctx.metrics.registrar_refreshes_unwritten);
         }
         inc(&self.ctx.metrics.registrar_ok);
-        Ok(self.answer(req, top_via, &aor, &change))
+        Ok(self.answer(req, top_via, &aor, &c.to.uri, &change))
     }
 
     /// The Contacts of the request, checked (before the keyspace is touched).
@@ -446,7 +446,14 @@ impl Registrar {
 
     /// The 200 OK listing every current binding with its expiry (RFC 3261 §10.3 step 8).
     /// This node's bindings show the phone's own expiry; others' their lease.
-    fn answer(&self, req: &Message, top_via: &str, aor: &str, change: &Change) -> Vec<u8> {
+    fn answer(
+        &self,
+        req: &Message,
+        top_via: &str,
+        aor: &str,
+        to_uri: &str,
+        change: &Change,
+    ) -> Vec<u8> {
         let now = self.ctx.mesh.keyspace().wall_ms();
         let mut r = ResponseBuilder::new(req, 200, "OK")
             .to_tag(&random_tag())
@@ -458,8 +465,7 @@ impl Registrar {
             .iter()
             .any(|s| s.eq_ignore_ascii_case("gruu"))
             .then(|| {
-                let to = req.header(&HeaderName::To)?;
-                let uri = SipUri::parse(&NameAddr::parse(to, "To").ok()?.uri).ok()?;
+                let uri = SipUri::parse(to_uri).ok()?;
                 Some(match uri.port {
                     Some(p) => crate::sip::address::HostPort {
                         host: uri.host.clone(),
