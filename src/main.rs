@@ -119,6 +119,48 @@ enum MeshCommand {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Generate the mesh's enrollment key (signs credentials and revocations). Keep it off the
+    /// nodes, with the operators; print its public key with `mesh invite`.
+    EnrollmentKeygen {
+        /// Write it here (owner-only permissions; refuses to overwrite).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Print a node's peer id (creating its node key in DATA_DIR if it has none yet), to invite it.
+    Id {
+        /// The node's data directory.
+        #[arg(long, env = "SIPMESH_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Issue a node's membership credential (its join token), for `sipmesh node --credential`.
+    Invite {
+        /// The node's peer id (`sipmesh mesh id`).
+        peer_id: String,
+        /// The enrollment key file (`sipmesh mesh enrollment-keygen`).
+        #[arg(long, value_name = "FILE")]
+        enrollment_key: PathBuf,
+        /// Its roles: edge (a SIP node writing only its own rows), or edge,admin (its admin API
+        /// may also change users).
+        #[arg(long, default_value = "edge")]
+        roles: String,
+        /// Days until it expires.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+        /// Write it to this file (else print it).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Revoke a member, mesh-wide: every node disconnects it for good.
+    Revoke {
+        /// The member's peer id.
+        peer_id: String,
+        /// The enrollment key file.
+        #[arg(long, value_name = "FILE")]
+        enrollment_key: PathBuf,
+        /// The admin URL of any node of the mesh (it stores the revocation at QUORUM).
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "SIPMESH_NODE")]
+        node: String,
+    },
     /// Decommission the node: it hands every replica over, leaves the ring and stops.
     Decommission {
         /// Longest the handover may take, in seconds.
@@ -236,6 +278,11 @@ struct NodeArgs {
     /// Bearer token of the admin API (default: generated into DATA_DIR/admin-token).
     #[arg(long, env = "SIPMESH_ADMIN_TOKEN")]
     admin_token: Option<String>,
+    /// This node's membership credential (`sipmesh mesh invite`); default DATA_DIR/member.cred
+    /// when that file exists. With it, only nodes holding credentials of the same enrollment
+    /// key are members.
+    #[arg(long, env = "SIPMESH_CREDENTIAL", value_name = "FILE")]
+    credential: Option<PathBuf>,
     /// Let a node whose p2p listener is beyond loopback run without --mesh-key (anyone who can
     /// reach it can join, read and write the keyspace). Warns at every start.
     #[arg(long)]
@@ -403,6 +450,15 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
     }
     if let Some(k) = args.mesh_key.or(file.mesh_key) {
         c.mesh.mesh_key = Some(sipmesh_net::MeshConfig::read_mesh_key(&k).context("--mesh-key")?);
+    }
+    let default_credential = c.data_dir.join("member.cred");
+    let credential = args
+        .credential
+        .or(file.credential)
+        .or_else(|| default_credential.exists().then_some(default_credential));
+    if let Some(path) = credential {
+        let cred = sipmesh::ops::enrollment::read_credential(&path).context("--credential")?;
+        c.mesh.enrollment = Some(sipmesh_net::Enrollment::Credential(cred));
     }
     c.insecure_open_mesh = args.insecure_open_mesh || file.insecure_open_mesh.unwrap_or(false);
     c.admin_token = args.admin_token.or(file.admin_token);
@@ -992,6 +1048,12 @@ fn encode_path(s: &str) -> String {
     out
 }
 
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn mesh_command(cmd: MeshCommand, token: Option<&str>) -> Result<()> {
     match cmd {
         MeshCommand::Keygen { out } => {
@@ -1012,6 +1074,72 @@ fn mesh_command(cmd: MeshCommand, token: Option<&str>) -> Result<()> {
                 out.display(),
                 out.display()
             );
+        }
+        MeshCommand::EnrollmentKeygen { out } => {
+            let key = sipmesh_net::EnrollmentKey::generate();
+            sipmesh::ops::enrollment::write_enrollment_key(&out, &key)?;
+            println!(
+                "wrote the enrollment key to {} (public key {}): keep it with the operators, \
+                 off the nodes; `sipmesh mesh invite PEER_ID --enrollment-key {}` admits a node",
+                out.display(),
+                sipmesh::ops::enrollment::public_text(&key.public()),
+                out.display()
+            );
+        }
+        MeshCommand::Id { data_dir } => {
+            let key = sipmesh_net::load_or_create_key(&data_dir)?;
+            println!("{}", key.public().to_peer_id());
+        }
+        MeshCommand::Invite {
+            peer_id,
+            enrollment_key,
+            roles,
+            days,
+            out,
+        } => {
+            let peer: sipmesh_net::PeerId = peer_id
+                .parse()
+                .map_err(|_| anyhow!("{peer_id:?} is not a peer id (see `sipmesh mesh id`)"))?;
+            let roles = sipmesh_net::Roles::parse(&roles).map_err(|e| anyhow!("--roles: {e}"))?;
+            if days == 0 || days > 3650 {
+                bail!("--days must be between 1 and 3650");
+            }
+            let key = sipmesh::ops::enrollment::read_enrollment_key(&enrollment_key)
+                .context("--enrollment-key")?;
+            let now = wall_ms();
+            let cred = key.issue(&peer, roles, now, now + days * 86_400_000);
+            match out {
+                Some(path) => {
+                    sipmesh::ops::enrollment::write_credential(&path, &cred)?;
+                    println!(
+                        "wrote {peer}'s credential ({roles}, {days} days) to {}: put it in the \
+                         node's data dir as member.cred, or pass --credential {}",
+                        path.display(),
+                        path.display()
+                    );
+                }
+                None => println!("{}", sipmesh::ops::enrollment::credential_text(&cred)),
+            }
+        }
+        MeshCommand::Revoke {
+            peer_id,
+            enrollment_key,
+            node,
+        } => {
+            let peer: sipmesh_net::PeerId = peer_id
+                .parse()
+                .map_err(|_| anyhow!("{peer_id:?} is not a peer id"))?;
+            let key = sipmesh::ops::enrollment::read_enrollment_key(&enrollment_key)
+                .context("--enrollment-key")?;
+            let revocation = key.revoke(&peer, wall_ms());
+            call(
+                agent().post(&format!("{node}/v1/mesh/revocations")),
+                token,
+                Some(serde_json::json!({
+                    "revocation": sipmesh::ops::enrollment::revocation_text(&revocation)
+                })),
+            )?;
+            println!("revoked {peer}: every node disconnects it within a few seconds");
         }
         MeshCommand::Remove {
             peer_id,

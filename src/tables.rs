@@ -23,6 +23,10 @@ pub const DIALOGS_OF_NODE: TableId = 8;
 /// are few and short-lived.
 pub const BANS: TableId = 9;
 
+/// `revocations (scope, peer_id)`: members shut out of the mesh, each row a revocation signed
+/// by the enrollment key (checked by every reader; `node::revocations`). One partition.
+pub const REVOCATIONS: TableId = 10;
+
 /// Every table of the keyspace.
 pub fn all() -> Vec<TableSchema> {
     vec![
@@ -57,5 +61,7 @@ pub fn all() -> Vec<TableSchema> {
         .clustered("dialog_id", ClusteringOrder::Asc),
         TableSchema::new(BANS, "bans", "scope", &["reason", "by"])
             .clustered("source", ClusteringOrder::Asc),
+        TableSchema::new(REVOCATIONS, "revocations", "scope", &["revocation"])
+            .clustered("peer_id", ClusteringOrder::Asc),
     ]
 }

@@ -524,6 +524,151 @@ async fn mesh_admission_and_the_generated_admin_token() {
             "{err}"
         );
 
+        // Signed enrollment with the CLI: a mesh key alone is not enough beyond loopback; an
+        // enrollment key, the node's peer id and its invitation are.
+        let sipmesh = |args: &[&str]| {
+            let out = std::process::Command::new(bin)
+                .args(args)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .env_remove("SIPMESH_ADMIN_TOKEN")
+                .env_remove("SIPMESH_DATA_DIR")
+                .output()
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        };
+        let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+        assert!(sipmesh(&["mesh", "keygen", "--out", &path("mesh.key")]).0);
+        let (ok, said, _) = sipmesh(&["mesh", "enrollment-keygen", "--out", &path("enroll.key")]);
+        assert!(ok && said.contains("public key"), "{said}");
+        let (ok, _, err) = sipmesh(&["mesh", "enrollment-keygen", "--out", &path("enroll.key")]);
+        assert!(!ok && err.contains("not overwriting"), "{err}");
+        let open_node = |data: &str, extra: &[&str]| {
+            let mut args = vec![
+                "node",
+                "--data-dir",
+                data,
+                "--sip-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--p2p-listen",
+                "/ip4/0.0.0.0/tcp/0",
+            ];
+            args.extend_from_slice(extra);
+            sipmesh(&args)
+        };
+        let keyed = path("keyed");
+        let mesh_key = path("mesh.key");
+        let (ok, _, err) = open_node(&keyed, &["--mesh-key", &mesh_key]);
+        assert!(
+            !ok && err.contains("--credential") && err.contains("invite"),
+            "a mesh key alone must not do beyond loopback: {err}"
+        );
+        let (ok, peer, err) = sipmesh(&["mesh", "id", "--data-dir", &keyed]);
+        assert!(ok && peer.starts_with("12D3"), "{peer} {err}");
+        let (ok, _, err) = sipmesh(&[
+            "mesh",
+            "invite",
+            &peer,
+            "--enrollment-key",
+            &path("enroll.key"),
+            "--roles",
+            "root",
+        ]);
+        assert!(!ok && err.contains("--roles"), "{err}");
+        let cred = format!("{keyed}/member.cred");
+        let (ok, said, err) = sipmesh(&[
+            "mesh",
+            "invite",
+            &peer,
+            "--enrollment-key",
+            &path("enroll.key"),
+            "--roles",
+            "edge,admin",
+            "--out",
+            &cred,
+        ]);
+        assert!(ok, "{said} {err}");
+        // Another node's credential is refused by name.
+        let other = path("other");
+        let other_cred = path("other.cred");
+        let (_, other_peer, _) = sipmesh(&["mesh", "id", "--data-dir", &other]);
+        let (ok, ..) = sipmesh(&[
+            "mesh",
+            "invite",
+            &other_peer,
+            "--enrollment-key",
+            &path("enroll.key"),
+            "--out",
+            &other_cred,
+        ]);
+        assert!(ok);
+        let (ok, _, err) = open_node(
+            &keyed,
+            &["--mesh-key", &mesh_key, "--credential", &other_cred],
+        );
+        assert!(
+            !ok && err.contains("issued to") && err.contains(&other_peer),
+            "{err}"
+        );
+        // Its own (found in its data dir) lets it start beyond loopback; a revocation signed
+        // with the enrollment key goes through its admin API.
+        let http = 16000 + (std::process::id() % 1000) as u16 * 3 + 2_999;
+        let mut enrolled = tokio::process::Command::new(bin)
+            .args(["node", "--data-dir", &keyed, "--mesh-key", &mesh_key])
+            .args([
+                "--sip-listen",
+                "127.0.0.1:0",
+                "--p2p-listen",
+                "/ip4/0.0.0.0/tcp/0",
+            ])
+            .args(["--http-listen", &format!("127.0.0.1:{http}")])
+            .env("RUST_LOG", "warn")
+            .env_remove("SIPMESH_ADMIN_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{http}");
+        wait_answering(format!("{url}/v1/status")).await;
+        let token = std::fs::read_to_string(format!("{keyed}/admin-token")).unwrap();
+        let (ok, said, err) = sipmesh(&[
+            "mesh",
+            "revoke",
+            &other_peer,
+            "--enrollment-key",
+            &path("enroll.key"),
+            "--node",
+            &url,
+            "--token",
+            token.trim(),
+        ]);
+        assert!(ok && said.contains("revoked"), "{said} {err}");
+        let (code, v) = http_get(format!("{url}/v1/mesh/revocations")).await;
+        assert_eq!(code, 200);
+        assert_eq!(v["revoked"][0]["peer_id"], other_peer.as_str(), "{v}");
+        // A revocation signed by another key is refused.
+        assert!(sipmesh(&["mesh", "enrollment-keygen", "--out", &path("rogue.key")]).0);
+        let (ok, _, err) = sipmesh(&[
+            "mesh",
+            "revoke",
+            &peer,
+            "--enrollment-key",
+            &path("rogue.key"),
+            "--node",
+            &url,
+            "--token",
+            token.trim(),
+        ]);
+        assert!(!ok && err.contains("not signed by this mesh"), "{err}");
+        enrolled.kill().await.unwrap();
+
         let base = 16000 + (std::process::id() % 1000) as u16 * 3;
         let data = dir.path().join("n");
         let mut child = tokio::process::Command::new(bin)

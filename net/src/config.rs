@@ -37,6 +37,24 @@ pub struct MeshConfig {
     pub max_connections_per_peer: u32,
     /// Application tags published in heartbeats (SIP URI, admin URL, capacity, load…).
     pub tags: BTreeMap<String, String>,
+    /// Signed enrollment (`admission`): with it, only peers holding a credential of the same
+    /// enrollment key are members. `None`: every holder of the mesh key is.
+    pub enrollment: Option<Enrollment>,
+}
+
+/// Where a node's membership credential comes from.
+#[derive(Debug, Clone)]
+pub enum Enrollment {
+    /// Issued by the mesh's operators (`sipmesh mesh invite`).
+    Credential(crate::admission::Credential),
+    /// Issued by the node itself at start, with the enrollment key (a local mesh whose
+    /// operator holds the key: `sipmesh dev`, tests).
+    SelfIssued {
+        /// The enrollment key.
+        key: std::sync::Arc<crate::admission::EnrollmentKey>,
+        /// The roles to give the node.
+        roles: crate::admission::Roles,
+    },
 }
 
 impl MeshConfig {
@@ -56,6 +74,7 @@ impl MeshConfig {
             max_connections: 512,
             max_connections_per_peer: 4,
             tags: BTreeMap::new(),
+            enrollment: None,
         }
     }
 

@@ -38,6 +38,9 @@ pub enum Error {
         /// The largest disagreement tolerated.
         bound_ms: u64,
     },
+    /// This node's credential does not allow the write (per-table rights, signed enrollment).
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
     /// This node could not make a write durable (its flush failed).
     #[error("write not durable: {0}")]
     Durability(String),

@@ -2,6 +2,7 @@
 //! placement and the replication protocol that makes every node's keyspace one keyspace.
 //!
 //! # Layout
+//! - [`admission`]: signed enrollment: membership credentials, roles, revocations.
 //! - [`config`]: every knob of the mesh, with defaults.
 //! - [`protocol`]: the frames that travel between nodes (versioned, bincode, size-bounded).
 //! - [`link`]: long-lived libp2p streams per peer pair, many requests in flight on each.
@@ -19,6 +20,7 @@
 //!
 //! This crate knows nothing of SIP: the node's own traffic rides [`Mesh::send_app`] as opaque bytes.
 
+pub mod admission;
 pub(crate) mod anti_entropy;
 pub mod config;
 mod error;
@@ -36,11 +38,13 @@ pub(crate) mod replication;
 pub mod shutdown;
 pub mod stats;
 
-pub use config::MeshConfig;
+pub use admission::{Credential, EnrollmentKey, Revocation, Roles};
+pub use config::{Enrollment, MeshConfig};
 pub use error::{Error, Result};
 pub use libp2p::{multiaddr, Multiaddr, PeerId};
 pub use membership::{Member, MemberEvent, MemberState};
 pub use mesh::{AppHandler, AppMessage, Mesh};
+pub use peer::load_or_create_key;
 pub use placement::Snapshot;
 pub use replication::Consistency;
 pub use stats::MeshMetrics;

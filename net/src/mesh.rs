@@ -11,8 +11,9 @@ use sipmesh_storage::{Cell, EntryKey, Keyspace, Mutation, Partition, TableId};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, Instrument};
 
+use crate::admission::{now_ms, Admission, Gate, Refusal, Revocation, Roles, WriteRights};
 use crate::anti_entropy::{self, AntiEntropy};
-use crate::config::MeshConfig;
+use crate::config::{Enrollment, MeshConfig};
 use crate::error::{Error, Result};
 use crate::link::{self, Handler, Link, Links};
 use crate::membership::{self, Member, MemberEvent, Membership, MembershipConfig};
@@ -34,6 +35,12 @@ const SHUTDOWN_WITHIN: Duration = Duration::from_secs(2);
 /// How often the keyspace is compacted (a full scan: expired cells become tombstones, old
 /// tombstones are purged).
 const COMPACT_EVERY: Duration = Duration::from_secs(60);
+
+/// A connected peer that has not shown a valid credential within this long is disconnected.
+const ADMIT_WITHIN: Duration = Duration::from_secs(10);
+
+/// How long a self-issued credential is valid (renewed at every start).
+const SELF_ISSUED_FOR_MS: u64 = 365 * 24 * 3600 * 1000;
 
 /// Application bytes from another node.
 #[derive(Debug)]
@@ -69,6 +76,7 @@ struct Inner {
     /// From start until an anti-entropy round pulls nothing: this node's replicas may lack
     /// what the others hold (a new or returning member), so reads must not trust them alone.
     catching_up: Arc<AtomicBool>,
+    gate: Gate,
 }
 
 /// Takes the one-way application messages of other nodes (the node's SIP traffic), on the task
@@ -84,6 +92,7 @@ struct Service {
     app: mpsc::Sender<AppMessage>,
     /// One-way application messages (dropped until the node sets the handler).
     one_way: Arc<OnceLock<AppHandler>>,
+    gate: Gate,
 }
 
 impl Service {
@@ -114,6 +123,20 @@ impl Handler for Service {
     fn handle(&self, peer: PeerId, request: Request) -> BoxFuture<'static, Response> {
         let span = tracing::debug_span!("serve", %peer, kind = request.kind());
         let _enter = span.enter();
+        // Admission: a heartbeat shows the credential; anything else needs it shown already.
+        let roles = match &request {
+            Request::Heartbeat { info, .. } => match self.gate.check_info(&peer, info) {
+                Ok(()) => self.gate.roles(&peer),
+                Err(refusal) => {
+                    let response = Response::Error(format!("not a member: {refusal}"));
+                    return Box::pin(async move { response });
+                }
+            },
+            _ => self.gate.roles(&peer),
+        };
+        let Some(roles) = roles else {
+            return Box::pin(async move { Response::Error("not a member of this mesh".into()) });
+        };
         let response = match request {
             Request::Heartbeat { info, gossip } => {
                 let learnt = self.membership.on_info(peer, info, &gossip);
@@ -129,6 +152,11 @@ impl Handler for Service {
                 Response::Ack
             }
             Request::Write(m) => {
+                if let Err(reason) = self.gate.may_write(&peer, roles, &m) {
+                    return Box::pin(async move {
+                        Response::Error(format!("{}{reason}", crate::admission::NOT_ALLOWED))
+                    });
+                }
                 let response = self.replication.handle_write(&m);
                 return self.when_durable(response);
             }
@@ -165,7 +193,7 @@ impl Handler for Service {
                 mutations,
                 owned_only,
             } => {
-                let response = self.replication.handle_push(&mutations, owned_only);
+                let response = self.replication.handle_push(&peer, &mutations, owned_only);
                 return self.when_durable(response);
             }
             Request::App(payload) => {
@@ -191,6 +219,10 @@ impl Handler for Service {
     }
 
     fn one_way(&self, peer: PeerId, request: Request) {
+        if self.gate.roles(&peer).is_none() {
+            debug!(%peer, "one-way message from a peer that is not a member; dropped");
+            return;
+        }
         if let Request::App(payload) = request {
             match self.one_way.get() {
                 Some(handle) => handle(peer, payload),
@@ -201,16 +233,31 @@ impl Handler for Service {
 }
 
 /// Connected peers may be members: membership heartbeats them.
+/// Under enrollment, a peer that has not shown a valid credential within [`ADMIT_WITHIN`] of
+/// connecting is disconnected (it would otherwise keep a connection, and the DHT's answers,
+/// without ever heartbeating).
 async fn track_connections(
     membership: Arc<Membership>,
     mut events: mpsc::Receiver<PeerEvent>,
+    gate: Gate,
     mut shutdown: Shutdown,
 ) {
     loop {
         tokio::select! {
             _ = shutdown.wait() => return,
             ev = events.recv() => match ev {
-                Some(PeerEvent::Connected(peer)) => membership.add_candidate(peer),
+                Some(PeerEvent::Connected(peer)) => {
+                    membership.add_candidate(peer);
+                    if gate.admission.is_some() && gate.roles(&peer).is_none() {
+                        let gate = gate.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(ADMIT_WITHIN).await;
+                            if gate.roles(&peer).is_none() {
+                                gate.refuse(peer, Refusal::Missing);
+                            }
+                        });
+                    }
+                }
                 None => return,
             },
         }
@@ -239,7 +286,25 @@ async fn heartbeats(
         tick += 1;
         membership.tick();
         let hb = membership.heartbeat();
+        // A peer not admitted yet learns nothing from this node but its credential (and the
+        // PeerId and generation it is sent with): no addresses, no tags, no gossip.
+        let bare = match &hb {
+            Request::Heartbeat { info, .. } => Request::Heartbeat {
+                info: MemberInfo {
+                    addrs: Vec::new(),
+                    tags: BTreeMap::new(),
+                    ..info.clone()
+                },
+                gossip: Vec::new(),
+            },
+            other => other.clone(),
+        };
         for peer in membership.heartbeat_targets(tick) {
+            let hb = if service.gate.roles(&peer).is_some() {
+                &hb
+            } else {
+                &bare
+            };
             let request = link.request(peer, hb.clone(), timeout);
             let service = service.clone();
             let commands = commands.clone();
@@ -250,8 +315,10 @@ async fn heartbeats(
                 metrics.heartbeat(answer.is_ok().then(|| sent.elapsed()));
                 match answer {
                     Ok(Response::Member(info)) => {
-                        let learnt = service.membership.on_info(peer, info, &[]);
-                        service.learn(learnt);
+                        if service.gate.check_info(&peer, &info).is_ok() {
+                            let learnt = service.membership.on_info(peer, info, &[]);
+                            service.learn(learnt);
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -383,9 +450,23 @@ impl Mesh {
         let key = peer::load_or_create_key(&config.data_dir)?;
         let local = key.public().to_peer_id();
         let generation = membership::next_generation(&config.data_dir)?;
+        let admission = match &config.enrollment {
+            None => None,
+            Some(Enrollment::Credential(c)) => Some(Admission::new(c, &local, now_ms())?),
+            Some(Enrollment::SelfIssued { key, roles }) => {
+                let now = now_ms();
+                let own = key.issue(&local, *roles, now, now + SELF_ISSUED_FOR_MS);
+                Some(Admission::new(&own, &local, now)?)
+            }
+        }
+        .map(Arc::new);
         let (handle, peer_events, swarm_task) = peer::start(&config, key).await?;
         let info = MemberInfo {
             wall_ms: 0,
+            credential: admission
+                .as_ref()
+                .map(|a| a.own().to_vec())
+                .unwrap_or_default(),
             peer_id: local.to_bytes(),
             addrs: handle.listen_addrs.iter().map(|a| a.to_string()).collect(),
             generation,
@@ -403,6 +484,14 @@ impl Mesh {
         for (peer, addr) in membership.known_addrs() {
             let _ = handle.commands.try_send(Command::AddAddress(peer, addr));
         }
+        let metrics = MeshMetrics::default();
+        let gate = Gate {
+            local,
+            admission,
+            commands: handle.commands.clone(),
+            metrics: metrics.clone(),
+            rights: Arc::new(OnceLock::new()),
+        };
         let links = Links::new(handle.control.clone(), config.request_timeout);
         let link: Arc<dyn Link> = Arc::new(links.clone());
         let replication = Replication::new(
@@ -411,6 +500,7 @@ impl Mesh {
             membership.clone(),
             link.clone(),
             config.request_timeout,
+            gate.clone(),
         );
         let anti_entropy = AntiEntropy::new(
             local,
@@ -423,6 +513,7 @@ impl Mesh {
         let (app_tx, app_rx) = mpsc::channel(APP_QUEUE);
         let one_way = Arc::new(OnceLock::new());
         let service = Arc::new(Service {
+            gate: gate.clone(),
             replication: replication.clone(),
             keyspace: keyspace.clone(),
             membership: membership.clone(),
@@ -436,7 +527,6 @@ impl Mesh {
             .map_err(|e| Error::Config(format!("stream protocol: {e}")))?;
         let span = tracing::info_span!("mesh", peer = %local);
         let background = Background::default();
-        let metrics = MeshMetrics::default();
         let catching_up = Arc::new(AtomicBool::new(true));
         background.keep("swarm", swarm_task);
         background.keep(
@@ -444,7 +534,8 @@ impl Mesh {
             tokio::spawn(link::serve(incoming, service.clone()).instrument(span.clone())),
         );
         background.spawn("connection events", |s| {
-            track_connections(membership.clone(), peer_events, s).instrument(span.clone())
+            track_connections(membership.clone(), peer_events, gate.clone(), s)
+                .instrument(span.clone())
         });
         background.spawn("heartbeats", |s| {
             heartbeats(
@@ -496,6 +587,7 @@ impl Mesh {
                 one_way,
                 metrics,
                 catching_up,
+                gate,
             }),
         };
         Ok((mesh, app_rx))
@@ -693,6 +785,53 @@ impl Mesh {
             let _ = self.inner.commands.send(Command::Block(*p)).await;
             self.inner.links.close(p);
         }
+    }
+
+    /// Whether this node enforces signed enrollment, and if so the enrollment public key.
+    pub fn enrollment_issuer(&self) -> Option<[u8; 32]> {
+        self.inner.gate.admission.as_ref().map(|a| a.issuer())
+    }
+
+    /// The roles of a peer this node admits (every right without enrollment); `None` for a
+    /// peer that is not (or no longer) a member.
+    pub fn roles_of(&self, peer: &PeerId) -> Option<Roles> {
+        if *peer == self.inner.local {
+            return Some(self.own_roles());
+        }
+        self.inner.gate.roles(peer)
+    }
+
+    /// This node's own roles (every right without enrollment).
+    pub fn own_roles(&self) -> Roles {
+        self.inner
+            .gate
+            .admission
+            .as_ref()
+            .map_or(Roles::ADMIN, |a| a.own_roles())
+    }
+
+    /// Apply revocations signed by this mesh's enrollment key (others are ignored): each
+    /// revoked peer is disconnected for good and gets nothing more from this node; failure
+    /// detection then marks it down. Returns the peers newly revoked. Without enrollment this
+    /// does nothing.
+    pub fn revoke(&self, revocations: &[Revocation]) -> Vec<PeerId> {
+        let Some(a) = &self.inner.gate.admission else {
+            return Vec::new();
+        };
+        let fresh = a.revoke(revocations);
+        for peer in &fresh {
+            if *peer != self.inner.local {
+                self.inner.gate.refuse(*peer, Refusal::Revoked);
+                self.inner.links.close(peer);
+            }
+        }
+        fresh
+    }
+
+    /// Set the per-table write rights of members (checked under enrollment on every write and
+    /// push a peer sends). The first call wins.
+    pub fn set_write_rights(&self, rights: WriteRights) {
+        let _ = self.inner.gate.rights.set(rights);
     }
 
     /// Allow traffic with these peers again.

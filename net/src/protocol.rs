@@ -14,7 +14,7 @@ use sipmesh_storage::{codec, Cell, EntryKey, Mutation, PartitionDigest, TableId}
 use crate::error::{Error, Result};
 
 /// The versioned protocol id of sipmesh's node-to-node streams.
-pub const PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/sipmesh/mesh/2");
+pub const PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/sipmesh/mesh/3");
 /// Largest frame accepted (anti-entropy chunks are cut well below it).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Target size of one page of a partition (anti-entropy, handoff): a partition of any width
@@ -49,6 +49,9 @@ pub struct MemberInfo {
     /// The sender's wall clock when it sent this (ms since the Unix epoch; 0: unknown).
     /// Members compare it with their own to find a node whose clock is off.
     pub wall_ms: u64,
+    /// Its signed membership credential (`admission`); empty in a mesh without enrollment.
+    #[serde(with = "serde_bytes")]
+    pub credential: Vec<u8>,
 }
 
 /// What a heartbeat says about another member (for discovery and to spread state).

@@ -18,6 +18,7 @@ use libp2p::PeerId;
 use sipmesh_storage::{Cell, EntryKey, Keyspace, Mutation, Partition, TableId};
 use tracing::{debug, warn, Instrument};
 
+use crate::admission::{Gate, NOT_ALLOWED};
 use crate::error::{Error, Result};
 use crate::group_commit::GroupCommit;
 use crate::link::Link;
@@ -76,6 +77,8 @@ pub struct Replication {
     timeout: Duration,
     /// Acknowledge only what is on disk, flushes batched.
     commit: Arc<GroupCommit>,
+    /// What this node may send as a coordinator (per-table rights, under enrollment).
+    gate: Gate,
 }
 
 type Merged = BTreeMap<EntryKey, Cell>;
@@ -113,8 +116,10 @@ impl Replication {
         membership: Arc<Membership>,
         link: Arc<dyn Link>,
         timeout: Duration,
+        gate: Gate,
     ) -> Self {
         Replication {
+            gate,
             local,
             commit: Arc::new(GroupCommit::new(keyspace.clone())),
             keyspace,
@@ -189,6 +194,9 @@ impl Replication {
     ) -> Result<()> {
         if ms.is_empty() {
             return Ok(());
+        }
+        for m in &ms {
+            self.gate.may_send(m).map_err(Error::NotAllowed)?;
         }
         let plans = ms
             .iter()
@@ -354,6 +362,10 @@ impl Replication {
                 partition_key: partition_key.to_vec(),
                 entries: diff,
             };
+            // Rows this node may not write are left to the replicas' anti-entropy.
+            if peer != self.local && self.gate.may_send(&repair).is_err() {
+                continue;
+            }
             debug!(%peer, cells = repair.entries.len(), "read repair");
             let result = if peer == self.local {
                 self.keyspace
@@ -370,6 +382,11 @@ impl Replication {
                 self.hint(&peer, &repair);
             }
         }
+    }
+
+    /// Whether this node may send `m` to a replica (per-table rights, under enrollment).
+    pub fn may_send(&self, m: &Mutation) -> std::result::Result<(), String> {
+        self.gate.may_send(m)
     }
 
     /// Wait until what this node applied so far is on disk (group commit).
@@ -394,17 +411,34 @@ impl Replication {
     }
 
     /// Replica side: apply pushed mutations, only owned partitions when `owned_only`.
-    pub fn handle_push(&self, mutations: &[Mutation], owned_only: bool) -> Response {
+    ///
+    /// `from` sent the rows (a push, or a page this node pulled): under enrollment, rows it may
+    /// not write are not applied, and the answer is an error, so a sender handing partitions
+    /// off never deletes what was refused.
+    pub fn handle_push(&self, from: &PeerId, mutations: &[Mutation], owned_only: bool) -> Response {
         let snap = self.membership.snapshot();
+        let roles = self.gate.roles(from);
+        let mut refused = None;
         for m in mutations {
             if owned_only && !snap.is_local_replica(&m.partition_key) {
+                continue;
+            }
+            let allowed = match roles {
+                Some(roles) => self.gate.may_write(from, roles, m),
+                None => Err("not a member of this mesh".into()),
+            };
+            if let Err(why) = allowed {
+                refused = Some(why);
                 continue;
             }
             if let Err(e) = self.keyspace.apply(m) {
                 return Response::Error(e.to_string());
             }
         }
-        Response::Ack
+        match refused {
+            Some(why) => Response::Error(format!("{NOT_ALLOWED}{why}")),
+            None => Response::Ack,
+        }
     }
 
     /// Offer stored hints to the peers that are up again. Returns how many were delivered.
@@ -486,6 +520,7 @@ mod tests {
     fn info(peer: PeerId) -> MemberInfo {
         MemberInfo {
             wall_ms: 0,
+            credential: Vec::new(),
             peer_id: peer.to_bytes(),
             addrs: Vec::new(),
             generation: 1,
@@ -516,7 +551,14 @@ mod tests {
                 net: net.clone(),
                 from: me,
             });
-            let r = Replication::new(me, ks, membership, link, Duration::from_millis(200));
+            let r = Replication::new(
+                me,
+                ks,
+                membership,
+                link,
+                Duration::from_millis(200),
+                crate::admission::Gate::open(me),
+            );
             net.add(me, r.clone());
             out.push((me, r));
         }

@@ -47,6 +47,16 @@ pub struct MeshMetrics {
     hints_delivered: Counter,
     heartbeat_rtt_seconds: Histogram,
     heartbeat_failures: Counter,
+    admission_refused: Family<RefusalLabels, Counter>,
+    writes_refused: Counter,
+}
+
+/// Labels of a refused peer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// Why: `missing`, `malformed`, `other_mesh`, `bad_signature`, `other_peer`, `expired`,
+    /// `revoked`.
+    pub reason: &'static str,
 }
 
 fn latency_buckets() -> Histogram {
@@ -68,6 +78,8 @@ impl Default for MeshMetrics {
             hints_delivered: Counter::default(),
             heartbeat_rtt_seconds: latency_buckets(),
             heartbeat_failures: Counter::default(),
+            admission_refused: Family::default(),
+            writes_refused: Counter::default(),
         }
     }
 }
@@ -141,6 +153,53 @@ impl MeshMetrics {
             "Heartbeats that got no answer in time",
             self.heartbeat_failures.clone(),
         );
+        registry.register(
+            "admission_refused",
+            "Peers refused as members (signed enrollment), by reason",
+            self.admission_refused.clone(),
+        );
+        registry.register(
+            "writes_refused",
+            "Mutations from members refused by the per-table write rights",
+            self.writes_refused.clone(),
+        );
+    }
+
+    /// A peer failed admission.
+    pub(crate) fn admission_refused(&self, reason: &'static str) {
+        self.admission_refused
+            .get_or_create(&RefusalLabels { reason })
+            .inc();
+    }
+
+    /// A member's mutation was refused by the write rights.
+    pub(crate) fn write_refused(&self) {
+        self.writes_refused.inc();
+    }
+
+    /// Mutations refused by the write rights since start.
+    pub fn writes_refused(&self) -> u64 {
+        self.writes_refused.get()
+    }
+
+    /// Peers refused admission since start, all reasons.
+    pub fn admission_refusals(&self) -> u64 {
+        [
+            "missing",
+            "malformed",
+            "other_mesh",
+            "bad_signature",
+            "other_peer",
+            "expired",
+            "revoked",
+        ]
+        .iter()
+        .map(|&reason| {
+            self.admission_refused
+                .get_or_create(&RefusalLabels { reason })
+                .get()
+        })
+        .sum()
     }
 
     /// A replicated operation ended after `took`.

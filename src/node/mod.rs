@@ -12,6 +12,8 @@ pub(crate) mod dispatch;
 pub(crate) mod failover;
 pub(crate) mod internode;
 pub(crate) mod load;
+pub(crate) mod revocations;
+pub mod rights;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -352,6 +354,7 @@ impl Node {
             .tags
             .insert("capacity".into(), config.capacity.to_string());
         let (mesh, app_rx) = Mesh::start(mesh_config, keyspace).await?;
+        mesh.set_write_rights(Box::new(rights::check));
         let background = Arc::new(Background::default());
         let users = Arc::new(Users::new(mesh.clone(), &config.realm));
         let secret = Arc::new(MeshSecret::new(
@@ -447,6 +450,8 @@ impl Node {
             .spawn("member events", |s| record_member_events(node.clone(), s));
         node.background
             .spawn("mesh bans", |s| bans::sync(node.clone(), s));
+        node.background
+            .spawn("revocations", |s| revocations::sync(node.clone(), s));
         info!(peer_id = %node.mesh.peer_id(), sip = %sip_addr, http = ?node.config.http_listen, "node started");
         Ok(node)
     }
@@ -587,6 +592,15 @@ impl Node {
     /// Add (or replace) a user of the mesh, written at QUORUM.
     pub async fn add_user(&self, user: &str, password: &str) -> Result<()> {
         self.users.add(user, password, None).await
+    }
+
+    /// Revoke a member mesh-wide (the revocation must be signed by the mesh's enrollment key);
+    /// returns the revoked peer.
+    pub async fn revoke(
+        &self,
+        revocation: &sipmesh_net::Revocation,
+    ) -> Result<sipmesh_net::PeerId> {
+        revocations::publish(self, revocation).await
     }
 
     /// Live SIP transactions: server, client, and pending timers.

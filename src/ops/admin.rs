@@ -13,6 +13,8 @@
 //! | `GET /v1/bootstrap` | the least-loaded live nodes to register with (SIP URIs, load, q) |
 //! | `POST /v1/mesh/remove` | `{"peer_id", "force"?}`: remove a dead member from the ring (409 if it is up, or if data could be lost and not `force`) |
 //! | `DELETE /v1/dialogs/{id}` | end a dialog: BYE to both parties, record removed |
+//! | `GET /v1/mesh/revocations` | members revoked (signed enrollment) |
+//! | `POST /v1/mesh/revocations` | `{"revocation"}` (from `sipmesh mesh revoke`, signed by the enrollment key): shut a member out, mesh-wide |
 //! | `POST /v1/mesh/decommission` | `{"within_secs"?}`: hand every replica over, leave the ring, stop (202) |
 //! | `GET /v1/overview` | status, counters, anti-entropy, bans and events (`?since=SEQ`) |
 //! | `GET /v1/live` | the overview every second as Server-Sent Events (`event: overview`) |
@@ -65,6 +67,9 @@ fn internal(e: Error) -> Response {
         | Error::Net(e @ sipmesh_net::Error::Timeout { .. }) => {
             error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }
+        Error::Net(e @ sipmesh_net::Error::NotAllowed(_)) => {
+            error(StatusCode::FORBIDDEN, e.to_string())
+        }
         other => error(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
     }
 }
@@ -101,6 +106,10 @@ pub(crate) async fn serve(
         .route("/v1/dialogs", get(dialogs))
         .route("/v1/bootstrap", get(bootstrap))
         .route("/v1/mesh/remove", post(remove_member))
+        .route(
+            "/v1/mesh/revocations",
+            get(list_revocations).post(add_revocation),
+        )
         .route("/v1/bans", get(bans))
         .route("/v1/bans/{ip}", axum::routing::delete(lift_ban))
         .route("/v1/dialogs/{id}", axum::routing::delete(end_dialog))
@@ -223,6 +232,48 @@ async fn remove_member(State(node): State<Node>, Json(r): Json<Removal>) -> Resp
             Json(json!({ "removed": peer.to_string() })).into_response()
         }
         Err(why) => error(StatusCode::CONFLICT, why),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewRevocation {
+    /// The revocation's text form (`sipmesh-revocation-1:…`).
+    revocation: String,
+}
+
+async fn add_revocation(State(node): State<Node>, Json(r): Json<NewRevocation>) -> Response {
+    let revocation = match crate::ops::enrollment::parse_revocation(&r.revocation) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match crate::node::revocations::publish(&node, &revocation).await {
+        Ok(peer) => {
+            node.metrics
+                .events
+                .push(crate::events::Kind::Admin, format!("revoked member {peer}"));
+            Json(json!({ "revoked": peer.to_string() })).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+async fn list_revocations(State(node): State<Node>) -> Response {
+    let Some(issuer) = node.mesh.enrollment_issuer() else {
+        return Json(json!({ "enrollment": false, "revoked": [] })).into_response();
+    };
+    match crate::node::revocations::stored(&node).await {
+        Ok(all) => {
+            let revoked: Vec<serde_json::Value> = all
+                .iter()
+                .filter_map(|r| {
+                    r.verified_peer(&issuer)
+                        .map(|p| json!({ "peer_id": p.to_string(), "issued_ms": r.body.issued_ms }))
+                })
+                .collect();
+            Json(json!({ "enrollment": true, "revoked": revoked })).into_response()
+        }
+        Err(e) => internal(e),
     }
 }
 

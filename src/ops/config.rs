@@ -56,6 +56,8 @@ pub struct FileConfig {
     pub sync: Option<String>,
     /// `--insecure-open-mesh`
     pub insecure_open_mesh: Option<bool>,
+    /// `--credential` (a file)
+    pub credential: Option<std::path::PathBuf>,
     /// `--domain` (a list): domains of the mesh besides the realm and members' addresses.
     pub domains: Option<Vec<String>>,
     /// `--trusted-source` (a list): source addresses never throttled.

@@ -2,6 +2,7 @@
 //!
 //! - [`admin`]: the admin HTTP API (JSON) and Prometheus `/metrics`.
 //! - [`config`]: the TOML configuration file.
+//! - [`enrollment`]: the enrollment key, credential and revocation files and texts.
 //! - [`page`]: the live mesh page served at `/`.
 //! - [`local_mesh`]: [`crate::LocalMesh`], N nodes in one process for tests.
 //!
@@ -9,6 +10,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod enrollment;
 pub mod local_mesh;
 pub mod page;
 
@@ -59,11 +61,9 @@ fn admin_token_file(data_dir: &std::path::Path) -> Result<String> {
 
 /// Mesh admission: a node reachable beyond loopback refuses to run an open mesh (any peer that
 /// connects could read every HA1 and write any cell) unless the operator says so, and then it
-/// warns at every start.
+/// warns at every start. It needs both gates: the mesh key (who may connect) and a signed
+/// credential (who is a member, revocable one node at a time).
 fn admission(config: &NodeConfig) -> Result<()> {
-    if config.mesh.mesh_key.is_some() {
-        return Ok(());
-    }
     let beyond: Vec<String> = config
         .mesh
         .listen
@@ -71,23 +71,32 @@ fn admission(config: &NodeConfig) -> Result<()> {
         .filter(|a| !multiaddr_is_loopback(a))
         .map(|a| a.to_string())
         .collect();
-    if beyond.is_empty() {
+    let missing: Vec<&str> = [
+        (config.mesh.mesh_key.is_none(), "--mesh-key"),
+        (config.mesh.enrollment.is_none(), "--credential"),
+    ]
+    .into_iter()
+    .filter_map(|(absent, flag)| absent.then_some(flag))
+    .collect();
+    if beyond.is_empty() || missing.is_empty() {
         return Ok(());
     }
     if config.insecure_open_mesh {
         tracing::warn!(
             listen = ?beyond,
-            "INSECURE: the p2p listener is beyond loopback and the mesh has no key \
-             (--insecure-open-mesh): anyone who reaches it can join, read every password hash \
-             and write any row"
+            missing = ?missing,
+            "INSECURE: the p2p listener is beyond loopback and the mesh is open \
+             (--insecure-open-mesh): whoever reaches it with the mesh key (or anyone, without \
+             one) can join, read every password hash and write any row"
         );
         return Ok(());
     }
     Err(Error::Config(format!(
-        "--p2p-listen {} is beyond loopback and no --mesh-key is set: give every node of the \
-         mesh the same --mesh-key (a swarm.key file: `sipmesh mesh keygen --out FILE` makes one), \
-         or pass --insecure-open-mesh",
-        beyond.join(", ")
+        "--p2p-listen {} is beyond loopback and {} is not set: give every node of the mesh the \
+         same --mesh-key (`sipmesh mesh keygen --out FILE` makes one) and its own --credential \
+         (`sipmesh mesh invite`, see docs/OPERATIONS.md), or pass --insecure-open-mesh",
+        beyond.join(", "),
+        missing.join(" and ")
     )))
 }
 

@@ -512,6 +512,7 @@ mod tests {
     fn info(p: PeerId) -> MemberInfo {
         MemberInfo {
             wall_ms: 0,
+            credential: Vec::new(),
             peer_id: p.to_bytes(),
             addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
             generation: 1,

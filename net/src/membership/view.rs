@@ -94,6 +94,7 @@ impl View {
                     addrs: addrs.iter().filter_map(|a| a.parse().ok()).collect(),
                     info: MemberInfo {
                         wall_ms: 0,
+                        credential: Vec::new(),
                         peer_id: peer.to_bytes(),
                         addrs,
                         generation,
@@ -395,6 +396,7 @@ mod tests {
     fn info(p: PeerId, generation: u64) -> MemberInfo {
         MemberInfo {
             wall_ms: 0,
+            credential: Vec::new(),
             peer_id: p.to_bytes(),
             addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
             generation,

@@ -1,0 +1,288 @@
+//! Signed enrollment on real libp2p swarms over loopback (issue "A community node on the
+//! public internet", item 7): holding the mesh key is not enough to be a member; members write
+//! only what their roles allow; a revocation shuts a member out mesh-wide.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sipmesh::tables::{PROXIES, USERS};
+use sipmesh::{Consistency, LocalMesh};
+use sipmesh_net::{Enrollment, EnrollmentKey, Mesh, MeshConfig, Multiaddr, Roles};
+use sipmesh_storage::{Keyspace, Mutation};
+
+const MESH_KEY: [u8; 32] = [7u8; 32];
+
+async fn within<F: Future<Output = ()>>(secs: u64, f: F) {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .expect("test timed out");
+}
+
+async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn enrolled(key: &Arc<EnrollmentKey>, roles: Roles) -> Enrollment {
+    Enrollment::SelfIssued {
+        key: key.clone(),
+        roles,
+    }
+}
+
+/// A mesh of `n` nodes, all holding the mesh key, enrolled with `key` as admins, or not
+/// enrolled at all (`None`), bootstrapping from `seed` if given.
+async fn nodes(n: usize, enrollment: Option<Enrollment>, seed: Option<Multiaddr>) -> LocalMesh {
+    let mut b = LocalMesh::builder()
+        .nodes(n)
+        .mesh_key(MESH_KEY)
+        .anti_entropy_interval(Duration::from_secs(1))
+        .configure(move |c| c.mesh.enrollment = enrollment.clone());
+    if let Some(seed) = seed {
+        b = b.bootstrap(seed);
+    }
+    b.start().await.unwrap()
+}
+
+fn has_user(mesh: &LocalMesh, i: usize, user: &str) -> bool {
+    let node = mesh.node(i).node().unwrap();
+    node.mesh
+        .keyspace()
+        .read_row(USERS, user.as_bytes(), b"")
+        .ok()
+        .flatten()
+        .is_some()
+}
+
+/// Outsiders holding the mesh key (one not enrolled, one enrolled in another mesh) never
+/// become members, read nothing and write nothing; an enrolled member with the edge role
+/// joins, reads, and cannot change users; a revocation sent to one node shuts it out of every
+/// node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_enrolled_nodes_are_members_and_a_revocation_holds_mesh_wide() {
+    within(180, async {
+        let key = Arc::new(EnrollmentKey::generate());
+        let mesh = nodes(2, Some(enrolled(&key, Roles::ADMIN)), None).await;
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        let seed = mesh.node(0).addr.clone();
+        let unenrolled = nodes(1, None, Some(seed.clone())).await;
+        let other_key = Arc::new(EnrollmentKey::generate());
+        let foreign = nodes(
+            1,
+            Some(enrolled(&other_key, Roles::ADMIN)),
+            Some(seed.clone()),
+        )
+        .await;
+        let edge = nodes(1, Some(enrolled(&key, Roles::EDGE)), Some(seed)).await;
+        let edge_id = edge.node(0).peer_id;
+        for i in 0..2 {
+            eventually(30, "the enrolled edge node joins", || {
+                mesh.node(i).node().unwrap().mesh.is_up(&edge_id)
+            })
+            .await;
+        }
+        mesh.node(0)
+            .run(|n| async move { n.add_user("alice", "a-pw").await })
+            .await
+            .unwrap()
+            .unwrap();
+        for outsider in [&unenrolled, &foreign] {
+            let read = outsider
+                .node(0)
+                .run(|n| async move { n.mesh.read(USERS, b"alice", Consistency::One).await })
+                .await
+                .unwrap();
+            assert!(
+                read.map_or(true, |p| p.rows.is_empty()),
+                "an outsider read a member's row"
+            );
+            let _ = outsider
+                .node(0)
+                .run(|n| async move { n.add_user("mallory", "m-pw").await })
+                .await
+                .unwrap();
+        }
+        // The member reads what members hold, and may not change users.
+        let read = edge
+            .node(0)
+            .run(|n| async move { n.mesh.read(USERS, b"alice", Consistency::Quorum).await })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.rows.len(), 1, "the enrolled member reads alice");
+        let refused = edge
+            .node(0)
+            .run(|n| async move { n.add_user("eve", "e-pw").await })
+            .await
+            .unwrap();
+        let why = refused
+            .expect_err("an edge member changed users")
+            .to_string();
+        assert!(why.contains("admin role"), "{why}");
+        // Several anti-entropy rounds later, nothing of the outsiders' reached a member.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        for i in 0..2 {
+            assert!(
+                !has_user(&mesh, i, "mallory"),
+                "an outsider's write reached node {i}"
+            );
+            assert!(
+                !has_user(&mesh, i, "eve"),
+                "the edge member's user reached node {i}"
+            );
+            let members = mesh.node(i).node().unwrap().mesh.members();
+            for outsider in [&unenrolled, &foreign] {
+                let id = outsider.node(0).peer_id;
+                assert!(
+                    !members.iter().any(|m| m.peer_id == id),
+                    "an outsider became a member of node {i}"
+                );
+            }
+        }
+        // What an outsider learnt of the members: their PeerIds (from the connections), no
+        // addresses or tags (no SIP address, no admin URL, no load).
+        for outsider in [&unenrolled, &foreign] {
+            let o = outsider.node(0).node().unwrap();
+            for i in 0..2 {
+                let id = mesh.node(i).peer_id;
+                assert_eq!(
+                    o.mesh.tag(&id, "sip"),
+                    None,
+                    "an outsider learnt node {i}'s tags"
+                );
+            }
+            assert!(
+                !o.mesh.members().iter().any(|m| m.peer_id == edge_id),
+                "an outsider learnt of another member through gossip"
+            );
+        }
+        assert!(
+            mesh.node(0)
+                .node()
+                .unwrap()
+                .mesh
+                .metrics()
+                .admission_refusals()
+                > 0,
+            "refusals are counted"
+        );
+
+        // Revoked through node 0: node 1 shuts the member out too.
+        let revocation = key.revoke(&edge_id, 1);
+        let forged = other_key.revoke(&mesh.node(1).peer_id, 1);
+        let n0 = mesh.node(0).node().unwrap();
+        assert!(
+            n0.revoke(&forged).await.is_err(),
+            "a revocation signed by another key was accepted"
+        );
+        assert_eq!(n0.revoke(&revocation).await.unwrap(), edge_id);
+        for i in 0..2 {
+            eventually(20, "every node marks the revoked member down", || {
+                let m = &mesh.node(i).node().unwrap().mesh;
+                !m.is_up(&edge_id) && m.roles_of(&edge_id).is_none()
+            })
+            .await;
+        }
+        let after = edge
+            .node(0)
+            .run(|n| async move { n.mesh.read(USERS, b"alice", Consistency::Quorum).await })
+            .await
+            .unwrap();
+        assert!(after.is_err(), "the revoked member still reads at QUORUM");
+        assert!(
+            mesh.node(1)
+                .node()
+                .unwrap()
+                .mesh
+                .is_up(&mesh.node(0).peer_id),
+            "the forged revocation shut out an honest member"
+        );
+    })
+    .await;
+}
+
+/// A member that does not hold back (a bare mesh peer without the node's rights, as a
+/// compromised or modified node would be) finds the replicas refusing what its role does not
+/// allow, on every path: a direct write, and the anti-entropy rounds after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_refuse_writes_beyond_a_members_rights() {
+    within(120, async {
+        let key = Arc::new(EnrollmentKey::generate());
+        let mesh = nodes(2, Some(enrolled(&key, Roles::ADMIN)), None).await;
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = MeshConfig::new(dir.path().join("rogue"));
+        config.mesh_key = Some(sipmesh_net::config::MeshConfigKey(MESH_KEY).psk());
+        config.bootstrap = vec![mesh.node(0).addr.clone()];
+        config.anti_entropy_interval = Duration::from_secs(1);
+        config.enrollment = Some(enrolled(&key, Roles::EDGE));
+        let ks = Keyspace::in_memory(sipmesh::tables::all());
+        let (rogue, _inbox) = Mesh::start(config, ks.clone()).await.unwrap();
+        let rogue_id = rogue.peer_id();
+        for i in 0..2 {
+            eventually(30, "the member joins", || {
+                mesh.node(i).node().unwrap().mesh.is_up(&rogue_id)
+            })
+            .await;
+        }
+        let stamp = ks.now();
+        let user = Mutation::new(USERS, b"mallory".to_vec()).upsert(
+            b"",
+            [("realm", b"sipmesh".to_vec())],
+            stamp,
+            None,
+        );
+        let err = rogue
+            .write(user, Consistency::Quorum)
+            .await
+            .expect_err("replicas took a user from an edge member");
+        assert!(err.to_string().contains("admin role"), "{err}");
+        let theirs = mesh.node(0).peer_id.to_string().into_bytes();
+        let spoof = Mutation::new(PROXIES, theirs).upsert(
+            b"",
+            [("capacity", b"1000000".to_vec())],
+            stamp,
+            None,
+        );
+        assert!(
+            rogue.write(spoof, Consistency::Quorum).await.is_err(),
+            "replicas took another node's proxies row"
+        );
+        // The control: its own row is its to write.
+        let own = Mutation::new(PROXIES, rogue_id.to_string().into_bytes()).upsert(
+            b"",
+            [("capacity", b"10".to_vec())],
+            stamp,
+            None,
+        );
+        rogue.write(own, Consistency::Quorum).await.unwrap();
+        // Anti-entropy (it pushes, the others pull from it) does not carry the refused rows.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        for i in 0..2 {
+            assert!(!has_user(&mesh, i, "mallory"), "node {i} took mallory");
+            let node = mesh.node(i).node().unwrap();
+            let row = node
+                .mesh
+                .keyspace()
+                .read_row(PROXIES, mesh.node(0).peer_id.to_string().as_bytes(), b"")
+                .unwrap();
+            assert!(
+                row.is_none_or(|r| r.get("capacity") != Some(b"1000000".as_slice())),
+                "node {i} took the spoofed proxies row"
+            );
+        }
+        assert!(
+            mesh.node(0).node().unwrap().mesh.metrics().writes_refused() > 0,
+            "refused writes are counted"
+        );
+        rogue.shutdown().await;
+    })
+    .await;
+}
