@@ -26,7 +26,6 @@ use sipmesh_storage::merkle::{leaf_tokens, MERKLE_LEAVES};
 use sipmesh_storage::{Keyspace, Mutation, PartitionDigest, TableId};
 use tracing::{debug, info, warn};
 
-use crate::admission::NOT_ALLOWED;
 use crate::error::{Error, Result};
 use crate::link::Link;
 use crate::membership::Membership;
@@ -304,11 +303,8 @@ impl AntiEntropy {
             if x.bytes >= MAX_BYTES_PER_ROUND {
                 return Ok(());
             }
-            // A partition the peer may not send (per-table rights) is left to its writers.
-            if let Some(bytes) = self.pull_partition(peer, table, &pk).await? {
-                x.bytes += bytes;
-                x.pulled += 1;
-            }
+            x.bytes += self.pull_partition(peer, table, &pk).await?;
+            x.pulled += 1;
         }
         for (table, pk) in push {
             if x.bytes >= MAX_BYTES_PER_ROUND {
@@ -321,14 +317,8 @@ impl AntiEntropy {
     }
 
     /// Pull a partition from `peer`, page by page, applying each page if this node replicates
-    /// the partition. Returns the bytes moved, or `None` when the peer may not send its rows
-    /// (per-table rights, under enrollment).
-    async fn pull_partition(
-        &self,
-        peer: PeerId,
-        table: TableId,
-        pk: &[u8],
-    ) -> Result<Option<usize>> {
+    /// the partition. Returns the bytes moved.
+    async fn pull_partition(&self, peer: PeerId, table: TableId, pk: &[u8]) -> Result<usize> {
         let mut after = None;
         let mut bytes = 0;
         loop {
@@ -345,17 +335,12 @@ impl AntiEntropy {
                         entries,
                     };
                     bytes += approx_size(&m);
-                    match self.replication.handle_push(&peer, &[m], true) {
-                        Response::Error(e) if e.starts_with(NOT_ALLOWED) => {
-                            debug!(%peer, table, error = %e, "pulled rows refused");
-                            return Ok(None);
-                        }
-                        Response::Error(e) => return Err(Error::Protocol(e)),
-                        _ => {}
+                    if let Response::Error(e) = self.replication.handle_push(&[m], true) {
+                        return Err(Error::Protocol(e));
                     }
                     match next {
                         Some(n) => after = Some(n),
-                        None => return Ok(Some(bytes)),
+                        None => return Ok(bytes),
                     }
                 }
                 Response::Error(e) => return Err(Error::Protocol(e)),
@@ -396,10 +381,6 @@ impl AntiEntropy {
                     partition_key: pk.to_vec(),
                     entries,
                 };
-                // Rows this node may not send are the writers' to spread.
-                if owned_only && self.replication.may_send(&m).is_err() {
-                    return Ok(bytes);
-                }
                 bytes += approx_size(&m);
                 let request = Request::Push {
                     mutations: vec![m],

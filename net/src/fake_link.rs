@@ -70,7 +70,7 @@ impl FakeLink {
             Request::Push {
                 mutations,
                 owned_only,
-            } => node.handle_push(&self.from, &mutations, owned_only),
+            } => node.handle_push(&mutations, owned_only),
             other => Response::Error(format!("{} not served by the fake link", other.kind())),
         };
         match response {

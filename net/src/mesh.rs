@@ -193,7 +193,7 @@ impl Handler for Service {
                 mutations,
                 owned_only,
             } => {
-                let response = self.replication.handle_push(&peer, &mutations, owned_only);
+                let response = self.replication.handle_push(&mutations, owned_only);
                 return self.when_durable(response);
             }
             Request::App(payload) => {

@@ -18,7 +18,7 @@ use libp2p::PeerId;
 use sipmesh_storage::{Cell, EntryKey, Keyspace, Mutation, Partition, TableId};
 use tracing::{debug, warn, Instrument};
 
-use crate::admission::{Gate, NOT_ALLOWED};
+use crate::admission::Gate;
 use crate::error::{Error, Result};
 use crate::group_commit::GroupCommit;
 use crate::link::Link;
@@ -384,11 +384,6 @@ impl Replication {
         }
     }
 
-    /// Whether this node may send `m` to a replica (per-table rights, under enrollment).
-    pub fn may_send(&self, m: &Mutation) -> std::result::Result<(), String> {
-        self.gate.may_send(m)
-    }
-
     /// Wait until what this node applied so far is on disk (group commit).
     pub async fn durable(&self) -> Result<()> {
         self.commit.durable().await.map_err(Error::Durability)
@@ -412,33 +407,20 @@ impl Replication {
 
     /// Replica side: apply pushed mutations, only owned partitions when `owned_only`.
     ///
-    /// `from` sent the rows (a push, or a page this node pulled): under enrollment, rows it may
-    /// not write are not applied, and the answer is an error, so a sender handing partitions
-    /// off never deletes what was refused.
-    pub fn handle_push(&self, from: &PeerId, mutations: &[Mutation], owned_only: bool) -> Response {
+    /// Rows moving between replicas are not checked against the write rights: a replica is
+    /// trusted with what it holds (docs/SECURITY.md), and refusing them would leave copies that
+    /// could only decrease as the ring changes.
+    pub fn handle_push(&self, mutations: &[Mutation], owned_only: bool) -> Response {
         let snap = self.membership.snapshot();
-        let roles = self.gate.roles(from);
-        let mut refused = None;
         for m in mutations {
             if owned_only && !snap.is_local_replica(&m.partition_key) {
-                continue;
-            }
-            let allowed = match roles {
-                Some(roles) => self.gate.may_write(from, roles, m),
-                None => Err("not a member of this mesh".into()),
-            };
-            if let Err(why) = allowed {
-                refused = Some(why);
                 continue;
             }
             if let Err(e) = self.keyspace.apply(m) {
                 return Response::Error(e.to_string());
             }
         }
-        match refused {
-            Some(why) => Response::Error(format!("{NOT_ALLOWED}{why}")),
-            None => Response::Ack,
-        }
+        Response::Ack
     }
 
     /// Offer stored hints to the peers that are up again. Returns how many were delivered.

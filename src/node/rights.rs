@@ -8,18 +8,22 @@
 //!   delete one (the node that sees the BYE ends the call).
 //! - `bans`: a ban names the node that banned (`by`), and it must be the writer; any member
 //!   may lift one.
-//! - `registrations`, `mesh` and `revocations`: any member (a phone's binding moves to the node
-//!   it registers with; custody claims; revocations are signed by the enrollment key and
-//!   checked by every reader).
+//! - `registrations`: a binding names the node that owns its flow, and it must be the writer
+//!   (a phone that moves registers with its new node, which writes a binding naming itself);
+//!   any member may delete one (a phone unregistering through another node).
+//! - `mesh` and `revocations`: any member (custody claims, the mesh secret at bootstrap;
+//!   revocations are signed by the enrollment key and checked by every reader).
 //!
 //! These hold for writes a member coordinates (and the read repairs and hints it sends). Rows
 //! that move between replicas (anti-entropy, handoff) are not checked: a replica is trusted
-//! with the rows it holds, as a Cassandra node is (docs/SECURITY.md, "Trust model").
+//! with the rows it holds, as a Cassandra node is (docs/SECURITY.md, "What a member can still
+//! do").
 
 use sipmesh_net::{PeerId, Roles};
 use sipmesh_storage::{CellValue, EntryKey, Mutation};
 
-use crate::tables::{BANS, DIALOGS_OF_NODE, PROXIES, USERS};
+use crate::call::location::Binding;
+use crate::tables::{BANS, DIALOGS_OF_NODE, PROXIES, REGISTRATIONS, USERS};
 
 fn is_delete(key: &EntryKey, value: &CellValue) -> bool {
     matches!(
@@ -42,6 +46,22 @@ pub fn check(writer: &PeerId, roles: Roles, m: &Mutation) -> Result<(), String> 
             if !m.partition_key.starts_with(&writer.to_bytes()) && upserts().next().is_some() =>
         {
             Err("a node stores dialogs only in its own partitions".into())
+        }
+        REGISTRATIONS => {
+            let foreign = upserts().any(|(k, c)| match (k, &c.value) {
+                (EntryKey::Column(clustering, col), CellValue::Live { value, .. })
+                    if col == "binding" =>
+                {
+                    sipmesh_storage::codec::decode::<Binding>(value, "registrations", clustering)
+                        .map_or(true, |b| b.owner != *writer)
+                }
+                _ => false,
+            });
+            if foreign {
+                Err("a binding must name the node that writes it as its owner".into())
+            } else {
+                Ok(())
+            }
         }
         BANS => {
             let me = writer.to_string();
@@ -118,6 +138,33 @@ mod tests {
                 None,
             )
         };
+        let binding = |owner: &PeerId| {
+            let b = Binding {
+                contact: "sip:a@192.0.2.1".into(),
+                params: Vec::new(),
+                expires_at_ms: 1,
+                q: None,
+                call_id: "c".into(),
+                cseq: 1,
+                user_agent: None,
+                owner: *owner,
+                flow: crate::sip::flow::Flow::Udp("192.0.2.1:5060".parse().unwrap()),
+                instance: None,
+                reg_id: None,
+                path: Vec::new(),
+                updated_ms: 0,
+            };
+            Mutation::new(REGISTRATIONS, b"alice".to_vec()).upsert(
+                &b.key(),
+                [("binding", b.encode())],
+                ts(),
+                None,
+            )
+        };
+        assert!(check(&me, Roles::EDGE, &binding(&me)).is_ok());
+        assert!(check(&me, Roles::ADMIN, &binding(&other)).is_err());
+        let unregister = Mutation::new(REGISTRATIONS, b"alice".to_vec()).delete_row(b"c:x", ts());
+        assert!(check(&me, Roles::EDGE, &unregister).is_ok());
         assert!(check(&me, Roles::EDGE, &ban(&me)).is_ok());
         assert!(check(&me, Roles::EDGE, &ban(&other)).is_err());
     }
