@@ -949,7 +949,11 @@ fn status_once(node: &str, token: Option<&str>) -> Result<()> {
             "{} {:52} {:5} {:>16} {:>6} {:>7} {:>10} {:>8}  {}",
             if local { "*" } else { " " },
             text(&m["peer_id"]),
-            text(&m["state"]).to_lowercase(),
+            if m["joining"].as_bool().unwrap_or(false) {
+                "join".to_string()
+            } else {
+                text(&m["state"]).to_lowercase()
+            },
             format!("{}/{}", tag("load"), tag("capacity")),
             regs,
             dialogs,

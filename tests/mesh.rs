@@ -410,6 +410,100 @@ async fn joining_node_ends_up_with_exactly_its_keys() {
     .await;
 }
 
+/// Two nodes join a settled mesh at once and stay joining (their first anti-entropy round is a
+/// long way off): reads do not go to them, so a QUORUM read never meets two empty replicas and
+/// misses an acknowledged write; the old replicas keep their data (no handoff while members
+/// join); writes reach old and new replicas alike. (Cassandra's pending ranges.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_nodes_take_writes_but_no_reads_until_they_hold_the_data() {
+    within(180, async {
+        let mesh = LocalMesh::builder()
+            .nodes(3)
+            .anti_entropy_interval(Duration::from_millis(500))
+            .start()
+            .await
+            .unwrap();
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        eventually(30, "the first three nodes have joined", || {
+            (0..3).all(|i| !mesh.node(i).node().unwrap().mesh.snapshot().any_joining())
+        })
+        .await;
+        for i in 0..300 {
+            write(&mesh, i % 3, key(i), format!("v{i}"), Consistency::Quorum)
+                .await
+                .unwrap();
+        }
+        let joiners = LocalMesh::builder()
+            .nodes(2)
+            .anti_entropy_interval(Duration::from_secs(600))
+            .bootstrap(mesh.node(0).addr.clone())
+            .start()
+            .await
+            .unwrap();
+        let ids: Vec<_> = (0..2).map(|i| joiners.node(i).peer_id).collect();
+        eventually(30, "every node sees both joiners up and joining", || {
+            (0..3).all(|i| {
+                let snap = mesh.node(i).node().unwrap().mesh.snapshot();
+                ids.iter()
+                    .all(|id| snap.ring.iter().any(|m| m.peer == *id && m.up && m.joining))
+            })
+        })
+        .await;
+        let snap = mesh.node(0).node().unwrap().mesh.snapshot();
+        let both = (0..300)
+            .filter(|&i| {
+                let reps = snap.replicas(&key(i));
+                ids.iter().all(|id| reps.iter().any(|m| m.peer == *id))
+            })
+            .count();
+        assert!(both > 0, "some partitions now belong to both joiners");
+        for via in 0..3 {
+            for i in 0..300 {
+                assert_eq!(
+                    read(&mesh, via, key(i), Consistency::Quorum).await.unwrap(),
+                    Some(format!("v{i}")),
+                    "a QUORUM read through node {via} missed key {i}"
+                );
+            }
+        }
+        // A joiner coordinating reads asks the old replicas too.
+        for i in 0..300 {
+            let got = joiners
+                .node(0)
+                .run(move |n| async move { n.mesh.read(USERS, &key(i), Consistency::Quorum).await })
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.rows.len(), 1, "a read through a joiner missed key {i}");
+        }
+        // New writes reach the joiners as well as the old replicas.
+        write(&mesh, 0, key(1_000), "new".into(), Consistency::Quorum)
+            .await
+            .unwrap();
+        let owners = snap.replicas(&key(1_000));
+        for (j, id) in ids.iter().enumerate() {
+            if owners.iter().any(|m| m.peer == *id) {
+                let node = joiners.node(j).node().unwrap();
+                let ks = node.keyspace().clone();
+                eventually(10, "the joiner got the new write", || {
+                    ks.read_row(USERS, &key(1_000), b"")
+                        .ok()
+                        .flatten()
+                        .is_some()
+                })
+                .await;
+            }
+        }
+        // No old node dropped a partition while members join.
+        let held: usize = (0..3).map(|i| local_keys(&mesh, i).len()).sum();
+        assert!(
+            held >= 900,
+            "old replicas handed off while members joined: {held}"
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_to_one_cell_converge() {
     within(120, async {

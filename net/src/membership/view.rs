@@ -73,6 +73,8 @@ pub(crate) struct View {
     members: HashMap<PeerId, Entry>,
     /// Connected or gossiped peers that are not members yet (heartbeats go to them too).
     candidates: HashMap<PeerId, Instant>,
+    /// This node is joining (streaming its replicas for the first time).
+    pub(crate) joining: bool,
 }
 
 impl View {
@@ -95,6 +97,7 @@ impl View {
                     info: MemberInfo {
                         wall_ms: 0,
                         credential: Vec::new(),
+                        joining: false,
                         peer_id: peer.to_bytes(),
                         addrs,
                         generation,
@@ -114,6 +117,7 @@ impl View {
             started: now,
             members,
             candidates: HashMap::new(),
+            joining: false,
         }
     }
 
@@ -213,6 +217,10 @@ impl View {
                 } else if restarted {
                     info!(peer = %from, generation = info.generation, "member restarted");
                     changes.events.push(MemberEvent::Up(from));
+                }
+                if e.info.joining != info.joining {
+                    info!(peer = %from, joining = info.joining, "member's replicas streamed");
+                    changes.ring_changed = true;
                 }
                 e.info = info;
                 e.addrs = addrs;
@@ -371,6 +379,7 @@ impl View {
             peer: self.local,
             position: peer_position(&self.local),
             up: true,
+            joining: self.joining,
         }];
         ring.extend(
             self.members
@@ -380,6 +389,7 @@ impl View {
                     peer: *peer,
                     position: peer_position(peer),
                     up: e.state == MemberState::Up,
+                    joining: e.info.joining,
                 }),
         );
         ring.sort_by_key(|m| m.position);
@@ -397,6 +407,7 @@ mod tests {
         MemberInfo {
             wall_ms: 0,
             credential: Vec::new(),
+            joining: false,
             peer_id: p.to_bytes(),
             addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
             generation,
