@@ -480,6 +480,12 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
     {
         bail!("config: need min_expires <= default_expires <= max_expires");
     }
+    if let Some(secs) = file.tombstone_grace_secs {
+        if secs < 60 {
+            bail!("config: tombstone_grace_secs = {secs}: at least 60 (a tombstone must outlive the replication of the delete)");
+        }
+        c.tombstone_grace = std::time::Duration::from_secs(secs);
+    }
     c.sync = match file.sync.as_deref() {
         None | Some("group-commit") => sipmesh_storage::SyncPolicy::GroupCommit,
         Some("periodic") => sipmesh_storage::SyncPolicy::Periodic { every_ms: 500 },
@@ -946,20 +952,21 @@ fn status_once(node: &str, token: Option<&str>) -> Result<()> {
             )
         };
         println!(
-            "{} {:52} {:5} {:>16} {:>6} {:>7} {:>10} {:>8}  {}",
+            "{} {:52} {:5} {:>16} {:>6} {:>7} {:>10} {:>8}  {}{}",
             if local { "*" } else { " " },
             text(&m["peer_id"]),
-            if m["joining"].as_bool().unwrap_or(false) {
-                "join".to_string()
-            } else {
-                text(&m["state"]).to_lowercase()
-            },
+            text(&m["state"]).to_lowercase(),
             format!("{}/{}", tag("load"), tag("capacity")),
             regs,
             dialogs,
             m["generation"],
             heard,
-            tag("sip")
+            tag("sip"),
+            if m["joining"].as_bool().unwrap_or(false) {
+                "  (joining: reads go to the others)"
+            } else {
+                ""
+            }
         );
     }
     Ok(())

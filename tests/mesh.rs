@@ -504,6 +504,106 @@ async fn joining_nodes_take_writes_but_no_reads_until_they_hold_the_data() {
     .await;
 }
 
+/// Two-phase tombstone collection: with a one-second grace period, a delete's tombstone stays on
+/// every replica while one replica is down (it still holds the deleted value), reaches that
+/// replica when it returns (no resurrection), and only then goes, from all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tombstones_go_only_once_every_replica_has_them() {
+    within(180, async {
+        let mesh = LocalMesh::builder()
+            .nodes(3)
+            .anti_entropy_interval(Duration::from_millis(500))
+            .configure(|c| {
+                c.tombstone_grace = Duration::from_secs(1);
+                c.mesh.compaction_interval = Duration::from_millis(500);
+            })
+            .start()
+            .await
+            .unwrap();
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        let k = key(7);
+        write(&mesh, 0, k.clone(), "doomed".into(), Consistency::All)
+            .await
+            .unwrap();
+        let tombstone_at = |i: usize| {
+            let node = mesh.node(i).node().expect("running");
+            node.keyspace()
+                .partition_entries(USERS, &k)
+                .unwrap()
+                .iter()
+                .any(|(e, _)| matches!(e, sipmesh_storage::EntryKey::RowTombstone(_)))
+        };
+        mesh.stop(2).await.unwrap();
+        mesh.node(0)
+            .run({
+                let k = k.clone();
+                move |n| async move {
+                    let m = Mutation::new(USERS, k).delete_row(b"", n.keyspace().now());
+                    n.mesh.write(m, Consistency::Quorum).await
+                }
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        // Many grace periods and compactions later, the tombstone is still on both live
+        // replicas: the third has not got it.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(
+            tombstone_at(0) && tombstone_at(1),
+            "purged while a replica was down"
+        );
+        mesh.restart(2).await.unwrap();
+        eventually(60, "the returning replica gets the delete", || {
+            local_value(&mesh, 2, &k).is_none()
+        })
+        .await;
+        for via in 0..3 {
+            assert_eq!(
+                read(&mesh, via, k.clone(), Consistency::Quorum)
+                    .await
+                    .unwrap(),
+                None
+            );
+        }
+        eventually(60, "the tombstone is collected on every replica", || {
+            (0..3).all(|i| {
+                let node = mesh.node(i).node().expect("running");
+                node.keyspace()
+                    .partition_entries(USERS, &k)
+                    .unwrap()
+                    .is_empty()
+            })
+        })
+        .await;
+        let collected: u64 = (0..3)
+            .map(|i| {
+                mesh.node(i)
+                    .node()
+                    .unwrap()
+                    .mesh
+                    .metrics()
+                    .tombstones_collected()
+            })
+            .sum();
+        assert!(collected > 0);
+        // And it stays gone: anti-entropy brings nothing back.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for i in 0..3 {
+            assert!(
+                local_value(&mesh, i, &k).is_none(),
+                "the value came back on node {i}"
+            );
+            let node = mesh.node(i).node().expect("running");
+            assert!(node
+                .keyspace()
+                .partition_entries(USERS, &k)
+                .unwrap()
+                .is_empty());
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_to_one_cell_converge() {
     within(120, async {

@@ -11,6 +11,7 @@
 //! - [`membership`]: who is in the mesh, heartbeats, failure detection, generations, leave.
 //! - [`placement`]: which members hold a partition (XOR-closest, as Kademlia).
 //! - `quorum`: asking several replicas at once, deciding on the first quorum.
+//! - `gc`: tombstones purged only once every replica holds them (two-phase, as Garage).
 //! - `group_commit`: acknowledged writes are on disk; concurrent writes share one flush.
 //! - [`replication`]: the coordinator (consistency levels, read repair, hints) and the replica side.
 //! - [`anti_entropy`]: Merkle comparison between replicas, streaming of differences, handoff.
@@ -26,6 +27,7 @@ pub mod config;
 mod error;
 #[cfg(test)]
 mod fake_link;
+pub(crate) mod gc;
 pub(crate) mod group_commit;
 pub(crate) mod link;
 pub(crate) mod membership;

@@ -32,9 +32,6 @@ const HANDOFF_EVERY: Duration = Duration::from_secs(5);
 const HANDOFF_SAFETY_NET: Duration = Duration::from_secs(300);
 /// How long shutdown waits for the background loops.
 const SHUTDOWN_WITHIN: Duration = Duration::from_secs(2);
-/// How often the keyspace is compacted (a full scan: expired cells become tombstones, old
-/// tombstones are purged).
-const COMPACT_EVERY: Duration = Duration::from_secs(60);
 
 /// A connected peer that has not shown a valid credential within this long is disconnected.
 const ADMIT_WITHIN: Duration = Duration::from_secs(10);
@@ -193,6 +190,25 @@ impl Handler for Service {
                         .unwrap_or_else(|e| Response::Error(e.to_string()))
                 });
             }
+            Request::Held {
+                table,
+                partition_key,
+                entries,
+            } => match self.keyspace.holds(table, &partition_key, &entries) {
+                Ok(held) => Response::Held(held),
+                Err(e) => Response::Error(e.to_string()),
+            },
+            Request::Purge {
+                table,
+                partition_key,
+                entries,
+            } => match self
+                .keyspace
+                .purge_tombstones(table, &partition_key, &entries)
+            {
+                Ok(_) => Response::Ack,
+                Err(e) => Response::Error(e.to_string()),
+            },
             Request::Push {
                 mutations,
                 owned_only,
@@ -412,10 +428,20 @@ async fn anti_entropy_rounds(
 
 /// Hand off partitions this node no longer replicates (when the ring changed, and now and
 /// then as a safety net), and compact the keyspace every [`COMPACT_EVERY`].
+/// What tombstone collection needs (`gc`).
+struct GcContext {
+    local: PeerId,
+    membership: Arc<Membership>,
+    link: Arc<dyn Link>,
+    timeout: Duration,
+    compact_every: Duration,
+}
+
 async fn handoff_and_compaction(
     ae: AntiEntropy,
     keyspace: Keyspace,
     metrics: MeshMetrics,
+    gc: GcContext,
     mut shutdown: Shutdown,
 ) {
     let mut ticker = tokio::time::interval(HANDOFF_EVERY);
@@ -443,11 +469,31 @@ async fn handoff_and_compaction(
                 handed_at = Some((version, tokio::time::Instant::now()));
             }
         }
-        if last_compaction.elapsed() >= COMPACT_EVERY {
+        if last_compaction.elapsed() >= gc.compact_every {
             last_compaction = tokio::time::Instant::now();
             let ks = keyspace.clone();
-            match tokio::task::spawn_blocking(move || ks.compact()).await {
-                Ok(Ok(stats)) => debug!(?stats, "compaction"),
+            let compacted = tokio::task::spawn_blocking(move || {
+                ks.compact_for_gc(crate::gc::MAX_PARTITIONS_PER_PASS)
+            })
+            .await;
+            match compacted {
+                Ok(Ok((stats, candidates))) => {
+                    debug!(?stats, tombstones = candidates.len(), "compaction");
+                    // Nothing left to hand off: no old owner still holds a value to push.
+                    let handed_off = handed_at.is_some_and(|(v, _)| v == ae.ring_version());
+                    if handed_off && !candidates.is_empty() {
+                        let purged = crate::gc::collect(
+                            gc.local,
+                            &keyspace,
+                            &gc.membership,
+                            &gc.link,
+                            candidates,
+                            gc.timeout,
+                        )
+                        .await;
+                        metrics.tombstones_purged(purged);
+                    }
+                }
                 Ok(Err(e)) => tracing::error!(error = %e, "compaction failed"),
                 Err(_) => {}
             }
@@ -590,8 +636,21 @@ impl Mesh {
             .instrument(span.clone())
         });
         background.spawn("handoff and compaction", |s| {
-            handoff_and_compaction(anti_entropy.clone(), keyspace.clone(), metrics.clone(), s)
-                .instrument(span.clone())
+            let gc = GcContext {
+                local,
+                membership: membership.clone(),
+                link: link.clone(),
+                timeout: config.request_timeout,
+                compact_every: config.compaction_interval,
+            };
+            handoff_and_compaction(
+                anti_entropy.clone(),
+                keyspace.clone(),
+                metrics.clone(),
+                gc,
+                s,
+            )
+            .instrument(span.clone())
         });
         info!(peer_id = %local, generation, "mesh started");
         let mesh = Mesh {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use serde::{Deserialize, Serialize};
-use sipmesh_storage::{codec, Cell, EntryKey, Mutation, PartitionDigest, TableId};
+use sipmesh_storage::{codec, Cell, EntryKey, Mutation, PartitionDigest, TableId, Timestamp};
 
 use crate::error::{Error, Result};
 
@@ -131,6 +131,28 @@ pub enum Request {
         /// The generation that stops.
         generation: u64,
     },
+    /// Tombstone collection, phase 1: which of these tombstones the replica holds (or something
+    /// newer). Answered with [`Response::Held`].
+    Held {
+        /// The table.
+        table: TableId,
+        /// The partition key.
+        #[serde(with = "serde_bytes")]
+        partition_key: Vec<u8>,
+        /// The tombstones.
+        entries: Vec<(EntryKey, Timestamp)>,
+    },
+    /// Tombstone collection, phase 2: every replica holds these; purge them where they are
+    /// exactly as given.
+    Purge {
+        /// The table.
+        table: TableId,
+        /// The partition key.
+        #[serde(with = "serde_bytes")]
+        partition_key: Vec<u8>,
+        /// The tombstones.
+        entries: Vec<(EntryKey, Timestamp)>,
+    },
 }
 
 /// A response.
@@ -160,6 +182,8 @@ pub enum Response {
     },
     /// Opaque application bytes.
     App(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Whether the responder holds each tombstone asked about, in order.
+    Held(Vec<bool>),
     /// The request failed at the responder.
     Error(String),
 }
@@ -178,6 +202,8 @@ impl Request {
             Request::Push { .. } => "push",
             Request::App(_) => "app",
             Request::Stopping { .. } => "stopping",
+            Request::Held { .. } => "held",
+            Request::Purge { .. } => "purge",
         }
     }
 }

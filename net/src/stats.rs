@@ -49,6 +49,7 @@ pub struct MeshMetrics {
     heartbeat_failures: Counter,
     admission_refused: Family<RefusalLabels, Counter>,
     writes_refused: Counter,
+    tombstones_purged: Counter,
 }
 
 /// Labels of a refused peer.
@@ -80,6 +81,7 @@ impl Default for MeshMetrics {
             heartbeat_failures: Counter::default(),
             admission_refused: Family::default(),
             writes_refused: Counter::default(),
+            tombstones_purged: Counter::default(),
         }
     }
 }
@@ -159,10 +161,25 @@ impl MeshMetrics {
             self.admission_refused.clone(),
         );
         registry.register(
+            "tombstones_purged",
+            "Tombstones purged after every replica of their partition confirmed holding them",
+            self.tombstones_purged.clone(),
+        );
+        registry.register(
             "writes_refused",
             "Mutations from members refused by the per-table write rights",
             self.writes_refused.clone(),
         );
+    }
+
+    /// Tombstones this node purged after every replica confirmed them.
+    pub(crate) fn tombstones_purged(&self, n: usize) {
+        self.tombstones_purged.inc_by(n as u64);
+    }
+
+    /// Tombstones purged since start.
+    pub fn tombstones_collected(&self) -> u64 {
+        self.tombstones_purged.get()
     }
 
     /// A peer failed admission.

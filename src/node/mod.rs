@@ -57,6 +57,9 @@ pub struct NodeConfig {
     pub mesh: MeshConfig,
     /// The keyspace's sync policy.
     pub sync: SyncPolicy,
+    /// How long a tombstone is kept at least; then it is purged once every replica of its
+    /// partition holds it.
+    pub tombstone_grace: Duration,
     /// SIP address (UDP and TCP).
     pub sip_listen: SocketAddr,
     /// The SIP address phones and other nodes reach (`host[:port]`, a hostname or an IP), when
@@ -120,6 +123,7 @@ impl NodeConfig {
             mesh: MeshConfig::new(data_dir.clone()),
             data_dir,
             sync: SyncPolicy::default(),
+            tombstone_grace: Duration::from_secs(3_600),
             sip_listen: "127.0.0.1:0".parse().expect("valid"),
             sip_advertise: None,
             sip_tls_listen: None,
@@ -847,6 +851,7 @@ async fn open_keyspace(config: &NodeConfig) -> Result<Keyspace> {
     let dir = config.data_dir.join("keyspace");
     let ks_config = KeyspaceConfig {
         sync: config.sync,
+        tombstone_grace_ms: config.tombstone_grace.as_millis() as u64,
         ..KeyspaceConfig::default()
     };
     tokio::task::spawn_blocking(move || Keyspace::open_sled(&dir, tables::all(), ks_config))

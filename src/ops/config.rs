@@ -56,6 +56,9 @@ pub struct FileConfig {
     pub sync: Option<String>,
     /// `--insecure-open-mesh`
     pub insecure_open_mesh: Option<bool>,
+    /// How long a tombstone is kept at least, in seconds (default 3,600); then it is purged
+    /// once every replica of its partition holds it.
+    pub tombstone_grace_secs: Option<u64>,
     /// `--credential` (a file)
     pub credential: Option<std::path::PathBuf>,
     /// `--domain` (a list): domains of the mesh besides the realm and members' addresses.

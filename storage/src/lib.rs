@@ -38,7 +38,8 @@ pub use hints::{Hint, Hints};
 pub use hlc::{Hlc, SystemClock, Timestamp, WallClock};
 pub use key::{token_of, EntryKey, Token};
 pub use keyspace::{
-    CellView, CompactionStats, Keyspace, KeyspaceConfig, Partition, PartitionDigest, RawEntry, Row,
+    CellView, CompactionStats, GcCandidate, Keyspace, KeyspaceConfig, Partition, PartitionDigest,
+    RawEntry, Row,
 };
 pub use merkle::{MerkleTree, MERKLE_DEPTH, MERKLE_LEAVES};
 pub use mutation::Mutation;

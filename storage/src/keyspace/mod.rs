@@ -31,8 +31,10 @@ use crate::partition::resolve_sorted;
 pub use crate::partition::{CellView, Partition, Row};
 use crate::row::StoredRow;
 use crate::schema::{ClusteringOrder, TableId, TableSchema};
+pub use gc::GcCandidate;
 
 mod compaction;
+mod gc;
 mod ranges;
 
 pub use ranges::PartitionDigest;
