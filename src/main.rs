@@ -952,7 +952,7 @@ fn status_once(node: &str, token: Option<&str>) -> Result<()> {
             )
         };
         println!(
-            "{} {:52} {:5} {:>16} {:>6} {:>7} {:>10} {:>8}  {}{}",
+            "{} {:52} {:5} {:>16} {:>6} {:>7} {:>10} {:>8}  {}",
             if local { "*" } else { " " },
             text(&m["peer_id"]),
             text(&m["state"]).to_lowercase(),
@@ -961,12 +961,7 @@ fn status_once(node: &str, token: Option<&str>) -> Result<()> {
             dialogs,
             m["generation"],
             heard,
-            tag("sip"),
-            if m["joining"].as_bool().unwrap_or(false) {
-                "  (joining: reads go to the others)"
-            } else {
-                ""
-            }
+            tag("sip")
         );
     }
     Ok(())

@@ -457,12 +457,11 @@ impl AntiEntropy {
     }
 
     /// Hand off partitions this node is no longer a replica of. Only while every ring member is
-    /// up, none is joining (reads still come to the replicas a partition had before the joiner)
-    /// and this node sees a majority: a partition is dropped only after every current replica
+    /// up and this node sees a majority: a partition is dropped only after every current replica
     /// acknowledged all of it. Returns how many partitions were handed off.
     pub async fn handoff(&self) -> usize {
         let snap = self.membership.snapshot();
-        if !snap.has_majority() || snap.ring.iter().any(|m| !m.up) || snap.any_joining() {
+        if !snap.has_majority() || snap.ring.iter().any(|m| !m.up) {
             return 0;
         }
         // A full scan of the keyspace, off the async workers.

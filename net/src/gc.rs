@@ -1,9 +1,8 @@
 //! Tombstone collection between replicas (Garage's two-phase GC): a tombstone past its grace
 //! period is purged only when every replica of its partition holds it (phase 1, `Held`), and
 //! then on all of them (phase 2, `Purge`), so no copy is left to bring it, or what it deleted,
-//! back. Runs only while every ring member is up, none is joining and nothing is left to hand
-//! off: a down member may still hold an old value, and a joiner or an old owner may not have
-//! the tombstone yet. A replica that misses phase 2 keeps its tombstone and runs the protocol
+//! back. Runs only while every ring member is up and nothing is left to hand off: a down
+//! member may still hold an old value, and an old owner may not have the tombstone yet. A replica that misses phase 2 keeps its tombstone and runs the protocol
 //! itself later (its tombstone comes back to the others by anti-entropy meanwhile, which is
 //! harmless).
 
@@ -32,7 +31,7 @@ pub(crate) async fn collect(
     timeout: Duration,
 ) -> usize {
     let snap = membership.snapshot();
-    if !snap.has_majority() || snap.ring.iter().any(|m| !m.up) || snap.any_joining() {
+    if !snap.has_majority() || snap.ring.iter().any(|m| !m.up) {
         return 0;
     }
     let mut purged = 0;

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use libp2p::{Multiaddr, PeerId};
 use sipmesh_storage::{Cell, EntryKey, Keyspace, Mutation, Partition, TableId};
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, Instrument};
 
 use crate::admission::{now_ms, Admission, Gate, Refusal, Revocation, Roles, WriteRights};
 use crate::anti_entropy::{self, AntiEntropy};
@@ -35,10 +35,6 @@ const SHUTDOWN_WITHIN: Duration = Duration::from_secs(2);
 
 /// A connected peer that has not shown a valid credential within this long is disconnected.
 const ADMIT_WITHIN: Duration = Duration::from_secs(10);
-
-/// Written into the data dir once the node streamed its replicas for the first time: from then
-/// on it is a settled member, which reads may go to as soon as it is up.
-const JOINED_FILE: &str = "joined";
 
 /// How long a self-issued credential is valid (renewed at every start).
 const SELF_ISSUED_FOR_MS: u64 = 365 * 24 * 3600 * 1000;
@@ -376,7 +372,7 @@ async fn anti_entropy_rounds(
     ae: AntiEntropy,
     every: Duration,
     metrics: MeshMetrics,
-    (catching_up, membership, data_dir): (Arc<AtomicBool>, Arc<Membership>, std::path::PathBuf),
+    catching_up: Arc<AtomicBool>,
     mut shutdown: Shutdown,
 ) {
     let mut ticker = tokio::time::interval(every);
@@ -410,18 +406,6 @@ async fn anti_entropy_rounds(
                 bytes, "in sync with every peer (replicas streamed since start)"
             );
             catching_up.store(false, Ordering::Relaxed);
-            if membership.local_info().joining {
-                let marker = data_dir.join(JOINED_FILE);
-                match crate::config::write_atomically(&marker, b"1\n", None) {
-                    Ok(()) => {
-                        info!("joined: reads may now go to this node's replicas");
-                        membership.set_joining(false);
-                    }
-                    Err(e) => {
-                        warn!(error = %e, path = %marker.display(), "cannot record that this node joined; it stays joining")
-                    }
-                }
-            }
         }
     }
 }
@@ -529,7 +513,6 @@ impl Mesh {
                 .as_ref()
                 .map(|a| a.own().to_vec())
                 .unwrap_or_default(),
-            joining: !config.data_dir.join(JOINED_FILE).exists(),
             peer_id: local.to_bytes(),
             addrs: handle.listen_addrs.iter().map(|a| a.to_string()).collect(),
             generation,
@@ -626,11 +609,7 @@ impl Mesh {
                 anti_entropy.clone(),
                 config.anti_entropy_interval,
                 metrics.clone(),
-                (
-                    catching_up.clone(),
-                    membership.clone(),
-                    config.data_dir.clone(),
-                ),
+                catching_up.clone(),
                 s,
             )
             .instrument(span.clone())

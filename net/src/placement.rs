@@ -42,9 +42,6 @@ pub struct RingMember {
     pub position: Position,
     /// Whether it is currently up (down members keep their place until evicted).
     pub up: bool,
-    /// A new member still streaming its replicas for the first time: it takes writes, reads
-    /// skip it (see [`Snapshot::read_replicas`]).
-    pub joining: bool,
 }
 
 /// An immutable view of the ring, rebuilt by membership on every change and shared by `Arc`.
@@ -69,7 +66,6 @@ impl Snapshot {
                 peer: local,
                 position: peer_position(&local),
                 up: true,
-                joining: false,
             }],
             replication_factor,
             version: 0,
@@ -103,19 +99,9 @@ impl Snapshot {
 
     /// The replicas of a position, closest first.
     pub fn replicas_at(&self, position: &Position) -> Vec<&RingMember> {
-        self.closest(position, |_| true)
-    }
-
-    /// The `effective_rf` members closest to `position` among those `eligible`.
-    fn closest(
-        &self,
-        position: &Position,
-        eligible: impl Fn(&RingMember) -> bool,
-    ) -> Vec<&RingMember> {
         let mut by_distance: Vec<(Position, &RingMember)> = self
             .ring
             .iter()
-            .filter(|m| eligible(m))
             .map(|m| (distance(&m.position, position), m))
             .collect();
         by_distance.sort_unstable_by_key(|a| a.0);
@@ -129,24 +115,6 @@ impl Snapshot {
     /// The replicas of a partition key, closest first.
     pub fn replicas(&self, partition_key: &[u8]) -> Vec<&RingMember> {
         self.replicas_at(&key_position(partition_key))
-    }
-
-    /// The replicas reads go to: while members are joining (streaming their replicas for the
-    /// first time), the replicas the partition had without them, which hold its data, as
-    /// Cassandra reads only from natural replicas while a node bootstraps. Only when the
-    /// settled members are enough to hold every copy; otherwise (a new mesh, where everyone
-    /// joins at once) the ring's own replicas.
-    pub fn read_replicas(&self, partition_key: &[u8]) -> Vec<&RingMember> {
-        let settled = self.ring.iter().filter(|m| !m.joining).count();
-        if settled == self.ring.len() || settled < self.effective_rf() {
-            return self.replicas(partition_key);
-        }
-        self.closest(&key_position(partition_key), |m| !m.joining)
-    }
-
-    /// Whether any member is joining.
-    pub fn any_joining(&self) -> bool {
-        self.ring.iter().any(|m| m.joining)
     }
 
     /// Whether this node is a replica of the partition key.
@@ -188,7 +156,6 @@ mod tests {
             ring: peers
                 .iter()
                 .map(|p| RingMember {
-                    joining: false,
                     peer: *p,
                     position: peer_position(p),
                     up: true,
@@ -197,47 +164,6 @@ mod tests {
             replication_factor: 3,
             version: 1,
         }
-    }
-
-    #[test]
-    fn reads_go_to_the_replicas_a_partition_had_before_its_joiners() {
-        let mut s = ring(5);
-        let before: Vec<Vec<PeerId>> = {
-            let mut old = s.clone();
-            old.ring.truncate(3);
-            (0..200u32)
-                .map(|i| {
-                    old.replicas(&i.to_be_bytes())
-                        .iter()
-                        .map(|m| m.peer)
-                        .collect()
-                })
-                .collect()
-        };
-        for m in &mut s.ring[3..] {
-            m.joining = true;
-        }
-        assert!(s.any_joining());
-        let mut moved = 0;
-        for (i, old) in before.iter().enumerate() {
-            let key = (i as u32).to_be_bytes();
-            let read: Vec<PeerId> = s.read_replicas(&key).iter().map(|m| m.peer).collect();
-            assert_eq!(&read, old, "reads go where the data was");
-            moved += usize::from(s.replicas(&key).iter().any(|m| m.joining));
-        }
-        assert!(moved > 0, "the joiners own some partitions");
-        // Too few settled members to hold every copy (a new mesh): the ring's own replicas.
-        for m in &mut s.ring[1..] {
-            m.joining = true;
-        }
-        let key = 7u32.to_be_bytes();
-        assert_eq!(
-            s.read_replicas(&key)
-                .iter()
-                .map(|m| m.peer)
-                .collect::<Vec<_>>(),
-            s.replicas(&key).iter().map(|m| m.peer).collect::<Vec<_>>()
-        );
     }
 
     #[test]

@@ -52,10 +52,6 @@ pub struct MemberInfo {
     /// Its signed membership credential (`admission`); empty in a mesh without enrollment.
     #[serde(with = "serde_bytes")]
     pub credential: Vec<u8>,
-    /// A new member still streaming its replicas for the first time (Cassandra's bootstrap,
-    /// "pending ranges"): it takes writes, but reads go to the members that held the data
-    /// before it joined.
-    pub joining: bool,
 }
 
 /// What a heartbeat says about another member (for discovery and to spread state).

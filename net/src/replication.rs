@@ -130,16 +130,10 @@ impl Replication {
     }
 
     /// Up replicas of a partition, the count needed, and the down replicas (for hints).
-    ///
-    /// Reads go to [`Snapshot::read_replicas`]. Writes go to those and to the ring's own
-    /// replicas (a joining member takes writes before reads come to it); each joining member
-    /// written to adds one to the acknowledgements needed, so a quorum of the read replicas
-    /// always has the write (Cassandra's pending ranges).
     fn plan(
         &self,
         partition_key: &[u8],
         cl: Consistency,
-        write: bool,
     ) -> Result<(Vec<PeerId>, usize, Vec<PeerId>)> {
         if let Some(offset_ms) = self.membership.clock_skew() {
             return Err(Error::ClockSkew {
@@ -148,16 +142,8 @@ impl Replication {
             });
         }
         let snap = self.membership.snapshot();
-        let mut needed = cl.required(snap.effective_rf());
-        let mut replicas = snap.read_replicas(partition_key);
-        if write {
-            for m in snap.replicas(partition_key) {
-                if !replicas.iter().any(|r| r.peer == m.peer) {
-                    needed += usize::from(m.up);
-                    replicas.push(m);
-                }
-            }
-        }
+        let needed = cl.required(snap.effective_rf());
+        let replicas = snap.replicas(partition_key);
         let up: Vec<PeerId> = replicas.iter().filter(|m| m.up).map(|m| m.peer).collect();
         let down: Vec<PeerId> = replicas.iter().filter(|m| !m.up).map(|m| m.peer).collect();
         let majority = snap.has_majority();
@@ -214,7 +200,7 @@ impl Replication {
         }
         let plans = ms
             .iter()
-            .map(|m| self.plan(&m.partition_key, cl, true))
+            .map(|m| self.plan(&m.partition_key, cl))
             .collect::<Result<Vec<_>>>()?;
         let same =
             |a: &[PeerId], b: &[PeerId]| a.len() == b.len() && a.iter().all(|p| b.contains(p));
@@ -309,7 +295,7 @@ impl Replication {
     ) -> Result<Vec<(EntryKey, Cell)>> {
         self.keyspace.schema(table)?;
         let span = tracing::debug_span!("replicate", op = "read", table, cl = ?cl);
-        let (up, needed, _) = self.plan(partition_key, cl, false)?;
+        let (up, needed, _) = self.plan(partition_key, cl)?;
         let pk = Arc::new(partition_key.to_vec());
         let call = |peer: PeerId| {
             let (this, pk) = (self.clone(), pk.clone());
@@ -342,6 +328,11 @@ impl Replication {
         let mut merged = Merged::new();
         for (_, entries) in &answers {
             merge_into(&mut merged, entries);
+        }
+        // What this node read, it may write over next (a delete after a lookup): its later
+        // timestamps must be greater than any it saw.
+        if let Some(newest) = merged.values().map(|c| c.ts).max() {
+            self.keyspace.observe(newest);
         }
         // Blocking read repair (as Cassandra's): when the replicas that answered differ, bring
         // the stale ones up to the merged version before answering, so the next QUORUM read —
@@ -517,7 +508,6 @@ mod tests {
         MemberInfo {
             wall_ms: 0,
             credential: Vec::new(),
-            joining: false,
             peer_id: peer.to_bytes(),
             addrs: Vec::new(),
             generation: 1,

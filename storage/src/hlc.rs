@@ -22,7 +22,7 @@ use crate::error::Result;
 const LOGICAL_BITS: u32 = 16;
 /// How far ahead of issued time the persisted ceiling is placed: one durable write per half
 /// window.
-pub const CEILING_WINDOW_MS: u64 = 10_000;
+pub const CEILING_WINDOW_MS: u64 = 2_000;
 /// A remote timestamp further than this ahead of our wall clock does not move our clock: a peer
 /// with a wildly wrong clock must not drag the whole mesh into the future.
 pub const MAX_FORWARD_DRIFT_MS: u64 = 5 * 60 * 1_000;
@@ -107,6 +107,18 @@ impl Hlc {
         persisted_ceiling_ms: u64,
         store: Option<CeilingStore>,
     ) -> Self {
+        // A quick restart: this node may have issued timestamps up to the ceiling, which is
+        // ahead of the wall clock. Starting there would stamp every write ahead of the other
+        // nodes' until the wall clock caught up, so a later delete or update through another
+        // node would lose to an earlier write through this one. Wait it out instead (at most
+        // the window; a bigger gap means the wall clock went back, and then the ceiling is
+        // where this clock starts, to stay monotonic).
+        let wall = clock.now_ms();
+        if persisted_ceiling_ms > wall && persisted_ceiling_ms - wall <= CEILING_WINDOW_MS {
+            std::thread::sleep(std::time::Duration::from_millis(
+                persisted_ceiling_ms - wall + 1,
+            ));
+        }
         let store = store.map(Arc::new);
         let durable_ms = Arc::new(AtomicU64::new(persisted_ceiling_ms));
         let ahead = store.as_ref().and_then(|store| {
@@ -278,6 +290,31 @@ pub(crate) mod tests {
         wall.0.store(1_000, Ordering::SeqCst);
         let hlc2 = Hlc::new(wall, persisted.load(Ordering::SeqCst), None);
         assert!(hlc2.now() > last);
+    }
+
+    #[test]
+    fn a_quick_restart_waits_out_the_ceiling_instead_of_running_ahead() {
+        let persisted = Arc::new(AtomicU64::new(0));
+        let p = persisted.clone();
+        let hlc = Hlc::new(
+            Arc::new(SystemClock),
+            0,
+            Some(Box::new(move |c| {
+                p.store(c, Ordering::SeqCst);
+                Ok(())
+            })),
+        );
+        let last = hlc.now();
+        let ceiling = persisted.load(Ordering::SeqCst);
+        assert!(ceiling > SystemClock.now_ms(), "the ceiling is ahead");
+        drop(hlc);
+        let hlc2 = Hlc::new(Arc::new(SystemClock), ceiling, None);
+        let first = hlc2.now();
+        assert!(first > last);
+        assert!(
+            first.millis() <= SystemClock.now_ms(),
+            "a restarted clock stamps no later than the wall clock"
+        );
     }
 
     #[test]

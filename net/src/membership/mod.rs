@@ -63,8 +63,6 @@ pub struct Member {
     pub last_heard_ms: u64,
     /// Whether this is the local node.
     pub local: bool,
-    /// A new member still streaming its replicas for the first time (reads skip it).
-    pub joining: bool,
 }
 
 fn ser_display<S: serde::Serializer, T: std::fmt::Display>(
@@ -202,14 +200,13 @@ impl Membership {
                 "ring loaded; members are down until heard from"
             );
         }
-        let mut view = View::new(
+        let view = View::new(
             Instant::now(),
             local,
             config.replication_factor,
             config.down_after,
             known,
         );
-        view.joining = local_info.joining;
         let m = Arc::new(Membership {
             local,
             local_info: RwLock::new(local_info),
@@ -297,20 +294,6 @@ impl Membership {
         info
     }
 
-    /// This node finished (or, at start, has not finished) streaming its replicas for the first
-    /// time: said in its heartbeats, and in its own ring.
-    pub fn set_joining(&self, joining: bool) {
-        self.local_info
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .joining = joining;
-        self.view().joining = joining;
-        self.apply(Changes {
-            events: Vec::new(),
-            ring_changed: true,
-        });
-    }
-
     /// `Some(median offset in ms)` while this node's clock disagrees with a majority of the
     /// members it hears by more than [`clock::MAX_SKEW_MS`] (then it must not coordinate).
     pub fn clock_skew(&self) -> Option<i64> {
@@ -343,7 +326,6 @@ impl Membership {
             tags: info.tags,
             last_heard_ms: 0,
             local: true,
-            joining: info.joining,
         }];
         let now = Instant::now();
         let view = self.view();
@@ -357,7 +339,6 @@ impl Membership {
                 tags: e.info.tags.clone(),
                 last_heard_ms: now.saturating_duration_since(e.last_heard).as_millis() as u64,
                 local: false,
-                joining: e.info.joining,
             })
             .collect();
         others.sort_by_key(|m| m.peer_id.to_string());
@@ -532,7 +513,6 @@ mod tests {
         MemberInfo {
             wall_ms: 0,
             credential: Vec::new(),
-            joining: false,
             peer_id: p.to_bytes(),
             addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
             generation: 1,

@@ -73,8 +73,6 @@ pub(crate) struct View {
     members: HashMap<PeerId, Entry>,
     /// Connected or gossiped peers that are not members yet (heartbeats go to them too).
     candidates: HashMap<PeerId, Instant>,
-    /// This node is joining (streaming its replicas for the first time).
-    pub(crate) joining: bool,
 }
 
 impl View {
@@ -97,7 +95,6 @@ impl View {
                     info: MemberInfo {
                         wall_ms: 0,
                         credential: Vec::new(),
-                        joining: false,
                         peer_id: peer.to_bytes(),
                         addrs,
                         generation,
@@ -117,7 +114,6 @@ impl View {
             started: now,
             members,
             candidates: HashMap::new(),
-            joining: false,
         }
     }
 
@@ -217,10 +213,6 @@ impl View {
                 } else if restarted {
                     info!(peer = %from, generation = info.generation, "member restarted");
                     changes.events.push(MemberEvent::Up(from));
-                }
-                if e.info.joining != info.joining {
-                    info!(peer = %from, joining = info.joining, "member's replicas streamed");
-                    changes.ring_changed = true;
                 }
                 e.info = info;
                 e.addrs = addrs;
@@ -379,7 +371,6 @@ impl View {
             peer: self.local,
             position: peer_position(&self.local),
             up: true,
-            joining: self.joining,
         }];
         ring.extend(
             self.members
@@ -389,7 +380,6 @@ impl View {
                     peer: *peer,
                     position: peer_position(peer),
                     up: e.state == MemberState::Up,
-                    joining: e.info.joining,
                 }),
         );
         ring.sort_by_key(|m| m.position);
@@ -407,7 +397,6 @@ mod tests {
         MemberInfo {
             wall_ms: 0,
             credential: Vec::new(),
-            joining: false,
             peer_id: p.to_bytes(),
             addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
             generation,

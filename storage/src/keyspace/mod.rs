@@ -216,6 +216,12 @@ impl Keyspace {
         self.inner.hlc.now()
     }
 
+    /// Observe a timestamp another node holds (in a read answer), so later local timestamps
+    /// are greater; one beyond the clock bound is not followed.
+    pub fn observe(&self, ts: Timestamp) -> bool {
+        self.inner.hlc.observe(ts)
+    }
+
     /// Wall-clock milliseconds (for TTLs).
     pub fn wall_ms(&self) -> u64 {
         self.inner.hlc.wall_ms()
