@@ -311,7 +311,7 @@ struct History {
 async fn client(w: usize, urls: Arc<Vec<String>>, until: Instant, history: Arc<Mutex<History>>) {
     let mut mine: Vec<String> = Vec::new();
     let mut k = 0usize;
-    while Instant::now() < until && k < 5_000 {
+    while Instant::now() < until && k < 1_000_000 {
         let url = &urls[(w + k) % urls.len()];
         k += 1;
         if k.is_multiple_of(3) {

@@ -16,12 +16,38 @@ use tracing::{debug, info};
 use crate::link::Link;
 use crate::membership::Membership;
 use crate::protocol::{Request, Response};
+use crate::stats::MeshMetrics;
 
 /// Partitions whose tombstones one pass tries to collect.
 pub(crate) const MAX_PARTITIONS_PER_PASS: usize = 2_000;
 
+/// Answer a peer's `Held` or `Purge` (on the blocking pool: it reads and rewrites the store).
+pub(crate) fn serve(keyspace: &Keyspace, request: Request, metrics: &MeshMetrics) -> Response {
+    let answer = match request {
+        Request::Held {
+            table,
+            partition_key,
+            entries,
+        } => keyspace
+            .holds(table, &partition_key, &entries)
+            .map(Response::Held),
+        Request::Purge {
+            table,
+            partition_key,
+            entries,
+        } => keyspace
+            .purge_tombstones(table, &partition_key, &entries)
+            .map(|n| {
+                metrics.tombstones_purged(n);
+                Response::Ack
+            }),
+        other => return Response::Error(format!("{} is not a GC request", other.kind())),
+    };
+    answer.unwrap_or_else(|e| Response::Error(e.to_string()))
+}
+
 /// Run the protocol for `candidates` (this node's compaction found them). Returns how many
-/// tombstones this node purged.
+/// tombstones this node purged itself (the other replicas count theirs).
 pub(crate) async fn collect(
     local: PeerId,
     keyspace: &Keyspace,
@@ -89,9 +115,13 @@ pub(crate) async fn collect(
                 debug!(%peer, error = %e, "a replica missed a purge; it will collect on its own");
             }
         }
-        match keyspace.purge_tombstones(c.table, &c.partition_key, &confirmed) {
-            Ok(n) => purged += n,
-            Err(e) => debug!(error = %e, "purge failed"),
+        let ks = keyspace.clone();
+        let (table, pk) = (c.table, c.partition_key);
+        match tokio::task::spawn_blocking(move || ks.purge_tombstones(table, &pk, &confirmed)).await
+        {
+            Ok(Ok(n)) => purged += n,
+            Ok(Err(e)) => debug!(error = %e, "purge failed"),
+            Err(e) => debug!(error = %e, "purge task failed"),
         }
     }
     if purged > 0 {

@@ -186,25 +186,15 @@ impl Handler for Service {
                         .unwrap_or_else(|e| Response::Error(e.to_string()))
                 });
             }
-            Request::Held {
-                table,
-                partition_key,
-                entries,
-            } => match self.keyspace.holds(table, &partition_key, &entries) {
-                Ok(held) => Response::Held(held),
-                Err(e) => Response::Error(e.to_string()),
-            },
-            Request::Purge {
-                table,
-                partition_key,
-                entries,
-            } => match self
-                .keyspace
-                .purge_tombstones(table, &partition_key, &entries)
-            {
-                Ok(_) => Response::Ack,
-                Err(e) => Response::Error(e.to_string()),
-            },
+            // Tombstone collection reads and rewrites the store: off the async workers.
+            request @ (Request::Held { .. } | Request::Purge { .. }) => {
+                let (ks, metrics) = (self.keyspace.clone(), self.gate.metrics.clone());
+                return Box::pin(async move {
+                    tokio::task::spawn_blocking(move || crate::gc::serve(&ks, request, &metrics))
+                        .await
+                        .unwrap_or_else(|e| Response::Error(e.to_string()))
+                });
+            }
             Request::Push {
                 mutations,
                 owned_only,

@@ -172,7 +172,8 @@ impl MeshMetrics {
         );
     }
 
-    /// Tombstones this node purged after every replica confirmed them.
+    /// Tombstones this node purged after every replica confirmed them (its own collection, or
+    /// another replica's).
     pub(crate) fn tombstones_purged(&self, n: usize) {
         self.tombstones_purged.inc_by(n as u64);
     }

@@ -13,6 +13,10 @@ use crate::key::EntryKey;
 use crate::key::{decode_key, partition_prefix};
 use crate::merkle::entry_hash;
 
+/// Tombstones of one partition reported by one compaction pass (about 100 bytes each on the
+/// wire, well under a frame).
+const MAX_TOMBSTONES_PER_CANDIDATE: usize = 10_000;
+
 impl Keyspace {
     /// Turn expired values into tombstones, and purge tombstones (and the cells they shadow)
     /// older than the grace period. Returns what changed, counted in cells. For a keyspace of
@@ -67,7 +71,11 @@ impl Keyspace {
                         .last()
                         .is_some_and(|c| c.table == d.table && c.partition_key == d.partition_key);
                     if same {
-                        if let Some(c) = candidates.last_mut() {
+                        // Bounded, so one request carries them: the rest wait for next time.
+                        if let Some(c) = candidates
+                            .last_mut()
+                            .filter(|c| c.entries.len() < MAX_TOMBSTONES_PER_CANDIDATE)
+                        {
                             c.entries.push((entry, ts));
                         }
                     } else if candidates.len() < *max {
