@@ -395,11 +395,37 @@ impl Replication {
     }
 
     /// Replica side: apply a mutation (acknowledge once durable: see [`Replication::durable`]).
+    ///
+    /// A write for a partition this node does not replicate comes from a coordinator whose
+    /// view of the ring is older than this node's (a member joined, and this node may already
+    /// have handed the partition off): it is passed on to the replicas this node knows, so it
+    /// is not left on a node reads no longer ask (hinted for those down or failing).
     pub fn handle_write(&self, m: &Mutation) -> Response {
-        match self.keyspace.apply(m) {
-            Ok(_) => Response::Ack,
-            Err(e) => Response::Error(e.to_string()),
+        if let Err(e) = self.keyspace.apply(m) {
+            return Response::Error(e.to_string());
         }
+        let snap = self.membership.snapshot();
+        if !snap.is_local_replica(&m.partition_key) {
+            let replicas: Vec<(PeerId, bool)> = snap
+                .replicas(&m.partition_key)
+                .iter()
+                .map(|r| (r.peer, r.up))
+                .collect();
+            let (this, m) = (self.clone(), m.clone());
+            tokio::spawn(async move {
+                for (peer, up) in replicas {
+                    let request = Request::Push {
+                        mutations: vec![m.clone()],
+                        owned_only: false,
+                    };
+                    let sent = up && this.link.request(peer, request, this.timeout).await.is_ok();
+                    if !sent {
+                        this.hint(&peer, &m);
+                    }
+                }
+            });
+        }
+        Response::Ack
     }
 
     /// Replica side: every cell of a partition.
@@ -571,6 +597,28 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("not within 2 s: {what}");
+    }
+
+    #[tokio::test]
+    async fn a_write_reaching_a_node_that_no_longer_replicates_the_partition_is_passed_on() {
+        let (_net, nodes) = cluster(4);
+        let snap = nodes[0].1.membership.snapshot();
+        let replicas: Vec<PeerId> = snap.replicas(b"key").iter().map(|m| m.peer).collect();
+        let (_, outsider) = nodes
+            .iter()
+            .find(|(p, _)| !replicas.contains(p))
+            .expect("one of four is no replica");
+        // As a coordinator with an older view would: straight to the old owner.
+        assert!(matches!(
+            outsider.handle_write(&put(outsider, b"late")),
+            Response::Ack
+        ));
+        for (p, r) in nodes.iter().filter(|(p, _)| replicas.contains(p)) {
+            eventually(&format!("replica {p} got the write"), || {
+                stored(r).as_deref() == Some(&b"late"[..])
+            })
+            .await;
+        }
     }
 
     #[tokio::test]
