@@ -14,6 +14,21 @@ fn tables() -> Vec<TableSchema> {
     ]
 }
 
+/// Open the keyspace; a reopen right after a close may find sled's lock still held for a
+/// moment by the closed database's background flusher, so retry for a few seconds.
+fn open(dir: &std::path::Path) -> Keyspace {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Keyspace::open_sled(dir, tables(), config()) {
+            Ok(ks) => return ks,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Err(e) => panic!("cannot open the keyspace: {e}"),
+        }
+    }
+}
+
 fn config() -> KeyspaceConfig {
     KeyspaceConfig {
         sync: SyncPolicy::Periodic { every_ms: 50 },
@@ -26,7 +41,7 @@ fn config() -> KeyspaceConfig {
 fn data_survives_reopen_and_clock_moves_forward() {
     let dir = tempfile::tempdir().unwrap();
     let (root, last_ts) = {
-        let ks = Keyspace::open_sled(dir.path(), tables(), config()).unwrap();
+        let ks = open(dir.path());
         for i in 0..200u32 {
             let m = Mutation::new(2, b"alice".to_vec()).upsert(
                 &i.to_be_bytes(),
@@ -40,7 +55,7 @@ fn data_survives_reopen_and_clock_moves_forward() {
         ks.flush().unwrap();
         (ks.merkle().root(), ks.now())
     };
-    let ks = Keyspace::open_sled(dir.path(), tables(), config()).unwrap();
+    let ks = open(dir.path());
     assert!(
         ks.now() > last_ts,
         "the clock went backwards across a restart"
@@ -67,7 +82,7 @@ fn data_survives_reopen_and_clock_moves_forward() {
 #[test]
 fn ttl_hides_then_compaction_purges() {
     let dir = tempfile::tempdir().unwrap();
-    let ks = Keyspace::open_sled(dir.path(), tables(), config()).unwrap();
+    let ks = open(dir.path());
     let now = ks.wall_ms();
     ks.apply(&Mutation::new(1, b"bob".to_vec()).upsert(
         b"",
@@ -103,7 +118,7 @@ fn ttl_hides_then_compaction_purges() {
 fn corrupt_bytes_are_a_typed_error_naming_table_and_key() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let ks = Keyspace::open_sled(dir.path(), tables(), config()).unwrap();
+        let ks = open(dir.path());
         ks.apply(&Mutation::new(1, b"dave".to_vec()).upsert(
             b"",
             [("ha1", b"z".to_vec())],
@@ -115,7 +130,13 @@ fn corrupt_bytes_are_a_typed_error_naming_table_and_key() {
     }
     // Damage the stored cell with sled directly.
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = (0..200)
+            .find_map(|_| {
+                sled::open(dir.path())
+                    .inspect_err(|_| std::thread::sleep(std::time::Duration::from_millis(50)))
+                    .ok()
+            })
+            .expect("sled opens once the keyspace let go of it");
         let cells = db.open_tree("cells").unwrap();
         let keys: Vec<_> = cells.iter().keys().map(|k| k.unwrap()).collect();
         for k in keys {
@@ -123,7 +144,7 @@ fn corrupt_bytes_are_a_typed_error_naming_table_and_key() {
         }
         db.flush().unwrap();
     }
-    let ks = Keyspace::open_sled(dir.path(), tables(), config()).unwrap();
+    let ks = open(dir.path());
     match ks.read_partition(1, b"dave") {
         Err(Error::Corrupt { table, key, .. }) => {
             assert_eq!(table, "users");
@@ -137,7 +158,7 @@ fn corrupt_bytes_are_a_typed_error_naming_table_and_key() {
 fn a_100k_row_mutation_applies_whole_through_the_normal_path() {
     const ROWS: u32 = 100_000;
     let dir = tempfile::tempdir().unwrap();
-    let ks = Keyspace::open_sled(dir.path(), tables(), config()).unwrap();
+    let ks = open(dir.path());
     let ts = ks.now();
     let mut m = Mutation::new(2, b"wide".to_vec());
     for i in 0..ROWS {
