@@ -1054,6 +1054,12 @@ fn encode_path(s: &str) -> String {
     out
 }
 
+fn parse_peer(peer_id: &str) -> Result<sipmesh_net::PeerId> {
+    peer_id
+        .parse()
+        .map_err(|_| anyhow!("{peer_id:?} is not a peer id (see `sipmesh mesh id`)"))
+}
+
 fn wall_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1103,9 +1109,7 @@ fn mesh_command(cmd: MeshCommand, token: Option<&str>) -> Result<()> {
             days,
             out,
         } => {
-            let peer: sipmesh_net::PeerId = peer_id
-                .parse()
-                .map_err(|_| anyhow!("{peer_id:?} is not a peer id (see `sipmesh mesh id`)"))?;
+            let peer = parse_peer(&peer_id)?;
             let roles = sipmesh_net::Roles::parse(&roles).map_err(|e| anyhow!("--roles: {e}"))?;
             if days == 0 || days > 3650 {
                 bail!("--days must be between 1 and 3650");
@@ -1132,9 +1136,7 @@ fn mesh_command(cmd: MeshCommand, token: Option<&str>) -> Result<()> {
             enrollment_key,
             node,
         } => {
-            let peer: sipmesh_net::PeerId = peer_id
-                .parse()
-                .map_err(|_| anyhow!("{peer_id:?} is not a peer id"))?;
+            let peer = parse_peer(&peer_id)?;
             let key = sipmesh::ops::enrollment::read_enrollment_key(&enrollment_key)
                 .context("--enrollment-key")?;
             let revocation = key.revoke(&peer, wall_ms());

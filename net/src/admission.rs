@@ -303,6 +303,17 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every reason.
+    pub const ALL: [Refusal; 7] = [
+        Refusal::Missing,
+        Refusal::Malformed,
+        Refusal::OtherMesh,
+        Refusal::BadSignature,
+        Refusal::OtherPeer,
+        Refusal::Expired,
+        Refusal::Revoked,
+    ];
+
     /// A short label for metrics.
     pub fn label(self) -> &'static str {
         match self {

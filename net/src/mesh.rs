@@ -294,22 +294,24 @@ async fn heartbeats(
         let hb = membership.heartbeat();
         // A peer not admitted yet learns nothing from this node but its credential (and the
         // PeerId and generation it is sent with): no addresses, no tags, no gossip.
+        // Only under enrollment is anyone not admitted.
         let bare = match &hb {
-            Request::Heartbeat { info, .. } => Request::Heartbeat {
-                info: MemberInfo {
-                    addrs: Vec::new(),
-                    tags: BTreeMap::new(),
-                    ..info.clone()
-                },
-                gossip: Vec::new(),
-            },
-            other => other.clone(),
+            Request::Heartbeat { info, .. } if service.gate.admission.is_some() => {
+                Some(Request::Heartbeat {
+                    info: MemberInfo {
+                        addrs: Vec::new(),
+                        tags: BTreeMap::new(),
+                        ..info.clone()
+                    },
+                    gossip: Vec::new(),
+                })
+            }
+            _ => None,
         };
         for peer in membership.heartbeat_targets(tick) {
-            let hb = if service.gate.roles(&peer).is_some() {
-                &hb
-            } else {
-                &bare
+            let hb = match &bare {
+                Some(bare) if service.gate.roles(&peer).is_none() => bare,
+                _ => &hb,
             };
             let request = link.request(peer, hb.clone(), timeout);
             let service = service.clone();

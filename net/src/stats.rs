@@ -202,22 +202,15 @@ impl MeshMetrics {
 
     /// Peers refused admission since start, all reasons.
     pub fn admission_refusals(&self) -> u64 {
-        [
-            "missing",
-            "malformed",
-            "other_mesh",
-            "bad_signature",
-            "other_peer",
-            "expired",
-            "revoked",
-        ]
-        .iter()
-        .map(|&reason| {
-            self.admission_refused
-                .get_or_create(&RefusalLabels { reason })
-                .get()
-        })
-        .sum()
+        crate::admission::Refusal::ALL
+            .iter()
+            .map(|r| r.label())
+            .map(|reason| {
+                self.admission_refused
+                    .get_or_create(&RefusalLabels { reason })
+                    .get()
+            })
+            .sum()
     }
 
     /// A replicated operation ended after `took`.
