@@ -44,7 +44,7 @@ pub use admission::{Credential, EnrollmentKey, Revocation, Roles};
 pub use config::{Enrollment, MeshConfig};
 pub use error::{Error, Result};
 pub use libp2p::{multiaddr, Multiaddr, PeerId};
-pub use membership::{Member, MemberEvent, MemberState};
+pub use membership::{swim, Member, MemberEvent, MemberState};
 pub use mesh::{AppHandler, AppMessage, Mesh};
 pub use peer::load_or_create_key;
 pub use placement::Snapshot;

@@ -15,6 +15,7 @@
 //! [`clock`] compares this node's wall clock with the members' (carried by every heartbeat).
 
 pub mod clock;
+pub mod swim;
 mod view;
 
 use std::collections::BTreeMap;

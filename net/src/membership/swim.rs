@@ -1,0 +1,408 @@
+//! Failure detection and dissemination whose cost per node does not grow with the mesh: SWIM
+//! (Das, Gupta, Motivala 2002) with infection-style dissemination and suspicion, by the `foca`
+//! crate (docs/DEPENDENCIES.md says why foca and not our own).
+//!
+//! Every `probe_period` a node probes one member (round robin over a shuffled list), asks
+//! `num_indirect_probes` others to probe it when the direct probe gets no answer, and only then
+//! suspects it. A suspected member that is alive hears of it (updates ride on every probe and
+//! ack) and refutes it with a higher incarnation; one that stays silent for the suspicion
+//! timeout is down. The suspicion timeout and the number of times an update is passed on both
+//! grow with log N, so a node's messages per second are the same at 10 or 10,000 members.
+//!
+//! Ring changes (a member leaving, an operator's removal) travel the same way, as versioned
+//! broadcasts ([`RingNews`]) piggybacked on the same messages.
+//!
+//! [`Swim`] is sans-IO: it is handed bytes, timer events and the time they fired, and returns
+//! what to send, when to wake it and what changed. The node drives it from one task; the
+//! simulator (`mesh-sim`) drives the same code with virtual time and a simulated network.
+
+use std::collections::HashMap;
+use std::num::{NonZeroU32, NonZeroU8, NonZeroUsize};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use foca::Timer;
+use foca::{BincodeCodec, BroadcastHandler, Config, Foca, Invalidates, OwnedNotification};
+use libp2p::PeerId;
+use rand09::rngs::SmallRng;
+use rand09::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+/// The biggest SWIM message, bytes (a sealed datagram's payload fits 1,300).
+pub const MAX_PACKET: usize = 1_200;
+/// Ring changes remembered (the newest per member); older ones are forgotten first.
+pub const MAX_RING_NEWS: usize = 16_384;
+
+/// A member's identity in SWIM: the peer, its generation (a restart is a new identity that
+/// replaces the old one), a counter bumped when it rejoins after being declared down without
+/// restarting, and one address to dial it (multiaddr bytes), so a member learnt from gossip can
+/// be reached without a lookup.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SwimId {
+    #[serde(with = "serde_bytes")]
+    peer: Vec<u8>,
+    /// The node's generation.
+    pub generation: u64,
+    /// Rejoins of this generation.
+    pub rejoin: u32,
+    #[serde(with = "serde_bytes")]
+    addr: Vec<u8>,
+}
+
+impl std::fmt::Debug for SwimId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.peer_id() {
+            Some(p) => write!(f, "{p}/{}.{}", self.generation, self.rejoin),
+            None => write!(f, "?/{}.{}", self.generation, self.rejoin),
+        }
+    }
+}
+
+impl SwimId {
+    /// The identity of `peer` in `generation`, dialled at `addr` (multiaddr bytes; empty when
+    /// unknown, longer than 64 bytes is dropped).
+    pub fn new(peer: PeerId, generation: u64, addr: Vec<u8>) -> Self {
+        SwimId {
+            peer: peer.to_bytes(),
+            generation,
+            rejoin: 0,
+            addr: if addr.len() <= 64 { addr } else { Vec::new() },
+        }
+    }
+
+    /// The peer (`None` for bytes that are not a PeerId, which a member never sends).
+    pub fn peer_id(&self) -> Option<PeerId> {
+        PeerId::from_bytes(&self.peer).ok()
+    }
+
+    /// The address to dial it at (multiaddr bytes, maybe empty).
+    pub fn addr_bytes(&self) -> &[u8] {
+        &self.addr
+    }
+}
+
+impl foca::Identity for SwimId {
+    /// The last 16 bytes of the PeerId (its public key's, for ed25519): foca compares members
+    /// by it in a linear scan, so it must be cheap to make and compare.
+    type Addr = u128;
+
+    fn renew(&self) -> Option<Self> {
+        Some(SwimId {
+            rejoin: self.rejoin.wrapping_add(1),
+            ..self.clone()
+        })
+    }
+
+    fn addr(&self) -> u128 {
+        let tail = &self.peer[self.peer.len().saturating_sub(16)..];
+        let mut bytes = [0u8; 16];
+        bytes[16 - tail.len()..].copy_from_slice(tail);
+        u128::from_be_bytes(bytes)
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        (self.generation, self.rejoin) > (adversary.generation, adversary.rejoin)
+    }
+}
+
+/// A change of the ring, spread to every member: `peer` (in `generation`) left the ring, by
+/// decommission or an operator's removal. Versioned by generation: a later one replaces an
+/// earlier one for the same peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingChange {
+    /// The member.
+    #[serde(with = "serde_bytes")]
+    pub peer: Vec<u8>,
+    /// Its generation when it left.
+    pub generation: u64,
+    /// A version, for changes other than leaving (the simulator's test broadcasts).
+    pub version: u64,
+}
+
+/// The key foca keeps a broadcast under: a newer change for the same peer replaces it.
+#[derive(Debug, Clone)]
+pub struct RingKey {
+    peer: Vec<u8>,
+    order: (u64, u64),
+}
+
+impl Invalidates for RingKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.peer == other.peer && self.order >= other.order
+    }
+}
+
+/// A broadcast that is not a ring change.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed ring change")]
+pub struct BadRingChange;
+
+/// The ring changes this node has seen (the newest per peer), and those not yet taken by the
+/// node.
+#[derive(Default)]
+pub struct RingNews {
+    seen: HashMap<Vec<u8>, (u64, u64)>,
+    fresh: Arc<Mutex<Vec<RingChange>>>,
+}
+
+impl BroadcastHandler<SwimId> for RingNews {
+    type Key = RingKey;
+    type Error = BadRingChange;
+
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        _sender: Option<&SwimId>,
+    ) -> Result<Option<RingKey>, BadRingChange> {
+        let (change, _): (RingChange, usize) =
+            bincode::serde::decode_from_slice(data, bincode::config::standard())
+                .map_err(|_| BadRingChange)?;
+        let order = (change.generation, change.version);
+        if self.seen.get(&change.peer).is_some_and(|o| *o >= order) {
+            return Ok(None);
+        }
+        if self.seen.len() >= MAX_RING_NEWS && !self.seen.contains_key(&change.peer) {
+            // Full: forget the oldest generation's news to make room.
+            if let Some(oldest) = self
+                .seen
+                .iter()
+                .min_by_key(|(_, o)| **o)
+                .map(|(k, _)| k.clone())
+            {
+                self.seen.remove(&oldest);
+            }
+        }
+        self.seen.insert(change.peer.clone(), order);
+        let mut fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        if fresh.len() < MAX_RING_NEWS {
+            fresh.push(change.clone());
+        }
+        Ok(Some(RingKey {
+            peer: change.peer,
+            order,
+        }))
+    }
+}
+
+/// SWIM settings for a mesh of about `members` nodes probed every `period`.
+///
+/// The suspicion timeout is `max(suspicion, 2 × period × log10(members + 1))`: a floor for small
+/// meshes on busy machines, then growing with log N as SWIM's and Lifeguard's do. Each update is
+/// passed on `4 × log10(members + 1)` times (at least 4), piggybacked on probes and acks and
+/// gossiped to 3 members every `period × 2/5` while there is news, which reaches every member
+/// with high probability in O(log N) rounds.
+pub fn config(members: usize, period: Duration, suspicion: Duration) -> Config {
+    let n = members.max(1) as f64 + 1.0;
+    let max_tx = (4.0 * n.log10()).ceil().clamp(4.0, 255.0) as u8;
+    let mut c = Config::new_lan(NonZeroU32::new(members.max(1) as u32).unwrap_or(NonZeroU32::MIN));
+    c.probe_period = period;
+    c.probe_rtt = period * 3 / 5;
+    c.num_indirect_probes = NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN);
+    c.max_transmissions = NonZeroU8::new(max_tx).unwrap_or(NonZeroU8::MIN);
+    c.suspect_to_down_after = suspicion.max(period.mul_f64(2.0 * n.log10()));
+    c.remove_down_after = Duration::from_secs(24 * 3_600);
+    c.max_packet_size = NonZeroUsize::new(MAX_PACKET).unwrap_or(NonZeroUsize::MIN);
+    c.notify_down_members = true;
+    // A partition heals without help: down members are asked, now and then, to rejoin.
+    c.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+        frequency: period * 10,
+        num_members: NonZeroUsize::MIN,
+    });
+    // Discovery after a join: now and then ask one member for its view.
+    c.periodic_announce = Some(foca::PeriodicParams {
+        frequency: period * 20,
+        num_members: NonZeroUsize::MIN,
+    });
+    // Updates also spread between probes, to a few members at a time.
+    c.periodic_gossip = Some(foca::PeriodicParams {
+        frequency: period * 2 / 5,
+        num_members: NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN),
+    });
+    c
+}
+
+/// What a step of [`Swim`] asks of its driver, and what it learnt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send these bytes to this member.
+    Send(SwimId, Vec<u8>),
+    /// Call [`Swim::timer`] with this event after this long.
+    Wake(Duration, Timer<SwimId>),
+    /// The member is alive (joined, back, or a new identity of a restarted node).
+    Up(SwimId),
+    /// The member is down.
+    Down(SwimId),
+    /// A ring change reached this node for the first time.
+    Ring(RingChange),
+    /// This node was declared down and rejoined under a renewed identity.
+    Rejoined(SwimId),
+}
+
+/// A SWIM member: foca, its settings and the queue of what it asked for.
+pub struct Swim {
+    foca: Foca<SwimId, BincodeCodec<bincode::config::Configuration>, SmallRng, RingNews>,
+    runtime: foca::AccumulatingRuntime<SwimId>,
+    period: Duration,
+    suspicion: Duration,
+    sized_for: usize,
+    news: Arc<Mutex<Vec<RingChange>>>,
+}
+
+impl Swim {
+    /// A member with identity `id`, sized for a mesh of `members`, its randomness from `seed`.
+    pub fn new(
+        id: SwimId,
+        members: usize,
+        period: Duration,
+        suspicion: Duration,
+        seed: u64,
+    ) -> Self {
+        let handler = RingNews::default();
+        let news = handler.fresh.clone();
+        let foca = Foca::with_custom_broadcast(
+            id,
+            config(members, period, suspicion),
+            SmallRng::seed_from_u64(seed),
+            BincodeCodec(bincode::config::standard()),
+            handler,
+        );
+        Swim {
+            foca,
+            runtime: foca::AccumulatingRuntime::default(),
+            period,
+            suspicion,
+            sized_for: members.max(1),
+            news,
+        }
+    }
+
+    /// This member's identity now (renewed after a rejoin).
+    pub fn identity(&self) -> &SwimId {
+        self.foca.identity()
+    }
+
+    /// Ask `to` to let this node in (and for its view of the mesh).
+    pub fn announce(&mut self, to: SwimId) -> Vec<Output> {
+        if let Err(e) = self.foca.announce(to, &mut self.runtime) {
+            tracing::debug!(error = %e, "swim announce");
+        }
+        self.drain()
+    }
+
+    /// Add members known to be alive (from a heartbeat, or the simulator's start); `spread`:
+    /// pass the news on (a join), or not (a mesh that is already formed).
+    pub fn add_alive(
+        &mut self,
+        ids: impl IntoIterator<Item = SwimId>,
+        spread: bool,
+    ) -> Vec<Output> {
+        let updates = ids.into_iter().map(foca::Member::alive);
+        if let Err(e) = self.foca.apply_many(updates, spread, &mut self.runtime) {
+            tracing::debug!(error = %e, "swim apply");
+        }
+        self.drain()
+    }
+
+    /// Bytes from another member.
+    pub fn data(&mut self, bytes: &[u8]) -> Vec<Output> {
+        if bytes.len() > MAX_PACKET {
+            return Vec::new();
+        }
+        if let Err(e) = self.foca.handle_data(bytes, &mut self.runtime) {
+            tracing::debug!(error = %e, "swim message refused");
+        }
+        self.drain()
+    }
+
+    /// A timer it asked for fired.
+    pub fn timer(&mut self, event: Timer<SwimId>) -> Vec<Output> {
+        if let Err(e) = self.foca.handle_timer(event, &mut self.runtime) {
+            tracing::debug!(error = %e, "swim timer");
+        }
+        self.drain()
+    }
+
+    /// Spread a ring change to every member.
+    pub fn broadcast(&mut self, change: &RingChange) -> Vec<Output> {
+        match bincode::serde::encode_to_vec(change, bincode::config::standard()) {
+            Ok(bytes) => {
+                if let Err(e) = self.foca.add_broadcast(&bytes) {
+                    tracing::warn!(error = %e, "ring change not spread");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "ring change not encoded"),
+        }
+        self.drain()
+    }
+
+    /// Leave the mesh: tell a few members this identity is gone.
+    pub fn leave(mut self) -> Vec<Output> {
+        let _ = self.foca.leave_cluster(&mut self.runtime);
+        self.drain()
+    }
+
+    /// Members this node believes alive (suspects included).
+    pub fn alive(&self) -> usize {
+        self.foca.num_members()
+    }
+
+    /// Whether SWIM counts `peer` as alive (suspected included).
+    pub fn is_alive(&self, peer: &PeerId) -> bool {
+        let bytes = peer.to_bytes();
+        self.foca.iter_members().any(|m| m.id().peer == bytes)
+    }
+
+    /// Re-size the settings when the mesh has grown or shrunk by half since they were set
+    /// (the suspicion timeout and transmissions follow log N).
+    fn resize(&mut self) {
+        let n = self.foca.num_members() + 1;
+        if n > self.sized_for * 2 || n * 2 < self.sized_for {
+            let config = config(n, self.period, self.suspicion);
+            if self.foca.set_config(config).is_ok() {
+                self.sized_for = n;
+            }
+        }
+    }
+
+    fn drain(&mut self) -> Vec<Output> {
+        let mut out = Vec::new();
+        while let Some((to, bytes)) = self.runtime.to_send() {
+            out.push(Output::Send(to, bytes.to_vec()));
+        }
+        while let Some((after, event)) = self.runtime.to_schedule() {
+            out.push(Output::Wake(after, event));
+        }
+        let mut membership_changed = false;
+        while let Some(n) = self.runtime.to_notify() {
+            match n {
+                OwnedNotification::MemberUp(id) => {
+                    membership_changed = true;
+                    out.push(Output::Up(id));
+                }
+                OwnedNotification::MemberDown(id) => {
+                    membership_changed = true;
+                    out.push(Output::Down(id));
+                }
+                OwnedNotification::Rename(_, new) => {
+                    // A restart (or rejoin) replacing a live identity: the new one is alive.
+                    let peer = new.peer.clone();
+                    if self
+                        .foca
+                        .iter_members()
+                        .any(|m| m.id().peer == peer && m.id() == &new)
+                    {
+                        out.push(Output::Up(new));
+                    }
+                }
+                OwnedNotification::Rejoin(id) => out.push(Output::Rejoined(id)),
+                _ => {}
+            }
+        }
+        let news = std::mem::take(&mut *self.news.lock().unwrap_or_else(|p| p.into_inner()));
+        out.extend(news.into_iter().map(Output::Ring));
+        if membership_changed {
+            self.resize();
+        }
+        out
+    }
+}
