@@ -1,6 +1,6 @@
 //! [`Mesh`]: the handle a node holds on its libp2p peer, membership and replicated keyspace.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -9,14 +9,15 @@ use futures::future::BoxFuture;
 use libp2p::{Multiaddr, PeerId};
 use sipmesh_storage::{Cell, EntryKey, Keyspace, Mutation, Partition, TableId};
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::admission::{now_ms, Admission, Gate, Refusal, Revocation, Roles, WriteRights};
 use crate::anti_entropy::{self, AntiEntropy};
 use crate::config::{Enrollment, MeshConfig};
 use crate::error::{Error, Result};
 use crate::link::{self, Handler, Link, Links};
-use crate::membership::{self, Member, MemberEvent, Membership, MembershipConfig};
+use crate::membership::swim::{self, Swim};
+use crate::membership::{self, Member, MemberEvent, Membership, MembershipConfig, SwimInput};
 use crate::peer::{self, Command, PeerEvent};
 use crate::placement::Snapshot;
 use crate::protocol::{MemberInfo, Request, Response, PROTOCOL};
@@ -26,6 +27,9 @@ use crate::stats::MeshMetrics;
 
 /// Application messages waiting for the node.
 const APP_QUEUE: usize = 8192;
+/// SWIM messages and members queued for the SWIM task at most (more are dropped: SWIM
+/// tolerates loss).
+const SWIM_INBOX: usize = 1_024;
 /// How often a node checks whether it must hand off partitions it no longer replicates.
 const HANDOFF_EVERY: Duration = Duration::from_secs(5);
 /// A handoff scan runs at least this often even if the ring did not change.
@@ -142,10 +146,16 @@ impl Handler for Service {
             }
             Request::Leave { generation } => {
                 self.membership.on_leave(peer, generation);
+                // Passed on by SWIM to the members the leaver could not tell.
+                self.membership.spread_leave(peer, generation);
                 Response::Ack
             }
             Request::Stopping { generation } => {
                 self.membership.on_stopping(peer, generation);
+                Response::Ack
+            }
+            Request::Swim(bytes) => {
+                self.membership.to_swim(SwimInput::Data(bytes));
                 Response::Ack
             }
             Request::Write(m) => {
@@ -229,11 +239,13 @@ impl Handler for Service {
             debug!(%peer, "one-way message from a peer that is not a member; dropped");
             return;
         }
-        if let Request::App(payload) = request {
-            match self.one_way.get() {
+        match request {
+            Request::App(payload) => match self.one_way.get() {
                 Some(handle) => handle(peer, payload),
                 None => debug!(%peer, "one-way message before the node is ready; dropped"),
-            }
+            },
+            Request::Swim(bytes) => self.membership.to_swim(SwimInput::Data(bytes)),
+            _ => {}
         }
     }
 }
@@ -270,8 +282,102 @@ async fn track_connections(
     }
 }
 
-/// Every `interval`: failure detection, then a heartbeat to every member and candidate (each
-/// waits up to `timeout` for the answer, which is the member's own info).
+/// The SWIM task: owns this node's [`Swim`], feeds it the messages, timers and members it is
+/// handed, sends what it asks on the node-to-node links (one-way, dropped when a link's queue
+/// is full: SWIM tolerates loss), and tells membership who is up and down.
+async fn swim(
+    membership: Arc<Membership>,
+    links: Arc<Links>,
+    commands: mpsc::Sender<Command>,
+    mut inbox: mpsc::Receiver<SwimInput>,
+    period: Duration,
+    mut shutdown: Shutdown,
+) {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let members = membership.snapshot().ring.len();
+    let mut swim = Swim::new(
+        membership.swim_id(),
+        members,
+        period,
+        membership.suspicion(period),
+        rand::random(),
+    );
+    // Timers: (when, sequence) in a heap, the events by sequence.
+    let mut heap: BinaryHeap<Reverse<(tokio::time::Instant, u64)>> = BinaryHeap::new();
+    let mut timers: HashMap<u64, swim::Timer<swim::SwimId>> = HashMap::new();
+    let mut seq = 0u64;
+    loop {
+        let next = heap
+            .peek()
+            .map(|Reverse((at, _))| *at)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3_600));
+        let outputs = tokio::select! {
+            _ = shutdown.wait() => return,
+            input = inbox.recv() => match input {
+                None => return,
+                Some(SwimInput::Data(bytes)) => swim.data(&bytes),
+                Some(SwimInput::Alive(id)) => swim.add_alive([id], true),
+                Some(SwimInput::Ring(change)) => swim.broadcast(&change),
+            },
+            _ = tokio::time::sleep_until(next) => {
+                let now = tokio::time::Instant::now();
+                let mut out = Vec::new();
+                while let Some(Reverse((at, s))) = heap.peek().copied() {
+                    if at > now {
+                        break;
+                    }
+                    heap.pop();
+                    if let Some(timer) = timers.remove(&s) {
+                        out.extend(swim.timer(timer));
+                    }
+                }
+                out
+            }
+        };
+        for out in outputs {
+            match out {
+                swim::Output::Send(to, bytes) => {
+                    if let Some(peer) = to.peer_id() {
+                        let _ = links.try_send(peer, Request::Swim(bytes));
+                    }
+                }
+                swim::Output::Wake(after, timer) => {
+                    seq += 1;
+                    heap.push(Reverse((tokio::time::Instant::now() + after, seq)));
+                    timers.insert(seq, timer);
+                }
+                swim::Output::Up(id) => {
+                    let Some(peer) = id.peer_id() else { continue };
+                    if membership.on_swim_up(peer, id.generation) {
+                        // Not known here (or restarted): its heartbeat answer brings its info.
+                        if let Ok(addr) = Multiaddr::try_from(id.addr_bytes().to_vec()) {
+                            let _ = commands.try_send(Command::AddAddress(peer, addr));
+                        }
+                        membership.add_candidate(peer);
+                    }
+                }
+                swim::Output::Down(id) => {
+                    if let Some(peer) = id.peer_id() {
+                        membership.on_swim_down(peer, id.generation);
+                    }
+                }
+                swim::Output::Ring(change) => {
+                    if let Ok(peer) = PeerId::from_bytes(&change.peer) {
+                        membership.on_leave(peer, change.generation);
+                    }
+                }
+                swim::Output::Rejoined(id) => {
+                    warn!(identity = ?id, "SWIM declared this node down; rejoined under a renewed identity");
+                }
+            }
+        }
+    }
+}
+
+/// Every `interval`: housekeeping, then a heartbeat to each candidate, one up member and now
+/// and then one down member (each waits up to `timeout` for the answer, which is the member's
+/// own info). Failure detection is the SWIM task's.
 async fn heartbeats(
     membership: Arc<Membership>,
     link: Arc<dyn Link>,
@@ -574,6 +680,19 @@ impl Mesh {
         background.spawn("connection events", |s| {
             track_connections(membership.clone(), peer_events, gate.clone(), s)
                 .instrument(span.clone())
+        });
+        let (swim_tx, swim_rx) = mpsc::channel(SWIM_INBOX);
+        membership.attach_swim(swim_tx);
+        background.spawn("swim", |s| {
+            swim(
+                membership.clone(),
+                links.clone(),
+                handle.commands.clone(),
+                swim_rx,
+                config.heartbeat_interval,
+                s,
+            )
+            .instrument(span.clone())
         });
         background.spawn("heartbeats", |s| {
             heartbeats(

@@ -14,7 +14,7 @@ use sipmesh_storage::{codec, Cell, EntryKey, Mutation, PartitionDigest, TableId,
 use crate::error::{Error, Result};
 
 /// The versioned protocol id of sipmesh's node-to-node streams.
-pub const PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/sipmesh/mesh/3");
+pub const PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/sipmesh/mesh/4");
 /// Largest frame accepted (anti-entropy chunks are cut well below it).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Target size of one page of a partition (anti-entropy, handoff): a partition of any width
@@ -149,6 +149,9 @@ pub enum Request {
         /// The tombstones.
         entries: Vec<(EntryKey, Timestamp)>,
     },
+    /// A SWIM message (probe, ack, indirect probe, gossip, announce; `membership::swim`),
+    /// one-way.
+    Swim(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// A response.
@@ -200,6 +203,7 @@ impl Request {
             Request::Stopping { .. } => "stopping",
             Request::Held { .. } => "held",
             Request::Purge { .. } => "purge",
+            Request::Swim(_) => "swim",
         }
     }
 }

@@ -1,14 +1,19 @@
 //! Membership: who is in the mesh and whether they are alive.
 //!
-//! Every node sends every member a heartbeat (its own [`MemberInfo`] plus gossip about the
-//! members it knows) each `heartbeat_interval` over the node-to-node stream; the answer carries
-//! the receiver's info. A member not heard from — neither a heartbeat from it nor an answer to
-//! ours — for `down_after` is marked down. Down members keep their place in the ring: only a
-//! decision changes it (a member that says `Leave`, or an operator's `remove`). A member that
-//! comes back with a higher generation is a restart.
+//! Failure detection is SWIM's ([`swim`]): each `heartbeat_interval` a node probes one member,
+//! asks others to probe it when it does not answer, suspects it, and declares it down when the
+//! suspicion is not refuted in time; updates ride on the probes. A node's messages per second
+//! do not grow with the mesh.
 //!
-//! Gossip spreads addresses, so a node that knows one seed finds everyone; a member joins this
-//! node's ring only once heard from directly.
+//! Heartbeats carry what SWIM does not: a member's [`MemberInfo`] (addresses, tags, clock,
+//! credential) and a bounded sample of the members the sender knows. They go, each tick, to
+//! candidates (peers not heard from yet: that is how a member is admitted and joins), to one up
+//! member in turn, and every other tick to one down member in turn — never to every member.
+//!
+//! Down members keep their place in the ring: only a decision changes it (a member that says
+//! `Leave`, or an operator's `remove`, both also spread by SWIM). A member that comes back with
+//! a higher generation is a restart. Gossip spreads addresses, so a node that knows one seed
+//! finds everyone; a member joins this node's ring only once heard from directly.
 //!
 //! [`view`] is the state machine, driven with explicit time; [`Membership`] wraps it with a
 //! lock and the clock, publishes the ring as a [`Snapshot`] and events, and persists the ring.
@@ -26,13 +31,25 @@ use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
 use sipmesh_storage::{SystemClock, WallClock};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
 use crate::placement::{RingMember, Snapshot};
 use crate::protocol::{Gossip, MemberInfo, Request};
+use swim::{RingChange, SwimId};
 use view::{Changes, RemoveRefused, View};
+
+/// What the node's SWIM task is handed.
+#[derive(Debug)]
+pub(crate) enum SwimInput {
+    /// A SWIM message from another member.
+    Data(Vec<u8>),
+    /// A member heard from directly (a heartbeat): alive.
+    Alive(SwimId),
+    /// A ring change to spread.
+    Ring(RingChange),
+}
 
 /// A member's state as this node sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -118,6 +135,9 @@ pub struct Membership {
     /// clock is the odd one out.
     clock_offset_ms: AtomicI64,
     clock_skewed: AtomicBool,
+    /// The SWIM task's inbox (set when the mesh starts it).
+    swim: std::sync::OnceLock<mpsc::Sender<SwimInput>>,
+    down_after: Duration,
 }
 
 /// The ring file: one line per other member of the ring, `<peer id> <generation> <addr,addr…>`.
@@ -137,6 +157,17 @@ fn read_ring(path: &Path) -> Vec<(PeerId, u64, Vec<String>)> {
             Some((peer, generation, addrs))
         })
         .collect()
+}
+
+/// The SWIM identity of a member described by `info`.
+fn swim_id_of(peer: PeerId, info: &MemberInfo) -> SwimId {
+    let addr = info
+        .addrs
+        .iter()
+        .find_map(|a| a.parse::<Multiaddr>().ok())
+        .map(|a| a.to_vec())
+        .unwrap_or_default();
+    SwimId::new(peer, info.generation, addr)
 }
 
 /// Read, increment and persist the node's generation (`dir/generation`).
@@ -201,13 +232,7 @@ impl Membership {
                 "ring loaded; members are down until heard from"
             );
         }
-        let view = View::new(
-            Instant::now(),
-            local,
-            config.replication_factor,
-            config.down_after,
-            known,
-        );
+        let view = View::new(Instant::now(), local, config.replication_factor, known);
         let m = Arc::new(Membership {
             local,
             local_info: RwLock::new(local_info),
@@ -220,6 +245,8 @@ impl Membership {
             clocks: Mutex::new(clock::Clocks::default()),
             clock_offset_ms: AtomicI64::new(0),
             clock_skewed: AtomicBool::new(false),
+            swim: std::sync::OnceLock::new(),
+            down_after: config.down_after,
         });
         m.apply(Changes {
             events: Vec::new(),
@@ -408,9 +435,65 @@ impl Membership {
                 .unwrap_or_else(|p| p.into_inner())
                 .observe(now, from, offset);
         }
+        let id = swim_id_of(from, &info);
         let (changes, learnt) = self.view().on_heartbeat(now, from, info, gossip);
+        if self
+            .view()
+            .get(&from)
+            .is_some_and(|e| e.state == MemberState::Up)
+        {
+            // Heard from directly: SWIM probes it from now on (a no-op if it already does).
+            self.to_swim(SwimInput::Alive(id));
+        }
         self.apply(changes);
         learnt
+    }
+
+    /// Hand the SWIM task's inbox to membership.
+    pub(crate) fn attach_swim(&self, inbox: mpsc::Sender<SwimInput>) {
+        let _ = self.swim.set(inbox);
+    }
+
+    /// Give the SWIM task something (dropped when its inbox is full: SWIM tolerates loss).
+    pub(crate) fn to_swim(&self, input: SwimInput) {
+        if let Some(tx) = self.swim.get() {
+            let _ = tx.try_send(input);
+        }
+    }
+
+    /// This node's SWIM identity: PeerId, generation, its first listen address.
+    pub(crate) fn swim_id(&self) -> SwimId {
+        let info = self.local_info.read().unwrap_or_else(|p| p.into_inner());
+        swim_id_of(self.local, &info)
+    }
+
+    /// The suspicion timeout's floor: `down_after` less two probe periods (SWIM needs about
+    /// that to suspect), so a dead member is down after about `down_after` in a small mesh.
+    pub(crate) fn suspicion(&self, period: Duration) -> Duration {
+        self.down_after.saturating_sub(period * 2).max(period)
+    }
+
+    /// SWIM found a member alive. Returns whether this node should heartbeat it for its info
+    /// (a peer it does not know, or a restarted one).
+    pub(crate) fn on_swim_up(&self, peer: PeerId, generation: u64) -> bool {
+        let (changes, ask) = self.view().on_swim_up(Instant::now(), peer, generation);
+        self.apply(changes);
+        ask
+    }
+
+    /// SWIM declared a member down.
+    pub(crate) fn on_swim_down(&self, peer: PeerId, generation: u64) {
+        let changes = self.view().on_swim_down(Instant::now(), peer, generation);
+        self.apply(changes);
+    }
+
+    /// Spread, by SWIM, that `peer` (in `generation`) left the ring.
+    pub(crate) fn spread_leave(&self, peer: PeerId, generation: u64) {
+        self.to_swim(SwimInput::Ring(RingChange {
+            peer: peer.to_bytes(),
+            generation,
+            version: 0,
+        }));
     }
 
     /// A member left gracefully.
@@ -435,6 +518,10 @@ impl Membership {
         let result = self.view().remove(Instant::now(), peer, force);
         match result {
             Ok(changes) => {
+                let generation = self.view().get(&peer).map(|e| e.info.generation);
+                if let Some(generation) = generation {
+                    self.spread_leave(peer, generation);
+                }
                 self.apply(changes);
                 Ok(())
             }
@@ -454,7 +541,8 @@ impl Membership {
         }
     }
 
-    /// Failure detection: mark silent members down. It never changes placement.
+    /// Housekeeping (forget stale candidates and long-gone members) and the clock check.
+    /// Failure detection is SWIM's; nothing here changes placement.
     pub fn tick(&self) {
         let now = Instant::now();
         let changes = self.view().tick(now);

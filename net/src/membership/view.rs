@@ -22,6 +22,8 @@ use crate::protocol::{Gossip, MemberInfo};
 pub(crate) const MAX_CANDIDATES: usize = 1_024;
 /// How long a candidate that never answers is heartbeated.
 pub(crate) const CANDIDATE_TTL: Duration = Duration::from_secs(300);
+/// Members named in one heartbeat's gossip at most.
+pub(crate) const GOSSIP_SAMPLE: usize = 16;
 /// How long a member that left is remembered (its state gossiped so every member learns it).
 pub(crate) const FORGET_AFTER: Duration = Duration::from_secs(3_600);
 
@@ -34,6 +36,9 @@ pub(crate) struct Entry {
     pub(crate) since: Instant,
     /// This generation announced it is stopping: its late heartbeats do not bring it back up.
     pub(crate) stopped: bool,
+    /// SWIM declared this generation down: only SWIM brings it back (when it refutes or
+    /// rejoins), so a late heartbeat answer cannot leave it up where SWIM no longer probes it.
+    pub(crate) swim_down: bool,
 }
 
 /// What a step changed: the events to publish, and whether the ring (who owns data, who is up)
@@ -68,8 +73,6 @@ pub(crate) enum RemoveRefused {
 pub(crate) struct View {
     local: PeerId,
     replication_factor: usize,
-    down_after: Duration,
-    started: Instant,
     members: HashMap<PeerId, Entry>,
     /// Connected or gossiped peers that are not members yet (heartbeats go to them too).
     candidates: HashMap<PeerId, Instant>,
@@ -82,7 +85,6 @@ impl View {
         now: Instant,
         local: PeerId,
         replication_factor: usize,
-        down_after: Duration,
         known: Vec<(PeerId, u64, Vec<String>)>,
     ) -> Self {
         let members = known
@@ -91,6 +93,7 @@ impl View {
             .map(|(peer, generation, addrs)| {
                 let entry = Entry {
                     stopped: false,
+                    swim_down: false,
                     addrs: addrs.iter().filter_map(|a| a.parse().ok()).collect(),
                     info: MemberInfo {
                         wall_ms: 0,
@@ -110,8 +113,6 @@ impl View {
         View {
             local,
             replication_factor,
-            down_after,
-            started: now,
             members,
             candidates: HashMap::new(),
         }
@@ -145,10 +146,15 @@ impl View {
         }
     }
 
-    /// What this node gossips: every member it knows and whether it left.
+    /// What this node gossips: at most [`GOSSIP_SAMPLE`] members it knows, picked at random,
+    /// with whether they left — a bounded message whatever the mesh's size. Discovery and
+    /// leaves also travel by SWIM (`swim`); this sample is how a new node learns addresses.
     pub(crate) fn gossip(&self) -> Vec<Gossip> {
+        use rand::seq::IteratorRandom;
         self.members
             .iter()
+            .choose_multiple(&mut rand::thread_rng(), GOSSIP_SAMPLE)
+            .into_iter()
             .map(|(peer, e)| Gossip {
                 peer_id: peer.to_bytes(),
                 addrs: e.info.addrs.clone(),
@@ -158,25 +164,90 @@ impl View {
             .collect()
     }
 
-    /// Whom to heartbeat on tick number `tick`: up members and candidates every time, down
-    /// ones every 4th tick.
+    /// Whom to heartbeat on tick number `tick` — a bounded number whatever the mesh's size
+    /// (failure detection is SWIM's, `swim`): every candidate (a peer not yet heard from, to
+    /// admit it and learn its info), one up member in turn (to refresh its info: tags, clock),
+    /// and on every other tick one down member in turn (to find it back after a restart).
     pub(crate) fn heartbeat_targets(&self, tick: u64) -> Vec<PeerId> {
+        let mut up: Vec<&PeerId> = Vec::new();
+        let mut down: Vec<&PeerId> = Vec::new();
+        for (p, e) in &self.members {
+            match e.state {
+                MemberState::Up => up.push(p),
+                MemberState::Down => down.push(p),
+                MemberState::Left => {}
+            }
+        }
+        up.sort();
+        down.sort();
         let mut out: Vec<PeerId> = self
-            .members
-            .iter()
-            .filter(|(_, e)| match e.state {
-                MemberState::Up => true,
-                MemberState::Down => tick.is_multiple_of(4),
-                MemberState::Left => false,
-            })
-            .map(|(p, _)| *p)
+            .candidates
+            .keys()
+            .filter(|c| !self.members.contains_key(c))
+            .copied()
             .collect();
-        out.extend(
-            self.candidates
-                .keys()
-                .filter(|c| !self.members.contains_key(c)),
-        );
+        if !up.is_empty() {
+            out.push(*up[(tick % up.len() as u64) as usize]);
+        }
+        if !down.is_empty() && tick.is_multiple_of(2) {
+            out.push(*down[((tick / 2) % down.len() as u64) as usize]);
+        }
         out
+    }
+
+    /// SWIM found `peer` (in `generation`) alive. A down member of that generation or later is
+    /// up again; a peer this node does not know becomes a candidate (heartbeated for its info
+    /// and credential before it joins the ring). Returns whether it was unknown.
+    pub(crate) fn on_swim_up(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        generation: u64,
+    ) -> (Changes, bool) {
+        let mut changes = Changes::default();
+        if peer == self.local {
+            return (changes, false);
+        }
+        match self.members.get_mut(&peer) {
+            Some(e) => {
+                let stale = generation < e.info.generation
+                    || e.state == MemberState::Left
+                    || (e.stopped && generation == e.info.generation);
+                if !stale && generation == e.info.generation {
+                    e.swim_down = false;
+                }
+                if !stale && e.state == MemberState::Down && generation == e.info.generation {
+                    info!(%peer, generation, "member up (SWIM)");
+                    e.state = MemberState::Up;
+                    e.since = now;
+                    e.last_heard = now;
+                    changes.push(MemberEvent::Up(peer));
+                }
+                // A later generation is a restart: its heartbeat brings its new info.
+                (changes, !stale && generation > e.info.generation)
+            }
+            None => {
+                self.add_candidate(now, peer);
+                (changes, true)
+            }
+        }
+    }
+
+    /// SWIM declared `peer` (in `generation`) down.
+    pub(crate) fn on_swim_down(&mut self, now: Instant, peer: PeerId, generation: u64) -> Changes {
+        let mut changes = Changes::default();
+        if let Some(e) = self.members.get_mut(&peer) {
+            if generation >= e.info.generation {
+                e.swim_down = true;
+            }
+            if e.state == MemberState::Up && generation >= e.info.generation {
+                warn!(%peer, generation, "member down (SWIM)");
+                e.state = MemberState::Down;
+                e.since = now;
+                changes.push(MemberEvent::Down(peer));
+            }
+        }
+        changes
     }
 
     /// A member's heartbeat (or its answer to ours) arrived at `now`, with its gossip. Returns
@@ -205,7 +276,10 @@ impl View {
                 }
                 e.stopped = false;
                 e.last_heard = now;
-                if e.state != MemberState::Up {
+                if restarted {
+                    e.swim_down = false;
+                }
+                if e.state != MemberState::Up && !e.swim_down {
                     info!(peer = %from, generation = info.generation, was = ?e.state, "member up");
                     e.state = MemberState::Up;
                     e.since = now;
@@ -223,6 +297,7 @@ impl View {
                     from,
                     Entry {
                         stopped: false,
+                        swim_down: false,
                         info,
                         addrs,
                         state: MemberState::Up,
@@ -339,30 +414,16 @@ impl View {
         Ok(changes)
     }
 
-    /// Failure detection at `now`: members silent for `down_after` are marked down. Candidates
-    /// that never answered and members that left long ago are forgotten. Nothing here changes
-    /// who owns data.
+    /// Housekeeping at `now`: candidates that never answered and members that left long ago
+    /// are forgotten. Failure detection is SWIM's (`on_swim_down`); nothing here changes who
+    /// owns data.
     pub(crate) fn tick(&mut self, now: Instant) -> Changes {
-        let mut changes = Changes::default();
         self.candidates
             .retain(|_, since| now.saturating_duration_since(*since) < CANDIDATE_TTL);
         self.members.retain(|_, e| {
             e.state != MemberState::Left || now.saturating_duration_since(e.since) < FORGET_AFTER
         });
-        // Right after start nobody has been heard from yet: give the mesh one detection period.
-        if now.saturating_duration_since(self.started) < self.down_after {
-            return changes;
-        }
-        for (peer, e) in self.members.iter_mut() {
-            let silent = now.saturating_duration_since(e.last_heard);
-            if e.state == MemberState::Up && silent > self.down_after {
-                warn!(%peer, silent_ms = silent.as_millis() as u64, "member down");
-                e.state = MemberState::Down;
-                e.since = now;
-                changes.push(MemberEvent::Down(*peer));
-            }
-        }
-        changes
+        Changes::default()
     }
 
     /// The ring: this node and every member that has not left, sorted by position.
@@ -391,8 +452,6 @@ impl View {
 mod tests {
     use super::*;
 
-    const DOWN_AFTER: Duration = Duration::from_secs(3);
-
     fn info(p: PeerId, generation: u64) -> MemberInfo {
         MemberInfo {
             wall_ms: 0,
@@ -405,7 +464,7 @@ mod tests {
     }
 
     fn view(t0: Instant) -> View {
-        View::new(t0, PeerId::random(), 3, DOWN_AFTER, Vec::new())
+        View::new(t0, PeerId::random(), 3, Vec::new())
     }
 
     fn state(v: &View, p: &PeerId) -> Option<MemberState> {
@@ -417,23 +476,41 @@ mod tests {
     }
 
     #[test]
-    fn a_member_joins_when_heard_from_and_goes_down_after_silence() {
+    fn a_member_joins_when_heard_from_and_goes_down_when_swim_says_so() {
         let t0 = Instant::now();
         let mut v = view(t0);
         let a = PeerId::random();
         let (changes, _) = v.on_heartbeat(t0, a, info(a, 1), &[]);
         assert_eq!(changes.events, vec![MemberEvent::Up(a)]);
         assert!(changes.ring_changed);
-        // Silence shorter than down_after: still up.
-        assert_eq!(v.tick(t0 + DOWN_AFTER), Changes::default());
+        // Silence alone marks nobody down: SWIM's probes decide.
+        assert_eq!(v.tick(t0 + Duration::from_secs(3_000)), Changes::default());
         assert_eq!(state(&v, &a), Some(MemberState::Up));
-        let changes = v.tick(t0 + DOWN_AFTER + Duration::from_millis(1));
+        // SWIM's verdict about an older generation is stale.
+        assert!(v.on_swim_down(t0, a, 0).events.is_empty());
+        let changes = v.on_swim_down(t0, a, 1);
         assert_eq!(changes.events, vec![MemberEvent::Down(a)]);
         assert_eq!(state(&v, &a), Some(MemberState::Down));
-        // A heartbeat brings it back.
+        // SWIM finding it alive again (it refuted, or rejoined) brings it back.
+        let (changes, unknown) = v.on_swim_up(t0, a, 1);
+        assert_eq!(changes.events, vec![MemberEvent::Up(a)]);
+        assert!(!unknown);
+        v.on_swim_down(t0, a, 1);
+        // A late heartbeat answer of the generation SWIM declared down does not: SWIM would no
+        // longer probe it, so it could stay up for ever after dying.
         let (changes, _) = v.on_heartbeat(t0 + Duration::from_secs(10), a, info(a, 1), &[]);
+        assert!(changes.events.is_empty());
+        assert_eq!(state(&v, &a), Some(MemberState::Down));
+        // A restart (a new generation) does.
+        let (changes, _) = v.on_heartbeat(t0 + Duration::from_secs(10), a, info(a, 2), &[]);
         assert_eq!(changes.events, vec![MemberEvent::Up(a)]);
         assert_eq!(up_count(&v), 2);
+        // A peer SWIM knows and this node does not is a candidate, not a member.
+        let b = PeerId::random();
+        let (changes, unknown) = v.on_swim_up(t0, b, 1);
+        assert!(unknown && changes.events.is_empty());
+        assert!(v.get(&b).is_none());
+        assert_eq!(v.candidate_count(), 1);
     }
 
     #[test]
@@ -445,8 +522,11 @@ mod tests {
             v.on_heartbeat(t0, *p, info(*p, 1), &[]);
         }
         let ring: Vec<PeerId> = v.ring().iter().map(|m| m.peer).collect();
-        // Two members silent for a week: down, but still in the ring (a 5-member ring with 3 up
+        // Two members down for a week: down, but still in the ring (a 5-member ring with 3 up
         // keeps its majority only because its base did not shrink).
+        for p in &peers[2..] {
+            v.on_swim_down(t0, *p, 1);
+        }
         for hour in 1..=168u64 {
             let now = t0 + Duration::from_secs(hour * 3_600);
             for p in &peers[..2] {
@@ -461,17 +541,22 @@ mod tests {
     }
 
     #[test]
-    fn no_one_goes_down_during_the_first_detection_period() {
+    fn loaded_members_start_down_and_are_heartbeated_until_heard() {
         let t0 = Instant::now();
-        let known = vec![(PeerId::random(), 7, vec!["/ip4/127.0.0.1/tcp/1".into()])];
-        let mut v = View::new(t0, PeerId::random(), 3, DOWN_AFTER, known);
-        // Loaded members start down; a member heard just before start is not marked down early.
+        let loaded = PeerId::random();
+        let known = vec![(loaded, 7, vec!["/ip4/127.0.0.1/tcp/1".into()])];
+        let mut v = View::new(t0, PeerId::random(), 3, known);
         let a = PeerId::random();
         v.on_heartbeat(t0, a, info(a, 1), &[]);
-        assert!(v.tick(t0 + Duration::from_secs(2)).events.is_empty());
-        assert_eq!(state(&v, &a), Some(MemberState::Up));
+        assert_eq!(state(&v, &loaded), Some(MemberState::Down));
         assert_eq!(v.ring().len(), 3);
         assert_eq!(up_count(&v), 2);
+        assert!(v.heartbeat_targets(2).contains(&loaded));
+        // SWIM has not heard of it in this generation: its word alone does not bring it up.
+        assert!(v.on_swim_up(t0, loaded, 6).0.events.is_empty());
+        let (changes, _) = v.on_heartbeat(t0, loaded, info(loaded, 7), &[]);
+        assert_eq!(changes.events, vec![MemberEvent::Up(loaded)]);
+        assert_eq!(up_count(&v), 3);
     }
 
     #[test]
@@ -488,8 +573,12 @@ mod tests {
         let later = t0 + Duration::from_secs(10);
         let (changes, _) = v.on_heartbeat(later, a, info(a, 5), &[]);
         assert_eq!(changes, Changes::default());
-        v.tick(later);
-        assert_eq!(state(&v, &a), Some(MemberState::Down));
+        assert!(v.on_swim_down(later, a, 5).events.is_empty());
+        assert_eq!(state(&v, &a), Some(MemberState::Up));
+        assert_eq!(
+            v.on_swim_down(later, a, 6).events,
+            vec![MemberEvent::Down(a)]
+        );
     }
 
     #[test]
@@ -575,10 +664,9 @@ mod tests {
         assert_eq!(v.remove(t0, peers[0], false), Err(RemoveRefused::Up));
         // Three down with RF=3: a partition may have lived only on them.
         let later = t0 + Duration::from_secs(60);
-        for p in &peers[3..] {
-            v.on_heartbeat(later, *p, info(*p, 1), &[]);
+        for p in &peers[..3] {
+            v.on_swim_down(later, *p, 1);
         }
-        v.tick(later);
         assert_eq!(
             v.remove(later, peers[0], false),
             Err(RemoveRefused::LastCopies { down: 3 })
@@ -615,16 +703,25 @@ mod tests {
     }
 
     #[test]
-    fn down_members_are_heartbeated_less_often() {
+    fn heartbeats_per_tick_do_not_grow_with_the_mesh() {
         let t0 = Instant::now();
         let mut v = view(t0);
-        let (a, b) = (PeerId::random(), PeerId::random());
-        v.on_heartbeat(t0, a, info(a, 1), &[]);
-        v.on_heartbeat(t0, b, info(b, 1), &[]);
-        let later = t0 + Duration::from_secs(10);
-        v.on_heartbeat(later, a, info(a, 1), &[]);
-        v.tick(later);
-        assert_eq!(v.heartbeat_targets(1), vec![a]);
-        assert_eq!(v.heartbeat_targets(4).len(), 2);
+        let peers: Vec<PeerId> = (0..1_000).map(|_| PeerId::random()).collect();
+        for p in &peers {
+            v.on_heartbeat(t0, *p, info(*p, 1), &[]);
+        }
+        for p in &peers[..100] {
+            v.on_swim_down(t0, *p, 1);
+        }
+        // One up member per tick, and one down member every other tick, each in turn.
+        assert_eq!(v.heartbeat_targets(1).len(), 1);
+        assert_eq!(v.heartbeat_targets(2).len(), 2);
+        let mut seen = std::collections::HashSet::new();
+        for tick in 0..1_800 {
+            seen.extend(v.heartbeat_targets(tick));
+        }
+        assert_eq!(seen.len(), 1_000, "every member is reached in turn");
+        // And gossip is a bounded sample.
+        assert_eq!(v.gossip().len(), GOSSIP_SAMPLE);
     }
 }
