@@ -406,3 +406,179 @@ impl Swim {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny lossless network with virtual time for `n` members.
+    struct Net {
+        nodes: Vec<Swim>,
+        alive: Vec<bool>,
+        now: Duration,
+        queue: Vec<(Duration, usize, Input)>,
+        ups: Vec<Vec<SwimId>>,
+        downs: Vec<Vec<SwimId>>,
+        news: Vec<Vec<RingChange>>,
+        ids: Vec<SwimId>,
+    }
+
+    enum Input {
+        Data(Vec<u8>),
+        Timer(Timer<SwimId>),
+    }
+
+    impl Net {
+        fn new(n: usize) -> Net {
+            let ids: Vec<SwimId> = (0..n)
+                .map(|i| SwimId::new(PeerId::random(), 1, vec![i as u8]))
+                .collect();
+            let nodes = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    Swim::new(
+                        id.clone(),
+                        n,
+                        Duration::from_millis(500),
+                        Duration::from_secs(2),
+                        i as u64,
+                    )
+                })
+                .collect();
+            let mut net = Net {
+                nodes,
+                alive: vec![true; n],
+                now: Duration::ZERO,
+                queue: Vec::new(),
+                ups: vec![Vec::new(); n],
+                downs: vec![Vec::new(); n],
+                news: vec![Vec::new(); n],
+                ids,
+            };
+            // Each node hears of node 0 (its seed) and announces itself to it.
+            for i in 1..n {
+                let out = net.nodes[i].add_alive([net.ids[0].clone()], true);
+                net.handle(i, out);
+                let out = net.nodes[i].announce(net.ids[0].clone());
+                net.handle(i, out);
+            }
+            net
+        }
+
+        fn index(&self, id: &SwimId) -> usize {
+            self.ids.iter().position(|x| x.peer == id.peer).unwrap()
+        }
+
+        fn handle(&mut self, from: usize, outputs: Vec<Output>) {
+            for out in outputs {
+                match out {
+                    Output::Send(to, bytes) => {
+                        let j = self.index(&to);
+                        let at = self.now + Duration::from_millis(1);
+                        self.queue.push((at, j, Input::Data(bytes)));
+                    }
+                    Output::Wake(after, t) => {
+                        self.queue.push((self.now + after, from, Input::Timer(t)))
+                    }
+                    Output::Up(id) => self.ups[from].push(id),
+                    Output::Down(id) => self.downs[from].push(id),
+                    Output::Ring(c) => self.news[from].push(c),
+                    Output::Rejoined(_) => {}
+                }
+            }
+        }
+
+        fn run_until(&mut self, until: Duration) {
+            loop {
+                self.queue.sort_by_key(|(at, _, _)| std::cmp::Reverse(*at));
+                let Some((at, _, _)) = self.queue.last() else {
+                    return;
+                };
+                if *at > until {
+                    self.now = until;
+                    return;
+                }
+                let (at, i, input) = self.queue.pop().unwrap();
+                self.now = at;
+                if !self.alive[i] {
+                    continue;
+                }
+                let out = match input {
+                    Input::Data(b) => self.nodes[i].data(&b),
+                    Input::Timer(t) => self.nodes[i].timer(t),
+                };
+                self.handle(i, out);
+            }
+        }
+    }
+
+    #[test]
+    fn members_find_each_other_detect_a_death_and_spread_ring_changes() {
+        let mut net = Net::new(5);
+        net.run_until(Duration::from_secs(10));
+        for i in 0..5 {
+            assert_eq!(net.nodes[i].alive(), 4, "node {i} knows every other member");
+        }
+        // Node 4 dies: every live node declares it down, and no one else.
+        net.alive[4] = false;
+        let dead = net.ids[4].clone();
+        net.run_until(Duration::from_secs(25));
+        for i in 0..4 {
+            assert_eq!(net.downs[i], vec![dead.clone()], "node {i}");
+            assert!(!net.nodes[i].is_alive(&dead.peer_id().unwrap()));
+        }
+        // A ring change from node 1 reaches every live node once.
+        let change = RingChange {
+            peer: net.ids[3].peer.clone(),
+            generation: 1,
+            version: 0,
+        };
+        let out = net.nodes[1].broadcast(&change);
+        net.handle(1, out);
+        net.run_until(Duration::from_secs(30));
+        for i in [0, 2, 3] {
+            assert_eq!(net.news[i], vec![change.clone()], "node {i}");
+        }
+    }
+
+    #[test]
+    fn a_restart_replaces_the_old_identity() {
+        let mut net = Net::new(3);
+        net.run_until(Duration::from_secs(5));
+        // Node 2 restarts with a new generation and announces itself to node 0.
+        let restarted = SwimId {
+            generation: 2,
+            ..net.ids[2].clone()
+        };
+        net.nodes[2] = Swim::new(
+            restarted.clone(),
+            3,
+            Duration::from_millis(500),
+            Duration::from_secs(2),
+            99,
+        );
+        let out = net.nodes[2].add_alive([net.ids[0].clone()], true);
+        net.handle(2, out);
+        let out = net.nodes[2].announce(net.ids[0].clone());
+        net.handle(2, out);
+        net.run_until(Duration::from_secs(15));
+        for i in 0..2 {
+            assert!(
+                net.ups[i].contains(&restarted),
+                "node {i} sees the new generation up"
+            );
+            assert!(net.downs[i].iter().all(|d| d.generation != 2), "node {i}");
+        }
+    }
+
+    #[test]
+    fn settings_grow_with_log_n() {
+        let small = config(3, Duration::from_millis(500), Duration::from_secs(2));
+        let large = config(1_000, Duration::from_millis(500), Duration::from_secs(2));
+        assert_eq!(small.suspect_to_down_after, Duration::from_secs(2));
+        assert!(large.suspect_to_down_after > Duration::from_secs(2));
+        assert!(large.suspect_to_down_after < Duration::from_secs(4));
+        assert!(large.max_transmissions > small.max_transmissions);
+    }
+}
