@@ -3,7 +3,7 @@
 //! a release build and reports idle CPU and connections).
 //!
 //! Checks: all twenty see each other up; idle, a node heartbeats a bounded number of members per
-//! tick (one up member in turn, not all nineteen: the all-to-all heartbeat is gone) while SWIM
+//! tick (one member in turn, not all nineteen: the all-to-all heartbeat is gone) while SWIM
 //! does the failure detection; two SIGKILLed nodes are marked down by every live node; one of
 //! them restarted is up again everywhere, the other stays down, and every ring keeps all twenty.
 
@@ -107,7 +107,7 @@ async fn twenty_nodes_form_one_mesh_detect_deaths_and_converge() {
             let sent = heartbeats_sent(i).await - before[i as usize].0;
             let used = (cpu_ticks(pid) - before[i as usize].1) as f64 / ticks_per_s;
             cpu.push(100.0 * used / window.as_secs_f64());
-            // One up member per 500 ms tick is 20 in 10 s; all-to-all was 19 × 20 = 380.
+            // One member per 500 ms tick is 20 in 10 s; all-to-all was 19 × 20 = 380.
             assert!(
                 sent <= 60.0,
                 "node {i} sent {sent} heartbeats in {window:?}: heartbeats still go to every member"

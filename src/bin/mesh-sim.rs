@@ -14,7 +14,8 @@
 //! persisted ring is loaded), each at a random moment of its first probe period; `--kill` nodes
 //! are killed at even intervals over the second quarter of the run; node 0 broadcasts a ring
 //! change at the run's midpoint; `--partition F` cuts a fraction F of the nodes off for
-//! `--partition-secs` from 60 % of the run.
+//! `--partition-secs` from 60 % of the run (`healed_s`: from the heal until every live node has
+//! every other alive again).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -66,10 +67,15 @@ type Micros = u64;
 
 enum Event {
     Start(usize),
-    Deliver { to: usize, bytes: Vec<u8> },
+    Deliver {
+        to: usize,
+        bytes: Vec<u8>,
+    },
     Timer(usize, Timer<SwimId>),
     Kill(usize),
     Broadcast,
+    /// After a partition: has every live node every other live node alive again?
+    Check,
 }
 
 struct Queue {
@@ -193,6 +199,10 @@ fn main() -> Result<()> {
     let part_to = part_from + args.partition_secs * 1_000_000;
     // Nodes 1..=partitioned are cut off (node 0 broadcasts; it stays with the majority).
     let side = |i: usize| i >= 1 && i <= partitioned;
+    let mut healed_at: Option<Micros> = None;
+    if partitioned > 0 {
+        queue.push(part_to, Event::Check);
+    }
 
     while let Some((t, event)) = queue.pop() {
         if t > end {
@@ -227,6 +237,16 @@ fn main() -> Result<()> {
                 alive[i] = false;
                 killed_at[i] = Some(t);
                 down_count.insert(i, 0);
+                continue;
+            }
+            Event::Check => {
+                let live = alive.iter().filter(|a| **a).count();
+                let whole = (0..n).all(|i| !alive[i] || nodes[i].alive() == live - 1);
+                if whole {
+                    healed_at = Some(t);
+                } else {
+                    queue.push(t + 100_000, Event::Check);
+                }
                 continue;
             }
             Event::Broadcast => {
@@ -312,6 +332,7 @@ fn main() -> Result<()> {
         "undetected": undetected,
         "false_suspicions": falsely_downed.iter().filter(|f| **f).count(),
         "false_down_events": false_down_events,
+        "healed_s": healed_at.map(|h| (h - part_to) as f64 / 1e6),
         "converge_s": news_done.zip(news_at).map(|(d, a)| (d - a) as f64 / 1e6),
         "wall_s": (setup.elapsed().as_secs_f64() * 10.0).round() / 10.0,
     });

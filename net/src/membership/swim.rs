@@ -186,7 +186,7 @@ impl BroadcastHandler<SwimId> for RingNews {
 
 /// SWIM settings for a mesh of about `members` nodes probed every `period`.
 ///
-/// The suspicion timeout is `max(suspicion, 2 × period × log10(members + 1))`: a floor for small
+/// The suspicion timeout is `max(suspicion, 1.6 × period × log10(members + 1))`: a floor for small
 /// meshes on busy machines, then growing with log N as SWIM's and Lifeguard's do. Each update is
 /// passed on `4 × log10(members + 1)` times (at least 4), piggybacked on probes and acks and
 /// gossiped to 3 members every `period × 2/5` while there is news, which reaches every member
@@ -199,7 +199,7 @@ pub fn config(members: usize, period: Duration, suspicion: Duration) -> Config {
     c.probe_rtt = period * 3 / 5;
     c.num_indirect_probes = NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN);
     c.max_transmissions = NonZeroU8::new(max_tx).unwrap_or(NonZeroU8::MIN);
-    c.suspect_to_down_after = suspicion.max(period.mul_f64(2.0 * n.log10()));
+    c.suspect_to_down_after = suspicion.max(period.mul_f64(1.6 * n.log10()));
     c.remove_down_after = Duration::from_secs(24 * 3_600);
     c.max_packet_size = NonZeroUsize::new(MAX_PACKET).unwrap_or(NonZeroUsize::MIN);
     c.notify_down_members = true;

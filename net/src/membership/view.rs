@@ -22,6 +22,8 @@ use crate::protocol::{Gossip, MemberInfo};
 pub(crate) const MAX_CANDIDATES: usize = 1_024;
 /// How long a candidate that never answers is heartbeated.
 pub(crate) const CANDIDATE_TTL: Duration = Duration::from_secs(300);
+/// Candidates heartbeated per tick at most (in turn).
+pub(crate) const CANDIDATES_PER_TICK: usize = 32;
 /// Members named in one heartbeat's gossip at most.
 pub(crate) const GOSSIP_SAMPLE: usize = 16;
 /// How long a member that left is remembered (its state gossiped so every member learns it).
@@ -165,9 +167,10 @@ impl View {
     }
 
     /// Whom to heartbeat on tick number `tick` — a bounded number whatever the mesh's size
-    /// (failure detection is SWIM's, `swim`): every candidate (a peer not yet heard from, to
-    /// admit it and learn its info), one up member in turn (to refresh its info: tags, clock),
-    /// and on every other tick one down member in turn (to find it back after a restart).
+    /// (failure detection is SWIM's, `swim`): up to [`CANDIDATES_PER_TICK`] candidates in turn
+    /// (peers not yet heard from: to admit them and learn their info), and on odd ticks one up
+    /// member in turn (to refresh its info: tags, clock), on even ticks one down member in turn
+    /// (to find it back after a restart).
     pub(crate) fn heartbeat_targets(&self, tick: u64) -> Vec<PeerId> {
         let mut up: Vec<&PeerId> = Vec::new();
         let mut down: Vec<&PeerId> = Vec::new();
@@ -180,14 +183,28 @@ impl View {
         }
         up.sort();
         down.sort();
-        let mut out: Vec<PeerId> = self
+        let mut candidates: Vec<&PeerId> = self
             .candidates
             .keys()
             .filter(|c| !self.members.contains_key(c))
-            .copied()
             .collect();
-        if !up.is_empty() {
-            out.push(*up[(tick % up.len() as u64) as usize]);
+        candidates.sort();
+        // At most CANDIDATES_PER_TICK, in turn: a node joining a large mesh learns of many
+        // peers at once and must not heartbeat them all at every tick.
+        let start = if candidates.len() > CANDIDATES_PER_TICK {
+            (tick as usize * CANDIDATES_PER_TICK) % candidates.len()
+        } else {
+            0
+        };
+        let mut out: Vec<PeerId> = candidates
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(candidates.len().min(CANDIDATES_PER_TICK))
+            .map(|p| **p)
+            .collect();
+        if !up.is_empty() && !tick.is_multiple_of(2) {
+            out.push(*up[((tick / 2) % up.len() as u64) as usize]);
         }
         if !down.is_empty() && tick.is_multiple_of(2) {
             out.push(*down[((tick / 2) % down.len() as u64) as usize]);
@@ -697,7 +714,12 @@ mod tests {
         let (_, learnt) = v.on_heartbeat(t0, from, info(from, 1), &gossip);
         assert_eq!(learnt.len(), MAX_CANDIDATES);
         assert_eq!(v.candidate_count(), MAX_CANDIDATES);
-        assert_eq!(v.heartbeat_targets(1).len(), MAX_CANDIDATES + 1);
+        assert_eq!(v.heartbeat_targets(3).len(), CANDIDATES_PER_TICK + 1);
+        let mut reached = std::collections::HashSet::new();
+        for tick in 0..(MAX_CANDIDATES / CANDIDATES_PER_TICK) as u64 {
+            reached.extend(v.heartbeat_targets(tick));
+        }
+        assert_eq!(reached.len(), MAX_CANDIDATES + 1, "every candidate in turn");
         v.tick(t0 + CANDIDATE_TTL);
         assert_eq!(v.candidate_count(), 0);
     }
@@ -713,11 +735,11 @@ mod tests {
         for p in &peers[..100] {
             v.on_swim_down(t0, *p, 1);
         }
-        // One up member per tick, and one down member every other tick, each in turn.
+        // One up member on odd ticks, one down member on even ticks, each in turn.
         assert_eq!(v.heartbeat_targets(1).len(), 1);
-        assert_eq!(v.heartbeat_targets(2).len(), 2);
+        assert_eq!(v.heartbeat_targets(2).len(), 1);
         let mut seen = std::collections::HashSet::new();
-        for tick in 0..1_800 {
+        for tick in 0..3_600 {
             seen.extend(v.heartbeat_targets(tick));
         }
         assert_eq!(seen.len(), 1_000, "every member is reached in turn");
