@@ -204,9 +204,23 @@ fn main() -> Result<()> {
         queue.push(part_to, Event::Check);
     }
 
+    let mut next_report: Micros = 0;
+    eprintln!(
+        "mesh-sim: {n} nodes built in {:.1} s",
+        setup.elapsed().as_secs_f64()
+    );
     while let Some((t, event)) = queue.pop() {
         if t > end {
             break;
+        }
+        if t >= next_report {
+            // Progress on stderr: how fast virtual time goes (the JSON line is on stdout).
+            eprintln!(
+                "mesh-sim: virtual {:.0} s after {:.1} s",
+                t as f64 / 1e6,
+                setup.elapsed().as_secs_f64()
+            );
+            next_report += 5_000_000;
         }
         let live = alive.iter().filter(|a| **a).count();
         live_node_seconds += live as f64 * (t - last_t) as f64 / 1e6;

@@ -38,15 +38,60 @@ pub const MAX_RING_NEWS: usize = 16_384;
 /// restarting, and one address to dial it (multiaddr bytes), so a member learnt from gossip can
 /// be reached without a lookup.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "SwimIdWire", into = "SwimIdWire")]
 pub struct SwimId {
-    #[serde(with = "serde_bytes")]
     peer: Vec<u8>,
     /// The node's generation.
     pub generation: u64,
     /// Rejoins of this generation.
     pub rejoin: u32,
+    addr: Vec<u8>,
+    /// foca's key for the member (`Identity::addr`), kept inline: foca compares it with every
+    /// member of its table in a linear scan, and reading it from `peer` would chase a pointer
+    /// per member.
+    key: u128,
+}
+
+/// [`SwimId`] as it travels (the key is derived, not sent).
+#[derive(Clone, Serialize, Deserialize)]
+struct SwimIdWire {
+    #[serde(with = "serde_bytes")]
+    peer: Vec<u8>,
+    generation: u64,
+    rejoin: u32,
     #[serde(with = "serde_bytes")]
     addr: Vec<u8>,
+}
+
+impl From<SwimIdWire> for SwimId {
+    fn from(w: SwimIdWire) -> Self {
+        SwimId {
+            key: key_of(&w.peer),
+            peer: w.peer,
+            generation: w.generation,
+            rejoin: w.rejoin,
+            addr: w.addr,
+        }
+    }
+}
+
+impl From<SwimId> for SwimIdWire {
+    fn from(id: SwimId) -> Self {
+        SwimIdWire {
+            peer: id.peer,
+            generation: id.generation,
+            rejoin: id.rejoin,
+            addr: id.addr,
+        }
+    }
+}
+
+/// The last 16 bytes of a PeerId (its public key's, for ed25519) as a number.
+fn key_of(peer: &[u8]) -> u128 {
+    let tail = &peer[peer.len().saturating_sub(16)..];
+    let mut bytes = [0u8; 16];
+    bytes[16 - tail.len()..].copy_from_slice(tail);
+    u128::from_be_bytes(bytes)
 }
 
 impl std::fmt::Debug for SwimId {
@@ -62,8 +107,10 @@ impl SwimId {
     /// The identity of `peer` in `generation`, dialled at `addr` (multiaddr bytes; empty when
     /// unknown, longer than 64 bytes is dropped).
     pub fn new(peer: PeerId, generation: u64, addr: Vec<u8>) -> Self {
+        let peer = peer.to_bytes();
         SwimId {
-            peer: peer.to_bytes(),
+            key: key_of(&peer),
+            peer,
             generation,
             rejoin: 0,
             addr: if addr.len() <= 64 { addr } else { Vec::new() },
@@ -94,10 +141,7 @@ impl foca::Identity for SwimId {
     }
 
     fn addr(&self) -> u128 {
-        let tail = &self.peer[self.peer.len().saturating_sub(16)..];
-        let mut bytes = [0u8; 16];
-        bytes[16 - tail.len()..].copy_from_slice(tail);
-        u128::from_be_bytes(bytes)
+        self.key
     }
 
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
