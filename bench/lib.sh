@@ -1,6 +1,6 @@
 # Shared by bench/run.sh, bench/profile.sh and bench/soak.sh: install the tools, build, start
 # targets (sipmesh nodes, Kamailio), run one SIPp step and measure the target's CPU.
-# Callers set ROOT, STEP_SECONDS and (optionally) NUSERS before sourcing this file.
+# Callers set ROOT, STEP_SECONDS and (optionally) NUSERS and BIN before sourcing this file.
 # shellcheck shell=bash
 need=()
 command -v sipp >/dev/null || need+=(sip-tester)
@@ -8,8 +8,11 @@ command -v kamailio >/dev/null || need+=(kamailio)
 if ((${#need[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-cargo build --release --locked -q
-BIN=$ROOT/target/release/sipmesh
+# BIN= picks another binary (an older build, for a before/after in one sitting).
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --locked -q
+  BIN=$ROOT/target/release/sipmesh
+fi
 WORK=$(mktemp -d /tmp/sipmesh-bench.XXXXXX)
 PIDS=()
 # Everything started here is stopped by PID.

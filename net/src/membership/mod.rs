@@ -6,9 +6,10 @@
 //! do not grow with the mesh.
 //!
 //! Heartbeats carry what SWIM does not: a member's [`MemberInfo`] (addresses, tags, clock,
-//! credential) and a bounded sample of the members the sender knows. They go, each tick, to
-//! candidates (peers not heard from yet: that is how a member is admitted and joins), to one up
-//! member in turn, and every other tick to one down member in turn — never to every member.
+//! credential) and a bounded sample of the members the sender knows. They go, each tick, to at
+//! most 32 candidates in turn (peers not heard from yet: that is how a member is admitted and
+//! joins), and alternately to one up member and one down member in turn — never to every
+//! member.
 //!
 //! Down members keep their place in the ring: only a decision changes it (a member that says
 //! `Leave`, or an operator's `remove`, both also spread by SWIM). A member that comes back with

@@ -37,7 +37,7 @@ pub const MAX_RING_NEWS: usize = 16_384;
 /// replaces the old one), a counter bumped when it rejoins after being declared down without
 /// restarting, and one address to dial it (multiaddr bytes), so a member learnt from gossip can
 /// be reached without a lookup.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(from = "SwimIdWire", into = "SwimIdWire")]
 pub struct SwimId {
     peer: Vec<u8>,
@@ -50,6 +50,28 @@ pub struct SwimId {
     /// member of its table in a linear scan, and reading it from `peer` would chase a pointer
     /// per member.
     key: u128,
+}
+
+/// Identities are equal when peer, generation and rejoin are: the dial address is a hint, and
+/// two members' views of it (a heartbeat's info, the member's own) must not make two
+/// identities of one life.
+impl PartialEq for SwimId {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+            && self.generation == other.generation
+            && self.rejoin == other.rejoin
+            && self.peer == other.peer
+    }
+}
+
+impl Eq for SwimId {}
+
+impl std::hash::Hash for SwimId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+        self.generation.hash(state);
+        self.rejoin.hash(state);
+    }
 }
 
 /// [`SwimId`] as it travels (the key is derived, not sent).
@@ -614,6 +636,22 @@ mod tests {
             );
             assert!(net.downs[i].iter().all(|d| d.generation != 2), "node {i}");
         }
+    }
+
+    #[test]
+    fn the_dial_address_does_not_make_another_identity() {
+        let peer = PeerId::random();
+        let a = SwimId::new(peer, 3, b"one".to_vec());
+        let b = SwimId::new(peer, 3, b"two".to_vec());
+        assert_eq!(a, b);
+        assert_ne!(a, SwimId::new(peer, 4, b"one".to_vec()));
+        assert_ne!(a, SwimId::new(PeerId::random(), 3, b"one".to_vec()));
+        let wire = bincode::serde::encode_to_vec(&a, bincode::config::standard()).unwrap();
+        let (back, _): (SwimId, usize) =
+            bincode::serde::decode_from_slice(&wire, bincode::config::standard()).unwrap();
+        assert_eq!(back, a);
+        assert_eq!(back.addr_bytes(), b"one");
+        assert_eq!(foca::Identity::addr(&back), foca::Identity::addr(&a));
     }
 
     #[test]
