@@ -20,17 +20,7 @@ const NODES: u16 = 20;
 const BASE: u16 = 27_000;
 
 fn spawn(dir: &Path, i: u16) -> Child {
-    let mut cmd = node_command(
-        dir,
-        i,
-        "127.0.0.1",
-        (BASE + i, BASE + 100 + i, BASE + 200 + i),
-        TOKEN,
-    );
-    if i > 0 {
-        cmd.args(["--bootstrap", &format!("/ip4/127.0.0.1/tcp/{}", BASE + 100)]);
-    }
-    cmd.spawn().unwrap()
+    spawn_loopback_node(dir, BASE, i, TOKEN)
 }
 
 fn http(i: u16) -> String {

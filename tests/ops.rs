@@ -227,17 +227,7 @@ fn systemd_unit_verifies() {
 const TOKEN: &str = "ops-test-admin-token-0123456";
 
 fn spawn(dir: &Path, base: u16, i: u16) -> Child {
-    let mut cmd = node_command(
-        dir,
-        i,
-        "127.0.0.1",
-        (base + i, base + 100 + i, base + 200 + i),
-        TOKEN,
-    );
-    if i > 0 {
-        cmd.args(["--bootstrap", &format!("/ip4/127.0.0.1/tcp/{}", base + 100)]);
-    }
-    cmd.spawn().unwrap()
+    spawn_loopback_node(dir, base, i, TOKEN)
 }
 
 /// Run `sipmesh ARGS` with the admin token; (success, stdout, stderr).

@@ -290,7 +290,7 @@ async fn swim(
     links: Arc<Links>,
     commands: mpsc::Sender<Command>,
     mut inbox: mpsc::Receiver<SwimInput>,
-    period: Duration,
+    (period, suspicion): (Duration, Duration),
     mut shutdown: Shutdown,
 ) {
     use std::cmp::Reverse;
@@ -300,7 +300,7 @@ async fn swim(
         membership.swim_id(),
         members,
         period,
-        membership.suspicion(period),
+        suspicion,
         rand::random(),
     );
     // Timers: (when, sequence) in a heap, the events by sequence.
@@ -621,7 +621,6 @@ impl Mesh {
             local,
             MembershipConfig {
                 replication_factor: config.replication_factor.max(1),
-                down_after: config.down_after,
             },
             Some(config.data_dir.join("ring")),
         );
@@ -689,7 +688,10 @@ impl Mesh {
                 links.clone(),
                 handle.commands.clone(),
                 swim_rx,
-                config.heartbeat_interval,
+                (
+                    config.heartbeat_interval,
+                    swim::suspicion_floor(config.down_after, config.heartbeat_interval),
+                ),
                 s,
             )
             .instrument(span.clone())

@@ -553,7 +553,6 @@ mod tests {
                 me,
                 MembershipConfig {
                     replication_factor: 3,
-                    down_after: Duration::from_secs(3),
                 },
             );
             for &other in peers.iter().filter(|p| **p != me) {

@@ -87,6 +87,27 @@ pub fn node_command(
     cmd
 }
 
+/// Node `i` of a loopback mesh whose SIP, p2p and admin ports are `base + i`, `base + 100 + i`
+/// and `base + 200 + i`; every node but the first bootstraps from node 0. Killed when dropped.
+pub fn spawn_loopback_node(
+    dir: &std::path::Path,
+    base: u16,
+    i: u16,
+    token: &str,
+) -> tokio::process::Child {
+    let mut cmd = node_command(
+        dir,
+        i,
+        "127.0.0.1",
+        (base + i, base + 100 + i, base + 200 + i),
+        token,
+    );
+    if i > 0 {
+        cmd.args(["--bootstrap", &format!("/ip4/127.0.0.1/tcp/{}", base + 100)]);
+    }
+    cmd.spawn().unwrap()
+}
+
 /// The users of the call tests.
 pub const PHONES: &[(&str, &str)] = &[("alice", "a-pw"), ("bob", "b-pw"), ("carol", "c-pw")];
 

@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use libp2p::{Multiaddr, PeerId};
 use sipmesh_storage::{SystemClock, WallClock};
@@ -57,7 +57,7 @@ pub(crate) enum SwimInput {
 pub enum MemberState {
     /// Heard from recently.
     Up,
-    /// Not heard from for `down_after`; keeps its ring place, gets hints.
+    /// Declared down by SWIM (or stopping in place); keeps its ring place, gets hints.
     Down,
     /// Out of the ring: it left gracefully, or an operator removed it.
     Left,
@@ -114,8 +114,6 @@ pub enum MemberEvent {
 pub struct MembershipConfig {
     /// Copies of each partition.
     pub replication_factor: usize,
-    /// Silence after which a member is down.
-    pub down_after: Duration,
 }
 
 /// The membership view of one node.
@@ -138,7 +136,6 @@ pub struct Membership {
     clock_skewed: AtomicBool,
     /// The SWIM task's inbox (set when the mesh starts it).
     swim: std::sync::OnceLock<mpsc::Sender<SwimInput>>,
-    down_after: Duration,
 }
 
 /// The ring file: one line per other member of the ring, `<peer id> <generation> <addr,addr…>`.
@@ -247,7 +244,6 @@ impl Membership {
             clock_offset_ms: AtomicI64::new(0),
             clock_skewed: AtomicBool::new(false),
             swim: std::sync::OnceLock::new(),
-            down_after: config.down_after,
         });
         m.apply(Changes {
             events: Vec::new(),
@@ -468,12 +464,6 @@ impl Membership {
         swim_id_of(self.local, &info)
     }
 
-    /// The suspicion timeout's floor: `down_after` less two probe periods (SWIM needs about
-    /// that to suspect), so a dead member is down after about `down_after` in a small mesh.
-    pub(crate) fn suspicion(&self, period: Duration) -> Duration {
-        self.down_after.saturating_sub(period * 2).max(period)
-    }
-
     /// SWIM found a member alive. Returns whether this node should heartbeat it for its info
     /// (a peer it does not know, or a restarted one).
     pub(crate) fn on_swim_up(&self, peer: PeerId, generation: u64) -> bool {
@@ -613,7 +603,6 @@ mod tests {
     fn config() -> MembershipConfig {
         MembershipConfig {
             replication_factor: 3,
-            down_after: Duration::from_secs(3),
         }
     }
 

@@ -287,6 +287,13 @@ pub fn config(members: usize, period: Duration, suspicion: Duration) -> Config {
     c
 }
 
+/// The suspicion timeout's floor for a node that wants a dead member down after about
+/// `down_after` in a small mesh: that less two probe periods (SWIM needs about that to
+/// suspect), at least one period.
+pub fn suspicion_floor(down_after: Duration, period: Duration) -> Duration {
+    down_after.saturating_sub(period * 2).max(period)
+}
+
 /// What a step of [`Swim`] asks of its driver, and what it learnt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
@@ -398,12 +405,6 @@ impl Swim {
             }
             Err(e) => tracing::warn!(error = %e, "ring change not encoded"),
         }
-        self.drain()
-    }
-
-    /// Leave the mesh: tell a few members this identity is gone.
-    pub fn leave(mut self) -> Vec<Output> {
-        let _ = self.foca.leave_cluster(&mut self.runtime);
         self.drain()
     }
 
