@@ -158,10 +158,14 @@ async fn only_enrolled_nodes_are_members_and_a_revocation_holds_mesh_wide() {
                     "an outsider learnt node {i}'s tags"
                 );
             }
-            assert!(
-                !o.mesh.members().iter().any(|m| m.peer_id == edge_id),
-                "an outsider learnt of another member through gossip"
-            );
+            // The edge member may have found the outsider through the DHT and dialled it; its
+            // bare heartbeat then names it (PeerId and generation) and nothing more.
+            if let Some(m) = o.mesh.members().into_iter().find(|m| m.peer_id == edge_id) {
+                assert!(
+                    m.addrs.is_empty() && m.tags.is_empty(),
+                    "an outsider learnt the edge member's addresses or tags: {m:?}"
+                );
+            }
         }
         assert!(
             mesh.node(0)
