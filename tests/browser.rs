@@ -204,6 +204,7 @@ async fn two_browser_phones_call_each_other_across_the_mesh() {
                 "bob".into(),
                 "b-pw".into(),
                 shots.to_string_lossy().into_owned(),
+                format!("http://{}", http(1)),
             ],
         )
         .await;
@@ -234,9 +235,10 @@ async fn two_browser_phones_call_each_other_across_the_mesh() {
                 assert_eq!(page[step][side]["call"], want, "{step} {side}: {page:#}");
             }
         }
-        // Each phone is bound over WebSocket at the node whose page it is.
+        // Each phone is bound over WebSocket at the node whose page it is (as a third node
+        // listed them while the pages were open).
         for (user, node) in [("alice", 0), ("bob", 2)] {
-            let (_, v) = http_get(format!("http://{}/v1/registrations/{user}", http(1))).await;
+            let v = &page["bindings"][user];
             let b = &v["bindings"][0];
             assert_eq!(b["transport"], "WS", "{v}");
             assert_eq!(b["owner"], mesh.node(node).peer_id.to_string(), "{v}");

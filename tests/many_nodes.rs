@@ -18,6 +18,10 @@ use tokio::process::Child;
 const TOKEN: &str = "many-nodes-test-admin-token-01";
 const NODES: u16 = 20;
 const BASE: u16 = 27_000;
+/// Connections idle beyond those to fellow replicas, at most.
+const IN_USE_CONNECTIONS: f64 = 8.0;
+/// The median node's connections idle, at most (of 19 others).
+const MEDIAN_CONNECTIONS: f64 = 12.0;
 
 fn spawn(dir: &Path, i: u16) -> Child {
     spawn_loopback_node(dir, BASE, i, TOKEN)
@@ -40,18 +44,27 @@ async fn state_of(i: u16, peer: &str) -> Option<String> {
         .find_map(|m| (m["peer_id"] == peer).then(|| m["state"].as_str().unwrap_or("").to_string()))
 }
 
-/// Heartbeats node `i` has sent so far (answered or not).
-async fn heartbeats_sent(i: u16) -> f64 {
+/// A metric of node `i` (0 if absent).
+async fn metric(i: u16, name: &str) -> f64 {
     let addr = format!("127.0.0.1:{}", BASE + 200 + i).parse().unwrap();
     let text = metrics_text(addr).await;
-    let value = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    value("sipmesh_heartbeat_rtt_seconds_count") + value("sipmesh_heartbeat_failures_total")
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+/// Heartbeats node `i` has sent so far (answered or not, on streams or as datagrams).
+async fn heartbeats_sent(i: u16) -> f64 {
+    metric(i, "sipmesh_heartbeat_rtt_seconds_count").await
+        + metric(i, "sipmesh_heartbeat_failures_total").await
+        + metric(i, "sipmesh_heartbeat_datagrams_total").await
+}
+
+/// Nodes node `i` holds a connection with.
+async fn connected(i: u16) -> f64 {
+    metric(i, "sipmesh_mesh_peers_connected").await
 }
 
 /// CPU time (user + system) of process `pid`, in clock ticks.
@@ -103,6 +116,39 @@ async fn twenty_nodes_form_one_mesh_detect_deaths_and_converge() {
                 "node {i} sent {sent} heartbeats in {window:?}: heartbeats still go to every member"
             );
         }
+        // Connections are bounded: membership rides datagrams, idle links close, and a node
+        // keeps links only to its fellow replicas (the members it shares partitions with),
+        // plus a few in use (its `proxies` row goes to that key's replicas every 10 s, and
+        // others' rows come to it). The old code held one to each of the 19 others.
+        let mut counts = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for i in 0..NODES {
+            loop {
+                let (now, replicas) = (
+                    connected(i).await,
+                    metric(i, "sipmesh_mesh_replica_peers").await,
+                );
+                if now <= replicas + IN_USE_CONNECTIONS && now > 0.0 {
+                    counts.push((now, replicas));
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {i} still holds {now} connections with {replicas} fellow replicas \
+                     (links {}, served {})",
+                    metric(i, "sipmesh_mesh_links").await,
+                    metric(i, "sipmesh_mesh_links_served").await
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        counts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        eprintln!("20 nodes idle: (connections, fellow replicas) per node {counts:?}");
+        let median = counts[counts.len() / 2].0;
+        assert!(
+            median <= MEDIAN_CONNECTIONS,
+            "median {median} connections per node: {counts:?}"
+        );
         cpu.sort_by(|a, b| a.total_cmp(b));
         eprintln!(
             "20 nodes idle (debug build): CPU per node median {:.2} %, max {:.2} %",

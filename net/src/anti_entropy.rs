@@ -201,18 +201,17 @@ impl AntiEntropy {
     /// Leaves this node and `peer` are both replicas of (and leaves whose replicas vary inside
     /// the leaf, which are always compared).
     fn shared_leaves(&self, peer: &PeerId) -> Vec<u32> {
-        let snap = self.membership.snapshot();
-        (0..MERKLE_LEAVES)
-            .filter(|&leaf| match snap.leaf_replicas(leaf) {
-                Some(reps) => reps.contains(&self.local) && reps.contains(peer),
-                None => true,
-            })
-            .map(|l| l as u32)
-            .collect()
+        self.membership
+            .snapshot()
+            .shared_leaves()
+            .get(peer)
+            .cloned()
+            .unwrap_or_default()
     }
 
-    /// One exchange with every up peer (only when this node sees a majority: `None` when it
-    /// does not).
+    /// One exchange with every up peer this node shares leaves with — its neighbours in the
+    /// key space, not the whole ring (only when this node sees a majority: `None` when it does
+    /// not).
     pub async fn round(&self) -> Option<Exchange> {
         let snap = self.membership.snapshot();
         let mut total = Exchange::default();
@@ -220,7 +219,12 @@ impl AntiEntropy {
             return None;
         }
         self.rounds.fetch_add(1, Ordering::Relaxed);
-        for m in snap.ring.iter().filter(|m| m.up && m.peer != self.local) {
+        let shared = snap.shared_leaves();
+        for m in snap
+            .ring
+            .iter()
+            .filter(|m| m.up && m.peer != self.local && shared.contains_key(&m.peer))
+        {
             match self.exchange(m.peer).await {
                 Ok(x) => total.add(x),
                 Err(e) => debug!(peer = %m.peer, error = %e, "anti-entropy exchange failed"),

@@ -9,12 +9,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
@@ -55,6 +55,10 @@ struct PeerLink {
     tx: mpsc::Sender<Vec<u8>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
     closed: AtomicBool,
+    /// When a message was last queued on it (ms since [`Links`]' epoch).
+    last_used: AtomicU64,
+    /// Wakes the link's task to close the stream (an idle link).
+    shut: Notify,
 }
 
 impl PeerLink {
@@ -75,6 +79,7 @@ pub struct Links {
     peers: Mutex<HashMap<PeerId, Arc<PeerLink>>>,
     next_id: AtomicU64,
     open_timeout: Duration,
+    epoch: Instant,
 }
 
 impl Links {
@@ -85,7 +90,46 @@ impl Links {
             peers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             open_timeout,
+            epoch: Instant::now(),
         })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// How many links are open (or opening).
+    pub fn count(&self) -> usize {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Close the links nothing was queued on for `idle` and that await no answer, except to
+    /// the peers `keep` names. Their streams end, and libp2p closes a connection left without
+    /// streams; the next message to such a peer dials again. Returns how many were closed.
+    pub fn close_idle(&self, idle: Duration, keep: impl Fn(&PeerId) -> bool) -> usize {
+        let now = self.now_ms();
+        let idle_ms = idle.as_millis() as u64;
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let idle_peers: Vec<PeerId> = peers
+            .iter()
+            .filter(|(peer, link)| {
+                now.saturating_sub(link.last_used.load(Ordering::Relaxed)) >= idle_ms
+                    && link
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .is_empty()
+                    && !keep(peer)
+            })
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in &idle_peers {
+            if let Some(link) = peers.remove(peer) {
+                link.fail("idle");
+                link.shut.notify_one();
+            }
+        }
+        idle_peers.len()
     }
 
     /// Close the link to a peer (its pending requests fail); the next request reopens it.
@@ -100,10 +144,12 @@ impl Links {
         }
     }
 
-    fn link(self: &Arc<Self>, peer: PeerId) -> Arc<PeerLink> {
+    fn link(self: &Arc<Self>, peer: PeerId, purpose: &'static str) -> Arc<PeerLink> {
+        let now = self.now_ms();
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(link) = peers.get(&peer) {
             if !link.closed.load(Ordering::SeqCst) {
+                link.last_used.store(now, Ordering::Relaxed);
                 return link.clone();
             }
         }
@@ -113,8 +159,11 @@ impl Links {
             tx,
             pending: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
+            last_used: AtomicU64::new(now),
+            shut: Notify::new(),
         });
         peers.insert(peer, link.clone());
+        debug!(%peer, purpose, "link opened");
         let control = self
             .control
             .lock()
@@ -137,7 +186,7 @@ impl Links {
 
     /// Queue a one-way message without waiting (order per peer is kept).
     pub fn try_send(self: &Arc<Self>, peer: PeerId, request: Request) -> Result<()> {
-        let link = self.link(peer);
+        let link = self.link(peer, request.kind());
         let frame = encode_frame(&Frame::OneWay(request))?;
         link.tx.try_send(frame).map_err(|e| Error::Unreachable {
             peer: peer.to_string(),
@@ -154,7 +203,7 @@ impl Links {
         request: Request,
         timeout: Duration,
     ) -> Result<Response> {
-        let link = self.link(peer);
+        let link = self.link(peer, request.kind());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -218,7 +267,7 @@ impl Link for Arc<Links> {
     }
 
     fn send(&self, peer: PeerId, request: Request) -> BoxFuture<'static, Result<()>> {
-        let link = self.link(peer);
+        let link = self.link(peer, request.kind());
         Box::pin(async move {
             let frame = encode_frame(&Frame::OneWay(request))?;
             link.tx.send(frame).await.map_err(|_| Error::Unreachable {
@@ -235,17 +284,33 @@ async fn run_link(
     mut control: libp2p_stream::Control,
     open_timeout: Duration,
 ) {
-    let stream =
-        match tokio::time::timeout(open_timeout, control.open_stream(link.peer, PROTOCOL)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return link.fail(&e.to_string()),
-            Err(_) => return link.fail("timed out opening a stream"),
-        };
+    let stream = tokio::select! {
+        _ = link.shut.notified() => return,
+        opened = tokio::time::timeout(open_timeout, control.open_stream(link.peer, PROTOCOL)) => {
+            match opened {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return link.fail(&e.to_string()),
+                Err(_) => return link.fail("timed out opening a stream"),
+            }
+        }
+    };
     let (mut reader, writer) = stream.split();
-    let writer_task = tokio::spawn(write_loop(rx, writer));
+    let (stop, stopped) = oneshot::channel();
+    let mut writer_task = tokio::spawn(write_loop(rx, writer, Some(stopped)));
     let mut buf = Vec::new();
     loop {
-        match read_frame(&mut reader, &mut buf).await {
+        let frame = tokio::select! {
+            // Closed as idle: the writer closes the stream (the peer reads its end).
+            _ = link.shut.notified() => {
+                let _ = stop.send(());
+                if tokio::time::timeout(open_timeout, &mut writer_task).await.is_err() {
+                    writer_task.abort();
+                }
+                return;
+            }
+            frame = read_frame(&mut reader, &mut buf) => frame,
+        };
+        match frame {
             Ok(Some(Frame::Response(id, response))) => {
                 let waiter = link
                     .pending
@@ -271,9 +336,30 @@ async fn run_link(
     link.fail("stream ended");
 }
 
-async fn write_loop(mut rx: mpsc::Receiver<Vec<u8>>, mut writer: futures::io::WriteHalf<Stream>) {
+/// Write what is queued, batched, until the queue ends or `stop` fires; then close the stream.
+async fn write_loop(
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut writer: futures::io::WriteHalf<Stream>,
+    stop: Option<oneshot::Receiver<()>>,
+) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
-    while let Some(first) = rx.recv().await {
+    let stop = async {
+        match stop {
+            Some(stop) => {
+                let _ = stop.await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(stop);
+    loop {
+        let first = tokio::select! {
+            _ = &mut stop => break,
+            first = rx.recv() => match first {
+                Some(first) => first,
+                None => break,
+            },
+        };
         batch.extend_from_slice(&first);
         while batch.len() < WRITE_BATCH {
             match rx.try_recv() {
@@ -290,16 +376,26 @@ async fn write_loop(mut rx: mpsc::Receiver<Vec<u8>>, mut writer: futures::io::Wr
 }
 
 /// Serve inbound streams until `incoming` ends.
-pub async fn serve(mut incoming: libp2p_stream::IncomingStreams, handler: Arc<dyn Handler>) {
+/// `serving` counts the inbound streams open.
+pub async fn serve(
+    mut incoming: libp2p_stream::IncomingStreams,
+    handler: Arc<dyn Handler>,
+    serving: Arc<std::sync::atomic::AtomicUsize>,
+) {
     while let Some((peer, stream)) = incoming.next().await {
-        tokio::spawn(serve_stream(peer, stream, handler.clone()));
+        let (handler, serving) = (handler.clone(), serving.clone());
+        tokio::spawn(async move {
+            serving.fetch_add(1, Ordering::Relaxed);
+            serve_stream(peer, stream, handler).await;
+            serving.fetch_sub(1, Ordering::Relaxed);
+        });
     }
 }
 
 async fn serve_stream(peer: PeerId, stream: Stream, handler: Arc<dyn Handler>) {
     let (mut reader, writer) = stream.split();
     let (tx, rx) = mpsc::channel(SEND_QUEUE);
-    let writer_task = tokio::spawn(write_loop(rx, writer));
+    let writer_task = tokio::spawn(write_loop(rx, writer, None));
     let permits = Arc::new(Semaphore::new(MAX_SERVING));
     let mut buf = Vec::new();
     loop {

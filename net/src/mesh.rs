@@ -1,8 +1,8 @@
 //! [`Mesh`]: the handle a node holds on its libp2p peer, membership and replicated keyspace.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -20,7 +20,7 @@ use crate::membership::swim::{self, Swim};
 use crate::membership::{self, Member, MemberEvent, Membership, MembershipConfig, SwimInput};
 use crate::peer::{self, Command, PeerEvent};
 use crate::placement::Snapshot;
-use crate::protocol::{MemberInfo, Request, Response, PROTOCOL};
+use crate::protocol::{encode_frame, Frame, MemberInfo, Request, Response, PROTOCOL};
 use crate::replication::{Consistency, Replication};
 use crate::shutdown::{Background, Shutdown};
 use crate::stats::MeshMetrics;
@@ -36,6 +36,17 @@ const HANDOFF_EVERY: Duration = Duration::from_secs(5);
 const HANDOFF_SAFETY_NET: Duration = Duration::from_secs(300);
 /// How long shutdown waits for the background loops.
 const SHUTDOWN_WITHIN: Duration = Duration::from_secs(2);
+
+/// A link nothing was sent on for this long is closed (unless it goes to a fellow replica).
+const LINK_IDLE: Duration = Duration::from_secs(20);
+/// How often idle links are looked for.
+const LINK_SWEEP: Duration = Duration::from_secs(5);
+/// Notices received and not yet taken by a slow subscriber (it then misses the oldest).
+const NOTICE_QUEUE: usize = 1_024;
+/// Mesh frames up to this size may travel as datagrams ([`DatagramSender`]): every SWIM
+/// packet fits (on the links, one that did not would wait for a dial, and a late ack is a
+/// false suspicion), and sealed it still fits a 1,500-byte MTU.
+pub const DATAGRAM_FRAME_MAX: usize = swim::MAX_PACKET + 64;
 
 /// A connected peer that has not shown a valid credential within this long is disconnected.
 const ADMIT_WITHIN: Duration = Duration::from_secs(10);
@@ -78,6 +89,61 @@ struct Inner {
     /// what the others hold (a new or returning member), so reads must not trust them alone.
     catching_up: Arc<AtomicBool>,
     gate: Gate,
+    service: Arc<Service>,
+    one_way_sender: OneWay,
+    notices: broadcast::Sender<swim::Notice>,
+}
+
+/// Sends a mesh frame (membership's one-way messages: SWIM, and heartbeats to up members) to a
+/// member as one datagram outside the streams — the node's sealed UDP between SIP ports.
+/// Returns `false` when it cannot (no address known, no key shared with that member): the frame
+/// then rides the link. Datagrams need no connection, so membership keeps none open.
+/// It is handed the member, a lookup of the member's tags (where its SIP address is), and the
+/// frame.
+pub type DatagramSender =
+    Box<dyn Fn(&PeerId, &dyn Fn(&str) -> Option<String>, &[u8]) -> bool + Send + Sync>;
+
+/// One-way membership messages: as a datagram where the node can send one, else on the link.
+#[derive(Clone)]
+struct OneWay {
+    links: Arc<Links>,
+    membership: Arc<Membership>,
+    datagrams: Arc<OnceLock<DatagramSender>>,
+    /// Peers a test partitioned away ([`Mesh::block`]): no datagrams either way.
+    blocked: Arc<Mutex<HashSet<PeerId>>>,
+}
+
+impl OneWay {
+    fn blocked(&self, peer: &PeerId) -> bool {
+        self.blocked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(peer)
+    }
+
+    /// Send as a datagram if possible; returns whether it went as one.
+    fn datagram(&self, peer: PeerId, request: &Request) -> bool {
+        let Some(send) = self.datagrams.get() else {
+            return false;
+        };
+        if self.blocked(&peer) {
+            return true; // partitioned: dropped, as the network would
+        }
+        match encode_frame(&Frame::OneWay(request.clone())) {
+            Ok(frame) if frame.len() - 4 <= DATAGRAM_FRAME_MAX => {
+                let tag = |name: &str| self.membership.tag(&peer, name);
+                send(&peer, &tag, &frame[4..])
+            }
+            _ => false,
+        }
+    }
+
+    /// Send as a datagram, or queue on the link (dropped when its queue is full).
+    fn send(&self, peer: PeerId, request: Request) {
+        if !self.datagram(peer, &request) {
+            let _ = self.links.try_send(peer, request);
+        }
+    }
 }
 
 /// Takes the one-way application messages of other nodes (the node's SIP traffic), on the task
@@ -245,6 +311,11 @@ impl Handler for Service {
                 None => debug!(%peer, "one-way message before the node is ready; dropped"),
             },
             Request::Swim(bytes) => self.membership.to_swim(SwimInput::Data(bytes)),
+            // A member's heartbeat sent as a datagram (no answer: the receiver sends its own).
+            Request::Heartbeat { info, gossip } if self.gate.check_info(&peer, &info).is_ok() => {
+                let learnt = self.membership.on_info(peer, info, &gossip);
+                self.learn(learnt);
+            }
             _ => {}
         }
     }
@@ -283,12 +354,14 @@ async fn track_connections(
 }
 
 /// The SWIM task: owns this node's [`Swim`], feeds it the messages, timers and members it is
-/// handed, sends what it asks on the node-to-node links (one-way, dropped when a link's queue
-/// is full: SWIM tolerates loss), and tells membership who is up and down.
+/// handed, sends what it asks as datagrams where the node can (else one-way on the links,
+/// dropped when a link's queue is full: SWIM tolerates loss), and tells membership who is up
+/// and down.
 async fn swim(
     membership: Arc<Membership>,
-    links: Arc<Links>,
+    sender: OneWay,
     commands: mpsc::Sender<Command>,
+    notices: broadcast::Sender<swim::Notice>,
     mut inbox: mpsc::Receiver<SwimInput>,
     (period, suspicion): (Duration, Duration),
     mut shutdown: Shutdown,
@@ -319,6 +392,7 @@ async fn swim(
                 Some(SwimInput::Data(bytes)) => swim.data(&bytes),
                 Some(SwimInput::Alive(id)) => swim.add_alive([id], true),
                 Some(SwimInput::Ring(change)) => swim.broadcast(&change),
+                Some(SwimInput::Notice(notice)) => swim.notice(&notice),
             },
             _ = tokio::time::sleep_until(next) => {
                 let now = tokio::time::Instant::now();
@@ -339,7 +413,7 @@ async fn swim(
             match out {
                 swim::Output::Send(to, bytes) => {
                     if let Some(peer) = to.peer_id() {
-                        let _ = links.try_send(peer, Request::Swim(bytes));
+                        sender.send(peer, Request::Swim(bytes));
                     }
                 }
                 swim::Output::Wake(after, timer) => {
@@ -367,6 +441,9 @@ async fn swim(
                         membership.on_leave(peer, change.generation);
                     }
                 }
+                swim::Output::Notice(notice) => {
+                    let _ = notices.send(notice);
+                }
                 swim::Output::Rejoined(id) => {
                     warn!(identity = ?id, "SWIM declared this node down; rejoined under a renewed identity");
                 }
@@ -380,7 +457,7 @@ async fn swim(
 /// own info). Failure detection is the SWIM task's.
 async fn heartbeats(
     membership: Arc<Membership>,
-    link: Arc<dyn Link>,
+    (link, sender): (Arc<dyn Link>, OneWay),
     service: Arc<Service>,
     commands: mpsc::Sender<Command>,
     (interval, timeout): (Duration, Duration),
@@ -414,7 +491,23 @@ async fn heartbeats(
             }
             _ => None,
         };
+        // To an admitted member that is up: one datagram, no gossip (SWIM spreads who is in
+        // the mesh), no answer (it sends its own in turn), no connection.
+        let datagram = match &hb {
+            Request::Heartbeat { info, .. } => Request::Heartbeat {
+                info: info.clone(),
+                gossip: Vec::new(),
+            },
+            _ => hb.clone(),
+        };
         for peer in membership.heartbeat_targets(tick) {
+            if service.gate.roles(&peer).is_some()
+                && membership.is_up(&peer)
+                && sender.datagram(peer, &datagram)
+            {
+                metrics.heartbeat_datagram();
+                continue;
+            }
             let hb = match &bare {
                 Some(bare) if service.gate.roles(&peer).is_none() => bare,
                 _ => &hb,
@@ -444,6 +537,41 @@ async fn heartbeats(
                 }
             });
         }
+    }
+}
+
+/// Every [`LINK_SWEEP`]: close the links idle for [`LINK_IDLE`], except those to this node's
+/// fellow replicas (the peers it shares Merkle leaves with: anti-entropy, hints and handoff use
+/// them; under XOR placement a handful of neighbours in the key space),
+/// and sample the counts for the metrics. Links to anyone else (a SIP next hop, a coordinator's
+/// replicas) are dialled on demand and closed when idle, so connections per node stay bounded
+/// however large the mesh.
+async fn close_idle_links(
+    links: Arc<Links>,
+    membership: Arc<Membership>,
+    (connected, serving): (
+        Arc<std::sync::atomic::AtomicUsize>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ),
+    metrics: MeshMetrics,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(LINK_SWEEP) => {}
+        }
+        let keep = membership.snapshot().shared_leaves();
+        let closed = links.close_idle(LINK_IDLE, |p| keep.contains_key(p));
+        if closed > 0 {
+            debug!(closed, "idle links closed");
+        }
+        metrics.connections(
+            links.count(),
+            serving.load(Ordering::Relaxed),
+            keep.len(),
+            connected.load(Ordering::Relaxed),
+        );
     }
 }
 
@@ -670,23 +798,34 @@ impl Mesh {
             .map_err(|e| Error::Config(format!("stream protocol: {e}")))?;
         let span = tracing::info_span!("mesh", peer = %local);
         let background = Background::default();
+        let serving = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let catching_up = Arc::new(AtomicBool::new(true));
         background.keep("swarm", swarm_task);
         background.keep(
             "serve streams",
-            tokio::spawn(link::serve(incoming, service.clone()).instrument(span.clone())),
+            tokio::spawn(
+                link::serve(incoming, service.clone(), serving.clone()).instrument(span.clone()),
+            ),
         );
         background.spawn("connection events", |s| {
             track_connections(membership.clone(), peer_events, gate.clone(), s)
                 .instrument(span.clone())
         });
         let (swim_tx, swim_rx) = mpsc::channel(SWIM_INBOX);
+        let (notices, _) = broadcast::channel(NOTICE_QUEUE);
         membership.attach_swim(swim_tx);
+        let one_way_sender = OneWay {
+            links: links.clone(),
+            membership: membership.clone(),
+            datagrams: Arc::new(OnceLock::new()),
+            blocked: Arc::new(Mutex::new(HashSet::new())),
+        };
         background.spawn("swim", |s| {
             swim(
                 membership.clone(),
-                links.clone(),
+                one_way_sender.clone(),
                 handle.commands.clone(),
+                notices.clone(),
                 swim_rx,
                 (
                     config.heartbeat_interval,
@@ -699,10 +838,20 @@ impl Mesh {
         background.spawn("heartbeats", |s| {
             heartbeats(
                 membership.clone(),
-                link.clone(),
+                (link.clone(), one_way_sender.clone()),
                 service.clone(),
                 handle.commands.clone(),
                 (config.heartbeat_interval, config.down_after),
+                metrics.clone(),
+                s,
+            )
+            .instrument(span.clone())
+        });
+        background.spawn("idle links", |s| {
+            close_idle_links(
+                links.clone(),
+                membership.clone(),
+                (handle.connected.clone(), serving.clone()),
                 metrics.clone(),
                 s,
             )
@@ -760,6 +909,9 @@ impl Mesh {
                 metrics,
                 catching_up,
                 gate,
+                service,
+                one_way_sender,
+                notices,
             }),
         };
         Ok((mesh, app_rx))
@@ -914,6 +1066,39 @@ impl Mesh {
         r
     }
 
+    /// Spread a notice to every member (infection-style, with SWIM's messages): see
+    /// [`swim::Notice`]. Members take it from [`Mesh::notices`]; so does this node.
+    pub fn announce(&self, notice: swim::Notice) {
+        self.inner.membership.to_swim(SwimInput::Notice(notice));
+    }
+
+    /// Notices as they reach this node (each once per version; a subscriber that falls more
+    /// than a thousand behind misses the oldest).
+    pub fn notices(&self) -> broadcast::Receiver<swim::Notice> {
+        self.inner.notices.subscribe()
+    }
+
+    /// Send membership's one-way messages through `sender` from now on where it can (once;
+    /// later calls are ignored). See [`DatagramSender`].
+    pub fn set_datagram_sender(&self, sender: DatagramSender) {
+        let _ = self.inner.one_way_sender.datagrams.set(sender);
+    }
+
+    /// A mesh frame that arrived as a datagram from member `peer` (the node authenticated it):
+    /// handled as the same frame on a stream would be. Anything but a one-way membership
+    /// message is dropped, as is anything from a peer that is not a member.
+    pub fn on_datagram(&self, peer: PeerId, frame: &[u8]) {
+        if self.inner.one_way_sender.blocked(&peer) {
+            return;
+        }
+        match sipmesh_storage::codec::decode::<Frame>(frame, "frame", b"") {
+            Ok(Frame::OneWay(request @ (Request::Swim(_) | Request::Heartbeat { .. }))) => {
+                self.inner.service.one_way(peer, request)
+            }
+            _ => debug!(%peer, "datagram that is not a membership message; dropped"),
+        }
+    }
+
     /// Take one-way application messages with `handler` from now on (once; later calls are
     /// ignored).
     pub fn set_app_handler(&self, handler: AppHandler) {
@@ -957,6 +1142,12 @@ impl Mesh {
             let _ = self.inner.commands.send(Command::Block(*p)).await;
             self.inner.links.close(p);
         }
+        self.inner
+            .one_way_sender
+            .blocked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(peers.iter().copied());
     }
 
     /// Whether this node enforces signed enrollment, and if so the enrollment public key.
@@ -1011,6 +1202,15 @@ impl Mesh {
         for p in peers {
             let _ = self.inner.commands.send(Command::Unblock(*p)).await;
         }
+        let mut blocked = self
+            .inner
+            .one_way_sender
+            .blocked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for p in peers {
+            blocked.remove(p);
+        }
     }
 
     /// Before leaving: give every partition to the replicas it will have without this node.
@@ -1060,5 +1260,17 @@ impl Mesh {
     pub async fn shutdown(&self) {
         let _ = self.inner.commands.try_send(Command::Shutdown);
         self.inner.background.stop(SHUTDOWN_WITHIN).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_swim_packet_goes_as_a_datagram() {
+        let frame =
+            encode_frame(&Frame::OneWay(Request::Swim(vec![0xff; swim::MAX_PACKET]))).unwrap();
+        assert!(frame.len() - 4 <= DATAGRAM_FRAME_MAX, "{}", frame.len());
     }
 }

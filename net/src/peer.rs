@@ -8,6 +8,8 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -34,6 +36,10 @@ const COMMAND_QUEUE: usize = 256;
 const EVENT_QUEUE: usize = 1024;
 /// How often the seeds are dialled again while this node has no connection at all.
 const REDIAL_SEEDS_EVERY: Duration = Duration::from_secs(3);
+/// A connection without streams (and no Kademlia query) for this long is closed: membership
+/// needs none (its messages are datagrams where the node sends them), so a node keeps only the
+/// connections its links use.
+const IDLE_CONNECTION: Duration = Duration::from_secs(10);
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
@@ -170,6 +176,8 @@ pub struct PeerHandle {
     pub control: libp2p_stream::Control,
     /// The addresses the node listens on (known once the listeners are up).
     pub listen_addrs: Vec<Multiaddr>,
+    /// Peers this node has a connection with now.
+    pub connected: Arc<AtomicUsize>,
 }
 
 /// Start the swarm: listen, dial the seeds, and spawn the task that owns it.
@@ -211,7 +219,7 @@ pub async fn start(
             }
         })
         .map_err(|e| Error::Config(format!("behaviour: {e}")))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION))
         .build();
 
     for addr in &config.listen {
@@ -246,12 +254,14 @@ pub async fn start(
     let control = swarm.behaviour().stream.new_control();
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
-    let task = tokio::spawn(run(swarm, cmd_rx, event_tx, seeds));
+    let connected = Arc::new(AtomicUsize::new(0));
+    let task = tokio::spawn(run(swarm, cmd_rx, event_tx, seeds, connected.clone()));
     Ok((
         PeerHandle {
             commands: cmd_tx,
             control,
             listen_addrs,
+            connected,
         },
         event_rx,
         task,
@@ -276,6 +286,7 @@ async fn run(
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<PeerEvent>,
     seeds: Vec<Multiaddr>,
+    connected: Arc<AtomicUsize>,
 ) {
     let mut redial = tokio::time::interval(REDIAL_SEEDS_EVERY);
     let mut bootstrapped = false;
@@ -311,7 +322,11 @@ async fn run(
                 }
             }
             event = swarm.select_next_some() => match event {
+                SwarmEvent::ConnectionClosed { .. } => {
+                    connected.store(swarm.network_info().num_peers(), Ordering::Relaxed);
+                }
                 SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                    connected.store(swarm.network_info().num_peers(), Ordering::Relaxed);
                     if endpoint.is_dialer() {
                         swarm.behaviour_mut().kad.add_address(&peer_id, endpoint.get_remote_address().clone());
                     }

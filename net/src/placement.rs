@@ -6,7 +6,8 @@
 //! answer Kademlia would. The ring holds members that are up or recently down; a down member keeps
 //! its place (and gets hints) until it is evicted, so a short outage moves no data.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use libp2p::PeerId;
 use sha2::{Digest, Sha256};
@@ -55,7 +56,12 @@ pub struct Snapshot {
     pub replication_factor: usize,
     /// Increases on every change of the view.
     pub version: u64,
+    /// The leaves this node shares with each peer (computed once, on first use).
+    pub shared: OnceLock<Arc<SharedLeaves>>,
 }
+
+/// For each peer this node may share keys with: the Merkle leaves they may both replicate.
+pub type SharedLeaves = HashMap<PeerId, Vec<u32>>;
 
 impl Snapshot {
     /// A ring of one node.
@@ -69,6 +75,7 @@ impl Snapshot {
             }],
             replication_factor,
             version: 0,
+            shared: OnceLock::new(),
         })
     }
 
@@ -143,6 +150,52 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// The members that may be replicas of some key in a Merkle leaf: the RF nearest the leaf
+    /// by the leaf-depth prefix of their positions, and any tied with the last of them (the
+    /// bits below the prefix decide between those, key by key). Linear in the ring.
+    pub fn leaf_candidates(&self, leaf: usize) -> Vec<PeerId> {
+        let rf = self.effective_rf();
+        let shift = 16 - MERKLE_DEPTH;
+        let prefix = |p: &Position| (u16::from_be_bytes([p[0], p[1]]) >> shift) as usize;
+        let mut d: Vec<usize> = self
+            .ring
+            .iter()
+            .map(|m| prefix(&m.position) ^ leaf)
+            .collect();
+        if d.len() <= rf {
+            return self.ring.iter().map(|m| m.peer).collect();
+        }
+        let (_, &mut limit, _) = d.select_nth_unstable(rf - 1);
+        self.ring
+            .iter()
+            .filter(|m| prefix(&m.position) ^ leaf <= limit)
+            .map(|m| m.peer)
+            .collect()
+    }
+
+    /// For every other member this node may share keys with, the Merkle leaves both may
+    /// replicate (what anti-entropy compares with it). Computed once per snapshot: linear in
+    /// the ring per leaf. Under XOR placement the peers found are this node's neighbours in
+    /// the key space, a handful whatever the ring's size.
+    pub fn shared_leaves(&self) -> Arc<SharedLeaves> {
+        self.shared
+            .get_or_init(|| {
+                let mut out: SharedLeaves = HashMap::new();
+                for leaf in 0..(1usize << MERKLE_DEPTH) {
+                    let c = self.leaf_candidates(leaf);
+                    if c.contains(&self.local) {
+                        for p in c.into_iter().filter(|p| *p != self.local) {
+                            out.entry(p).or_default().push(leaf as u32);
+                        }
+                    }
+                }
+                Arc::new(out)
+            })
+            .clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +216,7 @@ mod tests {
                 .collect(),
             replication_factor: 3,
             version: 1,
+            shared: OnceLock::new(),
         }
     }
 
@@ -181,6 +235,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn shared_leaves_cover_every_pair_of_replicas_and_only_neighbours() {
+        let s = ring(40);
+        let shared = s.shared_leaves();
+        for i in 0..20_000u32 {
+            let key = i.to_be_bytes();
+            let reps: Vec<PeerId> = s.replicas(&key).iter().map(|m| m.peer).collect();
+            if !reps.contains(&s.local) {
+                continue;
+            }
+            let leaf = leaf_of(token_of(&key)) as u32;
+            for p in reps.iter().filter(|p| **p != s.local) {
+                assert!(
+                    shared.get(p).is_some_and(|l| l.contains(&leaf)),
+                    "a fellow replica of key {i} does not compare leaf {leaf}"
+                );
+            }
+        }
+        // Its fellow replicas are a few neighbours, not the ring.
+        assert!(shared.len() < 20, "{} of 39 peers", shared.len());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use sipmesh_storage::{codec, Cell, EntryKey, Mutation, PartitionDigest, TableId,
 use crate::error::{Error, Result};
 
 /// The versioned protocol id of sipmesh's node-to-node streams.
-pub const PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/sipmesh/mesh/4");
+pub const PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/sipmesh/mesh/5");
 /// Largest frame accepted (anti-entropy chunks are cut well below it).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Target size of one page of a partition (anti-entropy, handoff): a partition of any width

@@ -7,6 +7,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -47,6 +48,11 @@ pub struct MeshMetrics {
     hints_delivered: Counter,
     heartbeat_rtt_seconds: Histogram,
     heartbeat_failures: Counter,
+    heartbeat_datagrams: Counter,
+    links_open: Gauge,
+    links_served: Gauge,
+    replica_peers: Gauge,
+    peers_connected: Gauge,
     admission_refused: Family<RefusalLabels, Counter>,
     writes_refused: Counter,
     tombstones_purged: Counter,
@@ -79,6 +85,11 @@ impl Default for MeshMetrics {
             hints_delivered: Counter::default(),
             heartbeat_rtt_seconds: latency_buckets(),
             heartbeat_failures: Counter::default(),
+            heartbeat_datagrams: Counter::default(),
+            links_open: Gauge::default(),
+            links_served: Gauge::default(),
+            replica_peers: Gauge::default(),
+            peers_connected: Gauge::default(),
             admission_refused: Family::default(),
             writes_refused: Counter::default(),
             tombstones_purged: Counter::default(),
@@ -154,6 +165,31 @@ impl MeshMetrics {
             "heartbeat_failures",
             "Heartbeats that got no answer in time",
             self.heartbeat_failures.clone(),
+        );
+        registry.register(
+            "heartbeat_datagrams",
+            "Heartbeats sent to up members as datagrams (no answer awaited)",
+            self.heartbeat_datagrams.clone(),
+        );
+        registry.register(
+            "mesh_links",
+            "Links (streams) this node holds open to other nodes",
+            self.links_open.clone(),
+        );
+        registry.register(
+            "mesh_links_served",
+            "Links (streams) other nodes hold open to this node",
+            self.links_served.clone(),
+        );
+        registry.register(
+            "mesh_replica_peers",
+            "Members this node shares partitions with (their links stay open however idle)",
+            self.replica_peers.clone(),
+        );
+        registry.register(
+            "mesh_peers_connected",
+            "Nodes this node holds a libp2p connection with",
+            self.peers_connected.clone(),
         );
         registry.register(
             "admission_refused",
@@ -262,6 +298,25 @@ impl MeshMetrics {
 
     pub(crate) fn hints(&self, n: usize) {
         self.hints_delivered.inc_by(n as u64);
+    }
+
+    pub(crate) fn heartbeat_datagram(&self) {
+        self.heartbeat_datagrams.inc();
+    }
+
+    pub(crate) fn connections(&self, links: usize, served: usize, replicas: usize, peers: usize) {
+        self.links_open.set(links as i64);
+        self.replica_peers.set(replicas as i64);
+        self.links_served.set(served as i64);
+        self.peers_connected.set(peers as i64);
+    }
+
+    /// Links open and peers connected, as last sampled.
+    pub fn connection_counts(&self) -> (u64, u64) {
+        (
+            self.links_open.get().max(0) as u64,
+            self.peers_connected.get().max(0) as u64,
+        )
     }
 
     pub(crate) fn heartbeat(&self, rtt: Option<Duration>) {

@@ -314,7 +314,7 @@ fn main() -> Result<()> {
                         }
                     }
                 }
-                Output::Up(_) | Output::Rejoined(_) => {}
+                Output::Up(_) | Output::Rejoined(_) | Output::Notice(_) => {}
             }
         }
         // A killed node is detected when every live node has marked it down.

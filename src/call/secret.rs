@@ -43,6 +43,15 @@ impl MeshSecret {
         }
     }
 
+    /// A short public name of the current key (a MAC of a fixed label, so it reveals nothing
+    /// of the key): two nodes with the same id seal and open each other's datagrams.
+    pub fn key_id(&self) -> String {
+        self.mac(&[b"sipmesh key id"])[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// HMAC-SHA256 of the parts (in order) with the current key.
     pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
         let mut m = self

@@ -294,6 +294,7 @@ impl Dispatcher {
     pub fn on_internode(&self, from: sipmesh_net::PeerId, frame: Internode<'_>) {
         match frame {
             Internode::Deliver { flow, bytes } => self.proxy.relay_down(from, flow, bytes),
+            Internode::Mesh { bytes } => self.mesh.on_datagram(from, bytes),
             Internode::Sip { bytes } => {
                 if let Some(msg) = parse_guarded(bytes, true, &self.metrics) {
                     inc(&self.metrics.sip_messages_received);

@@ -82,6 +82,21 @@ const SIP_FORMAT: u8 = 1;
 const KIND_DELIVER: u8 = b'D';
 /// Kind byte: a SIP message for you to handle.
 const KIND_SIP: u8 = b'S';
+/// Kind byte: a mesh frame (membership: SWIM, heartbeats) for the mesh layer.
+const KIND_MESH: u8 = b'M';
+
+/// The tag naming which mesh secret a node seals datagrams with ([`MeshSecret::key_id`]):
+/// membership goes by datagram only to members that publish the same, so nodes still
+/// converging on one secret keep to the streams rather than lose each other's probes.
+pub const KEY_ID_TAG: &str = "dg";
+
+/// A member's address for datagrams from its tags: `sip_ip` (an IP address and port), else
+/// `sip` if that is one.
+pub fn datagram_addr(tag: &dyn Fn(&str) -> Option<String>) -> Option<SocketAddr> {
+    tag("sip_ip")
+        .and_then(|s| s.parse().ok())
+        .or_else(|| tag("sip").and_then(|s| s.trim_start_matches("sip:").parse().ok()))
+}
 
 /// How long a member's SIP address is reused before its tags are read again.
 const ADDR_TTL: Duration = Duration::from_secs(10);
@@ -109,15 +124,7 @@ impl Members {
                 return *addr;
             }
         }
-        let addr = self
-            .mesh
-            .tag(peer, "sip_ip")
-            .and_then(|s| s.parse().ok())
-            .or_else(|| {
-                self.mesh
-                    .tag(peer, "sip")
-                    .and_then(|s| s.trim_start_matches("sip:").parse().ok())
-            });
+        let addr = datagram_addr(&|name| self.mesh.tag(peer, name));
         if cache.len() >= MAX_CACHED_ADDRS {
             cache.clear();
         }
@@ -145,6 +152,12 @@ pub enum Internode<'a> {
         /// The message.
         bytes: &'a [u8],
     },
+    /// A mesh frame for the receiver's mesh layer ([`sipmesh_net::Mesh::on_datagram`]):
+    /// membership rides the sealed datagrams, so it needs no connection.
+    Mesh {
+        /// The frame.
+        bytes: &'a [u8],
+    },
 }
 
 impl Internode<'_> {
@@ -168,13 +181,19 @@ impl Internode<'_> {
                 out.push(KIND_SIP);
                 out.extend_from_slice(bytes);
             }
+            Internode::Mesh { bytes } => {
+                out.push(KIND_MESH);
+                out.extend_from_slice(bytes);
+            }
         }
     }
 
     /// The SIP message it carries.
     pub fn bytes(&self) -> &[u8] {
         match self {
-            Internode::Deliver { bytes, .. } | Internode::Sip { bytes } => bytes,
+            Internode::Deliver { bytes, .. }
+            | Internode::Sip { bytes }
+            | Internode::Mesh { bytes } => bytes,
         }
     }
 
@@ -182,6 +201,7 @@ impl Internode<'_> {
     pub fn decode(frame: &[u8]) -> Option<Internode<'_>> {
         match frame {
             [SIP_FORMAT, KIND_SIP, bytes @ ..] => Some(Internode::Sip { bytes }),
+            [SIP_FORMAT, KIND_MESH, bytes @ ..] => Some(Internode::Mesh { bytes }),
             [SIP_FORMAT, KIND_DELIVER, rest @ ..] => {
                 let (flow, used) = crate::call::flow_token::read_flow(rest)?;
                 Some(Internode::Deliver {
@@ -241,6 +261,8 @@ mod tests {
             bytes: b"SIP/2.0 200 OK\r\n\r\n",
         };
         assert_eq!(Internode::decode(&s.encode()), Some(s));
+        let m = Internode::Mesh { bytes: &[1, 2, 3] };
+        assert_eq!(Internode::decode(&m.encode()), Some(m));
         assert_eq!(Internode::decode(b""), None);
         assert_eq!(Internode::decode(&[SIP_FORMAT, KIND_DELIVER, 9]), None);
         assert_eq!(Internode::decode(&[2, KIND_SIP]), None);

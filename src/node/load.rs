@@ -53,7 +53,9 @@ pub fn proxies_row(
 /// How often the node's load is published in its membership tags.
 const PUBLISH_LOAD_EVERY: Duration = Duration::from_secs(2);
 /// The `proxies` row is rewritten every this many publications (its TTL is three times that).
-const PROXIES_ROW_EVERY: u32 = 5;
+/// Once a minute: nothing on the call path reads the table (load travels in the tags), and
+/// each write goes to the row's replicas, whose links would otherwise never idle.
+const PROXIES_ROW_EVERY: u32 = 30;
 
 /// Publish this node's load in its membership tags, and now and then in the `proxies` table.
 pub(crate) async fn publish(node: Node, mut shutdown: Shutdown) {
@@ -66,6 +68,10 @@ pub(crate) async fn publish(node: Node, mut shutdown: Shutdown) {
         let load = bindings + dialogs;
         let mut tags = tags(&sip, http.as_deref(), capacity, load);
         tags.insert("sip_ip".into(), node.mesh_sip().to_string());
+        tags.insert(
+            crate::node::internode::KEY_ID_TAG.into(),
+            node.secret_key_id(),
+        );
         tags.insert("registrations".into(), bindings.to_string());
         tags.insert("dialogs".into(), dialogs.to_string());
         node.mesh.set_tags(tags);

@@ -178,6 +178,8 @@ pub struct Node {
     mesh_sip: SocketAddr,
     /// Told when a decommission finished.
     decommissioned: Arc<tokio::sync::Notify>,
+    /// The mesh secret (nonces, flow tokens, datagrams between nodes).
+    secret: Arc<MeshSecret>,
 }
 
 const SECRET_KEY: &[u8] = b"nonce_secret";
@@ -232,6 +234,10 @@ async fn listen_streams(
 }
 /// How often the mesh-wide nonce secret is re-read (concurrent first starts converge on one).
 const SECRET_REFRESH: Duration = Duration::from_secs(10);
+/// Reads of the same secret after which the mesh is taken to agree on it.
+const SECRET_SETTLED_AFTER: u32 = 6;
+/// How often the secret is re-read once settled.
+const SECRET_REFRESH_SETTLED: Duration = Duration::from_secs(120);
 
 async fn read_secret(mesh: &Mesh) -> Result<Option<Vec<u8>>> {
     let p = mesh.read(MESH, SECRET_KEY, Consistency::Quorum).await?;
@@ -419,6 +425,11 @@ impl Node {
                 )
             });
         }
+        mesh.set_datagram_sender(membership_datagrams(
+            &mesh,
+            Arc::downgrade(&transport),
+            ctx.secret.clone(),
+        ));
         let members = Arc::new(Members::new(mesh.clone()));
         transport.set_mesh_sender(
             mesh_sender(mesh.clone(), members, ctx.secret.clone()),
@@ -444,6 +455,7 @@ impl Node {
             advertised: ctx.names.advertised().to_string(),
             mesh_sip,
             decommissioned: Arc::new(tokio::sync::Notify::new()),
+            secret: ctx.secret.clone(),
         };
         node.background
             .spawn("internode", |s| serve_internode(node.clone(), app_rx, s));
@@ -571,6 +583,11 @@ impl Node {
     /// The IP address and port other nodes send SIP to.
     pub(crate) fn mesh_sip(&self) -> SocketAddr {
         self.mesh_sip
+    }
+
+    /// The public name of the mesh secret this node seals datagrams with.
+    pub(crate) fn secret_key_id(&self) -> String {
+        self.secret.key_id()
     }
 
     /// The admin API's address, if it runs.
@@ -832,6 +849,38 @@ fn mesh_sender(
     })
 }
 
+/// Membership's one-way messages go as sealed datagrams from this node's SIP port to the
+/// member's, when the member publishes an address and the same mesh secret. Holds the
+/// transport weakly and not the mesh: the mesh keeps this sender.
+fn membership_datagrams(
+    mesh: &Mesh,
+    transport: std::sync::Weak<Transport>,
+    secret: Arc<MeshSecret>,
+) -> sipmesh_net::DatagramSender {
+    let me = NodeId::of(&mesh.peer_id());
+    let keyspace = mesh.keyspace().clone();
+    Box::new(move |_peer, tag, frame| {
+        let Some(addr) = internode::datagram_addr(tag) else {
+            return false;
+        };
+        if tag(internode::KEY_ID_TAG).as_deref() != Some(secret.key_id().as_str()) {
+            return false;
+        }
+        let Some(transport) = transport.upgrade() else {
+            return false;
+        };
+        let sealed = seal(
+            &Internode::Mesh { bytes: frame },
+            me,
+            keyspace.wall_ms(),
+            &secret,
+        );
+        transport
+            .send(&crate::sip::flow::Flow::Udp(addr), Arc::from(sealed))
+            .is_ok()
+    })
+}
+
 /// SIP from other nodes, taken on the task that read it from the stream. Holds the node's
 /// parts weakly: the mesh must not keep a stopped node alive.
 fn internode_handler(dispatcher: &Arc<Dispatcher>) -> sipmesh_net::AppHandler {
@@ -861,14 +910,30 @@ async fn open_keyspace(config: &NodeConfig) -> Result<Keyspace> {
 }
 
 /// Re-read the mesh-wide nonce secret now and then (concurrent first starts converge on one).
+/// Every [`SECRET_REFRESH`] while the mesh may still be converging on one secret (until it
+/// read the same one [`SECRET_SETTLED_AFTER`] times in a row), then every
+/// [`SECRET_REFRESH_SETTLED`]: every node reads the same partition, so its replicas serve the
+/// whole mesh, and must not be asked often.
 async fn refresh_secret(mesh: Mesh, secret: Arc<MeshSecret>, mut shutdown: Shutdown) {
+    let mut same = 0u32;
     loop {
+        let every = if same >= SECRET_SETTLED_AFTER {
+            SECRET_REFRESH_SETTLED
+        } else {
+            SECRET_REFRESH
+        };
         tokio::select! {
             _ = shutdown.wait() => return,
-            _ = tokio::time::sleep(SECRET_REFRESH) => {}
+            _ = tokio::time::sleep(every) => {}
         }
         if let Ok(Some(s)) = read_secret(&mesh).await {
+            let before = secret.key_id();
             secret.set(s);
+            same = if secret.key_id() == before {
+                same + 1
+            } else {
+                0
+            };
         }
     }
 }

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use sipmesh_net::shutdown::Shutdown;
-use sipmesh_net::{Consistency, PeerId, Revocation};
+use sipmesh_net::{Consistency, Notice, PeerId, Revocation};
 use sipmesh_storage::Mutation;
 use tracing::{info, warn};
 
@@ -18,8 +18,11 @@ use super::Node;
 use crate::error::{Error, Result};
 use crate::tables::REVOCATIONS;
 
-/// How often a node applies the table.
-pub const SYNC_EVERY: Duration = Duration::from_secs(2);
+/// How often a node reads the whole table (notices bring revocations as they happen; the
+/// table is for what they missed, and for a node that was down).
+pub const SYNC_EVERY: Duration = Duration::from_secs(60);
+/// The notice topic of revocations.
+pub const TOPIC: u8 = 2;
 /// The one partition of the `revocations` table.
 const SCOPE: &[u8] = b"all";
 /// Most revocations read per round (each is about 150 bytes).
@@ -44,6 +47,12 @@ pub(crate) async fn publish(node: &Node, revocation: &Revocation) -> Result<Peer
         None,
     );
     node.mesh.write(m, Consistency::Quorum).await?;
+    node.mesh.announce(Notice {
+        topic: TOPIC,
+        key: peer.to_bytes(),
+        version: ks.wall_ms(),
+        payload: revocation.to_bytes(),
+    });
     if !node
         .mesh
         .revoke(std::slice::from_ref(revocation))
@@ -68,15 +77,39 @@ pub(crate) async fn stored(node: &Node) -> Result<Vec<Revocation>> {
         .collect())
 }
 
-/// Apply the table until shutdown (only under enrollment).
+/// Apply revocation notices as they arrive, and the table at start and every [`SYNC_EVERY`],
+/// until shutdown (only under enrollment). Every revocation is checked against the mesh's
+/// enrollment key, wherever it came from.
 pub(crate) async fn sync(node: Node, mut shutdown: Shutdown) {
     if node.mesh.enrollment_issuer().is_none() {
         return;
     }
+    let mut notices = node.mesh.notices();
+    let mut ticks = tokio::time::interval(SYNC_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.wait() => return,
-            _ = tokio::time::sleep(SYNC_EVERY) => {}
+            _ = ticks.tick() => {}
+            notice = notices.recv() => {
+                match notice {
+                    Ok(n) if n.topic == TOPIC => {
+                        if let Ok(r) = Revocation::from_bytes(&n.payload) {
+                            for peer in node.mesh.revoke(&[r]) {
+                                info!(%peer, "member revoked (notice)");
+                                node.metrics.events.push(
+                                    crate::events::Kind::Admin,
+                                    format!("revoked member {peer}"),
+                                );
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => ticks.reset_immediately(),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+                continue;
+            }
         }
         match stored(&node).await {
             Ok(all) => {

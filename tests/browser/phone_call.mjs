@@ -2,12 +2,13 @@
 // the caller's page is /phone of one node, the callee's /phone of another; both register over
 // WebSocket; the caller calls, the callee answers automatically with Chromium's fake
 // microphone, the call stays up, and the caller hangs up. Prints one JSON object: what each
-// page showed at each step.
+// page showed at each step, and both users' bindings as the node at ADMIN_URL lists them while
+// the pages are still open (closing the browser closes the WebSockets, which ends the bindings).
 //
-// usage: node phone_call.mjs CALLER_PAGE CALLEE_PAGE CALLER_USER CALLER_PW CALLEE_USER CALLEE_PW SHOT_DIR
+// usage: node phone_call.mjs CALLER_PAGE CALLEE_PAGE CALLER_USER CALLER_PW CALLEE_USER CALLEE_PW SHOT_DIR ADMIN_URL
 import { launch } from "./chromium.mjs";
 
-const [callerUrl, calleeUrl, cu, cp, eu, ep, shots] = process.argv.slice(2);
+const [callerUrl, calleeUrl, cu, cp, eu, ep, shots, admin] = process.argv.slice(2);
 const browser = await launch({ fakeMedia: true });
 const out = { steps: [] };
 const state = (page) => page.evaluate(() => ({
@@ -55,6 +56,10 @@ try {
   await waitState(caller, "call-state", "ended");
   await waitState(callee, "call-state", "ended");
   out.ended = { caller: await state(caller), callee: await state(callee) };
+  out.bindings = {};
+  for (const user of [cu, eu]) {
+    out.bindings[user] = await (await fetch(`${admin}/v1/registrations/${user}`)).json();
+  }
 } catch (e) {
   out.error = String(e);
 } finally {

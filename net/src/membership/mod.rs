@@ -50,6 +50,8 @@ pub(crate) enum SwimInput {
     Alive(SwimId),
     /// A ring change to spread.
     Ring(RingChange),
+    /// A notice to spread.
+    Notice(swim::Notice),
 }
 
 /// A member's state as this node sees it.
@@ -581,6 +583,7 @@ impl Membership {
             ring,
             replication_factor: self.replication_factor,
             version,
+            shared: Default::default(),
         }));
     }
 }

@@ -185,7 +185,53 @@ pub struct RingChange {
     pub version: u64,
 }
 
-/// The key foca keeps a broadcast under: a newer change for the same peer replaces it.
+/// A small fact the node spreads to every member (a ban, a revocation), versioned: a later
+/// version replaces an earlier one with the same topic and key. Infection-style, like ring
+/// changes: each member passes it on O(log N) times, so it costs a member the same whatever
+/// the mesh's size, where a table every node polls costs its replicas O(N).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    /// What kind of fact (the node's numbering).
+    pub topic: u8,
+    /// What it is about (a source address, a PeerId).
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// Its version (a timestamp).
+    pub version: u64,
+    /// The fact, at most [`MAX_NOTICE`] bytes.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+/// Largest notice payload: several fit one SWIM packet.
+pub const MAX_NOTICE: usize = 384;
+
+/// What SWIM spreads besides liveness.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum News {
+    Ring(RingChange),
+    Notice(Notice),
+}
+
+impl News {
+    /// What a newer version of the same news replaces, and its order.
+    fn key(&self) -> (Vec<u8>, (u64, u64)) {
+        match self {
+            News::Ring(c) => {
+                let mut k = vec![0];
+                k.extend_from_slice(&c.peer);
+                (k, (c.generation, c.version))
+            }
+            News::Notice(n) => {
+                let mut k = vec![1, n.topic];
+                k.extend_from_slice(&n.key);
+                (k, (n.version, 0))
+            }
+        }
+    }
+}
+
+/// The key foca keeps a broadcast under: newer news about the same thing replaces it.
 #[derive(Debug, Clone)]
 pub struct RingKey {
     peer: Vec<u8>,
@@ -198,17 +244,17 @@ impl Invalidates for RingKey {
     }
 }
 
-/// A broadcast that is not a ring change.
+/// A broadcast that is neither a ring change nor a notice.
 #[derive(Debug, thiserror::Error)]
-#[error("malformed ring change")]
+#[error("malformed ring change or notice")]
 pub struct BadRingChange;
 
-/// The ring changes this node has seen (the newest per peer), and those not yet taken by the
-/// node.
+/// The ring changes and notices this node has seen (the newest per subject), and those not
+/// yet taken by the node.
 #[derive(Default)]
 pub struct RingNews {
     seen: HashMap<Vec<u8>, (u64, u64)>,
-    fresh: Arc<Mutex<Vec<RingChange>>>,
+    fresh: Arc<Mutex<Vec<News>>>,
 }
 
 impl BroadcastHandler<SwimId> for RingNews {
@@ -220,14 +266,19 @@ impl BroadcastHandler<SwimId> for RingNews {
         data: &[u8],
         _sender: Option<&SwimId>,
     ) -> Result<Option<RingKey>, BadRingChange> {
-        let (change, _): (RingChange, usize) =
+        let (news, _): (News, usize) =
             bincode::serde::decode_from_slice(data, bincode::config::standard())
                 .map_err(|_| BadRingChange)?;
-        let order = (change.generation, change.version);
-        if self.seen.get(&change.peer).is_some_and(|o| *o >= order) {
+        if let News::Notice(n) = &news {
+            if n.payload.len() > MAX_NOTICE {
+                return Err(BadRingChange);
+            }
+        }
+        let (subject, order) = news.key();
+        if self.seen.get(&subject).is_some_and(|o| *o >= order) {
             return Ok(None);
         }
-        if self.seen.len() >= MAX_RING_NEWS && !self.seen.contains_key(&change.peer) {
+        if self.seen.len() >= MAX_RING_NEWS && !self.seen.contains_key(&subject) {
             // Full: forget the oldest generation's news to make room.
             if let Some(oldest) = self
                 .seen
@@ -238,13 +289,13 @@ impl BroadcastHandler<SwimId> for RingNews {
                 self.seen.remove(&oldest);
             }
         }
-        self.seen.insert(change.peer.clone(), order);
+        self.seen.insert(subject.clone(), order);
         let mut fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
         if fresh.len() < MAX_RING_NEWS {
-            fresh.push(change.clone());
+            fresh.push(news);
         }
         Ok(Some(RingKey {
-            peer: change.peer,
+            peer: subject,
             order,
         }))
     }
@@ -307,6 +358,8 @@ pub enum Output {
     Down(SwimId),
     /// A ring change reached this node for the first time.
     Ring(RingChange),
+    /// A notice reached this node for the first time (or a newer version of one).
+    Notice(Notice),
     /// This node was declared down and rejoined under a renewed identity.
     Rejoined(SwimId),
 }
@@ -318,7 +371,7 @@ pub struct Swim {
     period: Duration,
     suspicion: Duration,
     sized_for: usize,
-    news: Arc<Mutex<Vec<RingChange>>>,
+    news: Arc<Mutex<Vec<News>>>,
 }
 
 impl Swim {
@@ -397,13 +450,26 @@ impl Swim {
 
     /// Spread a ring change to every member.
     pub fn broadcast(&mut self, change: &RingChange) -> Vec<Output> {
-        match bincode::serde::encode_to_vec(change, bincode::config::standard()) {
+        self.spread(News::Ring(change.clone()))
+    }
+
+    /// Spread a notice to every member (one with a payload over [`MAX_NOTICE`] is dropped).
+    pub fn notice(&mut self, notice: &Notice) -> Vec<Output> {
+        if notice.payload.len() > MAX_NOTICE {
+            tracing::warn!(topic = notice.topic, "notice too large; not spread");
+            return self.drain();
+        }
+        self.spread(News::Notice(notice.clone()))
+    }
+
+    fn spread(&mut self, news: News) -> Vec<Output> {
+        match bincode::serde::encode_to_vec(&news, bincode::config::standard()) {
             Ok(bytes) => {
                 if let Err(e) = self.foca.add_broadcast(&bytes) {
-                    tracing::warn!(error = %e, "ring change not spread");
+                    tracing::warn!(error = %e, "news not spread");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "ring change not encoded"),
+            Err(e) => tracing::warn!(error = %e, "news not encoded"),
         }
         self.drain()
     }
@@ -466,7 +532,10 @@ impl Swim {
             }
         }
         let news = std::mem::take(&mut *self.news.lock().unwrap_or_else(|p| p.into_inner()));
-        out.extend(news.into_iter().map(Output::Ring));
+        out.extend(news.into_iter().map(|n| match n {
+            News::Ring(c) => Output::Ring(c),
+            News::Notice(n) => Output::Notice(n),
+        }));
         if membership_changed {
             self.resize();
         }
@@ -487,6 +556,7 @@ mod tests {
         ups: Vec<Vec<SwimId>>,
         downs: Vec<Vec<SwimId>>,
         news: Vec<Vec<RingChange>>,
+        notices: Vec<Vec<Notice>>,
         ids: Vec<SwimId>,
     }
 
@@ -521,6 +591,7 @@ mod tests {
                 ups: vec![Vec::new(); n],
                 downs: vec![Vec::new(); n],
                 news: vec![Vec::new(); n],
+                notices: vec![Vec::new(); n],
                 ids,
             };
             // Each node hears of node 0 (its seed) and announces itself to it.
@@ -551,6 +622,7 @@ mod tests {
                     Output::Up(id) => self.ups[from].push(id),
                     Output::Down(id) => self.downs[from].push(id),
                     Output::Ring(c) => self.news[from].push(c),
+                    Output::Notice(n) => self.notices[from].push(n),
                     Output::Rejoined(_) => {}
                 }
             }
@@ -607,6 +679,42 @@ mod tests {
         for i in [0, 2, 3] {
             assert_eq!(net.news[i], vec![change.clone()], "node {i}");
         }
+    }
+
+    #[test]
+    fn notices_reach_every_member_once_and_newer_versions_replace_older() {
+        let mut net = Net::new(6);
+        net.run_until(Duration::from_secs(10));
+        let ban = |version: u64, payload: &[u8]| Notice {
+            topic: 1,
+            key: b"192.0.2.9".to_vec(),
+            version,
+            payload: payload.to_vec(),
+        };
+        let out = net.nodes[2].notice(&ban(5, b"banned"));
+        net.handle(2, out);
+        net.run_until(Duration::from_secs(15));
+        for i in (0..6).filter(|i| *i != 2) {
+            assert_eq!(net.notices[i], vec![ban(5, b"banned")], "node {i}");
+        }
+        // An older version is ignored, a newer one (the lift) replaces it everywhere.
+        let out = net.nodes[4].notice(&ban(3, b"stale"));
+        net.handle(4, out);
+        let out = net.nodes[0].notice(&ban(9, b"lifted"));
+        net.handle(0, out);
+        net.run_until(Duration::from_secs(20));
+        for i in [1, 2, 3, 5] {
+            assert_eq!(net.notices[i].last(), Some(&ban(9, b"lifted")), "node {i}");
+            assert!(!net.notices[i].contains(&ban(3, b"stale")), "node {i}");
+        }
+        // Too large to spread: dropped at the source.
+        let out = net.nodes[1].notice(&ban(12, &[0; MAX_NOTICE + 1]));
+        net.handle(1, out);
+        net.run_until(Duration::from_secs(25));
+        assert!(net
+            .notices
+            .iter()
+            .all(|n| n.iter().all(|x| x.version != 12)));
     }
 
     #[test]
