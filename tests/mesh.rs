@@ -864,3 +864,61 @@ async fn an_operator_removes_a_dead_member() {
     })
     .await;
 }
+
+/// Partial connectivity (issue "Grow to thousands of community nodes"): node 0 and node 2
+/// cannot reach each other, both reach node 1. SWIM keeps both up (its indirect probes go
+/// through node 1), and replica reads and writes between them are relayed through node 1, so
+/// writes at ALL still succeed and reads see them. Prints the latency relaying adds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_between_two_members_is_routed_around() {
+    within(180, async {
+        let mesh = LocalMesh::builder().nodes(3).start().await.unwrap();
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        const WRITES: usize = 30;
+        let timed = |base: usize| {
+            let mesh = &mesh;
+            async move {
+                let started = std::time::Instant::now();
+                for i in base..base + WRITES {
+                    write(mesh, 0, key(i), format!("v{i}"), Consistency::All)
+                        .await
+                        .unwrap_or_else(|e| panic!("write {i} at ALL: {e}"));
+                }
+                started.elapsed() / WRITES as u32
+            }
+        };
+        let direct = timed(0).await;
+        mesh.partition(&[0], &[2]).await.unwrap();
+        // The cut is not a death: after several SWIM periods both are still up everywhere.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        for (i, j) in [(0, 2), (2, 0), (1, 0), (1, 2)] {
+            let peer = mesh.node(j).peer_id;
+            assert!(
+                mesh.node(i).node().unwrap().mesh.is_up(&peer),
+                "node {i} sees node {j} down across a cut it can route around"
+            );
+        }
+        let relayed = timed(1_000).await;
+        let (answered, _) = mesh.node(0).node().unwrap().mesh.metrics().relayed_totals();
+        assert!(answered >= WRITES as u64, "{answered} requests relayed");
+        // Node 2 holds what node 0 wrote, and node 0 reads it back at ALL through node 1.
+        for i in [1_000, 1_000 + WRITES - 1] {
+            let held = mesh
+                .node(2)
+                .node()
+                .unwrap()
+                .keyspace()
+                .read_partition(USERS, &key(i))
+                .unwrap();
+            assert_eq!(held.rows.len(), 1, "node 2 holds key {i}");
+            assert_eq!(
+                read(&mesh, 0, key(i), Consistency::All).await.unwrap(),
+                Some(format!("v{i}"))
+            );
+        }
+        eprintln!(
+            "write at ALL from node 0, mean of {WRITES}: direct {direct:?}, relayed to node 2 through node 1 {relayed:?}"
+        );
+    })
+    .await;
+}

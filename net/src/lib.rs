@@ -36,6 +36,7 @@ pub(crate) mod peer;
 pub mod placement;
 pub(crate) mod protocol;
 pub(crate) mod quorum;
+pub(crate) mod relay;
 pub(crate) mod replication;
 pub mod shutdown;
 pub mod stats;

@@ -98,6 +98,15 @@ impl Links {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// Whether a link to `peer` is open (its stream may still be opening).
+    pub fn is_open(&self, peer: &PeerId) -> bool {
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .is_some_and(|l| !l.closed.load(Ordering::SeqCst))
+    }
+
     /// How many links are open (or opening).
     pub fn count(&self) -> usize {
         self.peers.lock().unwrap_or_else(|p| p.into_inner()).len()

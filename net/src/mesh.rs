@@ -152,6 +152,8 @@ pub type AppHandler = Box<dyn Fn(PeerId, Vec<u8>) + Send + Sync>;
 
 struct Service {
     replication: Replication,
+    /// The links, for relaying ([`Request::Relay`]), and how long a relayed request may take.
+    relay: (Arc<Links>, Duration),
     keyspace: Keyspace,
     membership: Arc<Membership>,
     commands: mpsc::Sender<Command>,
@@ -171,6 +173,44 @@ impl Service {
 }
 
 impl Service {
+    /// Pass a member's request on to `to` (see `relay`): one hop, replica reads and writes
+    /// only, to a member this node sees up, a write only if the sender may make it.
+    fn relay(
+        &self,
+        from: PeerId,
+        roles: Roles,
+        to: &[u8],
+        request: Request,
+    ) -> BoxFuture<'static, Response> {
+        let refuse = |why: String| -> BoxFuture<'static, Response> {
+            Box::pin(async move { Response::Error(format!("{}{why}", crate::relay::RELAY_FAILED)) })
+        };
+        let Ok(to) = PeerId::from_bytes(to) else {
+            return refuse("not a PeerId".into());
+        };
+        if !request.relayable() {
+            return refuse(format!("a {} request is not relayed", request.kind()));
+        }
+        if to == from || !self.membership.is_up(&to) || to == self.membership.local() {
+            return refuse(format!("{to} is not another member up here"));
+        }
+        if let Request::Write(m) = &request {
+            if let Err(reason) = self.gate.may_write(&from, roles, m) {
+                return Box::pin(async move {
+                    Response::Error(format!("{}{reason}", crate::admission::NOT_ALLOWED))
+                });
+            }
+        }
+        let (links, timeout) = self.relay.clone();
+        Box::pin(async move {
+            match links.request(to, request, timeout).await {
+                Ok(response) => response,
+                Err(Error::Remote { reason, .. }) => Response::Error(reason),
+                Err(e) => Response::Error(format!("{}{e}", crate::relay::RELAY_FAILED)),
+            }
+        })
+    }
+
     /// A write's acknowledgement, sent once the write is on disk (group commit).
     fn when_durable(&self, response: Response) -> BoxFuture<'static, Response> {
         let replication = self.replication.clone();
@@ -224,6 +264,7 @@ impl Handler for Service {
                 self.membership.to_swim(SwimInput::Data(bytes));
                 Response::Ack
             }
+            Request::Relay { to, request } => return self.relay(peer, roles, &to, *request),
             Request::Write(m) => {
                 if let Err(reason) = self.gate.may_write(&peer, roles, &m) {
                     return Box::pin(async move {
@@ -764,7 +805,12 @@ impl Mesh {
             rights: Arc::new(OnceLock::new()),
         };
         let links = Links::new(handle.control.clone(), config.request_timeout);
-        let link: Arc<dyn Link> = Arc::new(links.clone());
+        let link: Arc<dyn Link> = Arc::new(crate::relay::RelayLink {
+            links: links.clone(),
+            membership: membership.clone(),
+            metrics: metrics.clone(),
+            unreachable: Default::default(),
+        });
         let replication = Replication::new(
             local,
             keyspace.clone(),
@@ -784,6 +830,7 @@ impl Mesh {
         let (app_tx, app_rx) = mpsc::channel(APP_QUEUE);
         let one_way = Arc::new(OnceLock::new());
         let service = Arc::new(Service {
+            relay: (links.clone(), config.request_timeout),
             gate: gate.clone(),
             replication: replication.clone(),
             keyspace: keyspace.clone(),

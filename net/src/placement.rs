@@ -26,7 +26,7 @@ pub fn peer_position(peer: &PeerId) -> Position {
     Sha256::digest(peer.to_bytes()).into()
 }
 
-fn distance(a: &Position, b: &Position) -> Position {
+pub(crate) fn distance(a: &Position, b: &Position) -> Position {
     let mut d = [0u8; 32];
     for i in 0..32 {
         d[i] = a[i] ^ b[i];

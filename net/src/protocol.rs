@@ -152,6 +152,31 @@ pub enum Request {
     /// A SWIM message (probe, ack, indirect probe, gossip, announce; `membership::swim`),
     /// one-way.
     Swim(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Pass `request` on to member `to` and answer with its answer: a route around a missing
+    /// direct connection (the sender could not reach `to`; `relay`). Only reads and writes
+    /// are relayed, one hop.
+    Relay {
+        /// The member to pass it to (PeerId bytes).
+        #[serde(with = "serde_bytes")]
+        to: Vec<u8>,
+        /// The request.
+        request: Box<Request>,
+    },
+}
+
+impl Request {
+    /// Whether a request may be relayed ([`Request::Relay`]): replica reads and writes.
+    pub fn relayable(&self) -> bool {
+        matches!(
+            self,
+            Request::Read { .. }
+                | Request::Write(_)
+                | Request::Push {
+                    owned_only: false,
+                    ..
+                }
+        )
+    }
 }
 
 /// A response.
@@ -204,6 +229,7 @@ impl Request {
             Request::Held { .. } => "held",
             Request::Purge { .. } => "purge",
             Request::Swim(_) => "swim",
+            Request::Relay { .. } => "relay",
         }
     }
 }

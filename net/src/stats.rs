@@ -49,6 +49,7 @@ pub struct MeshMetrics {
     heartbeat_rtt_seconds: Histogram,
     heartbeat_failures: Counter,
     heartbeat_datagrams: Counter,
+    relayed: Family<RelayLabels, Counter>,
     links_open: Gauge,
     links_served: Gauge,
     replica_peers: Gauge,
@@ -56,6 +57,13 @@ pub struct MeshMetrics {
     admission_refused: Family<RefusalLabels, Counter>,
     writes_refused: Counter,
     tombstones_purged: Counter,
+}
+
+/// Labels of a relayed request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RelayLabels {
+    /// `answered` (through a relay) or `failed` (no relay got it through).
+    pub result: &'static str,
 }
 
 /// Labels of a refused peer.
@@ -86,6 +94,7 @@ impl Default for MeshMetrics {
             heartbeat_rtt_seconds: latency_buckets(),
             heartbeat_failures: Counter::default(),
             heartbeat_datagrams: Counter::default(),
+            relayed: Family::default(),
             links_open: Gauge::default(),
             links_served: Gauge::default(),
             replica_peers: Gauge::default(),
@@ -170,6 +179,11 @@ impl MeshMetrics {
             "heartbeat_datagrams",
             "Heartbeats sent to up members as datagrams (no answer awaited)",
             self.heartbeat_datagrams.clone(),
+        );
+        registry.register(
+            "mesh_relayed",
+            "Replica reads and writes that could not reach a member directly and were relayed through another, by result",
+            self.relayed.clone(),
         );
         registry.register(
             "mesh_links",
@@ -298,6 +312,17 @@ impl MeshMetrics {
 
     pub(crate) fn hints(&self, n: usize) {
         self.hints_delivered.inc_by(n as u64);
+    }
+
+    pub(crate) fn relayed(&self, answered: bool) {
+        let result = if answered { "answered" } else { "failed" };
+        self.relayed.get_or_create(&RelayLabels { result }).inc();
+    }
+
+    /// Requests relayed so far: (answered, failed).
+    pub fn relayed_totals(&self) -> (u64, u64) {
+        let get = |result| self.relayed.get_or_create(&RelayLabels { result }).get();
+        (get("answered"), get("failed"))
     }
 
     pub(crate) fn heartbeat_datagram(&self) {

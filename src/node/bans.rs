@@ -1,7 +1,7 @@
 //! Mesh-wide bans: a source banned by any node's throttle is banned by every node. Each node
 //! publishes its new bans to the `bans` table (one row per source, TTL = the ban's end) and
 //! spreads each as a notice (SWIM's infection-style broadcast: every member has it within
-//! seconds, at a cost per member that does not grow with the mesh). Every
+//! seconds, at a cost per member that does not grow with the mesh). At start and about every
 //! [`CATCH_UP_EVERY`] a node also reads the table (at QUORUM, so a lift written at QUORUM is
 //! not missed) for what the notices missed. A ban lifted through the admin API is deleted from
 //! the table and spread as a notice; a node also lifts a ban it saw in the table once the row is
@@ -26,8 +26,10 @@ use crate::tables::BANS;
 
 /// How often a node publishes its new bans.
 pub const SYNC_EVERY: Duration = Duration::from_secs(2);
-/// How often a node reads the whole table (notices bring bans as they happen).
-pub const CATCH_UP_EVERY: Duration = Duration::from_secs(60);
+/// How often a node reads the whole table (notices bring bans as they happen; the table is
+/// for a node that was away, and for a lift whose clock ran behind the ban's), give or take a
+/// fifth so the mesh's reads do not arrive together.
+pub const CATCH_UP_EVERY: Duration = Duration::from_secs(600);
 /// The notice topic of bans.
 pub const TOPIC: u8 = 1;
 /// The one partition of the `bans` table.
@@ -138,8 +140,8 @@ fn on_notice(node: &Node, n: &Notice) {
 
 /// Publish and apply bans until shutdown: new bans of this node go to the table and out as
 /// notices every [`SYNC_EVERY`]; others' notices are applied as they arrive; the table is read
-/// at start and every [`CATCH_UP_EVERY`] for what notices missed (a node that was down, a lift
-/// whose clock ran behind the ban's).
+/// at start and about every [`CATCH_UP_EVERY`] for what notices missed (a node that was down, a
+/// lift whose clock ran behind the ban's), and at once when this node fell behind the notices.
 pub(crate) async fn sync(node: Node, mut shutdown: Shutdown) {
     // Sources seen in the table: one that disappears was lifted somewhere.
     let mut seen: HashSet<IpAddr> = HashSet::new();
@@ -184,7 +186,8 @@ pub(crate) async fn sync(node: Node, mut shutdown: Shutdown) {
         if tokio::time::Instant::now() < catch_up {
             continue;
         }
-        catch_up = tokio::time::Instant::now() + CATCH_UP_EVERY;
+        catch_up =
+            tokio::time::Instant::now() + CATCH_UP_EVERY.mul_f64(0.8 + rand::random::<f64>() * 0.4);
         let rows = match node.mesh.read(BANS, SCOPE, Consistency::Quorum).await {
             Ok(p) => p.rows,
             Err(e) => {

@@ -237,7 +237,7 @@ const SECRET_REFRESH: Duration = Duration::from_secs(10);
 /// Reads of the same secret after which the mesh is taken to agree on it.
 const SECRET_SETTLED_AFTER: u32 = 6;
 /// How often the secret is re-read once settled.
-const SECRET_REFRESH_SETTLED: Duration = Duration::from_secs(120);
+const SECRET_REFRESH_SETTLED: Duration = Duration::from_secs(300);
 
 async fn read_secret(mesh: &Mesh) -> Result<Option<Vec<u8>>> {
     let p = mesh.read(MESH, SECRET_KEY, Consistency::Quorum).await?;

@@ -20,7 +20,7 @@ use crate::tables::REVOCATIONS;
 
 /// How often a node reads the whole table (notices bring revocations as they happen; the
 /// table is for what they missed, and for a node that was down).
-pub const SYNC_EVERY: Duration = Duration::from_secs(60);
+pub const SYNC_EVERY: Duration = Duration::from_secs(600);
 /// The notice topic of revocations.
 pub const TOPIC: u8 = 2;
 /// The one partition of the `revocations` table.

@@ -448,6 +448,11 @@ impl Membership {
         learnt
     }
 
+    /// This node's PeerId.
+    pub(crate) fn local(&self) -> PeerId {
+        self.local
+    }
+
     /// Hand the SWIM task's inbox to membership.
     pub(crate) fn attach_swim(&self, inbox: mpsc::Sender<SwimInput>) {
         let _ = self.swim.set(inbox);
