@@ -18,8 +18,10 @@ use tokio::process::Child;
 const TOKEN: &str = "many-nodes-test-admin-token-01";
 const NODES: u16 = 20;
 const BASE: u16 = 27_000;
-/// Connections idle beyond those to fellow replicas, at most.
-const IN_USE_CONNECTIONS: f64 = 8.0;
+/// Connections idle beyond those to fellow replicas, at most: links in use come and go (the
+/// replicas of this node's `proxies` row once a minute, nodes whose row it holds — three on
+/// average, more for some — and catch-up reads of the one-partition tables).
+const IN_USE_CONNECTIONS: f64 = 10.0;
 /// The median node's connections idle, at most (of 19 others).
 const MEDIAN_CONNECTIONS: f64 = 12.0;
 
