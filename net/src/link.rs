@@ -195,8 +195,19 @@ impl Links {
 
     /// Queue a one-way message without waiting (order per peer is kept).
     pub fn try_send(self: &Arc<Self>, peer: PeerId, request: Request) -> Result<()> {
-        let link = self.link(peer, request.kind());
-        let frame = encode_frame(&Frame::OneWay(request))?;
+        let kind = request.kind();
+        self.try_send_frame(peer, kind, encode_frame(&Frame::OneWay(request))?)
+    }
+
+    /// Queue a one-way message already encoded (`encode_frame` of a `Frame::OneWay` of a
+    /// `kind` request) without waiting.
+    pub fn try_send_frame(
+        self: &Arc<Self>,
+        peer: PeerId,
+        kind: &'static str,
+        frame: Vec<u8>,
+    ) -> Result<()> {
+        let link = self.link(peer, kind);
         link.tx.try_send(frame).map_err(|e| Error::Unreachable {
             peer: peer.to_string(),
             reason: match e {

@@ -121,27 +121,37 @@ impl OneWay {
             .contains(peer)
     }
 
-    /// Send as a datagram if possible; returns whether it went as one.
-    fn datagram(&self, peer: PeerId, request: &Request) -> bool {
+    /// Send an encoded one-way frame (`encode_frame`'s, length prefix included) as a datagram
+    /// if possible; returns whether it went as one.
+    fn datagram_frame(&self, peer: PeerId, frame: &[u8]) -> bool {
         let Some(send) = self.datagrams.get() else {
             return false;
         };
         if self.blocked(&peer) {
             return true; // partitioned: dropped, as the network would
         }
-        match encode_frame(&Frame::OneWay(request.clone())) {
-            Ok(frame) if frame.len() - 4 <= DATAGRAM_FRAME_MAX => {
-                let tag = |name: &str| self.membership.tag(&peer, name);
-                send(&peer, &tag, &frame[4..])
-            }
-            _ => false,
+        if frame.len() - 4 > DATAGRAM_FRAME_MAX {
+            return false;
         }
+        let tag = |name: &str| self.membership.tag(&peer, name);
+        send(&peer, &tag, &frame[4..])
     }
 
-    /// Send as a datagram, or queue on the link (dropped when its queue is full).
+    /// Send as a datagram if possible; returns whether it went as one.
+    fn datagram(&self, peer: PeerId, request: &Request) -> bool {
+        self.datagrams.get().is_some()
+            && encode_frame(&Frame::OneWay(request.clone()))
+                .is_ok_and(|frame| self.datagram_frame(peer, &frame))
+    }
+
+    /// Send as a datagram, or queue on the link (dropped when its queue is full); encoded once.
     fn send(&self, peer: PeerId, request: Request) {
-        if !self.datagram(peer, &request) {
-            let _ = self.links.try_send(peer, request);
+        let kind = request.kind();
+        let Ok(frame) = encode_frame(&Frame::OneWay(request)) else {
+            return;
+        };
+        if !self.datagram_frame(peer, &frame) {
+            let _ = self.links.try_send_frame(peer, kind, frame);
         }
     }
 }

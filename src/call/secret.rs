@@ -9,9 +9,18 @@ use sha2::Sha256;
 
 type Keyed = Hmac<Sha256>;
 
-/// The current and previous keys, each with its HMAC state precomputed.
+/// The current and previous keys, each with its HMAC state precomputed, and the current key's
+/// public id ([`MeshSecret::key_id`]).
 pub struct MeshSecret {
-    keys: RwLock<(Vec<u8>, Keyed, Option<Keyed>)>,
+    keys: RwLock<(Vec<u8>, Keyed, Option<Keyed>, String)>,
+}
+
+/// The public id of a key: the first bytes of a MAC of a fixed label, in hex.
+fn id_of(k: &Keyed) -> String {
+    let mut m = k.clone();
+    m.update(b"sipmesh key id");
+    let full: [u8; 32] = m.finalize().into_bytes().into();
+    full[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn keyed(secret: &[u8]) -> Keyed {
@@ -27,29 +36,35 @@ impl MeshSecret {
     /// A secret starting with `key`.
     pub fn new(key: Vec<u8>) -> Self {
         let k = keyed(&key);
+        let id = id_of(&k);
         MeshSecret {
-            keys: RwLock::new((key, k, None)),
+            keys: RwLock::new((key, k, None, id)),
         }
     }
 
     /// Adopt a new key (the current one becomes the previous one); a no-op for the same key.
-    pub fn set(&self, key: Vec<u8>) {
+    /// Returns whether the key changed.
+    pub fn set(&self, key: Vec<u8>) -> bool {
         let mut k = self.keys.write().unwrap_or_else(|p| p.into_inner());
-        if k.0 != key {
-            let next = keyed(&key);
-            let old = std::mem::replace(&mut k.1, next);
-            k.0 = key;
-            k.2 = Some(old);
+        if k.0 == key {
+            return false;
         }
+        let next = keyed(&key);
+        k.3 = id_of(&next);
+        let old = std::mem::replace(&mut k.1, next);
+        k.0 = key;
+        k.2 = Some(old);
+        true
     }
 
     /// A short public name of the current key (a MAC of a fixed label, so it reveals nothing
     /// of the key): two nodes with the same id seal and open each other's datagrams.
     pub fn key_id(&self) -> String {
-        self.mac(&[b"sipmesh key id"])[..6]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .3
+            .clone()
     }
 
     /// HMAC-SHA256 of the parts (in order) with the current key.

@@ -35,7 +35,7 @@ pub struct Dispatcher {
     /// The mesh (for datagrams from other nodes: their senders, the secret's clock).
     mesh: sipmesh_net::Mesh,
     /// The mesh secret that seals datagrams between nodes.
-    secret: Arc<crate::call::secret::MeshSecret>,
+    pub(crate) secret: Arc<crate::call::secret::MeshSecret>,
     /// Rate limits and bans.
     throttle: Arc<crate::call::throttle::Throttle>,
     /// Answer to the source port even without `rport` (NAT-friendly, like Kamailio's

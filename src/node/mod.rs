@@ -178,8 +178,6 @@ pub struct Node {
     mesh_sip: SocketAddr,
     /// Told when a decommission finished.
     decommissioned: Arc<tokio::sync::Notify>,
-    /// The mesh secret (nonces, flow tokens, datagrams between nodes).
-    secret: Arc<MeshSecret>,
 }
 
 const SECRET_KEY: &[u8] = b"nonce_secret";
@@ -455,7 +453,6 @@ impl Node {
             advertised: ctx.names.advertised().to_string(),
             mesh_sip,
             decommissioned: Arc::new(tokio::sync::Notify::new()),
-            secret: ctx.secret.clone(),
         };
         node.background
             .spawn("internode", |s| serve_internode(node.clone(), app_rx, s));
@@ -587,7 +584,7 @@ impl Node {
 
     /// The public name of the mesh secret this node seals datagrams with.
     pub(crate) fn secret_key_id(&self) -> String {
-        self.secret.key_id()
+        self.dispatcher.secret.key_id()
     }
 
     /// The admin API's address, if it runs.
@@ -927,13 +924,7 @@ async fn refresh_secret(mesh: Mesh, secret: Arc<MeshSecret>, mut shutdown: Shutd
             _ = tokio::time::sleep(every) => {}
         }
         if let Ok(Some(s)) = read_secret(&mesh).await {
-            let before = secret.key_id();
-            secret.set(s);
-            same = if secret.key_id() == before {
-                same + 1
-            } else {
-                0
-            };
+            same = if secret.set(s) { 0 } else { same + 1 };
         }
     }
 }
