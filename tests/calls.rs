@@ -336,3 +336,102 @@ async fn a_new_member_reads_a_quorum_until_it_has_caught_up() {
     })
     .await;
 }
+
+/// A call from alice to bob, answered at once and hung up by alice; returns the time from the
+/// authenticated INVITE to alice's 200.
+async fn call_and_hang_up(alice: &mut Ua, bob: &mut Ua, tag: &str) -> std::time::Duration {
+    let call_id = format!("{}@alice", token());
+    let (atag, btag) = (format!("a{tag}"), format!("b{tag}"));
+    let started = std::time::Instant::now();
+    invite_with_auth(alice, "bob", "a-pw", &call_id, &atag).await;
+    let inv = bob
+        .wait_request("INVITE", LONG)
+        .await
+        .expect("bob gets the INVITE");
+    bob.send(&bob.answer(&inv, 200, "OK", &btag)).await;
+    let ok = alice
+        .wait_response(200, "INVITE", LONG)
+        .await
+        .expect("alice gets the 200");
+    let setup = started.elapsed();
+    let route_set: Vec<String> = hvals(&ok, &HeaderName::RecordRoute)
+        .into_iter()
+        .rev()
+        .collect();
+    let to = ok.header(&HeaderName::To).unwrap().to_string();
+    let from = ok.header(&HeaderName::From).unwrap().to_string();
+    let bob_target = uri_of(&hvals(&ok, &HeaderName::Contact)[0]);
+    alice
+        .send(&alice.in_dialog("ACK", &bob_target, &route_set, &from, &to, &call_id, 2))
+        .await;
+    assert!(
+        bob.wait_request("ACK", LONG).await.is_some(),
+        "the ACK reaches bob"
+    );
+    alice
+        .send(&alice.in_dialog("BYE", &bob_target, &route_set, &from, &to, &call_id, 3))
+        .await;
+    let bye = bob
+        .wait_request("BYE", LONG)
+        .await
+        .expect("bob gets the BYE");
+    bob.send(&bob.answer(&bye, 200, "OK", &btag)).await;
+    assert!(
+        alice.wait_response(200, "BYE", LONG).await.is_some(),
+        "alice gets the BYE's 200"
+    );
+    setup
+}
+
+/// Issue "Grow to thousands of community nodes", item 3: the caller's node cannot reach the
+/// callee's (a cut between the two, both ways), yet the call goes through — SWIM finds each
+/// reaches the other only through the third node, and SIP goes through it, both ways, for the
+/// INVITE, its answers and the in-dialog requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_crosses_a_cut_between_the_caller_s_and_the_callee_s_nodes() {
+    const CALLS: usize = 5;
+    within(180, async {
+        let mesh = mesh().await;
+        let mut alice = Ua::new("alice", sip(&mesh, 0)).await;
+        let mut bob = Ua::new("bob", sip(&mesh, 2)).await;
+        assert_eq!(alice.register("a-pw").await, 200);
+        assert_eq!(bob.register("b-pw").await, 200);
+        let mut direct = Vec::new();
+        for i in 0..CALLS {
+            direct.push(call_and_hang_up(&mut alice, &mut bob, &format!("d{i}")).await);
+        }
+        let (n0, n1, n2) = (
+            mesh.node(0).node().unwrap(),
+            mesh.node(1).node().unwrap(),
+            mesh.node(2).node().unwrap(),
+        );
+        assert_eq!(n0.counter("sip_routed_around"), Some(0));
+        mesh.partition(&[0], &[2]).await.unwrap();
+        let (p0, p2) = (mesh.node(0).peer_id, mesh.node(2).peer_id);
+        eventually(60, "each side reaches the other only through node 1", || async {
+            !n0.mesh.reached_directly(&p2) && !n2.mesh.reached_directly(&p0)
+        })
+        .await;
+        assert!(n0.mesh.is_up(&p2) && n2.mesh.is_up(&p0), "a cut is not a death");
+        let mut routed = Vec::new();
+        for i in 0..CALLS {
+            routed.push(call_and_hang_up(&mut alice, &mut bob, &format!("r{i}")).await);
+        }
+        direct.sort();
+        routed.sort();
+        let (direct, routed) = (direct[CALLS / 2], routed[CALLS / 2]);
+        let around = |n: &sipmesh::Node| n.counter("sip_routed_around").unwrap();
+        let calls = CALLS as u64;
+        assert!(around(&n0) >= 2 * calls, "node 0 sent the INVITE and the ACK, BYE around");
+        assert!(around(&n2) >= 2 * calls, "node 2 sent the answers around");
+        assert!(
+            n1.counter("sip_passed_on").unwrap() >= 4 * calls,
+            "node 1 passed them on"
+        );
+        assert_eq!(around(&n1), 0);
+        eprintln!(
+            "call setup (INVITE to 200, digest included) from node 0 to a callee at node 2, median of {CALLS}: direct {direct:?}, through node 1 {routed:?}"
+        );
+    })
+    .await;
+}

@@ -111,10 +111,15 @@ struct OneWay {
     datagrams: Arc<OnceLock<DatagramSender>>,
     /// Peers a test partitioned away ([`Mesh::block`]): no datagrams either way.
     blocked: Arc<Mutex<HashSet<PeerId>>>,
+    /// Whether any peer is blocked (read on every datagram without the lock).
+    any_blocked: Arc<AtomicBool>,
 }
 
 impl OneWay {
     fn blocked(&self, peer: &PeerId) -> bool {
+        if !self.any_blocked.load(Ordering::Relaxed) {
+            return false;
+        }
         self.blocked
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -356,6 +361,7 @@ impl Handler for Service {
             debug!(%peer, "one-way message from a peer that is not a member; dropped");
             return;
         }
+        self.membership.reach().heard(&peer);
         match request {
             Request::App(payload) => match self.one_way.get() {
                 Some(handle) => handle(peer, payload),
@@ -463,6 +469,9 @@ async fn swim(
         for out in outputs {
             match out {
                 swim::Output::Send(to, bytes) => {
+                    if let Some(target) = swim::indirect_probe_target(&bytes) {
+                        membership.reach().probe_failed(target);
+                    }
                     if let Some(peer) = to.peer_id() {
                         sender.send(peer, Request::Swim(bytes));
                     }
@@ -622,6 +631,7 @@ async fn close_idle_links(
             serving.load(Ordering::Relaxed),
             keep.len(),
             connected.load(Ordering::Relaxed),
+            membership.reach().marked(),
         );
     }
 }
@@ -876,6 +886,7 @@ impl Mesh {
             membership: membership.clone(),
             datagrams: Arc::new(OnceLock::new()),
             blocked: Arc::new(Mutex::new(HashSet::new())),
+            any_blocked: Arc::new(AtomicBool::new(false)),
         };
         background.spawn("swim", |s| {
             swim(
@@ -1193,6 +1204,30 @@ impl Mesh {
         }
     }
 
+    /// Whether this node reaches `peer` directly: `false` when SWIM's last direct probe of it
+    /// got no answer and nothing came from it directly since (it is alive only through others:
+    /// see [`crate::membership::reach`]).
+    pub fn reached_directly(&self, peer: &PeerId) -> bool {
+        !self.inner.membership.reach().only_indirect(peer)
+    }
+
+    /// Something (a datagram the node authenticated) came from `peer` directly.
+    pub fn heard_directly(&self, peer: &PeerId) {
+        self.inner.membership.reach().heard(peer);
+    }
+
+    /// Up members to send through to reach `peer` when this node cannot directly: the nearest
+    /// to it in the key space that this node reaches directly, two at most.
+    pub fn relays_for(&self, peer: &PeerId) -> Vec<PeerId> {
+        crate::relay::relays_for(&self.inner.membership, self.inner.local, *peer)
+    }
+
+    /// Whether a test cut this node off from `peer` ([`Mesh::block`]): the node then drops
+    /// its datagrams too, as the network would.
+    pub fn is_blocked(&self, peer: &PeerId) -> bool {
+        self.inner.one_way_sender.blocked(peer)
+    }
+
     /// Refuse all traffic with these peers (tests use this to partition a mesh).
     pub async fn block(&self, peers: &[PeerId]) {
         for p in peers {
@@ -1205,6 +1240,10 @@ impl Mesh {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend(peers.iter().copied());
+        self.inner
+            .one_way_sender
+            .any_blocked
+            .store(true, Ordering::Relaxed);
     }
 
     /// Whether this node enforces signed enrollment, and if so the enrollment public key.
@@ -1268,6 +1307,10 @@ impl Mesh {
         for p in peers {
             blocked.remove(p);
         }
+        self.inner
+            .one_way_sender
+            .any_blocked
+            .store(!blocked.is_empty(), Ordering::Relaxed);
     }
 
     /// Before leaving: give every partition to the replicas it will have without this node.

@@ -5,7 +5,9 @@
 //! fellow replicas are its nearest members and keep their links to it open, they are the ones
 //! most likely connected to it — and asks each in turn to pass the request on
 //! ([`Request::Relay`], one hop). SWIM already tolerates such a cut (its indirect probes go
-//! through others), so the target stays up and reads and writes keep their replicas.
+//! through others), so the target stays up and reads and writes keep their replicas. A member
+//! SWIM reaches only through others ([`crate::membership::reach`]) is not dialled first: across
+//! a cut that drops packets a dial would fail only at its timeout.
 //!
 //! A relay checks the sender's write rights before passing a write on, and the target checks
 //! the relay's: a write needs both to hold them.
@@ -42,14 +44,16 @@ pub struct RelayLink {
     pub(crate) unreachable: Arc<Mutex<HashMap<PeerId, Instant>>>,
 }
 
-/// Up members other than `local` and `target`, nearest `target` first, at most [`MAX_RELAYS`].
+/// Up members other than `local` and `target` that `local` reaches directly, nearest `target`
+/// first, at most [`MAX_RELAYS`].
 pub(crate) fn relays_for(membership: &Membership, local: PeerId, target: PeerId) -> Vec<PeerId> {
     let at = peer_position(&target);
     let snapshot = membership.snapshot();
+    let reach = membership.reach();
     let mut up: Vec<([u8; 32], PeerId)> = snapshot
         .ring
         .iter()
-        .filter(|m| m.up && m.peer != local && m.peer != target)
+        .filter(|m| m.up && m.peer != local && m.peer != target && !reach.only_indirect(&m.peer))
         .map(|m| (distance(&m.position, &at), m.peer))
         .collect();
     up.sort_unstable_by_key(|(d, _)| *d);
@@ -76,11 +80,14 @@ impl Link for RelayLink {
         let copy = request.clone();
         Box::pin(async move {
             let started = Instant::now();
-            let recently = unreachable
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&peer)
-                .is_some_and(|at| at.elapsed() < ROUTE_AROUND_FOR);
+            // A dial across a cut that drops packets would only fail at the timeout: skip it
+            // when one failed moments ago, or SWIM reaches the member only through others.
+            let recently = membership.reach().only_indirect(&peer)
+                || unreachable
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&peer)
+                    .is_some_and(|at| at.elapsed() < ROUTE_AROUND_FOR);
             let direct = if recently {
                 Err(Error::Unreachable {
                     peer: peer.to_string(),

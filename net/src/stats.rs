@@ -54,6 +54,7 @@ pub struct MeshMetrics {
     links_served: Gauge,
     replica_peers: Gauge,
     peers_connected: Gauge,
+    members_only_indirect: Gauge,
     admission_refused: Family<RefusalLabels, Counter>,
     writes_refused: Counter,
     tombstones_purged: Counter,
@@ -99,6 +100,7 @@ impl Default for MeshMetrics {
             links_served: Gauge::default(),
             replica_peers: Gauge::default(),
             peers_connected: Gauge::default(),
+            members_only_indirect: Gauge::default(),
             admission_refused: Family::default(),
             writes_refused: Counter::default(),
             tombstones_purged: Counter::default(),
@@ -194,6 +196,11 @@ impl MeshMetrics {
             "mesh_links_served",
             "Links (streams) other nodes hold open to this node",
             self.links_served.clone(),
+        );
+        registry.register(
+            "mesh_members_only_indirect",
+            "Members this node reaches only through others (its direct probe failed; traffic for them goes through a member nearest them)",
+            self.members_only_indirect.clone(),
         );
         registry.register(
             "mesh_replica_peers",
@@ -329,7 +336,15 @@ impl MeshMetrics {
         self.heartbeat_datagrams.inc();
     }
 
-    pub(crate) fn connections(&self, links: usize, served: usize, replicas: usize, peers: usize) {
+    pub(crate) fn connections(
+        &self,
+        links: usize,
+        served: usize,
+        replicas: usize,
+        peers: usize,
+        only_indirect: usize,
+    ) {
+        self.members_only_indirect.set(only_indirect as i64);
         self.links_open.set(links as i64);
         self.replica_peers.set(replicas as i64);
         self.links_served.set(served as i64);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tracing::{debug, Instrument};
 
+use crate::call::flow_token::NodeId;
 use crate::call::proxy::{Inbound, Proxy, Relayed};
 use crate::call::registrar::Registrar;
 use crate::call::throttle::Verdict;
@@ -36,6 +37,8 @@ pub struct Dispatcher {
     mesh: sipmesh_net::Mesh,
     /// The mesh secret that seals datagrams between nodes.
     pub(crate) secret: Arc<crate::call::secret::MeshSecret>,
+    /// This node's id in datagrams.
+    node_id: NodeId,
     /// Rate limits and bans.
     throttle: Arc<crate::call::throttle::Throttle>,
     /// Answer to the source port even without `rport` (NAT-friendly, like Kamailio's
@@ -60,6 +63,7 @@ impl Dispatcher {
             metrics: ctx.metrics.clone(),
             mesh: ctx.mesh.clone(),
             secret: ctx.secret.clone(),
+            node_id: NodeId::of(&ctx.mesh.peer_id()),
             throttle: ctx.throttle.clone(),
             force_rport,
         })
@@ -295,6 +299,8 @@ impl Dispatcher {
         match frame {
             Internode::Deliver { flow, bytes } => self.proxy.relay_down(from, flow, bytes),
             Internode::Mesh { bytes } => self.mesh.on_datagram(from, bytes),
+            // Forwards come only as datagrams (`Handler::on_datagram`).
+            Internode::Forward { .. } => inc(&self.metrics.sip_dropped),
             Internode::Sip { bytes } => {
                 if let Some(msg) = parse_guarded(bytes, true, &self.metrics) {
                     inc(&self.metrics.sip_messages_received);
@@ -305,15 +311,72 @@ impl Dispatcher {
     }
 }
 
+impl Dispatcher {
+    /// A datagram member `from` sent through this node for member `to`, which it cannot reach
+    /// directly ([`Internode::Forward`]). For this node: opened as if it had come from its
+    /// origin. For another: passed on once — only what `from` sealed itself, only to an up
+    /// member this node reaches directly. Anything else is dropped.
+    fn on_forward(&self, from: NodeId, to: NodeId, datagram: &[u8], now: u64) {
+        let refused = || inc(&self.metrics.sip_datagrams_refused);
+        let Some((origin, inner)) = internode::open(datagram, now, &self.secret) else {
+            return refused();
+        };
+        if matches!(inner, Internode::Forward { .. }) {
+            return refused(); // one hop only
+        }
+        let snapshot = self.mesh.snapshot();
+        if to == self.node_id {
+            let Some((origin, _)) = snapshot.member_by_prefix(&origin.0) else {
+                return refused();
+            };
+            return self.on_internode(origin, inner);
+        }
+        if origin != from {
+            return refused();
+        }
+        let Some((target, true)) = snapshot.member_by_prefix(&to.0) else {
+            return refused();
+        };
+        if !self.mesh.reached_directly(&target) {
+            return refused();
+        }
+        let Some(addr) = internode::datagram_addr(&|name| self.mesh.tag(&target, name)) else {
+            return refused();
+        };
+        let passed = internode::seal(
+            &Internode::Forward { to, datagram },
+            self.node_id,
+            now,
+            &self.secret,
+        );
+        if self
+            .transport
+            .send(&Flow::Udp(addr), Arc::from(passed))
+            .is_ok()
+        {
+            inc(&self.metrics.sip_passed_on);
+        }
+    }
+}
+
 impl Handler for Dispatcher {
     fn on_datagram(&self, data: &[u8], _peer: std::net::SocketAddr) {
         let now = self.mesh.keyspace().wall_ms();
         let opened = internode::open(data, now, &self.secret).and_then(|(node, frame)| {
             let (peer, _) = self.mesh.snapshot().member_by_prefix(&node.0)?;
-            Some((peer, frame))
+            Some((node, peer, frame))
         });
         match opened {
-            Some((peer, frame)) => self.on_internode(peer, frame),
+            // A test's cut (`Mesh::block`): dropped, as the network would.
+            Some((_, peer, _)) if self.mesh.is_blocked(&peer) => {}
+            Some((node, peer, Internode::Forward { to, datagram })) => {
+                self.mesh.heard_directly(&peer);
+                self.on_forward(node, to, datagram, now);
+            }
+            Some((_, peer, frame)) => {
+                self.mesh.heard_directly(&peer);
+                self.on_internode(peer, frame);
+            }
             None => inc(&self.metrics.sip_datagrams_refused),
         }
     }

@@ -84,6 +84,13 @@ const KIND_DELIVER: u8 = b'D';
 const KIND_SIP: u8 = b'S';
 /// Kind byte: a mesh frame (membership: SWIM, heartbeats) for the mesh layer.
 const KIND_MESH: u8 = b'M';
+/// Kind byte: a sealed datagram to pass on to a member the sender cannot reach directly.
+const KIND_FORWARD: u8 = b'F';
+
+/// The largest SIP message sent through another node (a forwarded datagram): larger than
+/// [`DATAGRAM_MAX_SIP`], as a cut leaves no stream to fall back on; such a datagram is
+/// fragmented by IP on a 1,500-byte path.
+pub const FORWARD_MAX_SIP: usize = 8_000;
 
 /// The tag naming which mesh secret a node seals datagrams with ([`MeshSecret::key_id`]):
 /// membership goes by datagram only to members that publish the same, so nodes still
@@ -158,6 +165,15 @@ pub enum Internode<'a> {
         /// The frame.
         bytes: &'a [u8],
     },
+    /// A datagram ([`seal`]ed by its origin) for member `to`, which the origin cannot reach
+    /// directly: a node that is not `to` passes it on (once), and `to` opens it as if it had
+    /// come from the origin itself.
+    Forward {
+        /// The member it is for.
+        to: NodeId,
+        /// The origin's sealed datagram.
+        datagram: &'a [u8],
+    },
 }
 
 impl Internode<'_> {
@@ -185,6 +201,11 @@ impl Internode<'_> {
                 out.push(KIND_MESH);
                 out.extend_from_slice(bytes);
             }
+            Internode::Forward { to, datagram } => {
+                out.push(KIND_FORWARD);
+                out.extend_from_slice(&to.0);
+                out.extend_from_slice(datagram);
+            }
         }
     }
 
@@ -193,7 +214,10 @@ impl Internode<'_> {
         match self {
             Internode::Deliver { bytes, .. }
             | Internode::Sip { bytes }
-            | Internode::Mesh { bytes } => bytes,
+            | Internode::Mesh { bytes }
+            | Internode::Forward {
+                datagram: bytes, ..
+            } => bytes,
         }
     }
 
@@ -202,6 +226,13 @@ impl Internode<'_> {
         match frame {
             [SIP_FORMAT, KIND_SIP, bytes @ ..] => Some(Internode::Sip { bytes }),
             [SIP_FORMAT, KIND_MESH, bytes @ ..] => Some(Internode::Mesh { bytes }),
+            [SIP_FORMAT, KIND_FORWARD, rest @ ..] if rest.len() > 8 => {
+                let (to, datagram) = rest.split_at(8);
+                Some(Internode::Forward {
+                    to: NodeId(to.try_into().ok()?),
+                    datagram,
+                })
+            }
             [SIP_FORMAT, KIND_DELIVER, rest @ ..] => {
                 let (flow, used) = crate::call::flow_token::read_flow(rest)?;
                 Some(Internode::Deliver {
@@ -263,6 +294,12 @@ mod tests {
         assert_eq!(Internode::decode(&s.encode()), Some(s));
         let m = Internode::Mesh { bytes: &[1, 2, 3] };
         assert_eq!(Internode::decode(&m.encode()), Some(m));
+        let f = Internode::Forward {
+            to: NodeId([3; 8]),
+            datagram: &[DATAGRAM_MAGIC, 1, 2],
+        };
+        assert_eq!(Internode::decode(&f.encode()), Some(f));
+        assert_eq!(Internode::decode(&[SIP_FORMAT, KIND_FORWARD, 1, 2]), None);
         assert_eq!(Internode::decode(b""), None);
         assert_eq!(Internode::decode(&[SIP_FORMAT, KIND_DELIVER, 9]), None);
         assert_eq!(Internode::decode(&[2, KIND_SIP]), None);

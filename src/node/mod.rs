@@ -40,7 +40,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::node::dispatch::Dispatcher;
 use crate::node::internode::{
-    seal, AppMessage, Internode, Members, DATAGRAM_MAGIC, DATAGRAM_MAX_SIP,
+    seal, AppMessage, Internode, Members, DATAGRAM_MAGIC, DATAGRAM_MAX_SIP, FORWARD_MAX_SIP,
 };
 use crate::sip::address::OwnNames;
 use crate::sip::flow::StreamKind;
@@ -430,7 +430,12 @@ impl Node {
         ));
         let members = Arc::new(Members::new(mesh.clone()));
         transport.set_mesh_sender(
-            mesh_sender(mesh.clone(), members, ctx.secret.clone()),
+            mesh_sender(
+                mesh.clone(),
+                members,
+                ctx.secret.clone(),
+                ctx.metrics.clone(),
+            ),
             DATAGRAM_MAGIC,
         );
         background.spawn("failover", |s| {
@@ -818,12 +823,16 @@ async fn serve_internode(node: Node, mut rx: mpsc::Receiver<MeshMessage>, mut sh
     }
 }
 
-/// SIP to other nodes rides the mesh's streams, in order per node: bytes for one of its flows
-/// (it relays them), or a message for it to handle.
+/// SIP to other nodes: bytes for one of its flows (it relays them), or a message for it to
+/// handle. A message that fits one packet goes as a sealed datagram to the node's SIP port;
+/// a larger one rides the mesh's streams, in order per node. To a node SWIM reaches only
+/// through others (a cut between the two), the datagram goes through one of them
+/// ([`Internode::Forward`]): the node still gets it from its origin.
 fn mesh_sender(
     mesh: Mesh,
     members: Arc<Members>,
     secret: Arc<MeshSecret>,
+    metrics: Arc<Metrics>,
 ) -> crate::sip::transport::MeshSender {
     let me = NodeId::of(&mesh.peer_id());
     Box::new(move |node, target, bytes| {
@@ -834,6 +843,12 @@ fn mesh_sender(
             },
             None => Internode::Sip { bytes: &bytes },
         };
+        if !mesh.reached_directly(node) && bytes.len() <= FORWARD_MAX_SIP {
+            if let Some(forward) = forward(&mesh, &members, &secret, me, node, &frame) {
+                crate::metrics::inc(&metrics.sip_routed_around);
+                return Ok(Some(forward));
+            }
+        }
         if bytes.len() <= DATAGRAM_MAX_SIP {
             if let Some(addr) = members.sip_addr(node) {
                 let now = mesh.keyspace().wall_ms();
@@ -844,6 +859,35 @@ fn mesh_sender(
             .map(|_| None)
             .map_err(|_| SendError::Full)
     })
+}
+
+/// `frame` for `node` sealed, inside a datagram to one of the members nearest it that this
+/// node reaches directly (chosen at random, so a retransmission may take the other); `None`
+/// when there is none.
+fn forward(
+    mesh: &Mesh,
+    members: &Members,
+    secret: &MeshSecret,
+    me: NodeId,
+    node: &sipmesh_net::PeerId,
+    frame: &Internode<'_>,
+) -> Option<(SocketAddr, Vec<u8>)> {
+    let relays: Vec<SocketAddr> = mesh
+        .relays_for(node)
+        .iter()
+        .filter_map(|r| members.sip_addr(r))
+        .collect();
+    if relays.is_empty() {
+        return None;
+    }
+    let relay = relays[rand::random::<usize>() % relays.len()];
+    let now = mesh.keyspace().wall_ms();
+    let inner = seal(frame, me, now, secret);
+    let outer = Internode::Forward {
+        to: NodeId::of(node),
+        datagram: &inner,
+    };
+    Some((relay, seal(&outer, me, now, secret)))
 }
 
 /// Membership's one-way messages go as sealed datagrams from this node's SIP port to the

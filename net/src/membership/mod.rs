@@ -21,6 +21,7 @@
 //! [`clock`] compares this node's wall clock with the members' (carried by every heartbeat).
 
 pub mod clock;
+pub mod reach;
 pub mod swim;
 mod view;
 
@@ -138,6 +139,8 @@ pub struct Membership {
     clock_skewed: AtomicBool,
     /// The SWIM task's inbox (set when the mesh starts it).
     swim: std::sync::OnceLock<mpsc::Sender<SwimInput>>,
+    /// Members this node reaches only through others.
+    reach: reach::Reach,
 }
 
 /// The ring file: one line per other member of the ring, `<peer id> <generation> <addr,addr…>`.
@@ -246,12 +249,18 @@ impl Membership {
             clock_offset_ms: AtomicI64::new(0),
             clock_skewed: AtomicBool::new(false),
             swim: std::sync::OnceLock::new(),
+            reach: reach::Reach::default(),
         });
         m.apply(Changes {
             events: Vec::new(),
             ring_changed: true,
         });
         m
+    }
+
+    /// Which members this node reaches only through others.
+    pub fn reach(&self) -> &reach::Reach {
+        &self.reach
     }
 
     fn view(&self) -> std::sync::MutexGuard<'_, View> {

@@ -364,6 +364,18 @@ pub enum Output {
     Rejoined(SwimId),
 }
 
+/// The member an outgoing SWIM message asks its receiver to probe on this node's behalf (a
+/// `PingReq`: this node's own probe of that member got no answer), if it is one.
+pub fn indirect_probe_target(bytes: &[u8]) -> Option<PeerId> {
+    use foca::Codec;
+    let mut codec = BincodeCodec(bincode::config::standard());
+    let header: foca::Header<SwimId> = codec.decode_header(bytes).ok()?;
+    match header.message {
+        foca::Message::PingReq { target, .. } => target.peer_id(),
+        _ => None,
+    }
+}
+
 /// A SWIM member: foca, its settings and the queue of what it asked for.
 pub struct Swim {
     foca: Foca<SwimId, BincodeCodec<bincode::config::Configuration>, SmallRng, RingNews>,
@@ -558,6 +570,10 @@ mod tests {
         news: Vec<Vec<RingChange>>,
         notices: Vec<Vec<Notice>>,
         ids: Vec<SwimId>,
+        /// Pairs that cannot reach each other directly (both ways).
+        cut: Vec<(usize, usize)>,
+        /// Members each node asked others to probe for it.
+        probed_indirectly: Vec<Vec<PeerId>>,
     }
 
     enum Input {
@@ -593,6 +609,8 @@ mod tests {
                 news: vec![Vec::new(); n],
                 notices: vec![Vec::new(); n],
                 ids,
+                cut: Vec::new(),
+                probed_indirectly: vec![Vec::new(); n],
             };
             // Each node hears of node 0 (its seed) and announces itself to it.
             for i in 1..n {
@@ -613,6 +631,12 @@ mod tests {
                 match out {
                     Output::Send(to, bytes) => {
                         let j = self.index(&to);
+                        if let Some(target) = indirect_probe_target(&bytes) {
+                            self.probed_indirectly[from].push(target);
+                        }
+                        if self.cut.contains(&(from, j)) || self.cut.contains(&(j, from)) {
+                            continue;
+                        }
                         let at = self.now + Duration::from_millis(1);
                         self.queue.push((at, j, Input::Data(bytes)));
                     }
@@ -678,6 +702,34 @@ mod tests {
         net.run_until(Duration::from_secs(30));
         for i in [0, 2, 3] {
             assert_eq!(net.news[i], vec![change.clone()], "node {i}");
+        }
+    }
+
+    #[test]
+    fn a_cut_between_two_members_shows_as_indirect_probes_and_no_death() {
+        let mut net = Net::new(3);
+        net.run_until(Duration::from_secs(10));
+        assert!(net.probed_indirectly.iter().all(Vec::is_empty));
+        net.cut.push((0, 2));
+        net.run_until(Duration::from_secs(30));
+        let (p0, p2) = (net.ids[0].peer_id().unwrap(), net.ids[2].peer_id().unwrap());
+        // Each side's direct probes of the other fail, and others reach it: alive, not down.
+        assert!(
+            net.probed_indirectly[0].contains(&p2),
+            "node 0 probes 2 through 1"
+        );
+        assert!(
+            net.probed_indirectly[2].contains(&p0),
+            "node 2 probes 0 through 1"
+        );
+        assert!(net.probed_indirectly[1].is_empty(), "node 1 reaches both");
+        for i in 0..3 {
+            assert!(
+                net.downs[i].is_empty(),
+                "node {i} declared {:?} down",
+                net.downs[i]
+            );
+            assert_eq!(net.nodes[i].alive(), 2);
         }
     }
 
