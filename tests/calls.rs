@@ -338,44 +338,21 @@ async fn a_new_member_reads_a_quorum_until_it_has_caught_up() {
 }
 
 /// A call from alice to bob, answered at once and hung up by alice; returns the time from the
-/// authenticated INVITE to alice's 200.
+/// first INVITE to alice's 200 (the digest challenge included).
 async fn call_and_hang_up(alice: &mut Ua, bob: &mut Ua, tag: &str) -> std::time::Duration {
-    let call_id = format!("{}@alice", token());
-    let (atag, btag) = (format!("a{tag}"), format!("b{tag}"));
     let started = std::time::Instant::now();
-    invite_with_auth(alice, "bob", "a-pw", &call_id, &atag).await;
-    let inv = bob
-        .wait_request("INVITE", LONG)
-        .await
-        .expect("bob gets the INVITE");
-    bob.send(&bob.answer(&inv, 200, "OK", &btag)).await;
-    let ok = alice
-        .wait_response(200, "INVITE", LONG)
-        .await
-        .expect("alice gets the 200");
+    let leg = answered_call(alice, "a-pw", bob, tag).await;
     let setup = started.elapsed();
-    let route_set: Vec<String> = hvals(&ok, &HeaderName::RecordRoute)
-        .into_iter()
-        .rev()
-        .collect();
-    let to = ok.header(&HeaderName::To).unwrap().to_string();
-    let from = ok.header(&HeaderName::From).unwrap().to_string();
-    let bob_target = uri_of(&hvals(&ok, &HeaderName::Contact)[0]);
-    alice
-        .send(&alice.in_dialog("ACK", &bob_target, &route_set, &from, &to, &call_id, 2))
-        .await;
     assert!(
         bob.wait_request("ACK", LONG).await.is_some(),
         "the ACK reaches bob"
     );
-    alice
-        .send(&alice.in_dialog("BYE", &bob_target, &route_set, &from, &to, &call_id, 3))
-        .await;
+    alice.send(&leg.request(alice, "BYE", 3)).await;
     let bye = bob
         .wait_request("BYE", LONG)
         .await
         .expect("bob gets the BYE");
-    bob.send(&bob.answer(&bye, 200, "OK", &btag)).await;
+    bob.send(&bob.answer(&bye, 200, "OK", tag)).await;
     assert!(
         alice.wait_response(200, "BYE", LONG).await.is_some(),
         "alice gets the BYE's 200"
