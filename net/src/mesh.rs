@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use libp2p::{Multiaddr, PeerId};
@@ -361,7 +361,7 @@ impl Handler for Service {
             debug!(%peer, "one-way message from a peer that is not a member; dropped");
             return;
         }
-        self.membership.reach().heard(&peer);
+        self.membership.reach().heard(&peer, Instant::now());
         match request {
             Request::App(payload) => match self.one_way.get() {
                 Some(handle) => handle(peer, payload),
@@ -1213,7 +1213,18 @@ impl Mesh {
 
     /// Something (a datagram the node authenticated) came from `peer` directly.
     pub fn heard_directly(&self, peer: &PeerId) {
-        self.inner.membership.reach().heard(peer);
+        self.inner.membership.reach().heard(peer, Instant::now());
+    }
+
+    /// Traffic is about to go to `peer`: whether the node should also ping it directly (it
+    /// was not heard from directly for a while). An unanswered ping soon makes
+    /// [`Mesh::reached_directly`] `false`: SWIM's own probes may take a whole round to notice
+    /// a new cut. See [`crate::membership::reach`].
+    pub fn before_send(&self, peer: &PeerId) -> bool {
+        self.inner
+            .membership
+            .reach()
+            .before_send(*peer, Instant::now())
     }
 
     /// Up members to send through to reach `peer` when this node cannot directly: the nearest

@@ -301,6 +301,9 @@ impl Dispatcher {
             Internode::Mesh { bytes } => self.mesh.on_datagram(from, bytes),
             // Forwards come only as datagrams (`Handler::on_datagram`).
             Internode::Forward { .. } => inc(&self.metrics.sip_dropped),
+            Internode::Ping => self.pong(from),
+            // Heard: `Handler::on_datagram` noted it.
+            Internode::Pong => {}
             Internode::Sip { bytes } => {
                 if let Some(msg) = parse_guarded(bytes, true, &self.metrics) {
                     inc(&self.metrics.sip_messages_received);
@@ -312,6 +315,17 @@ impl Dispatcher {
 }
 
 impl Dispatcher {
+    /// Answer a member's ping straight to its SIP port (never around a cut: the ping asks
+    /// whether the direct way is open).
+    fn pong(&self, to: sipmesh_net::PeerId) {
+        let Some(addr) = internode::datagram_addr(&|name| self.mesh.tag(&to, name)) else {
+            return;
+        };
+        let now = self.mesh.keyspace().wall_ms();
+        let pong = internode::seal(&Internode::Pong, self.node_id, now, &self.secret);
+        let _ = self.transport.send(&Flow::Udp(addr), Arc::from(pong));
+    }
+
     /// A datagram member `from` sent through this node for member `to`, which it cannot reach
     /// directly ([`Internode::Forward`]). For this node: opened as if it had come from its
     /// origin. For another: passed on once — only what `from` sealed itself, only to an up

@@ -86,6 +86,10 @@ const KIND_SIP: u8 = b'S';
 const KIND_MESH: u8 = b'M';
 /// Kind byte: a sealed datagram to pass on to a member the sender cannot reach directly.
 const KIND_FORWARD: u8 = b'F';
+/// Kind byte: answer me directly (is the way between us open?).
+const KIND_PING: u8 = b'P';
+/// Kind byte: the answer to a ping.
+const KIND_PONG: u8 = b'Q';
 
 /// The largest SIP message sent through another node (a forwarded datagram): larger than
 /// [`DATAGRAM_MAX_SIP`], as a cut leaves no stream to fall back on; such a datagram is
@@ -174,6 +178,11 @@ pub enum Internode<'a> {
         /// The origin's sealed datagram.
         datagram: &'a [u8],
     },
+    /// Answer with a [`Internode::Pong`] datagram straight to the sender: it checks that the
+    /// way between the two is open before it sends traffic (`sipmesh_net::Mesh::before_send`).
+    Ping,
+    /// The answer to a ping.
+    Pong,
 }
 
 impl Internode<'_> {
@@ -206,6 +215,8 @@ impl Internode<'_> {
                 out.extend_from_slice(&to.0);
                 out.extend_from_slice(datagram);
             }
+            Internode::Ping => out.push(KIND_PING),
+            Internode::Pong => out.push(KIND_PONG),
         }
     }
 
@@ -218,6 +229,7 @@ impl Internode<'_> {
             | Internode::Forward {
                 datagram: bytes, ..
             } => bytes,
+            Internode::Ping | Internode::Pong => &[],
         }
     }
 
@@ -226,6 +238,8 @@ impl Internode<'_> {
         match frame {
             [SIP_FORMAT, KIND_SIP, bytes @ ..] => Some(Internode::Sip { bytes }),
             [SIP_FORMAT, KIND_MESH, bytes @ ..] => Some(Internode::Mesh { bytes }),
+            [SIP_FORMAT, KIND_PING] => Some(Internode::Ping),
+            [SIP_FORMAT, KIND_PONG] => Some(Internode::Pong),
             [SIP_FORMAT, KIND_FORWARD, rest @ ..] if rest.len() > 8 => {
                 let (to, datagram) = rest.split_at(8);
                 Some(Internode::Forward {
@@ -300,6 +314,10 @@ mod tests {
         };
         assert_eq!(Internode::decode(&f.encode()), Some(f));
         assert_eq!(Internode::decode(&[SIP_FORMAT, KIND_FORWARD, 1, 2]), None);
+        for p in [Internode::Ping, Internode::Pong] {
+            assert_eq!(Internode::decode(&p.encode()), Some(p));
+        }
+        assert_eq!(Internode::decode(&[SIP_FORMAT, KIND_PING, 0]), None);
         assert_eq!(Internode::decode(b""), None);
         assert_eq!(Internode::decode(&[SIP_FORMAT, KIND_DELIVER, 9]), None);
         assert_eq!(Internode::decode(&[2, KIND_SIP]), None);

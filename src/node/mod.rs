@@ -434,7 +434,7 @@ impl Node {
                 mesh.clone(),
                 members,
                 ctx.secret.clone(),
-                ctx.metrics.clone(),
+                (Arc::downgrade(&transport), ctx.metrics.clone()),
             ),
             DATAGRAM_MAGIC,
         );
@@ -827,15 +827,23 @@ async fn serve_internode(node: Node, mut rx: mpsc::Receiver<MeshMessage>, mut sh
 /// handle. A message that fits one packet goes as a sealed datagram to the node's SIP port;
 /// a larger one rides the mesh's streams, in order per node. To a node SWIM reaches only
 /// through others (a cut between the two), the datagram goes through one of them
-/// ([`Internode::Forward`]): the node still gets it from its origin.
+/// ([`Internode::Forward`]): the node still gets it from its origin. To a node not heard from
+/// directly for a while, a ping goes along ([`Mesh::before_send`]): a new cut shows before
+/// SWIM's round of probes comes to that node.
 fn mesh_sender(
     mesh: Mesh,
     members: Arc<Members>,
     secret: Arc<MeshSecret>,
-    metrics: Arc<Metrics>,
+    (transport, metrics): (std::sync::Weak<Transport>, Arc<Metrics>),
 ) -> crate::sip::transport::MeshSender {
     let me = NodeId::of(&mesh.peer_id());
     Box::new(move |node, target, bytes| {
+        if mesh.before_send(node) {
+            if let (Some(addr), Some(transport)) = (members.sip_addr(node), transport.upgrade()) {
+                let ping = seal(&Internode::Ping, me, mesh.keyspace().wall_ms(), &secret);
+                let _ = transport.send(&crate::sip::flow::Flow::Udp(addr), Arc::from(ping));
+            }
+        }
         let frame = match target {
             Some(flow) => Internode::Deliver {
                 flow: flow.clone(),

@@ -7,23 +7,45 @@
 //! can reach it ([`crate::relay`] for reads and writes, the node's forwarded datagrams for
 //! SIP). The mark goes as soon as anything arrives from the member directly (any membership
 //! message, or a datagram the node saw), which also covers a direct probe that was only slow.
+//!
+//! SWIM probes each member once per round, so in a mesh of N it may take N probe periods to
+//! find a new cut to one member. Traffic does not wait for that: before sending to a member not
+//! heard from directly for [`FRESH`], the node also sends it a ping of its own
+//! ([`Reach::before_send`]); if nothing came back directly within [`ANSWER_WITHIN`], the next
+//! send (a SIP retransmission, 500 ms later) finds the member marked and goes around.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
 /// Members marked at most (a mark is a few dozen bytes; beyond this the marks start over).
 const MAX_MARKED: usize = 4_096;
+/// Members whose last direct contact is remembered, at most (beyond this they start over).
+const MAX_CONTACTS: usize = 16_384;
+/// A member heard from directly this recently needs no ping before traffic.
+pub const FRESH: Duration = Duration::from_secs(10);
+/// A ping not answered within this marks the member (SIP's first retransmission comes at
+/// 500 ms: it then goes around).
+pub const ANSWER_WITHIN: Duration = Duration::from_millis(400);
 
-/// Members a direct probe failed to reach, and since when.
+/// Members a direct probe failed to reach, and since when; when members were last heard from
+/// directly and pinged.
 #[derive(Default)]
 pub struct Reach {
     indirect: Mutex<HashMap<PeerId, Instant>>,
     /// How many are marked, read without the lock: the common case is none.
     marked: AtomicUsize,
+    contacts: Mutex<HashMap<PeerId, Contact>>,
+}
+
+/// The last direct contact with a member this node sends traffic to.
+#[derive(Default, Clone, Copy)]
+struct Contact {
+    heard: Option<Instant>,
+    pinged: Option<Instant>,
 }
 
 impl Reach {
@@ -37,14 +59,46 @@ impl Reach {
         self.marked.store(marks.len(), Ordering::Relaxed);
     }
 
-    /// Something arrived from `peer` directly: it is reachable.
-    pub fn heard(&self, peer: &PeerId) {
+    /// Something arrived from `peer` directly at `now`: it is reachable.
+    pub fn heard(&self, peer: &PeerId, now: Instant) {
+        if let Some(c) = self.contacts().get_mut(peer) {
+            c.heard = Some(now);
+        }
         if self.marked.load(Ordering::Relaxed) == 0 {
             return;
         }
         let mut marks = self.lock();
         if marks.remove(peer).is_some() {
             self.marked.store(marks.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// Traffic is about to go to `peer` at `now`: whether to ping it directly too (it was not
+    /// heard from directly for [`FRESH`], and not pinged since). A ping left unanswered for
+    /// [`ANSWER_WITHIN`] marks it.
+    pub fn before_send(&self, peer: PeerId, now: Instant) -> bool {
+        let mut contacts = self.contacts();
+        if contacts.len() >= MAX_CONTACTS && !contacts.contains_key(&peer) {
+            contacts.clear();
+        }
+        let c = contacts.entry(peer).or_default();
+        let since = |t: Instant| now.saturating_duration_since(t);
+        if c.heard.is_some_and(|h| since(h) < FRESH) {
+            return false;
+        }
+        match c.pinged {
+            Some(p) if since(p) < FRESH => {
+                let unanswered = c.heard.is_none_or(|h| h < p);
+                drop(contacts);
+                if unanswered && since(p) >= ANSWER_WITHIN && !self.only_indirect(&peer) {
+                    self.probe_failed(peer);
+                }
+                false
+            }
+            _ => {
+                c.pinged = Some(now);
+                true
+            }
         }
     }
 
@@ -62,6 +116,10 @@ impl Reach {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Instant>> {
         self.indirect.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn contacts(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Contact>> {
+        self.contacts.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 #[cfg(test)]
@@ -77,11 +135,38 @@ mod tests {
         reach.probe_failed(a);
         assert!(reach.only_indirect(&a) && !reach.only_indirect(&b));
         assert_eq!(reach.marked(), 1);
-        reach.heard(&b);
+        let now = Instant::now();
+        reach.heard(&b, now);
         assert!(reach.only_indirect(&a));
-        reach.heard(&a);
+        reach.heard(&a, now);
         assert!(!reach.only_indirect(&a));
         assert_eq!(reach.marked(), 0);
+    }
+
+    #[test]
+    fn traffic_to_a_member_not_heard_from_pings_it_and_an_unanswered_ping_marks_it() {
+        let reach = Reach::default();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Never heard from: the first send pings, the next ones wait for the answer.
+        assert!(reach.before_send(a, at(0)));
+        assert!(!reach.before_send(a, at(100)));
+        assert!(!reach.only_indirect(&a));
+        // No answer within ANSWER_WITHIN: the next send (a retransmission) finds it marked.
+        assert!(!reach.before_send(a, at(500)));
+        assert!(reach.only_indirect(&a));
+        // Answered: heard directly, unmarked, and no ping for FRESH.
+        assert!(reach.before_send(b, at(0)));
+        reach.heard(&b, at(20));
+        assert!(!reach.before_send(b, at(500)));
+        assert!(!reach.only_indirect(&b));
+        assert!(!reach.before_send(b, at(9_000)));
+        // Quiet for longer than FRESH: pinged again; the cut to `a` is checked again too.
+        assert!(reach.before_send(b, at(20 + FRESH.as_millis() as u64)));
+        assert!(reach.before_send(a, at(FRESH.as_millis() as u64)));
+        reach.heard(&a, at(FRESH.as_millis() as u64 + 30));
+        assert!(!reach.only_indirect(&a), "the cut healed");
     }
 
     #[test]
@@ -91,5 +176,10 @@ mod tests {
             reach.probe_failed(PeerId::random());
         }
         assert!(reach.marked() <= MAX_MARKED);
+        let now = Instant::now();
+        for _ in 0..MAX_CONTACTS + 10 {
+            reach.before_send(PeerId::random(), now);
+        }
+        assert!(reach.contacts().len() <= MAX_CONTACTS);
     }
 }
