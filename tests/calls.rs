@@ -337,29 +337,6 @@ async fn a_new_member_reads_a_quorum_until_it_has_caught_up() {
     .await;
 }
 
-/// A call from alice to bob, answered at once and hung up by alice; returns the time from the
-/// first INVITE to alice's 200 (the digest challenge included).
-async fn call_and_hang_up(alice: &mut Ua, bob: &mut Ua, tag: &str) -> std::time::Duration {
-    let started = std::time::Instant::now();
-    let leg = answered_call(alice, "a-pw", bob, tag).await;
-    let setup = started.elapsed();
-    assert!(
-        bob.wait_request("ACK", LONG).await.is_some(),
-        "the ACK reaches bob"
-    );
-    alice.send(&leg.request(alice, "BYE", 3)).await;
-    let bye = bob
-        .wait_request("BYE", LONG)
-        .await
-        .expect("bob gets the BYE");
-    bob.send(&bob.answer(&bye, 200, "OK", tag)).await;
-    assert!(
-        alice.wait_response(200, "BYE", LONG).await.is_some(),
-        "alice gets the BYE's 200"
-    );
-    setup
-}
-
 /// Issue "Grow to thousands of community nodes", item 3: the caller's node cannot reach the
 /// callee's (a cut between the two, both ways), yet the call goes through — each finds it
 /// reaches the other only through the third node (a ping sent with the traffic goes
@@ -376,7 +353,7 @@ async fn a_call_crosses_a_cut_between_the_caller_s_and_the_callee_s_nodes() {
         assert_eq!(bob.register("b-pw").await, 200);
         let mut direct = Vec::new();
         for i in 0..CALLS {
-            direct.push(call_and_hang_up(&mut alice, &mut bob, &format!("d{i}")).await);
+            direct.push(call_and_hang_up(&mut alice, "a-pw", &mut bob, &format!("d{i}")).await);
         }
         let (n0, n1, n2) = (
             mesh.node(0).node().unwrap(),
@@ -387,7 +364,7 @@ async fn a_call_crosses_a_cut_between_the_caller_s_and_the_callee_s_nodes() {
         mesh.partition(&[0], &[2]).await.unwrap();
         // A call right away: its first INVITE is lost in the cut, and a retransmission finds
         // the way round (the ping sent with traffic, or SWIM's probes, found the cut).
-        call_and_hang_up(&mut alice, &mut bob, "cut").await;
+        call_and_hang_up(&mut alice, "a-pw", &mut bob, "cut").await;
         let (p0, p2) = (mesh.node(0).peer_id, mesh.node(2).peer_id);
         assert!(
             !n0.mesh.reached_directly(&p2) && !n2.mesh.reached_directly(&p0),
@@ -396,7 +373,7 @@ async fn a_call_crosses_a_cut_between_the_caller_s_and_the_callee_s_nodes() {
         assert!(n0.mesh.is_up(&p2) && n2.mesh.is_up(&p0), "a cut is not a death");
         let mut routed = Vec::new();
         for i in 0..CALLS {
-            routed.push(call_and_hang_up(&mut alice, &mut bob, &format!("r{i}")).await);
+            routed.push(call_and_hang_up(&mut alice, "a-pw", &mut bob, &format!("r{i}")).await);
         }
         direct.sort();
         routed.sort();

@@ -1216,6 +1216,12 @@ impl Mesh {
         self.inner.membership.reach().heard(peer, Instant::now());
     }
 
+    /// The node could not send to `peer` directly (its own host refused: a firewall rule, no
+    /// route): it is reached only through others until heard from directly again.
+    pub fn mark_unreachable(&self, peer: &PeerId) {
+        self.inner.membership.reach().probe_failed(*peer);
+    }
+
     /// Traffic is about to go to `peer`: whether the node should also ping it directly (it
     /// was not heard from directly for a while). An unanswered ping soon makes
     /// [`Mesh::reached_directly`] `false`: SWIM's own probes may take a whole round to notice

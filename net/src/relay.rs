@@ -68,7 +68,10 @@ impl Link for RelayLink {
         timeout: Duration,
     ) -> BoxFuture<'static, Result<Response>> {
         // Keep a copy only where the direct way may fail to connect: no link open yet.
-        if !request.relayable() || self.links.is_open(&peer) {
+        // An open link goes straight, unless SWIM reaches the member only through others (a
+        // cut that drops packets leaves the link open until it times out).
+        let cut = self.membership.reach().only_indirect(&peer);
+        if !request.relayable() || (self.links.is_open(&peer) && !cut) {
             return self.links.request(peer, request, timeout);
         }
         let (links, membership, metrics, unreachable) = (

@@ -331,7 +331,10 @@ impl Dispatcher {
     /// origin. For another: passed on once — only what `from` sealed itself, only to an up
     /// member this node reaches directly. Anything else is dropped.
     fn on_forward(&self, from: NodeId, to: NodeId, datagram: &[u8], now: u64) {
-        let refused = || inc(&self.metrics.sip_datagrams_refused);
+        let refused = || {
+            debug!(?from, ?to, "forwarded datagram refused");
+            inc(&self.metrics.sip_datagrams_refused)
+        };
         let Some((origin, inner)) = internode::open(datagram, now, &self.secret) else {
             return refused();
         };

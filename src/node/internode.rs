@@ -115,7 +115,7 @@ const ADDR_TTL: Duration = Duration::from_secs(10);
 /// The SIP addresses members publish (their `sip` tag), where datagrams go.
 pub struct Members {
     mesh: Mesh,
-    cache: Mutex<HashMap<PeerId, (Option<SocketAddr>, Instant)>>,
+    cache: Mutex<HashMap<PeerId, (SocketAddr, Instant)>>,
 }
 
 impl Members {
@@ -132,15 +132,16 @@ impl Members {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((addr, at)) = cache.get(peer) {
             if at.elapsed() < ADDR_TTL {
-                return *addr;
+                return Some(*addr);
             }
         }
-        let addr = datagram_addr(&|name| self.mesh.tag(peer, name));
+        // Not known yet is not remembered: a member's tags arrive with its first heartbeat.
+        let addr = datagram_addr(&|name| self.mesh.tag(peer, name))?;
         if cache.len() >= MAX_CACHED_ADDRS {
             cache.clear();
         }
         cache.insert(*peer, (addr, Instant::now()));
-        addr
+        Some(addr)
     }
 }
 

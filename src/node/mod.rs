@@ -838,10 +838,22 @@ fn mesh_sender(
 ) -> crate::sip::transport::MeshSender {
     let me = NodeId::of(&mesh.peer_id());
     Box::new(move |node, target, bytes| {
+        let transport = transport.upgrade().ok_or(SendError::Closed)?;
+        let udp = |addr: SocketAddr, datagram: Vec<u8>| {
+            transport.send(&crate::sip::flow::Flow::Udp(addr), Arc::from(datagram))
+        };
+        let around = |frame: &Internode<'_>| {
+            let (relay, datagram) = forward(&mesh, &members, &secret, me, node, frame)?;
+            tracing::debug!(%node, %relay, "SIP routed around a cut");
+            crate::metrics::inc(&metrics.sip_routed_around);
+            Some(udp(relay, datagram))
+        };
         if mesh.before_send(node) {
-            if let (Some(addr), Some(transport)) = (members.sip_addr(node), transport.upgrade()) {
+            if let Some(addr) = members.sip_addr(node) {
                 let ping = seal(&Internode::Ping, me, mesh.keyspace().wall_ms(), &secret);
-                let _ = transport.send(&crate::sip::flow::Flow::Udp(addr), Arc::from(ping));
+                if udp(addr, ping).is_err() {
+                    mesh.mark_unreachable(node);
+                }
             }
         }
         let frame = match target {
@@ -852,19 +864,24 @@ fn mesh_sender(
             None => Internode::Sip { bytes: &bytes },
         };
         if !mesh.reached_directly(node) && bytes.len() <= FORWARD_MAX_SIP {
-            if let Some(forward) = forward(&mesh, &members, &secret, me, node, &frame) {
-                crate::metrics::inc(&metrics.sip_routed_around);
-                return Ok(Some(forward));
+            if let Some(sent) = around(&frame) {
+                return sent;
             }
         }
         if bytes.len() <= DATAGRAM_MAX_SIP {
             if let Some(addr) = members.sip_addr(node) {
                 let now = mesh.keyspace().wall_ms();
-                return Ok(Some((addr, seal(&frame, me, now, &secret))));
+                return match udp(addr, seal(&frame, me, now, &secret)) {
+                    Ok(()) => Ok(()),
+                    // This host refuses to send there (a firewall rule, no route): a cut.
+                    Err(e) => {
+                        mesh.mark_unreachable(node);
+                        around(&frame).unwrap_or(Err(e))
+                    }
+                };
             }
         }
         mesh.try_send_app(*node, frame.encode())
-            .map(|_| None)
             .map_err(|_| SendError::Full)
     })
 }
@@ -886,6 +903,7 @@ fn forward(
         .filter_map(|r| members.sip_addr(r))
         .collect();
     if relays.is_empty() {
+        tracing::debug!(%node, candidates = ?mesh.relays_for(node), "no member to send through");
         return None;
     }
     let relay = relays[rand::random::<usize>() % relays.len()];

@@ -137,17 +137,10 @@ pub struct Transport {
     metrics: Arc<Metrics>,
 }
 
-/// Sends bytes to another mesh node (with the flow it should deliver them on). It returns a
-/// datagram for the transport to send from its UDP socket, or `None` when it sent the bytes
-/// some other way.
+/// Sends bytes to another mesh node (with the flow it should deliver them on): as a datagram
+/// from this transport's UDP socket, or on the mesh's streams.
 pub type MeshSender = Box<
-    dyn Fn(
-            &sipmesh_net::PeerId,
-            Option<&Flow>,
-            Arc<[u8]>,
-        ) -> Result<Option<(SocketAddr, Vec<u8>)>, SendError>
-        + Send
-        + Sync,
+    dyn Fn(&sipmesh_net::PeerId, Option<&Flow>, Arc<[u8]>) -> Result<(), SendError> + Send + Sync,
 >;
 
 /// Parse under `catch_unwind`: a panic in a dependency becomes a dropped message.
@@ -254,10 +247,7 @@ impl Transport {
                 Err(e) => Err(e.into()),
             },
             Flow::Mesh { node, target } => match self.mesh.get() {
-                Some(send) => match send(node, target.as_deref(), bytes)? {
-                    Some((addr, datagram)) => self.send(&Flow::Udp(addr), Arc::from(datagram)),
-                    None => Ok(()),
-                },
+                Some(send) => send(node, target.as_deref(), bytes),
                 None => Err(SendError::Closed),
             },
             Flow::Tcp { conn, peer } | Flow::Stream { conn, peer, .. } => {

@@ -917,6 +917,59 @@ pub async fn answered_call(
     leg
 }
 
+/// A call from `caller` (password `password`) to `callee`, answered at once and hung up by the
+/// caller; returns the time from the first INVITE to the caller's 200 (the digest challenge
+/// included). The callee retransmits its 200 until the caller has it, as a UAS does (RFC 3261
+/// §13.3.1.4: from T1, doubling).
+pub async fn call_and_hang_up(
+    caller: &mut Ua,
+    password: &str,
+    callee: &mut Ua,
+    tag: &str,
+) -> Duration {
+    let started = std::time::Instant::now();
+    let call_id = format!("{}@{}", token(), caller.user);
+    let callee_user = callee.user.clone();
+    invite_with_auth(caller, &callee_user, password, &call_id, "atag").await;
+    let Some(inv) = callee.wait_request("INVITE", 5000).await else {
+        let r = caller.wait_final("INVITE", 100).await;
+        panic!(
+            "the callee does not ring; the caller got {:?}",
+            r.map(|m| m.start)
+        );
+    };
+    let answer = callee.answer(&inv, 200, "OK", tag);
+    let mut ok = None;
+    let mut t = 500;
+    for _ in 0..6 {
+        callee.send(&answer).await;
+        ok = caller.wait_response(200, "INVITE", t).await;
+        if ok.is_some() {
+            break;
+        }
+        t = (t * 2).min(4000);
+    }
+    let ok = ok.expect("the caller gets the 200");
+    let setup = started.elapsed();
+    let leg = CallerLeg::of_answer(&ok, &call_id);
+    caller.send(&leg.request(caller, "ACK", 2)).await;
+    assert!(
+        callee.wait_request("ACK", 5000).await.is_some(),
+        "the ACK reaches the callee"
+    );
+    caller.send(&leg.request(caller, "BYE", 3)).await;
+    let bye = callee
+        .wait_request("BYE", 5000)
+        .await
+        .expect("the callee gets the BYE");
+    callee.send(&callee.answer(&bye, 200, "OK", tag)).await;
+    assert!(
+        caller.wait_response(200, "BYE", 5000).await.is_some(),
+        "the caller gets the BYE's 200"
+    );
+    setup
+}
+
 /// Send an INVITE from `caller` to `to`, answering the 407 with the caller's `password`;
 /// returns the authenticated INVITE as sent (for the ACK of its final answer).
 pub async fn invite_with_auth(

@@ -46,6 +46,8 @@ pub struct Reach {
 struct Contact {
     heard: Option<Instant>,
     pinged: Option<Instant>,
+    /// The first send since it was last heard from.
+    waiting: Option<Instant>,
 }
 
 impl Reach {
@@ -63,6 +65,7 @@ impl Reach {
     pub fn heard(&self, peer: &PeerId, now: Instant) {
         if let Some(c) = self.contacts().get_mut(peer) {
             c.heard = Some(now);
+            c.waiting = None;
         }
         if self.marked.load(Ordering::Relaxed) == 0 {
             return;
@@ -73,9 +76,10 @@ impl Reach {
         }
     }
 
-    /// Traffic is about to go to `peer` at `now`: whether to ping it directly too (it was not
-    /// heard from directly for [`FRESH`], and not pinged since). A ping left unanswered for
-    /// [`ANSWER_WITHIN`] marks it.
+    /// Traffic is about to go to `peer` at `now`: whether to ping it directly too — it was
+    /// not heard from directly for [`FRESH`], or traffic has gone to it for [`ANSWER_WITHIN`]
+    /// with nothing back. A ping left unanswered for [`ANSWER_WITHIN`] marks it; the next ping
+    /// (whether the cut healed) goes [`FRESH`] later.
     pub fn before_send(&self, peer: PeerId, now: Instant) -> bool {
         let mut contacts = self.contacts();
         if contacts.len() >= MAX_CONTACTS && !contacts.contains_key(&peer) {
@@ -83,21 +87,26 @@ impl Reach {
         }
         let c = contacts.entry(peer).or_default();
         let since = |t: Instant| now.saturating_duration_since(t);
-        if c.heard.is_some_and(|h| since(h) < FRESH) {
-            return false;
-        }
-        match c.pinged {
+        // A ping with nothing heard since.
+        let pending = c.pinged.filter(|&p| c.heard.is_none_or(|h| h < p));
+        match pending {
+            Some(p) if since(p) < ANSWER_WITHIN => false,
             Some(p) if since(p) < FRESH => {
-                let unanswered = c.heard.is_none_or(|h| h < p);
                 drop(contacts);
-                if unanswered && since(p) >= ANSWER_WITHIN && !self.only_indirect(&peer) {
+                if !self.only_indirect(&peer) {
                     self.probe_failed(peer);
                 }
                 false
             }
             _ => {
-                c.pinged = Some(now);
-                true
+                let waiting = *c.waiting.get_or_insert(now);
+                let quiet = c.heard.is_none_or(|h| since(h) >= FRESH);
+                if quiet || since(waiting) >= ANSWER_WITHIN {
+                    c.pinged = Some(now);
+                    true
+                } else {
+                    false
+                }
             }
         }
     }
@@ -149,24 +158,41 @@ mod tests {
         let (a, b) = (PeerId::random(), PeerId::random());
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let fresh = FRESH.as_millis() as u64;
         // Never heard from: the first send pings, the next ones wait for the answer.
         assert!(reach.before_send(a, at(0)));
         assert!(!reach.before_send(a, at(100)));
         assert!(!reach.only_indirect(&a));
-        // No answer within ANSWER_WITHIN: the next send (a retransmission) finds it marked.
+        // No answer within ANSWER_WITHIN: the next send (a retransmission) finds it marked,
+        // and it is not pinged again until FRESH has passed.
         assert!(!reach.before_send(a, at(500)));
         assert!(reach.only_indirect(&a));
-        // Answered: heard directly, unmarked, and no ping for FRESH.
+        assert!(!reach.before_send(a, at(fresh - 1)));
+        assert!(reach.before_send(a, at(fresh)));
+        reach.heard(&a, at(fresh + 30));
+        assert!(!reach.only_indirect(&a), "the cut healed");
+        // Answered: heard directly, unmarked, no ping while answers keep coming.
         assert!(reach.before_send(b, at(0)));
         reach.heard(&b, at(20));
         assert!(!reach.before_send(b, at(500)));
+        reach.heard(&b, at(510));
+        assert!(!reach.before_send(b, at(5_000)));
+        reach.heard(&b, at(5_010));
         assert!(!reach.only_indirect(&b));
-        assert!(!reach.before_send(b, at(9_000)));
-        // Quiet for longer than FRESH: pinged again; the cut to `a` is checked again too.
-        assert!(reach.before_send(b, at(20 + FRESH.as_millis() as u64)));
-        assert!(reach.before_send(a, at(FRESH.as_millis() as u64)));
-        reach.heard(&a, at(FRESH.as_millis() as u64 + 30));
-        assert!(!reach.only_indirect(&a), "the cut healed");
+        // Heard lately, but traffic gets nothing back (a new cut): after ANSWER_WITHIN of
+        // sending, a ping; unanswered, marked.
+        assert!(!reach.before_send(b, at(6_000)));
+        assert!(!reach.before_send(b, at(6_300)));
+        assert!(reach.before_send(b, at(6_500)));
+        assert!(!reach.before_send(b, at(6_700)));
+        assert!(!reach.only_indirect(&b));
+        assert!(!reach.before_send(b, at(7_000)));
+        assert!(reach.only_indirect(&b));
+        // Quiet for longer than FRESH, then traffic: pinged first.
+        let c = PeerId::random();
+        assert!(reach.before_send(c, at(0)));
+        reach.heard(&c, at(10));
+        assert!(reach.before_send(c, at(10 + fresh)));
     }
 
     #[test]

@@ -305,8 +305,22 @@ impl View {
                     info!(peer = %from, generation = info.generation, "member restarted");
                     changes.events.push(MemberEvent::Up(from));
                 }
-                e.info = info;
-                e.addrs = addrs;
+                if info.addrs.is_empty() && info.tags.is_empty() && !restarted {
+                    // A bare heartbeat (from a member that has not admitted this node yet)
+                    // says nothing of its addresses and tags: keep those known.
+                    let (addrs, tags) = (
+                        std::mem::take(&mut e.info.addrs),
+                        std::mem::take(&mut e.info.tags),
+                    );
+                    e.info = MemberInfo {
+                        addrs,
+                        tags,
+                        ..info
+                    };
+                } else {
+                    e.info = info;
+                    e.addrs = addrs;
+                }
             }
             None => {
                 info!(peer = %from, generation = info.generation, "member joined");
@@ -528,6 +542,38 @@ mod tests {
         assert!(unknown && changes.events.is_empty());
         assert!(v.get(&b).is_none());
         assert_eq!(v.candidate_count(), 1);
+    }
+
+    #[test]
+    fn a_bare_heartbeat_keeps_the_addresses_and_tags_known() {
+        let t0 = Instant::now();
+        let mut v = view(t0);
+        let a = PeerId::random();
+        let mut full = info(a, 1);
+        full.tags.insert("sip_ip".into(), "192.0.2.1:5060".into());
+        v.on_heartbeat(t0, a, full.clone(), &[]);
+        // Bare: a member that has not admitted this node yet shows only its credential.
+        let bare = MemberInfo {
+            addrs: Vec::new(),
+            tags: BTreeMap::new(),
+            ..full.clone()
+        };
+        v.on_heartbeat(t0, a, bare.clone(), &[]);
+        let e = v.get(&a).unwrap();
+        assert_eq!(e.info.tags, full.tags);
+        assert_eq!(e.info.addrs, full.addrs);
+        assert_eq!(e.addrs.len(), 1);
+        // A restart's bare heartbeat says the old ones may be stale: dropped.
+        v.on_heartbeat(
+            t0,
+            a,
+            MemberInfo {
+                generation: 2,
+                ..bare
+            },
+            &[],
+        );
+        assert!(v.get(&a).unwrap().info.tags.is_empty());
     }
 
     #[test]
