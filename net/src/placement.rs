@@ -50,7 +50,7 @@ pub struct RingMember {
 pub struct Snapshot {
     /// This node.
     pub local: PeerId,
-    /// Every ring member, this node included.
+    /// Every ring member, this node included, in order of position.
     pub ring: Vec<RingMember>,
     /// The configured replication factor.
     pub replication_factor: usize,
@@ -97,10 +97,15 @@ impl Snapshot {
 
     /// The ring member whose position starts with `prefix` (how flow tokens name nodes), and
     /// whether it is up.
+    /// A binary search (every datagram between nodes names its sender this way).
     pub fn member_by_prefix(&self, prefix: &[u8]) -> Option<(PeerId, bool)> {
+        let n = prefix.len().min(32);
+        let at = self
+            .ring
+            .partition_point(|m| &m.position[..n] < &prefix[..n]);
         self.ring
-            .iter()
-            .find(|m| m.position.starts_with(prefix))
+            .get(at)
+            .filter(|m| m.position.starts_with(prefix))
             .map(|m| (m.peer, m.up))
     }
 
@@ -204,16 +209,18 @@ mod tests {
 
     fn ring(n: usize) -> Snapshot {
         let peers: Vec<PeerId> = (0..n).map(|_| PeerId::random()).collect();
+        let mut ring: Vec<RingMember> = peers
+            .iter()
+            .map(|p| RingMember {
+                peer: *p,
+                position: peer_position(p),
+                up: true,
+            })
+            .collect();
+        ring.sort_by_key(|m| m.position);
         Snapshot {
             local: peers[0],
-            ring: peers
-                .iter()
-                .map(|p| RingMember {
-                    peer: *p,
-                    position: peer_position(p),
-                    up: true,
-                })
-                .collect(),
+            ring,
             replication_factor: 3,
             version: 1,
             shared: OnceLock::new(),
@@ -276,6 +283,19 @@ mod tests {
             }
         }
         assert!(uniform > 2500);
+    }
+
+    #[test]
+    fn members_are_found_by_a_prefix_of_their_position() {
+        let snap = ring(50);
+        for m in &snap.ring {
+            assert_eq!(snap.member_by_prefix(&m.position[..8]), Some((m.peer, true)));
+            assert_eq!(snap.member_by_prefix(&m.position), Some((m.peer, true)));
+        }
+        let mut absent = snap.ring[7].position;
+        absent[7] ^= 0xff;
+        assert_eq!(snap.member_by_prefix(&absent[..8]), None);
+        assert_eq!(snap.member_by_prefix(&[0xff; 8]), None);
     }
 
     #[test]
