@@ -289,7 +289,10 @@ mod tests {
     fn members_are_found_by_a_prefix_of_their_position() {
         let snap = ring(50);
         for m in &snap.ring {
-            assert_eq!(snap.member_by_prefix(&m.position[..8]), Some((m.peer, true)));
+            assert_eq!(
+                snap.member_by_prefix(&m.position[..8]),
+                Some((m.peer, true))
+            );
             assert_eq!(snap.member_by_prefix(&m.position), Some((m.peer, true)));
         }
         let mut absent = snap.ring[7].position;
