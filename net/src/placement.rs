@@ -100,9 +100,7 @@ impl Snapshot {
     /// A binary search (every datagram between nodes names its sender this way).
     pub fn member_by_prefix(&self, prefix: &[u8]) -> Option<(PeerId, bool)> {
         let n = prefix.len().min(32);
-        let at = self
-            .ring
-            .partition_point(|m| &m.position[..n] < &prefix[..n]);
+        let at = self.ring.partition_point(|m| m.position[..n] < prefix[..n]);
         self.ring
             .get(at)
             .filter(|m| m.position.starts_with(prefix))
