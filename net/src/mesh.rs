@@ -1204,9 +1204,9 @@ impl Mesh {
         }
     }
 
-    /// Whether this node reaches `peer` directly: `false` when SWIM's last direct probe of it
-    /// got no answer and nothing came from it directly since (it is alive only through others:
-    /// see [`crate::membership::reach`]).
+    /// Whether this node reaches `peer` directly: `false` when SWIM's direct probe of it, or
+    /// a ping the node sent it, got no answer, or the host refused to send to it, and nothing
+    /// came from it directly since (see [`crate::membership::reach`]).
     pub fn reached_directly(&self, peer: &PeerId) -> bool {
         !self.inner.membership.reach().only_indirect(peer)
     }
@@ -1223,7 +1223,8 @@ impl Mesh {
     }
 
     /// Traffic is about to go to `peer`: whether the node should also ping it directly (it
-    /// was not heard from directly for a while). An unanswered ping soon makes
+    /// was not heard from directly for a while, or traffic to it got nothing back for a
+    /// moment). An unanswered ping soon makes
     /// [`Mesh::reached_directly`] `false`: SWIM's own probes may take a whole round to notice
     /// a new cut. See [`crate::membership::reach`].
     pub fn before_send(&self, peer: &PeerId) -> bool {

@@ -94,7 +94,7 @@ impl Link for RelayLink {
             let direct = if recently {
                 Err(Error::Unreachable {
                     peer: peer.to_string(),
-                    reason: "unreachable moments ago".into(),
+                    reason: "unreachable moments ago, or only through others".into(),
                 })
             } else {
                 links.request(peer, request, timeout).await
