@@ -606,6 +606,30 @@ async fn a_call_crosses_a_real_cut_between_two_nodes() {
         let (code, status) = get(&format!("{}/v1/status", cluster.nodes[0].http())).await;
         assert_eq!(code, 200);
         assert_eq!(status["members_up"], 3, "a cut is not a death: {status}");
+        // The operator sees it: node 2 up, reached only through others; node 1 directly.
+        let reached_directly = |ip: &str| {
+            status["members"]
+                .as_array()
+                .and_then(|m| {
+                    m.iter()
+                        .find(|m| m["tags"]["sip_ip"] == format!("{ip}:{SIP}").as_str())
+                })
+                .map(|m| m["direct"].clone())
+        };
+        assert_eq!(
+            reached_directly(&cluster.nodes[2].ip),
+            Some(false.into()),
+            "{status}"
+        );
+        assert_eq!(
+            reached_directly(&cluster.nodes[1].ip),
+            Some(true.into()),
+            "{status}"
+        );
+        eventually(30, "the gauge counts one member reached only through others", || async {
+            counter(&cluster, 0, "sipmesh_mesh_members_only_indirect").await == 1
+        })
+        .await;
         println!(
             "call setup across a real cut ({} build): direct {direct:?}; right after the cut {first:?}; later {later:?}",
             if cfg!(debug_assertions) { "debug" } else { "release" }

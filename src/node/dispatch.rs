@@ -13,7 +13,7 @@ use crate::call::registrar::Registrar;
 use crate::call::throttle::Verdict;
 use crate::events::Kind;
 use crate::metrics::{inc, method_index, Metrics, METHODS};
-use crate::node::internode::{self, Internode};
+use crate::node::internode::{self, ForwardVerdict, Internode};
 use crate::sip::build::{reject, ResponseBuilder};
 use crate::sip::flow::Flow;
 use crate::sip::header::Via;
@@ -338,18 +338,16 @@ impl Dispatcher {
         let Some((origin, inner)) = internode::open(datagram, now, &self.secret) else {
             return refused();
         };
-        if matches!(inner, Internode::Forward { .. }) {
-            return refused(); // one hop only
-        }
         let snapshot = self.mesh.snapshot();
-        if to == self.node_id {
-            let Some((origin, _)) = snapshot.member_by_prefix(&origin.0) else {
-                return refused();
-            };
-            return self.on_internode(origin, inner);
-        }
-        if origin != from {
-            return refused();
+        match internode::forward_verdict(self.node_id, from, to, origin, &inner) {
+            ForwardVerdict::Refuse => return refused(),
+            ForwardVerdict::Open => {
+                let Some((origin, _)) = snapshot.member_by_prefix(&origin.0) else {
+                    return refused();
+                };
+                return self.on_internode(origin, inner);
+            }
+            ForwardVerdict::PassOn => {}
         }
         let Some((target, true)) = snapshot.member_by_prefix(&to.0) else {
             return refused();

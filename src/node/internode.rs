@@ -260,6 +260,38 @@ impl Internode<'_> {
     }
 }
 
+/// What a node does with a forwarded datagram ([`Internode::Forward`]) that member `sender`
+/// sent it for member `to`, whose inner datagram `origin` sealed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ForwardVerdict {
+    /// It is for this node: handle the inner frame as from `origin`.
+    Open,
+    /// Pass it on to `to` (once: the next node opens it).
+    PassOn,
+    /// Drop it.
+    Refuse,
+}
+
+/// The rules for a forwarded datagram received by node `me`: never a forward inside a forward
+/// (one hop only); a node passes on only what the sender sealed itself.
+pub fn forward_verdict(
+    me: NodeId,
+    sender: NodeId,
+    to: NodeId,
+    origin: NodeId,
+    inner: &Internode<'_>,
+) -> ForwardVerdict {
+    if matches!(inner, Internode::Forward { .. }) {
+        ForwardVerdict::Refuse
+    } else if to == me {
+        ForwardVerdict::Open
+    } else if origin == sender && to != sender {
+        ForwardVerdict::PassOn
+    } else {
+        ForwardVerdict::Refuse
+    }
+}
+
 /// A request between nodes that has an answer (admin listings).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum AppMessage {
@@ -323,6 +355,28 @@ mod tests {
         assert_eq!(Internode::decode(&[SIP_FORMAT, KIND_DELIVER, 9]), None);
         assert_eq!(Internode::decode(&[2, KIND_SIP]), None);
         assert!(Internode::decode(&AppMessage::ListUsers.encode()).is_none());
+    }
+
+    #[test]
+    fn a_forward_is_passed_on_once_and_only_for_its_own_sender() {
+        let (me, a, b) = (NodeId([1; 8]), NodeId([2; 8]), NodeId([3; 8]));
+        let sip = Internode::Sip { bytes: b"x" };
+        let nested = Internode::Forward {
+            to: b,
+            datagram: b"y",
+        };
+        use ForwardVerdict::*;
+        // A sends through me to B what A sealed: passed on; B opens it.
+        assert_eq!(forward_verdict(me, a, b, a, &sip), PassOn);
+        assert_eq!(forward_verdict(me, a, me, a, &sip), Open);
+        // Relayed by another member to me: opened as from its origin.
+        assert_eq!(forward_verdict(me, b, me, a, &sip), Open);
+        // A datagram someone else sealed (a captured one), or one back to its sender: no.
+        assert_eq!(forward_verdict(me, a, b, b, &sip), Refuse);
+        assert_eq!(forward_verdict(me, a, a, a, &sip), Refuse);
+        // A forward inside a forward: never, wherever it is going.
+        assert_eq!(forward_verdict(me, a, b, a, &nested), Refuse);
+        assert_eq!(forward_verdict(me, a, me, a, &nested), Refuse);
     }
 
     #[test]

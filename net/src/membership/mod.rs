@@ -85,6 +85,9 @@ pub struct Member {
     pub last_heard_ms: u64,
     /// Whether this is the local node.
     pub local: bool,
+    /// Whether this node reaches it directly (`false`: only through others — a cut between
+    /// the two; see [`reach`]).
+    pub direct: bool,
 }
 
 fn ser_display<S: serde::Serializer, T: std::fmt::Display>(
@@ -362,6 +365,7 @@ impl Membership {
             tags: info.tags,
             last_heard_ms: 0,
             local: true,
+            direct: true,
         }];
         let now = Instant::now();
         let view = self.view();
@@ -375,6 +379,7 @@ impl Membership {
                 tags: e.info.tags.clone(),
                 last_heard_ms: now.saturating_duration_since(e.last_heard).as_millis() as u64,
                 local: false,
+                direct: !self.reach.only_indirect(peer),
             })
             .collect();
         others.sort_by_key(|m| m.peer_id.to_string());

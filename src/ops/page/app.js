@@ -71,7 +71,10 @@ function renderMembers(status) {
     if (m.state !== "Left") { regs += r; dialogs += d; }
     const peer = el("td", short(m.peer_id)); peer.title = m.peer_id;
     tr.append(peer);
-    const st = el("td", m.state.toLowerCase(), "state-" + m.state.toLowerCase());
+    // Up but reached only through other members: a cut between this node and it.
+    const around = m.state === "Up" && m.direct === false;
+    const st = el("td", m.state.toLowerCase() + (around ? " · via others" : ""), "state-" + m.state.toLowerCase());
+    if (around) st.title = "this node reaches it only through other members (a cut between the two); SIP and replica traffic goes around";
     st.dataset.field = "state";
     tr.append(st);
     tr.append(el("td", t.sip || ""));
