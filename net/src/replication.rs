@@ -98,6 +98,11 @@ fn merge_into(merged: &mut Merged, entries: &[(EntryKey, Cell)]) {
     }
 }
 
+/// Whether every replica answered the same entries.
+fn agree(answers: &[(PeerId, Vec<(EntryKey, Cell)>)]) -> bool {
+    answers.windows(2).all(|w| w[0].1 == w[1].1)
+}
+
 /// The cells of `merged` that `have` lacks or holds an older version of.
 fn repair_diff(merged: &Merged, have: &[(EntryKey, Cell)]) -> Vec<(EntryKey, Cell)> {
     let have: BTreeMap<&EntryKey, &Cell> = have.iter().map(|(k, c)| (k, c)).collect();
@@ -325,6 +330,19 @@ impl Replication {
         let answers = quorum::ask(&up, needed, self.timeout, Duration::ZERO, call, then)
             .instrument(span)
             .await?;
+        // Replicas that agree (the common case) need no merge and no repair: each answer is
+        // one replica's entries, each key once, in order — already the merged version.
+        if agree(&answers) {
+            let entries = answers
+                .into_iter()
+                .next()
+                .map(|(_, e)| e)
+                .unwrap_or_default();
+            if let Some(newest) = entries.iter().map(|(_, c)| c.ts).max() {
+                self.keyspace.observe(newest);
+            }
+            return Ok(entries);
+        }
         let mut merged = Merged::new();
         for (_, entries) in &answers {
             merge_into(&mut merged, entries);
@@ -353,6 +371,9 @@ impl Replication {
         partition_key: &[u8],
         answers: Vec<(PeerId, Vec<(EntryKey, Cell)>)>,
     ) {
+        if agree(&answers) {
+            return;
+        }
         let mut merged = Merged::new();
         for (_, entries) in &answers {
             merge_into(&mut merged, entries);
@@ -745,5 +766,31 @@ mod tests {
         let diff = repair_diff(&merged, &[(k1.clone(), old), (k2.clone(), new.clone())]);
         assert_eq!(diff, vec![(k1.clone(), new.clone())]);
         assert!(repair_diff(&merged, &[(k1, new.clone()), (k2, new)]).is_empty());
+    }
+
+    #[test]
+    fn replicas_that_agree_answer_what_a_merge_would() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let entries = vec![
+            (
+                EntryKey::RowMarker(vec![1]),
+                Cell::live(Timestamp(5), vec![]),
+            ),
+            (
+                EntryKey::RowMarker(vec![2]),
+                Cell::live(Timestamp(9), vec![]),
+            ),
+        ];
+        let same = vec![(a, entries.clone()), (b, entries.clone())];
+        assert!(agree(&same));
+        let mut merged = Merged::new();
+        for (_, e) in &same {
+            merge_into(&mut merged, e);
+        }
+        assert_eq!(merged.into_iter().collect::<Vec<_>>(), entries);
+        let mut newer = entries.clone();
+        newer[0].1 = Cell::live(Timestamp(6), vec![]);
+        assert!(!agree(&[(a, entries), (b, newer)]));
+        assert!(agree(&[(a, Vec::new())]));
     }
 }
