@@ -470,7 +470,7 @@ async fn swim(
             match out {
                 swim::Output::Send(to, bytes) => {
                     if let Some(target) = swim::indirect_probe_target(&bytes) {
-                        membership.reach().probe_failed(target);
+                        membership.reach().unreachable(target);
                     }
                     if let Some(peer) = to.peer_id() {
                         sender.send(peer, Request::Swim(bytes));
@@ -829,7 +829,6 @@ impl Mesh {
             links: links.clone(),
             membership: membership.clone(),
             metrics: metrics.clone(),
-            unreachable: Default::default(),
         });
         let replication = Replication::new(
             local,
@@ -1219,7 +1218,7 @@ impl Mesh {
     /// The node could not send to `peer` directly (its own host refused: a firewall rule, no
     /// route): it is reached only through others until heard from directly again.
     pub fn mark_unreachable(&self, peer: &PeerId) {
-        self.inner.membership.reach().probe_failed(*peer);
+        self.inner.membership.reach().unreachable(*peer);
     }
 
     /// Traffic is about to go to `peer`: whether the node should also ping it directly (it

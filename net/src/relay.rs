@@ -5,15 +5,16 @@
 //! fellow replicas are its nearest members and keep their links to it open, they are the ones
 //! most likely connected to it — and asks each in turn to pass the request on
 //! ([`Request::Relay`], one hop). SWIM already tolerates such a cut (its indirect probes go
-//! through others), so the target stays up and reads and writes keep their replicas. A member
-//! SWIM reaches only through others ([`crate::membership::reach`]) is not dialled first: across
-//! a cut that drops packets a dial would fail only at its timeout.
+//! through others), so the target stays up and reads and writes keep their replicas. A failed
+//! dial marks the member as reached only through others ([`crate::membership::reach`], as
+//! SWIM's failed probes and the node's unanswered pings do), and a marked member is not dialled
+//! first: across a cut that drops packets a dial would fail only at its timeout. The mark goes
+//! when anything arrives from the member directly.
 //!
 //! A relay checks the sender's write rights before passing a write on, and the target checks
 //! the relay's: a write needs both to hold them.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -29,19 +30,12 @@ use crate::stats::MeshMetrics;
 
 /// Members asked to relay one request, at most.
 pub const MAX_RELAYS: usize = 2;
-/// After a direct attempt failed to connect, requests to that member go straight to a relay
-/// for this long.
-const ROUTE_AROUND_FOR: Duration = Duration::from_secs(5);
-/// Members remembered as unreachable directly, at most.
-const MAX_UNREACHABLE: usize = 1_024;
 
 /// The link replication sends through: direct, else relayed.
 pub struct RelayLink {
     pub(crate) links: Arc<Links>,
     pub(crate) membership: Arc<Membership>,
     pub(crate) metrics: MeshMetrics,
-    /// Members a direct attempt failed to reach, and when.
-    pub(crate) unreachable: Arc<Mutex<HashMap<PeerId, Instant>>>,
 }
 
 /// Up members other than `local` and `target` that `local` reaches directly, nearest `target`
@@ -67,34 +61,25 @@ impl Link for RelayLink {
         request: Request,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<Response>> {
-        // Keep a copy only where the direct way may fail to connect: no link open yet.
-        // An open link goes straight, unless SWIM reaches the member only through others (a
-        // cut that drops packets leaves the link open until it times out).
-        let cut = self.membership.reach().only_indirect(&peer);
-        if !request.relayable() || (self.links.is_open(&peer) && !cut) {
+        // Keep a copy only where the direct way may fail to connect: no link open yet, or a
+        // member reached only through others (a cut that drops packets leaves a link open
+        // until it times out).
+        let around = self.membership.reach().only_indirect(&peer);
+        if !request.relayable() || (self.links.is_open(&peer) && !around) {
             return self.links.request(peer, request, timeout);
         }
-        let (links, membership, metrics, unreachable) = (
+        let (links, membership, metrics) = (
             self.links.clone(),
             self.membership.clone(),
             self.metrics.clone(),
-            self.unreachable.clone(),
         );
         let copy = request.clone();
         Box::pin(async move {
             let started = Instant::now();
-            // A dial across a cut that drops packets would only fail at the timeout: skip it
-            // when one failed moments ago, or SWIM reaches the member only through others.
-            let recently = membership.reach().only_indirect(&peer)
-                || unreachable
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&peer)
-                    .is_some_and(|at| at.elapsed() < ROUTE_AROUND_FOR);
-            let direct = if recently {
+            let direct = if around {
                 Err(Error::Unreachable {
                     peer: peer.to_string(),
-                    reason: "unreachable moments ago, or only through others".into(),
+                    reason: "reached only through others".into(),
                 })
             } else {
                 links.request(peer, request, timeout).await
@@ -102,14 +87,8 @@ impl Link for RelayLink {
             let Err(Error::Unreachable { reason, .. }) = &direct else {
                 return direct;
             };
-            if !recently {
-                let mut u = unreachable.lock().unwrap_or_else(|p| p.into_inner());
-                if u.len() >= MAX_UNREACHABLE {
-                    u.retain(|_, at| at.elapsed() < ROUTE_AROUND_FOR);
-                }
-                if u.len() < MAX_UNREACHABLE {
-                    u.insert(peer, Instant::now());
-                }
+            if !around {
+                membership.reach().unreachable(peer);
             }
             let local = membership.local();
             for relay in relays_for(&membership, local, peer) {

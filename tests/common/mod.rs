@@ -893,41 +893,14 @@ impl CallerLeg {
 }
 
 /// `caller` (password `password`) calls `callee`'s user; the callee answers 200 (To tag
-/// `tag`) and the caller ACKs. The call stays up; returns the caller's leg.
+/// `tag`), retransmitting it until the caller has it as a UAS does (RFC 3261 §13.3.1.4: from
+/// T1, doubling), and the caller ACKs. The call stays up; returns the caller's leg.
 pub async fn answered_call(
     caller: &mut Ua,
     password: &str,
     callee: &mut Ua,
     tag: &str,
 ) -> CallerLeg {
-    let call_id = format!("{}@{}", token(), caller.user);
-    let callee_user = callee.user.clone();
-    invite_with_auth(caller, &callee_user, password, &call_id, "atag").await;
-    let inv = callee
-        .wait_request("INVITE", 5000)
-        .await
-        .expect("the callee rings");
-    callee.send(&callee.answer(&inv, 200, "OK", tag)).await;
-    let ok = caller
-        .wait_response(200, "INVITE", 5000)
-        .await
-        .expect("answered");
-    let leg = CallerLeg::of_answer(&ok, &call_id);
-    caller.send(&leg.request(caller, "ACK", 2)).await;
-    leg
-}
-
-/// A call from `caller` (password `password`) to `callee`, answered at once and hung up by the
-/// caller; returns the time from the first INVITE to the caller's 200 (the digest challenge
-/// included). The callee retransmits its 200 until the caller has it, as a UAS does (RFC 3261
-/// §13.3.1.4: from T1, doubling).
-pub async fn call_and_hang_up(
-    caller: &mut Ua,
-    password: &str,
-    callee: &mut Ua,
-    tag: &str,
-) -> Duration {
-    let started = std::time::Instant::now();
     let call_id = format!("{}@{}", token(), caller.user);
     let callee_user = callee.user.clone();
     invite_with_auth(caller, &callee_user, password, &call_id, "atag").await;
@@ -949,10 +922,22 @@ pub async fn call_and_hang_up(
         }
         t = (t * 2).min(4000);
     }
-    let ok = ok.expect("the caller gets the 200");
-    let setup = started.elapsed();
-    let leg = CallerLeg::of_answer(&ok, &call_id);
+    let leg = CallerLeg::of_answer(&ok.expect("answered"), &call_id);
     caller.send(&leg.request(caller, "ACK", 2)).await;
+    leg
+}
+
+/// An [`answered_call`] hung up by the caller; returns the time from the first INVITE to the
+/// caller's 200 and ACK (the digest challenge included).
+pub async fn call_and_hang_up(
+    caller: &mut Ua,
+    password: &str,
+    callee: &mut Ua,
+    tag: &str,
+) -> Duration {
+    let started = std::time::Instant::now();
+    let leg = answered_call(caller, password, callee, tag).await;
+    let setup = started.elapsed();
     assert!(
         callee.wait_request("ACK", 5000).await.is_some(),
         "the ACK reaches the callee"

@@ -3,7 +3,8 @@
 //! SWIM already finds out: it asks others to probe a member only after its own probe got no
 //! answer. A member whose direct probe failed but that stays alive (the indirect probes
 //! through others reached it) sits behind a cut this node cannot cross — a firewall, a NAT, a
-//! broken route between two sites. Traffic for it is then better sent through a member that
+//! broken route between two sites. So does one the host refuses to send to, or a dial to it
+//! fails. Traffic for it is then better sent through a member that
 //! can reach it ([`crate::relay`] for reads and writes, the node's forwarded datagrams for
 //! SIP). The mark goes as soon as anything arrives from the member directly (any membership
 //! message, or a datagram the node saw), which also covers a direct probe that was only slow.
@@ -14,7 +15,7 @@
 //! ([`Reach::before_send`]); if nothing came back directly within [`ANSWER_WITHIN`], the next
 //! send (a SIP retransmission, 500 ms later) finds the member marked and goes around.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -31,11 +32,11 @@ pub const FRESH: Duration = Duration::from_secs(10);
 /// 500 ms: it then goes around).
 pub const ANSWER_WITHIN: Duration = Duration::from_millis(400);
 
-/// Members a direct probe failed to reach, and since when; when members were last heard from
-/// directly and pinged.
+/// Members this node could not reach directly; when members were last heard from directly
+/// and pinged.
 #[derive(Default)]
 pub struct Reach {
-    indirect: Mutex<HashMap<PeerId, Instant>>,
+    indirect: Mutex<HashSet<PeerId>>,
     /// How many are marked, read without the lock: the common case is none.
     marked: AtomicUsize,
     contacts: Mutex<HashMap<PeerId, Contact>>,
@@ -51,13 +52,14 @@ struct Contact {
 }
 
 impl Reach {
-    /// A direct probe of `peer` got no answer (SWIM is asking others to probe it).
-    pub fn probe_failed(&self, peer: PeerId) {
+    /// This node could not reach `peer` directly: its SWIM probe or a ping got no answer, or
+    /// a send or a dial failed.
+    pub fn unreachable(&self, peer: PeerId) {
         let mut marks = self.lock();
-        if marks.len() >= MAX_MARKED && !marks.contains_key(&peer) {
+        if marks.len() >= MAX_MARKED && !marks.contains(&peer) {
             marks.clear();
         }
-        marks.entry(peer).or_insert_with(Instant::now);
+        marks.insert(peer);
         self.marked.store(marks.len(), Ordering::Relaxed);
     }
 
@@ -71,7 +73,7 @@ impl Reach {
             return;
         }
         let mut marks = self.lock();
-        if marks.remove(peer).is_some() {
+        if marks.remove(peer) {
             self.marked.store(marks.len(), Ordering::Relaxed);
         }
     }
@@ -93,9 +95,7 @@ impl Reach {
             Some(p) if since(p) < ANSWER_WITHIN => false,
             Some(p) if since(p) < FRESH => {
                 drop(contacts);
-                if !self.only_indirect(&peer) {
-                    self.probe_failed(peer);
-                }
+                self.unreachable(peer);
                 false
             }
             _ => {
@@ -111,10 +111,10 @@ impl Reach {
         }
     }
 
-    /// Whether this node's last direct probe of `peer` failed and nothing came from it
+    /// Whether this node could not reach `peer` directly lately and nothing came from it
     /// directly since.
     pub fn only_indirect(&self, peer: &PeerId) -> bool {
-        self.marked.load(Ordering::Relaxed) != 0 && self.lock().contains_key(peer)
+        self.marked.load(Ordering::Relaxed) != 0 && self.lock().contains(peer)
     }
 
     /// How many members are marked.
@@ -122,7 +122,7 @@ impl Reach {
         self.marked.load(Ordering::Relaxed)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Instant>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<PeerId>> {
         self.indirect.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -140,8 +140,8 @@ mod tests {
         let reach = Reach::default();
         let (a, b) = (PeerId::random(), PeerId::random());
         assert!(!reach.only_indirect(&a));
-        reach.probe_failed(a);
-        reach.probe_failed(a);
+        reach.unreachable(a);
+        reach.unreachable(a);
         assert!(reach.only_indirect(&a) && !reach.only_indirect(&b));
         assert_eq!(reach.marked(), 1);
         let now = Instant::now();
@@ -199,7 +199,7 @@ mod tests {
     fn marks_are_bounded() {
         let reach = Reach::default();
         for _ in 0..MAX_MARKED + 10 {
-            reach.probe_failed(PeerId::random());
+            reach.unreachable(PeerId::random());
         }
         assert!(reach.marked() <= MAX_MARKED);
         let now = Instant::now();
