@@ -71,6 +71,9 @@ impl FakeLink {
                 mutations,
                 owned_only,
             } => node.handle_push(&mutations, owned_only),
+            request @ (Request::Prepare { .. } | Request::Propose { .. }) => {
+                crate::claim::serve(node.keyspace(), request)
+            }
             other => Response::Error(format!("{} not served by the fake link", other.kind())),
         };
         match response {

@@ -11,6 +11,8 @@
 //! - [`membership`]: who is in the mesh, heartbeats, failure detection, generations, leave.
 //! - [`placement`]: which members hold a partition (XOR-closest, as Kademlia).
 //! - `quorum`: asking several replicas at once, deciding on the first quorum.
+//! - `claim`: a value decided once per key by a majority of its replicas (Paxos, as
+//!   Cassandra's lightweight transactions): compare-and-set between nodes.
 //! - `gc`: tombstones purged only once every replica holds them (two-phase, as Garage).
 //! - `group_commit`: acknowledged writes are on disk; concurrent writes share one flush.
 //! - [`replication`]: the coordinator (consistency levels, read repair, hints) and the replica side.
@@ -23,6 +25,7 @@
 
 pub mod admission;
 pub(crate) mod anti_entropy;
+pub(crate) mod claim;
 pub mod config;
 mod error;
 #[cfg(test)]

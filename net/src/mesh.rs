@@ -327,6 +327,15 @@ impl Handler for Service {
                         .unwrap_or_else(|e| Response::Error(e.to_string()))
                 });
             }
+            // Claims flush the acceptor's state before answering: off the async workers.
+            request @ (Request::Prepare { .. } | Request::Propose { .. }) => {
+                let ks = self.keyspace.clone();
+                return Box::pin(async move {
+                    tokio::task::spawn_blocking(move || crate::claim::serve(&ks, request))
+                        .await
+                        .unwrap_or_else(|e| Response::Error(e.to_string()))
+                });
+            }
             Request::Push {
                 mutations,
                 owned_only,
@@ -1100,6 +1109,18 @@ impl Mesh {
         let t0 = std::time::Instant::now();
         let r = self.inner.replication.write_settled(m, cl, linger).await;
         self.inner.metrics.replicated("write", cl, t0.elapsed(), &r);
+        r
+    }
+
+    /// Decide `key` once, mesh-wide: `value` unless a value was decided for it already (by any
+    /// node); returns the decided value. A compare-and-set by a majority of the key's replicas
+    /// (single-decree Paxos, `claim`): two nodes never both see their own value decided.
+    pub async fn claim(&self, key: &[u8], value: Vec<u8>) -> Result<Vec<u8>> {
+        let t0 = std::time::Instant::now();
+        let r = self.inner.replication.claim(key, value).await;
+        self.inner
+            .metrics
+            .replicated("claim", Consistency::Quorum, t0.elapsed(), &r);
         r
     }
 

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use serde::{Deserialize, Serialize};
-use sipmesh_storage::{codec, Cell, EntryKey, Mutation, PartitionDigest, TableId, Timestamp};
+use sipmesh_storage::{
+    codec, Ballot, Cell, EntryKey, Mutation, PartitionDigest, Promise, TableId, Timestamp,
+};
 
 use crate::error::{Error, Result};
 
@@ -162,6 +164,28 @@ pub enum Request {
         /// The request.
         request: Box<Request>,
     },
+    // New variants go last: the encoding numbers variants in order (mixed-version meshes).
+    /// Claims, phase 1 (Paxos prepare, `claim`): promise `ballot` for `key`. Answered with
+    /// [`Response::Promise`].
+    Prepare {
+        /// The claim's key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// The proposer's ballot.
+        ballot: Ballot,
+    },
+    /// Claims, phase 2 (Paxos accept): accept `value` for `key` under `ballot`. Answered with
+    /// [`Response::Accepted`].
+    Propose {
+        /// The claim's key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// The ballot the replica promised.
+        ballot: Ballot,
+        /// The value proposed.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
 }
 
 impl Request {
@@ -171,6 +195,8 @@ impl Request {
             self,
             Request::Read { .. }
                 | Request::Write(_)
+                | Request::Prepare { .. }
+                | Request::Propose { .. }
                 | Request::Push {
                     owned_only: false,
                     ..
@@ -210,6 +236,15 @@ pub enum Response {
     Held(Vec<bool>),
     /// The request failed at the responder.
     Error(String),
+    /// A replica's promise (or refusal) for a claim's ballot.
+    Promise(Promise),
+    /// Whether a replica accepted a claim's proposal, and the highest ballot it promised.
+    Accepted {
+        /// Accepted.
+        accepted: bool,
+        /// The highest ballot promised.
+        promised: Ballot,
+    },
 }
 
 impl Request {
@@ -230,6 +265,8 @@ impl Request {
             Request::Purge { .. } => "purge",
             Request::Swim(_) => "swim",
             Request::Relay { .. } => "relay",
+            Request::Prepare { .. } => "prepare",
+            Request::Propose { .. } => "propose",
         }
     }
 }

@@ -410,6 +410,26 @@ impl Replication {
         }
     }
 
+    /// Decide `key` once across its replicas (a compare-and-set, `claim`): `value` unless a
+    /// value was decided already; returns the decided value. Needs a majority of the key's
+    /// replicas (and of the mesh) up, as a QUORUM write does.
+    pub async fn claim(&self, key: &[u8], value: Vec<u8>) -> Result<Vec<u8>> {
+        let (up, needed, _down) = self.plan(key, Consistency::Quorum)?;
+        let proposer = crate::claim::Proposer {
+            local: self.local,
+            keyspace: &self.keyspace,
+            link: &self.link,
+            timeout: self.timeout,
+        };
+        proposer.decide(key, value, &up, needed).await
+    }
+
+    /// This node's keyspace.
+    #[cfg(test)]
+    pub(crate) fn keyspace(&self) -> &Keyspace {
+        &self.keyspace
+    }
+
     /// Wait until what this node applied so far is on disk (group commit).
     pub async fn durable(&self) -> Result<()> {
         self.commit.durable().await.map_err(Error::Durability)
@@ -542,7 +562,7 @@ impl Replication {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::fake_link::{FakeLink, FakeNet};
     use crate::membership::MembershipConfig;
@@ -564,7 +584,7 @@ mod tests {
 
     /// `n` nodes, each with an in-memory keyspace and a view where every node is up, joined
     /// by a fake link.
-    fn cluster(n: usize) -> (Arc<FakeNet>, Vec<(PeerId, Replication)>) {
+    pub(crate) fn cluster(n: usize) -> (Arc<FakeNet>, Vec<(PeerId, Replication)>) {
         let net = Arc::new(FakeNet::default());
         let peers: Vec<PeerId> = (0..n).map(|_| PeerId::random()).collect();
         let mut out = Vec::new();

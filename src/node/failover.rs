@@ -1,5 +1,6 @@
 //! Failover: when a member dies, the live member XOR-closest to its PeerId becomes the custodian
-//! of its dialogs (claimed with a QUORUM write others can see, so two nodes never both act).
+//! of its dialogs (claimed by a compare-and-set a majority of replicas decides, so two nodes never
+//! both act).
 //! Calls through the dead node keep working by themselves — every node skips a dead node's
 //! Record-Route (see the proxy's Route processing) — and after a grace period the custodian
 //! sends BYE to both parties of every dialog still on record and removes it (force-close).
@@ -10,14 +11,12 @@ use std::time::Duration;
 
 use sipmesh_net::placement::peer_position;
 use sipmesh_net::shutdown::Shutdown;
-use sipmesh_net::{Consistency, MemberEvent, Mesh, PeerId};
-use sipmesh_storage::Mutation;
+use sipmesh_net::{MemberEvent, Mesh, PeerId};
 use tracing::{debug, info, warn};
 
 use crate::call::dialog::Dialog;
 use crate::call::proxy::Proxy;
 use crate::sip::request::RequestBuilder;
-use crate::tables::MESH;
 
 /// The CSeq of the force-close BYE toward the caller: above anything the callee's side used.
 const CALLER_BYE_CSEQ: u32 = 0x7FFF_0000;
@@ -41,22 +40,24 @@ pub fn custodian_of(mesh: &Mesh, dead: &PeerId) -> Option<PeerId> {
         .map(|m| m.peer)
 }
 
-/// Claim custody of `dead`'s dialogs: write our claim, read it back at QUORUM.
-async fn claim(mesh: &Mesh, dead: &PeerId) -> bool {
-    let key = format!("custody/{dead}").into_bytes();
-    let me = mesh.peer_id().to_string();
-    let m = Mutation::new(MESH, key.clone()).upsert(
-        b"",
-        [("value", me.clone().into_bytes())],
-        mesh.keyspace().now(),
-        None,
-    );
-    if mesh.write(m, Consistency::Quorum).await.is_err() {
-        return false;
-    }
-    match mesh.read(MESH, &key, Consistency::Quorum).await {
-        Ok(p) => p.rows.first().and_then(|r| r.get("value")) == Some(me.as_bytes()),
-        Err(_) => false,
+/// Claim custody of `dead`'s dialogs for its last generation: a compare-and-set decided by a
+/// majority of the claim key's replicas (`Mesh::claim`, Paxos), so when two members both think
+/// they are the custodian (their views differ) exactly one acts. `false` also when no majority
+/// answers: then nobody acts now, and the dialogs stay on record.
+pub async fn claim(mesh: &Mesh, dead: &PeerId) -> bool {
+    let generation = mesh
+        .members()
+        .iter()
+        .find(|m| m.peer_id == *dead)
+        .map_or(0, |m| m.generation);
+    let key = format!("custody/{dead}/{generation}").into_bytes();
+    let me = mesh.peer_id().to_bytes();
+    match mesh.claim(&key, me.clone()).await {
+        Ok(decided) => decided == me,
+        Err(e) => {
+            warn!(%dead, error = %e, "custody claim undecided");
+            false
+        }
     }
 }
 
@@ -178,5 +179,47 @@ async fn take_custody(mesh: Mesh, proxy: Arc<Proxy>, dead: PeerId, grace: Durati
             }
         }
         Err(e) => warn!(%dead, error = %e, "cannot read a dead node's dialogs"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::LocalMesh;
+
+    async fn claims(mesh: &LocalMesh, i: usize, dead: PeerId) -> bool {
+        mesh.node(i)
+            .run(move |n| async move { claim(&n.mesh, &dead).await })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_would_be_custodians_never_both_win() {
+        let mesh = LocalMesh::builder().nodes(3).start().await.unwrap();
+        mesh.wait_converged(Duration::from_secs(60)).await.unwrap();
+        // One after the other (views that disagree on who is the custodian): the first wins,
+        // the second learns it lost; the winner asking again still wins.
+        let dead = PeerId::random();
+        assert!(claims(&mesh, 0, dead).await);
+        assert!(!claims(&mesh, 1, dead).await, "a second custodian won");
+        assert!(!claims(&mesh, 2, dead).await, "a third custodian won");
+        assert!(claims(&mesh, 0, dead).await);
+        // All at once, many times: exactly one wins each.
+        for _ in 0..10 {
+            let dead = PeerId::random();
+            let (a, b, c) = tokio::join!(
+                claims(&mesh, 0, dead),
+                claims(&mesh, 1, dead),
+                claims(&mesh, 2, dead)
+            );
+            assert_eq!(
+                [a, b, c].iter().filter(|w| **w).count(),
+                1,
+                "winners: {a} {b} {c}"
+            );
+        }
     }
 }

@@ -11,7 +11,7 @@
 //! - `registrations`: a binding names the node that owns its flow, and it must be the writer
 //!   (a phone that moves registers with its new node, which writes a binding naming itself);
 //!   any member may delete one (a phone unregistering through another node).
-//! - `mesh` and `revocations`: any member (custody claims, the mesh secret at bootstrap;
+//! - `mesh` and `revocations`: any member (the mesh secret at bootstrap;
 //!   revocations are signed by the enrollment key and checked by every reader).
 //!
 //! These hold for writes a member coordinates (and the read repairs and hints it sends). Rows

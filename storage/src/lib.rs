@@ -11,6 +11,7 @@
 //! - [`keyspace`]: apply, read, slice, delete, compact; token-range scans for anti-entropy.
 //! - [`merkle`]: fixed-depth Merkle digests over token ranges, maintained incrementally.
 //! - [`hints`]: the durable, bounded log of mutations waiting for a peer (hinted handoff).
+//! - [`paxos`]: each replica's acceptor state for claims (single-decree Paxos per key).
 //! - [`codec`]: the one place where bytes are encoded, with a format-version byte.
 //!
 //! This crate knows nothing of networks or SIP.
@@ -28,6 +29,7 @@ pub mod merkle;
 mod model_tests;
 pub mod mutation;
 mod partition;
+pub mod paxos;
 mod row;
 pub mod schema;
 
@@ -43,4 +45,5 @@ pub use keyspace::{
 };
 pub use merkle::{MerkleTree, MERKLE_DEPTH, MERKLE_LEAVES};
 pub use mutation::Mutation;
+pub use paxos::{Acceptor, Ballot, Promise};
 pub use schema::{ClusteringOrder, TableId, TableSchema};

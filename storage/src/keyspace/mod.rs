@@ -29,6 +29,7 @@ use crate::merkle::{entry_hash, MerkleTree};
 use crate::mutation::Mutation;
 use crate::partition::resolve_sorted;
 pub use crate::partition::{CellView, Partition, Row};
+use crate::paxos::Acceptor;
 use crate::row::StoredRow;
 use crate::schema::{ClusteringOrder, TableId, TableSchema};
 pub use gc::GcCandidate;
@@ -108,6 +109,7 @@ struct Inner {
     merkle: MerkleTree,
     locks: Vec<Mutex<()>>,
     hints: Hints,
+    acceptor: Acceptor,
     config: KeyspaceConfig,
     /// A one-hash Bloom filter of partitions that have a partition tombstone, so a point read
     /// skips the tombstone lookup for the (vast) majority that never had one. Bits are only set
@@ -191,6 +193,7 @@ impl Keyspace {
             })),
         );
         let hints = Hints::open(engine.as_ref(), config.max_hints, config.max_hint_bytes)?;
+        let acceptor = Acceptor::open(engine.clone())?;
         let ks = Keyspace {
             inner: Arc::new(Inner {
                 engine,
@@ -200,6 +203,7 @@ impl Keyspace {
                 merkle: MerkleTree::default(),
                 locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
                 hints,
+                acceptor,
                 config,
                 partition_tombstones: (0..PTOMB_FILTER_BITS / 64)
                     .map(|_| AtomicU64::new(0))
@@ -230,6 +234,11 @@ impl Keyspace {
     /// The hints log.
     pub fn hints(&self) -> &Hints {
         &self.inner.hints
+    }
+
+    /// This node's Paxos acceptor state (claims decided by a majority of a key's replicas).
+    pub fn acceptor(&self) -> &Acceptor {
+        &self.inner.acceptor
     }
 
     /// The Merkle leaves of this keyspace.
