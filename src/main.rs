@@ -280,7 +280,8 @@ struct NodeArgs {
     admin_token: Option<String>,
     /// This node's membership credential (`sipmesh mesh invite`); default DATA_DIR/member.cred
     /// when that file exists. With it, only nodes holding credentials of the same enrollment
-    /// key are members.
+    /// key are members. Checked every 2 s: a renewed credential moved over it is used
+    /// without a restart.
     #[arg(long, env = "SIPMESH_CREDENTIAL", value_name = "FILE")]
     credential: Option<PathBuf>,
     /// Let a node whose p2p listener is beyond loopback run without --mesh-key (anyone who can
@@ -459,6 +460,7 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
     if let Some(path) = credential {
         let cred = sipmesh::ops::enrollment::read_credential(&path).context("--credential")?;
         c.mesh.enrollment = Some(sipmesh_net::Enrollment::Credential(cred));
+        c.credential_file = Some(path);
     }
     c.insecure_open_mesh = args.insecure_open_mesh || file.insecure_open_mesh.unwrap_or(false);
     c.admin_token = args.admin_token.or(file.admin_token);

@@ -320,6 +320,8 @@ pub struct Gauges {
     pub clock_offset: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// 1 while this node's clock is off the mesh's (it coordinates nothing).
     pub clock_skewed: Gauge,
+    /// When this node's membership credential expires, Unix seconds (0: no enrollment).
+    pub credential_expires: Gauge,
 }
 
 impl Gauges {
@@ -387,6 +389,12 @@ impl Gauges {
             "Median of the up members' wall clocks minus this node's (positive: they are ahead)",
             Unit::Seconds,
             self.clock_offset.clone(),
+        );
+        registry.register_with_unit(
+            "credential_expires_timestamp",
+            "When this node's membership credential expires, Unix time (0: no signed enrollment); renew it by replacing the --credential file",
+            Unit::Seconds,
+            self.credential_expires.clone(),
         );
         registry.register(
             "clock_skewed",

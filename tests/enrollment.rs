@@ -300,3 +300,94 @@ async fn replicas_refuse_writes_beyond_a_members_rights() {
     })
     .await;
 }
+
+/// A credential renewed on disk is used without a restart: written over the `--credential`
+/// file, it reaches the other members with the next heartbeat (here it adds the admin role, so
+/// the node's user write, refused before, is accepted by its peer); a file that is not valid
+/// for the node (another peer's credential) leaves the one in use in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_credential_is_used_without_a_restart() {
+    within(120, async {
+        let key = Arc::new(EnrollmentKey::generate());
+        let mesh = LocalMesh::builder()
+            .nodes(2)
+            .mesh_key(MESH_KEY)
+            .configure({
+                let (admin, edge) = (enrolled(&key, Roles::ADMIN), enrolled(&key, Roles::EDGE));
+                move |c| {
+                    let is_edge = c.data_dir.ends_with("node1");
+                    c.mesh.enrollment = Some(if is_edge { edge.clone() } else { admin.clone() });
+                    c.credential_file = Some(c.data_dir.join("member.cred"));
+                }
+            })
+            .start()
+            .await
+            .unwrap();
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        let edge = mesh.node(1);
+        let file = edge.config().credential_file.clone().unwrap();
+        let add = |user: &'static str| {
+            edge.run(
+                move |n| async move { n.add_user(user, "pw").await.map_err(|e| e.to_string()) },
+            )
+        };
+        let refused = add("before")
+            .await
+            .unwrap()
+            .expect_err("an edge node changed users");
+        assert!(refused.contains("admin role"), "{refused}");
+        let expires = |mesh: &LocalMesh| mesh.node(1).node().unwrap().mesh.credential_expires_ms();
+        let first = expires(&mesh).expect("an enrolled node has a credential");
+
+        // Another peer's credential in the file: refused, the one in use stays.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let stranger = key.issue(
+            &sipmesh_net::PeerId::random(),
+            Roles::ADMIN,
+            now,
+            now + 3_600_000,
+        );
+        let write = |c: &sipmesh_net::admission::Credential| {
+            let tmp = file.with_extension("new");
+            std::fs::write(&tmp, sipmesh::ops::enrollment::credential_text(c)).unwrap();
+            std::fs::rename(&tmp, &file).unwrap();
+        };
+        write(&stranger);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            expires(&mesh),
+            Some(first),
+            "another peer's credential was taken"
+        );
+        assert!(add("still-not").await.unwrap().is_err());
+
+        // Its own renewed credential, with the admin role and a new expiry: used at once.
+        let renewed = key.issue(&edge.peer_id, Roles::ADMIN, now, now + 7_200_000);
+        write(&renewed);
+        eventually(20, "the renewed credential is in use", || {
+            expires(&mesh) == Some(now + 7_200_000)
+        })
+        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match add("after").await.unwrap() {
+                Ok(()) => break,
+                Err(e) => assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the peer never accepted the renewed roles: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        eventually(
+            20,
+            "the user written under the renewed credential reached node 0",
+            || has_user(&mesh, 0, "after"),
+        )
+        .await;
+    })
+    .await;
+}

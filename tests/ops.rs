@@ -155,7 +155,7 @@ async fn prometheus_scrapes_every_documented_metric_and_raises_alerts() {
             .unwrap()
             .iter()
             .collect();
-        assert_eq!(loaded.len(), 10, "{rules}");
+        assert_eq!(loaded.len(), 11, "{rules}");
         for r in &loaded {
             assert_eq!(r["health"], "ok", "{r}");
         }

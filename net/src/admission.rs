@@ -444,13 +444,19 @@ pub const MAX_REVOKED: usize = 65_536;
 /// A verified credential: its bytes (to skip checking the same bytes again), roles, expiry.
 type Admitted = (Vec<u8>, Roles, u64);
 
+/// This node's own credential: its bytes, roles and expiry.
+struct Own {
+    bytes: Vec<u8>,
+    roles: Roles,
+    expires_ms: u64,
+}
+
 /// Who is admitted, for a node that enforces enrollment.
 pub(crate) struct Admission {
     /// The enrollment public key (from the node's own credential).
     issuer: [u8; 32],
-    /// This node's credential bytes, carried in its heartbeats.
-    own: Vec<u8>,
-    own_roles: Roles,
+    /// This node's credential, carried in its heartbeats (replaced by a renewal).
+    own: RwLock<Own>,
     /// Peers whose credential verified: the credential bytes (to skip checking the same bytes
     /// again), its roles and expiry.
     admitted: RwLock<HashMap<PeerId, Admitted>>,
@@ -464,32 +470,70 @@ impl Admission {
             own.body.issuer.as_slice().try_into().map_err(|_| {
                 Error::Config("the credential's issuer is not an ed25519 key".into())
             })?;
-        let own_roles = own.check(&issuer, local, now_ms).map_err(|r| {
-            Error::Config(match r {
-                Refusal::OtherPeer => format!(
-                    "the credential was issued to {}, and this node is {local}",
-                    own.peer().map(|p| p.to_string()).unwrap_or_default()
-                ),
-                other => format!("this node's own credential is not valid: {other}"),
-            })
-        })?;
+        let roles = Self::own_check(&issuer, own, local, now_ms)?;
         Ok(Admission {
             issuer,
-            own: own.to_bytes(),
-            own_roles,
+            own: RwLock::new(Own {
+                bytes: own.to_bytes(),
+                roles,
+                expires_ms: own.body.expires_ms,
+            }),
             admitted: RwLock::new(HashMap::new()),
             revoked: RwLock::new(HashSet::new()),
         })
     }
 
+    fn own_check(
+        issuer: &[u8; 32],
+        own: &Credential,
+        local: &PeerId,
+        now_ms: u64,
+    ) -> Result<Roles> {
+        own.check(issuer, local, now_ms).map_err(|r| {
+            Error::Config(match r {
+                Refusal::OtherPeer => format!(
+                    "the credential was issued to {}, and this node is {local}",
+                    own.peer().map(|p| p.to_string()).unwrap_or_default()
+                ),
+                Refusal::OtherMesh => {
+                    "the credential was issued by another enrollment key than this mesh's".into()
+                }
+                other => format!("this node's own credential is not valid: {other}"),
+            })
+        })
+    }
+
+    /// Replace this node's own credential (a renewal: a later expiry, other roles), without a
+    /// restart. It must name this node, come from the same enrollment key and be valid now;
+    /// otherwise the one in use stays. Returns the new credential's bytes.
+    pub(crate) fn renew(&self, new: &Credential, local: &PeerId, now_ms: u64) -> Result<Vec<u8>> {
+        let roles = Self::own_check(&self.issuer, new, local, now_ms)?;
+        let bytes = new.to_bytes();
+        *self.own.write().unwrap_or_else(|p| p.into_inner()) = Own {
+            bytes: bytes.clone(),
+            roles,
+            expires_ms: new.body.expires_ms,
+        };
+        Ok(bytes)
+    }
+
+    fn read_own(&self) -> std::sync::RwLockReadGuard<'_, Own> {
+        self.own.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// This node's credential bytes.
-    pub(crate) fn own(&self) -> &[u8] {
-        &self.own
+    pub(crate) fn own(&self) -> Vec<u8> {
+        self.read_own().bytes.clone()
     }
 
     /// This node's roles.
     pub(crate) fn own_roles(&self) -> Roles {
-        self.own_roles
+        self.read_own().roles
+    }
+
+    /// When this node's credential expires (Unix milliseconds).
+    pub(crate) fn own_expires_ms(&self) -> u64 {
+        self.read_own().expires_ms
     }
 
     /// The enrollment public key.
@@ -671,5 +715,37 @@ mod tests {
         assert_eq!(Roles::parse("edge,admin"), Ok(Roles::ADMIN));
         assert!(Roles::parse("root").is_err());
         assert_eq!(Roles::ADMIN.to_string(), "edge,admin");
+    }
+
+    #[test]
+    fn a_renewal_must_name_this_node_come_from_this_mesh_and_be_valid() {
+        let key = EnrollmentKey::generate();
+        let me = PeerId::random();
+        let first = key.issue(&me, Roles::EDGE, NOW, NOW + 1_000);
+        let a = Admission::new(&first, &me, NOW).unwrap();
+        assert_eq!(
+            (a.own_roles(), a.own_expires_ms()),
+            (Roles::EDGE, NOW + 1_000)
+        );
+        let refused = [
+            key.issue(&PeerId::random(), Roles::ADMIN, NOW, NOW + 5_000),
+            EnrollmentKey::generate().issue(&me, Roles::ADMIN, NOW, NOW + 5_000),
+            key.issue(&me, Roles::ADMIN, NOW - 2_000, NOW - 1),
+        ];
+        for c in &refused {
+            assert!(a.renew(c, &me, NOW).is_err());
+            assert_eq!(
+                a.own(),
+                first.to_bytes(),
+                "a bad renewal replaced the credential"
+            );
+        }
+        let renewed = key.issue(&me, Roles::ADMIN, NOW, NOW + 5_000);
+        assert_eq!(a.renew(&renewed, &me, NOW).unwrap(), renewed.to_bytes());
+        assert_eq!(a.own(), renewed.to_bytes());
+        assert_eq!(
+            (a.own_roles(), a.own_expires_ms()),
+            (Roles::ADMIN, NOW + 5_000)
+        );
     }
 }

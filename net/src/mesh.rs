@@ -805,10 +805,7 @@ impl Mesh {
         let (handle, peer_events, swarm_task) = peer::start(&config, key).await?;
         let info = MemberInfo {
             wall_ms: 0,
-            credential: admission
-                .as_ref()
-                .map(|a| a.own().to_vec())
-                .unwrap_or_default(),
+            credential: admission.as_ref().map(|a| a.own()).unwrap_or_default(),
             peer_id: local.to_bytes(),
             addrs: handle.listen_addrs.iter().map(|a| a.to_string()).collect(),
             generation,
@@ -1048,6 +1045,31 @@ impl Mesh {
     /// Subscribe to member state changes.
     pub fn events(&self) -> broadcast::Receiver<MemberEvent> {
         self.inner.membership.events()
+    }
+
+    /// Replace this node's membership credential without a restart (a renewal before expiry, or
+    /// other roles): it must name this node, come from this mesh's enrollment key and be valid
+    /// now, else the one in use stays and the error says why. Members see it with this node's
+    /// next heartbeat.
+    pub fn renew_credential(&self, credential: &crate::admission::Credential) -> Result<()> {
+        let Some(a) = &self.inner.gate.admission else {
+            return Err(Error::Config(
+                "this node runs without enrollment: there is no credential to renew".into(),
+            ));
+        };
+        let bytes = a.renew(credential, &self.peer_id(), now_ms())?;
+        self.inner.membership.set_credential(bytes);
+        Ok(())
+    }
+
+    /// When this node's membership credential expires (Unix milliseconds); `None` without
+    /// enrollment.
+    pub fn credential_expires_ms(&self) -> Option<u64> {
+        self.inner
+            .gate
+            .admission
+            .as_ref()
+            .map(|a| a.own_expires_ms())
     }
 
     /// Replace this node's published tags.

@@ -6,8 +6,10 @@
 //! - [`load`]: proxy assignment — load published, least-loaded nodes for 302 and bootstrap.
 //! - [`failover`]: the custodian of a dead node's dialogs.
 //! - [`bans`]: bans made by any node's throttle apply on every node.
+//! - [`credential`]: a renewed membership credential is used without a restart.
 
 pub(crate) mod bans;
+pub(crate) mod credential;
 pub(crate) mod dispatch;
 pub(crate) mod failover;
 pub(crate) mod internode;
@@ -110,6 +112,9 @@ pub struct NodeConfig {
     pub throttle: ThrottleConfig,
     /// Run with a p2p listener beyond loopback and no mesh key (warned at every start).
     pub insecure_open_mesh: bool,
+    /// The file this node's membership credential came from (`--credential`): checked every
+    /// 2 s, and a renewed credential written there is used without a restart.
+    pub credential_file: Option<PathBuf>,
     /// The digest algorithms challenges offer, in order (MD5 alone by default: many phones
     /// give up on a response that names an algorithm they do not know).
     pub digest_algorithms: Vec<crate::sip::digest::Algorithm>,
@@ -146,6 +151,7 @@ impl NodeConfig {
             policy: PolicyConfig::default(),
             throttle: ThrottleConfig::default(),
             insecure_open_mesh: false,
+            credential_file: None,
             digest_algorithms: vec![crate::sip::digest::Algorithm::Md5],
         }
     }
@@ -470,6 +476,11 @@ impl Node {
             .spawn("mesh bans", |s| bans::sync(node.clone(), s));
         node.background
             .spawn("revocations", |s| revocations::sync(node.clone(), s));
+        if let Some(path) = node.config.credential_file.clone() {
+            node.background.spawn("credential renewal", |s| {
+                credential::watch(node.clone(), path, s)
+            });
+        }
         info!(peer_id = %node.mesh.peer_id(), sip = %sip_addr, http = ?node.config.http_listen, "node started");
         Ok(node)
     }

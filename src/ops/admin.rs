@@ -709,6 +709,11 @@ async fn metrics(State(node): State<Node>) -> Response {
         let snap = node.mesh.snapshot();
         g.ring_members.set(snap.ring.len() as i64);
         g.mesh_majority.set(i64::from(snap.has_majority()));
+        g.credential_expires.set(
+            node.mesh
+                .credential_expires_ms()
+                .map_or(0, |ms| (ms / 1000) as i64),
+        );
         g.hints_pending.set(node.keyspace().hints().len() as i64);
         let (server, client, _) = node.dispatcher.transactions().counts();
         g.transactions.set((server + client) as i64);

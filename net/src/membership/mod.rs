@@ -354,6 +354,14 @@ impl Membership {
             .tags = tags;
     }
 
+    /// Replace the credential this node's heartbeats carry (a renewal).
+    pub fn set_credential(&self, credential: Vec<u8>) {
+        self.local_info
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .credential = credential;
+    }
+
     /// Every member, this node first.
     pub fn members(&self) -> Vec<Member> {
         let info = self.local_info();
