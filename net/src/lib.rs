@@ -8,6 +8,7 @@
 //! - [`link`]: long-lived libp2p streams per peer pair, many requests in flight on each.
 //! - [`peer`]: the task that owns the libp2p `Swarm` (TCP + Noise + Yamux, optional private-network
 //!   key, Kademlia, identify, ping, connection limits) and the commands it takes.
+//! - `kad_gate`: Kademlia answers only admitted members (under signed enrollment).
 //! - [`membership`]: who is in the mesh, heartbeats, failure detection, generations, leave.
 //! - [`placement`]: which members hold a partition (XOR-closest, as Kademlia).
 //! - `quorum`: asking several replicas at once, deciding on the first quorum.
@@ -32,6 +33,7 @@ mod error;
 mod fake_link;
 pub(crate) mod gc;
 pub(crate) mod group_commit;
+pub(crate) mod kad_gate;
 pub(crate) mod link;
 pub(crate) mod membership;
 pub mod mesh;

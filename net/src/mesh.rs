@@ -802,7 +802,11 @@ impl Mesh {
             }
         }
         .map(Arc::new);
-        let (handle, peer_events, swarm_task) = peer::start(&config, key).await?;
+        let admitted = admission.clone().map(|a| {
+            Arc::new(move |peer: &PeerId| a.roles(peer, now_ms()).is_some())
+                as crate::kad_gate::Admitted
+        });
+        let (handle, peer_events, swarm_task) = peer::start(&config, key, admitted).await?;
         let info = MemberInfo {
             wall_ms: 0,
             credential: admission.as_ref().map(|a| a.own()).unwrap_or_default(),

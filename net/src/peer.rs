@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::MeshConfig;
 use crate::error::{Error, Result};
+use crate::kad_gate::{Admitted, MembersOnly};
 
 /// sipmesh's Kademlia protocol name (keeps the DHT separate from IPFS's).
 const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/sipmesh/kad/1.0.0");
@@ -45,7 +46,7 @@ const IDLE_CONNECTION: Duration = Duration::from_secs(10);
 struct Behaviour {
     limits: connection_limits::Behaviour,
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
-    kad: kad::Behaviour<kad::store::MemoryStore>,
+    kad: MembersOnly<kad::Behaviour<kad::store::MemoryStore>>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     stream: libp2p_stream::Behaviour,
@@ -141,7 +142,7 @@ impl<T: Transport + Unpin> Transport for FreshPorts<T> {
     }
 }
 
-fn transport(
+pub(crate) fn transport(
     key: &identity::Keypair,
     psk: Option<pnet::PreSharedKey>,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>> {
@@ -181,9 +182,13 @@ pub struct PeerHandle {
 }
 
 /// Start the swarm: listen, dial the seeds, and spawn the task that owns it.
+///
+/// `admitted` says who is a member (signed enrollment): Kademlia answers only them
+/// (`kad_gate`). `None`: everyone who holds the mesh key is.
 pub async fn start(
     config: &MeshConfig,
     key: identity::Keypair,
+    admitted: Option<Admitted>,
 ) -> Result<(
     PeerHandle,
     mpsc::Receiver<PeerEvent>,
@@ -209,7 +214,7 @@ pub async fn start(
             Behaviour {
                 limits: connection_limits::Behaviour::new(limits),
                 blocked: allow_block_list::Behaviour::default(),
-                kad,
+                kad: MembersOnly::new(kad, admitted),
                 identify: identify::Behaviour::new(identify::Config::new(
                     "/sipmesh/id/1.0.0".into(),
                     key.public(),
