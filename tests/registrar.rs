@@ -253,3 +253,65 @@ async fn registrar_rules_423_star_outbound_path_and_admin_api() {
     })
     .await;
 }
+
+/// A challenge to a REGISTER without credentials is sent statelessly (RFC 3261 §8.2.7): no
+/// transaction is left behind (a flood of unauthenticated requests holds no state for 32 s),
+/// and a retransmission is challenged afresh, with a new nonce that works. An authenticated
+/// REGISTER's transaction still absorbs retransmissions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn challenges_are_stateless_and_leave_no_transaction_behind() {
+    within(120, async {
+        let mesh = mesh_with_users(&[("erin", "pw")]).await;
+        let server = sip(&mesh, 0);
+        let admin = mesh.node(0).node().unwrap().http_addr().unwrap();
+        let transactions = || async {
+            metrics_text(admin)
+                .await
+                .lines()
+                .find_map(|l| l.strip_prefix("sipmesh_transactions "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let mut c = Client::udp(server).await;
+        let mut reg = Register::new("erin", &format!("<sip:erin@{}>", c.local()));
+        let first = reg.build(&c, server);
+        let ch = c.request(&first).await.expect("a challenge");
+        assert_eq!(ch.status(), Some(401));
+        eventually(5, "no transaction is held for the challenge", || async {
+            transactions().await == Some(0)
+        })
+        .await;
+        // The same bytes again (a retransmission, same branch): challenged again, afresh.
+        let again = c.request(&first).await.expect("a second challenge");
+        assert_eq!(again.status(), Some(401));
+        let nonce = |m: &sipmesh::sip::Message| {
+            hvals(m, &HeaderName::Other("www-authenticate".into())).join(",")
+        };
+        assert_ne!(
+            nonce(&ch),
+            nonce(&again),
+            "the retransmission got the stored challenge back"
+        );
+        reg.cseq += 1;
+        reg.authorization = Some(digest(
+            &again,
+            &HeaderName::Other("www-authenticate".into()),
+            "erin",
+            "pw",
+            "REGISTER",
+            &format!("sip:{server}"),
+            1,
+        ));
+        let authed = reg.build(&c, server);
+        let ok = c.request(&authed).await.unwrap();
+        assert_eq!(ok.status(), Some(200));
+        // Its transaction lingers, and a retransmission gets the same 200 (not a replay 401).
+        assert!(transactions().await.unwrap_or(0) >= 1);
+        let same = c.request(&authed).await.unwrap();
+        assert_eq!(
+            same.status(),
+            Some(200),
+            "a retransmission was processed again"
+        );
+    })
+    .await;
+}

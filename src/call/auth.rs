@@ -424,7 +424,10 @@ pub(crate) async fn authenticate(
             d.scheme.eq_ignore_ascii_case("Digest") && d.get("realm") == Some(ctx.auth.realm())
         });
     let Some(creds) = creds else {
-        return Err(challenge(false));
+        // A challenge to a request without credentials is sent statelessly (RFC 3261 §8.2.7):
+        // a flood of them leaves no transaction state, and a retransmission is challenged
+        // again. (The transaction layer keeps INVITE's, whose ACK it must absorb.)
+        return Err(challenge(false).stateless());
     };
     let username = creds.get("username").unwrap_or_default().to_string();
     let fail_key = format!("{username}|{}", c.call_id);

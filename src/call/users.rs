@@ -2,6 +2,7 @@
 //! written and read at QUORUM, with a short-lived cache for the SIP hot path.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,8 @@ use crate::tables::USERS;
 const CACHE_TTL: Duration = Duration::from_secs(2);
 /// Users cached at most.
 const CACHE_MAX: usize = 100_000;
+/// The cache is not pruned below this size.
+const PRUNE_FLOOR: usize = 1_024;
 /// How long a user write waits, past QUORUM, for the other live replicas (whose local reads
 /// authenticate).
 const SETTLE: Duration = Duration::from_millis(200);
@@ -59,6 +62,8 @@ pub struct Users {
     mesh: Mesh,
     realm: String,
     cache: Mutex<HashMap<String, (Option<UserRecord>, Instant)>>,
+    /// The cache size at which stale entries are next dropped.
+    prune_at: AtomicUsize,
 }
 
 fn text(v: Option<&[u8]>) -> Option<String> {
@@ -72,6 +77,7 @@ impl Users {
             mesh,
             realm: realm.to_string(),
             cache: Mutex::new(HashMap::new()),
+            prune_at: AtomicUsize::new(PRUNE_FLOOR),
         }
     }
 
@@ -185,8 +191,16 @@ impl Users {
         }
         let rec = self.get(user).await?;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= CACHE_MAX {
-            cache.clear();
+        // Stale entries go once the cache has doubled since the last pass (amortised O(1) per
+        // insert), so it holds about the users of the last CACHE_TTL, not every user ever
+        // seen; at CACHE_MAX live entries it starts over.
+        if cache.len() >= self.prune_at.load(Ordering::Relaxed) {
+            cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+            self.prune_at
+                .store((cache.len() * 2).max(PRUNE_FLOOR), Ordering::Relaxed);
         }
         cache.insert(user.to_string(), (rec.clone(), Instant::now()));
         Ok(rec)

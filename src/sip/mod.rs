@@ -81,6 +81,10 @@ pub struct Fault {
     pub reason: String,
     /// Headers of the answer.
     pub headers: Vec<(&'static str, String)>,
+    /// Answered statelessly (RFC 3261 §8.2.7): a non-INVITE server transaction is dropped as
+    /// soon as the answer is sent, instead of lingering 32 s to absorb retransmissions (a
+    /// retransmission is answered afresh). For challenges to requests without credentials.
+    pub stateless: bool,
 }
 
 impl Fault {
@@ -94,7 +98,14 @@ impl Fault {
             code,
             reason,
             headers: Vec::new(),
+            stateless: false,
         }
+    }
+
+    /// The same fault, answered statelessly (see [`Fault::stateless`]).
+    pub fn stateless(mut self) -> Self {
+        self.stateless = true;
+        self
     }
 
     /// 400 Bad Request with a reason naming the fault.

@@ -319,6 +319,12 @@ impl Transactions {
 
     /// The transaction user answers server transaction `key` with a response of status `code`.
     pub fn respond(&self, key: &ServerKey, code: u16, bytes: Arc<[u8]>) {
+        self.respond_as(key, code, bytes, false)
+    }
+
+    /// [`Transactions::respond`]; with `stateless`, a non-INVITE transaction is dropped once
+    /// its final response is sent instead of lingering (RFC 3261 §8.2.7: challenges).
+    fn respond_as(&self, key: &ServerKey, code: u16, bytes: Arc<[u8]>, stateless: bool) {
         let now = Instant::now();
         let mut inner = self.lock();
         let Some(entry) = inner.server.get_mut(key) else {
@@ -335,7 +341,8 @@ impl Transactions {
         let actions = entry.txn.on_response(code, bytes, now);
         let flow = entry.flow.clone();
         let deadline = entry.txn.deadline();
-        if entry.txn.is_terminated() {
+        let drop_now = stateless && code >= 200 && !entry.txn.is_invite();
+        if entry.txn.is_terminated() || drop_now {
             inner.server.remove(key);
         } else {
             self.schedule(&mut inner, TimerKey::Server(*key), deadline);
@@ -359,7 +366,7 @@ impl Transactions {
     /// [`crate::sip::build::reject`]).
     pub fn reject(&self, key: &ServerKey, req: &Message, top_via: &str, fault: &Fault) {
         let bytes = crate::sip::build::reject(req, Some(top_via), fault);
-        self.respond(key, fault.code, Arc::from(bytes));
+        self.respond_as(key, fault.code, Arc::from(bytes), fault.stateless);
     }
 
     /// Start a client transaction sending `request` (whose top Via carries `branch`) to `flow`;

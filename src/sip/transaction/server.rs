@@ -54,6 +54,11 @@ impl ServerTransaction {
         }
     }
 
+    /// Whether this is an INVITE transaction.
+    pub fn is_invite(&self) -> bool {
+        self.invite
+    }
+
     /// The current state.
     pub fn state(&self) -> State {
         self.state
