@@ -256,8 +256,8 @@ async fn registrar_rules_423_star_outbound_path_and_admin_api() {
 
 /// A challenge to a REGISTER without credentials is sent statelessly (RFC 3261 §8.2.7): no
 /// transaction is left behind (a flood of unauthenticated requests holds no state for 32 s),
-/// and a retransmission is challenged afresh, with a new nonce that works. An authenticated
-/// REGISTER's transaction still absorbs retransmissions.
+/// yet a retransmission gets the same challenge (same nonce, same To-tag), which works. An
+/// authenticated REGISTER's transaction still absorbs retransmissions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn challenges_are_stateless_and_leave_no_transaction_behind() {
     within(120, async {
@@ -280,17 +280,27 @@ async fn challenges_are_stateless_and_leave_no_transaction_behind() {
             transactions().await == Some(0)
         })
         .await;
-        // The same bytes again (a retransmission, same branch): challenged again, afresh.
+        // The same bytes again (a retransmission, same branch): the same challenge, although
+        // no transaction kept it.
         let again = c.request(&first).await.expect("a second challenge");
         assert_eq!(again.status(), Some(401));
         let nonce = |m: &sipmesh::sip::Message| {
             hvals(m, &HeaderName::Other("www-authenticate".into())).join(",")
         };
-        assert_ne!(
+        assert_eq!(
             nonce(&ch),
             nonce(&again),
-            "the retransmission got the stored challenge back"
+            "a retransmission got another nonce"
         );
+        assert_eq!(
+            hvals(&ch, &HeaderName::To),
+            hvals(&again, &HeaderName::To),
+            "a retransmission got another To-tag"
+        );
+        assert_eq!(transactions().await, Some(0));
+        // Another request (a new branch) gets another nonce.
+        let other = c.request(&reg.build(&c, server)).await.unwrap();
+        assert_ne!(nonce(&ch), nonce(&other));
         reg.cseq += 1;
         reg.authorization = Some(digest(
             &again,

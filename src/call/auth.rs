@@ -79,7 +79,22 @@ pub struct Authenticator {
     /// issued, and how many attempts with it failed.
     nonce_counts: Mutex<HashMap<u64, NonceState>>,
     failures: Mutex<HashMap<String, u32>>,
+    /// Stateless challenges of the last [`RETRANSMISSION_WINDOW`]: request digest → when its
+    /// nonce was issued.
+    recent: Mutex<Recent>,
 }
+
+/// Stateless challenges recently sent, oldest first.
+#[derive(Default)]
+struct Recent {
+    issued: HashMap<u64, u64>,
+    order: std::collections::VecDeque<(u64, u64)>,
+}
+
+/// How long a retransmission of a challenged request gets the same challenge (Timer F).
+pub const RETRANSMISSION_WINDOW: Duration = Duration::from_secs(32);
+/// Requests remembered at most for [`Authenticator::stateless_nonce`].
+const MAX_RECENT_CHALLENGES: usize = 200_000;
 
 /// What this node remembers of a nonce it issued.
 #[derive(Debug, Clone, Copy)]
@@ -99,6 +114,7 @@ impl Authenticator {
             algorithms: vec![Algorithm::Md5],
             nonce_counts: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            recent: Mutex::new(Recent::default()),
         }
     }
 
@@ -123,7 +139,50 @@ impl Authenticator {
 
     /// A fresh nonce issued at `now_ms`.
     pub fn nonce(&self, now_ms: u64) -> String {
-        let salt: u32 = rand::random();
+        self.nonce_with(now_ms, rand::random())
+    }
+
+    /// The nonce of a stateless challenge to request `digest` (see
+    /// [`crate::sip::request_digest`]): a retransmission within [`RETRANSMISSION_WINDOW`]
+    /// gets the same nonce (and so the same 401/407, as a transaction would have resent),
+    /// from ~24 bytes remembered per request instead of a transaction holding the response.
+    pub fn stateless_nonce(&self, digest: u64, now_ms: u64) -> String {
+        let window = RETRANSMISSION_WINDOW.as_millis() as u64;
+        let issued = {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            while recent
+                .order
+                .front()
+                .is_some_and(|(at, _)| now_ms.saturating_sub(*at) > window)
+            {
+                if let Some((at, d)) = recent.order.pop_front() {
+                    if recent.issued.get(&d) == Some(&at) {
+                        recent.issued.remove(&d);
+                    }
+                }
+            }
+            match recent.issued.get(&digest) {
+                Some(&at) => at,
+                None => {
+                    if recent.issued.len() >= MAX_RECENT_CHALLENGES {
+                        // A flood beyond the bound: forget the oldest (their retransmissions
+                        // get a fresh nonce, which is still valid).
+                        if let Some((at, d)) = recent.order.pop_front() {
+                            if recent.issued.get(&d) == Some(&at) {
+                                recent.issued.remove(&d);
+                            }
+                        }
+                    }
+                    recent.issued.insert(digest, now_ms);
+                    recent.order.push_back((now_ms, digest));
+                    now_ms
+                }
+            }
+        };
+        self.nonce_with(issued, digest as u32)
+    }
+
+    fn nonce_with(&self, now_ms: u64, salt: u32) -> String {
         let mac = self.secret.mac(&[
             NONCE_DOMAIN,
             &now_ms.to_be_bytes(),
@@ -143,7 +202,11 @@ impl Authenticator {
     /// the whole response when one challenge names an algorithm they do not know, while RFC
     /// 8760 clients pick the strongest one they support from the list.
     pub fn challenges(&self, now_ms: u64, stale: bool) -> Vec<String> {
-        let nonce = self.nonce(now_ms);
+        self.challenges_with(&self.nonce(now_ms), stale)
+    }
+
+    /// [`Authenticator::challenges`] with a given nonce.
+    pub fn challenges_with(&self, nonce: &str, stale: bool) -> Vec<String> {
         let stale = if stale { ", stale=true" } else { "" };
         self.algorithms
             .iter()
@@ -425,9 +488,17 @@ pub(crate) async fn authenticate(
         });
     let Some(creds) = creds else {
         // A challenge to a request without credentials is sent statelessly (RFC 3261 §8.2.7):
-        // a flood of them leaves no transaction state, and a retransmission is challenged
-        // again. (The transaction layer keeps INVITE's, whose ACK it must absorb.)
-        return Err(challenge(false).stateless());
+        // no transaction lingers for it, and a retransmission gets the same challenge (same
+        // nonce, same To-tag). (The transaction layer keeps INVITE's, whose ACK it absorbs.)
+        inc(&ctx.metrics.registrar_challenges);
+        let nonce = ctx
+            .auth
+            .stateless_nonce(crate::sip::request_digest(req), now);
+        let mut f = who.challenge().stateless();
+        for ch in ctx.auth.challenges_with(&nonce, false) {
+            f = f.with(who.challenge_header(), ch);
+        }
+        return Err(f);
     };
     let username = creds.get("username").unwrap_or_default().to_string();
     let fail_key = format!("{username}|{}", c.call_id);
@@ -642,6 +713,28 @@ mod tests {
             a.verify(&right, "REGISTER", "sip:r", Some(&stored()), 1_000_100),
             Err(AuthError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_stateless_challenge_repeats_its_nonce_for_retransmissions_only() {
+        let a = Authenticator::new("r", Arc::new(MeshSecret::new(b"s".to_vec())));
+        let t = 1_000_000;
+        let n = a.stateless_nonce(7, t);
+        assert_eq!(a.stateless_nonce(7, t + 4_000), n, "a retransmission");
+        assert_ne!(a.stateless_nonce(8, t + 4_000), n, "another request");
+        // The nonce is a valid one, issued at the first challenge.
+        let c = creds_for(&a, Algorithm::Md5, &n, "00000001", "pw");
+        assert!(a
+            .verify(&c, "REGISTER", "sip:r", Some(&stored()), t + 5_000)
+            .is_ok());
+        // Past the window the request is forgotten: a fresh nonce.
+        let later = t + RETRANSMISSION_WINDOW.as_millis() as u64 + 1_000;
+        assert_ne!(a.stateless_nonce(7, later), n);
+        // Bounded: a flood forgets the oldest.
+        for d in 0..(MAX_RECENT_CHALLENGES as u64 + 10) {
+            a.stateless_nonce(1_000 + d, later);
+        }
+        assert!(a.recent.lock().unwrap().issued.len() <= MAX_RECENT_CHALLENGES);
     }
 
     #[test]

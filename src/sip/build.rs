@@ -131,7 +131,13 @@ impl<'a> ResponseBuilder<'a> {
 /// The response a [`Fault`] stands for: its status, reason and headers, a fresh To tag, `Allow`
 /// for 405 and 501, and `top_via` (the stamped top Via) when the request's Via parsed.
 pub fn reject(req: &Message, top_via: Option<&str>, fault: &Fault) -> Vec<u8> {
-    let mut r = ResponseBuilder::new(req, fault.code, &fault.reason).to_tag(&random_tag());
+    // A stateless answer's To-tag is the same for a retransmission (RFC 3261 §8.2.7).
+    let tag = if fault.stateless {
+        format!("{:016x}", super::request_digest(req))
+    } else {
+        random_tag()
+    };
+    let mut r = ResponseBuilder::new(req, fault.code, &fault.reason).to_tag(&tag);
     if let Some(v) = top_via {
         r = r.top_via(v.to_string());
     }

@@ -69,6 +69,26 @@ pub fn random_tag() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
+/// A digest of what names one request and its retransmissions (top Via, Call-ID, From, CSeq):
+/// what a stateless answer derives its To-tag and nonce from, so a retransmission gets the same
+/// answer (RFC 3261 §8.2.7).
+pub fn request_digest(req: &message::Message) -> u64 {
+    use message::HeaderName;
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for name in [
+        HeaderName::Via,
+        HeaderName::CallId,
+        HeaderName::From,
+        HeaderName::CSeq,
+    ] {
+        if let Some(v) = req.values(&name).first() {
+            h.update(v.as_bytes());
+        }
+        h.update(&[0]);
+    }
+    h.digest()
+}
+
 /// Why the node answers a request with a final non-2xx response it makes itself: a malformed
 /// message, a challenge, a refusal, a redirect. The status code, a reason phrase naming the
 /// fault, and headers the answer must carry (a challenge, Contacts of a 302, Unsupported…).
