@@ -189,6 +189,33 @@ impl Cluster {
         .await;
     }
 
+    /// Redeploy node `i` with a new identity, as an operator replacing a host does: stopped,
+    /// its data dir wiped, a new node key and credential, started again. Returns the old
+    /// PeerId (still in the ring until an operator removes it).
+    async fn redeploy(&mut self, i: usize) -> String {
+        self.kill(i).await;
+        let data = self.dir.path().join(format!("n{i}"));
+        let d = data.to_str().unwrap().to_string();
+        let old = sipmesh(&["mesh", "id", "--data-dir", &d]);
+        std::fs::remove_dir_all(&data).unwrap();
+        let peer = sipmesh(&["mesh", "id", "--data-dir", &d]);
+        assert_ne!(old, peer, "a wiped data dir keeps its identity");
+        let enroll = self.dir.path().join("enroll.key");
+        sipmesh(&[
+            "mesh",
+            "invite",
+            &peer,
+            "--enrollment-key",
+            enroll.to_str().unwrap(),
+            "--roles",
+            "edge,admin",
+            "--out",
+            &format!("{d}/member.cred"),
+        ]);
+        self.start(i).await;
+        old
+    }
+
     /// Wait (up to `secs`) until node `i` exits by itself (a decommission).
     async fn wait_exit(&mut self, i: usize, secs: u64) {
         let child = self.nodes[i].child.as_mut().expect("the node runs");
@@ -389,8 +416,9 @@ async fn client(w: usize, urls: Arc<Vec<String>>, until: Instant, history: Arc<M
 }
 
 /// The run's shape: `SIPMESH_JEPSEN_SECS` of workload (default 40) and, with
-/// `SIPMESH_JEPSEN_JOIN=1`, a fifth node joining mid-run and decommissioned near the end (the
-/// soak, `scripts/jepsen.sh`; without pending ranges a join can in principle hide a write
+/// `SIPMESH_JEPSEN_JOIN=1`, a fifth node joining mid-run and decommissioned near the end, and
+/// node 3 redeployed with a new identity (the old one removed by an operator) (the soak,
+/// `scripts/jepsen.sh`; without pending ranges a join can in principle hide a write
 /// from a QUORUM read, see docs/ARCHITECTURE.md). The default is the short run CI does.
 fn shape() -> (u64, bool) {
     let secs = std::env::var("SIPMESH_JEPSEN_SECS")
@@ -476,6 +504,24 @@ async fn the_set_survives_kills_a_partition_and_restarts() {
         tokio::time::sleep(Duration::from_secs(4)).await;
         cluster.start(1).await;
         cluster.start(2).await;
+
+        // 4b. (The soak) node 3 is redeployed with a new identity (its data gone), and an
+        // operator removes the old identity from the ring.
+        if join {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let old = cluster.redeploy(3).await;
+            let url = format!("{}/v1/mesh/remove", cluster.nodes[1].http());
+            eventually(60, "the old identity is removed from the ring", || {
+                let (url, old) = (url.clone(), old.clone());
+                async move {
+                    call("POST", url, Some(serde_json::json!({ "peer_id": old })))
+                        .await
+                        .0
+                        == 200
+                }
+            })
+            .await;
+        }
 
         // 5. The node that joined is decommissioned (the soak; while the clients write when the
         // run is long enough): it hands its replicas over, leaves the ring and stops. What was
