@@ -91,6 +91,16 @@ struct Recent {
     order: std::collections::VecDeque<(u64, u64)>,
 }
 
+impl Recent {
+    fn forget_oldest(&mut self) {
+        if let Some((at, d)) = self.order.pop_front() {
+            if self.issued.get(&d) == Some(&at) {
+                self.issued.remove(&d);
+            }
+        }
+    }
+}
+
 /// How long a retransmission of a challenged request gets the same challenge (Timer F).
 pub const RETRANSMISSION_WINDOW: Duration = Duration::from_secs(32);
 /// Requests remembered at most for [`Authenticator::stateless_nonce`].
@@ -155,11 +165,7 @@ impl Authenticator {
                 .front()
                 .is_some_and(|(at, _)| now_ms.saturating_sub(*at) > window)
             {
-                if let Some((at, d)) = recent.order.pop_front() {
-                    if recent.issued.get(&d) == Some(&at) {
-                        recent.issued.remove(&d);
-                    }
-                }
+                recent.forget_oldest();
             }
             match recent.issued.get(&digest) {
                 Some(&at) => at,
@@ -167,11 +173,7 @@ impl Authenticator {
                     if recent.issued.len() >= MAX_RECENT_CHALLENGES {
                         // A flood beyond the bound: forget the oldest (their retransmissions
                         // get a fresh nonce, which is still valid).
-                        if let Some((at, d)) = recent.order.pop_front() {
-                            if recent.issued.get(&d) == Some(&at) {
-                                recent.issued.remove(&d);
-                            }
-                        }
+                        recent.forget_oldest();
                     }
                     recent.issued.insert(digest, now_ms);
                     recent.order.push_back((now_ms, digest));
@@ -201,12 +203,7 @@ impl Authenticator {
     /// default, as Kamailio and OpenSIPS send: many deployed phones and SIP stacks give up on
     /// the whole response when one challenge names an algorithm they do not know, while RFC
     /// 8760 clients pick the strongest one they support from the list.
-    pub fn challenges(&self, now_ms: u64, stale: bool) -> Vec<String> {
-        self.challenges_with(&self.nonce(now_ms), stale)
-    }
-
-    /// [`Authenticator::challenges`] with a given nonce.
-    pub fn challenges_with(&self, nonce: &str, stale: bool) -> Vec<String> {
+    pub fn challenges(&self, nonce: &str, stale: bool) -> Vec<String> {
         let stale = if stale { ", stale=true" } else { "" };
         self.algorithms
             .iter()
@@ -470,14 +467,15 @@ pub(crate) async fn authenticate(
     source: std::net::IpAddr,
 ) -> Result<String, Fault> {
     let now = ctx.mesh.keyspace().wall_ms();
-    let challenge = |stale: bool| {
+    let challenge_with = |nonce: &str, stale: bool| {
         inc(&ctx.metrics.registrar_challenges);
         let mut f = who.challenge();
-        for ch in ctx.auth.challenges(now, stale) {
+        for ch in ctx.auth.challenges(nonce, stale) {
             f = f.with(who.challenge_header(), ch);
         }
         f
     };
+    let challenge = |stale: bool| challenge_with(&ctx.auth.nonce(now), stale);
     // Our realm's Digest credentials, if any.
     let creds = req
         .values(&who.credentials_header())
@@ -490,15 +488,10 @@ pub(crate) async fn authenticate(
         // A challenge to a request without credentials is sent statelessly (RFC 3261 §8.2.7):
         // no transaction lingers for it, and a retransmission gets the same challenge (same
         // nonce, same To-tag). (The transaction layer keeps INVITE's, whose ACK it absorbs.)
-        inc(&ctx.metrics.registrar_challenges);
         let nonce = ctx
             .auth
             .stateless_nonce(crate::sip::request_digest(req), now);
-        let mut f = who.challenge().stateless();
-        for ch in ctx.auth.challenges_with(&nonce, false) {
-            f = f.with(who.challenge_header(), ch);
-        }
-        return Err(f);
+        return Err(challenge_with(&nonce, false).stateless());
     };
     let username = creds.get("username").unwrap_or_default().to_string();
     let fail_key = format!("{username}|{}", c.call_id);
@@ -740,12 +733,12 @@ mod tests {
     #[test]
     fn md5_alone_by_default_and_the_configured_list_otherwise() {
         let b = Authenticator::new("r", Arc::new(MeshSecret::new(vec![1])));
-        let ch = b.challenges(5, false);
+        let ch = b.challenges(&b.nonce(5), false);
         assert_eq!(ch.len(), 1, "{ch:?}");
         assert!(ch[0].contains("algorithm=MD5"));
         let a = Authenticator::new("r", Arc::new(MeshSecret::new(vec![1])))
             .algorithms(&[Algorithm::Sha256, Algorithm::Md5]);
-        let ch = a.challenges(5, false);
+        let ch = a.challenges(&a.nonce(5), false);
         assert_eq!(ch.len(), 2, "one challenge per algorithm");
         assert!(ch[0].contains("algorithm=SHA-256"));
         assert!(ch[1].contains("algorithm=MD5"));
