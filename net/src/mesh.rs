@@ -544,14 +544,17 @@ async fn heartbeats(
         tick += 1;
         membership.tick();
         let hb = membership.heartbeat();
-        // A peer not admitted yet learns nothing from this node but its credential (and the
-        // PeerId and generation it is sent with): no addresses, no tags, no gossip.
+        // A peer not admitted yet learns nothing from this node but its credential, its
+        // PeerId and generation, and its own listen addresses (which identify tells every
+        // connected peer anyway): no tags, no gossip. The addresses must be there: the peer
+        // admits this node from this very heartbeat and spreads its SWIM identity, address
+        // included, to the members that have never seen it; without one they could not dial
+        // it until a Kademlia lookup found it (10 s and more).
         // Only under enrollment is anyone not admitted.
         let bare = match &hb {
             Request::Heartbeat { info, .. } if service.gate.admission.is_some() => {
                 Some(Request::Heartbeat {
                     info: MemberInfo {
-                        addrs: Vec::new(),
                         tags: BTreeMap::new(),
                         ..info.clone()
                     },

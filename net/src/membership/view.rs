@@ -305,18 +305,22 @@ impl View {
                     info!(peer = %from, generation = info.generation, "member restarted");
                     changes.events.push(MemberEvent::Up(from));
                 }
-                if info.addrs.is_empty() && info.tags.is_empty() && !restarted {
+                if info.tags.is_empty() && !restarted {
                     // A bare heartbeat (from a member that has not admitted this node yet)
-                    // says nothing of its addresses and tags: keep those known.
-                    let (addrs, tags) = (
-                        std::mem::take(&mut e.info.addrs),
-                        std::mem::take(&mut e.info.tags),
-                    );
-                    e.info = MemberInfo {
-                        addrs,
-                        tags,
-                        ..info
-                    };
+                    // says nothing of its tags, and maybe nothing of its addresses: keep what
+                    // is known.
+                    let tags = std::mem::take(&mut e.info.tags);
+                    if addrs.is_empty() {
+                        let known = std::mem::take(&mut e.info.addrs);
+                        e.info = MemberInfo {
+                            addrs: known,
+                            tags,
+                            ..info
+                        };
+                    } else {
+                        e.info = MemberInfo { tags, ..info };
+                        e.addrs = addrs;
+                    }
                 } else {
                     e.info = info;
                     e.addrs = addrs;
@@ -545,7 +549,7 @@ mod tests {
     }
 
     #[test]
-    fn a_bare_heartbeat_keeps_the_addresses_and_tags_known() {
+    fn a_bare_heartbeat_keeps_the_tags_known_and_takes_addresses_it_names() {
         let t0 = Instant::now();
         let mut v = view(t0);
         let a = PeerId::random();
@@ -563,6 +567,17 @@ mod tests {
         assert_eq!(e.info.tags, full.tags);
         assert_eq!(e.info.addrs, full.addrs);
         assert_eq!(e.addrs.len(), 1);
+        // A bare heartbeat names the member's listen addresses (identify shows them to any
+        // connection anyway): new ones are taken, the tags are kept.
+        let moved = MemberInfo {
+            addrs: vec!["/ip4/127.0.0.2/tcp/4002".into()],
+            ..bare.clone()
+        };
+        v.on_heartbeat(t0, a, moved.clone(), &[]);
+        let e = v.get(&a).unwrap();
+        assert_eq!(e.info.tags, full.tags);
+        assert_eq!(e.info.addrs, moved.addrs);
+        assert_eq!(e.addrs, vec!["/ip4/127.0.0.2/tcp/4002".parse().unwrap()]);
         // A restart's bare heartbeat says the old ones may be stale: dropped.
         v.on_heartbeat(
             t0,
