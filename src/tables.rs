@@ -4,11 +4,13 @@
 
 use sipmesh_storage::{ClusteringOrder, TableId, TableSchema};
 
-/// `users (user)`: digest credentials as HA1 hashes, realm, display name, disabled flag.
+/// `users (user)`: digest credentials as HA1 hashes, realm, display name, disabled flag; under
+/// enrollment, `sig`: the writer's signature over the row (`call::users`).
 pub const USERS: TableId = 1;
 /// `proxies (node_id)`: each node's SIP URIs, addresses, capacity, load, heartbeat (TTL).
 pub const PROXIES: TableId = 2;
-/// `registrations (aor, instance/contact)`: one row per binding; TTL = Expires.
+/// `registrations (aor, instance/contact)`: one row per binding; TTL = Expires; under
+/// enrollment, `sig`: the owner node's signature over the row (`call::signed`).
 pub const REGISTRATIONS: TableId = 3;
 // Ids 4 (`clients_by_proxy`), 5 (`dialogs`) and 6 (`dialogs_by_proxy`) belonged to tables that
 // grew with a node's clients and calls; they are retired and never reused.
@@ -34,7 +36,14 @@ pub fn all() -> Vec<TableSchema> {
             USERS,
             "users",
             "user",
-            &["ha1_md5", "ha1_sha256", "realm", "display_name", "disabled"],
+            &[
+                "ha1_md5",
+                "ha1_sha256",
+                "realm",
+                "display_name",
+                "disabled",
+                "sig",
+            ],
         ),
         TableSchema::new(
             PROXIES,
@@ -49,7 +58,7 @@ pub fn all() -> Vec<TableSchema> {
                 "heartbeat",
             ],
         ),
-        TableSchema::new(REGISTRATIONS, "registrations", "aor", &["binding"])
+        TableSchema::new(REGISTRATIONS, "registrations", "aor", &["binding", "sig"])
             .clustered("instance", ClusteringOrder::Asc),
         TableSchema::new(MESH, "mesh", "name", &["value"]),
         TableSchema::new(

@@ -6,7 +6,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sipmesh::tables::{PROXIES, USERS};
+mod common;
+
+use sipmesh::tables::{PROXIES, REGISTRATIONS, USERS};
 use sipmesh::{Consistency, LocalMesh};
 use sipmesh_net::{Enrollment, EnrollmentKey, Mesh, MeshConfig, Multiaddr, Roles};
 use sipmesh_storage::{Keyspace, Mutation};
@@ -209,6 +211,168 @@ async fn only_enrolled_nodes_are_members_and_a_revocation_holds_mesh_wide() {
                 .is_up(&mesh.node(0).peer_id),
             "the forged revocation shut out an honest member"
         );
+    })
+    .await;
+}
+
+/// A user row counts only when an admin member signed it and is not revoked, however it
+/// travelled: an edge member writes forged rows straight into its own replica (a new user
+/// unsigned, one signed by itself, an admin's user's HA1 overwritten), anti-entropy carries them
+/// to the admins' replicas, and no node authenticates any of them; nor does any route to a
+/// binding its owner did not sign; the users an admin signed stop counting when it is revoked,
+/// and count again once another admin writes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_rows_count_only_when_signed_by_an_admin_that_is_not_revoked() {
+    within(180, async {
+        let key = Arc::new(EnrollmentKey::generate());
+        let mesh = nodes(2, Some(enrolled(&key, Roles::ADMIN)), None).await;
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        let edge = nodes(
+            1,
+            Some(enrolled(&key, Roles::EDGE)),
+            Some(mesh.node(0).addr.clone()),
+        )
+        .await;
+        let edge_id = edge.node(0).peer_id;
+        for i in 0..2 {
+            eventually(30, "the edge member joins", || {
+                mesh.node(i).node().unwrap().mesh.is_up(&edge_id)
+            })
+            .await;
+        }
+        let (n0, n1) = (mesh.node(0).node().unwrap(), mesh.node(1).node().unwrap());
+        n0.add_user("alice", "a-pw").await.unwrap();
+        n1.add_user("bob", "b-pw").await.unwrap();
+        let e = edge.node(0).node().unwrap();
+        let knows = |node: sipmesh::Node, user: &'static str| async move {
+            node.knows_user(user).await.unwrap()
+        };
+        for node in [&n0, &n1, &e] {
+            assert!(
+                knows(node.clone(), "alice").await,
+                "an admin's user is known"
+            );
+            assert!(knows(node.clone(), "bob").await, "an admin's user is known");
+        }
+
+        // The edge member forges, in its own replica only.
+        let ks = e.mesh.keyspace();
+        let cols = |ha1: &str| {
+            vec![
+                ("ha1_md5", ha1.as_bytes().to_vec()),
+                ("ha1_sha256", ha1.as_bytes().to_vec()),
+                ("realm", n0.realm().as_bytes().to_vec()),
+                ("disabled", b"0".to_vec()),
+            ]
+        };
+        let unsigned =
+            Mutation::new(USERS, b"mallory".to_vec()).upsert(b"", cols("0000"), ks.now(), None);
+        ks.apply(&unsigned).unwrap();
+        let self_signed = e.user_mutation("eve", "e-pw").unwrap();
+        assert!(
+            self_signed
+                .entries
+                .iter()
+                .any(|(k, _)| matches!(k, sipmesh_storage::EntryKey::Column(_, c) if c == "sig")),
+            "a row written under enrollment is signed"
+        );
+        ks.apply(&self_signed).unwrap();
+        let overwrite = Mutation::new(USERS, b"alice".to_vec()).upsert(
+            b"",
+            [("ha1_md5", b"1111".to_vec())],
+            ks.now(),
+            None,
+        );
+        ks.apply(&overwrite).unwrap();
+
+        // Anti-entropy carries them to the admins' replicas...
+        for (i, node) in [&n0, &n1].into_iter().enumerate() {
+            eventually(30, "anti-entropy carries the forged rows", || {
+                let row = |u: &str| {
+                    node.mesh
+                        .keyspace()
+                        .read_row(USERS, u.as_bytes(), b"")
+                        .unwrap()
+                };
+                row("mallory").is_some()
+                    && row("eve").is_some()
+                    && row("alice").and_then(|r| r.get("ha1_md5").map(<[u8]>::to_vec))
+                        == Some(b"1111".to_vec())
+            })
+            .await;
+            // ...and no node counts them: not the new users, not the changed one.
+            for user in ["mallory", "eve", "alice"] {
+                assert!(
+                    !knows(node.clone(), user).await,
+                    "node {i} authenticates {user} from a row no admin signed"
+                );
+            }
+            assert!(knows(node.clone(), "bob").await, "bob is untouched");
+            assert!(
+                node.mesh.metrics().rows_ignored() > 0,
+                "ignored rows are counted"
+            );
+        }
+
+        // Bindings: only the node that owns one's flow may sign it. Bob registers with node 0;
+        // the edge member copies that binding into another AOR in its own replica, unsigned.
+        let server = n0.sip_addr();
+        let mut phone = common::Client::udp(server).await;
+        let contact = format!("<sip:bob@{}>", phone.local());
+        let mut reg = common::Register::new("bob", &contact);
+        let ok = common::register(&mut phone, server, &mut reg, "b-pw").await;
+        assert_eq!(ok.status(), Some(200), "bob registers");
+        let bound = |node: sipmesh::Node, aor: &'static str| async move {
+            node.contacts(aor).await.unwrap().len()
+        };
+        assert_eq!(bound(n1.clone(), "bob").await, 1, "node 0's binding counts");
+        let bob = ks.read_partition(REGISTRATIONS, b"bob").unwrap();
+        let copied = bob.rows[0].get("binding").unwrap().to_vec();
+        let forged = Mutation::new(REGISTRATIONS, b"carol".to_vec()).upsert(
+            b"c:sip:carol@192.0.2.66",
+            [("binding", copied)],
+            ks.now(),
+            Some(ks.wall_ms() + 600_000),
+        );
+        ks.apply(&forged).unwrap();
+        for (i, node) in [&n0, &n1].into_iter().enumerate() {
+            eventually(30, "anti-entropy carries the forged binding", || {
+                !node
+                    .mesh
+                    .keyspace()
+                    .read_partition(REGISTRATIONS, b"carol")
+                    .unwrap()
+                    .rows
+                    .is_empty()
+            })
+            .await;
+            assert_eq!(
+                bound(node.clone(), "carol").await,
+                0,
+                "node {i} routes to a binding its owner did not sign"
+            );
+            assert_eq!(bound(node.clone(), "bob").await, 1);
+        }
+
+        // Node 1 is revoked: bob, whom it signed, stops counting...
+        n0.revoke(&key.revoke(&mesh.node(1).peer_id, 1))
+            .await
+            .unwrap();
+        for node in [&n0, &e] {
+            common::eventually(20, "the revoked admin's user stops counting", || async {
+                !knows(node.clone(), "bob").await
+            })
+            .await;
+        }
+        // ...until another admin writes it again; alice too.
+        n0.add_user("bob", "b-pw").await.unwrap();
+        n0.add_user("alice", "a-pw").await.unwrap();
+        for node in [&n0, &e] {
+            common::eventually(20, "re-signed users count again", || async {
+                knows(node.clone(), "bob").await && knows(node.clone(), "alice").await
+            })
+            .await;
+        }
     })
     .await;
 }

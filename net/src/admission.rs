@@ -18,7 +18,7 @@
 //! holds the mesh key is a member, as before.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use libp2p::identity::ed25519;
@@ -132,9 +132,52 @@ impl EnrollmentKey {
     }
 }
 
-/// Domain separation: a signature over a credential can never pass for a revocation.
+/// Domain separation: a signature over a credential can never pass for a revocation, nor a
+/// node's signature over a row for anything else it signs.
 const CREDENTIAL_CONTEXT: &[u8] = b"sipmesh credential v1\0";
 const REVOCATION_CONTEXT: &[u8] = b"sipmesh revocation v1\0";
+const ROW_CONTEXT: &[u8] = b"sipmesh signed row v1\0";
+
+/// A stored row's signature (RELOAD's model: every stored value signed with its writer's
+/// certificate): the writer's membership credential, and the writer's signature, with its
+/// node key, over the row's canonical bytes (which the table's owner defines, and which name
+/// the row's key, timestamp and values).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct RowSignature {
+    #[serde(with = "serde_bytes")]
+    credential: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    signature: Vec<u8>,
+}
+
+/// Sign a row's canonical bytes with this node's key, carrying its credential.
+pub(crate) fn sign_row(
+    key: &libp2p::identity::Keypair,
+    credential: Vec<u8>,
+    row: &[u8],
+) -> Vec<u8> {
+    let mut message = ROW_CONTEXT.to_vec();
+    message.extend_from_slice(row);
+    let signature = key.sign(&message).unwrap_or_default();
+    let mut out = Vec::new();
+    let _ = codec::encode_into(
+        &RowSignature {
+            credential,
+            signature,
+        },
+        &mut out,
+    );
+    out
+}
+
+/// The public key a PeerId embeds (ed25519 and other short keys are inlined in the PeerId).
+fn public_key_of(peer: &PeerId) -> Option<libp2p::identity::PublicKey> {
+    let hash: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    if hash.code() != 0 {
+        return None;
+    }
+    libp2p::identity::PublicKey::try_decode_protobuf(hash.digest()).ok()
+}
 
 fn signed_bytes<T: Serialize>(context: &[u8], body: &T) -> Vec<u8> {
     let mut out = context.to_vec();
@@ -440,6 +483,8 @@ impl Gate {
 const MAX_ADMITTED: usize = 65_536;
 /// Most revocations applied.
 pub const MAX_REVOKED: usize = 65_536;
+/// Most signed-row verdicts remembered (~130 bytes each: 17 MB at most).
+const MAX_VERIFIED_ROWS: usize = 131_072;
 
 /// A verified credential: its bytes (to skip checking the same bytes again), roles, expiry.
 type Admitted = (Vec<u8>, Roles, u64);
@@ -461,6 +506,9 @@ pub(crate) struct Admission {
     /// again), its roles and expiry.
     admitted: RwLock<HashMap<PeerId, Admitted>>,
     revoked: RwLock<HashSet<PeerId>>,
+    /// The verdicts on signed rows checked lately, by a digest of their bytes: the signer, or
+    /// refused. Bounded by [`MAX_VERIFIED_ROWS`].
+    rows: Mutex<HashMap<[u8; 32], std::result::Result<PeerId, ()>>>,
 }
 
 impl Admission {
@@ -480,6 +528,7 @@ impl Admission {
             }),
             admitted: RwLock::new(HashMap::new()),
             revoked: RwLock::new(HashSet::new()),
+            rows: Mutex::new(HashMap::new()),
         })
     }
 
@@ -618,6 +667,89 @@ impl Admission {
         fresh
     }
 
+    /// Check a row signature made by [`sign_row`] over `row`, for a row written at `at_ms`:
+    /// the credential it carries is this mesh's, names the signer and was valid at `at_ms`;
+    /// the signer is not revoked (a revoked member's rows are not trusted, whenever written);
+    /// the signature verifies with the signer's key. Returns the signer and its roles.
+    pub(crate) fn verify_row(
+        &self,
+        signature: &[u8],
+        row: &[u8],
+        at_ms: u64,
+    ) -> std::result::Result<(PeerId, Roles), String> {
+        if signature.is_empty() {
+            return Err("it is not signed".into());
+        }
+        let sig: RowSignature = codec::decode(signature, "row signature", &[])
+            .map_err(|_| "malformed row signature".to_string())?;
+        let credential = Credential::from_bytes(&sig.credential)
+            .map_err(|_| "malformed credential in a row signature".to_string())?;
+        let signer = credential.peer().map_err(|e| e.to_string())?;
+        let roles = credential
+            .check(&self.issuer, &signer, at_ms)
+            .map_err(|r| format!("the signer's credential: {r}"))?;
+        if self.is_revoked(&signer) {
+            return Err(format!("the signer {signer} is revoked"));
+        }
+        let key = public_key_of(&signer).ok_or("the signer's PeerId embeds no key")?;
+        let mut message = ROW_CONTEXT.to_vec();
+        message.extend_from_slice(row);
+        if !key.verify(&message, &sig.signature) {
+            return Err("the row's signature does not verify".into());
+        }
+        Ok((signer, roles))
+    }
+
+    /// [`Admission::verify_row`], and `allowed` (the table's rule for who may write this row),
+    /// remembering the verdict for these exact bytes: a row read again unchanged costs a hash,
+    /// not a signature check (only whether its signer was revoked since is asked again).
+    /// `Err` carries the reason, and whether this row was refused before (to log it once).
+    pub(crate) fn verify_row_cached(
+        &self,
+        table: &str,
+        signature: &[u8],
+        row: &[u8],
+        at_ms: u64,
+        allowed: impl FnOnce(&PeerId, Roles) -> std::result::Result<(), String>,
+    ) -> std::result::Result<PeerId, (String, bool)> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for part in [table.as_bytes(), signature, row] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        h.update(at_ms.to_be_bytes());
+        let digest: [u8; 32] = h.finalize().into();
+        let known = self
+            .rows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&digest)
+            .cloned();
+        match known {
+            Some(Ok(signer)) if self.is_revoked(&signer) => {
+                Err((format!("the signer {signer} is revoked"), true))
+            }
+            Some(Ok(signer)) => Ok(signer),
+            Some(Err(())) => Err(("refused before".into(), true)),
+            None => {
+                let verdict = self
+                    .verify_row(signature, row, at_ms)
+                    .and_then(|(signer, roles)| allowed(&signer, roles).map(|()| signer));
+                let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+                if rows.len() >= MAX_VERIFIED_ROWS {
+                    // Full: one verdict goes, an arbitrary one (the hash order), so a working
+                    // set larger than the memory still mostly hits it.
+                    if let Some(k) = rows.keys().next().copied() {
+                        rows.remove(&k);
+                    }
+                }
+                rows.insert(digest, verdict.clone().map_err(|_| ()));
+                verdict.map_err(|e| (e, false))
+            }
+        }
+    }
+
     /// Forget a peer's admission (its connection failed admission, or it left).
     pub(crate) fn forget(&self, peer: &PeerId) {
         self.admitted
@@ -707,6 +839,44 @@ mod tests {
         assert!(
             Admission::new(&key.issue(&member, Roles::EDGE, NOW, NOW + 1), &local, NOW).is_err()
         );
+    }
+
+    #[test]
+    fn a_signed_row_verifies_only_unchanged_from_a_member_of_this_mesh_not_revoked() {
+        let key = EnrollmentKey::generate();
+        let local = PeerId::random();
+        let admission = Admission::new(
+            &key.issue(&local, Roles::EDGE, NOW, NOW + 10_000),
+            &local,
+            NOW,
+        )
+        .unwrap();
+        let writer = libp2p::identity::Keypair::generate_ed25519();
+        let writer_id = writer.public().to_peer_id();
+        let cred = key.issue(&writer_id, Roles::ADMIN, NOW, NOW + 10_000);
+        let sig = sign_row(&writer, cred.to_bytes(), b"alice:ha1");
+        assert_eq!(
+            admission.verify_row(&sig, b"alice:ha1", NOW + 1),
+            Ok((writer_id, Roles::ADMIN))
+        );
+        // Another row, a row written outside the credential's validity, junk.
+        assert!(admission.verify_row(&sig, b"alice:ha2", NOW + 1).is_err());
+        assert!(admission
+            .verify_row(&sig, b"alice:ha1", NOW + 10_000)
+            .is_err());
+        assert!(admission.verify_row(b"junk", b"alice:ha1", NOW).is_err());
+        // A credential of another mesh, or naming another peer than the signer.
+        let foreign = EnrollmentKey::generate().issue(&writer_id, Roles::ADMIN, NOW, NOW + 10_000);
+        let sig_foreign = sign_row(&writer, foreign.to_bytes(), b"alice:ha1");
+        assert!(admission
+            .verify_row(&sig_foreign, b"alice:ha1", NOW)
+            .is_err());
+        let thief = libp2p::identity::Keypair::generate_ed25519();
+        let stolen = sign_row(&thief, cred.to_bytes(), b"alice:ha1");
+        assert!(admission.verify_row(&stolen, b"alice:ha1", NOW).is_err());
+        // Revoked: none of its rows is trusted any more.
+        admission.revoke(&[key.revoke(&writer_id, NOW)]);
+        assert!(admission.verify_row(&sig, b"alice:ha1", NOW + 1).is_err());
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub struct Mesh {
 
 struct Inner {
     local: PeerId,
+    /// This node's key (its PeerId's), which signs the rows it writes under enrollment.
+    key: libp2p::identity::Keypair,
     keyspace: Keyspace,
     membership: Arc<Membership>,
     links: Arc<Links>,
@@ -809,7 +811,7 @@ impl Mesh {
             Arc::new(move |peer: &PeerId| a.roles(peer, now_ms()).is_some())
                 as crate::kad_gate::Admitted
         });
-        let (handle, peer_events, swarm_task) = peer::start(&config, key, admitted).await?;
+        let (handle, peer_events, swarm_task) = peer::start(&config, key.clone(), admitted).await?;
         let info = MemberInfo {
             wall_ms: 0,
             credential: admission.as_ref().map(|a| a.own()).unwrap_or_default(),
@@ -977,6 +979,7 @@ impl Mesh {
         let mesh = Mesh {
             inner: Arc::new(Inner {
                 local,
+                key,
                 keyspace,
                 membership,
                 links,
@@ -1352,6 +1355,44 @@ impl Mesh {
             }
         }
         fresh
+    }
+
+    /// Under enrollment, sign a row this node writes: `row` is the row's canonical bytes (its
+    /// key, timestamp and values, as the table's owner defines them). The result carries this
+    /// node's credential, so any member can check it later, whoever passed the row on
+    /// (anti-entropy, handoff, a read answer). `None` without enrollment.
+    pub fn sign_row(&self, row: &[u8]) -> Option<Vec<u8>> {
+        let a = self.inner.gate.admission.as_ref()?;
+        Some(crate::admission::sign_row(&self.inner.key, a.own(), row))
+    }
+
+    /// Under enrollment, whether a row signature made by [`Mesh::sign_row`] over `row`, for
+    /// a row of `table` written at `at_ms` (wall-clock ms), counts: signed by a member of this
+    /// mesh whose credential was valid then, who is not revoked now, and whom `allowed` (the
+    /// table's rule: the roles it needs, the writer the row must name) accepts. A refused row
+    /// is logged and counted (`sipmesh_rows_ignored_total`) the first time. Verdicts are
+    /// remembered per exact bytes, so a row read again costs a hash. Without enrollment there
+    /// is nothing to check against: `false`.
+    pub fn row_counts(
+        &self,
+        table: &str,
+        signature: Option<&[u8]>,
+        row: &[u8],
+        at_ms: u64,
+        allowed: impl FnOnce(&PeerId, Roles) -> std::result::Result<(), String>,
+    ) -> bool {
+        let Some(a) = &self.inner.gate.admission else {
+            return false;
+        };
+        match a.verify_row_cached(table, signature.unwrap_or_default(), row, at_ms, allowed) {
+            Ok(_) => true,
+            Err((_, true)) => false,
+            Err((reason, false)) => {
+                warn!(table, %reason, "row ignored: no valid signature of a writer with the right");
+                self.metrics().row_ignored();
+                false
+            }
+        }
     }
 
     /// Set the per-table write rights of members (checked under enrollment on every write and

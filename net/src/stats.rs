@@ -57,6 +57,7 @@ pub struct MeshMetrics {
     members_only_indirect: Gauge,
     admission_refused: Family<RefusalLabels, Counter>,
     writes_refused: Counter,
+    rows_unsigned: Counter,
     tombstones_purged: Counter,
 }
 
@@ -103,6 +104,7 @@ impl Default for MeshMetrics {
             members_only_indirect: Gauge::default(),
             admission_refused: Family::default(),
             writes_refused: Counter::default(),
+            rows_unsigned: Counter::default(),
             tombstones_purged: Counter::default(),
         }
     }
@@ -227,6 +229,11 @@ impl MeshMetrics {
             "Mutations from members refused by the per-table write rights",
             self.writes_refused.clone(),
         );
+        registry.register(
+            "rows_ignored",
+            "Rows ignored when read (each distinct row once): no valid signature of a writer with the right",
+            self.rows_unsigned.clone(),
+        );
     }
 
     /// Tombstones this node purged after every replica confirmed them (its own collection, or
@@ -250,6 +257,17 @@ impl MeshMetrics {
     /// A member's mutation was refused by the write rights.
     pub(crate) fn write_refused(&self) {
         self.writes_refused.inc();
+    }
+
+    /// A row was ignored (read as absent): no signature, one that failed, or a writer without
+    /// the right.
+    pub(crate) fn row_ignored(&self) {
+        self.rows_unsigned.inc();
+    }
+
+    /// Signed rows ignored since start.
+    pub fn rows_ignored(&self) -> u64 {
+        self.rows_unsigned.get()
     }
 
     /// Mutations refused by the write rights since start.

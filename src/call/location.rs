@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use sipmesh_net::{Consistency, Mesh, PeerId};
 use sipmesh_storage::{codec, Row};
 
+use crate::call::signed;
 use crate::error::Result;
 use crate::sip::flow::Flow;
 use crate::tables::REGISTRATIONS;
@@ -63,6 +64,23 @@ impl Binding {
             .and_then(|b| codec::decode(b, "registrations", &row.clustering).ok())
     }
 
+    /// Decode a binding row of `aor` if it counts: under enrollment, only if signed by the
+    /// node that owns the binding's flow (`call::signed`), as only it may write one.
+    fn from_verified_row(mesh: &Mesh, aor: &str, row: &Row) -> Option<Binding> {
+        let row = signed::verified(
+            mesh,
+            "registrations",
+            aor.as_bytes(),
+            row,
+            |signer, _, row| match Binding::from_row(row) {
+                Some(b) if b.owner == *signer => Ok(()),
+                Some(b) => Err(format!("signed by {signer}, not by its owner {}", b.owner)),
+                None => Err("no binding in the signed columns".into()),
+            },
+        )?;
+        Binding::from_row(&row)
+    }
+
     /// Encode for the `binding` column.
     pub fn encode(&self) -> Vec<u8> {
         codec::encode(self).unwrap_or_default()
@@ -83,7 +101,7 @@ pub async fn lookup_near(mesh: &Mesh, aor: &str) -> Result<Vec<Binding>> {
     let now = mesh.keyspace().wall_ms();
     Ok(p.rows
         .iter()
-        .filter_map(Binding::from_row)
+        .filter_map(|row| Binding::from_verified_row(mesh, aor, row))
         .filter(|b| b.expires_at_ms > now)
         .collect())
 }
@@ -94,7 +112,7 @@ pub async fn lookup(mesh: &Mesh, aor: &str, cl: Consistency) -> Result<Vec<Bindi
     let now = mesh.keyspace().wall_ms();
     Ok(p.rows
         .iter()
-        .filter_map(Binding::from_row)
+        .filter_map(|row| Binding::from_verified_row(mesh, aor, row))
         .filter(|b| b.expires_at_ms > now)
         .collect())
 }

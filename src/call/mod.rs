@@ -32,6 +32,7 @@ pub(crate) mod proxy;
 pub(crate) mod redirect;
 pub(crate) mod registrar;
 pub(crate) mod secret;
+pub(crate) mod signed;
 pub mod throttle;
 pub(crate) mod users;
 

@@ -1,14 +1,20 @@
 //! Users: digest credentials in the replicated `users` table (HA1 only, never the password),
 //! written and read at QUORUM, with a short-lived cache for the SIP hot path.
+//!
+//! Under signed enrollment a user row counts only if a member with the `admin` role signed it
+//! (`call::signed`): a member without it cannot add or change a user however the row travels
+//! (anti-entropy, handoff, a forged read answer), and the rows a revoked member signed stop
+//! counting mesh-wide.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use sipmesh_net::{Consistency, Mesh};
+use sipmesh_net::{Consistency, Mesh, Roles};
 use sipmesh_storage::Mutation;
 
+use crate::call::signed;
 use crate::error::{Error, Result};
 use crate::sip::digest::{ha1, Algorithm, Credentials};
 use crate::tables::USERS;
@@ -92,7 +98,7 @@ impl Users {
         if password.is_empty() {
             return Err(Error::Config(format!("empty password for user {user:?}")));
         }
-        let mut cols = vec![
+        let mut cols: Vec<(&str, Vec<u8>)> = vec![
             (
                 "ha1_md5",
                 ha1(Algorithm::Md5, user, &self.realm, password).into_bytes(),
@@ -108,6 +114,9 @@ impl Users {
             cols.push(("display_name", d.as_bytes().to_vec()));
         }
         let ts = self.mesh.keyspace().now();
+        if let Some(sig) = signed::sign(&self.mesh, "users", user.as_bytes(), b"", ts, &cols) {
+            cols.push(sig);
+        }
         Ok(Mutation::new(USERS, user.as_bytes().to_vec()).upsert(b"", cols, ts, None))
     }
 
@@ -146,21 +155,39 @@ impl Users {
             .mesh
             .read(USERS, user.as_bytes(), Consistency::Quorum)
             .await?;
-        Ok(Self::record(user, &p))
+        Ok(self.record(user, &p))
     }
 
-    fn record(user: &str, p: &sipmesh_storage::Partition) -> Option<UserRecord> {
-        p.rows.first().and_then(|row| {
-            Some(UserRecord {
-                user: user.to_string(),
-                realm: text(row.get("realm"))?,
-                display_name: text(row.get("display_name")),
-                disabled: row.get("disabled") == Some(b"1"),
-                credentials: Credentials {
-                    ha1_md5: text(row.get("ha1_md5"))?,
-                    ha1_sha256: text(row.get("ha1_sha256"))?,
-                },
-            })
+    /// The user a partition holds: its row, if it counts (under enrollment: signed by an
+    /// admin member, `call::signed`).
+    fn record(&self, user: &str, p: &sipmesh_storage::Partition) -> Option<UserRecord> {
+        let row = p.rows.first()?;
+        let row = signed::verified(
+            &self.mesh,
+            "users",
+            user.as_bytes(),
+            row,
+            |signer, roles, _| {
+                if roles.contains(Roles::ADMIN) {
+                    Ok(())
+                } else {
+                    Err(format!("its writer {signer} has not the admin role"))
+                }
+            },
+        )?;
+        Self::fields(user, &row)
+    }
+
+    fn fields(user: &str, row: &sipmesh_storage::Row) -> Option<UserRecord> {
+        Some(UserRecord {
+            user: user.to_string(),
+            realm: text(row.get("realm"))?,
+            display_name: text(row.get("display_name")),
+            disabled: row.get("disabled") == Some(b"1"),
+            credentials: Credentials {
+                ha1_md5: text(row.get("ha1_md5"))?,
+                ha1_sha256: text(row.get("ha1_sha256"))?,
+            },
         })
     }
 
@@ -175,7 +202,7 @@ impl Users {
                 .mesh
                 .keyspace()
                 .read_partition(USERS, user.as_bytes())?;
-            if let Some(rec) = Self::record(user, &p) {
+            if let Some(rec) = self.record(user, &p) {
                 return Ok(Some(rec));
             }
         }

@@ -628,6 +628,18 @@ impl Node {
         self.users.add(user, password, None).await
     }
 
+    /// The mutation that stores a user, signed by this node under enrollment: what
+    /// [`Node::add_user`] writes, not written.
+    pub fn user_mutation(&self, user: &str, password: &str) -> Result<sipmesh_storage::Mutation> {
+        self.users.mutation(user, password, None)
+    }
+
+    /// Whether the registrar here would authenticate `user`: its row is readable and, under
+    /// enrollment, signed by a member with the admin role that is not revoked.
+    pub async fn knows_user(&self, user: &str) -> Result<bool> {
+        Ok(self.users.get_cached(user).await?.is_some())
+    }
+
     /// Revoke a member mesh-wide (the revocation must be signed by the mesh's enrollment key);
     /// returns the revoked peer.
     pub async fn revoke(

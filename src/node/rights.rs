@@ -15,9 +15,10 @@
 //!   revocations are signed by the enrollment key and checked by every reader).
 //!
 //! These hold for writes a member coordinates (and the read repairs and hints it sends). Rows
-//! that move between replicas (anti-entropy, handoff) are not checked: a replica is trusted
-//! with the rows it holds, as a Cassandra node is (docs/SECURITY.md, "What a member can still
-//! do").
+//! that move between replicas (anti-entropy, handoff) are not checked here: a replica passes
+//! on the rows it holds, as a Cassandra node does. What makes `users` and `registrations`
+//! hold however a row travels is its signature (`call::signed`): a row that its writer could
+//! not have written does not count when read (docs/SECURITY.md, "What a member can still do").
 
 use sipmesh_net::{PeerId, Roles};
 use sipmesh_storage::{CellValue, EntryKey, Mutation};

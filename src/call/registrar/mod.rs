@@ -23,6 +23,7 @@ use tracing::{debug, warn};
 
 use crate::call::auth::{authenticate, Challenger};
 use crate::call::location::Binding;
+use crate::call::signed;
 use crate::call::Context;
 use crate::metrics::inc;
 use crate::sip::build::ResponseBuilder;
@@ -430,12 +431,20 @@ impl Registrar {
                 self.owned.refreshed(aor, &b);
             } else {
                 b.expires_at_ms = now + LEASE_FACTOR * expires as u64 * 1000;
-                change.mutation = change.mutation.upsert(
+                let mut cols = vec![("binding", b.encode())];
+                // Under enrollment, signed by this node, the binding's owner (call::signed).
+                let sig = signed::sign(
+                    &self.ctx.mesh,
+                    "registrations",
+                    aor.as_bytes(),
                     &key,
-                    [("binding", b.encode())],
                     ts,
-                    Some(b.expires_at_ms),
+                    &cols,
                 );
+                cols.extend(sig);
+                change.mutation = change
+                    .mutation
+                    .upsert(&key, cols, ts, Some(b.expires_at_ms));
                 change.current.retain(|o| o.key() != key);
                 change.current.push(b.clone());
                 change.written.push((b, expires_at_ms));
