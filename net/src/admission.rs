@@ -685,9 +685,24 @@ impl Admission {
         let credential = Credential::from_bytes(&sig.credential)
             .map_err(|_| "malformed credential in a row signature".to_string())?;
         let signer = credential.peer().map_err(|e| e.to_string())?;
-        let roles = credential
-            .check(&self.issuer, &signer, at_ms)
-            .map_err(|r| format!("the signer's credential: {r}"))?;
+        // The credential a member shows in its heartbeats was verified then: its signature
+        // need not be checked again, only its expiry against the row's time.
+        let own = self.read_own();
+        let known = if own.bytes == sig.credential {
+            Some((own.roles, own.expires_ms))
+        } else {
+            self.read_admitted()
+                .get(&signer)
+                .filter(|(bytes, _, _)| *bytes == sig.credential)
+                .map(|(_, roles, expires)| (*roles, *expires))
+        };
+        drop(own);
+        let roles = match known {
+            Some((roles, expires)) if at_ms < expires => roles,
+            _ => credential
+                .check(&self.issuer, &signer, at_ms)
+                .map_err(|r| format!("the signer's credential: {r}"))?,
+        };
         if self.is_revoked(&signer) {
             return Err(format!("the signer {signer} is revoked"));
         }
@@ -873,6 +888,17 @@ mod tests {
             .is_err());
         let thief = libp2p::identity::Keypair::generate_ed25519();
         let stolen = sign_row(&thief, cred.to_bytes(), b"alice:ha1");
+        assert!(admission.verify_row(&stolen, b"alice:ha1", NOW).is_err());
+        // Once the writer is admitted (its heartbeat), its credential is not checked again,
+        // but its expiry still is, against the row's time.
+        admission.check(&writer_id, &cred.to_bytes(), NOW).unwrap();
+        assert_eq!(
+            admission.verify_row(&sig, b"alice:ha1", NOW + 1),
+            Ok((writer_id, Roles::ADMIN))
+        );
+        assert!(admission
+            .verify_row(&sig, b"alice:ha1", NOW + 10_000)
+            .is_err());
         assert!(admission.verify_row(&stolen, b"alice:ha1", NOW).is_err());
         // Revoked: none of its rows is trusted any more.
         admission.revoke(&[key.revoke(&writer_id, NOW)]);
