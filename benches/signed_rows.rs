@@ -21,14 +21,11 @@ fn per_op(d: Duration, n: usize) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let key = Arc::new(EnrollmentKey::generate());
     let mesh = LocalMesh::builder()
         .nodes(1)
-        .configure(move |c| {
-            c.mesh.enrollment = Some(Enrollment::SelfIssued {
-                key: key.clone(),
-                roles: Roles::ADMIN,
-            })
+        .enrollment(Enrollment::SelfIssued {
+            key: Arc::new(EnrollmentKey::generate()),
+            roles: Roles::ADMIN,
         })
         .start()
         .await

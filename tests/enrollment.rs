@@ -45,8 +45,10 @@ async fn nodes(n: usize, enrollment: Option<Enrollment>, seed: Option<Multiaddr>
     let mut b = LocalMesh::builder()
         .nodes(n)
         .mesh_key(MESH_KEY)
-        .anti_entropy_interval(Duration::from_secs(1))
-        .configure(move |c| c.mesh.enrollment = enrollment.clone());
+        .anti_entropy_interval(Duration::from_secs(1));
+    if let Some(e) = enrollment {
+        b = b.enrollment(e);
+    }
     if let Some(seed) = seed {
         b = b.bootstrap(seed);
     }
@@ -389,10 +391,7 @@ async fn replicas_refuse_writes_beyond_a_members_rights() {
             .nodes(2)
             .mesh_key(MESH_KEY)
             .anti_entropy_interval(Duration::from_secs(600))
-            .configure({
-                let e = enrolled(&key, Roles::ADMIN);
-                move |c| c.mesh.enrollment = Some(e.clone())
-            })
+            .enrollment(enrolled(&key, Roles::ADMIN))
             .start()
             .await
             .unwrap();

@@ -31,6 +31,25 @@ use common::*;
 use tokio::process::Child;
 
 const TOKEN: &str = "jepsen-test-admin-token-0123";
+/// Give node `i` (data dir `dir/n{i}`) its identity, if it has none yet, and a credential
+/// with every role, signed by the run's enrollment key (`dir/enroll.key`). Returns its PeerId.
+fn enroll(dir: &std::path::Path, i: usize) -> String {
+    let data = dir.join(format!("n{i}")).to_str().unwrap().to_string();
+    let peer = sipmesh(&["mesh", "id", "--data-dir", &data]);
+    sipmesh(&[
+        "mesh",
+        "invite",
+        &peer,
+        "--enrollment-key",
+        dir.join("enroll.key").to_str().unwrap(),
+        "--roles",
+        "edge,admin",
+        "--out",
+        &format!("{data}/member.cred"),
+    ]);
+    peer
+}
+
 /// Nodes of the run (the last one joins during the workload).
 const NODES: usize = 5;
 const SIP: u16 = 5060;
@@ -124,19 +143,7 @@ impl Cluster {
             ]);
             run(&["ip", "-n", &ns, "link", "set", &inside, "up"]);
             run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-            let data = path(&format!("n{i}"));
-            let peer = sipmesh(&["mesh", "id", "--data-dir", &data]);
-            sipmesh(&[
-                "mesh",
-                "invite",
-                &peer,
-                "--enrollment-key",
-                &path("enroll.key"),
-                "--roles",
-                "edge,admin",
-                "--out",
-                &format!("{data}/member.cred"),
-            ]);
+            enroll(dir.path(), i);
             nodes.push(Node {
                 ns,
                 ip,
@@ -195,23 +202,10 @@ impl Cluster {
     async fn redeploy(&mut self, i: usize) -> String {
         self.kill(i).await;
         let data = self.dir.path().join(format!("n{i}"));
-        let d = data.to_str().unwrap().to_string();
-        let old = sipmesh(&["mesh", "id", "--data-dir", &d]);
+        let old = sipmesh(&["mesh", "id", "--data-dir", data.to_str().unwrap()]);
         std::fs::remove_dir_all(&data).unwrap();
-        let peer = sipmesh(&["mesh", "id", "--data-dir", &d]);
+        let peer = enroll(self.dir.path(), i);
         assert_ne!(old, peer, "a wiped data dir keeps its identity");
-        let enroll = self.dir.path().join("enroll.key");
-        sipmesh(&[
-            "mesh",
-            "invite",
-            &peer,
-            "--enrollment-key",
-            enroll.to_str().unwrap(),
-            "--roles",
-            "edge,admin",
-            "--out",
-            &format!("{d}/member.cred"),
-        ]);
         self.start(i).await;
         old
     }

@@ -780,6 +780,16 @@ mod tests {
 
     const NOW: u64 = 1_700_000_000_000;
 
+    /// The admission of an edge node `local` of the mesh `key` enrolls.
+    fn edge_node(key: &EnrollmentKey, local: &PeerId) -> Admission {
+        Admission::new(
+            &key.issue(local, Roles::EDGE, NOW, NOW + 10_000),
+            local,
+            NOW,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn a_credential_admits_only_its_own_peer_of_its_own_mesh_until_it_expires() {
         let key = EnrollmentKey::generate();
@@ -820,12 +830,7 @@ mod tests {
     fn admission_remembers_members_and_revocations_shut_them_out() {
         let key = EnrollmentKey::generate();
         let local = PeerId::random();
-        let admission = Admission::new(
-            &key.issue(&local, Roles::EDGE, NOW, NOW + 10_000),
-            &local,
-            NOW,
-        )
-        .unwrap();
+        let admission = edge_node(&key, &local);
         let member = PeerId::random();
         let cred = key
             .issue(&member, Roles::EDGE, NOW, NOW + 10_000)
@@ -860,12 +865,7 @@ mod tests {
     fn a_signed_row_verifies_only_unchanged_from_a_member_of_this_mesh_not_revoked() {
         let key = EnrollmentKey::generate();
         let local = PeerId::random();
-        let admission = Admission::new(
-            &key.issue(&local, Roles::EDGE, NOW, NOW + 10_000),
-            &local,
-            NOW,
-        )
-        .unwrap();
+        let admission = edge_node(&key, &local);
         let writer = libp2p::identity::Keypair::generate_ed25519();
         let writer_id = writer.public().to_peer_id();
         let cred = key.issue(&writer_id, Roles::ADMIN, NOW, NOW + 10_000);

@@ -146,14 +146,11 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_row_counts_only_signed_unchanged_and_by_a_writer_its_rule_accepts() {
-        let key = Arc::new(EnrollmentKey::generate());
         let mesh = LocalMesh::builder()
             .nodes(1)
-            .configure(move |c| {
-                c.mesh.enrollment = Some(Enrollment::SelfIssued {
-                    key: key.clone(),
-                    roles: Roles::EDGE,
-                })
+            .enrollment(Enrollment::SelfIssued {
+                key: Arc::new(EnrollmentKey::generate()),
+                roles: Roles::EDGE,
             })
             .start()
             .await

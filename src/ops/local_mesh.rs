@@ -34,6 +34,7 @@ pub struct LocalMeshBuilder {
     mesh_key: Option<sipmesh_net::config::MeshConfigKey>,
     anti_entropy_interval: Duration,
     bootstrap: Vec<Multiaddr>,
+    enrollment: Option<sipmesh_net::Enrollment>,
 }
 
 /// One node of a local mesh.
@@ -64,6 +65,7 @@ impl Default for LocalMeshBuilder {
             mesh_key: None,
             anti_entropy_interval: Duration::from_secs(1),
             bootstrap: Vec::new(),
+            enrollment: None,
         }
     }
 }
@@ -90,6 +92,13 @@ impl LocalMeshBuilder {
         self
     }
 
+    /// Enforce signed enrollment on every node, each with this credential source (a
+    /// self-issued one: every node gets the same roles).
+    pub fn enrollment(mut self, enrollment: sipmesh_net::Enrollment) -> Self {
+        self.enrollment = Some(enrollment);
+        self
+    }
+
     /// Change every node's configuration (SIP settings, limits, …) before it starts.
     pub fn configure(mut self, f: impl Fn(&mut NodeConfig) + Send + Sync + 'static) -> Self {
         self.tweak = Some(std::sync::Arc::new(f));
@@ -108,6 +117,7 @@ impl LocalMeshBuilder {
         config.mesh.mesh_key = self.mesh_key.map(|k| k.psk());
         config.mesh.anti_entropy_interval = self.anti_entropy_interval;
         config.mesh.bootstrap = self.bootstrap.clone();
+        config.mesh.enrollment = self.enrollment.clone();
         // The test client and SIPp send from 127.0.0.1 at load-test rates; throttling tests
         // send from other loopback addresses (127.0.0.0/8).
         config.throttle.trusted = vec![std::net::Ipv4Addr::LOCALHOST.into()];

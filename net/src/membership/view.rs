@@ -305,26 +305,20 @@ impl View {
                     info!(peer = %from, generation = info.generation, "member restarted");
                     changes.events.push(MemberEvent::Up(from));
                 }
-                if info.tags.is_empty() && !restarted {
-                    // A bare heartbeat (from a member that has not admitted this node yet)
-                    // says nothing of its tags, and maybe nothing of its addresses: keep what
-                    // is known.
-                    let tags = std::mem::take(&mut e.info.tags);
-                    if addrs.is_empty() {
-                        let known = std::mem::take(&mut e.info.addrs);
-                        e.info = MemberInfo {
-                            addrs: known,
-                            tags,
-                            ..info
-                        };
-                    } else {
-                        e.info = MemberInfo { tags, ..info };
-                        e.addrs = addrs;
-                    }
+                // A bare heartbeat (from a member that has not admitted this node yet) says
+                // nothing of its tags, and maybe nothing of its addresses: keep what is known
+                // (unless it restarted: then the old ones may be stale).
+                let mut info = info;
+                let bare = info.tags.is_empty() && !restarted;
+                if bare {
+                    info.tags = std::mem::take(&mut e.info.tags);
+                }
+                if bare && addrs.is_empty() {
+                    info.addrs = std::mem::take(&mut e.info.addrs);
                 } else {
-                    e.info = info;
                     e.addrs = addrs;
                 }
+                e.info = info;
             }
             None => {
                 info!(peer = %from, generation = info.generation, "member joined");
