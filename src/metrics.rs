@@ -302,6 +302,8 @@ pub struct Gauges {
     pub ring_members: Gauge,
     /// 1 while this node sees a majority of its ring.
     pub mesh_majority: Gauge,
+    /// 1 while this node is joining (streaming its ranges, answering no reads for them).
+    pub mesh_joining: Gauge,
     /// Hints waiting for a peer.
     pub hints_pending: Gauge,
     /// Transactions held (server and client).
@@ -333,7 +335,7 @@ impl Gauges {
     }
 
     fn register(&self, registry: &mut Registry) {
-        let g: [(&str, &str, &Gauge); 9] = [
+        let g: [(&str, &str, &Gauge); 10] = [
             (
                 "ring_members",
                 "Members in this node's persisted ring, up or down",
@@ -343,6 +345,11 @@ impl Gauges {
                 "mesh_majority",
                 "1 while this node sees a majority of its ring (QUORUM is served), else 0",
                 &self.mesh_majority,
+            ),
+            (
+                "mesh_joining",
+                "1 while this node is joining: it streams the ranges it will own and answers no reads for them",
+                &self.mesh_joining,
             ),
             (
                 "hints_pending",

@@ -258,6 +258,39 @@ impl AntiEntropy {
 
     /// Compare and repair the leaves shared with `peer`, within this round's bounds.
     pub async fn exchange(&self, peer: PeerId) -> Result<Exchange> {
+        self.exchange_with(peer, false).await
+    }
+
+    /// Bootstrap: stream from every member this node shares leaves with every leaf that
+    /// differs — those being written too, and without a round's bounds — so that afterwards it
+    /// holds everything they held when compared (what was written since reached it as a pending
+    /// replica). Refused while one of them is down: a write acknowledged by a quorum may be on
+    /// that one and on a replica this node displaces only.
+    pub async fn bootstrap_pass(&self) -> std::result::Result<Exchange, String> {
+        let snap = self.membership.snapshot();
+        if !snap.has_majority() {
+            return Err("a majority of the ring is not up".into());
+        }
+        let shared = snap.shared_leaves();
+        let mut total = Exchange::default();
+        for m in snap
+            .ring
+            .iter()
+            .filter(|m| m.peer != self.local && shared.contains_key(&m.peer))
+        {
+            if !m.up {
+                return Err(format!("{} holds some of these ranges and is down", m.peer));
+            }
+            let x = self
+                .exchange_with(m.peer, true)
+                .await
+                .map_err(|e| format!("streaming from {} failed: {e}", m.peer))?;
+            total.add(x);
+        }
+        Ok(total)
+    }
+
+    async fn exchange_with(&self, peer: PeerId, whole: bool) -> Result<Exchange> {
         let span = tracing::debug_span!("anti_entropy", %peer);
         let _enter = span.enter();
         let shared = self.shared_leaves(&peer);
@@ -272,7 +305,7 @@ impl AntiEntropy {
         let merkle = self.keyspace.merkle();
         let now = self.keyspace.wall_ms();
         let round = self.rounds.load(Ordering::Relaxed);
-        let hot_too = round.is_multiple_of(FORCE_HOT_EVERY);
+        let hot_too = whole || round.is_multiple_of(FORCE_HOT_EVERY);
         let cold = |touched: u64| now.saturating_sub(touched) >= HOT_MS;
         let mut differing: Vec<u32> = shared
             .iter()
@@ -289,29 +322,38 @@ impl AntiEntropy {
             let start = (round as usize) % differing.len();
             differing.rotate_left(start);
         }
-        for leaf in differing.into_iter().take(MAX_LEAVES_PER_ROUND) {
-            if x.bytes >= MAX_BYTES_PER_ROUND {
+        let bound = if whole { usize::MAX } else { MAX_LEAVES_PER_ROUND };
+        for leaf in differing.into_iter().take(bound) {
+            if x.bytes >= MAX_BYTES_PER_ROUND && !whole {
                 break;
             }
-            self.repair_leaf(peer, leaf, &mut x).await?;
+            self.repair_leaf(peer, leaf, &mut x, whole).await?;
         }
         Ok(x)
     }
 
-    /// Compare one leaf partition by partition and move the partitions that differ.
-    async fn repair_leaf(&self, peer: PeerId, leaf: u32, x: &mut Exchange) -> Result<()> {
+    /// Compare one leaf with `peer` partition by partition and move what differs (within the
+    /// round's byte bound unless `whole`).
+    async fn repair_leaf(
+        &self,
+        peer: PeerId,
+        leaf: u32,
+        x: &mut Exchange,
+        whole: bool,
+    ) -> Result<()> {
+        let full = |x: &Exchange| x.bytes >= MAX_BYTES_PER_ROUND && !whole;
         let mine = all_digests(leaf, |r| async { Ok(local_scan(&self.keyspace, r).await) }).await?;
         let theirs = all_digests(leaf, |r| self.link.request(peer, r, self.timeout * 4)).await?;
         let (pull, push) = plan_leaf(&mine, &theirs);
         for (table, pk) in pull {
-            if x.bytes >= MAX_BYTES_PER_ROUND {
+            if full(x) {
                 return Ok(());
             }
             x.bytes += self.pull_partition(peer, table, &pk).await?;
             x.pulled += 1;
         }
         for (table, pk) in push {
-            if x.bytes >= MAX_BYTES_PER_ROUND {
+            if full(x) {
                 return Ok(());
             }
             x.bytes += self.push_partition(peer, table, &pk, true).await?;
@@ -433,7 +475,7 @@ impl AntiEntropy {
         let failures: usize = stream::iter(partitions)
             .map(|(_, table, pk)| async move {
                 let mut failed = 0;
-                for r in snap.replicas(&pk).iter().filter(|r| r.up) {
+                for r in snap.write_replicas(&pk).iter().filter(|r| r.up) {
                     if self
                         .push_partition(r.peer, table, &pk, false)
                         .await
@@ -486,7 +528,13 @@ impl AntiEntropy {
             if handed >= HANDOFF_PER_ROUND {
                 break;
             }
-            let replicas: Vec<PeerId> = snap.replicas(&pk).iter().map(|m| m.peer).collect();
+            // Kept while reads may still ask it: as a replica, or one readers that have not
+            // heard of a join yet ask.
+            let replicas: Vec<PeerId> = snap
+                .write_replicas(&pk)
+                .iter()
+                .map(|m| m.peer)
+                .collect();
             if replicas.contains(&self.local) {
                 continue;
             }

@@ -63,7 +63,7 @@ pub(crate) async fn collect(
     let mut purged = 0;
     for c in candidates.into_iter().take(MAX_PARTITIONS_PER_PASS) {
         let replicas: Vec<PeerId> = snap
-            .replicas(&c.partition_key)
+            .write_replicas(&c.partition_key)
             .iter()
             .map(|m| m.peer)
             .collect();

@@ -18,6 +18,7 @@
 //! - `group_commit`: acknowledged writes are on disk; concurrent writes share one flush.
 //! - [`replication`]: the coordinator (consistency levels, read repair, hints) and the replica side.
 //! - [`anti_entropy`]: Merkle comparison between replicas, streaming of differences, handoff.
+//! - `bootstrap`: a new member streams the ranges it will own before it answers reads.
 //! - [`mesh`]: [`Mesh`], the handle the node uses.
 //! - [`shutdown`]: background loops that stop on one signal.
 //! - [`stats`]: what the mesh layer measures, for the node's Prometheus registry.
@@ -26,6 +27,7 @@
 
 pub mod admission;
 pub(crate) mod anti_entropy;
+pub(crate) mod bootstrap;
 pub(crate) mod claim;
 pub mod config;
 mod error;
@@ -54,6 +56,6 @@ pub use membership::swim::Notice;
 pub use membership::{swim, Member, MemberEvent, MemberState};
 pub use mesh::{AppHandler, AppMessage, DatagramSender, Mesh};
 pub use peer::load_or_create_key;
-pub use placement::Snapshot;
+pub use placement::{Snapshot, Standing};
 pub use replication::Consistency;
 pub use stats::MeshMetrics;

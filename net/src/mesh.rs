@@ -819,12 +819,16 @@ impl Mesh {
             addrs: handle.listen_addrs.iter().map(|a| a.to_string()).collect(),
             generation,
             tags: config.tags.clone(),
+            joining: false, // membership fills it in
         };
+        let seeded = !config.bootstrap.is_empty();
+        let joining = crate::bootstrap::starts_joining(&config.data_dir, seeded)?;
         let membership = Membership::with_ring_file(
             info,
             local,
             MembershipConfig {
                 replication_factor: config.replication_factor.max(1),
+                joining,
             },
             Some(config.data_dir.join("ring")),
         );
@@ -954,6 +958,17 @@ impl Mesh {
                 config.anti_entropy_interval,
                 metrics.clone(),
                 catching_up.clone(),
+                s,
+            )
+            .instrument(span.clone())
+        });
+        background.spawn("join", |s| {
+            crate::bootstrap::join(
+                anti_entropy.clone(),
+                membership.clone(),
+                (link.clone(), config.request_timeout),
+                config.data_dir.clone(),
+                seeded,
                 s,
             )
             .instrument(span.clone())
@@ -1102,6 +1117,12 @@ impl Mesh {
         let r = self.inner.replication.write(m, cl).await;
         self.inner.metrics.replicated("write", cl, t0.elapsed(), &r);
         r
+    }
+
+    /// Whether this node is still joining: streaming the ranges it will own, answering no
+    /// reads for them (`bootstrap`).
+    pub fn joining(&self) -> bool {
+        self.inner.membership.joining()
     }
 
     /// Whether this node is still catching up (from start until an anti-entropy round pulls

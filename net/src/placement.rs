@@ -3,11 +3,21 @@
 //!
 //! Positions are SHA-256 hashes — of the partition key for data, of the PeerId's bytes for
 //! members — exactly as Kademlia places keys and peers, so a node's partial view still gives the
-//! answer Kademlia would. The ring holds members that are up or recently down; a down member keeps
-//! its place (and gets hints) until it is evicted, so a short outage moves no data.
+//! answer Kademlia would. A down member keeps its place (and gets hints) until it leaves or is
+//! removed, so an outage moves no data.
+//!
+//! Pending ranges, as Cassandra's bootstrap: a member that is joining receives the writes of the
+//! ranges it will own but answers no read for them until it has streamed them ([`Standing`]).
+//! While any member is joining or has just joined, a partition has up to three replica sets —
+//! the one readers that have not heard of the join use (normal members only), the one readers
+//! use now (joiners left out), and the one it will have (everyone) — all of the same size. A
+//! write goes to their union and waits for a quorum plus one acknowledgement per member the
+//! union has beyond the replication factor, which is a quorum inside each of them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
+
+use serde::Serialize;
 
 use libp2p::PeerId;
 use sha2::{Digest, Sha256};
@@ -34,6 +44,20 @@ pub(crate) fn distance(a: &Position, b: &Position) -> Position {
     d
 }
 
+/// Where a member stands in owning its ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Standing {
+    /// It owns its ranges: reads and writes go to it.
+    Normal,
+    /// It is bootstrapping: writes for the ranges it will own go to it (pending ranges), reads
+    /// do not, until it has streamed those ranges from their replicas.
+    Joining,
+    /// It finished joining a moment ago: reads go to it, and writes still reach a quorum of the
+    /// replicas it displaced as well, for members that have not heard yet.
+    Settling,
+}
+
 /// A member of the ring as placement sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RingMember {
@@ -41,8 +65,10 @@ pub struct RingMember {
     pub peer: PeerId,
     /// Its position.
     pub position: Position,
-    /// Whether it is currently up (down members keep their place until evicted).
+    /// Whether it is currently up (down members keep their place until they leave).
     pub up: bool,
+    /// Whether it owns its ranges yet.
+    pub standing: Standing,
 }
 
 /// An immutable view of the ring, rebuilt by membership on every change and shared by `Arc`.
@@ -72,6 +98,7 @@ impl Snapshot {
                 peer: local,
                 position: peer_position(&local),
                 up: true,
+                standing: Standing::Normal,
             }],
             replication_factor,
             version: 0,
@@ -107,29 +134,74 @@ impl Snapshot {
             .map(|m| (m.peer, m.up))
     }
 
-    /// The replicas of a position, closest first.
-    pub fn replicas_at(&self, position: &Position) -> Vec<&RingMember> {
-        let mut by_distance: Vec<(Position, &RingMember)> = self
-            .ring
-            .iter()
-            .map(|m| (distance(&m.position, position), m))
-            .collect();
-        by_distance.sort_unstable_by_key(|a| a.0);
-        by_distance
-            .into_iter()
-            .take(self.effective_rf())
-            .map(|(_, m)| m)
-            .collect()
+    /// Whether some member is joining or has just joined (then reads and writes of a partition
+    /// may have different replicas).
+    pub fn in_transition(&self) -> bool {
+        self.ring.iter().any(|m| m.standing != Standing::Normal)
     }
 
-    /// The replicas of a partition key, closest first.
+    /// The `effective_rf` members closest to `position`, those `later` says true of only after
+    /// all the others (so a set is filled up with them when too few others exist).
+    fn closest(
+        &self,
+        position: &Position,
+        later: impl Fn(&RingMember) -> bool,
+    ) -> Vec<&RingMember> {
+        let mut by_distance: Vec<((bool, Position), &RingMember)> = self
+            .ring
+            .iter()
+            .map(|m| ((later(m), distance(&m.position, position)), m))
+            .collect();
+        let rf = self.effective_rf();
+        if by_distance.len() > rf {
+            by_distance.select_nth_unstable_by_key(rf - 1, |a| a.0);
+            by_distance.truncate(rf);
+        }
+        by_distance.sort_unstable_by_key(|a| a.0);
+        by_distance.into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// The replicas reads of a position ask, closest first: joining members only when too few
+    /// others exist (a mesh starting together, where there is nothing to stream yet).
+    pub fn replicas_at(&self, position: &Position) -> Vec<&RingMember> {
+        self.closest(position, |m| m.standing == Standing::Joining)
+    }
+
+    /// The replicas of a partition key that reads ask, closest first.
     pub fn replicas(&self, partition_key: &[u8]) -> Vec<&RingMember> {
         self.replicas_at(&key_position(partition_key))
     }
 
-    /// Whether this node is a replica of the partition key.
+    /// The replicas writes of a partition key go to: those reads ask, and while members join,
+    /// those reads asked before ([`Standing::Settling`] members left out) and those they will
+    /// ask (joiners in). A write needs `cl.required(effective_rf())` plus one for each beyond
+    /// `effective_rf()` (Cassandra's pending ranges): then a quorum of each set has it.
+    pub fn write_replicas(&self, partition_key: &[u8]) -> Vec<&RingMember> {
+        let position = key_position(partition_key);
+        let mut set = self.replicas_at(&position);
+        if self.in_transition() {
+            let before = self.closest(&position, |m| m.standing != Standing::Normal);
+            let after = self.closest(&position, |_| false);
+            for m in before.into_iter().chain(after) {
+                if !set.iter().any(|s| s.peer == m.peer) {
+                    set.push(m);
+                }
+            }
+        }
+        set
+    }
+
+    /// Whether this node is a replica reads of the partition key ask.
     pub fn is_local_replica(&self, partition_key: &[u8]) -> bool {
         self.replicas(partition_key)
+            .iter()
+            .any(|m| m.peer == self.local)
+    }
+
+    /// Whether this node holds the partition key for writes (a replica reads ask, one they
+    /// asked a moment ago, or one they will ask once it joined).
+    pub fn is_local_owner(&self, partition_key: &[u8]) -> bool {
+        self.write_replicas(partition_key)
             .iter()
             .any(|m| m.peer == self.local)
     }
@@ -156,25 +228,39 @@ impl Snapshot {
 impl Snapshot {
     /// The members that may be replicas of some key in a Merkle leaf: the RF nearest the leaf
     /// by the leaf-depth prefix of their positions, and any tied with the last of them (the
-    /// bits below the prefix decide between those, key by key). Linear in the ring.
+    /// bits below the prefix decide between those, key by key) — in each replica set a write
+    /// reaches while members join. Linear in the ring.
     pub fn leaf_candidates(&self, leaf: usize) -> Vec<PeerId> {
         let rf = self.effective_rf();
-        let shift = 16 - MERKLE_DEPTH;
-        let prefix = |p: &Position| (u16::from_be_bytes([p[0], p[1]]) >> shift) as usize;
-        let mut d: Vec<usize> = self
-            .ring
-            .iter()
-            .map(|m| prefix(&m.position) ^ leaf)
-            .collect();
-        if d.len() <= rf {
+        if self.ring.len() <= rf {
             return self.ring.iter().map(|m| m.peer).collect();
         }
-        let (_, &mut limit, _) = d.select_nth_unstable(rf - 1);
-        self.ring
-            .iter()
-            .filter(|m| prefix(&m.position) ^ leaf <= limit)
-            .map(|m| m.peer)
-            .collect()
+        let shift = 16 - MERKLE_DEPTH;
+        let prefix = |p: &Position| (u16::from_be_bytes([p[0], p[1]]) >> shift) as usize;
+        let among = |later: &dyn Fn(&RingMember) -> bool| -> Vec<PeerId> {
+            let mut d: Vec<(bool, usize)> = self
+                .ring
+                .iter()
+                .map(|m| (later(m), prefix(&m.position) ^ leaf))
+                .collect();
+            let (_, &mut limit, _) = d.select_nth_unstable(rf - 1);
+            self.ring
+                .iter()
+                .filter(|m| (later(m), prefix(&m.position) ^ leaf) <= limit)
+                .map(|m| m.peer)
+                .collect()
+        };
+        let mut out = among(&|_| false);
+        if self.in_transition() {
+            let joining = among(&|m| m.standing == Standing::Joining);
+            let before = among(&|m| m.standing != Standing::Normal);
+            for p in joining.into_iter().chain(before) {
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+        out
     }
 
     /// For every other member this node may share keys with, the Merkle leaves both may
@@ -213,6 +299,7 @@ mod tests {
                 peer: *p,
                 position: peer_position(p),
                 up: true,
+                standing: Standing::Normal,
             })
             .collect();
         ring.sort_by_key(|m| m.position);
@@ -308,5 +395,50 @@ mod tests {
         assert!(!s.has_majority());
         let s = ring(1);
         assert_eq!(s.replicas(b"k").len(), 1);
+    }
+
+    #[test]
+    fn while_members_join_a_write_reaches_a_quorum_of_every_replica_set() {
+        let mut s = ring(8);
+        s.ring[3].standing = Standing::Joining;
+        s.ring[5].standing = Standing::Settling;
+        let (joiner, settling) = (s.ring[3].peer, s.ring[5].peer);
+        let peers = |v: Vec<&RingMember>| v.into_iter().map(|m| m.peer).collect::<Vec<_>>();
+        let mut widened = 0;
+        for i in 0..2_000u32 {
+            let key = i.to_be_bytes();
+            let pos = key_position(&key);
+            let read = peers(s.replicas(&key));
+            assert!(!read.contains(&joiner), "a joiner answers reads");
+            let before = peers(s.closest(&pos, |m| m.standing != Standing::Normal));
+            assert!(!before.contains(&settling));
+            let after = peers(s.closest(&pos, |_| false));
+            let write = peers(s.write_replicas(&key));
+            let needed = 2 + write.len() - 3;
+            widened += usize::from(write.len() > 3);
+            for set in [&read, &before, &after] {
+                assert_eq!(set.len(), 3);
+                assert!(set.iter().all(|p| write.contains(p)));
+                // The fewest of `set` among any `needed` of `write`: still a quorum of it.
+                let outside = write.iter().filter(|p| !set.contains(p)).count();
+                assert!(needed - outside.min(needed) >= 2, "key {i}");
+            }
+        }
+        assert!(widened > 100, "the joiners changed {widened} of 2,000 write sets");
+        // Without anyone joining, nothing widens.
+        let plain = ring(8);
+        for i in 0..200u32 {
+            let key = i.to_be_bytes();
+            assert_eq!(
+                peers(plain.write_replicas(&key)),
+                peers(plain.replicas(&key))
+            );
+        }
+        // Everyone joining (a mesh starting together): reads still have three replicas.
+        let mut fresh = ring(5);
+        for m in &mut fresh.ring {
+            m.standing = Standing::Joining;
+        }
+        assert_eq!(fresh.replicas(b"k").len(), 3);
     }
 }

@@ -54,6 +54,9 @@ pub struct MemberInfo {
     /// Its signed membership credential (`admission`); empty in a mesh without enrollment.
     #[serde(with = "serde_bytes")]
     pub credential: Vec<u8>,
+    /// It is bootstrapping: it takes writes for the ranges it will own, and answers no reads
+    /// for them until it has streamed them (`placement::Standing`).
+    pub joining: bool,
 }
 
 /// What a heartbeat says about another member (for discovery and to spread state).

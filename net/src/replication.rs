@@ -134,11 +134,13 @@ impl Replication {
         }
     }
 
-    /// Up replicas of a partition, the count needed, and the down replicas (for hints).
+    /// Up replicas of a partition, the count needed, and the down replicas (for hints): those
+    /// a write goes to when `write`, else those a read asks.
     fn plan(
         &self,
         partition_key: &[u8],
         cl: Consistency,
+        write: bool,
     ) -> Result<(Vec<PeerId>, usize, Vec<PeerId>)> {
         if let Some(offset_ms) = self.membership.clock_skew() {
             return Err(Error::ClockSkew {
@@ -147,8 +149,16 @@ impl Replication {
             });
         }
         let snap = self.membership.snapshot();
-        let needed = cl.required(snap.effective_rf());
-        let replicas = snap.replicas(partition_key);
+        let mut needed = cl.required(snap.effective_rf());
+        let replicas = if write {
+            // While members join: the union of the replica sets reads may ask, and a quorum
+            // plus one per member beyond the replication factor (a quorum of each of them).
+            let all = snap.write_replicas(partition_key);
+            needed = (needed + all.len() - snap.effective_rf()).min(all.len());
+            all
+        } else {
+            snap.replicas(partition_key)
+        };
         let up: Vec<PeerId> = replicas.iter().filter(|m| m.up).map(|m| m.peer).collect();
         let down: Vec<PeerId> = replicas.iter().filter(|m| !m.up).map(|m| m.peer).collect();
         let majority = snap.has_majority();
@@ -205,7 +215,7 @@ impl Replication {
         }
         let plans = ms
             .iter()
-            .map(|m| self.plan(&m.partition_key, cl))
+            .map(|m| self.plan(&m.partition_key, cl, true))
             .collect::<Result<Vec<_>>>()?;
         let same =
             |a: &[PeerId], b: &[PeerId]| a.len() == b.len() && a.iter().all(|p| b.contains(p));
@@ -300,7 +310,7 @@ impl Replication {
     ) -> Result<Vec<(EntryKey, Cell)>> {
         self.keyspace.schema(table)?;
         let span = tracing::debug_span!("replicate", op = "read", table, cl = ?cl);
-        let (up, needed, _) = self.plan(partition_key, cl)?;
+        let (up, needed, _) = self.plan(partition_key, cl, false)?;
         let pk = Arc::new(partition_key.to_vec());
         let call = |peer: PeerId| {
             let (this, pk) = (self.clone(), pk.clone());
@@ -412,9 +422,11 @@ impl Replication {
 
     /// Decide `key` once across its replicas (a compare-and-set, `claim`): `value` unless a
     /// value was decided already; returns the decided value. Needs a majority of the key's
-    /// replicas (and of the mesh) up, as a QUORUM write does.
+    /// replicas (and of the mesh) up, as a QUORUM write does — while members join, of each
+    /// replica set the key may have (the write's plan), so views on either side of a join
+    /// meet.
     pub async fn claim(&self, key: &[u8], value: Vec<u8>) -> Result<Vec<u8>> {
-        let (up, needed, _down) = self.plan(key, Consistency::Quorum)?;
+        let (up, needed, _down) = self.plan(key, Consistency::Quorum, true)?;
         let proposer = crate::claim::Proposer {
             local: self.local,
             keyspace: &self.keyspace,
@@ -446,9 +458,9 @@ impl Replication {
             return Response::Error(e.to_string());
         }
         let snap = self.membership.snapshot();
-        if !snap.is_local_replica(&m.partition_key) {
+        if !snap.is_local_owner(&m.partition_key) {
             let replicas: Vec<(PeerId, bool)> = snap
-                .replicas(&m.partition_key)
+                .write_replicas(&m.partition_key)
                 .iter()
                 .map(|r| (r.peer, r.up))
                 .collect();
@@ -485,7 +497,7 @@ impl Replication {
     pub fn handle_push(&self, mutations: &[Mutation], owned_only: bool) -> Response {
         let snap = self.membership.snapshot();
         for m in mutations {
-            if owned_only && !snap.is_local_replica(&m.partition_key) {
+            if owned_only && !snap.is_local_owner(&m.partition_key) {
                 continue;
             }
             if let Err(e) = self.keyspace.apply(m) {
@@ -575,6 +587,7 @@ pub(crate) mod tests {
         MemberInfo {
             wall_ms: 0,
             credential: Vec::new(),
+            joining: false,
             peer_id: peer.to_bytes(),
             addrs: Vec::new(),
             generation: 1,
@@ -594,6 +607,7 @@ pub(crate) mod tests {
                 me,
                 MembershipConfig {
                     replication_factor: 3,
+                    joining: false,
                 },
             );
             for &other in peers.iter().filter(|p| **p != me) {

@@ -331,6 +331,7 @@ fn status_json(node: &Node) -> serde_json::Value {
         "members_up": up,
         "ring_members": snap.ring.len(),
         "majority": snap.has_majority(),
+        "joining": node.mesh.joining(),
         "registrations": registrations,
         "dialogs": dialogs,
         "capacity": node.config.capacity,
@@ -464,6 +465,7 @@ async fn ring(State(node): State<Node>) -> Response {
             json!({
                 "peer_id": m.peer.to_string(),
                 "up": m.up,
+                "standing": m.standing,
                 "local": m.peer == snap.local,
                 "position": around(&m.position),
                 "share": f64::from(held.get(&m.peer).copied().unwrap_or(0)) / f64::from(RING_SAMPLES),
@@ -709,6 +711,7 @@ async fn metrics(State(node): State<Node>) -> Response {
         let snap = node.mesh.snapshot();
         g.ring_members.set(snap.ring.len() as i64);
         g.mesh_majority.set(i64::from(snap.has_majority()));
+        g.mesh_joining.set(i64::from(node.mesh.joining()));
         g.credential_expires.set(
             node.mesh
                 .credential_expires_ms()

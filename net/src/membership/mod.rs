@@ -37,10 +37,10 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
-use crate::placement::{RingMember, Snapshot};
+use crate::placement::{RingMember, Snapshot, Standing};
 use crate::protocol::{Gossip, MemberInfo, Request};
 use swim::{RingChange, SwimId};
-use view::{Changes, RemoveRefused, View};
+use view::{Changes, Known, RemoveRefused, View};
 
 /// What the node's SWIM task is handed.
 #[derive(Debug)]
@@ -88,6 +88,8 @@ pub struct Member {
     /// Whether this node reaches it directly (`false`: only through others — a cut between
     /// the two; see [`reach`]).
     pub direct: bool,
+    /// Whether it owns its ranges yet (joining: it streams them, and answers no reads).
+    pub standing: Standing,
 }
 
 fn ser_display<S: serde::Serializer, T: std::fmt::Display>(
@@ -120,6 +122,8 @@ pub enum MemberEvent {
 pub struct MembershipConfig {
     /// Copies of each partition.
     pub replication_factor: usize,
+    /// This node must stream its ranges before it answers reads (a new member).
+    pub joining: bool,
 }
 
 /// The membership view of one node.
@@ -132,8 +136,8 @@ pub struct Membership {
     replication_factor: usize,
     /// Where the ring is persisted (`None`: not persisted, as in unit tests).
     ring_file: Option<std::path::PathBuf>,
-    /// The ring (other members) as last written to `ring_file`.
-    persisted: Mutex<Vec<PeerId>>,
+    /// The ring (other members, and whether they were joining) as last written to `ring_file`.
+    persisted: Mutex<Vec<(PeerId, bool)>>,
     /// The members' clocks against this node's.
     clocks: Mutex<clock::Clocks>,
     /// The last comparison (updated every tick): the median offset, and whether this node's
@@ -146,8 +150,9 @@ pub struct Membership {
     reach: reach::Reach,
 }
 
-/// The ring file: one line per other member of the ring, `<peer id> <generation> <addr,addr…>`.
-fn read_ring(path: &Path) -> Vec<(PeerId, u64, Vec<String>)> {
+/// The ring file: one line per other member of the ring,
+/// `<peer id> <generation> <addr,addr…> [joining]`.
+fn read_ring(path: &Path) -> Vec<Known> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
     };
@@ -160,7 +165,13 @@ fn read_ring(path: &Path) -> Vec<(PeerId, u64, Vec<String>)> {
                 .next()
                 .map(|a| a.split(',').map(str::to_string).collect())
                 .unwrap_or_default();
-            Some((peer, generation, addrs))
+            let joining = parts.next() == Some("joining");
+            Some(Known {
+                peer,
+                generation,
+                addrs,
+                joining,
+            })
         })
         .collect()
 }
@@ -226,10 +237,10 @@ impl Membership {
         let (snapshot, _) = watch::channel(Snapshot::solo(local, config.replication_factor));
         let (events, _) = broadcast::channel(256);
         let known = ring_file.as_deref().map(read_ring).unwrap_or_default();
-        let mut persisted: Vec<PeerId> = known
+        let mut persisted: Vec<(PeerId, bool)> = known
             .iter()
-            .map(|(p, _, _)| *p)
-            .filter(|p| *p != local)
+            .map(|k| (k.peer, k.joining))
+            .filter(|(p, _)| *p != local)
             .collect();
         persisted.sort();
         if !persisted.is_empty() {
@@ -238,7 +249,13 @@ impl Membership {
                 "ring loaded; members are down until heard from"
             );
         }
-        let view = View::new(Instant::now(), local, config.replication_factor, known);
+        let view = View::new(
+            Instant::now(),
+            local,
+            config.replication_factor,
+            known,
+            config.joining,
+        );
         let m = Arc::new(Membership {
             local,
             local_info: RwLock::new(local_info),
@@ -291,10 +308,10 @@ impl Membership {
     /// Write the ring if its membership changed since it was last written.
     fn persist(&self, ring: &[RingMember], view: &View) {
         let Some(path) = &self.ring_file else { return };
-        let mut peers: Vec<PeerId> = ring
+        let mut peers: Vec<(PeerId, bool)> = ring
             .iter()
-            .map(|m| m.peer)
-            .filter(|p| *p != self.local)
+            .map(|m| (m.peer, m.standing == Standing::Joining))
+            .filter(|(p, _)| *p != self.local)
             .collect();
         peers.sort();
         let mut last = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
@@ -303,8 +320,12 @@ impl Membership {
         }
         let text: String = peers
             .iter()
-            .filter_map(|p| view.get(p).map(|e| (p, e)))
-            .map(|(p, e)| format!("{p} {} {}\n", e.info.generation, e.info.addrs.join(",")))
+            .filter_map(|(p, joining)| view.get(p).map(|e| (p, e, joining)))
+            .map(|(p, e, joining)| {
+                let addrs = e.info.addrs.join(",");
+                let joining = if *joining { " joining" } else { "" };
+                format!("{p} {} {addrs}{joining}\n", e.info.generation)
+            })
             .collect();
         match crate::config::write_atomically(path, text.as_bytes(), None) {
             Ok(()) => *last = peers,
@@ -330,7 +351,19 @@ impl Membership {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         info.wall_ms = SystemClock.now_ms();
+        info.joining = self.view().joining();
         info
+    }
+
+    /// Whether this node is still bootstrapping (answers no reads for its ranges).
+    pub fn joining(&self) -> bool {
+        self.view().joining()
+    }
+
+    /// This node has streamed its ranges: from now on it answers reads for them.
+    pub fn finish_joining(&self) {
+        let changes = self.view().finish_joining(Instant::now());
+        self.apply(changes);
     }
 
     /// `Some(median offset in ms)` while this node's clock disagrees with a majority of the
@@ -365,7 +398,9 @@ impl Membership {
     /// Every member, this node first.
     pub fn members(&self) -> Vec<Member> {
         let info = self.local_info();
+        let standing = self.view().local_standing();
         let mut out = vec![Member {
+            standing,
             peer_id: self.local,
             addrs: info.addrs.iter().filter_map(|a| a.parse().ok()).collect(),
             generation: info.generation,
@@ -388,6 +423,7 @@ impl Membership {
                 last_heard_ms: now.saturating_duration_since(e.last_heard).as_millis() as u64,
                 local: false,
                 direct: !self.reach.only_indirect(peer),
+                standing: e.standing(),
             })
             .collect();
         others.sort_by_key(|m| m.peer_id.to_string());
@@ -623,6 +659,7 @@ mod tests {
         MemberInfo {
             wall_ms: 0,
             credential: Vec::new(),
+            joining: false,
             peer_id: p.to_bytes(),
             addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
             generation: 1,
@@ -632,6 +669,7 @@ mod tests {
 
     fn config() -> MembershipConfig {
         MembershipConfig {
+            joining: false,
             replication_factor: 3,
         }
     }

@@ -15,7 +15,7 @@ use libp2p::{Multiaddr, PeerId};
 use tracing::{info, warn};
 
 use super::{MemberEvent, MemberState};
-use crate::placement::{peer_position, RingMember};
+use crate::placement::{peer_position, RingMember, Standing};
 use crate::protocol::{Gossip, MemberInfo};
 
 /// Candidates (peers named by gossip or connected, not yet heard from) kept at most.
@@ -28,6 +28,19 @@ pub(crate) const CANDIDATES_PER_TICK: usize = 32;
 pub(crate) const GOSSIP_SAMPLE: usize = 16;
 /// How long a member that left is remembered (its state gossiped so every member learns it).
 pub(crate) const FORGET_AFTER: Duration = Duration::from_secs(3_600);
+/// How long writes still reach the replicas a member displaced once it finished joining, for
+/// members that have not heard yet (Cassandra's ring delay). The joiner tells every up member at
+/// once, and heartbeats every member in turn besides.
+pub(crate) const SETTLE: Duration = Duration::from_secs(30);
+
+/// A member as the persisted ring remembers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Known {
+    pub(crate) peer: PeerId,
+    pub(crate) generation: u64,
+    pub(crate) addrs: Vec<String>,
+    pub(crate) joining: bool,
+}
 
 /// A member as this node knows it.
 pub(crate) struct Entry {
@@ -41,6 +54,22 @@ pub(crate) struct Entry {
     /// SWIM declared this generation down: only SWIM brings it back (when it refutes or
     /// rejoins), so a late heartbeat answer cannot leave it up where SWIM no longer probes it.
     pub(crate) swim_down: bool,
+    /// When this node learnt that the member finished joining (settling until [`SETTLE`]).
+    pub(crate) joined_at: Option<Instant>,
+}
+
+impl Entry {
+    pub(crate) fn standing(&self) -> Standing {
+        standing(self.info.joining, self.joined_at)
+    }
+}
+
+fn standing(joining: bool, joined_at: Option<Instant>) -> Standing {
+    match (joining, joined_at) {
+        (true, _) => Standing::Joining,
+        (false, Some(_)) => Standing::Settling,
+        (false, None) => Standing::Normal,
+    }
 }
 
 /// What a step changed: the events to publish, and whether the ring (who owns data, who is up)
@@ -78,24 +107,29 @@ pub(crate) struct View {
     members: HashMap<PeerId, Entry>,
     /// Connected or gossiped peers that are not members yet (heartbeats go to them too).
     candidates: HashMap<PeerId, Instant>,
+    /// This node is bootstrapping (and since when it finished, while settling).
+    joining: bool,
+    joined_at: Option<Instant>,
 }
 
 impl View {
-    /// A view started at `now` holding `known` (the persisted ring: peer, generation,
-    /// addresses), each down until heard from.
+    /// A view started at `now` holding `known` (the persisted ring), each down until heard
+    /// from; `joining` when this node must stream its ranges before it answers reads.
     pub(crate) fn new(
         now: Instant,
         local: PeerId,
         replication_factor: usize,
-        known: Vec<(PeerId, u64, Vec<String>)>,
+        known: Vec<Known>,
+        joining: bool,
     ) -> Self {
         let members = known
             .into_iter()
-            .filter(|(peer, _, _)| *peer != local)
-            .map(|(peer, generation, addrs)| {
+            .filter(|k| k.peer != local)
+            .map(|Known { peer, generation, addrs, joining }| {
                 let entry = Entry {
                     stopped: false,
                     swim_down: false,
+                    joined_at: None,
                     addrs: addrs.iter().filter_map(|a| a.parse().ok()).collect(),
                     info: MemberInfo {
                         wall_ms: 0,
@@ -104,6 +138,7 @@ impl View {
                         addrs,
                         generation,
                         tags: BTreeMap::new(),
+                        joining,
                     },
                     state: MemberState::Down,
                     last_heard: now,
@@ -117,7 +152,31 @@ impl View {
             replication_factor,
             members,
             candidates: HashMap::new(),
+            joining,
+            joined_at: None,
         }
+    }
+
+    /// Whether this node is still bootstrapping.
+    pub(crate) fn joining(&self) -> bool {
+        self.joining
+    }
+
+    /// Where this node stands in owning its ranges.
+    pub(crate) fn local_standing(&self) -> Standing {
+        standing(self.joining, self.joined_at)
+    }
+
+    /// This node has streamed its ranges: it answers reads from now on (settling first).
+    pub(crate) fn finish_joining(&mut self, now: Instant) -> Changes {
+        let mut changes = Changes::default();
+        if self.joining {
+            info!("joined: this node answers reads for its ranges");
+            self.joining = false;
+            self.joined_at = Some(now);
+            changes.ring_changed = true;
+        }
+        changes
     }
 
     #[cfg(test)]
@@ -318,6 +377,13 @@ impl View {
                 } else {
                     e.addrs = addrs;
                 }
+                if e.info.joining != info.joining {
+                    // Finished joining: settling. (Joining again: a restart from an empty
+                    // data directory under the same identity.)
+                    e.joined_at = (!info.joining).then_some(now);
+                    info!(peer = %from, joining = info.joining, "member's standing changed");
+                    changes.ring_changed = true;
+                }
                 e.info = info;
             }
             None => {
@@ -327,6 +393,7 @@ impl View {
                     Entry {
                         stopped: false,
                         swim_down: false,
+                        joined_at: None,
                         info,
                         addrs,
                         state: MemberState::Up,
@@ -452,7 +519,19 @@ impl View {
         self.members.retain(|_, e| {
             e.state != MemberState::Left || now.saturating_duration_since(e.since) < FORGET_AFTER
         });
-        Changes::default()
+        let mut changes = Changes::default();
+        let settled = |at: &mut Option<Instant>| {
+            let done = at.is_some_and(|t| now.saturating_duration_since(t) >= SETTLE);
+            if done {
+                *at = None;
+            }
+            done
+        };
+        for e in self.members.values_mut() {
+            changes.ring_changed |= settled(&mut e.joined_at);
+        }
+        changes.ring_changed |= settled(&mut self.joined_at);
+        changes
     }
 
     /// The ring: this node and every member that has not left, sorted by position.
@@ -461,6 +540,7 @@ impl View {
             peer: self.local,
             position: peer_position(&self.local),
             up: true,
+            standing: standing(self.joining, self.joined_at),
         }];
         ring.extend(
             self.members
@@ -470,6 +550,7 @@ impl View {
                     peer: *peer,
                     position: peer_position(peer),
                     up: e.state == MemberState::Up,
+                    standing: e.standing(),
                 }),
         );
         ring.sort_by_key(|m| m.position);
@@ -485,6 +566,7 @@ mod tests {
         MemberInfo {
             wall_ms: 0,
             credential: Vec::new(),
+            joining: false,
             peer_id: p.to_bytes(),
             addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
             generation,
@@ -493,7 +575,7 @@ mod tests {
     }
 
     fn view(t0: Instant) -> View {
-        View::new(t0, PeerId::random(), 3, Vec::new())
+        View::new(t0, PeerId::random(), 3, Vec::new(), false)
     }
 
     fn state(v: &View, p: &PeerId) -> Option<MemberState> {
@@ -616,8 +698,13 @@ mod tests {
     fn loaded_members_start_down_and_are_heartbeated_until_heard() {
         let t0 = Instant::now();
         let loaded = PeerId::random();
-        let known = vec![(loaded, 7, vec!["/ip4/127.0.0.1/tcp/1".into()])];
-        let mut v = View::new(t0, PeerId::random(), 3, known);
+        let known = vec![Known {
+            peer: loaded,
+            generation: 7,
+            addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+            joining: false,
+        }];
+        let mut v = View::new(t0, PeerId::random(), 3, known, false);
         let a = PeerId::random();
         v.on_heartbeat(t0, a, info(a, 1), &[]);
         assert_eq!(state(&v, &loaded), Some(MemberState::Down));
@@ -800,5 +887,35 @@ mod tests {
         assert_eq!(seen.len(), 1_000, "every member is reached in turn");
         // And gossip is a bounded sample.
         assert_eq!(v.gossip().len(), GOSSIP_SAMPLE);
+    }
+
+    #[test]
+    fn a_joiner_owns_nothing_for_reads_until_it_finished_then_settles() {
+        let t0 = Instant::now();
+        let mut v = view(t0);
+        let a = PeerId::random();
+        let mut joiner = info(a, 1);
+        joiner.joining = true;
+        assert!(v.on_heartbeat(t0, a, joiner.clone(), &[]).0.ring_changed);
+        let standing_of = |v: &View| v.ring().iter().find(|m| m.peer == a).unwrap().standing;
+        assert_eq!(standing_of(&v), Standing::Joining);
+        // Still joining: nothing changes.
+        assert!(!v.on_heartbeat(t0, a, joiner.clone(), &[]).0.ring_changed);
+        // It says it finished: settling, then normal after SETTLE.
+        joiner.joining = false;
+        assert!(v.on_heartbeat(t0, a, joiner, &[]).0.ring_changed);
+        assert_eq!(standing_of(&v), Standing::Settling);
+        assert!(!v.tick(t0 + SETTLE / 2).ring_changed);
+        assert_eq!(standing_of(&v), Standing::Settling);
+        assert!(v.tick(t0 + SETTLE).ring_changed);
+        assert_eq!(standing_of(&v), Standing::Normal);
+        // This node's own standing follows the same steps.
+        let mut me = View::new(t0, PeerId::random(), 3, Vec::new(), true);
+        assert!(me.joining());
+        assert_eq!(me.ring()[0].standing, Standing::Joining);
+        assert!(me.finish_joining(t0).ring_changed);
+        assert_eq!(me.ring()[0].standing, Standing::Settling);
+        assert!(me.tick(t0 + SETTLE).ring_changed);
+        assert_eq!(me.ring()[0].standing, Standing::Normal);
     }
 }
