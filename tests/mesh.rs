@@ -374,6 +374,18 @@ async fn joining_node_ends_up_with_exactly_its_keys() {
         }
         let new = mesh.add_node().await.unwrap();
         mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        // It joins (streams), then every member settles on the new ring.
+        eventually(120, "every member sees every member own its ranges", || {
+            (0..6).all(|i| {
+                let snap = mesh.node(i).node().unwrap().mesh.snapshot();
+                snap.ring.len() == 6
+                    && snap
+                        .ring
+                        .iter()
+                        .all(|m| m.standing == sipmesh_net::Standing::Normal)
+            })
+        })
+        .await;
         let peer = mesh.node(new).peer_id;
         let snap = mesh.node(new).node().unwrap().mesh.snapshot();
         assert_eq!(snap.ring.len(), 6);
@@ -405,6 +417,145 @@ async fn joining_node_ends_up_with_exactly_its_keys() {
                 local_value(&mesh, new, &key(i)).is_some(),
                 mine.contains(&key(i))
             );
+        }
+    })
+    .await;
+}
+
+/// Pending ranges: a joining node answers no read for what it has not streamed. Node 2 misses
+/// the writes (stopped, no hints delivered, no anti-entropy), so only nodes 0 and 1 hold them;
+/// node 3 then joins and displaces a replica of most keys. Before pending ranges it answered
+/// reads at once: a QUORUM read asking it and node 2 found nothing. Now reads keep asking the
+/// old replicas until it has streamed from every fellow replica, then it answers, and the
+/// replicas it displaced hand off only after members settle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_answers_no_read_before_it_has_streamed() {
+    within(240, async {
+        let mut mesh = LocalMesh::builder()
+            .nodes(3)
+            .anti_entropy_interval(Duration::from_secs(3_600))
+            .configure(|c| c.mesh.hint_interval = Duration::from_secs(3_600))
+            .start()
+            .await
+            .unwrap();
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        eventually(60, "the first members joined", || {
+            (0..3).all(|i| !mesh.node(i).node().unwrap().mesh.joining())
+        })
+        .await;
+        mesh.stop(2).await.unwrap();
+        let keys = 300;
+        for i in 0..keys {
+            write(&mesh, i % 2, key(i), format!("v{i}"), Consistency::Quorum)
+                .await
+                .unwrap();
+        }
+        mesh.restart(2).await.unwrap();
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        assert!((0..keys).all(|i| local_value(&mesh, 2, &key(i)).is_none()));
+        let new = mesh.add_node().await.unwrap();
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        let joiner = mesh.node(new).node().unwrap();
+        let check = |phase: &'static str| {
+            let mesh = &mesh;
+            async move {
+                for i in 0..keys {
+                    for via in [new, 2] {
+                        let got = read(mesh, via, key(i), Consistency::Quorum).await.unwrap();
+                        assert_eq!(
+                            got.as_deref(),
+                            Some(format!("v{i}").as_str()),
+                            "{phase}: key {i} read through node {via}"
+                        );
+                    }
+                }
+            }
+        };
+        let was_joining = joiner.mesh.joining();
+        check("while the new node joins").await;
+        eventually(60, "the new node joins", || !joiner.mesh.joining()).await;
+        assert!(was_joining, "the new node answered reads from the start");
+        // It streamed what it owns: reads through it find every key without asking others.
+        let snap = joiner.mesh.snapshot();
+        let peer = mesh.node(new).peer_id;
+        let mine: Vec<usize> = (0..keys)
+            .filter(|&i| snap.replicas(&key(i)).iter().any(|m| m.peer == peer))
+            .collect();
+        assert!(mine.len() > keys / 3, "it owns {} keys", mine.len());
+        for &i in &mine {
+            assert_eq!(local_value(&mesh, new, &key(i)), Some(format!("v{i}")));
+        }
+        check("once it joined").await;
+    })
+    .await;
+}
+
+/// Pending ranges on the way out: a decommissioning node first says it is leaving, and from
+/// then on writes also reach a quorum of the replicas its ranges will have. Node 2 is down (and
+/// gets no hints), so a write during the handover reaches only node 3 and one other replica;
+/// before, a key written after the handover listed its partitions was then on one replica of
+/// those the key has without node 3, and a QUORUM read through the returning node 2 could miss
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_during_a_decommission_reach_the_replicas_left_behind() {
+    within(240, async {
+        let mesh = LocalMesh::builder()
+            .nodes(4)
+            .anti_entropy_interval(Duration::from_secs(3_600))
+            .configure(|c| c.mesh.hint_interval = Duration::from_secs(3_600))
+            .start()
+            .await
+            .unwrap();
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        eventually(60, "the first members joined", || {
+            (0..4).all(|i| !mesh.node(i).node().unwrap().mesh.joining())
+        })
+        .await;
+        for i in 0..1_500 {
+            write(&mesh, i % 2, key(i), format!("v{i}"), Consistency::Quorum)
+                .await
+                .unwrap();
+        }
+        mesh.stop(2).await.unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let leaving = async {
+            let handed = mesh.leave(3).await.unwrap();
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            handed
+        };
+        let writing = async {
+            let mut acked = Vec::new();
+            let mut i = 10_000;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && i < 30_000 {
+                if write(&mesh, i % 2, key(i), format!("v{i}"), Consistency::Quorum)
+                    .await
+                    .is_ok()
+                {
+                    acked.push(i);
+                }
+                i += 1;
+            }
+            acked
+        };
+        let ((handed, failed), acked) = tokio::join!(leaving, writing);
+        assert_eq!(failed, 0, "handover failures");
+        assert!(handed > 0);
+        assert!(
+            acked.len() > 20,
+            "{} writes during the handover",
+            acked.len()
+        );
+        mesh.restart(2).await.unwrap();
+        eventually(60, "node 2 sees the two others up", || {
+            let node = mesh.node(2).node().unwrap();
+            [0, 1]
+                .iter()
+                .all(|&i| node.mesh.is_up(&mesh.node(i).peer_id))
+        })
+        .await;
+        for &i in acked.iter().chain(&(0..1_500).collect::<Vec<_>>()) {
+            let got = read(&mesh, 2, key(i), Consistency::Quorum).await.unwrap();
+            assert_eq!(got.as_deref(), Some(format!("v{i}").as_str()), "key {i}");
         }
     })
     .await;

@@ -322,7 +322,11 @@ impl AntiEntropy {
             let start = (round as usize) % differing.len();
             differing.rotate_left(start);
         }
-        let bound = if whole { usize::MAX } else { MAX_LEAVES_PER_ROUND };
+        let bound = if whole {
+            usize::MAX
+        } else {
+            MAX_LEAVES_PER_ROUND
+        };
         for leaf in differing.into_iter().take(bound) {
             if x.bytes >= MAX_BYTES_PER_ROUND && !whole {
                 break;
@@ -530,11 +534,7 @@ impl AntiEntropy {
             }
             // Kept while reads may still ask it: as a replica, or one readers that have not
             // heard of a join yet ask.
-            let replicas: Vec<PeerId> = snap
-                .write_replicas(&pk)
-                .iter()
-                .map(|m| m.peer)
-                .collect();
+            let replicas: Vec<PeerId> = snap.write_replicas(&pk).iter().map(|m| m.peer).collect();
             if replicas.contains(&self.local) {
                 continue;
             }

@@ -819,7 +819,8 @@ impl Mesh {
             addrs: handle.listen_addrs.iter().map(|a| a.to_string()).collect(),
             generation,
             tags: config.tags.clone(),
-            joining: false, // membership fills it in
+            joining: false, // membership fills these in
+            leaving: false,
         };
         let seeded = !config.bootstrap.is_empty();
         let joining = crate::bootstrap::starts_joining(&config.data_dir, seeded)?;
@@ -1444,7 +1445,19 @@ impl Mesh {
 
     /// Before leaving: give every partition to the replicas it will have without this node.
     /// Returns (partitions, failed transfers).
+    ///
+    /// First it says it is leaving, to every up member at once: from then on their writes
+    /// also reach the replicas its ranges will have, so nothing written during the transfer
+    /// is missing there once it is gone.
     pub async fn handover(&self) -> (usize, usize) {
+        self.inner.membership.start_leaving();
+        let told = self
+            .tell_up_members(self.inner.membership.heartbeat(), Duration::from_secs(1))
+            .await;
+        info!(
+            told,
+            "leaving: members write to the replicas this node's ranges will have"
+        );
         self.inner.anti_entropy.handover().await
     }
 

@@ -56,6 +56,9 @@ pub enum Standing {
     /// It finished joining a moment ago: reads go to it, and writes still reach a quorum of the
     /// replicas it displaced as well, for members that have not heard yet.
     Settling,
+    /// It is handing its ranges over before it leaves (decommission): reads still go to it,
+    /// and writes also reach a quorum of the replicas the ranges will have without it.
+    Leaving,
 }
 
 /// A member of the ring as placement sees it.
@@ -118,8 +121,10 @@ impl Snapshot {
 
     /// Whether this node sees a strict majority of the ring up. A node that does not is on the
     /// minority side of a partition (or alone) and must not accept QUORUM or ALL requests.
+    /// A joiner that has heard from no member yet knows no ring: it has none either.
     pub fn has_majority(&self) -> bool {
-        self.up_count() * 2 > self.ring.len()
+        let unknown = matches!(self.ring.as_slice(), [me] if me.standing == Standing::Joining);
+        !unknown && self.up_count() * 2 > self.ring.len()
     }
 
     /// The ring member whose position starts with `prefix` (how flow tokens name nodes), and
@@ -172,16 +177,19 @@ impl Snapshot {
         self.replicas_at(&key_position(partition_key))
     }
 
-    /// The replicas writes of a partition key go to: those reads ask, and while members join,
-    /// those reads asked before ([`Standing::Settling`] members left out) and those they will
-    /// ask (joiners in). A write needs `cl.required(effective_rf())` plus one for each beyond
-    /// `effective_rf()` (Cassandra's pending ranges): then a quorum of each set has it.
+    /// The replicas writes of a partition key go to: those reads ask, and while members join
+    /// or leave, those reads asked before ([`Standing::Settling`] members left out) and those
+    /// they will ask (joiners in, leavers out). A write needs `cl.required(effective_rf())`
+    /// plus one for each member beyond `effective_rf()` (Cassandra's pending ranges): then a
+    /// quorum of every set of `effective_rf()` of them has it.
     pub fn write_replicas(&self, partition_key: &[u8]) -> Vec<&RingMember> {
         let position = key_position(partition_key);
         let mut set = self.replicas_at(&position);
         if self.in_transition() {
-            let before = self.closest(&position, |m| m.standing != Standing::Normal);
-            let after = self.closest(&position, |_| false);
+            let before = self.closest(&position, |m| {
+                matches!(m.standing, Standing::Joining | Standing::Settling)
+            });
+            let after = self.closest(&position, |m| m.standing == Standing::Leaving);
             for m in before.into_iter().chain(after) {
                 if !set.iter().any(|s| s.peer == m.peer) {
                     set.push(m);
@@ -250,10 +258,10 @@ impl Snapshot {
                 .map(|m| m.peer)
                 .collect()
         };
-        let mut out = among(&|_| false);
+        let mut out = among(&|m| m.standing == Standing::Leaving);
         if self.in_transition() {
             let joining = among(&|m| m.standing == Standing::Joining);
-            let before = among(&|m| m.standing != Standing::Normal);
+            let before = among(&|m| matches!(m.standing, Standing::Joining | Standing::Settling));
             for p in joining.into_iter().chain(before) {
                 if !out.contains(&p) {
                     out.push(p);
@@ -398,11 +406,12 @@ mod tests {
     }
 
     #[test]
-    fn while_members_join_a_write_reaches_a_quorum_of_every_replica_set() {
+    fn while_members_join_or_leave_a_write_reaches_a_quorum_of_every_replica_set() {
         let mut s = ring(8);
         s.ring[3].standing = Standing::Joining;
         s.ring[5].standing = Standing::Settling;
-        let (joiner, settling) = (s.ring[3].peer, s.ring[5].peer);
+        s.ring[6].standing = Standing::Leaving;
+        let (joiner, settling, leaver) = (s.ring[3].peer, s.ring[5].peer, s.ring[6].peer);
         let peers = |v: Vec<&RingMember>| v.into_iter().map(|m| m.peer).collect::<Vec<_>>();
         let mut widened = 0;
         for i in 0..2_000u32 {
@@ -410,9 +419,12 @@ mod tests {
             let pos = key_position(&key);
             let read = peers(s.replicas(&key));
             assert!(!read.contains(&joiner), "a joiner answers reads");
-            let before = peers(s.closest(&pos, |m| m.standing != Standing::Normal));
+            let before = peers(s.closest(&pos, |m| {
+                matches!(m.standing, Standing::Joining | Standing::Settling)
+            }));
             assert!(!before.contains(&settling));
-            let after = peers(s.closest(&pos, |_| false));
+            let after = peers(s.closest(&pos, |m| m.standing == Standing::Leaving));
+            assert!(!after.contains(&leaver));
             let write = peers(s.write_replicas(&key));
             let needed = 2 + write.len() - 3;
             widened += usize::from(write.len() > 3);
@@ -424,7 +436,10 @@ mod tests {
                 assert!(needed - outside.min(needed) >= 2, "key {i}");
             }
         }
-        assert!(widened > 100, "the joiners changed {widened} of 2,000 write sets");
+        assert!(
+            widened > 100,
+            "the joiners changed {widened} of 2,000 write sets"
+        );
         // Without anyone joining, nothing widens.
         let plain = ring(8);
         for i in 0..200u32 {

@@ -57,6 +57,9 @@ pub struct MemberInfo {
     /// It is bootstrapping: it takes writes for the ranges it will own, and answers no reads
     /// for them until it has streamed them (`placement::Standing`).
     pub joining: bool,
+    /// It is handing its ranges over before it leaves: writes also reach the replicas they
+    /// will have without it.
+    pub leaving: bool,
 }
 
 /// What a heartbeat says about another member (for discovery and to spread state).

@@ -588,6 +588,7 @@ pub(crate) mod tests {
             wall_ms: 0,
             credential: Vec::new(),
             joining: false,
+            leaving: false,
             peer_id: peer.to_bytes(),
             addrs: Vec::new(),
             generation: 1,

@@ -351,8 +351,16 @@ impl Membership {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         info.wall_ms = SystemClock.now_ms();
-        info.joining = self.view().joining();
+        let view = self.view();
+        info.joining = view.joining();
+        info.leaving = view.leaving();
         info
+    }
+
+    /// This node starts handing its ranges over before it leaves (decommission).
+    pub fn start_leaving(&self) {
+        let changes = self.view().start_leaving();
+        self.apply(changes);
     }
 
     /// Whether this node is still bootstrapping (answers no reads for its ranges).
@@ -660,6 +668,7 @@ mod tests {
             wall_ms: 0,
             credential: Vec::new(),
             joining: false,
+            leaving: false,
             peer_id: p.to_bytes(),
             addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
             generation: 1,

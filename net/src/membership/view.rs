@@ -60,15 +60,17 @@ pub(crate) struct Entry {
 
 impl Entry {
     pub(crate) fn standing(&self) -> Standing {
-        standing(self.info.joining, self.joined_at)
+        standing(self.info.joining, self.info.leaving, self.joined_at)
     }
 }
 
-fn standing(joining: bool, joined_at: Option<Instant>) -> Standing {
-    match (joining, joined_at) {
-        (true, _) => Standing::Joining,
-        (false, Some(_)) => Standing::Settling,
-        (false, None) => Standing::Normal,
+/// A member that leaves while still joining stays joining: it holds nothing reads count on.
+fn standing(joining: bool, leaving: bool, joined_at: Option<Instant>) -> Standing {
+    match (joining, leaving, joined_at) {
+        (true, _, _) => Standing::Joining,
+        (false, true, _) => Standing::Leaving,
+        (false, false, Some(_)) => Standing::Settling,
+        (false, false, None) => Standing::Normal,
     }
 }
 
@@ -110,6 +112,8 @@ pub(crate) struct View {
     /// This node is bootstrapping (and since when it finished, while settling).
     joining: bool,
     joined_at: Option<Instant>,
+    /// This node is handing its ranges over before it leaves.
+    leaving: bool,
 }
 
 impl View {
@@ -125,27 +129,35 @@ impl View {
         let members = known
             .into_iter()
             .filter(|k| k.peer != local)
-            .map(|Known { peer, generation, addrs, joining }| {
-                let entry = Entry {
-                    stopped: false,
-                    swim_down: false,
-                    joined_at: None,
-                    addrs: addrs.iter().filter_map(|a| a.parse().ok()).collect(),
-                    info: MemberInfo {
-                        wall_ms: 0,
-                        credential: Vec::new(),
-                        peer_id: peer.to_bytes(),
-                        addrs,
-                        generation,
-                        tags: BTreeMap::new(),
-                        joining,
-                    },
-                    state: MemberState::Down,
-                    last_heard: now,
-                    since: now,
-                };
-                (peer, entry)
-            })
+            .map(
+                |Known {
+                     peer,
+                     generation,
+                     addrs,
+                     joining,
+                 }| {
+                    let entry = Entry {
+                        stopped: false,
+                        swim_down: false,
+                        joined_at: None,
+                        addrs: addrs.iter().filter_map(|a| a.parse().ok()).collect(),
+                        info: MemberInfo {
+                            wall_ms: 0,
+                            credential: Vec::new(),
+                            peer_id: peer.to_bytes(),
+                            addrs,
+                            generation,
+                            tags: BTreeMap::new(),
+                            joining,
+                            leaving: false,
+                        },
+                        state: MemberState::Down,
+                        last_heard: now,
+                        since: now,
+                    };
+                    (peer, entry)
+                },
+            )
             .collect();
         View {
             local,
@@ -154,6 +166,7 @@ impl View {
             candidates: HashMap::new(),
             joining,
             joined_at: None,
+            leaving: false,
         }
     }
 
@@ -164,7 +177,23 @@ impl View {
 
     /// Where this node stands in owning its ranges.
     pub(crate) fn local_standing(&self) -> Standing {
-        standing(self.joining, self.joined_at)
+        standing(self.joining, self.leaving, self.joined_at)
+    }
+
+    /// Whether this node is handing its ranges over before it leaves.
+    pub(crate) fn leaving(&self) -> bool {
+        self.leaving
+    }
+
+    /// This node starts handing its ranges over (decommission): writes also reach the
+    /// replicas they will have without it.
+    pub(crate) fn start_leaving(&mut self) -> Changes {
+        let mut changes = Changes::default();
+        if !self.leaving {
+            self.leaving = true;
+            changes.ring_changed = true;
+        }
+        changes
     }
 
     /// This node has streamed its ranges: it answers reads from now on (settling first).
@@ -377,6 +406,10 @@ impl View {
                 } else {
                     e.addrs = addrs;
                 }
+                if e.info.leaving != info.leaving {
+                    info!(peer = %from, leaving = info.leaving, "member's standing changed");
+                    changes.ring_changed = true;
+                }
                 if e.info.joining != info.joining {
                     // Finished joining: settling. (Joining again: a restart from an empty
                     // data directory under the same identity.)
@@ -540,7 +573,7 @@ impl View {
             peer: self.local,
             position: peer_position(&self.local),
             up: true,
-            standing: standing(self.joining, self.joined_at),
+            standing: self.local_standing(),
         }];
         ring.extend(
             self.members
@@ -567,6 +600,7 @@ mod tests {
             wall_ms: 0,
             credential: Vec::new(),
             joining: false,
+            leaving: false,
             peer_id: p.to_bytes(),
             addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
             generation,
