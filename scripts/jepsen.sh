@@ -2,7 +2,8 @@
 # The Jepsen-style soak of the keyspace (tests/jepsen.rs) on real nodes in network namespaces:
 # RUNS runs (default 10) of SECS seconds of workload each (default 120), with a fifth node
 # joining mid-run and decommissioned near the end, and a node redeployed with a new identity
-# whose old one an operator removes (JOIN=1, the default; JOIN=0 is the short run CI does). Prints each run's
+# whose old one an operator removes (JOIN=1, the default, as in CI's single 40 s run; JOIN=0 leaves
+# them out). Prints each run's
 # outcome and a summary: runs that lost an acknowledged add or brought back an acknowledged
 # delete. Needs root (network namespaces, nftables), as the test suite does. Not part of CI.
 #

@@ -644,6 +644,7 @@ async fn run_dev(n: usize) -> Result<()> {
         c.tls = Some(tls.clone());
         c.http_listen = Some(format!("127.0.0.1:{}", 8080 + i).parse()?);
         c.mesh.listen = vec![format!("/ip4/127.0.0.1/tcp/{}", 4001 + i).parse()?];
+        c.mesh.initial = true; // a new mesh: nothing to stream
         if let Some(first) = nodes.first() {
             c.mesh.bootstrap = first.mesh.dial_addr().into_iter().collect();
         }
@@ -922,6 +923,9 @@ fn status_once(node: &str, token: Option<&str>) -> Result<()> {
     println!("bindings    {} (owned by this node)", v["registrations"]);
     println!("dialogs     {}", v["dialogs"]);
     println!("hints       {} (writes waiting for a replica)", v["hints"]);
+    if v["joining"].as_bool().unwrap_or(false) {
+        println!("joining     streaming the ranges it will own; it answers no reads for them yet");
+    }
     if v["catching_up"].as_bool().unwrap_or(false) {
         println!(
             "sync        catching up: its replicas are being streamed; it reads from a quorum"

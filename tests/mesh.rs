@@ -454,8 +454,9 @@ async fn a_joining_node_answers_no_read_before_it_has_streamed() {
         mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
         assert!((0..keys).all(|i| local_value(&mesh, 2, &key(i)).is_none()));
         let new = mesh.add_node().await.unwrap();
-        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
         let joiner = mesh.node(new).node().unwrap();
+        let was_joining = joiner.mesh.joining();
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
         let check = |phase: &'static str| {
             let mesh = &mesh;
             async move {
@@ -471,7 +472,6 @@ async fn a_joining_node_answers_no_read_before_it_has_streamed() {
                 }
             }
         };
-        let was_joining = joiner.mesh.joining();
         check("while the new node joins").await;
         eventually(60, "the new node joins", || !joiner.mesh.joining()).await;
         assert!(was_joining, "the new node answered reads from the start");

@@ -38,8 +38,8 @@ fn mark(dir: &Path) -> PathBuf {
 }
 
 /// Whether this node starts joining: it did not finish joining before (its mark is there), or
-/// its data directory has never held a ring and it has seeds to join through. Marks the
-/// directory when it starts joining.
+/// its data directory has never held a ring and it has seeds to join through (`seeded`: and is
+/// not one of the members a new mesh starts with). Marks the directory when it starts joining.
 pub fn starts_joining(dir: &Path, seeded: bool) -> Result<bool> {
     let mark = mark(dir);
     if mark.exists() {

@@ -43,6 +43,10 @@ pub struct MeshConfig {
     /// Signed enrollment (`admission`): with it, only peers holding a credential of the same
     /// enrollment key are members. `None`: every holder of the mesh key is.
     pub enrollment: Option<Enrollment>,
+    /// One of the members a new mesh starts with (`sipmesh dev`, `LocalMesh`): it owns its
+    /// ranges from the start, there being nothing to stream. A node started later with seeds
+    /// joins instead: it streams its ranges before it answers reads (`bootstrap`).
+    pub initial: bool,
 }
 
 /// Where a node's membership credential comes from.
@@ -79,6 +83,7 @@ impl MeshConfig {
             max_connections_per_peer: 4,
             tags: BTreeMap::new(),
             enrollment: None,
+            initial: false,
         }
     }
 

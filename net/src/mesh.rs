@@ -823,7 +823,8 @@ impl Mesh {
             leaving: false,
         };
         let seeded = !config.bootstrap.is_empty();
-        let joining = crate::bootstrap::starts_joining(&config.data_dir, seeded)?;
+        let joining =
+            crate::bootstrap::starts_joining(&config.data_dir, seeded && !config.initial)?;
         let membership = Membership::with_ring_file(
             info,
             local,

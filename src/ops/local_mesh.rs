@@ -139,6 +139,9 @@ impl LocalMeshBuilder {
         let mut nodes: Vec<LocalNode> = Vec::new();
         for index in 0..self.nodes {
             let mut config = self.node_config(dir.path(), index);
+            // A new mesh's members own their ranges from the start; joining an existing mesh
+            // (`bootstrap`), they stream them first.
+            config.mesh.initial = self.bootstrap.is_empty();
             if let Some(seed) = nodes.first() {
                 config.mesh.bootstrap = vec![seed.addr.clone()];
             }
