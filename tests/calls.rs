@@ -277,10 +277,10 @@ async fn a_binding_that_loops_back_is_482() {
     .await;
 }
 
-/// A node that joins is Up at once, but its replicas are empty until anti-entropy streams
-/// their data (and a returning node's are stale): until a round pulls nothing it reads a
-/// quorum instead of its own replica. A call entering the new node right after it joined
-/// reaches a callee registered before it existed (with the old local-replica read: 480).
+/// A node that joins is Up at once, but its replicas are empty until it has streamed their
+/// data (and a returning node's are stale): until then it reads a quorum instead of its own
+/// replica. A call entering the new node right after it joined reaches a callee registered
+/// before it existed (with the old local-replica read: 480).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_member_reads_a_quorum_until_it_has_caught_up() {
     within(120, async {
@@ -320,11 +320,11 @@ async fn a_new_member_reads_a_quorum_until_it_has_caught_up() {
             .unwrap();
         let node = mesh.node(new).node().unwrap();
         assert!(node.mesh.catching_up(), "a new node is catching up");
-        // A callee whose bindings the new node now replicates (but does not hold yet).
+        // A callee whose bindings the new node will replicate (but does not hold yet).
         let snap = node.mesh.snapshot();
         let i = users
             .iter()
-            .position(|(u, _)| snap.is_local_replica(u.as_bytes()))
+            .position(|(u, _)| snap.is_local_owner(u.as_bytes()))
             .expect("the new node replicates some of the users");
         let callee = &users[i].0;
         let mut alice = Ua::new("alice", sip(&mesh, new)).await;
