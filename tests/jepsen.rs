@@ -244,6 +244,19 @@ impl Cluster {
         }
     }
 
+    /// Until none of these nodes is joining any more (a new mesh's nodes started with seeds
+    /// join: they stream, from a mesh with nothing yet, and own their ranges within seconds).
+    async fn wait_joined(&self, running: &[usize]) {
+        for &i in running {
+            let url = format!("{}/v1/status", self.nodes[i].http());
+            eventually(60, "every member joined", || {
+                let url = url.clone();
+                async move { get(&url).await.1["joining"] == false }
+            })
+            .await;
+        }
+    }
+
     /// Until each running node knows every member's SIP address (its tags arrive with the
     /// member's first heartbeat after it admitted this node).
     async fn wait_addresses(&self, running: &[usize]) {
@@ -436,6 +449,9 @@ async fn the_set_survives_kills_a_partition_and_restarts() {
             cluster.start(i).await;
         }
         cluster.wait_up(&[0, 1, 2, 3]).await;
+        // The faults begin once the new mesh settled: joins under faults are node 4's and the
+        // redeployed node 3's.
+        cluster.wait_joined(&[0, 1, 2, 3]).await;
         let history = Arc::new(Mutex::new(History::default()));
         let until = Instant::now() + Duration::from_secs(secs);
         let running: Vec<usize> = (0..NODES).filter(|&i| join || i < NODES - 1).collect();
