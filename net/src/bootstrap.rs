@@ -143,3 +143,27 @@ async fn announce(membership: &Membership, link: &Arc<dyn Link>, timeout: Durati
         .collect::<Vec<_>>();
     futures::future::join_all(sends).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_seeded_node_joins_and_a_restart_mid_way_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        // Without seeds (the first node of a mesh, or one of a new mesh's members): owns its
+        // ranges from the start.
+        assert!(!starts_joining(dir.path(), false).unwrap());
+        assert!(!mark(dir.path()).exists());
+        // A new node with seeds joins, and marks its directory.
+        assert!(starts_joining(dir.path(), true).unwrap());
+        assert!(mark(dir.path()).exists());
+        // Restarted before it finished (the ring is written meanwhile): still joining, even
+        // without seeds.
+        std::fs::write(dir.path().join("ring"), b"").unwrap();
+        assert!(starts_joining(dir.path(), false).unwrap());
+        // Once it finished (the mark gone), a restart with a ring owns its ranges.
+        std::fs::remove_file(mark(dir.path())).unwrap();
+        assert!(!starts_joining(dir.path(), true).unwrap());
+    }
+}
