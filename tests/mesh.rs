@@ -561,6 +561,58 @@ async fn writes_during_a_decommission_reach_the_replicas_left_behind() {
     .await;
 }
 
+/// Removing a dead member (Cassandra's removenode): its ranges stream to their new replicas
+/// before it leaves the ring. Node 2 missed the writes (stopped, no hints, no anti-entropy), so
+/// a key whose replicas were nodes 3, 2 and one other was acknowledged by node 3 and that other
+/// only. Node 3 dies and is removed; before, the ring dropped it at once and a QUORUM read
+/// through node 2 and the replica taking node 3's place found nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_members_ranges_reach_their_new_replicas_before_it_leaves() {
+    within(240, async {
+        let mesh = LocalMesh::builder()
+            .nodes(4)
+            .anti_entropy_interval(Duration::from_secs(3_600))
+            .configure(|c| c.mesh.hint_interval = Duration::from_secs(3_600))
+            .start()
+            .await
+            .unwrap();
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        mesh.stop(2).await.unwrap();
+        let keys = 300;
+        for i in 0..keys {
+            write(&mesh, i % 2, key(i), format!("v{i}"), Consistency::Quorum)
+                .await
+                .unwrap();
+        }
+        mesh.restart(2).await.unwrap();
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        let dead = mesh.node(3).peer_id;
+        mesh.kill(3);
+        eventually(30, "node 3 is down for every other node", || {
+            (0..3).all(|i| !mesh.node(i).node().unwrap().mesh.is_up(&dead))
+        })
+        .await;
+        let removed = mesh
+            .node(0)
+            .run(move |n| async move { n.mesh.remove_member(dead, false).await })
+            .await
+            .unwrap();
+        removed.expect("the removal completes");
+        eventually(30, "node 3 is out of every ring", || {
+            (0..3).all(|i| {
+                let snap = mesh.node(i).node().unwrap().mesh.snapshot();
+                snap.ring.len() == 3 && snap.ring.iter().all(|m| m.peer != dead)
+            })
+        })
+        .await;
+        for i in 0..keys {
+            let got = read(&mesh, 2, key(i), Consistency::Quorum).await.unwrap();
+            assert_eq!(got.as_deref(), Some(format!("v{i}").as_str()), "key {i}");
+        }
+    })
+    .await;
+}
+
 /// Two-phase tombstone collection: with a one-second grace period, a delete's tombstone stays on
 /// every replica while one replica is down (it still holds the deleted value), reaches that
 /// replica when it returns (no resurrection), and only then goes, from all of them.

@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use crate::error::{Error, Result};
 use crate::link::Link;
 use crate::membership::Membership;
+use crate::placement::Standing;
 use crate::protocol::{Request, Response, DIGESTS_PER_PAGE, PAGE_BYTES};
 use crate::replication::Replication;
 
@@ -278,6 +279,9 @@ impl AntiEntropy {
             .iter()
             .filter(|m| m.peer != self.local && shared.contains_key(&m.peer))
         {
+            if !m.up && m.standing == Standing::Leaving {
+                continue; // dead and being removed: what it held, its fellow replicas hold
+            }
             if !m.up {
                 return Err(format!("{} holds some of these ranges and is down", m.peer));
             }

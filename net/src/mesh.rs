@@ -52,6 +52,9 @@ pub const DATAGRAM_FRAME_MAX: usize = swim::MAX_PACKET + 64;
 const ADMIT_WITHIN: Duration = Duration::from_secs(10);
 
 /// How long a self-issued credential is valid (renewed at every start).
+/// How long a member may take to stream the ranges of a member being removed (the CLI waits
+/// 60 s for the answer).
+const RESYNC_WITHIN: Duration = Duration::from_secs(50);
 const SELF_ISSUED_FOR_MS: u64 = 365 * 24 * 3600 * 1000;
 
 /// Application bytes from another node.
@@ -169,6 +172,8 @@ pub type AppHandler = Box<dyn Fn(PeerId, Vec<u8>) + Send + Sync>;
 
 struct Service {
     replication: Replication,
+    /// For an operator's removal of a dead member ([`Request::Resync`]).
+    anti_entropy: AntiEntropy,
     /// The links, for relaying ([`Request::Relay`]), and how long a relayed request may take.
     relay: (Arc<Links>, Duration),
     keyspace: Keyspace,
@@ -280,6 +285,25 @@ impl Handler for Service {
             Request::Swim(bytes) => {
                 self.membership.to_swim(SwimInput::Data(bytes));
                 Response::Ack
+            }
+            Request::Resync { removing } => {
+                if !roles.contains(Roles::ADMIN) {
+                    Response::Error("removing a member needs the admin role".into())
+                } else {
+                    let marked = PeerId::from_bytes(&removing)
+                        .map_err(|e| e.to_string())
+                        .and_then(|gone| self.membership.mark_removing(gone));
+                    if let Err(why) = marked {
+                        return Box::pin(async move { Response::Error(why) });
+                    }
+                    let ae = self.anti_entropy.clone();
+                    return Box::pin(async move {
+                        match ae.bootstrap_pass().await {
+                            Ok(_) => Response::Ack,
+                            Err(why) => Response::Error(why),
+                        }
+                    });
+                }
             }
             Request::Relay { to, request } => return self.relay(peer, roles, &to, *request),
             Request::Write(m) => {
@@ -870,6 +894,7 @@ impl Mesh {
         let (app_tx, app_rx) = mpsc::channel(APP_QUEUE);
         let one_way = Arc::new(OnceLock::new());
         let service = Arc::new(Service {
+            anti_entropy: anti_entropy.clone(),
             relay: (links.clone(), config.request_timeout),
             gate: gate.clone(),
             replication: replication.clone(),
@@ -1053,8 +1078,67 @@ impl Mesh {
     /// An operator removes a dead member from the ring: marked left mesh-wide, dropped from
     /// the persisted ring. Refused for an up member, or when data could be lost unless `force`
     /// (the reason).
-    pub fn remove_member(&self, peer: PeerId, force: bool) -> std::result::Result<(), String> {
-        self.inner.membership.remove(peer, force)
+    ///
+    /// Unless `force`, first as Cassandra's removenode: the member stands `leaving` (writes also
+    /// reach the replicas its ranges will have), and every up member, this one included,
+    /// streams with its fellow replicas; the member leaves the ring only once all of them did,
+    /// so no QUORUM read through its successors misses what it and one other replica held.
+    /// When one cannot, the removal is refused (retry), and the member stays `leaving`.
+    pub async fn remove_member(
+        &self,
+        peer: PeerId,
+        force: bool,
+    ) -> std::result::Result<(), String> {
+        let membership = &self.inner.membership;
+        membership.check_remove(peer, force)?;
+        if !force {
+            membership.mark_removing(peer)?;
+            let others: Vec<PeerId> = self
+                .members()
+                .into_iter()
+                .filter(|m| !m.local && m.state == crate::MemberState::Up)
+                .map(|m| m.peer_id)
+                .collect();
+            let link: &Arc<Links> = &self.inner.links;
+            let request = Request::Resync {
+                removing: peer.to_bytes(),
+            };
+            let asks = others.iter().map(|p| {
+                let request = request.clone();
+                async move {
+                    match Link::request(link, *p, request, RESYNC_WITHIN).await {
+                        Ok(Response::Ack) => Ok(()),
+                        Ok(Response::Error(why)) => Err(format!("{p}: {why}")),
+                        Ok(other) => Err(format!("{p}: unexpected answer {other:?}")),
+                        Err(e) => Err(format!("{p}: {e}")),
+                    }
+                }
+            });
+            let own = async {
+                self.inner
+                    .anti_entropy
+                    .bootstrap_pass()
+                    .await
+                    .map(|_| ())
+                    .map_err(|why| format!("this node: {why}"))
+            };
+            let (own, theirs) = tokio::join!(own, futures::future::join_all(asks));
+            let failed: Vec<String> = std::iter::once(own)
+                .chain(theirs)
+                .filter_map(|r| r.err())
+                .collect();
+            if let Some(first) = failed.first() {
+                return Err(format!(
+                    "{peer} is not removed yet: {} of {} members could not stream its ranges \
+                     ({first}); it stays in the ring, its writes also reaching its successors; \
+                     retry",
+                    failed.len(),
+                    others.len() + 1
+                ));
+            }
+            info!(%peer, members = others.len() + 1, "the ranges of a removed member streamed to their new replicas");
+        }
+        membership.remove(peer, force)
     }
 
     /// The median of the members' clocks minus this node's (ms), and whether this node's clock

@@ -192,6 +192,15 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
+    /// An operator removes the dead member `removing` (`mesh remove`, Cassandra's removenode):
+    /// mark it leaving (writes also reach the replicas its ranges will have), then stream with
+    /// every fellow replica; answered once done, so the removal completes only when the
+    /// members that take its ranges over hold them.
+    Resync {
+        /// The member being removed (PeerId bytes).
+        #[serde(with = "serde_bytes")]
+        removing: Vec<u8>,
+    },
 }
 
 impl Request {
@@ -273,6 +282,7 @@ impl Request {
             Request::Relay { .. } => "relay",
             Request::Prepare { .. } => "prepare",
             Request::Propose { .. } => "propose",
+            Request::Resync { .. } => "resync",
         }
     }
 }

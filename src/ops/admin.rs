@@ -220,7 +220,7 @@ async fn remove_member(State(node): State<Node>, Json(r): Json<Removal>) -> Resp
             format!("{:?} is not a peer id", r.peer_id),
         );
     };
-    match node.mesh.remove_member(peer, r.force) {
+    match node.mesh.remove_member(peer, r.force).await {
         Ok(()) => {
             node.metrics.events.push(
                 crate::events::Kind::Admin,

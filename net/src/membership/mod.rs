@@ -589,19 +589,44 @@ impl Membership {
                 self.apply(changes);
                 Ok(())
             }
-            Err(RemoveRefused::Local) => {
-                Err("this is the node you are talking to; `sipmesh mesh decommission` makes it leave".into())
+            Err(refused) => Err(self.refusal(peer, refused)),
+        }
+    }
+
+    /// Whether `peer` may be removed (the same checks as [`Membership::remove`]).
+    pub fn check_remove(&self, peer: PeerId, force: bool) -> std::result::Result<(), String> {
+        let checked = self.view().check_remove(peer, force);
+        checked.map_err(|refused| self.refusal(peer, refused))
+    }
+
+    /// A dead member is being removed: it stands `leaving` until the removal completes.
+    pub fn mark_removing(&self, peer: PeerId) -> std::result::Result<(), String> {
+        let marked = self.view().mark_removing(peer);
+        match marked {
+            Ok(changes) => {
+                self.apply(changes);
+                Ok(())
             }
-            Err(RemoveRefused::Unknown) => Err(format!("{peer} is not a member")),
-            Err(RemoveRefused::Up) => Err(format!(
+            Err(refused) => Err(self.refusal(peer, refused)),
+        }
+    }
+
+    fn refusal(&self, peer: PeerId, refused: RemoveRefused) -> String {
+        match refused {
+            RemoveRefused::Local => {
+                "this is the node you are talking to; `sipmesh mesh decommission` makes it leave"
+                    .into()
+            }
+            RemoveRefused::Unknown => format!("{peer} is not a member"),
+            RemoveRefused::Up => format!(
                 "{peer} is up: decommission it (`sipmesh mesh decommission`) so it hands its data over"
-            )),
-            Err(RemoveRefused::LastCopies { down }) => Err(format!(
+            ),
+            RemoveRefused::LastCopies { down } => format!(
                 "{down} members are down and the replication factor is {}: a partition may \
                  have had its last copy on them; bring some back first, or remove with force \
                  if they are gone for good",
                 self.replication_factor
-            )),
+            ),
         }
     }
 

@@ -518,6 +518,23 @@ impl View {
         peer: PeerId,
         force: bool,
     ) -> Result<Changes, RemoveRefused> {
+        self.check_remove(peer, force)?;
+        let mut changes = Changes::default();
+        let Some(e) = self.members.get_mut(&peer) else {
+            return Err(RemoveRefused::Unknown);
+        };
+        if e.state == MemberState::Left {
+            return Ok(changes);
+        }
+        info!(%peer, force, "member removed by the operator");
+        e.state = MemberState::Left;
+        e.since = now;
+        changes.push(MemberEvent::Left(peer));
+        Ok(changes)
+    }
+
+    /// Whether `peer` may be removed (see [`View::remove`]).
+    pub(crate) fn check_remove(&self, peer: PeerId, force: bool) -> Result<(), RemoveRefused> {
         if peer == self.local {
             return Err(RemoveRefused::Local);
         }
@@ -526,20 +543,35 @@ impl View {
             .values()
             .filter(|e| e.state == MemberState::Down)
             .count();
-        let e = self.members.get_mut(&peer).ok_or(RemoveRefused::Unknown)?;
+        let e = self.members.get(&peer).ok_or(RemoveRefused::Unknown)?;
+        match e.state {
+            MemberState::Up => Err(RemoveRefused::Up),
+            MemberState::Left => Ok(()),
+            MemberState::Down if down >= self.replication_factor && !force => {
+                Err(RemoveRefused::LastCopies { down })
+            }
+            MemberState::Down => Ok(()),
+        }
+    }
+
+    /// A dead member is being removed: it stands `leaving` (writes also reach the replicas its
+    /// ranges will have) until the removal completes. Only a down member; nothing to do for
+    /// one this node never knew (a newer member: its ring is already without it).
+    pub(crate) fn mark_removing(&mut self, peer: PeerId) -> Result<Changes, RemoveRefused> {
         let mut changes = Changes::default();
+        let Some(e) = self.members.get_mut(&peer) else {
+            return Ok(changes);
+        };
         match e.state {
             MemberState::Up => return Err(RemoveRefused::Up),
             MemberState::Left => return Ok(changes),
             MemberState::Down => {}
         }
-        if down >= self.replication_factor && !force {
-            return Err(RemoveRefused::LastCopies { down });
+        if !e.info.leaving {
+            info!(%peer, "member being removed: its ranges stream to their new replicas");
+            e.info.leaving = true;
+            changes.ring_changed = true;
         }
-        info!(%peer, force, "member removed by the operator");
-        e.state = MemberState::Left;
-        e.since = now;
-        changes.push(MemberEvent::Left(peer));
         Ok(changes)
     }
 
