@@ -11,7 +11,7 @@
 //! | `GET /v1/registrations/{user}` | the AOR's bindings, read at QUORUM |
 //! | `GET /v1/dialogs` | every active dialog of the mesh |
 //! | `GET /v1/bootstrap` | the least-loaded live nodes to register with (SIP URIs, load, q) |
-//! | `POST /v1/mesh/remove` | `{"peer_id", "force"?}`: remove a dead member from the ring (409 if it is up, or if data could be lost and not `force`) |
+//! | `POST /v1/mesh/remove` | `{"peer_id", "force"?}`: remove a dead member from the ring once every up member streamed its ranges (409 if it is up, if data could be lost and not `force`, or if a member could not stream yet) |
 //! | `DELETE /v1/dialogs/{id}` | end a dialog: BYE to both parties, record removed |
 //! | `GET /v1/mesh/revocations` | members revoked (signed enrollment) |
 //! | `POST /v1/mesh/revocations` | `{"revocation"}` (from `sipmesh mesh revoke`, signed by the enrollment key): shut a member out, mesh-wide |
