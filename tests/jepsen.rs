@@ -234,24 +234,32 @@ impl Cluster {
 
     async fn wait_up(&self, running: &[usize]) {
         let want = running.len();
-        for &i in running {
-            let url = format!("{}/v1/status", self.nodes[i].http());
-            eventually(60, "every running member up", || {
-                let url = url.clone();
-                async move { get(&url).await.1["members_up"] == want }
-            })
-            .await;
-        }
+        self.wait_status(running, "every running member up", |s| {
+            s["members_up"] == want
+        })
+        .await;
     }
 
     /// Until none of these nodes is joining any more (a new mesh's nodes started with seeds
     /// join: they stream, from a mesh with nothing yet, and own their ranges within seconds).
     async fn wait_joined(&self, running: &[usize]) {
+        self.wait_status(running, "every member joined", |s| s["joining"] == false)
+            .await;
+    }
+
+    /// Until each of these nodes' `/v1/status` satisfies `holds` (up to 60 s each).
+    async fn wait_status(
+        &self,
+        running: &[usize],
+        what: &str,
+        holds: impl Fn(&serde_json::Value) -> bool,
+    ) {
         for &i in running {
             let url = format!("{}/v1/status", self.nodes[i].http());
-            eventually(60, "every member joined", || {
+            eventually(60, what, || {
                 let url = url.clone();
-                async move { get(&url).await.1["joining"] == false }
+                let holds = &holds;
+                async move { holds(&get(&url).await.1) }
             })
             .await;
         }

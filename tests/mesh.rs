@@ -422,6 +422,33 @@ async fn joining_node_ends_up_with_exactly_its_keys() {
     .await;
 }
 
+/// A new mesh of `nodes` with no anti-entropy round and no hint delivered during the test: what
+/// a node missed stays missed.
+async fn mesh_without_repair(nodes: usize) -> LocalMesh {
+    let mesh = LocalMesh::builder()
+        .nodes(nodes)
+        .anti_entropy_interval(Duration::from_secs(3_600))
+        .configure(|c| c.mesh.hint_interval = Duration::from_secs(3_600))
+        .start()
+        .await
+        .unwrap();
+    mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+    mesh
+}
+
+/// Node 2 misses `keys` QUORUM writes (`v{i}` under `key(i)`): stopped while they are made,
+/// then restarted.
+async fn node_2_misses_writes(mesh: &LocalMesh, keys: usize) {
+    mesh.stop(2).await.unwrap();
+    for i in 0..keys {
+        write(mesh, i % 2, key(i), format!("v{i}"), Consistency::Quorum)
+            .await
+            .unwrap();
+    }
+    mesh.restart(2).await.unwrap();
+    mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+}
+
 /// Pending ranges: a joining node answers no read for what it has not streamed. Node 2 misses
 /// the writes (stopped, no hints delivered, no anti-entropy), so only nodes 0 and 1 hold them;
 /// node 3 then joins and displaces a replica of most keys. Before pending ranges it answered
@@ -431,27 +458,9 @@ async fn joining_node_ends_up_with_exactly_its_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_node_answers_no_read_before_it_has_streamed() {
     within(240, async {
-        let mut mesh = LocalMesh::builder()
-            .nodes(3)
-            .anti_entropy_interval(Duration::from_secs(3_600))
-            .configure(|c| c.mesh.hint_interval = Duration::from_secs(3_600))
-            .start()
-            .await
-            .unwrap();
-        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
-        eventually(60, "the first members joined", || {
-            (0..3).all(|i| !mesh.node(i).node().unwrap().mesh.joining())
-        })
-        .await;
-        mesh.stop(2).await.unwrap();
+        let mut mesh = mesh_without_repair(3).await;
         let keys = 300;
-        for i in 0..keys {
-            write(&mesh, i % 2, key(i), format!("v{i}"), Consistency::Quorum)
-                .await
-                .unwrap();
-        }
-        mesh.restart(2).await.unwrap();
-        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        node_2_misses_writes(&mesh, keys).await;
         assert!((0..keys).all(|i| local_value(&mesh, 2, &key(i)).is_none()));
         let new = mesh.add_node().await.unwrap();
         let joiner = mesh.node(new).node().unwrap();
@@ -499,18 +508,7 @@ async fn a_joining_node_answers_no_read_before_it_has_streamed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_during_a_decommission_reach_the_replicas_left_behind() {
     within(240, async {
-        let mesh = LocalMesh::builder()
-            .nodes(4)
-            .anti_entropy_interval(Duration::from_secs(3_600))
-            .configure(|c| c.mesh.hint_interval = Duration::from_secs(3_600))
-            .start()
-            .await
-            .unwrap();
-        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
-        eventually(60, "the first members joined", || {
-            (0..4).all(|i| !mesh.node(i).node().unwrap().mesh.joining())
-        })
-        .await;
+        let mesh = mesh_without_repair(4).await;
         for i in 0..1_500 {
             write(&mesh, i % 2, key(i), format!("v{i}"), Consistency::Quorum)
                 .await
@@ -569,23 +567,9 @@ async fn writes_during_a_decommission_reach_the_replicas_left_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_members_ranges_reach_their_new_replicas_before_it_leaves() {
     within(240, async {
-        let mesh = LocalMesh::builder()
-            .nodes(4)
-            .anti_entropy_interval(Duration::from_secs(3_600))
-            .configure(|c| c.mesh.hint_interval = Duration::from_secs(3_600))
-            .start()
-            .await
-            .unwrap();
-        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
-        mesh.stop(2).await.unwrap();
+        let mesh = mesh_without_repair(4).await;
         let keys = 300;
-        for i in 0..keys {
-            write(&mesh, i % 2, key(i), format!("v{i}"), Consistency::Quorum)
-                .await
-                .unwrap();
-        }
-        mesh.restart(2).await.unwrap();
-        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        node_2_misses_writes(&mesh, keys).await;
         let dead = mesh.node(3).peer_id;
         mesh.kill(3);
         eventually(30, "node 3 is down for every other node", || {

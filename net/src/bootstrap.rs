@@ -129,19 +129,8 @@ pub(crate) async fn join(
 /// Tell every up member at once that this node joined (a heartbeat: it carries the standing),
 /// rather than waiting for the heartbeats' turn.
 async fn announce(membership: &Membership, link: &Arc<dyn Link>, timeout: Duration) {
-    let local = membership.local();
     let heartbeat = membership.heartbeat();
-    let sends = membership
-        .snapshot()
-        .ring
-        .iter()
-        .filter(|m| m.up && m.peer != local)
-        .map(|m| {
-            let (link, heartbeat, peer) = (link.clone(), heartbeat.clone(), m.peer);
-            async move { link.request(peer, heartbeat, timeout).await }
-        })
-        .collect::<Vec<_>>();
-    futures::future::join_all(sends).await;
+    crate::link::ask_up_members(membership, &**link, &heartbeat, timeout).await;
 }
 
 #[cfg(test)]

@@ -50,6 +50,30 @@ pub trait Link: Send + Sync + 'static {
     fn send(&self, peer: PeerId, request: Request) -> BoxFuture<'static, Result<()>>;
 }
 
+/// Send `request` to every member `membership` sees up (this node aside), all at once, and
+/// wait up to `timeout` for each answer.
+pub(crate) async fn ask_up_members(
+    membership: &crate::membership::Membership,
+    link: &dyn Link,
+    request: &Request,
+    timeout: Duration,
+) -> Vec<(PeerId, Result<Response>)> {
+    let peers: Vec<PeerId> = membership
+        .members()
+        .into_iter()
+        .filter(|m| !m.local && m.state == crate::MemberState::Up)
+        .map(|m| m.peer_id)
+        .collect();
+    let asks = peers
+        .iter()
+        .map(|p| link.request(*p, request.clone(), timeout));
+    peers
+        .iter()
+        .copied()
+        .zip(futures::future::join_all(asks).await)
+        .collect()
+}
+
 struct PeerLink {
     peer: PeerId,
     tx: mpsc::Sender<Vec<u8>>,

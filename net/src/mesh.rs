@@ -15,7 +15,7 @@ use crate::admission::{now_ms, Admission, Gate, Refusal, Revocation, Roles, Writ
 use crate::anti_entropy::{self, AntiEntropy};
 use crate::config::{Enrollment, MeshConfig};
 use crate::error::{Error, Result};
-use crate::link::{self, Handler, Link, Links};
+use crate::link::{self, ask_up_members, Handler, Link, Links};
 use crate::membership::swim::{self, Swim};
 use crate::membership::{self, Member, MemberEvent, Membership, MembershipConfig, SwimInput};
 use crate::peer::{self, Command, PeerEvent};
@@ -1093,27 +1093,22 @@ impl Mesh {
         membership.check_remove(peer, force)?;
         if !force {
             membership.mark_removing(peer)?;
-            let others: Vec<PeerId> = self
-                .members()
-                .into_iter()
-                .filter(|m| !m.local && m.state == crate::MemberState::Up)
-                .map(|m| m.peer_id)
-                .collect();
-            let link: &Arc<Links> = &self.inner.links;
             let request = Request::Resync {
                 removing: peer.to_bytes(),
             };
-            let asks = others.iter().map(|p| {
-                let request = request.clone();
-                async move {
-                    match Link::request(link, *p, request, RESYNC_WITHIN).await {
+            let asks = async {
+                let answers =
+                    ask_up_members(membership, &self.inner.links, &request, RESYNC_WITHIN).await;
+                answers
+                    .into_iter()
+                    .map(|(p, answer)| match answer {
                         Ok(Response::Ack) => Ok(()),
                         Ok(Response::Error(why)) => Err(format!("{p}: {why}")),
                         Ok(other) => Err(format!("{p}: unexpected answer {other:?}")),
                         Err(e) => Err(format!("{p}: {e}")),
-                    }
-                }
-            });
+                    })
+                    .collect::<Vec<_>>()
+            };
             let own = async {
                 self.inner
                     .anti_entropy
@@ -1122,7 +1117,8 @@ impl Mesh {
                     .map(|_| ())
                     .map_err(|why| format!("this node: {why}"))
             };
-            let (own, theirs) = tokio::join!(own, futures::future::join_all(asks));
+            let (own, theirs) = tokio::join!(own, asks);
+            let asked = theirs.len() + 1;
             let failed: Vec<String> = std::iter::once(own)
                 .chain(theirs)
                 .filter_map(|r| r.err())
@@ -1133,10 +1129,10 @@ impl Mesh {
                      ({first}); it stays in the ring, its writes also reaching its successors; \
                      retry",
                     failed.len(),
-                    others.len() + 1
+                    asked
                 ));
             }
-            info!(%peer, members = others.len() + 1, "the ranges of a removed member streamed to their new replicas");
+            info!(%peer, members = asked, "the ranges of a removed member streamed to their new replicas");
         }
         membership.remove(peer, force)
     }
@@ -1549,19 +1545,10 @@ impl Mesh {
     /// Send `request` to every up member, waiting up to `timeout` for their answers; returns
     /// how many were told.
     async fn tell_up_members(&self, request: Request, timeout: Duration) -> usize {
-        let peers: Vec<PeerId> = self
-            .members()
-            .into_iter()
-            .filter(|m| !m.local && m.state == crate::MemberState::Up)
-            .map(|m| m.peer_id)
-            .collect();
-        let link: &Arc<Links> = &self.inner.links;
-        let asks: Vec<_> = peers
-            .iter()
-            .map(|p| Link::request(link, *p, request.clone(), timeout))
-            .collect();
-        futures::future::join_all(asks).await;
-        peers.len()
+        let membership = &self.inner.membership;
+        ask_up_members(membership, &self.inner.links, &request, timeout)
+            .await
+            .len()
     }
 
     /// Leave gracefully: tell every up member (waiting up to `timeout` for their answers).
