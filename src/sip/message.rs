@@ -145,31 +145,51 @@ pub enum HeaderName {
 }
 
 impl HeaderName {
-    /// Canonicalise a header name (case-insensitive, compact forms).
+    /// Canonicalise a header name (case-insensitive, compact forms). Allocates only for a name
+    /// sipmesh does not act on (this runs for every header of every message).
     pub fn parse(name: &str) -> HeaderName {
-        let lower = name.to_ascii_lowercase();
-        match lower.as_str() {
-            "via" | "v" => HeaderName::Via,
-            "from" | "f" => HeaderName::From,
-            "to" | "t" => HeaderName::To,
-            "call-id" | "i" => HeaderName::CallId,
-            "cseq" => HeaderName::CSeq,
-            "max-forwards" => HeaderName::MaxForwards,
-            "contact" | "m" => HeaderName::Contact,
-            "content-length" | "l" => HeaderName::ContentLength,
-            "content-type" | "c" => HeaderName::ContentType,
-            "route" => HeaderName::Route,
-            "record-route" => HeaderName::RecordRoute,
-            "expires" => HeaderName::Expires,
-            "authorization" => HeaderName::Authorization,
-            "proxy-authorization" => HeaderName::ProxyAuthorization,
-            "require" => HeaderName::Require,
-            "proxy-require" => HeaderName::ProxyRequire,
-            "supported" | "k" => HeaderName::Supported,
-            "path" => HeaderName::Path,
-            "user-agent" => HeaderName::UserAgent,
-            _ => HeaderName::Other(lower),
+        if let [c] = name.as_bytes() {
+            let compact = match c.to_ascii_lowercase() {
+                b'v' => Some(HeaderName::Via),
+                b'f' => Some(HeaderName::From),
+                b't' => Some(HeaderName::To),
+                b'i' => Some(HeaderName::CallId),
+                b'm' => Some(HeaderName::Contact),
+                b'l' => Some(HeaderName::ContentLength),
+                b'c' => Some(HeaderName::ContentType),
+                b'k' => Some(HeaderName::Supported),
+                _ => None,
+            };
+            if let Some(h) = compact {
+                return h;
+            }
         }
+        static KNOWN: [(&str, HeaderName); 19] = [
+            ("via", HeaderName::Via),
+            ("from", HeaderName::From),
+            ("to", HeaderName::To),
+            ("call-id", HeaderName::CallId),
+            ("cseq", HeaderName::CSeq),
+            ("max-forwards", HeaderName::MaxForwards),
+            ("contact", HeaderName::Contact),
+            ("content-length", HeaderName::ContentLength),
+            ("content-type", HeaderName::ContentType),
+            ("route", HeaderName::Route),
+            ("record-route", HeaderName::RecordRoute),
+            ("expires", HeaderName::Expires),
+            ("authorization", HeaderName::Authorization),
+            ("proxy-authorization", HeaderName::ProxyAuthorization),
+            ("require", HeaderName::Require),
+            ("proxy-require", HeaderName::ProxyRequire),
+            ("supported", HeaderName::Supported),
+            ("path", HeaderName::Path),
+            ("user-agent", HeaderName::UserAgent),
+        ];
+        KNOWN
+            .iter()
+            .find(|(known, _)| known.eq_ignore_ascii_case(name))
+            .map(|(_, h)| h.clone())
+            .unwrap_or_else(|| HeaderName::Other(name.to_ascii_lowercase()))
     }
 
     /// Whether the header's value is a comma-separated list (RFC 3261 §7.3.1).
@@ -555,6 +575,24 @@ mod tests {
         assert_eq!(m.body(), b"body");
         assert_eq!(m.header(&HeaderName::CallId), Some("x"));
         assert!(Message::parse(raw, true).is_ok());
+    }
+
+    #[test]
+    fn header_names_fold_case_and_compact_forms() {
+        assert_eq!(HeaderName::parse("CALL-ID"), HeaderName::CallId);
+        assert_eq!(HeaderName::parse("i"), HeaderName::CallId);
+        assert_eq!(HeaderName::parse("I"), HeaderName::CallId);
+        assert_eq!(
+            HeaderName::parse("Proxy-Authorization"),
+            HeaderName::ProxyAuthorization
+        );
+        assert_eq!(HeaderName::parse("k"), HeaderName::Supported);
+        assert_eq!(
+            HeaderName::parse("X-Custom"),
+            HeaderName::Other("x-custom".into())
+        );
+        assert_eq!(HeaderName::parse("x"), HeaderName::Other("x".into()));
+        assert_eq!(HeaderName::parse("Vias"), HeaderName::Other("vias".into()));
     }
 
     #[test]
