@@ -1109,3 +1109,43 @@ async fn a_cut_between_two_members_is_routed_around() {
     })
     .await;
 }
+
+/// A node started alone (no seeds, no ring of others from an earlier run) is a new mesh of
+/// one: no peer holds anything it lacks, so it reads its own replicas from the start instead
+/// of through the quorum path until its first anti-entropy round. A node started with seeds,
+/// and a member restarted on its ring file, still catch up first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_mesh_of_one_reads_its_own_replicas_at_once() {
+    within(120, async {
+        // Rounds far apart: whatever a node's state, no round ends it during the test.
+        let mesh = LocalMesh::builder()
+            .nodes(2)
+            .anti_entropy_interval(Duration::from_secs(600))
+            .start()
+            .await
+            .unwrap();
+        let first = mesh.node(0).node().unwrap();
+        assert!(
+            !first.mesh.catching_up(),
+            "the first node of a new mesh has nothing to catch up from"
+        );
+        assert!(first.mesh.reads_locally(b"alice"));
+        drop(first); // a handle keeps the node's keyspace (and its lock) open
+        let seeded = mesh.node(1).node().unwrap();
+        assert!(
+            seeded.mesh.catching_up(),
+            "a node started with seeds catches up first"
+        );
+        drop(seeded);
+        mesh.wait_converged(Duration::from_secs(30)).await.unwrap();
+        mesh.stop(0).await.unwrap();
+        mesh.restart(0).await.unwrap();
+        let restarted = mesh.node(0).node().unwrap();
+        assert!(
+            restarted.mesh.catching_up(),
+            "a member restarted on a ring of two catches up first"
+        );
+        assert!(!restarted.mesh.reads_locally(b"alice"));
+    })
+    .await;
+}

@@ -911,7 +911,13 @@ impl Mesh {
         let span = tracing::info_span!("mesh", peer = %local);
         let background = Background::default();
         let serving = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let catching_up = Arc::new(AtomicBool::new(true));
+        // Until its first anti-entropy round, a node reads through a quorum: its replicas may
+        // lack what its peers hold. A node that starts alone — no seeds, and no ring of others
+        // from an earlier run — is a new mesh of one: no peer holds anything it lacks, so its
+        // own replicas answer from the start (a restarted member has its ring file and
+        // catches up; a joiner has seeds).
+        let alone = !seeded && membership.snapshot().ring.len() <= 1;
+        let catching_up = Arc::new(AtomicBool::new(!alone));
         background.keep("swarm", swarm_task);
         background.keep(
             "serve streams",
