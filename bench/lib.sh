@@ -167,6 +167,20 @@ run_step() {
 }
 
 # Resident memory of the target, in KiB (summed over its processes).
+# A SIPp injection file of users bench<offset>..bench<offset+n-1>; prints its path.
+reg_csv() {
+  local f="$WORK/reg-$1-$2.csv"
+  python3 - "$f" "$1" "$2" <<'PY'
+import sys
+f, off, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with open(f, "w") as out:
+    out.write("SEQUENTIAL\n")
+    for i in range(off, off + n):
+        out.write(f"bench{i:05d};[authentication username=bench{i:05d} password=secret]\n")
+PY
+  echo "$f"
+}
+
 rss_kib() {
   local t=0 p
   for p in "${TARGET_PIDS[@]}"; do

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # RAM per registration on one node, told apart from the transient peak of a burst. Two bursts of
-# N new registrations (SIPp, digest, UDP, RATE/s) into one node; RSS (/proc/PID/status) is read
+# N new registrations (SIPp, digest, UDP, RATE/s) into one node; RSS (/proc/PID/status, `rss_kib`) is read
 # before, 3 s after the first burst, and 40 s after each burst (Timer J, 32 s, has then ended
 # every lingering transaction). The first burst's growth includes what a burst holds while it
 # lasts (lingering transactions, sled's page cache filling); the allocator keeps those pages and
@@ -19,35 +19,23 @@ NUSERS=$((2 * N))
 source "$ROOT/bench/lib.sh"
 
 start_sipmesh 1
-pid=${TARGET_PIDS[0]}
-rss() { awk '/VmRSS/{print $2}' "/proc/$pid/status"; }
-users_csv() { # $1 = file, $2 = first user, $3 = count
-  python3 - "$@" <<'PY'
-import sys
-f, off, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-with open(f, "w") as out:
-    out.write("SEQUENTIAL\n")
-    for i in range(off, off + n):
-        out.write(f"bench{i:05d};[authentication username=bench{i:05d} password=secret]\n")
-PY
-}
-users_csv "$WORK/burst1.csv" 0 "$N"
-users_csv "$WORK/burst2.csv" "$N" "$N"
+csv1=$(reg_csv 0 "$N")
+csv2=$(reg_csv "$N" "$N")
 burst() { # $1 = csv; prints the step's summary
   run_step reg "$RATE" "$SIP0" -sf "$ROOT/bench/scenarios/reg.xml" -inf "$1" -key contact_hp 127.0.0.1:5099 -t u1
 }
 per_reg() { echo $((($2 - $1) * 1024 / $3)); }
 
 sleep 2
-r0=$(rss)
-read -r ok1 failed1 _ _ _ cpu1 _ <<<"$(burst "$WORK/burst1.csv")"
+r0=$(rss_kib)
+read -r ok1 failed1 _ _ _ cpu1 _ <<<"$(burst "$csv1")"
 sleep 3
-r1=$(rss)
+r1=$(rss_kib)
 sleep 37
-r2=$(rss)
-read -r ok2 failed2 _ _ _ cpu2 _ <<<"$(burst "$WORK/burst2.csv")"
+r2=$(rss_kib)
+read -r ok2 failed2 _ _ _ cpu2 _ <<<"$(burst "$csv2")"
 sleep 40
-r3=$(rss)
+r3=$(rss_kib)
 echo "| measure | value |"
 echo "| --- | --- |"
 echo "| burst 1: registered, failed, CPU µs per REGISTER | $ok1, $failed1, $cpu1 |"

@@ -58,20 +58,6 @@ stop_uas() {
   UAS_PIDS=()
 }
 
-# A SIPp injection file of users bench<offset>..bench<offset+n-1>; prints its path.
-reg_csv() {
-  local f="$WORK/reg-$1-$2.csv"
-  python3 - "$f" "$1" "$2" <<'PY'
-import sys
-f, off, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-with open(f, "w") as out:
-    out.write("SEQUENTIAL\n")
-    for i in range(off, off + n):
-        out.write(f"bench{i:05d};[authentication username=bench{i:05d} password=secret]\n")
-PY
-  echo "$f"
-}
-
 bench_registrations() { # $1 = label
   local label=$1 rate ok failed retrans p50 p99 cpu achieved offset=0 n
   local rss0 rss1
