@@ -77,7 +77,7 @@ impl<'a> ResponseBuilder<'a> {
             match &h.name {
                 HeaderName::Via if first_via && self.top_via.is_some() => {
                     first_via = false;
-                    let values = super::message::split_list(&h.value);
+                    let values = super::message::split_list(req.value(h));
                     out.extend_from_slice(b"Via: ");
                     out.extend_from_slice(self.top_via.as_deref().unwrap_or_default().as_bytes());
                     out.extend_from_slice(b"\r\n");
@@ -92,13 +92,13 @@ impl<'a> ResponseBuilder<'a> {
                     push_line(&mut out, req.raw_field(h));
                 }
                 HeaderName::To => {
-                    let has_tag = super::header::NameAddr::parse(&h.value, "To")
+                    let has_tag = super::header::NameAddr::parse(req.value(h), "To")
                         .map(|t| t.tag().is_some())
                         .unwrap_or(true);
                     match &self.to_tag {
                         Some(tag) if !has_tag && self.code > 100 => {
                             out.extend_from_slice(
-                                format!("To: {};tag={tag}\r\n", h.value).as_bytes(),
+                                format!("To: {};tag={tag}\r\n", req.value(h)).as_bytes(),
                             );
                         }
                         _ => push_line(&mut out, req.raw_field(h)),
@@ -202,7 +202,7 @@ impl<'a> Edit<'a> {
         let Some(index) = self.msg.headers.iter().position(|h| h.name == *name) else {
             return self;
         };
-        let values = super::message::split_list(&self.msg.headers[index].value);
+        let values = super::message::split_list(self.msg.value(&self.msg.headers[index]));
         let line = (values.len() > 1).then(|| format!("{label}: {}", values[1..].join(", ")));
         self.replace(index, line)
     }
@@ -222,7 +222,7 @@ impl<'a> Edit<'a> {
             if left == 0 {
                 break;
             }
-            let values = super::message::split_list(&self.msg.headers[i].value);
+            let values = super::message::split_list(self.msg.value(&self.msg.headers[i]));
             if values.len() <= left {
                 left -= values.len();
                 self.replace.insert(i, None);

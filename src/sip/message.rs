@@ -219,8 +219,9 @@ pub struct Header {
     pub name: HeaderName,
     /// The bytes of the field in the message, continuation lines and line end included.
     pub line: Range<usize>,
-    /// The value, unfolded and trimmed.
-    pub value: String,
+    /// Where the value, unfolded and trimmed, is in the message's [`Message::values_text`]
+    /// (read it with [`Message::value`]).
+    value: Range<usize>,
 }
 
 /// A request line or a status line.
@@ -255,6 +256,9 @@ pub struct Message {
     pub body: Range<usize>,
     /// Where the header section ends (the empty line's end) in `raw`.
     pub head_end: usize,
+    /// Every header value, unfolded and trimmed, one after another: one allocation for all of
+    /// them rather than one each.
+    values_text: String,
 }
 
 use super::framing::{find_head_end, parse_content_length};
@@ -363,7 +367,8 @@ impl Message {
             Ok(s) => parse_start_line(s),
             Err(_) => Err(Fault::bad("Start line is not UTF-8")),
         };
-        let mut headers: Vec<Header> = Vec::new();
+        let mut headers: Vec<Header> = Vec::with_capacity(lines.len().min(MAX_HEADERS));
+        let mut values_text = String::with_capacity(head_end);
         let mut fault: Option<Fault> = None;
         for r in &lines[1..] {
             let t = text(r);
@@ -378,8 +383,10 @@ impl Message {
                 };
                 match std::str::from_utf8(t) {
                     Ok(s) => {
-                        h.value.push(' ');
-                        h.value.push_str(s.trim());
+                        // The last header's value is the end of `values_text`.
+                        values_text.push(' ');
+                        values_text.push_str(s.trim());
+                        h.value.end = values_text.len();
                         h.line.end = r.end;
                     }
                     Err(_) => {
@@ -400,7 +407,11 @@ impl Message {
                 continue;
             }
             let value = match std::str::from_utf8(&t[colon + 1..]) {
-                Ok(v) => v.trim_matches([' ', '\t']).to_string(),
+                Ok(v) => {
+                    let start = values_text.len();
+                    values_text.push_str(v.trim_matches([' ', '\t']));
+                    start..values_text.len()
+                }
                 Err(_) => {
                     fault.get_or_insert(Fault::bad(format!("Header {name} is not UTF-8")));
                     continue;
@@ -425,7 +436,7 @@ impl Message {
             .iter()
             .filter(|h| h.name == HeaderName::ContentLength)
         {
-            match parse_content_length(&h.value) {
+            match parse_content_length(&values_text[h.value.clone()]) {
                 Ok(n) if cl.is_some_and(|c| c != n) => {
                     fault.get_or_insert(Fault::bad("Conflicting Content-Length headers"));
                 }
@@ -454,6 +465,7 @@ impl Message {
             headers,
             body: head_end..body_end,
             head_end,
+            values_text,
         };
         match fault {
             // A header-level fault: keep the message so an answer can be formed, but mark it.
@@ -499,7 +511,12 @@ impl Message {
         self.headers
             .iter()
             .find(|h| h.name == *name)
-            .map(|h| h.value.as_str())
+            .map(|h| self.value(h))
+    }
+
+    /// A header field's value, unfolded and trimmed.
+    pub fn value<'a>(&'a self, h: &Header) -> &'a str {
+        self.values_text.get(h.value.clone()).unwrap_or_default()
     }
 
     /// Every field of a header, in order.
@@ -512,9 +529,9 @@ impl Message {
         let mut out = Vec::new();
         for h in self.headers.iter().filter(|h| h.name == *name) {
             if name.is_list() {
-                out.extend(split_list(&h.value));
+                out.extend(split_list(self.value(h)));
             } else {
-                out.push(h.value.as_str());
+                out.push(self.value(h));
             }
         }
         out
@@ -575,6 +592,24 @@ mod tests {
         assert_eq!(m.body(), b"body");
         assert_eq!(m.header(&HeaderName::CallId), Some("x"));
         assert!(Message::parse(raw, true).is_ok());
+    }
+
+    #[test]
+    fn each_value_is_its_own_after_folding_and_skipped_fields() {
+        // A folded field, a field with a bad name skipped, a continuation of the field before
+        // it, and values around them: each value reads back whole and alone.
+        let raw = b"OPTIONS sip:b SIP/2.0\r\nSubject:  one\r\n\t two \r\n  three\r\nBad Name: x\r\n four\r\nCall-ID: c1\r\nX-Empty:\r\nTo: <sip:b>\r\n\r\n";
+        let m = Message::parse(raw, false).unwrap();
+        let subject = HeaderName::Other("subject".into());
+        assert_eq!(m.header(&subject), Some("one two three four"));
+        assert_eq!(m.header(&HeaderName::CallId), Some("c1"));
+        assert_eq!(m.header(&HeaderName::Other("x-empty".into())), Some(""));
+        assert_eq!(m.header(&HeaderName::To), Some("<sip:b>"));
+        let values: Vec<&str> = m.headers.iter().map(|h| m.value(h)).collect();
+        assert_eq!(values, ["one two three four", "c1", "", "<sip:b>"]);
+        // A clone reads the same.
+        let c = m.clone();
+        assert_eq!(c.header(&HeaderName::To), Some("<sip:b>"));
     }
 
     #[test]

@@ -419,7 +419,7 @@ impl Proxy {
         let realm = self.ctx.auth.realm();
         for (i, h) in msg.headers.iter().enumerate() {
             if h.name == HeaderName::ProxyAuthorization
-                && DigestCredentials::parse(&h.value)
+                && DigestCredentials::parse(msg.value(h))
                     .map_or(true, |d| d.get("realm") == Some(realm))
             {
                 e = e.replace(i, None);
