@@ -392,7 +392,7 @@ impl Authenticator {
 /// What the digest `uri` directive must name: the Request-URI, or — as SIPp and some phones
 /// send — this mesh itself (a URI of one of its domains without a user part).
 fn digest_target(ctx: &Context, creds: &DigestCredentials, request_uri: &str) -> String {
-    if let Some(uri) = creds.get("uri") {
+    if let Some(uri) = creds.get("uri").filter(|uri| *uri != request_uri) {
         if let Ok(u) = crate::sip::uri::SipUri::parse(uri) {
             if u.user.is_none() && ctx.is_mesh_domain(&u) {
                 return uri.to_string();

@@ -209,10 +209,10 @@ impl Dispatcher {
 
     /// Answer a request, or hand it to the registrar or the proxy.
     async fn dispatch(&self, req: Inbound) {
-        let to_node = SipUri::parse(&req.c.uri)
-            .map(|u| u.user.is_none())
-            .unwrap_or(false)
-            && req.msg.count(&HeaderName::Route) == 0;
+        let to_node = || {
+            req.msg.count(&HeaderName::Route) == 0
+                && SipUri::parse(&req.c.uri).is_ok_and(|u| u.user.is_none())
+        };
         match &req.c.method {
             Method::Register => {
                 match self
@@ -225,7 +225,7 @@ impl Dispatcher {
                 }
                 return;
             }
-            Method::Options if to_node => {
+            Method::Options if to_node() => {
                 let r = ResponseBuilder::new(&req.msg, 200, "OK")
                     .to_tag(&random_tag())
                     .top_via(req.top_via.clone())

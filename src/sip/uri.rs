@@ -1,6 +1,8 @@
 //! SIP URIs: rsipstack's URI grammar underneath, with sipmesh's strict checks in front and the
 //! original text kept (a URI is never re-serialised: rsipstack would escape `%` twice).
 
+use std::borrow::Cow;
+
 use rsipstack::sip::uri::Host;
 
 use super::Fault;
@@ -24,15 +26,22 @@ pub struct SipUri {
     pub has_headers: bool,
 }
 
-/// The scheme of a URI string (letters before the first ':'), lowercased.
-pub fn scheme_of(uri: &str) -> Option<String> {
+/// The scheme of a URI string (letters before the first ':'), lowercased (borrowed when it
+/// already is).
+pub fn scheme_of(uri: &str) -> Option<Cow<'_, str>> {
     let (scheme, _) = uri.split_once(':')?;
     let ok = !scheme.is_empty()
         && scheme.as_bytes()[0].is_ascii_alphabetic()
         && scheme
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
-    ok.then(|| scheme.to_ascii_lowercase())
+    ok.then(|| {
+        if scheme.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(scheme.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(scheme)
+        }
+    })
 }
 
 impl SipUri {
