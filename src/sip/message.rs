@@ -219,7 +219,7 @@ pub struct Header {
     pub name: HeaderName,
     /// The bytes of the field in the message, continuation lines and line end included.
     pub line: Range<usize>,
-    /// Where the value, unfolded and trimmed, is in the message's [`Message::values_text`]
+    /// Where the value, unfolded and trimmed, is in the message's `values_text`
     /// (read it with [`Message::value`]).
     value: Range<usize>,
 }
