@@ -166,7 +166,6 @@ run_step() {
   step_result "$d"
 }
 
-# Resident memory of the target, in KiB (summed over its processes).
 # A SIPp injection file of users bench<offset>..bench<offset+n-1>; prints its path.
 reg_csv() {
   local f="$WORK/reg-$1-$2.csv"
@@ -181,6 +180,7 @@ PY
   echo "$f"
 }
 
+# Resident memory of the target, in KiB (summed over its processes).
 rss_kib() {
   local t=0 p
   for p in "${TARGET_PIDS[@]}"; do

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # RAM per registration on one node, told apart from the transient peak of a burst. Two bursts of
-# N new registrations (SIPp, digest, UDP, RATE/s) into one node; RSS (/proc/PID/status, `rss_kib`) is read
-# before, 3 s after the first burst, and 40 s after each burst (Timer J, 32 s, has then ended
+# N new registrations (SIPp, digest, UDP, RATE/s) into one node; RSS (`rss_kib`) is read before,
+# 3 s after the first burst, and 40 s after each burst (Timer J, 32 s, has then ended
 # every lingering transaction). The first burst's growth includes what a burst holds while it
 # lasts (lingering transactions, sled's page cache filling); the allocator keeps those pages and
 # the second burst reuses them, so the second burst's growth is what each registration held
