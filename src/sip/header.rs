@@ -1,6 +1,8 @@
 //! Typed views of the headers sipmesh acts on. Each parser is strict: a malformed value is a
 //! [`Fault`] naming the header.
 
+use std::borrow::Cow;
+
 use super::message::is_token;
 use super::Fault;
 
@@ -20,26 +22,54 @@ pub fn param<'a>(params: &'a Params, name: &str) -> Option<Option<&'a str>> {
 /// always for a feature tag (`+sip.instance`, RFC 3840 §9), so a phone finds its own
 /// parameters exactly as it sent them.
 pub fn write_params(out: &mut String, params: &Params) {
-    use std::fmt::Write;
     for (n, v) in params {
-        match v {
-            Some(v) if n.starts_with('+') || !v.bytes().all(is_param_char) => {
-                let _ = write!(out, ";{n}=\"");
-                for c in v.chars() {
-                    if c == '"' || c == '\\' {
-                        out.push('\\');
-                    }
-                    out.push(c);
+        write_param(out, n, v.as_deref());
+    }
+}
+
+/// Write one parameter as [`write_params`] does.
+fn write_param(out: &mut String, n: &str, v: Option<&str>) {
+    out.push(';');
+    out.push_str(n);
+    match v {
+        Some(v) if n.starts_with('+') || !v.bytes().all(is_param_char) => {
+            out.push_str("=\"");
+            for c in v.chars() {
+                if c == '"' || c == '\\' {
+                    out.push('\\');
                 }
-                out.push('"');
+                out.push(c);
             }
-            Some(v) => {
-                let _ = write!(out, ";{n}={v}");
-            }
-            None => {
-                let _ = write!(out, ";{n}");
-            }
+            out.push('"');
         }
+        Some(v) => {
+            out.push('=');
+            out.push_str(v);
+        }
+        None => {}
+    }
+}
+
+/// An IP address as text (IPv6 without brackets), IPv4 without going through `fmt`.
+pub fn ip_text(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut out = String::with_capacity(15);
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+            out
+        }
+        std::net::IpAddr::V6(v6) => v6.to_string(),
     }
 }
 
@@ -214,29 +244,33 @@ impl Via {
     /// came from (RFC 3261 §18.2.1, RFC 3581): the top Via of a response.
     pub fn stamped(&self, source: std::net::SocketAddr) -> String {
         use std::fmt::Write as _;
-        let mut params = self.params.clone();
-        let src_ip = source.ip().to_string();
-        if self.host != src_ip
-            && !params
-                .iter()
-                .any(|(n, _)| n.eq_ignore_ascii_case("received"))
-        {
-            params.push(("received".into(), Some(src_ip)));
-        }
-        for (n, v) in params.iter_mut() {
-            if n.eq_ignore_ascii_case("rport") && v.is_none() {
-                *v = Some(source.port().to_string());
-            }
-        }
-        let mut out = if self.host.contains(':') {
-            format!("SIP/2.0/{} [{}]", self.transport, self.host)
+        let src_ip = ip_text(source.ip());
+        let mut out = String::with_capacity(96);
+        out.push_str("SIP/2.0/");
+        out.push_str(&self.transport);
+        out.push(' ');
+        if self.host.contains(':') {
+            out.push('[');
+            out.push_str(&self.host);
+            out.push(']');
         } else {
-            format!("SIP/2.0/{} {}", self.transport, self.host)
-        };
+            out.push_str(&self.host);
+        }
         if let Some(p) = self.port {
             let _ = write!(out, ":{p}");
         }
-        write_params(&mut out, &params);
+        let mut received = false;
+        for (n, v) in &self.params {
+            received |= n.eq_ignore_ascii_case("received");
+            if v.is_none() && n.eq_ignore_ascii_case("rport") {
+                let _ = write!(out, ";{n}={}", source.port());
+            } else {
+                write_param(&mut out, n, v.as_deref());
+            }
+        }
+        if self.host != src_ip && !received {
+            write_param(&mut out, "received", Some(&src_ip));
+        }
         out
     }
 }
@@ -424,24 +458,25 @@ pub fn parse_u32(s: &str, _what: &str) -> Option<u32> {
     trimmed.parse().ok()
 }
 
-/// The parameters of a Digest `Authorization`/`Proxy-Authorization` value.
+/// The parameters of a Digest `Authorization`/`Proxy-Authorization` value, borrowed from it
+/// where they need no rewriting (a name already lowercase, a value without escapes).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DigestCredentials {
+pub struct DigestCredentials<'a> {
     /// The auth scheme (must be Digest to be checked).
-    pub scheme: String,
+    pub scheme: &'a str,
     /// `name=value` pairs, names lowercased, values unquoted.
-    pub params: Vec<(String, String)>,
+    pub params: Vec<(Cow<'a, str>, Cow<'a, str>)>,
 }
 
-impl DigestCredentials {
+impl<'a> DigestCredentials<'a> {
     /// Parse `Scheme a=b, c="d"`.
-    pub fn parse(value: &str) -> Result<DigestCredentials, Fault> {
+    pub fn parse(value: &'a str) -> Result<DigestCredentials<'a>, Fault> {
         let value = value.trim();
         let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
         if !is_token(scheme) {
             return Err(Fault::bad("Malformed Authorization scheme"));
         }
-        let mut params = Vec::new();
+        let mut params = Vec::with_capacity(10);
         for part in split_outside_quotes(rest, ',') {
             let part = part.trim();
             if part.is_empty() {
@@ -455,16 +490,19 @@ impl DigestCredentials {
                 return Err(Fault::bad("Malformed Authorization parameter name"));
             }
             let v = if v.starts_with('"') {
-                unquote(v).ok_or_else(|| Fault::bad("Unterminated quote in Authorization"))?
+                unquote_borrowed(v)
+                    .ok_or_else(|| Fault::bad("Unterminated quote in Authorization"))?
             } else {
-                v.to_string()
+                Cow::Borrowed(v)
             };
-            params.push((n.to_ascii_lowercase(), v));
+            let n = if n.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(n.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(n)
+            };
+            params.push((n, v));
         }
-        Ok(DigestCredentials {
-            scheme: scheme.to_string(),
-            params,
-        })
+        Ok(DigestCredentials { scheme, params })
     }
 
     /// A parameter's value.
@@ -472,7 +510,19 @@ impl DigestCredentials {
         self.params
             .iter()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
+    }
+}
+
+/// [`unquote`], borrowing the inside of the quotes when it holds no escape.
+fn unquote_borrowed(s: &str) -> Option<Cow<'_, str>> {
+    let inner = s.strip_prefix('"')?;
+    match inner.find(['"', '\\']) {
+        Some(end) if inner.as_bytes()[end] == b'"' => inner[end + 1..]
+            .trim()
+            .is_empty()
+            .then_some(Cow::Borrowed(&inner[..end])),
+        _ => unquote(s).map(Cow::Owned),
     }
 }
 
@@ -541,6 +591,50 @@ mod tests {
         assert_eq!(d.scheme, "Digest");
         assert_eq!(d.get("nonce"), Some("n,1"));
         assert_eq!(d.get("qop"), Some("auth"));
+        // Names are matched lowercase; escapes inside quotes are undone; a value with text
+        // after its closing quote, or without one, is refused.
+        let d = DigestCredentials::parse(r#"Digest UserName="a\"b\\c", Realm=r"#).unwrap();
+        assert_eq!(d.get("username"), Some(r#"a"b\c"#));
+        assert_eq!(d.get("realm"), Some("r"));
+        assert!(DigestCredentials::parse(r#"Digest username="a" x"#).is_err());
+        assert!(DigestCredentials::parse(r#"Digest username="a"#).is_err());
+        assert!(DigestCredentials::parse(r#"Digest username="a\"#).is_err());
+    }
+
+    #[test]
+    fn stamped_vias_fill_received_and_rport() {
+        let from: std::net::SocketAddr = "192.0.2.7:5062".parse().unwrap();
+        let v = Via::parse("SIP/2.0/UDP phone.example;rport;branch=z9hG4bK1").unwrap();
+        assert_eq!(
+            v.stamped(from),
+            "SIP/2.0/UDP phone.example;rport=5062;branch=z9hG4bK1;received=192.0.2.7"
+        );
+        // A sent-by that is the source address gets no received; one already there stays.
+        let v = Via::parse("SIP/2.0/TCP 192.0.2.7:5062;branch=z9hG4bK2").unwrap();
+        assert_eq!(
+            v.stamped(from),
+            "SIP/2.0/TCP 192.0.2.7:5062;branch=z9hG4bK2"
+        );
+        let v = Via::parse("SIP/2.0/UDP [2001:db8::1];received=10.0.0.1;x=\"a b\"").unwrap();
+        assert_eq!(
+            v.stamped(from),
+            "SIP/2.0/UDP [2001:db8::1];received=10.0.0.1;x=\"a b\""
+        );
+    }
+
+    #[test]
+    fn ip_text_is_display() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "127.0.0.1",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
     }
 
     #[test]

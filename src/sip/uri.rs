@@ -3,9 +3,8 @@
 
 use std::borrow::Cow;
 
-use rsipstack::sip::uri::Host;
-
 use super::Fault;
+use rsipstack::sip::uri::Host;
 
 /// A parsed SIP or SIPS URI.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,8 +75,15 @@ impl SipUri {
         let (host, port) = super::header::parse_host_port(hostport)
             .ok_or_else(|| Fault::bad("Malformed URI host"))?;
         let host = match host.parse::<Host>() {
+            // Rust reads IPv4 only in the form it writes (four decimal octets, no leading
+            // zeros), so the text is already canonical.
+            Ok(Host::IpAddr(std::net::IpAddr::V4(_))) => host,
             Ok(Host::IpAddr(ip)) => ip.to_string(),
-            Ok(Host::Domain(d)) => d.0.to_ascii_lowercase(),
+            Ok(Host::Domain(d)) => {
+                let mut d = d.0;
+                d.make_ascii_lowercase();
+                d
+            }
             Err(_) => return Err(Fault::bad("Malformed URI host")),
         };
         let user = match userinfo {
