@@ -89,8 +89,7 @@ impl Dispatcher {
         // With a parseable top Via the answer follows it (RFC 3261 §18.2.2); with a broken one
         // the raw Via is copied and the answer goes back to the source address.
         let (top_via, dest) = match req
-            .values(&HeaderName::Via)
-            .first()
+            .first_value(&HeaderName::Via)
             .and_then(|v| Via::parse(v).ok())
         {
             Some(via) => (

@@ -1,6 +1,7 @@
 //! Building messages: responses from requests (RFC 3261 §8.2.6), and byte-preserving edits of
 //! existing messages (only what changes is rewritten; every other byte is copied).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use super::message::{HeaderName, Message};
@@ -22,20 +23,20 @@ fn push_line(out: &mut Vec<u8>, raw: &[u8]) {
 pub struct ResponseBuilder<'a> {
     req: &'a Message,
     code: u16,
-    reason: String,
+    reason: &'a str,
     to_tag: Option<String>,
     top_via: Option<String>,
-    headers: Vec<(String, String)>,
-    body: Option<(String, Vec<u8>)>,
+    headers: Vec<(&'a str, Cow<'a, str>)>,
+    body: Option<(&'a str, Vec<u8>)>,
 }
 
 impl<'a> ResponseBuilder<'a> {
     /// A response with this status to `req`.
-    pub fn new(req: &'a Message, code: u16, reason: &str) -> Self {
+    pub fn new(req: &'a Message, code: u16, reason: &'a str) -> Self {
         ResponseBuilder {
             req,
             code,
-            reason: reason.to_string(),
+            reason,
             to_tag: None,
             top_via: None,
             headers: Vec::new(),
@@ -56,21 +57,25 @@ impl<'a> ResponseBuilder<'a> {
     }
 
     /// Add a header.
-    pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
-        self.headers.push((name.to_string(), value.into()));
+    pub fn header(mut self, name: &'a str, value: impl Into<Cow<'a, str>>) -> Self {
+        self.headers.push((name, value.into()));
         self
     }
 
     /// Set a body.
-    pub fn body(mut self, content_type: &str, body: Vec<u8>) -> Self {
-        self.body = Some((content_type.to_string(), body));
+    pub fn body(mut self, content_type: &'a str, body: Vec<u8>) -> Self {
+        self.body = Some((content_type, body));
         self
     }
 
     /// The bytes of the response.
     pub fn build(self) -> Vec<u8> {
         let mut out = Vec::with_capacity(512);
-        out.extend_from_slice(format!("SIP/2.0 {} {}\r\n", self.code, self.reason).as_bytes());
+        out.extend_from_slice(b"SIP/2.0 ");
+        out.extend_from_slice(self.code.to_string().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.reason.as_bytes());
+        out.extend_from_slice(b"\r\n");
         let req = self.req;
         let mut first_via = true;
         for h in &req.headers {
@@ -97,9 +102,11 @@ impl<'a> ResponseBuilder<'a> {
                         .unwrap_or(true);
                     match &self.to_tag {
                         Some(tag) if !has_tag && self.code > 100 => {
-                            out.extend_from_slice(
-                                format!("To: {};tag={tag}\r\n", req.value(h)).as_bytes(),
-                            );
+                            out.extend_from_slice(b"To: ");
+                            out.extend_from_slice(req.value(h).as_bytes());
+                            out.extend_from_slice(b";tag=");
+                            out.extend_from_slice(tag.as_bytes());
+                            out.extend_from_slice(b"\r\n");
                         }
                         _ => push_line(&mut out, req.raw_field(h)),
                     }
@@ -107,19 +114,22 @@ impl<'a> ResponseBuilder<'a> {
                 _ => {}
             }
         }
-        out.extend_from_slice(format!("Server: {SERVER}\r\n").as_bytes());
+        out.extend_from_slice(b"Server: ");
+        out.extend_from_slice(SERVER.as_bytes());
+        out.extend_from_slice(b"\r\n");
         for (n, v) in &self.headers {
-            out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+            out.extend_from_slice(n.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         match &self.body {
             Some((ct, body)) => {
-                out.extend_from_slice(
-                    format!(
-                        "Content-Type: {ct}\r\nContent-Length: {}\r\n\r\n",
-                        body.len()
-                    )
-                    .as_bytes(),
-                );
+                out.extend_from_slice(b"Content-Type: ");
+                out.extend_from_slice(ct.as_bytes());
+                out.extend_from_slice(b"\r\nContent-Length: ");
+                out.extend_from_slice(body.len().to_string().as_bytes());
+                out.extend_from_slice(b"\r\n\r\n");
                 out.extend_from_slice(body);
             }
             None => out.extend_from_slice(b"Content-Length: 0\r\n\r\n"),
@@ -142,7 +152,7 @@ pub fn reject(req: &Message, top_via: Option<&str>, fault: &Fault) -> Vec<u8> {
         r = r.top_via(v.to_string());
     }
     for (n, v) in &fault.headers {
-        r = r.header(n, v.clone());
+        r = r.header(n, v.as_str());
     }
     if matches!(fault.code, 405 | 501) && !fault.headers.iter().any(|(n, _)| *n == "Allow") {
         r = r.header("Allow", ALLOW);

@@ -526,15 +526,30 @@ impl Message {
 
     /// Every value of a header: list headers split at top-level commas, in order.
     pub fn values(&self, name: &HeaderName) -> Vec<&str> {
-        let mut out = Vec::new();
-        for h in self.headers.iter().filter(|h| h.name == *name) {
-            if name.is_list() {
-                out.extend(split_list(self.value(h)));
+        self.iter_values(name).collect()
+    }
+
+    /// [`Message::values`] without collecting them.
+    pub fn iter_values<'a, 'n>(
+        &'a self,
+        name: &'n HeaderName,
+    ) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+        let list = name.is_list();
+        let headers = self.headers.iter().filter(move |h| h.name == *name);
+        headers.flat_map(move |h| {
+            let v = self.value(h);
+            let (items, whole) = if list {
+                (Some(ListItems::new(v)), None)
             } else {
-                out.push(self.value(h));
-            }
-        }
-        out
+                (None, Some(v))
+            };
+            items.into_iter().flatten().chain(whole)
+        })
+    }
+
+    /// The first value of a header ([`Message::values`]' first).
+    pub fn first_value(&self, name: &HeaderName) -> Option<&str> {
+        self.iter_values(name).next()
     }
 
     /// How many fields of a header there are.
@@ -555,28 +570,52 @@ impl Message {
 
 /// Split a list header value at commas outside quotes and angle brackets; trims each value.
 pub fn split_list(value: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut in_quote, mut in_angle, mut escape) = (false, false, false);
-    let mut start = 0;
-    for (i, c) in value.char_indices() {
-        if escape {
-            escape = false;
-            continue;
-        }
-        match c {
-            '\\' if in_quote => escape = true,
-            '"' => in_quote = !in_quote,
-            '<' if !in_quote => in_angle = true,
-            '>' if !in_quote => in_angle = false,
-            ',' if !in_quote && !in_angle => {
-                out.push(value[start..i].trim());
-                start = i + 1;
-            }
-            _ => {}
+    ListItems::new(value).collect()
+}
+
+/// The values of a list header's field, as [`split_list`] splits them.
+struct ListItems<'a> {
+    value: &'a str,
+    /// Where the next value starts; `None` once the last one was given.
+    start: Option<usize>,
+}
+
+impl<'a> ListItems<'a> {
+    fn new(value: &'a str) -> Self {
+        ListItems {
+            value,
+            start: Some(0),
         }
     }
-    out.push(value[start..].trim());
-    out
+}
+
+impl<'a> Iterator for ListItems<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let start = self.start?;
+        let rest = &self.value[start..];
+        let (mut in_quote, mut in_angle, mut escape) = (false, false, false);
+        for (i, c) in rest.char_indices() {
+            if escape {
+                escape = false;
+                continue;
+            }
+            match c {
+                '\\' if in_quote => escape = true,
+                '"' => in_quote = !in_quote,
+                '<' if !in_quote => in_angle = true,
+                '>' if !in_quote => in_angle = false,
+                ',' if !in_quote && !in_angle => {
+                    self.start = Some(start + i + 1);
+                    return Some(rest[..i].trim());
+                }
+                _ => {}
+            }
+        }
+        self.start = None;
+        Some(rest.trim())
+    }
 }
 
 #[cfg(test)]
@@ -678,5 +717,29 @@ mod tests {
             split_list(r#""a,b" <sip:x;p=1,2>;q=1, <sip:y>"#),
             vec![r#""a,b" <sip:x;p=1,2>;q=1"#, "<sip:y>"]
         );
+        assert_eq!(split_list(""), vec![""]);
+        assert_eq!(split_list("a,"), vec!["a", ""]);
+        assert_eq!(split_list(r#""x\",y", z"#), vec![r#""x\",y""#, "z"]);
+    }
+
+    #[test]
+    fn values_of_lists_and_single_fields_across_fields() {
+        // List headers split within and across fields; a non-list header is one value per
+        // field, commas and all.
+        let raw = b"OPTIONS sip:b SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1 , SIP/2.0/UDP b\r\nSubject: x, y\r\nVia: SIP/2.0/UDP c\r\nSupported: path,outbound\r\nSubject: z\r\n\r\n";
+        let m = Message::parse(raw, false).unwrap();
+        let vias = [
+            "SIP/2.0/UDP a;branch=z9hG4bK1",
+            "SIP/2.0/UDP b",
+            "SIP/2.0/UDP c",
+        ];
+        assert_eq!(m.values(&HeaderName::Via), vias);
+        assert_eq!(m.iter_values(&HeaderName::Via).collect::<Vec<_>>(), vias);
+        assert_eq!(m.first_value(&HeaderName::Via), Some(vias[0]));
+        let subject = HeaderName::Other("subject".into());
+        assert_eq!(m.values(&subject), ["x, y", "z"]);
+        assert_eq!(m.values(&HeaderName::Supported), ["path", "outbound"]);
+        assert_eq!(m.first_value(&HeaderName::Route), None);
+        assert!(m.values(&HeaderName::Route).is_empty());
     }
 }

@@ -37,8 +37,7 @@ fn exactly_one<'a>(msg: &'a Message, name: &HeaderName, label: &str) -> Result<&
 
 /// Whether a response can be formed for this message at all (it needs a parseable top Via).
 pub fn answerable(msg: &Message) -> bool {
-    msg.values(&HeaderName::Via)
-        .first()
+    msg.first_value(&HeaderName::Via)
         .is_some_and(|v| Via::parse(v).is_ok())
 }
 
@@ -49,16 +48,12 @@ pub fn check_request(msg: &Message) -> Result<Checked, Fault> {
         Ok(_) => return Err(Fault::bad("Not a request")),
         Err(f) => return Err(f.clone()),
     };
-    let vias = msg.values(&HeaderName::Via);
-    if vias.is_empty() {
-        return Err(Fault::bad("Missing Via"));
-    }
     let mut top = None;
-    for v in &vias {
+    for v in msg.iter_values(&HeaderName::Via) {
         let via = Via::parse(v)?;
         top.get_or_insert(via);
     }
-    let via = top.expect("checked non-empty");
+    let via = top.ok_or_else(|| Fault::bad("Missing Via"))?;
     let from = NameAddr::parse(exactly_one(msg, &HeaderName::From, "From")?, "From")?;
     let to = NameAddr::parse(exactly_one(msg, &HeaderName::To, "To")?, "To")?;
     let call_id = exactly_one(msg, &HeaderName::CallId, "Call-ID")?.to_string();
@@ -84,7 +79,7 @@ pub fn check_request(msg: &Message) -> Result<Checked, Fault> {
     if let Some(e) = msg.header(&HeaderName::Expires) {
         parse_u32(e, "Expires").ok_or_else(|| Fault::bad("Expires out of range"))?;
     }
-    for c in msg.values(&HeaderName::Contact) {
+    for c in msg.iter_values(&HeaderName::Contact) {
         if c != "*" {
             let c = NameAddr::parse(c, "Contact")?;
             if let Some(Some(e)) = super::header::param(&c.params, "expires") {
@@ -119,7 +114,7 @@ pub fn check_request(msg: &Message) -> Result<Checked, Fault> {
 /// Check a response enough to match and forward it; `None` means drop it.
 pub fn check_response(msg: &Message) -> Option<(u16, Via, CSeq)> {
     let code = msg.status()?;
-    let via = Via::parse(msg.values(&HeaderName::Via).first()?).ok()?;
+    let via = Via::parse(msg.first_value(&HeaderName::Via)?).ok()?;
     if msg.count(&HeaderName::CSeq) != 1 || msg.count(&HeaderName::CallId) != 1 {
         return None;
     }

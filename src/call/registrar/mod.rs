@@ -374,8 +374,7 @@ impl Registrar {
         };
         change.path = path.clone();
         let outbound_supported = req
-            .values(&HeaderName::Supported)
-            .iter()
+            .iter_values(&HeaderName::Supported)
             .any(|s| s.eq_ignore_ascii_case("outbound"));
         for (na, expires) in parsed {
             let instance = param(&na.params, "+sip.instance")
@@ -470,8 +469,7 @@ impl Registrar {
         // RFC 5627 §5: a phone that supports GRUU gets a public and a temporary GRUU for each
         // binding with an instance id, in the domain of its To.
         let gruu_domain = req
-            .values(&HeaderName::Supported)
-            .iter()
+            .iter_values(&HeaderName::Supported)
             .any(|s| s.eq_ignore_ascii_case("gruu"))
             .then(|| {
                 let uri = SipUri::parse(to_uri).ok()?;
@@ -486,18 +484,23 @@ impl Registrar {
             })
             .flatten();
         for b in &change.current {
-            let mut v = format!("<{}>", b.contact);
+            use std::fmt::Write as _;
+            let mut v = String::with_capacity(b.contact.len() + 64);
+            v.push('<');
+            v.push_str(&b.contact);
+            v.push('>');
             crate::sip::header::write_params(&mut v, &b.params);
             if let (Some(domain), Some(instance)) = (&gruu_domain, &b.instance) {
                 let (public, temp) =
                     crate::call::gruu::assign(&self.ctx.secret, aor, domain, instance);
-                v.push_str(&format!(";pub-gruu=\"{public}\";temp-gruu=\"{temp}\""));
+                let _ = write!(v, ";pub-gruu=\"{public}\";temp-gruu=\"{temp}\"");
             }
             let expires_at = self.owned.expiry(aor, &b.key()).unwrap_or(b.expires_at_ms);
-            v.push_str(&format!(
+            let _ = write!(
+                v,
                 ";expires={}",
                 expires_at.saturating_sub(now).div_ceil(1000)
-            ));
+            );
             r = r.header("Contact", v);
         }
         for p in &change.path {
@@ -523,8 +526,7 @@ fn check_first_hop(req: &Message, request: &Request) -> Result<(), Fault> {
         .iter()
         .any(|(na, _)| param(&na.params, "reg-id").is_some())
         && req
-            .values(&HeaderName::Supported)
-            .iter()
+            .iter_values(&HeaderName::Supported)
             .any(|s| s.eq_ignore_ascii_case("outbound"));
     if !outbound || req.values(&HeaderName::Via).len() < 2 {
         return Ok(());
@@ -552,8 +554,7 @@ fn aor_of(c: &Checked) -> Result<String, Fault> {
 /// Step 2: every option in Require must be supported, else 420.
 fn check_require(req: &Message) -> Result<(), Fault> {
     let unsupported: Vec<&str> = req
-        .values(&HeaderName::Require)
-        .into_iter()
+        .iter_values(&HeaderName::Require)
         .filter(|o| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(o)))
         .collect();
     if unsupported.is_empty() {

@@ -60,11 +60,7 @@ impl ServerKey {
                 .and_then(|f| NameAddr::parse(f, "From").ok())
                 .and_then(|f| f.tag().map(str::to_string))
                 .unwrap_or_default();
-            let top_via = msg
-                .values(&HeaderName::Via)
-                .first()
-                .copied()
-                .unwrap_or_default();
+            let top_via = msg.first_value(&HeaderName::Via).unwrap_or_default();
             ServerKey(digest(&[
                 b"2543",
                 call_id.as_bytes(),
