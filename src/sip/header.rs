@@ -115,26 +115,8 @@ pub fn parse_params(s: &str, what: &str) -> Result<Params, Fault> {
     Ok(out)
 }
 
-fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut in_quote, mut escape, mut start) = (false, false, 0);
-    for (i, c) in s.char_indices() {
-        if escape {
-            escape = false;
-            continue;
-        }
-        match c {
-            '\\' if in_quote => escape = true,
-            '"' => in_quote = !in_quote,
-            c if c == sep && !in_quote => {
-                out.push(&s[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push(&s[start..]);
-    out
+fn split_outside_quotes(s: &str, sep: char) -> super::message::SplitOutside<'_> {
+    super::message::split_outside(s, sep, false)
 }
 
 /// The content of a quoted string (`"..."`, escapes resolved); `None` if unterminated or if

@@ -539,7 +539,7 @@ impl Message {
         headers.flat_map(move |h| {
             let v = self.value(h);
             let (items, whole) = if list {
-                (Some(ListItems::new(v)), None)
+                (Some(list_items(v)), None)
             } else {
                 (None, Some(v))
             };
@@ -570,26 +570,35 @@ impl Message {
 
 /// Split a list header value at commas outside quotes and angle brackets; trims each value.
 pub fn split_list(value: &str) -> Vec<&str> {
-    ListItems::new(value).collect()
+    list_items(value).collect()
 }
 
 /// The values of a list header's field, as [`split_list`] splits them.
-struct ListItems<'a> {
-    value: &'a str,
-    /// Where the next value starts; `None` once the last one was given.
-    start: Option<usize>,
+fn list_items(value: &str) -> impl Iterator<Item = &str> {
+    split_outside(value, ',', true).map(str::trim)
 }
 
-impl<'a> ListItems<'a> {
-    fn new(value: &'a str) -> Self {
-        ListItems {
-            value,
-            start: Some(0),
-        }
+/// The pieces of `value` between `sep`s outside quoted strings (and, with `angles`, outside
+/// `<…>`), untrimmed.
+pub(crate) fn split_outside(value: &str, sep: char, angles: bool) -> SplitOutside<'_> {
+    SplitOutside {
+        value,
+        start: Some(0),
+        sep,
+        angles,
     }
 }
 
-impl<'a> Iterator for ListItems<'a> {
+/// See [`split_outside`].
+pub(crate) struct SplitOutside<'a> {
+    value: &'a str,
+    /// Where the next piece starts; `None` once the last one was given.
+    start: Option<usize>,
+    sep: char,
+    angles: bool,
+}
+
+impl<'a> Iterator for SplitOutside<'a> {
     type Item = &'a str;
 
     fn next(&mut self) -> Option<&'a str> {
@@ -604,17 +613,17 @@ impl<'a> Iterator for ListItems<'a> {
             match c {
                 '\\' if in_quote => escape = true,
                 '"' => in_quote = !in_quote,
-                '<' if !in_quote => in_angle = true,
-                '>' if !in_quote => in_angle = false,
-                ',' if !in_quote && !in_angle => {
+                '<' if self.angles && !in_quote => in_angle = true,
+                '>' if self.angles && !in_quote => in_angle = false,
+                c if c == self.sep && !in_quote && !in_angle => {
                     self.start = Some(start + i + 1);
-                    return Some(rest[..i].trim());
+                    return Some(&rest[..i]);
                 }
                 _ => {}
             }
         }
         self.start = None;
-        Some(rest.trim())
+        Some(rest)
     }
 }
 
