@@ -81,7 +81,7 @@ pub fn request_digest(req: &message::Message) -> u64 {
         HeaderName::From,
         HeaderName::CSeq,
     ] {
-        if let Some(v) = req.values(&name).first() {
+        if let Some(v) = req.first_value(&name) {
             h.update(v.as_bytes());
         }
         h.update(&[0]);
