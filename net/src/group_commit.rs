@@ -3,10 +3,11 @@
 //!
 //! A writer applies its mutation, then waits for a flush that *starts after* its apply: it
 //! sends a waiter to the flusher thread, which takes every waiter queued so far, flushes the
-//! engine once (sled: write its buffers, fsync), and wakes them all. Writers that arrive during
-//! a flush wait for the next one, so a burst of N concurrent writes costs about two flushes, not
-//! N. With [`SyncPolicy::GroupCommit`] (the default) an acknowledged write survives a kill of
-//! the process; see docs/ARCHITECTURE.md for power loss.
+//! engine once (sled: write its buffers, `sync_file_range` them), and wakes them all. Writers
+//! that arrive during a flush wait for the next one, so a burst of N concurrent writes costs
+//! about two flushes, not N. With [`SyncPolicy::GroupCommit`] (the default) an acknowledged
+//! write survives a kill of the process; see docs/ARCHITECTURE.md for a kernel crash and
+//! power loss.
 
 use std::sync::mpsc;
 
