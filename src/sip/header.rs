@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use super::message::is_token;
+use super::message::{is_token, split_outside};
 use super::Fault;
 
 /// `;name[=value]` parameters, in order, names as written.
@@ -88,7 +88,7 @@ pub fn parse_params(s: &str, what: &str) -> Result<Params, Fault> {
     let Some(rest) = s.strip_prefix(';') else {
         return Err(Fault::bad(format!("Malformed {what} parameters")));
     };
-    for part in split_outside_quotes(rest, ';') {
+    for part in split_outside(rest, ';', false) {
         let part = part.trim();
         let (name, value) = match part.split_once('=') {
             Some((n, v)) => (n.trim(), Some(v.trim())),
@@ -99,7 +99,9 @@ pub fn parse_params(s: &str, what: &str) -> Result<Params, Fault> {
         }
         let value = match value {
             Some(v) if v.starts_with('"') => Some(
-                unquote(v).ok_or_else(|| Fault::bad(format!("Unterminated quote in {what}")))?,
+                unquote(v)
+                    .ok_or_else(|| Fault::bad(format!("Unterminated quote in {what}")))?
+                    .into_owned(),
             ),
             Some("") => return Err(Fault::bad(format!("Empty {what} parameter value"))),
             Some(v) => {
@@ -115,20 +117,24 @@ pub fn parse_params(s: &str, what: &str) -> Result<Params, Fault> {
     Ok(out)
 }
 
-fn split_outside_quotes(s: &str, sep: char) -> super::message::SplitOutside<'_> {
-    super::message::split_outside(s, sep, false)
-}
-
-/// The content of a quoted string (`"..."`, escapes resolved); `None` if unterminated or if
-/// anything follows the closing quote.
-pub fn unquote(s: &str) -> Option<String> {
+/// The content of a quoted string (`"..."`, escapes resolved; borrowed when it holds no
+/// escape); `None` if unterminated or if anything follows the closing quote.
+pub fn unquote(s: &str) -> Option<Cow<'_, str>> {
     let inner = s.strip_prefix('"')?;
+    if let Some(end) = inner.find(['"', '\\']) {
+        if inner.as_bytes()[end] == b'"' {
+            return inner[end + 1..]
+                .trim()
+                .is_empty()
+                .then_some(Cow::Borrowed(&inner[..end]));
+        }
+    }
     let mut out = String::new();
     let mut chars = inner.chars();
     while let Some(c) = chars.next() {
         match c {
             '\\' => out.push(chars.next()?),
-            '"' => return chars.as_str().trim().is_empty().then_some(out),
+            '"' => return chars.as_str().trim().is_empty().then_some(Cow::Owned(out)),
             c => out.push(c),
         }
     }
@@ -334,7 +340,9 @@ impl NameAddr {
                 }
             }
             let end = end.ok_or_else(|| bad("unterminated quoted display name"))?;
-            let display = unquote(&s[..=end]).ok_or_else(|| bad("bad quoted display name"))?;
+            let display = unquote(&s[..=end])
+                .ok_or_else(|| bad("bad quoted display name"))?
+                .into_owned();
             (Some(display), s[end + 1..].trim_start())
         } else if let Some(lt) = s.find('<') {
             let name = s[..lt].trim();
@@ -459,7 +467,7 @@ impl<'a> DigestCredentials<'a> {
             return Err(Fault::bad("Malformed Authorization scheme"));
         }
         let mut params = Vec::with_capacity(10);
-        for part in split_outside_quotes(rest, ',') {
+        for part in split_outside(rest, ',', false) {
             let part = part.trim();
             if part.is_empty() {
                 continue;
@@ -472,8 +480,7 @@ impl<'a> DigestCredentials<'a> {
                 return Err(Fault::bad("Malformed Authorization parameter name"));
             }
             let v = if v.starts_with('"') {
-                unquote_borrowed(v)
-                    .ok_or_else(|| Fault::bad("Unterminated quote in Authorization"))?
+                unquote(v).ok_or_else(|| Fault::bad("Unterminated quote in Authorization"))?
             } else {
                 Cow::Borrowed(v)
             };
@@ -493,18 +500,6 @@ impl<'a> DigestCredentials<'a> {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_ref())
-    }
-}
-
-/// [`unquote`], borrowing the inside of the quotes when it holds no escape.
-fn unquote_borrowed(s: &str) -> Option<Cow<'_, str>> {
-    let inner = s.strip_prefix('"')?;
-    match inner.find(['"', '\\']) {
-        Some(end) if inner.as_bytes()[end] == b'"' => inner[end + 1..]
-            .trim()
-            .is_empty()
-            .then_some(Cow::Borrowed(&inner[..end])),
-        _ => unquote(s).map(Cow::Owned),
     }
 }
 

@@ -520,7 +520,10 @@ impl Message {
     }
 
     /// Every field of a header, in order.
-    pub fn fields<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a Header> + 'a {
+    pub fn fields<'a, 'n>(
+        &'a self,
+        name: &'n HeaderName,
+    ) -> impl Iterator<Item = &'a Header> + use<'a, 'n> {
         self.headers.iter().filter(move |h| h.name == *name)
     }
 
@@ -535,8 +538,7 @@ impl Message {
         name: &'n HeaderName,
     ) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
         let list = name.is_list();
-        let headers = self.headers.iter().filter(move |h| h.name == *name);
-        headers.flat_map(move |h| {
+        self.fields(name).flat_map(move |h| {
             let v = self.value(h);
             let (items, whole) = if list {
                 (Some(list_items(v)), None)

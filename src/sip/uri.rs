@@ -3,8 +3,9 @@
 
 use std::borrow::Cow;
 
-use super::Fault;
 use rsipstack::sip::uri::Host;
+
+use super::Fault;
 
 /// A parsed SIP or SIPS URI.
 #[derive(Debug, Clone, PartialEq, Eq)]
