@@ -21,6 +21,7 @@
 pub mod error;
 pub(crate) mod events;
 pub(crate) mod metrics;
+pub(crate) mod slack;
 pub mod tables;
 
 pub mod sip;

@@ -24,6 +24,7 @@ use crate::sip::header::DigestCredentials;
 use crate::sip::message::{HeaderName, Message};
 use crate::sip::validate::Checked;
 use crate::sip::Fault;
+use crate::slack::Slack;
 
 /// How long a nonce is good for.
 pub const NONCE_TTL: Duration = Duration::from_secs(300);
@@ -92,6 +93,13 @@ struct Recent {
 }
 
 impl Recent {
+    /// Forget the challenges issued before `horizon_ms`.
+    fn forget_before(&mut self, horizon_ms: u64) {
+        while self.order.front().is_some_and(|(at, _)| *at < horizon_ms) {
+            self.forget_oldest();
+        }
+    }
+
     fn forget_oldest(&mut self) {
         if let Some((at, d)) = self.order.pop_front() {
             if self.issued.get(&d) == Some(&at) {
@@ -152,6 +160,28 @@ impl Authenticator {
         self.nonce_with(now_ms, rand::random())
     }
 
+    /// Forget what no request can use any more — nonces past [`NONCE_TTL`], challenges past
+    /// [`RETRANSMISSION_WINDOW`] — and give back the capacity a burst left
+    /// ([`crate::slack`]).
+    pub fn release_slack(&self, now_ms: u64) {
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            recent.forget_before(now_ms.saturating_sub(RETRANSMISSION_WINDOW.as_millis() as u64));
+            recent.issued.release();
+            recent.order.release();
+        }
+        {
+            let horizon = now_ms.saturating_sub(NONCE_TTL.as_millis() as u64);
+            let mut seen = self.nonce_counts.lock().unwrap_or_else(|p| p.into_inner());
+            seen.retain(|_, st| st.issued >= horizon);
+            seen.release();
+        }
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .release();
+    }
+
     /// The nonce of a stateless challenge to request `digest` (see
     /// [`crate::sip::request_digest`]): a retransmission within [`RETRANSMISSION_WINDOW`]
     /// gets the same nonce (and so the same 401/407, as a transaction would have resent),
@@ -160,13 +190,7 @@ impl Authenticator {
         let window = RETRANSMISSION_WINDOW.as_millis() as u64;
         let issued = {
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-            while recent
-                .order
-                .front()
-                .is_some_and(|(at, _)| now_ms.saturating_sub(*at) > window)
-            {
-                recent.forget_oldest();
-            }
+            recent.forget_before(now_ms.saturating_sub(window));
             match recent.issued.get(&digest) {
                 Some(&at) => at,
                 None => {
@@ -729,6 +753,42 @@ mod tests {
             a.stateless_nonce(1_000 + d, later);
         }
         assert!(a.recent.lock().unwrap().issued.len() <= MAX_RECENT_CHALLENGES);
+    }
+
+    #[test]
+    fn a_sweep_forgets_only_what_no_request_can_use() {
+        let a = Authenticator::new("r", Arc::new(MeshSecret::new(b"s".to_vec())));
+        let t = 1_000_000;
+        let nonce = a.nonce(t);
+        let c = creds_for(&a, Algorithm::Md5, &nonce, "00000001", "pw");
+        assert!(a
+            .verify(&c, "REGISTER", "sip:r", Some(&stored()), t + 100)
+            .is_ok());
+        for d in 0..5_000 {
+            a.stateless_nonce(d, t);
+        }
+        // Within the nonce's life and the retransmission window: all kept, a replay refused.
+        a.release_slack(t + 1_000);
+        assert_eq!(a.recent.lock().unwrap().issued.len(), 5_000);
+        assert_eq!(
+            a.verify(&c, "REGISTER", "sip:r", Some(&stored()), t + 2_000),
+            Err(AuthError::Replay)
+        );
+        // Past the window the challenges go (and their capacity); the nonce's count stays.
+        a.release_slack(t + RETRANSMISSION_WINDOW.as_millis() as u64 + 1);
+        let recent = a.recent.lock().unwrap();
+        assert!(recent.issued.is_empty() && recent.order.is_empty());
+        assert!(recent.issued.capacity() < 5_000 && recent.order.capacity() < 5_000);
+        drop(recent);
+        assert_eq!(a.nonce_counts.lock().unwrap().len(), 1);
+        // Past the nonce's life its count goes too: the nonce itself is refused as stale.
+        let dead = t + NONCE_TTL.as_millis() as u64 + 1;
+        a.release_slack(dead);
+        assert!(a.nonce_counts.lock().unwrap().is_empty());
+        assert_eq!(
+            a.verify(&c, "REGISTER", "sip:r", Some(&stored()), dead),
+            Err(AuthError::Stale)
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::sip::flow::Flow;
 use crate::sip::header::NameAddr;
 use crate::sip::message::{HeaderName, Message};
 use crate::sip::validate::Checked;
+use crate::slack::Slack;
 use crate::tables::DIALOGS_OF_NODE;
 
 /// How long a call lasts before its dialog is written (a few seconds: most calls that fail
@@ -322,6 +323,7 @@ impl Dialogs {
             let before = local.len();
             local.retain(|_, l| now.saturating_sub(l.seen_ms.max(l.written_ms)) < l.lifetime_ms);
             let stale = before - local.len();
+            local.release();
             let after = self.write_after.as_millis() as u64;
             let due = local
                 .values()

@@ -17,6 +17,7 @@ use sipmesh_storage::Mutation;
 use crate::call::signed;
 use crate::error::{Error, Result};
 use crate::sip::digest::{ha1, Algorithm, Credentials};
+use crate::slack::Slack;
 use crate::tables::USERS;
 
 /// How long a looked-up user is reused by the registrar before reading it again.
@@ -231,6 +232,16 @@ impl Users {
         }
         cache.insert(user.to_string(), (rec.clone(), Instant::now()));
         Ok(rec)
+    }
+
+    /// Forget cached lookups older than [`CACHE_TTL`] and give back the capacity a burst left
+    /// ([`crate::slack`]).
+    pub fn release_slack(&self) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+        cache.release();
+        self.prune_at
+            .store((cache.len() * 2).max(PRUNE_FLOOR), Ordering::Relaxed);
     }
 
     /// The users whose partitions this node holds (one part of a mesh-wide listing).

@@ -787,15 +787,25 @@ impl Node {
 /// How often dialogs old enough are written and expired bindings forgotten.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// Write dialogs that lasted long enough; forget bindings whose phones stopped refreshing.
+/// Every how many sweeps the memory a burst left is given back ([`crate::slack`]).
+const RELEASE_EVERY_SWEEPS: u64 = 10;
+
+/// Write dialogs that lasted long enough; forget bindings whose phones stopped refreshing;
+/// now and then give back what a burst left (transactions, nonces, cached users).
 async fn sweep(node: Node, mut shutdown: Shutdown) {
-    loop {
+    for round in 1u64.. {
         tokio::select! {
             _ = shutdown.wait() => return,
             _ = tokio::time::sleep(SWEEP_EVERY) => {}
         }
         node.proxy.dialogs().sweep().await;
         node.dispatcher.registrar().sweep().await;
+        if round % RELEASE_EVERY_SWEEPS == 0 {
+            let ctx = node.proxy.context();
+            ctx.transactions.release_slack();
+            ctx.auth.release_slack(node.mesh.keyspace().wall_ms());
+            node.users.release_slack();
+        }
     }
 }
 

@@ -178,6 +178,11 @@ impl Proxy {
         &self.dialogs
     }
 
+    /// The node's parts the proxy works with.
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
     /// Answer a request with the response `fault` stands for.
     fn reject(&self, req: &Inbound, fault: Fault) {
         self.ctx

@@ -15,6 +15,7 @@ use std::sync::Mutex;
 
 use crate::call::location::Binding;
 use crate::sip::flow::Flow;
+use crate::slack::Slack;
 
 /// How much longer than the phone's own expiry a binding row lives in the keyspace.
 pub const LEASE_FACTOR: u64 = 2;
@@ -161,13 +162,14 @@ impl Owned {
         let key = stored.key();
         if stored.reg_id.is_some() {
             let mut flows = lock(&self.flows);
-            let list = flows.entry(stored.flow.clone()).or_default();
+            let list = flows
+                .entry(stored.flow.clone())
+                .or_insert_with(|| Vec::with_capacity(1));
             if !list.iter().any(|(a, k)| a == aor && *k == key) {
                 list.push((aor.to_string(), key.clone()));
             }
         }
         let mut by_aor = lock(self.shard(aor));
-        let list = by_aor.entry(aor.to_string()).or_default();
         let entry = Entry {
             key: key.clone().into_boxed_slice(),
             fingerprint: fingerprint(&stored),
@@ -175,6 +177,13 @@ impl Owned {
             expires_at_ms,
             call_id: digest(&stored.call_id),
             cseq: stored.cseq,
+        };
+        // Most AORs have one binding: a new list holds exactly it (a `push` onto an empty
+        // `Vec` would reserve four).
+        let Some(list) = by_aor.get_mut(aor) else {
+            by_aor.insert(aor.to_string(), vec![entry]);
+            self.count.fetch_add(1, Ordering::Relaxed);
+            return;
         };
         match list.iter_mut().find(|e| *e.key == *key) {
             Some(e) => *e = entry,
@@ -233,6 +242,7 @@ impl Owned {
             }
         }
         flows.retain(|_, list| !list.is_empty());
+        flows.release();
         out
     }
 
@@ -248,6 +258,7 @@ impl Owned {
             });
         }
         by_aor.retain(|_, list| !list.is_empty());
+        by_aor.release();
     }
 }
 

@@ -23,6 +23,7 @@ use crate::sip::flow::Flow;
 use crate::sip::message::{Message, Method};
 use crate::sip::transport::Transport;
 use crate::sip::Fault;
+use crate::slack::Slack;
 
 /// What a state machine asks for.
 #[derive(Debug)]
@@ -76,7 +77,7 @@ pub const SOFT_TRANSACTIONS: usize = 100_000;
 /// A lingering transaction is kept at least this long (T4: what a UDP retransmission needs).
 pub const MIN_LINGER: std::time::Duration = timers::T4;
 
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKey {
     Server(ServerKey),
     Client(ClientKey),
@@ -155,13 +156,29 @@ impl Inner {
         }
         // Keep the queue from growing with entries whose transactions ended on their own.
         if self.lingering.len() > 2 * MAX_TRANSACTIONS {
-            let (server, client) = (&self.server, &self.client);
-            self.lingering.retain(|(_, k)| match k {
-                TimerKey::Server(k) => server.contains_key(k),
-                TimerKey::Client(k) => client.contains_key(k),
-            });
+            self.forget_ended();
         }
         dropped
+    }
+
+    /// Drop the lingering notes of transactions that ended on their own.
+    fn forget_ended(&mut self) {
+        let (server, client) = (&self.server, &self.client);
+        self.lingering.retain(|(_, k)| match k {
+            TimerKey::Server(k) => server.contains_key(k),
+            TimerKey::Client(k) => client.contains_key(k),
+        });
+    }
+
+    /// See [`Transactions::release_slack`].
+    fn release_slack(&mut self) {
+        if self.lingering.len() > 2 * self.total() {
+            self.forget_ended();
+        }
+        self.server.release();
+        self.client.release();
+        self.timers.release();
+        self.lingering.release();
     }
 }
 
@@ -435,6 +452,12 @@ impl Transactions {
         self.run_client(Some(&key), &flow, actions, Some(&user))
     }
 
+    /// Give back what a burst left: queued lingering notes of transactions that ended on their
+    /// own, and the capacity the tables no longer use ([`crate::slack`]).
+    pub fn release_slack(&self) {
+        self.lock().release_slack();
+    }
+
     /// How many (server, client) transactions are alive, and timers are pending.
     pub fn counts(&self) -> (usize, usize, usize) {
         let inner = self.lock();
@@ -569,5 +592,51 @@ mod tests {
         assert_eq!(inner.total(), SOFT_TRANSACTIONS - 1);
         assert!(!inner.server.contains_key(&key(0)));
         assert!(inner.server.contains_key(&key(SOFT_TRANSACTIONS + 9)));
+    }
+
+    #[test]
+    fn after_a_burst_ended_transactions_give_their_memory_back_and_live_ones_stay() {
+        let t0 = Instant::now();
+        let mut inner = Inner::default();
+        let n = 20_000;
+        for i in 0..n {
+            let k = key(i);
+            inner.server.insert(k, lingering_entry(t0));
+            inner.note_server(k, t0);
+            inner
+                .timers
+                .push(Reverse((t0 + timers::T4, TimerKey::Server(k))));
+        }
+        let peak = (inner.server.capacity(), inner.lingering.capacity());
+        inner.release_slack();
+        assert_eq!((inner.server.capacity(), inner.lingering.capacity()), peak);
+        // Timer J ended all but the last 100 (their timers fired).
+        for i in 0..n - 100 {
+            inner.server.remove(&key(i));
+        }
+        while inner.timers.len() > 100 {
+            inner.timers.pop();
+        }
+        inner.release_slack();
+        assert!(
+            inner.server.capacity() < peak.0 / 8,
+            "{}",
+            inner.server.capacity()
+        );
+        assert!(inner.lingering.capacity() < peak.1 / 8);
+        assert!(inner.timers.capacity() < n / 8);
+        assert_eq!(
+            inner.lingering.len(),
+            100,
+            "only the notes of live transactions stay"
+        );
+        for i in n - 100..n {
+            assert!(inner.server.contains_key(&key(i)));
+        }
+        // What stays still lingers and still makes room under pressure.
+        assert_eq!(
+            inner.lingering.front().map(|(_, k)| *k),
+            Some(TimerKey::Server(key(n - 100)))
+        );
     }
 }
