@@ -173,20 +173,20 @@ impl Dispatcher {
         }
         let this = self.clone();
         let span = tracing::debug_span!("sip_transaction", method = %req.c.method, call_id = %req.c.call_id);
-        tokio::spawn(
-            async move {
-                // A panic is a bug; it must not leak the server transaction (enough leaked
-                // transactions would turn every later request into 503): answer 500.
-                let (raw, key, flow) = (req.msg.raw.clone(), req.key, req.flow.clone());
-                let run = std::panic::AssertUnwindSafe(this.dispatch(req));
-                if futures::FutureExt::catch_unwind(run).await.is_err() {
-                    inc(&this.metrics.sip_panics);
-                    tracing::error!("panic while handling a request; answered 500");
-                    this.answer_after_panic(&raw, &key, &flow);
-                }
+        let fut = async move {
+            // A panic is a bug; it must not leak the server transaction (enough leaked
+            // transactions would turn every later request into 503): answer 500.
+            let (raw, key, flow) = (req.msg.raw.clone(), req.key, req.flow.clone());
+            let run = std::panic::AssertUnwindSafe(this.dispatch(req));
+            if futures::FutureExt::catch_unwind(run).await.is_err() {
+                inc(&this.metrics.sip_panics);
+                tracing::error!("panic while handling a request; answered 500");
+                this.answer_after_panic(&raw, &key, &flow);
             }
-            .instrument(span),
-        );
+        };
+        // Boxed: the future is some 8 KB (every path a request can take), which tokio would
+        // otherwise copy on each move into its task and again when storing the output.
+        tokio::spawn(Box::pin(fut).instrument(span));
     }
 
     /// Answer 500 to the request whose handling panicked (re-parsed from its bytes).

@@ -39,6 +39,9 @@ pub struct Iter {
     pub(super) lo: Bound<IVec>,
     pub(super) cached_node: Option<(PageId, Node)>,
     pub(super) going_forward: bool,
+    /// SIPMESH: the rest of a range that lies inside one leaf, copied out of
+    /// it (instead of cloning the whole leaf); served from both ends.
+    pub(super) within: Option<std::collections::VecDeque<(IVec, IVec)>>,
 }
 
 impl Iter {
@@ -83,26 +86,41 @@ impl Iter {
         }
     }
 
-    /// SIPMESH: whether `node` holds the rest of the range forward from
-    /// `lo` and no key of it.
-    fn empty_within(&self, node: &Node) -> bool {
+    /// SIPMESH: the keys and values of the rest of the range, forward from
+    /// `lo`, if `node` holds all of it (the range ends inside this leaf).
+    fn rest_within(
+        &self,
+        node: &Node,
+    ) -> Option<std::collections::VecDeque<(IVec, IVec)>> {
         if !node.contains_upper_bound(&self.lo)
             || !node.contains_lower_bound(&self.lo, true)
         {
-            return false;
+            return None;
         }
         let beyond_hi = |key: &[u8]| match &self.hi {
             Bound::Unbounded => false,
             Bound::Included(h) => key > h.as_ref(),
             Bound::Excluded(h) => key >= h.as_ref(),
         };
-        match node.successor(&self.lo) {
-            Some((key, _)) => beyond_hi(&key),
-            None => node.hi.is_empty() || beyond_hi(&node.hi),
+        if !node.hi.is_empty() && !beyond_hi(&node.hi) {
+            return None; // the range goes on past this leaf
         }
+        let mut rest = std::collections::VecDeque::new();
+        let mut lo = self.lo.clone();
+        while let Some((key, value)) = node.successor(&lo) {
+            if beyond_hi(&key) {
+                break;
+            }
+            lo = Bound::Excluded(key.clone());
+            rest.push_back((key, value));
+        }
+        Some(rest)
     }
 
     pub(crate) fn next_inner(&mut self) -> Option<<Self as Iterator>::Item> {
+        if let Some(rest) = &mut self.within {
+            return rest.pop_front().map(Ok);
+        }
         let guard = pin();
         let (mut pid, mut node) = if let (true, Some((pid, node))) =
             (self.going_forward, self.cached_node.take())
@@ -111,11 +129,10 @@ impl Iter {
         } else {
             let view =
                 iter_try!(self.tree.view_for_key(self.low_key(), &guard));
-            // SIPMESH: a range that ends inside this leaf with nothing in it
-            // (the lookup of an empty partition) is answered without cloning
-            // the leaf.
-            if self.empty_within(&view) {
-                return None;
+            // SIPMESH: a range that ends inside this leaf (the lookup of one
+            // partition) is copied out of it rather than cloning the leaf.
+            if let Some(rest) = self.rest_within(&view) {
+                return self.within.insert(rest).pop_front().map(Ok);
             }
             (view.pid, view.deref().clone())
         };
@@ -188,6 +205,9 @@ impl Iterator for Iter {
 
 impl DoubleEndedIterator for Iter {
     fn next_back(&mut self) -> Option<Self::Item> {
+        if let Some(rest) = &mut self.within {
+            return rest.pop_back().map(Ok);
+        }
         let _measure = Measure::new(&M.tree_reverse_scan);
         let guard = pin();
         let _cc = concurrency_control::read();
