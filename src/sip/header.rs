@@ -163,8 +163,8 @@ impl Via {
         let bad = |r: &str| Fault::bad(format!("Malformed Via: {r}"));
         // sent-protocol with LWS allowed around the slashes
         let mut rest = value.trim();
-        let mut proto = Vec::new();
-        for i in 0..3 {
+        let mut proto = [""; 3];
+        for (i, part) in proto.iter_mut().enumerate() {
             let end = rest
                 .find(|c: char| c == '/' || c.is_ascii_whitespace())
                 .unwrap_or(rest.len());
@@ -172,7 +172,7 @@ impl Via {
             if !is_token(tok) {
                 return Err(bad("sent-protocol"));
             }
-            proto.push(tok);
+            *part = tok;
             rest = rest[end..].trim_start();
             if i < 2 {
                 rest = rest
