@@ -6,20 +6,12 @@ use super::Fault;
 
 /// Find the end of the header section: the index just past the empty line.
 pub(super) fn find_head_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            // "\n\n" or "\n\r\n"
-            if buf.get(i + 1) == Some(&b'\n') {
-                return Some(i + 2);
-            }
-            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
-            }
-        }
-        i += 1;
-    }
-    None
+    // "\n\n" or "\n\r\n"
+    memchr::memchr_iter(b'\n', buf).find_map(|i| match (buf.get(i + 1), buf.get(i + 2)) {
+        (Some(b'\n'), _) => Some(i + 2),
+        (Some(b'\r'), Some(b'\n')) => Some(i + 3),
+        _ => None,
+    })
 }
 
 /// What framing found at the start of a TCP buffer.

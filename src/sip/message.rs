@@ -347,14 +347,11 @@ impl Message {
         };
         let head = &bytes[..head_end];
         // Lines with their byte ranges.
-        let mut lines: Vec<Range<usize>> = Vec::new();
-        let mut start = 0;
-        for (i, b) in head.iter().enumerate() {
-            if *b == b'\n' {
-                lines.push(start..i + 1);
-                start = i + 1;
-            }
-        }
+        let mut lines = memchr::memchr_iter(b'\n', head).scan(0, |start, i| {
+            let line = *start..i + 1;
+            *start = i + 1;
+            Some(line)
+        });
         let text = |r: &Range<usize>| -> &[u8] {
             let mut end = r.end;
             while end > r.start && (bytes[end - 1] == b'\n' || bytes[end - 1] == b'\r') {
@@ -362,16 +359,17 @@ impl Message {
             }
             &bytes[r.start..end]
         };
-        let first = lines.first().ok_or_else(|| Fault::bad("Empty message"))?;
-        let start_line = match std::str::from_utf8(text(first)) {
+        let first = lines.next().ok_or_else(|| Fault::bad("Empty message"))?;
+        let start_line = match std::str::from_utf8(text(&first)) {
             Ok(s) => parse_start_line(s),
             Err(_) => Err(Fault::bad("Start line is not UTF-8")),
         };
-        let mut headers: Vec<Header> = Vec::with_capacity(lines.len().min(MAX_HEADERS));
+        let line_count = memchr::memchr_iter(b'\n', head).count();
+        let mut headers: Vec<Header> = Vec::with_capacity(line_count.min(MAX_HEADERS));
         let mut values_text = String::with_capacity(head_end);
         let mut fault: Option<Fault> = None;
-        for r in &lines[1..] {
-            let t = text(r);
+        for r in lines {
+            let t = text(&r);
             if t.is_empty() {
                 break; // the empty line ending the header section
             }
@@ -395,7 +393,7 @@ impl Message {
                 }
                 continue;
             }
-            let Some(colon) = t.iter().position(|b| *b == b':') else {
+            let Some(colon) = memchr::memchr(b':', t) else {
                 fault.get_or_insert(Fault::bad("Header line without a colon"));
                 continue;
             };
@@ -422,7 +420,7 @@ impl Message {
             }
             headers.push(Header {
                 name: HeaderName::parse(name),
-                line: r.clone(),
+                line: r,
                 value,
             });
         }
