@@ -70,10 +70,12 @@ impl SledEngine {
         let db = sled::Config::new()
             .path(path)
             .flush_every_ms(flush_every)
-            // sled's default page cache is 1 GiB; a node needs far less. 32 MiB: 100,000
-            // registrations cost the same CPU as with 128 MiB, and ~0.4 KB less RAM each
-            // (docs/BENCHMARKS.md); the OS's file cache still holds the rest of the log.
-            .cache_capacity(32 * 1024 * 1024)
+            // sled's default page cache is 1 GiB; a node needs far less. 64 MiB: with
+            // 120,000 registrations a REGISTER costs ~20 % less CPU than with 32 MiB (which
+            // pages leaves in and out of the log on every read) and about what it costs with
+            // 128 MiB, for ~0.6 KB of RAM per registration held at 100,000
+            // (docs/BENCHMARKS.md, fourteenth session).
+            .cache_capacity(64 * 1024 * 1024)
             .open()?;
         Ok(SledEngine { db, policy })
     }
