@@ -349,6 +349,10 @@ fn stream_config(
     Ok(())
 }
 
+/// The keyspace's page cache, in MiB: at least enough for sled to work, at most 64 GiB.
+const MIN_CACHE_MIB: u64 = 8;
+const MAX_CACHE_MIB: u64 = 65_536;
+
 fn node_config(args: NodeArgs) -> Result<NodeConfig> {
     let file = match &args.config {
         Some(p) => FileConfig::load(p)?,
@@ -487,6 +491,12 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
             bail!("config: tombstone_grace_secs = {secs}: at least 60 (a tombstone must outlive the replication of the delete)");
         }
         c.tombstone_grace = std::time::Duration::from_secs(secs);
+    }
+    if let Some(mib) = file.cache_mib {
+        if !(MIN_CACHE_MIB..=MAX_CACHE_MIB).contains(&mib) {
+            bail!("config: cache_mib = {mib}: use {MIN_CACHE_MIB} to {MAX_CACHE_MIB} (MiB of RAM for the keyspace's page cache; default 64)");
+        }
+        c.cache_bytes = mib * 1024 * 1024;
     }
     c.sync = match file.sync.as_deref() {
         None | Some("group-commit") => sipmesh_storage::SyncPolicy::GroupCommit,

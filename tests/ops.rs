@@ -504,6 +504,36 @@ async fn dev_prints_how_to_connect_a_softphone() {
 /// Mistakes in the TLS, WebSocket and session-timer flags stop the node with a one-line error
 /// naming the flag, before anything listens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_cache_out_of_range_fails_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_string_lossy().into_owned();
+    for (mib, want) in [
+        ("0", "config: cache_mib = 0: use 8 to 65536"),
+        ("7", "config: cache_mib = 7: use 8 to 65536"),
+        ("100000", "config: cache_mib = 100000: use 8 to 65536"),
+    ] {
+        let config = dir.path().join(format!("cache-{mib}.toml"));
+        std::fs::write(&config, format!("cache_mib = {mib}\n")).unwrap();
+        let args = [
+            "node",
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.as_str(),
+            "--sip-listen",
+            "127.0.0.1:0",
+            "--p2p-listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ];
+        let (ok, _, err) = cli(&args).await;
+        assert!(!ok, "cache_mib = {mib} must fail");
+        assert!(err.contains(want), "cache_mib = {mib}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transport_and_session_timer_flags_fail_with_their_names() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_string_lossy().into_owned();

@@ -59,6 +59,8 @@ pub struct NodeConfig {
     pub mesh: MeshConfig,
     /// The keyspace's sync policy.
     pub sync: SyncPolicy,
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
     /// How long a tombstone is kept at least; then it is purged once every replica of its
     /// partition holds it.
     pub tombstone_grace: Duration,
@@ -128,6 +130,7 @@ impl NodeConfig {
             mesh: MeshConfig::new(data_dir.clone()),
             data_dir,
             sync: SyncPolicy::default(),
+            cache_bytes: sipmesh_storage::DEFAULT_CACHE_BYTES,
             tombstone_grace: Duration::from_secs(3_600),
             sip_listen: "127.0.0.1:0".parse().expect("valid"),
             sip_advertise: None,
@@ -1000,6 +1003,7 @@ async fn open_keyspace(config: &NodeConfig) -> Result<Keyspace> {
     let dir = config.data_dir.join("keyspace");
     let ks_config = KeyspaceConfig {
         sync: config.sync,
+        cache_bytes: config.cache_bytes,
         tombstone_grace_ms: config.tombstone_grace.as_millis() as u64,
         ..KeyspaceConfig::default()
     };

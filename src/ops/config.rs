@@ -59,6 +59,9 @@ pub struct FileConfig {
     /// How long a tombstone is kept at least, in seconds (default 3,600); then it is purged
     /// once every replica of its partition holds it.
     pub tombstone_grace_secs: Option<u64>,
+    /// The keyspace's page cache in MiB (default 64): what it holds is read without going to
+    /// the log; beyond it, reads page leaves in from disk and cost more CPU.
+    pub cache_mib: Option<u64>,
     /// `--credential` (a file)
     pub credential: Option<std::path::PathBuf>,
     /// `--domain` (a list): domains of the mesh besides the realm and members' addresses.

@@ -59,9 +59,15 @@ pub struct SledEngine {
     policy: SyncPolicy,
 }
 
+/// sled's page cache unless configured otherwise: with 120,000 registrations a REGISTER costs
+/// ~20 % less CPU than with 32 MiB (which pages leaves in and out of the log on every read) and
+/// about what it costs with 128 MiB, for ~0.6 KB of RAM per registration held at 100,000
+/// (docs/BENCHMARKS.md, fourteenth session). sled's own default is 1 GiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl SledEngine {
-    /// Open (or create) a sled database at `path`.
-    pub fn open(path: &Path, policy: SyncPolicy) -> Result<Self> {
+    /// Open (or create) a sled database at `path`, with a page cache of `cache_bytes`.
+    pub fn open(path: &Path, policy: SyncPolicy, cache_bytes: u64) -> Result<Self> {
         let flush_every = match policy {
             SyncPolicy::Periodic { every_ms } => Some(every_ms.max(1)),
             SyncPolicy::GroupCommit => Some(500),
@@ -70,12 +76,7 @@ impl SledEngine {
         let db = sled::Config::new()
             .path(path)
             .flush_every_ms(flush_every)
-            // sled's default page cache is 1 GiB; a node needs far less. 64 MiB: with
-            // 120,000 registrations a REGISTER costs ~20 % less CPU than with 32 MiB (which
-            // pages leaves in and out of the log on every read) and about what it costs with
-            // 128 MiB, for ~0.6 KB of RAM per registration held at 100,000
-            // (docs/BENCHMARKS.md, fourteenth session).
-            .cache_capacity(64 * 1024 * 1024)
+            .cache_capacity(cache_bytes)
             .open()?;
         Ok(SledEngine { db, policy })
     }
@@ -220,7 +221,8 @@ mod tests {
     #[test]
     fn sled_scans_match_a_btreemap_across_leaves_and_gaps() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = SledEngine::open(dir.path(), SyncPolicy::SyncBeforeAck).unwrap();
+        let engine =
+            SledEngine::open(dir.path(), SyncPolicy::SyncBeforeAck, DEFAULT_CACHE_BYTES).unwrap();
         let tree = engine.tree("t").unwrap();
         let raw = engine.db.open_tree("t").unwrap();
         let mut model = BTreeMap::new();

@@ -34,7 +34,7 @@ mod row;
 pub mod schema;
 
 pub use cell::{Cell, CellValue};
-pub use engine::{Engine, MemEngine, SledEngine, SyncPolicy};
+pub use engine::{Engine, MemEngine, SledEngine, SyncPolicy, DEFAULT_CACHE_BYTES};
 pub use error::{Error, Result};
 pub use hints::{Hint, Hints};
 pub use hlc::{Hlc, SystemClock, Timestamp, WallClock};

@@ -60,6 +60,8 @@ pub struct KeyspaceConfig {
     pub max_hint_bytes: u64,
     /// The sync policy for the sled engine.
     pub sync: SyncPolicy,
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
 }
 
 impl Default for KeyspaceConfig {
@@ -69,6 +71,7 @@ impl Default for KeyspaceConfig {
             max_hints: 100_000,
             max_hint_bytes: 64 * 1024 * 1024,
             sync: SyncPolicy::default(),
+            cache_bytes: crate::engine::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -138,7 +141,7 @@ impl std::fmt::Debug for Keyspace {
 impl Keyspace {
     /// Open a keyspace on sled at `dir`, with the system clock.
     pub fn open_sled(dir: &Path, tables: Vec<TableSchema>, config: KeyspaceConfig) -> Result<Self> {
-        let engine = Arc::new(SledEngine::open(dir, config.sync)?);
+        let engine = Arc::new(SledEngine::open(dir, config.sync, config.cache_bytes)?);
         Self::open(engine, tables, config, Arc::new(SystemClock))
     }
 
