@@ -503,6 +503,21 @@ async fn dev_prints_how_to_connect_a_softphone() {
 
 /// Mistakes in the TLS, WebSocket and session-timer flags stop the node with a one-line error
 /// naming the flag, before anything listens.
+/// `sipmesh node` on loopback with ephemeral ports and its data in `data`.
+fn node_on_loopback(data: &str) -> [&str; 9] {
+    [
+        "node",
+        "--data-dir",
+        data,
+        "--sip-listen",
+        "127.0.0.1:0",
+        "--p2p-listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_cache_out_of_range_fails_with_its_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -514,19 +529,8 @@ async fn a_page_cache_out_of_range_fails_with_its_key() {
     ] {
         let config = dir.path().join(format!("cache-{mib}.toml"));
         std::fs::write(&config, format!("cache_mib = {mib}\n")).unwrap();
-        let args = [
-            "node",
-            "--config",
-            config.to_str().unwrap(),
-            "--data-dir",
-            data.as_str(),
-            "--sip-listen",
-            "127.0.0.1:0",
-            "--p2p-listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ];
+        let mut args = node_on_loopback(&data).to_vec();
+        args.extend(["--config", config.to_str().unwrap()]);
         let (ok, _, err) = cli(&args).await;
         assert!(!ok, "cache_mib = {mib} must fail");
         assert!(err.contains(want), "cache_mib = {mib}: {err}");
@@ -537,17 +541,7 @@ async fn a_page_cache_out_of_range_fails_with_its_key() {
 async fn transport_and_session_timer_flags_fail_with_their_names() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_string_lossy().into_owned();
-    let base = [
-        "node",
-        "--data-dir",
-        data.as_str(),
-        "--sip-listen",
-        "127.0.0.1:0",
-        "--p2p-listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--http-listen",
-        "127.0.0.1:0",
-    ];
+    let base = node_on_loopback(&data);
     let cert = dir.path().join("missing.pem");
     let cert = cert.to_string_lossy();
     for (extra, want) in [
