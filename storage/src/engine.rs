@@ -217,7 +217,8 @@ mod tests {
 
     /// sled's scans (with the vendored shortcut for a range that ends inside one leaf) against
     /// a BTreeMap, forward, reversed and from both ends at once: ranges that are empty inside a
-    /// leaf, lie inside one, span leaves, end at leaf boundaries, or run past the last key. Leaves hold at most 16 keys, so 1,500 keys make ~100 of them.
+    /// leaf, lie inside one, span leaves, end at leaf boundaries, or run past the last key.
+    /// Leaves hold at most 16 keys, so 1,500 keys make ~100 of them.
     #[test]
     fn sled_scans_match_a_btreemap_across_leaves_and_gaps() {
         let dir = tempfile::tempdir().unwrap();
