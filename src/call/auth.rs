@@ -114,6 +114,12 @@ pub const RETRANSMISSION_WINDOW: Duration = Duration::from_secs(32);
 /// Requests remembered at most for [`Authenticator::stateless_nonce`].
 const MAX_RECENT_CHALLENGES: usize = 200_000;
 
+/// Forget the counts of nonces past [`NONCE_TTL`] at `now_ms` (they are refused as stale).
+fn forget_expired(seen: &mut HashMap<u64, NonceState>, now_ms: u64) {
+    let horizon = now_ms.saturating_sub(NONCE_TTL.as_millis() as u64);
+    seen.retain(|_, st| st.issued >= horizon);
+}
+
 /// What this node remembers of a nonce it issued.
 #[derive(Debug, Clone, Copy)]
 struct NonceState {
@@ -171,9 +177,8 @@ impl Authenticator {
             recent.order.release();
         }
         {
-            let horizon = now_ms.saturating_sub(NONCE_TTL.as_millis() as u64);
             let mut seen = self.nonce_counts.lock().unwrap_or_else(|p| p.into_inner());
-            seen.retain(|_, st| st.issued >= horizon);
+            forget_expired(&mut seen, now_ms);
             seen.release();
         }
         self.failures
@@ -332,8 +337,7 @@ impl Authenticator {
             }
         }
         if seen.len() >= MAX_TRACKED_NONCES && !seen.contains_key(&id) {
-            let horizon = now_ms.saturating_sub(NONCE_TTL.as_millis() as u64);
-            seen.retain(|_, st| st.issued >= horizon);
+            forget_expired(&mut seen, now_ms);
             if seen.len() >= MAX_TRACKED_NONCES {
                 tracing::warn!("nonce-count table full of live nonces; forgetting them");
                 seen.clear();

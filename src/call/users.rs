@@ -223,12 +223,7 @@ impl Users {
         // insert), so it holds about the users of the last CACHE_TTL, not every user ever
         // seen; at CACHE_MAX live entries it starts over.
         if cache.len() >= self.prune_at.load(Ordering::Relaxed) {
-            cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
-            if cache.len() >= CACHE_MAX {
-                cache.clear();
-            }
-            self.prune_at
-                .store((cache.len() * 2).max(PRUNE_FLOOR), Ordering::Relaxed);
+            self.prune(&mut cache);
         }
         cache.insert(user.to_string(), (rec.clone(), Instant::now()));
         Ok(rec)
@@ -238,8 +233,17 @@ impl Users {
     /// ([`crate::slack`]).
     pub fn release_slack(&self) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+        self.prune(&mut cache);
         cache.release();
+    }
+
+    /// Drop the stale entries (all of them at [`CACHE_MAX`] live ones); the next pass comes
+    /// once the cache has doubled.
+    fn prune(&self, cache: &mut HashMap<String, (Option<UserRecord>, Instant)>) {
+        cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
         self.prune_at
             .store((cache.len() * 2).max(PRUNE_FLOOR), Ordering::Relaxed);
     }
