@@ -31,8 +31,9 @@ pub struct MeshConfig {
     pub anti_entropy_interval: Duration,
     /// How often hints are offered to peers that are back up.
     pub hint_interval: Duration,
-    /// How often the keyspace is compacted (a full scan: expired values become tombstones;
-    /// tombstones past their grace period are collected with the other replicas).
+    /// How often a compaction pass starts at most (a scan of the whole keyspace, in pages of
+    /// 25,000 rows every 5 s: expired values become tombstones; tombstones past their grace
+    /// period are collected with the other replicas).
     pub compaction_interval: Duration,
     /// Most established connections in total.
     pub max_connections: u32,
@@ -78,7 +79,7 @@ impl MeshConfig {
             request_timeout: Duration::from_secs(2),
             anti_entropy_interval: Duration::from_secs(10),
             hint_interval: Duration::from_secs(1),
-            compaction_interval: Duration::from_secs(60),
+            compaction_interval: Duration::from_secs(300),
             max_connections: 512,
             max_connections_per_peer: 4,
             tags: BTreeMap::new(),

@@ -32,6 +32,9 @@ const APP_QUEUE: usize = 8192;
 const SWIM_INBOX: usize = 1_024;
 /// How often a node checks whether it must hand off partitions it no longer replicates.
 const HANDOFF_EVERY: Duration = Duration::from_secs(5);
+/// Rows one compaction page scans at most (one page per HANDOFF_EVERY: ~25 ms of a blocking
+/// thread, ~1 µs per row with nothing to do, storage/benches/keyspace.rs).
+const COMPACTION_PAGE_ROWS: usize = 25_000;
 /// A handoff scan runs at least this often even if the ring did not change.
 const HANDOFF_SAFETY_NET: Duration = Duration::from_secs(300);
 /// How long shutdown waits for the background loops.
@@ -736,7 +739,8 @@ async fn anti_entropy_rounds(
 }
 
 /// Hand off partitions this node no longer replicates (when the ring changed, and now and
-/// then as a safety net), and compact the keyspace every [`COMPACT_EVERY`].
+/// then as a safety net), and compact the keyspace (a pass at most every `compact_every`, in
+/// pages).
 /// What tombstone collection needs (`gc`).
 struct GcContext {
     local: PeerId,
@@ -757,6 +761,8 @@ async fn handoff_and_compaction(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     let mut last_compaction = tokio::time::Instant::now();
+    // The pass in progress: `Some(after)` resumes it after that key (`None`: from the start).
+    let mut cursor: Option<Option<Vec<u8>>> = None;
     // Handoff scans the whole keyspace: only when the ring changed since the last complete
     // one (and now and then as a safety net).
     let mut handed_at: Option<(u64, tokio::time::Instant)> = None;
@@ -778,16 +784,35 @@ async fn handoff_and_compaction(
                 handed_at = Some((version, tokio::time::Instant::now()));
             }
         }
-        if last_compaction.elapsed() >= gc.compact_every {
+        // A pass goes in pages (one per tick, from where the last one stopped), so its cost
+        // is spread and bounded however large the keyspace: at most COMPACTION_PAGE_ROWS
+        // rows every HANDOFF_EVERY. A new pass starts at most every `compact_every`.
+        if cursor.is_none() && last_compaction.elapsed() >= gc.compact_every {
             last_compaction = tokio::time::Instant::now();
+            cursor = Some(None);
+        }
+        if let Some(after) = cursor.take() {
             let ks = keyspace.clone();
+            let started = std::time::Instant::now();
             let compacted = tokio::task::spawn_blocking(move || {
-                ks.compact_for_gc(crate::gc::MAX_PARTITIONS_PER_PASS)
+                ks.compact_page_for_gc(
+                    after.as_deref(),
+                    COMPACTION_PAGE_ROWS,
+                    crate::gc::MAX_PARTITIONS_PER_PASS,
+                )
             })
             .await;
             match compacted {
-                Ok(Ok((stats, candidates))) => {
-                    debug!(?stats, tombstones = candidates.len(), "compaction");
+                Ok(Ok(page)) => {
+                    let (stats, candidates) = (page.stats, page.candidates);
+                    debug!(
+                        ?stats,
+                        tombstones = candidates.len(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        done = page.next.is_none(),
+                        "compaction page"
+                    );
+                    cursor = page.next.map(Some);
                     // Nothing left to hand off: no old owner still holds a value to push.
                     let handed_off = handed_at.is_some_and(|(v, _)| v == ae.ring_version());
                     if handed_off && !candidates.is_empty() {

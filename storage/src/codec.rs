@@ -36,6 +36,15 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Resul
 
 /// Decode bytes written by [`encode`]. `what` and `key` name the data for the error message.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str, key: &[u8]) -> Result<T> {
+    decode_borrowed(bytes, what, key)
+}
+
+/// As [`decode`], into a value that may borrow strings and bytes from `bytes` (no copies).
+pub fn decode_borrowed<'a, T: serde::Deserialize<'a>>(
+    bytes: &'a [u8],
+    what: &str,
+    key: &[u8],
+) -> Result<T> {
     let corrupt = |reason: String| Error::Corrupt {
         table: what.to_string(),
         key: crate::error::hex(key),
@@ -50,8 +59,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str, key: &[u8]) -> Resu
             expected: FORMAT_VERSION,
         });
     }
-    let (value, used) =
-        bincode::serde::decode_from_slice(body, config()).map_err(|e| corrupt(e.to_string()))?;
+    let (value, used) = bincode::serde::borrow_decode_from_slice(body, config())
+        .map_err(|e| corrupt(e.to_string()))?;
     if used != body.len() {
         return Err(corrupt(format!(
             "{} trailing bytes after the value",

@@ -149,6 +149,25 @@ pub struct DecodedKey {
     pub clustering: Option<Vec<u8>>,
 }
 
+/// The length of a stored key's partition prefix (what [`partition_prefix`] wrote), without
+/// copying anything; `None` if the key is not one this crate wrote.
+pub fn partition_prefix_len(key: &[u8]) -> Option<usize> {
+    let mut i = 10;
+    while i < key.len() {
+        if key[i] == 0 {
+            match key.get(i + 1)? {
+                0xFF => {}
+                0x01 => return Some(i + 2),
+                _ => return None,
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
 /// Decode a key written by [`row_key`] or [`partition_tombstone_key`].
 pub fn decode_key(key: &[u8]) -> Result<DecodedKey> {
     let corrupt = |reason: &str| Error::Corrupt {
@@ -190,6 +209,7 @@ mod tests {
             let p = partition_prefix(table, &pk);
             let key = match &ck { Some(ck) => row_key(&p, ck), None => partition_tombstone_key(&p) };
             let d = decode_key(&key).unwrap();
+            prop_assert_eq!(partition_prefix_len(&key), Some(p.len()));
             prop_assert_eq!(d.token, token_of(&pk));
             prop_assert_eq!(d.table, table);
             prop_assert_eq!(d.partition_key, pk);

@@ -40,8 +40,8 @@ pub use hints::{Hint, Hints};
 pub use hlc::{Hlc, SystemClock, Timestamp, WallClock};
 pub use key::{token_of, EntryKey, Token};
 pub use keyspace::{
-    CellView, CompactionStats, GcCandidate, Keyspace, KeyspaceConfig, Partition, PartitionDigest,
-    RawEntry, Row,
+    CellView, CompactionPage, CompactionStats, GcCandidate, Keyspace, KeyspaceConfig, Partition,
+    PartitionDigest, RawEntry, Row,
 };
 pub use merkle::{MerkleTree, MERKLE_DEPTH, MERKLE_LEAVES};
 pub use mutation::Mutation;

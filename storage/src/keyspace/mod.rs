@@ -38,6 +38,7 @@ mod compaction;
 mod gc;
 mod ranges;
 
+pub use compaction::CompactionPage;
 pub use ranges::PartitionDigest;
 
 /// Stripes of the per-partition write lock.
