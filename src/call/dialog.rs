@@ -363,6 +363,9 @@ impl Dialogs {
     /// A 2xx to a BYE passed this node as a relay: if it is the end of one of this node's
     /// dialogs, forget it and delete its stored record.
     pub fn ended_elsewhere(self: &Arc<Self>, response: &Message) {
+        if self.lock().is_empty() {
+            return;
+        }
         let tag = |h: HeaderName| {
             response
                 .header(&h)

@@ -256,13 +256,18 @@ impl Dispatcher {
 
     fn on_response(&self, msg: Message, _flow: Flow) {
         inc(&self.metrics.sip_responses_received);
-        let Some((_code, via, cseq)) = validate::check_response(&msg) else {
+        let Some((_code, via)) = validate::response_head(&msg) else {
             inc(&self.metrics.sip_dropped);
             return;
         };
+        // Another node's response (its token checked) goes up as it is: that node validates it.
         if self.proxy.relay_up(&msg, &via) != Relayed::NotOurs {
             return;
         }
+        let Some(cseq) = validate::check_response_rest(&msg) else {
+            inc(&self.metrics.sip_dropped);
+            return;
+        };
         let branch = via.branch().unwrap_or_default().to_string();
         let code = msg.status().unwrap_or(0);
         if !self

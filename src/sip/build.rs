@@ -19,6 +19,25 @@ fn push_line(out: &mut Vec<u8>, raw: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// `msg` without the first value of its first Via field, as [`Edit::remove_first_value`] makes
+/// it. When that field holds only that value and the message states its Content-Length (what
+/// a relay hands up, nearly always), the bytes around the field are copied as they are.
+pub fn without_top_via(msg: &Message) -> Vec<u8> {
+    let first = msg.headers.iter().find(|h| h.name == HeaderName::Via);
+    if let Some(h) = first {
+        let one = super::message::list_items(msg.value(h)).nth(1).is_none();
+        if one && msg.count(&HeaderName::ContentLength) > 0 {
+            let mut out = Vec::with_capacity(msg.raw.len());
+            out.extend_from_slice(&msg.raw[..h.line.start]);
+            out.extend_from_slice(&msg.raw[h.line.end..]);
+            return out;
+        }
+    }
+    Edit::new(msg)
+        .remove_first_value(&HeaderName::Via, "Via")
+        .build()
+}
+
 /// A response under construction.
 pub struct ResponseBuilder<'a> {
     req: &'a Message,
@@ -301,6 +320,38 @@ mod tests {
     use super::*;
 
     const REQ: &[u8] = b"OPTIONS sip:n SIP/2.0\r\nVia: SIP/2.0/UDP a:1;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2\r\nMax-Forwards: 70\r\nFrom: <sip:a@a>;tag=x\r\nTo: <sip:n>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nX-Odd:   keep   spacing\r\nContent-Length: 3\r\n\r\nabc";
+
+    /// The relay's copy around the top Via field makes what the general edit makes; a field of
+    /// two values, or a datagram without Content-Length, takes the general edit.
+    #[test]
+    fn removing_the_top_via_copies_around_it_or_edits() {
+        let general = |m: &Message| {
+            Edit::new(m)
+                .remove_first_value(&HeaderName::Via, "Via")
+                .build()
+        };
+        let one = b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP relay;branch=z9hG4bK-r\r\nVia: SIP/2.0/UDP a:1;branch=z9hG4bK1\r\nFrom: <sip:a@a>;tag=x\r\nTo: <sip:n>;tag=y\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let m = Message::parse(one, false).unwrap();
+        let fast = without_top_via(&m);
+        assert_eq!(fast, general(&m));
+        assert!(
+            !fast.windows(5).any(|w| w == b"relay"),
+            "the relay's Via is gone"
+        );
+        let two = Message::parse(REQ, false).unwrap();
+        let out = without_top_via(&two);
+        assert_eq!(out, general(&two));
+        let again = Message::parse(&out, false).unwrap();
+        assert_eq!(
+            again.values(&HeaderName::Via),
+            ["SIP/2.0/UDP b;branch=z9hG4bK2"]
+        );
+        let unstated = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP relay;branch=z9hG4bK-r\r\nVia: SIP/2.0/UDP a:1;branch=z9hG4bK1\r\nFrom: <sip:a@a>;tag=x\r\nTo: <sip:n>;tag=y\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n";
+        let m = Message::parse(unstated, false).unwrap();
+        let out = without_top_via(&m);
+        assert_eq!(out, general(&m));
+        assert!(out.windows(17).any(|w| w == b"Content-Length: 0"), "stated");
+    }
 
     #[test]
     fn response_copies_and_tags() {

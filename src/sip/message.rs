@@ -574,7 +574,7 @@ pub fn split_list(value: &str) -> Vec<&str> {
 }
 
 /// The values of a list header's field, as [`split_list`] splits them.
-fn list_items(value: &str) -> impl Iterator<Item = &str> {
+pub(crate) fn list_items(value: &str) -> impl Iterator<Item = &str> {
     split_outside(value, ',', true).map(str::trim)
 }
 

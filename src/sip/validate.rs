@@ -113,13 +113,26 @@ pub fn check_request(msg: &Message) -> Result<Checked, Fault> {
 
 /// Check a response enough to match and forward it; `None` means drop it.
 pub fn check_response(msg: &Message) -> Option<(u16, Via, CSeq)> {
+    let (code, via) = response_head(msg)?;
+    let cseq = check_response_rest(msg)?;
+    Some((code, via, cseq))
+}
+
+/// The status and top Via of a response: all a relay needs to hand it up (the node it goes
+/// up to checks the rest, [`check_response_rest`]).
+pub fn response_head(msg: &Message) -> Option<(u16, Via)> {
     let code = msg.status()?;
     let via = Via::parse(msg.first_value(&HeaderName::Via)?).ok()?;
+    Some((code, via))
+}
+
+/// The rest of [`check_response`]: one CSeq and one Call-ID, From and To that parse.
+pub fn check_response_rest(msg: &Message) -> Option<CSeq> {
     if msg.count(&HeaderName::CSeq) != 1 || msg.count(&HeaderName::CallId) != 1 {
         return None;
     }
     let cseq = CSeq::parse(msg.header(&HeaderName::CSeq)?).ok()?;
     NameAddr::parse(msg.header(&HeaderName::From)?, "From").ok()?;
     NameAddr::parse(msg.header(&HeaderName::To)?, "To").ok()?;
-    Some((code, via, cseq))
+    Some(cseq)
 }

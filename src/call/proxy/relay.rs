@@ -15,7 +15,7 @@ use tracing::debug;
 use super::{Proxy, RELAY_TAG};
 use crate::call::flow_token::Token;
 use crate::metrics::inc;
-use crate::sip::build::{Edit, ResponseBuilder};
+use crate::sip::build::{without_top_via, ResponseBuilder};
 use crate::sip::flow::Flow;
 use crate::sip::header::Via;
 use crate::sip::message::{HeaderName, Message, Method};
@@ -111,9 +111,7 @@ impl Proxy {
 
     /// Strip the top Via (the relay's) and send the response to `node`.
     fn hand_up(&self, response: &Message, node: PeerId) {
-        let bytes = Edit::new(response)
-            .remove_first_value(&HeaderName::Via, "Via")
-            .build();
+        let bytes = without_top_via(response);
         if let Err(e) = self
             .ctx
             .transport
