@@ -518,6 +518,10 @@ impl AntiEntropy {
         if !snap.has_majority() || snap.ring.iter().any(|m| !m.up) {
             return 0;
         }
+        // Nothing to hand off, and no scan of the keyspace to find that out.
+        if snap.replicates_everything() {
+            return 0;
+        }
         // A full scan of the keyspace, off the async workers.
         let ks = self.keyspace.clone();
         let listed = tokio::task::spawn_blocking(move || ks.partitions()).await;

@@ -114,6 +114,13 @@ impl Snapshot {
         self.replication_factor.min(self.ring.len()).max(1)
     }
 
+    /// Whether this node replicates every partition: it is on the ring and the ring has no
+    /// more members than the replication factor (then every replica set is the whole ring).
+    pub fn replicates_everything(&self) -> bool {
+        self.ring.len() <= self.replication_factor.max(1)
+            && self.ring.iter().any(|m| m.peer == self.local)
+    }
+
     /// Members that are up, this node included.
     pub fn up_count(&self) -> usize {
         self.ring.iter().filter(|m| m.up).count()
@@ -334,6 +341,20 @@ mod tests {
                     assert!(distance(&m.position, &pos) > worst);
                 }
             }
+        }
+    }
+
+    /// Handoff skips its keyspace scan only when every write replica set holds this node.
+    #[test]
+    fn a_ring_no_larger_than_the_replication_factor_replicates_everything() {
+        for n in 1..=5 {
+            let mut s = ring(n);
+            let all = (0..500u32).all(|i| s.is_local_owner(&i.to_be_bytes()));
+            assert_eq!(s.replicates_everything(), all, "ring of {n}");
+            assert_eq!(s.replicates_everything(), n <= 3, "ring of {n}");
+            // A node no longer on the ring (removed) holds nothing of its own.
+            s.local = PeerId::random();
+            assert!(!s.replicates_everything(), "ring of {n}, not a member");
         }
     }
 
