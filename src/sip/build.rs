@@ -20,18 +20,24 @@ fn push_line(out: &mut Vec<u8>, raw: &[u8]) {
 }
 
 /// `msg` without the first value of its first Via field, as [`Edit::remove_first_value`] makes
-/// it. When that field holds only that value and the message states its Content-Length (what
-/// a relay hands up, nearly always), the bytes around the field are copied as they are.
+/// it. When the message states its Content-Length (what a relay hands up, nearly always), the
+/// bytes around that field are copied as they are, and the field goes, or keeps the values
+/// after the first (SIPp's UAS, for one, answers with all the Vias in one field).
 pub fn without_top_via(msg: &Message) -> Vec<u8> {
     let first = msg.headers.iter().find(|h| h.name == HeaderName::Via);
-    if let Some(h) = first {
-        let one = super::message::list_items(msg.value(h)).nth(1).is_none();
-        if one && msg.count(&HeaderName::ContentLength) > 0 {
-            let mut out = Vec::with_capacity(msg.raw.len());
-            out.extend_from_slice(&msg.raw[..h.line.start]);
-            out.extend_from_slice(&msg.raw[h.line.end..]);
-            return out;
+    if let Some(h) = first.filter(|_| msg.count(&HeaderName::ContentLength) > 0) {
+        let value = msg.value(h);
+        let mut out = Vec::with_capacity(msg.raw.len());
+        out.extend_from_slice(&msg.raw[..h.line.start]);
+        if let Some(second) = super::message::list_items(value).nth(1) {
+            // `second` lies inside `value`: the rest of the field starts there.
+            let at = second.as_ptr() as usize - value.as_ptr() as usize;
+            out.extend_from_slice(b"Via: ");
+            out.extend_from_slice(&value.as_bytes()[at..]);
+            out.extend_from_slice(b"\r\n");
         }
+        out.extend_from_slice(&msg.raw[h.line.end..]);
+        return out;
     }
     Edit::new(msg)
         .remove_first_value(&HeaderName::Via, "Via")
@@ -321,8 +327,9 @@ mod tests {
 
     const REQ: &[u8] = b"OPTIONS sip:n SIP/2.0\r\nVia: SIP/2.0/UDP a:1;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2\r\nMax-Forwards: 70\r\nFrom: <sip:a@a>;tag=x\r\nTo: <sip:n>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nX-Odd:   keep   spacing\r\nContent-Length: 3\r\n\r\nabc";
 
-    /// The relay's copy around the top Via field makes what the general edit makes; a field of
-    /// two values, or a datagram without Content-Length, takes the general edit.
+    /// The relay's copy around the top Via field makes what the general edit makes, for a
+    /// field of one value or of several; a datagram without Content-Length takes the general
+    /// edit.
     #[test]
     fn removing_the_top_via_copies_around_it_or_edits() {
         let general = |m: &Message| {
@@ -345,6 +352,19 @@ mod tests {
         assert_eq!(
             again.values(&HeaderName::Via),
             ["SIP/2.0/UDP b;branch=z9hG4bK2"]
+        );
+        let three = String::from_utf8(REQ.to_vec()).unwrap().replace(
+            "z9hG4bK2\r\n",
+            "z9hG4bK2 ,  SIP/2.0/UDP \"c\";branch=z9hG4bK3\r\n",
+        );
+        let m = Message::parse(three.as_bytes(), false).unwrap();
+        let out = Message::parse(&without_top_via(&m), false).unwrap();
+        assert_eq!(
+            out.values(&HeaderName::Via),
+            [
+                "SIP/2.0/UDP b;branch=z9hG4bK2",
+                "SIP/2.0/UDP \"c\";branch=z9hG4bK3"
+            ]
         );
         let unstated = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP relay;branch=z9hG4bK-r\r\nVia: SIP/2.0/UDP a:1;branch=z9hG4bK1\r\nFrom: <sip:a@a>;tag=x\r\nTo: <sip:n>;tag=y\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n";
         let m = Message::parse(unstated, false).unwrap();
