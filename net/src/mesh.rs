@@ -32,8 +32,9 @@ const APP_QUEUE: usize = 8192;
 const SWIM_INBOX: usize = 1_024;
 /// How often a node checks whether it must hand off partitions it no longer replicates.
 const HANDOFF_EVERY: Duration = Duration::from_secs(5);
-/// Rows one compaction page scans at most (one page per HANDOFF_EVERY: ~25 ms of a blocking
-/// thread, ~1 µs per row with nothing to do, storage/benches/keyspace.rs).
+/// Rows one compaction page scans at most, one page per HANDOFF_EVERY: ~30 ms of a blocking
+/// thread when the rows are in the page cache (~1.1 µs per row with nothing to do,
+/// storage/benches/keyspace.rs), up to ~100 ms when they are read from the log.
 const COMPACTION_PAGE_ROWS: usize = 25_000;
 /// A handoff scan runs at least this often even if the ring did not change.
 const HANDOFF_SAFETY_NET: Duration = Duration::from_secs(300);
@@ -738,9 +739,6 @@ async fn anti_entropy_rounds(
     }
 }
 
-/// Hand off partitions this node no longer replicates (when the ring changed, and now and
-/// then as a safety net), and compact the keyspace (a pass at most every `compact_every`, in
-/// pages).
 /// What tombstone collection needs (`gc`).
 struct GcContext {
     local: PeerId,
@@ -750,6 +748,9 @@ struct GcContext {
     compact_every: Duration,
 }
 
+/// Hand off partitions this node no longer replicates (when the ring changed, and now and
+/// then as a safety net), and compact the keyspace (a pass at most every `compact_every`, in
+/// pages).
 async fn handoff_and_compaction(
     ae: AntiEntropy,
     keyspace: Keyspace,

@@ -355,7 +355,7 @@ mod tests {
         );
         let three = String::from_utf8(REQ.to_vec()).unwrap().replace(
             "z9hG4bK2\r\n",
-            "z9hG4bK2 ,  SIP/2.0/UDP \"c\";branch=z9hG4bK3\r\n",
+            "z9hG4bK2 ,  SIP/2.0/UDP c:5060;branch=z9hG4bK3\r\n",
         );
         let m = Message::parse(three.as_bytes(), false).unwrap();
         let out = Message::parse(&without_top_via(&m), false).unwrap();
@@ -363,7 +363,7 @@ mod tests {
             out.values(&HeaderName::Via),
             [
                 "SIP/2.0/UDP b;branch=z9hG4bK2",
-                "SIP/2.0/UDP \"c\";branch=z9hG4bK3"
+                "SIP/2.0/UDP c:5060;branch=z9hG4bK3"
             ]
         );
         let unstated = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP relay;branch=z9hG4bK-r\r\nVia: SIP/2.0/UDP a:1;branch=z9hG4bK1\r\nFrom: <sip:a@a>;tag=x\r\nTo: <sip:n>;tag=y\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n";
