@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 use crate::error::{Error, Result};
 use crate::link::Link;
 use crate::membership::Membership;
-use crate::placement::Standing;
+use crate::placement::{Snapshot, Standing};
 use crate::protocol::{Request, Response, DIGESTS_PER_PAGE, PAGE_BYTES};
 use crate::replication::Replication;
 
@@ -109,6 +109,49 @@ pub fn serve_scan(keyspace: &Keyspace, request: Request) -> Response {
         other => return Response::Error(format!("{} is not a scan", other.kind())),
     };
     result.unwrap_or_else(|e| Response::Error(e.to_string()))
+}
+
+/// The partitions this node holds and is not a write replica of, at most `max` of them, in
+/// key order. It reads the keyspace leaf by leaf, `page` partitions at a time, and skips the
+/// leaves this node replicates whole ([`Snapshot::replicates_leaf`]): in a settled ring those
+/// hold all it stores, and the leaves left are empty, so a round costs one seek per leaf and
+/// memory for at most `max` partitions, however much the node holds. Run on the blocking pool.
+pub fn handoff_candidates(
+    keyspace: &Keyspace,
+    snap: &Snapshot,
+    max: usize,
+    page: usize,
+) -> sipmesh_storage::Result<Vec<PartitionRef>> {
+    let mut out = Vec::new();
+    for leaf in 0..MERKLE_LEAVES {
+        if snap.replicates_leaf(leaf) {
+            continue;
+        }
+        let (first, last) = leaf_tokens(leaf);
+        let mut after: Option<(TableId, Vec<u8>)> = None;
+        loop {
+            let (digests, next) = keyspace.partition_digests(
+                first,
+                last,
+                after.as_ref().map(|(t, pk)| (*t, pk.as_slice())),
+                page,
+            )?;
+            for d in digests {
+                if snap.is_local_owner(&d.partition_key) {
+                    continue;
+                }
+                out.push((d.table, d.partition_key));
+                if out.len() >= max {
+                    return Ok(out);
+                }
+            }
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Run a store scan of this node on the blocking pool.
@@ -460,49 +503,70 @@ impl AntiEntropy {
     }
 
     /// Graceful leave: push every partition this node holds to the replicas it will have once
-    /// this node is gone, and wait for their acknowledgements. Returns (partitions, failures).
+    /// this node is gone, and wait for their acknowledgements. The keyspace is read a page of
+    /// partitions at a time, so memory does not grow with what the node holds. Returns
+    /// (partitions, failures); a page that cannot be read counts as one failure and ends it.
     pub async fn handover(&self) -> (usize, usize) {
         use futures::stream::{self, StreamExt};
         let mut snap = (*self.membership.snapshot()).clone();
         snap.ring.retain(|m| m.peer != self.local);
-        let ks = self.keyspace.clone();
-        let partitions = match tokio::task::spawn_blocking(move || ks.partitions()).await {
-            Ok(Ok(p)) => p,
-            _ => {
-                warn!("cannot list partitions for handover");
-                return (0, 0);
-            }
-        };
-        let total = partitions.len();
-        info!(partitions = total, "handover started");
         let snap = &snap;
-        let done = std::sync::atomic::AtomicUsize::new(0);
-        let done = &done;
-        let last_report = std::sync::Mutex::new(std::time::Instant::now());
-        let last_report = &last_report;
-        let failures: usize = stream::iter(partitions)
-            .map(|(_, table, pk)| async move {
-                let mut failed = 0;
-                for r in snap.write_replicas(&pk).iter().filter(|r| r.up) {
-                    if self
-                        .push_partition(r.peer, table, &pk, false)
-                        .await
-                        .is_err()
-                    {
-                        failed = 1;
-                    }
-                }
-                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                let mut last = last_report.lock().unwrap_or_else(|p| p.into_inner());
-                if last.elapsed() >= Duration::from_secs(2) {
-                    *last = std::time::Instant::now();
-                    info!(done = n, of = total, "handover progress");
-                }
-                failed
+        info!("handover started");
+        let (mut total, mut failures) = (0, 0);
+        let mut last_report = std::time::Instant::now();
+        let mut after: Option<(TableId, Vec<u8>)> = None;
+        loop {
+            let ks = self.keyspace.clone();
+            let from = after.take();
+            let listed = tokio::task::spawn_blocking(move || {
+                ks.partition_digests(
+                    0,
+                    u64::MAX,
+                    from.as_ref().map(|(t, pk)| (*t, pk.as_slice())),
+                    DIGESTS_PER_PAGE,
+                )
             })
-            .buffer_unordered(64)
-            .fold(0, |a, b| async move { a + b })
             .await;
+            let (digests, next) = match listed {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot list partitions for handover");
+                    failures += 1;
+                    break;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot list partitions for handover");
+                    failures += 1;
+                    break;
+                }
+            };
+            total += digests.len();
+            failures += stream::iter(digests)
+                .map(|d| async move {
+                    let mut failed = 0;
+                    for r in snap.write_replicas(&d.partition_key).iter().filter(|r| r.up) {
+                        if self
+                            .push_partition(r.peer, d.table, &d.partition_key, false)
+                            .await
+                            .is_err()
+                        {
+                            failed = 1;
+                        }
+                    }
+                    failed
+                })
+                .buffer_unordered(64)
+                .fold(0, |a, b| async move { a + b })
+                .await;
+            if last_report.elapsed() >= Duration::from_secs(2) {
+                last_report = std::time::Instant::now();
+                info!(done = total, "handover progress");
+            }
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
         info!(
             partitions = total,
             failures, "handed over replicas before leaving"
@@ -522,9 +586,13 @@ impl AntiEntropy {
         if snap.replicates_everything() {
             return 0;
         }
-        // A full scan of the keyspace, off the async workers.
+        // Off the async workers, and only the leaves this node does not replicate whole.
         let ks = self.keyspace.clone();
-        let listed = tokio::task::spawn_blocking(move || ks.partitions()).await;
+        let view = snap.clone();
+        let listed = tokio::task::spawn_blocking(move || {
+            handoff_candidates(&ks, &view, HANDOFF_PER_ROUND, DIGESTS_PER_PAGE)
+        })
+        .await;
         let partitions = match listed
             .map_err(|e| sipmesh_storage::Error::Engine(e.to_string()))
             .and_then(|r| r)
@@ -536,10 +604,7 @@ impl AntiEntropy {
             }
         };
         let mut handed = 0;
-        for (_, table, pk) in partitions {
-            if handed >= HANDOFF_PER_ROUND {
-                break;
-            }
+        for (table, pk) in partitions {
             // Kept while reads may still ask it: as a replica, or one readers that have not
             // heard of a join yet ask.
             let replicas: Vec<PeerId> = snap.write_replicas(&pk).iter().map(|m| m.peer).collect();
@@ -605,6 +670,68 @@ mod tests {
             partition_key: pk.as_bytes().to_vec(),
             hash,
         }
+    }
+
+    /// A settled ring of nine members, this node the first, three replicas of every key.
+    fn ring_of_nine() -> Snapshot {
+        use crate::placement::{peer_position, RingMember};
+        let peers: Vec<PeerId> = (0..9).map(|_| PeerId::random()).collect();
+        let mut ring: Vec<RingMember> = peers
+            .iter()
+            .map(|p| RingMember {
+                peer: *p,
+                position: peer_position(p),
+                up: true,
+                standing: Standing::Normal,
+            })
+            .collect();
+        ring.sort_by_key(|m| m.position);
+        Snapshot {
+            local: peers[0],
+            ring,
+            replication_factor: 3,
+            version: 1,
+            shared: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Handoff lists exactly the partitions this node is not a replica of, in key order, in
+    /// pages of any size (a page ending inside a leaf, or inside a partition's rows, resumes
+    /// after it), and never more than asked for.
+    #[test]
+    fn handoff_lists_what_this_node_does_not_replicate_in_pages() {
+        use sipmesh_storage::{token_of, ClusteringOrder, TableSchema};
+        let ks = Keyspace::in_memory(vec![
+            TableSchema::new(1, "t", "k", &["v"]).clustered("c", ClusteringOrder::Asc)
+        ]);
+        let snap = ring_of_nine();
+        let mut want: Vec<(u64, Vec<u8>)> = Vec::new();
+        for i in 0..3_000u32 {
+            let pk = format!("user{i}").into_bytes();
+            let mut m = Mutation::new(1, pk.clone());
+            for c in [b"a", b"b"] {
+                m = m.upsert(c, [("v", vec![1])], ks.now(), None);
+            }
+            ks.apply(&m).unwrap();
+            if !snap.is_local_owner(&pk) {
+                want.push((token_of(&pk), pk));
+            }
+        }
+        want.sort();
+        let want: Vec<PartitionRef> = want.into_iter().map(|(_, pk)| (1, pk)).collect();
+        assert!(!want.is_empty() && want.len() < 3_000);
+        for page in [1, 2, 7, DIGESTS_PER_PAGE] {
+            let got = handoff_candidates(&ks, &snap, usize::MAX, page).unwrap();
+            assert_eq!(got, want, "pages of {page}");
+        }
+        let first = handoff_candidates(&ks, &snap, 10, 3).unwrap();
+        assert_eq!(first, want[..10]);
+        // A node that replicates everything it holds finds nothing to hand off.
+        let mut alone = snap.clone();
+        alone.ring.retain(|m| m.peer == snap.local);
+        assert!(handoff_candidates(&ks, &alone, usize::MAX, 7)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -764,8 +764,8 @@ async fn handoff_and_compaction(
     let mut last_compaction = tokio::time::Instant::now();
     // The pass in progress: `Some(after)` resumes it after that key (`None`: from the start).
     let mut cursor: Option<Option<Vec<u8>>> = None;
-    // Handoff scans the whole keyspace: only when the ring changed since the last complete
-    // one (and now and then as a safety net).
+    // Handoff reads the leaves this node does not replicate whole: only when the ring changed
+    // since the last complete round (and now and then as a safety net).
     let mut handed_at: Option<(u64, tokio::time::Instant)> = None;
     loop {
         tokio::select! {
@@ -778,7 +778,13 @@ async fn handoff_and_compaction(
             None => true,
         };
         if due {
+            let started = std::time::Instant::now();
             let moved = ae.handoff().await;
+            debug!(
+                moved,
+                took_ms = started.elapsed().as_millis() as u64,
+                "handoff round"
+            );
             metrics.handed_off(moved);
             // Unchanged ring and nothing left to move: done until it changes.
             if moved == 0 {

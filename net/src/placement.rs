@@ -121,6 +121,16 @@ impl Snapshot {
             && self.ring.iter().any(|m| m.peer == self.local)
     }
 
+    /// Whether this node is a replica of every key in a Merkle leaf, for reads and writes
+    /// alike: nobody is joining or leaving, and the leaf's replicas do not depend on the bits
+    /// below the leaf. Then handoff has nothing to look for in that leaf.
+    pub fn replicates_leaf(&self, leaf: usize) -> bool {
+        !self.in_transition()
+            && self
+                .leaf_replicas(leaf)
+                .is_some_and(|set| set.contains(&self.local))
+    }
+
     /// Members that are up, this node included.
     pub fn up_count(&self) -> usize {
         self.ring.iter().filter(|m| m.up).count()
@@ -303,7 +313,7 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sipmesh_storage::merkle::leaf_of;
+    use sipmesh_storage::merkle::{leaf_of, MERKLE_LEAVES};
     use sipmesh_storage::token_of;
 
     fn ring(n: usize) -> Snapshot {
@@ -397,6 +407,28 @@ mod tests {
             }
         }
         assert!(uniform > 2500);
+    }
+
+    #[test]
+    fn a_leaf_replicated_whole_holds_only_keys_this_node_replicates() {
+        let mut s = ring(9);
+        let whole = (0..MERKLE_LEAVES)
+            .filter(|l| s.replicates_leaf(*l))
+            .count();
+        // Some of the leaves, never all of them (3 replicas of 9 members).
+        assert!(whole > 0 && whole < MERKLE_LEAVES, "{whole} leaves");
+        let mut checked = 0;
+        for i in 0..20_000u32 {
+            let key = i.to_be_bytes();
+            if s.replicates_leaf(leaf_of(token_of(&key))) {
+                assert!(s.is_local_owner(&key), "key {i}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 0);
+        // While a member joins, a leaf's write replicas are more than its prefix says.
+        s.ring[4].standing = Standing::Joining;
+        assert!((0..MERKLE_LEAVES).all(|l| !s.replicates_leaf(l)));
     }
 
     #[test]
