@@ -43,6 +43,8 @@ pub const HOT_MS: u64 = 3_000;
 pub const FORCE_HOT_EVERY: u64 = 6;
 /// Partitions handed off per round.
 const HANDOFF_PER_ROUND: usize = 2_000;
+/// Partitions pushed together at most (handoff, handover): one request per replica peer.
+const PUSH_BATCH: usize = 256;
 
 /// What one anti-entropy exchange did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -492,6 +494,103 @@ impl AntiEntropy {
         }
     }
 
+    /// Push a batch from the front of `partitions` to their replicas in `snap`: each peer gets
+    /// the partitions it replicates in one request (one apply and one flush there, where a
+    /// request per partition cost one each), all peers at once; a partition wider than a page
+    /// goes on its own, page by page. Returns how many partitions the batch took, and each
+    /// one's outcome. A batch that cannot be read takes them all and acknowledges none.
+    async fn push_batch(
+        &self,
+        snap: &Snapshot,
+        partitions: &[PartitionRef],
+        target: Target,
+    ) -> (usize, Vec<Pushed>) {
+        let ks = self.keyspace.clone();
+        let front = partitions[..partitions.len().min(PUSH_BATCH)].to_vec();
+        let fingerprint = target == Target::Handoff;
+        let read = tokio::task::spawn_blocking(move || read_batch(&ks, &front, fingerprint))
+            .await
+            .map_err(|e| sipmesh_storage::Error::Engine(e.to_string()))
+            .and_then(|r| r);
+        let read = match read {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "cannot read partitions to push");
+                let all = partitions.len().min(PUSH_BATCH);
+                let failed = partitions[..all].iter().map(|p| Pushed {
+                    partition: p.clone(),
+                    seen: Vec::new(),
+                    acked: false,
+                });
+                return (all, failed.collect());
+            }
+        };
+        let taken = read.len();
+        let mut acked = vec![true; taken];
+        let mut per_peer: BTreeMap<PeerId, (Vec<usize>, Vec<Mutation>)> = BTreeMap::new();
+        for (i, ((table, pk), _, whole)) in read.iter().enumerate() {
+            let replicas: Vec<PeerId> = snap
+                .write_replicas(pk)
+                .iter()
+                .filter(|m| target == Target::Handoff || m.up)
+                .map(|m| m.peer)
+                .collect();
+            // Kept while reads may still ask it: as a replica, or one readers that have not
+            // heard of a join yet ask.
+            if target == Target::Handoff && replicas.contains(&self.local) {
+                acked[i] = false;
+                continue;
+            }
+            match whole {
+                Some(m) if m.entries.is_empty() => {} // gone since it was listed
+                Some(m) => {
+                    for peer in replicas {
+                        let (idx, muts) = per_peer.entry(peer).or_default();
+                        idx.push(i);
+                        muts.push(m.clone());
+                    }
+                }
+                None => {
+                    for peer in replicas {
+                        if self.push_partition(peer, *table, pk, false).await.is_err() {
+                            acked[i] = false;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let pushes = per_peer.into_iter().map(|(peer, (idx, mutations))| async move {
+            let request = Request::Push {
+                mutations,
+                owned_only: false,
+            };
+            let ok = self
+                .link
+                .request(peer, request, self.timeout * 4)
+                .await
+                .is_ok();
+            (idx, ok)
+        });
+        for (idx, ok) in futures::future::join_all(pushes).await {
+            if !ok {
+                for i in idx {
+                    acked[i] = false;
+                }
+            }
+        }
+        let pushed = read
+            .into_iter()
+            .zip(acked)
+            .map(|((partition, seen, _), acked)| Pushed {
+                partition,
+                seen,
+                acked,
+            })
+            .collect();
+        (taken, pushed)
+    }
+
     /// Whether this node is the only member of its ring (nothing to catch up from).
     pub fn alone(&self) -> bool {
         self.membership.snapshot().ring.len() <= 1
@@ -507,7 +606,6 @@ impl AntiEntropy {
     /// partitions at a time, so memory does not grow with what the node holds. Returns
     /// (partitions, failures); a page that cannot be read counts as one failure and ends it.
     pub async fn handover(&self) -> (usize, usize) {
-        use futures::stream::{self, StreamExt};
         let mut snap = (*self.membership.snapshot()).clone();
         snap.ring.retain(|m| m.peer != self.local);
         let snap = &snap;
@@ -541,23 +639,16 @@ impl AntiEntropy {
                 }
             };
             total += digests.len();
-            failures += stream::iter(digests)
-                .map(|d| async move {
-                    let mut failed = 0;
-                    for r in snap.write_replicas(&d.partition_key).iter().filter(|r| r.up) {
-                        if self
-                            .push_partition(r.peer, d.table, &d.partition_key, false)
-                            .await
-                            .is_err()
-                        {
-                            failed = 1;
-                        }
-                    }
-                    failed
-                })
-                .buffer_unordered(64)
-                .fold(0, |a, b| async move { a + b })
-                .await;
+            let page: Vec<PartitionRef> = digests
+                .into_iter()
+                .map(|d| (d.table, d.partition_key))
+                .collect();
+            let mut rest = page.as_slice();
+            while !rest.is_empty() {
+                let (taken, pushed) = self.push_batch(snap, rest, Target::Handover).await;
+                rest = &rest[taken..];
+                failures += pushed.iter().filter(|p| !p.acked).count();
+            }
             if last_report.elapsed() >= Duration::from_secs(2) {
                 last_report = std::time::Instant::now();
                 info!(done = total, "handover progress");
@@ -604,38 +695,30 @@ impl AntiEntropy {
             }
         };
         let mut handed = 0;
-        for (table, pk) in partitions {
-            // Kept while reads may still ask it: as a replica, or one readers that have not
-            // heard of a join yet ask.
-            let replicas: Vec<PeerId> = snap.write_replicas(&pk).iter().map(|m| m.peer).collect();
-            if replicas.contains(&self.local) {
+        let mut rest = partitions.as_slice();
+        while !rest.is_empty() {
+            let (taken, pushed) = self.push_batch(&snap, rest, Target::Handoff).await;
+            rest = &rest[taken..];
+            // What is dropped is only what each fingerprint saw (and the pushes, which read
+            // after it, carried): a write acknowledged during the transfer stays.
+            let done: Vec<Pushed> = pushed.into_iter().filter(|p| p.acked).collect();
+            if done.is_empty() {
                 continue;
             }
-            // What is dropped afterwards is only what this fingerprint saw (and the pushes,
-            // which read after it, carried): a write acknowledged during the transfer stays.
-            let seen = match self.keyspace.partition_fingerprint(table, &pk) {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, "cannot read a partition for handoff");
-                    continue;
+            let ks = self.keyspace.clone();
+            let dropped = tokio::task::spawn_blocking(move || {
+                let mut n = 0;
+                for p in done {
+                    let (table, pk) = &p.partition;
+                    match ks.drop_partition_locally_if_unchanged(*table, pk, &p.seen) {
+                        Ok(_) => n += 1,
+                        Err(e) => warn!(error = %e, "cannot drop a handed-off partition"),
+                    }
                 }
-            };
-            let mut all = true;
-            for peer in &replicas {
-                if self.push_partition(*peer, table, &pk, false).await.is_err() {
-                    all = false;
-                    break;
-                }
-            }
-            if all {
-                match self
-                    .keyspace
-                    .drop_partition_locally_if_unchanged(table, &pk, &seen)
-                {
-                    Ok(_) => handed += 1,
-                    Err(e) => warn!(error = %e, "cannot drop a handed-off partition"),
-                }
-            }
+                n
+            })
+            .await;
+            handed += dropped.unwrap_or(0);
         }
         if handed > 0 {
             info!(
@@ -645,6 +728,58 @@ impl AntiEntropy {
         }
         handed
     }
+}
+
+/// Whom [`AntiEntropy::push_batch`] pushes to, and what it records.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// Every write replica (this node is none of them), with a fingerprint of each partition
+    /// taken before it is read: handoff drops only what every replica acknowledged.
+    Handoff,
+    /// The write replicas that are up, of a ring without this node: a graceful leave.
+    Handover,
+}
+
+/// One partition of a batch, once pushed.
+struct Pushed {
+    partition: PartitionRef,
+    /// Its rows as they were before being read ([`Target::Handoff`] only).
+    seen: Vec<(Vec<u8>, u64)>,
+    /// Whether every replica it went to acknowledged it.
+    acked: bool,
+}
+
+/// A partition read for a batch: its fingerprint, and its rows when they fit in one page.
+type ReadForPush = (PartitionRef, Vec<(Vec<u8>, u64)>, Option<Mutation>);
+
+/// Read partitions from the front of `partitions` for one batch: at most [`PUSH_BATCH`] of
+/// them or about [`PAGE_BYTES`] of data. A partition wider than a page is read by its pushes.
+fn read_batch(
+    keyspace: &Keyspace,
+    partitions: &[PartitionRef],
+    fingerprint: bool,
+) -> sipmesh_storage::Result<Vec<ReadForPush>> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for (table, pk) in partitions.iter().take(PUSH_BATCH) {
+        if bytes >= PAGE_BYTES {
+            break;
+        }
+        let seen = if fingerprint {
+            keyspace.partition_fingerprint(*table, pk)?
+        } else {
+            Vec::new()
+        };
+        let (entries, next) = keyspace.partition_page(*table, pk, None, PAGE_BYTES)?;
+        let whole = next.is_none().then(|| Mutation {
+            table: *table,
+            partition_key: pk.clone(),
+            entries,
+        });
+        bytes += whole.as_ref().map_or(PAGE_BYTES, approx_size);
+        out.push(((*table, pk.clone()), seen, whole));
+    }
+    Ok(out)
 }
 
 fn approx_size(m: &Mutation) -> usize {
@@ -732,6 +867,88 @@ mod tests {
         assert!(handoff_candidates(&ks, &alone, usize::MAX, 7)
             .unwrap()
             .is_empty());
+    }
+
+    /// Handoff in batches: each replica gets the partitions it replicates in one request, a
+    /// partition wider than a page goes on its own, and node 0 drops a partition only when
+    /// every replica acknowledged it. A cut-off replica keeps its partitions on node 0 until
+    /// it is back.
+    #[tokio::test]
+    async fn handoff_pushes_batches_to_every_replica_and_drops_only_what_all_acknowledged() {
+        use crate::fake_link::FakeLink;
+        let (net, nodes) = crate::replication::tests::cluster(5);
+        let (me, r0) = &nodes[0];
+        let ks = r0.keyspace().clone();
+        let link: Arc<dyn Link> = Arc::new(FakeLink {
+            net: net.clone(),
+            from: *me,
+        });
+        let membership = r0.membership().clone();
+        let ae = AntiEntropy::new(
+            *me,
+            ks.clone(),
+            membership.clone(),
+            link,
+            r0.clone(),
+            Duration::from_millis(200),
+        );
+        let snap = membership.snapshot();
+        let value = |i: u32| vec![(i % 251) as u8; if i == 0 { 300 * 1024 } else { 8 }];
+        // Key 0 is wider than a page, one node 0 hands off; the member cut off is the one that
+        // is neither node 0 nor one of its replicas, so they are all reachable.
+        let wide = (0..)
+            .map(|i: u32| format!("wide{i}").into_bytes())
+            .find(|k| !snap.write_replicas(k).iter().any(|m| m.peer == *me))
+            .unwrap();
+        let wide_replicas: Vec<PeerId> = snap.write_replicas(&wide).iter().map(|m| m.peer).collect();
+        let cut = snap
+            .ring
+            .iter()
+            .map(|m| m.peer)
+            .find(|p| p != me && !wide_replicas.contains(p))
+            .unwrap();
+        let mut keys = vec![wide];
+        keys.extend((1..700u32).map(|i| format!("k{i}").into_bytes()));
+        for (i, pk) in keys.iter().enumerate() {
+            let m = Mutation::new(1, pk.clone()).upsert(b"", [("v", value(i as u32))], ks.now(), None);
+            ks.apply(&m).unwrap();
+        }
+        let stored = |r: &Replication, pk: &[u8]| {
+            r.keyspace()
+                .read_row(1, pk, b"")
+                .unwrap()
+                .and_then(|row| row.get("v").map(|v| v.to_vec()))
+        };
+        let replica = |peer: PeerId| &nodes.iter().find(|(p, _)| *p == peer).unwrap().1;
+        net.cut(cut);
+        let handed = ae.handoff().await;
+        let mut expected = 0;
+        for (i, pk) in keys.iter().enumerate() {
+            let reps: Vec<PeerId> = snap.write_replicas(pk).iter().map(|m| m.peer).collect();
+            let here = stored(r0, pk).is_some();
+            if reps.contains(me) || reps.contains(&cut) {
+                assert!(here, "key {i} stays on node 0");
+            } else {
+                expected += 1;
+                assert!(!here, "key {i} left node 0");
+                for p in reps {
+                    assert_eq!(stored(replica(p), pk), Some(value(i as u32)), "key {i}");
+                }
+            }
+        }
+        assert_eq!(handed, expected);
+        assert!(expected > 20, "{expected} handed off");
+        net.heal(cut);
+        ae.handoff().await;
+        for (i, pk) in keys.iter().enumerate() {
+            let reps: Vec<PeerId> = snap.write_replicas(pk).iter().map(|m| m.peer).collect();
+            assert_eq!(stored(r0, pk).is_some(), reps.contains(me), "key {i}");
+            if !reps.contains(me) {
+                for p in reps {
+                    assert_eq!(stored(replica(p), pk), Some(value(i as u32)), "key {i}");
+                }
+            }
+        }
     }
 
     #[test]

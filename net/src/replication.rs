@@ -436,6 +436,12 @@ impl Replication {
         proposer.decide(key, value, &up, needed).await
     }
 
+    /// This node's view of the ring (tests build other parts on it).
+    #[cfg(test)]
+    pub(crate) fn membership(&self) -> &Arc<Membership> {
+        &self.membership
+    }
+
     /// This node's keyspace.
     #[cfg(test)]
     pub(crate) fn keyspace(&self) -> &Keyspace {
