@@ -560,18 +560,20 @@ impl AntiEntropy {
                 }
             }
         }
-        let pushes = per_peer.into_iter().map(|(peer, (idx, mutations))| async move {
-            let request = Request::Push {
-                mutations,
-                owned_only: false,
-            };
-            let ok = self
-                .link
-                .request(peer, request, self.timeout * 4)
-                .await
-                .is_ok();
-            (idx, ok)
-        });
+        let pushes = per_peer
+            .into_iter()
+            .map(|(peer, (idx, mutations))| async move {
+                let request = Request::Push {
+                    mutations,
+                    owned_only: false,
+                };
+                let ok = self
+                    .link
+                    .request(peer, request, self.timeout * 4)
+                    .await
+                    .is_ok();
+                (idx, ok)
+            });
         for (idx, ok) in futures::future::join_all(pushes).await {
             if !ok {
                 for i in idx {
@@ -900,7 +902,8 @@ mod tests {
             .map(|i: u32| format!("wide{i}").into_bytes())
             .find(|k| !snap.write_replicas(k).iter().any(|m| m.peer == *me))
             .unwrap();
-        let wide_replicas: Vec<PeerId> = snap.write_replicas(&wide).iter().map(|m| m.peer).collect();
+        let wide_replicas: Vec<PeerId> =
+            snap.write_replicas(&wide).iter().map(|m| m.peer).collect();
         let cut = snap
             .ring
             .iter()
@@ -910,7 +913,8 @@ mod tests {
         let mut keys = vec![wide];
         keys.extend((1..700u32).map(|i| format!("k{i}").into_bytes()));
         for (i, pk) in keys.iter().enumerate() {
-            let m = Mutation::new(1, pk.clone()).upsert(b"", [("v", value(i as u32))], ks.now(), None);
+            let m =
+                Mutation::new(1, pk.clone()).upsert(b"", [("v", value(i as u32))], ks.now(), None);
             ks.apply(&m).unwrap();
         }
         let stored = |r: &Replication, pk: &[u8]| {

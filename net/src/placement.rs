@@ -412,9 +412,7 @@ mod tests {
     #[test]
     fn a_leaf_replicated_whole_holds_only_keys_this_node_replicates() {
         let mut s = ring(9);
-        let whole = (0..MERKLE_LEAVES)
-            .filter(|l| s.replicates_leaf(*l))
-            .count();
+        let whole = (0..MERKLE_LEAVES).filter(|l| s.replicates_leaf(*l)).count();
         // Some of the leaves, never all of them (3 replicas of 9 members).
         assert!(whole > 0 && whole < MERKLE_LEAVES, "{whole} leaves");
         let mut checked = 0;
