@@ -121,14 +121,23 @@ impl Snapshot {
             && self.ring.iter().any(|m| m.peer == self.local)
     }
 
-    /// Whether this node is a replica of every key in a Merkle leaf, for reads and writes
-    /// alike: nobody is joining or leaving, and the leaf's replicas do not depend on the bits
-    /// below the leaf. Then handoff has nothing to look for in that leaf.
+    /// Whether this node is a replica reads ask, and so a write replica, of every key in a
+    /// Merkle leaf: then handoff has nothing to look for there. Keys in a leaf share the
+    /// leaf-depth prefix of their distance to each member, so a member whose prefix distance
+    /// is smaller is nearer for all of them; this node qualifies when the members ordered at
+    /// or before it (joiners last, as [`Snapshot::replicas_at`] orders them), itself included,
+    /// are no more than the replication factor. Linear in the ring.
     pub fn replicates_leaf(&self, leaf: usize) -> bool {
-        !self.in_transition()
-            && self
-                .leaf_replicas(leaf)
-                .is_some_and(|set| set.contains(&self.local))
+        let shift = 16 - MERKLE_DEPTH;
+        let rank = |m: &RingMember| {
+            let prefix = (u16::from_be_bytes([m.position[0], m.position[1]]) >> shift) as usize;
+            (m.standing == Standing::Joining, prefix ^ leaf)
+        };
+        let Some(me) = self.ring.iter().find(|m| m.peer == self.local) else {
+            return false;
+        };
+        let mine = rank(me);
+        self.ring.iter().filter(|m| rank(m) <= mine).count() <= self.effective_rf()
     }
 
     /// Members that are up, this node included.
@@ -412,21 +421,45 @@ mod tests {
     #[test]
     fn a_leaf_replicated_whole_holds_only_keys_this_node_replicates() {
         let mut s = ring(9);
-        let whole = (0..MERKLE_LEAVES).filter(|l| s.replicates_leaf(*l)).count();
+        let check = |s: &Snapshot| {
+            let whole = (0..MERKLE_LEAVES).filter(|l| s.replicates_leaf(*l)).count();
+            let mut checked = 0;
+            for i in 0..20_000u32 {
+                let key = i.to_be_bytes();
+                if s.replicates_leaf(leaf_of(token_of(&key))) {
+                    assert!(s.is_local_owner(&key), "key {i}");
+                    assert!(s.is_local_replica(&key), "key {i}");
+                    checked += 1;
+                }
+            }
+            assert!(checked > 0 || whole == 0);
+            whole
+        };
+        let settled = check(&s);
         // Some of the leaves, never all of them (3 replicas of 9 members).
-        assert!(whole > 0 && whole < MERKLE_LEAVES, "{whole} leaves");
-        let mut checked = 0;
-        for i in 0..20_000u32 {
-            let key = i.to_be_bytes();
-            if s.replicates_leaf(leaf_of(token_of(&key))) {
-                assert!(s.is_local_owner(&key), "key {i}");
-                checked += 1;
+        assert!(settled > 0 && settled < MERKLE_LEAVES, "{settled} leaves");
+        // The same leaves as the leaf's replica set says, when nobody joins.
+        let by_set = (0..MERKLE_LEAVES)
+            .filter(|l| s.leaf_replicas(*l).is_some_and(|r| r.contains(&s.local)))
+            .count();
+        assert_eq!(settled, by_set);
+        // While members join, readers order them last: still true of the leaves it says.
+        let others: Vec<usize> = (0..9).filter(|i| s.ring[*i].peer != s.local).collect();
+        for (n, i) in others.into_iter().enumerate() {
+            s.ring[i].standing = Standing::Joining;
+            if n % 2 == 1 {
+                check(&s);
             }
         }
-        assert!(checked > 0);
-        // While a member joins, a leaf's write replicas are more than its prefix says.
-        s.ring[4].standing = Standing::Joining;
-        assert!((0..MERKLE_LEAVES).all(|l| !s.replicates_leaf(l)));
+        // A joiner itself is asked by readers only when too few others exist.
+        assert_eq!(check(&s), MERKLE_LEAVES, "the only member readers may ask");
+        let me = s.ring.iter().position(|m| m.peer == s.local).unwrap();
+        s.ring[me].standing = Standing::Joining;
+        check(&s);
+        s.ring[(me + 1) % 9].standing = Standing::Normal;
+        s.ring[(me + 2) % 9].standing = Standing::Normal;
+        s.ring[(me + 3) % 9].standing = Standing::Normal;
+        assert_eq!(check(&s), 0, "a joiner with three members ahead of it");
     }
 
     #[test]
