@@ -451,8 +451,9 @@ mod tests {
                 check(&s);
             }
         }
-        // A joiner itself is asked by readers only when too few others exist.
+        // Every other member joining: readers ask this node first for every key.
         assert_eq!(check(&s), MERKLE_LEAVES, "the only member readers may ask");
+        // A joiner itself is asked by readers only when too few others exist.
         let me = s.ring.iter().position(|m| m.peer == s.local).unwrap();
         s.ring[me].standing = Standing::Joining;
         check(&s);
