@@ -113,24 +113,38 @@ pub fn serve_scan(keyspace: &Keyspace, request: Request) -> Response {
     result.unwrap_or_else(|e| Response::Error(e.to_string()))
 }
 
+/// Where a handoff pass stopped: the leaf it was in, and the last partition it listed there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandoffCursor {
+    leaf: usize,
+    after: Option<(TableId, Vec<u8>)>,
+}
+
 /// The partitions this node holds and is not a write replica of, at most `max` of them, in
-/// key order. It reads the keyspace leaf by leaf, `page` partitions at a time, and skips the
-/// leaves this node replicates whole ([`Snapshot::replicates_leaf`]): in a settled ring those
-/// hold all it stores, and the leaves left are empty, so a round costs one seek per leaf and
-/// memory for at most `max` partitions, however much the node holds. Run on the blocking pool.
+/// key order from `from` (the start when `None`), and where to go on from (`None`: the scan
+/// reached the end). It reads the keyspace leaf by leaf, `page` partitions at a time, and skips
+/// the leaves this node replicates whole ([`Snapshot::replicates_leaf`]): in a settled ring
+/// those hold all it stores, and the leaves left are empty, so a pass costs one seek per leaf
+/// and memory for at most `max` partitions, however much the node holds. Run on the blocking
+/// pool.
 pub fn handoff_candidates(
     keyspace: &Keyspace,
     snap: &Snapshot,
+    from: Option<&HandoffCursor>,
     max: usize,
     page: usize,
-) -> sipmesh_storage::Result<Vec<PartitionRef>> {
+) -> sipmesh_storage::Result<(Vec<PartitionRef>, Option<HandoffCursor>)> {
     let mut out = Vec::new();
-    for leaf in 0..MERKLE_LEAVES {
+    let start = from.map_or(0, |c| c.leaf);
+    for leaf in start..MERKLE_LEAVES {
         if snap.replicates_leaf(leaf) {
             continue;
         }
         let (first, last) = leaf_tokens(leaf);
-        let mut after: Option<(TableId, Vec<u8>)> = None;
+        let mut after: Option<(TableId, Vec<u8>)> = match from {
+            Some(c) if c.leaf == leaf => c.after.clone(),
+            _ => None,
+        };
         loop {
             let (digests, next) = keyspace.partition_digests(
                 first,
@@ -144,7 +158,8 @@ pub fn handoff_candidates(
                 }
                 out.push((d.table, d.partition_key));
                 if out.len() >= max {
-                    return Ok(out);
+                    let after = out.last().cloned();
+                    return Ok((out, Some(HandoffCursor { leaf, after })));
                 }
             }
             match next {
@@ -153,7 +168,7 @@ pub fn handoff_candidates(
             }
         }
     }
-    Ok(out)
+    Ok((out, None))
 }
 
 /// Run a store scan of this node on the blocking pool.
@@ -667,39 +682,78 @@ impl AntiEntropy {
         (total, failures)
     }
 
-    /// Hand off partitions this node is no longer a replica of. Only while every ring member is
-    /// up and this node sees a majority: a partition is dropped only after every current replica
-    /// acknowledged all of it. Returns how many partitions were handed off.
-    pub async fn handoff(&self) -> usize {
-        let snap = self.membership.snapshot();
-        if !snap.has_majority() || snap.ring.iter().any(|m| !m.up) {
-            return 0;
+    /// Hand off partitions this node is no longer a replica of, in rounds of at most
+    /// [`HANDOFF_PER_ROUND`] partitions from `from` (the start when `None`), back to back until
+    /// the pass reaches the end of the keyspace or `budget` of wall time is spent. Only while
+    /// every ring member is up and this node sees a majority: a partition is dropped only after
+    /// every current replica acknowledged all of it. A partition that could not be handed off
+    /// is passed over, so it does not hold up the rest of the pass.
+    pub async fn handoff(&self, from: Option<HandoffCursor>, budget: Duration) -> HandedOff {
+        let started = std::time::Instant::now();
+        let mut done = HandedOff {
+            moved: 0,
+            rounds: 0,
+            next: from,
+            blocked: false,
+        };
+        loop {
+            let snap = self.membership.snapshot();
+            if !snap.has_majority() || snap.ring.iter().any(|m| !m.up) {
+                done.blocked = true;
+                return done;
+            }
+            // Nothing to hand off, and no scan of the keyspace to find that out.
+            if snap.replicates_everything() {
+                done.next = None;
+                return done;
+            }
+            let Some((handed, next)) = self.handoff_round(&snap, done.next.take()).await else {
+                done.blocked = true;
+                return done;
+            };
+            done.moved += handed;
+            done.rounds += 1;
+            done.next = next;
+            if done.next.is_none() || started.elapsed() >= budget {
+                return done;
+            }
         }
-        // Nothing to hand off, and no scan of the keyspace to find that out.
-        if snap.replicates_everything() {
-            return 0;
-        }
+    }
+
+    /// One round of [`AntiEntropy::handoff`]: the partitions handed off, and where the pass
+    /// goes on from. `None` when the keyspace could not be read.
+    async fn handoff_round(
+        &self,
+        snap: &Snapshot,
+        from: Option<HandoffCursor>,
+    ) -> Option<(usize, Option<HandoffCursor>)> {
         // Off the async workers, and only the leaves this node does not replicate whole.
         let ks = self.keyspace.clone();
         let view = snap.clone();
         let listed = tokio::task::spawn_blocking(move || {
-            handoff_candidates(&ks, &view, HANDOFF_PER_ROUND, DIGESTS_PER_PAGE)
+            handoff_candidates(
+                &ks,
+                &view,
+                from.as_ref(),
+                HANDOFF_PER_ROUND,
+                DIGESTS_PER_PAGE,
+            )
         })
         .await;
-        let partitions = match listed
+        let (partitions, next) = match listed
             .map_err(|e| sipmesh_storage::Error::Engine(e.to_string()))
             .and_then(|r| r)
         {
             Ok(p) => p,
             Err(e) => {
                 warn!(error = %e, "cannot list partitions for handoff");
-                return 0;
+                return None;
             }
         };
         let mut handed = 0;
         let mut rest = partitions.as_slice();
         while !rest.is_empty() {
-            let (taken, pushed) = self.push_batch(&snap, rest, Target::Handoff).await;
+            let (taken, pushed) = self.push_batch(snap, rest, Target::Handoff).await;
             rest = &rest[taken..];
             // What is dropped is only what each fingerprint saw (and the pushes, which read
             // after it, carried): a write acknowledged during the transfer stays.
@@ -722,14 +776,21 @@ impl AntiEntropy {
             .await;
             handed += dropped.unwrap_or(0);
         }
-        if handed > 0 {
-            info!(
-                partitions = handed,
-                "handed off partitions this node no longer replicates"
-            );
-        }
-        handed
+        Some((handed, next))
     }
+}
+
+/// What [`AntiEntropy::handoff`] did.
+#[derive(Debug)]
+pub struct HandedOff {
+    /// Partitions handed off (pushed to every replica and dropped here).
+    pub moved: usize,
+    /// Rounds run.
+    pub rounds: usize,
+    /// Where the pass goes on from; `None` when it reached the end of the keyspace.
+    pub next: Option<HandoffCursor>,
+    /// It stopped because the ring was not settled or the keyspace could not be read.
+    pub blocked: bool,
 }
 
 /// Whom [`AntiEntropy::push_batch`] pushes to, and what it records.
@@ -858,23 +919,40 @@ mod tests {
         let want: Vec<PartitionRef> = want.into_iter().map(|(_, pk)| (1, pk)).collect();
         assert!(!want.is_empty() && want.len() < 3_000);
         for page in [1, 2, 7, DIGESTS_PER_PAGE] {
-            let got = handoff_candidates(&ks, &snap, usize::MAX, page).unwrap();
+            let (got, next) = handoff_candidates(&ks, &snap, None, usize::MAX, page).unwrap();
             assert_eq!(got, want, "pages of {page}");
+            assert_eq!(next, None, "pages of {page}");
         }
-        let first = handoff_candidates(&ks, &snap, 10, 3).unwrap();
-        assert_eq!(first, want[..10]);
+        // In rounds of at most `max`, each going on from where the last one stopped: every
+        // candidate once, in order.
+        for (max, page) in [(10, 3), (1, 1), (97, DIGESTS_PER_PAGE)] {
+            let (mut all, mut from, mut rounds) = (Vec::new(), None, 0);
+            loop {
+                let (got, next) = handoff_candidates(&ks, &snap, from.as_ref(), max, page).unwrap();
+                assert!(got.len() <= max);
+                all.extend(got);
+                rounds += 1;
+                match next {
+                    Some(n) => from = Some(n),
+                    None => break,
+                }
+            }
+            assert_eq!(all, want, "rounds of {max}");
+            assert!(rounds >= want.len() / max, "{rounds} rounds of {max}");
+        }
         // A node that replicates everything it holds finds nothing to hand off.
         let mut alone = snap.clone();
         alone.ring.retain(|m| m.peer == snap.local);
-        assert!(handoff_candidates(&ks, &alone, usize::MAX, 7)
-            .unwrap()
-            .is_empty());
+        assert_eq!(
+            handoff_candidates(&ks, &alone, None, usize::MAX, 7).unwrap(),
+            (Vec::new(), None)
+        );
     }
 
     /// Handoff in batches: each replica gets the partitions it replicates in one request, a
     /// partition wider than a page goes on its own, and node 0 drops a partition only when
     /// every replica acknowledged it. A cut-off replica keeps its partitions on node 0 until
-    /// it is back.
+    /// it is back, and does not hold up the rest: one call goes on in rounds through them all.
     #[tokio::test]
     async fn handoff_pushes_batches_to_every_replica_and_drops_only_what_all_acknowledged() {
         use crate::fake_link::FakeLink;
@@ -911,7 +989,8 @@ mod tests {
             .find(|p| p != me && !wide_replicas.contains(p))
             .unwrap();
         let mut keys = vec![wide];
-        keys.extend((1..700u32).map(|i| format!("k{i}").into_bytes()));
+        // More than a round holds: the pass goes on in rounds, past what the cut holds up.
+        keys.extend((1..12_000u32).map(|i| format!("k{i}").into_bytes()));
         for (i, pk) in keys.iter().enumerate() {
             let m =
                 Mutation::new(1, pk.clone()).upsert(b"", [("v", value(i as u32))], ks.now(), None);
@@ -925,11 +1004,15 @@ mod tests {
         };
         let replica = |peer: PeerId| &nodes.iter().find(|(p, _)| *p == peer).unwrap().1;
         net.cut(cut);
-        let handed = ae.handoff().await;
-        let mut expected = 0;
+        let done = ae.handoff(None, Duration::from_secs(120)).await;
+        assert!(!done.blocked && done.next.is_none(), "{done:?}");
+        assert!(done.rounds >= 2, "{done:?}");
+        let handed = done.moved;
+        let (mut expected, mut candidates) = (0, 0);
         for (i, pk) in keys.iter().enumerate() {
             let reps: Vec<PeerId> = snap.write_replicas(pk).iter().map(|m| m.peer).collect();
             let here = stored(r0, pk).is_some();
+            candidates += usize::from(!reps.contains(me));
             if reps.contains(me) || reps.contains(&cut) {
                 assert!(here, "key {i} stays on node 0");
             } else {
@@ -942,8 +1025,11 @@ mod tests {
         }
         assert_eq!(handed, expected);
         assert!(expected > 20, "{expected} handed off");
+        assert!(candidates > HANDOFF_PER_ROUND, "{candidates} to hand off");
         net.heal(cut);
-        ae.handoff().await;
+        let done = ae.handoff(None, Duration::from_secs(120)).await;
+        assert!(done.next.is_none(), "{done:?}");
+        assert_eq!(done.moved, candidates - expected);
         for (i, pk) in keys.iter().enumerate() {
             let reps: Vec<PeerId> = snap.write_replicas(pk).iter().map(|m| m.peer).collect();
             assert_eq!(stored(r0, pk).is_some(), reps.contains(me), "key {i}");

@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::admission::{now_ms, Admission, Gate, Refusal, Revocation, Roles, WriteRights};
-use crate::anti_entropy::{self, AntiEntropy};
+use crate::anti_entropy::{self, AntiEntropy, HandoffCursor};
 use crate::config::{Enrollment, MeshConfig};
 use crate::error::{Error, Result};
 use crate::link::{self, ask_up_members, Handler, Link, Links};
@@ -36,6 +36,9 @@ const HANDOFF_EVERY: Duration = Duration::from_secs(5);
 /// thread when the rows are in the page cache (~1.1 µs per row with nothing to do,
 /// storage/benches/keyspace.rs), up to ~100 ms when they are read from the log.
 const COMPACTION_PAGE_ROWS: usize = 25_000;
+/// Wall time handoff may spend per HANDOFF_EVERY, in rounds back to back (a round of 2,000
+/// partitions takes ~50 ms): at most a fifth of the time.
+const HANDOFF_BUDGET: Duration = Duration::from_secs(1);
 /// A handoff scan runs at least this often even if the ring did not change.
 const HANDOFF_SAFETY_NET: Duration = Duration::from_secs(300);
 /// How long shutdown waits for the background loops.
@@ -765,8 +768,11 @@ async fn handoff_and_compaction(
     // The pass in progress: `Some(after)` resumes it after that key (`None`: from the start).
     let mut cursor: Option<Option<Vec<u8>>> = None;
     // Handoff reads the leaves this node does not replicate whole: only when the ring changed
-    // since the last complete round (and now and then as a safety net).
+    // since the last complete pass that moved nothing (and now and then as a safety net).
     let mut handed_at: Option<(u64, tokio::time::Instant)> = None;
+    // The pass in progress: the ring version it started on, where it goes on from, and what
+    // it moved so far.
+    let mut pass: Option<(u64, Option<HandoffCursor>, usize)> = None;
     loop {
         tokio::select! {
             _ = shutdown.wait() => return,
@@ -778,16 +784,37 @@ async fn handoff_and_compaction(
             None => true,
         };
         if due {
+            // A pass started on another ring starts again from the beginning.
+            let (from, so_far) = match pass.take() {
+                Some((v, from, so_far)) if v == version => (from, so_far),
+                _ => (None, 0),
+            };
             let started = std::time::Instant::now();
-            let moved = ae.handoff().await;
+            let done = ae.handoff(from, HANDOFF_BUDGET).await;
             debug!(
-                moved,
+                moved = done.moved,
+                rounds = done.rounds,
                 took_ms = started.elapsed().as_millis() as u64,
-                "handoff round"
+                complete = done.next.is_none(),
+                "handoff rounds"
             );
-            metrics.handed_off(moved);
-            // Unchanged ring and nothing left to move: done until it changes.
-            if moved == 0 {
+            if done.moved > 0 {
+                info!(
+                    partitions = done.moved,
+                    "handed off partitions this node no longer replicates"
+                );
+            }
+            metrics.handed_off(done.moved);
+            let so_far = so_far + done.moved;
+            if done.blocked {
+                // Not now (a member down, or the store unreadable): the pass waits.
+                pass = Some((version, done.next, so_far));
+            } else if done.next.is_some() {
+                pass = Some((version, done.next, so_far));
+            } else if so_far == 0 {
+                // A whole pass over an unchanged ring found nothing to move: done until it
+                // changes.
+                debug!(version, "handoff pass found nothing to move");
                 handed_at = Some((version, tokio::time::Instant::now()));
             }
         }
