@@ -834,15 +834,30 @@ fn user_command(cmd: UserCommand, token: Option<&str>) -> Result<()> {
             println!("removed {user}");
         }
         UserCommand::List { node } => {
-            let v = call(a.get(&format!("{node}/v1/users")), token, None)?;
-            for u in v["users"].as_array().into_iter().flatten() {
-                println!("{}", u.as_str().unwrap_or_default());
+            // Page by page (token order), printed as they come.
+            let mut after: Option<String> = None;
+            loop {
+                let mut url = format!("{node}/v1/users?limit={LIST_PAGE}");
+                if let Some(a) = &after {
+                    url.push_str(&format!("&after={}", encode_path(a)));
+                }
+                let v = call(a.get(&url), token, None)?;
+                for u in v["users"].as_array().into_iter().flatten() {
+                    println!("{}", u.as_str().unwrap_or_default());
+                }
+                match v["next"].as_str() {
+                    Some(n) if after.as_deref() != Some(n) => after = Some(n.to_string()),
+                    _ => break,
+                }
             }
         }
         UserCommand::Import { file, node } => import(&a, &file, &node, token)?,
     }
     Ok(())
 }
+
+/// Users asked for per listing page.
+const LIST_PAGE: usize = 1_000;
 
 /// Users sent per import request.
 const IMPORT_BATCH: usize = 2_000;
@@ -1057,7 +1072,7 @@ fn dialogs_command(cmd: DialogCommand, token: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// Percent-encode a path segment (dialog ids hold `;` and `@`).
+/// Percent-encode a path segment or query value (dialog ids hold `;` and `@`).
 fn encode_path(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {

@@ -125,11 +125,10 @@ async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
 fn local_keys(mesh: &LocalMesh, i: usize) -> BTreeSet<Vec<u8>> {
     let node = mesh.node(i).node().expect("running");
     node.keyspace()
-        .partitions()
+        .partitions_of(USERS, None, usize::MAX)
         .unwrap()
+        .0
         .into_iter()
-        .filter(|(_, t, _)| *t == USERS)
-        .map(|(_, _, pk)| pk)
         .collect()
 }
 

@@ -280,6 +280,51 @@ async fn operator_commands_on_real_nodes() {
         assert!(err.contains("imported 2000/5000"), "progress: {err}");
         assert!(err.contains("imported 5000/5000 (100%), 0 failed"), "{err}");
         assert!(out.contains("added 5000 of 5000 users"), "{out}");
+        // Listing: the CLI pages through every user (1,000 a page); the API pages in token
+        // order with `next`, each member sending at most a page, and names a bad parameter.
+        let (ok, out, err) = cli(&["user", "list", "--node", &http(1)]).await;
+        assert!(ok, "{err}");
+        let listed: Vec<&str> = out.lines().collect();
+        let unique: std::collections::BTreeSet<&str> = listed.iter().copied().collect();
+        assert_eq!((listed.len(), unique.len()), (5000, 5000));
+        assert!(unique.contains("alice") && unique.contains("user4997"));
+        let mut paged = std::collections::BTreeSet::new();
+        let mut after: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let mut url = format!("{}/v1/users?limit=700", http(2));
+            if let Some(a) = &after {
+                url.push_str(&format!("&after={a}"));
+            }
+            let (code, v) = http_get(url).await;
+            assert_eq!(code, 200, "{v}");
+            let users = v["users"].as_array().unwrap();
+            assert!(users.len() <= 700, "{}", users.len());
+            for u in users {
+                assert!(paged.insert(u.as_str().unwrap().to_string()), "{u} twice");
+            }
+            pages += 1;
+            assert!(pages <= 20, "{pages} pages");
+            match v["next"].as_str() {
+                Some(n) => after = Some(n.to_string()),
+                None => break,
+            }
+        }
+        assert_eq!(paged.len(), 5000);
+        assert!(pages >= 8, "{pages} pages of 700");
+        for (query, names) in [
+            ("limit=0", "limit"),
+            ("limit=10001", "limit"),
+            ("limit=many", "limit"),
+            ("after=bad%20name", "after"),
+        ] {
+            let (code, v) = http_get(format!("{}/v1/users?{query}", http(0))).await;
+            assert_eq!(code, 400, "{query}: {v}");
+            assert!(
+                v["error"].as_str().unwrap().starts_with(names),
+                "{query}: {v}"
+            );
+        }
         // A bad line is refused before anything is sent, naming the line.
         std::fs::write(&file, "carol,c-pw\nbad user,x\n").unwrap();
         let (ok, _, err) =

@@ -244,8 +244,10 @@ async fn registrar_rules_423_star_outbound_path_and_admin_api() {
         let (code, v) = http_post(format!("{}/v1/users", http(&mesh, 0)), mesh.node(0).node().unwrap().admin_token().unwrap(), json!({"user": "bad name", "password": "x"})).await;
         assert_eq!(code, 400, "{v}");
         let (_, list) = http_get(format!("{}/v1/users", http(&mesh, 0))).await;
-        let names: Vec<&str> = list["users"].as_array().unwrap().iter().filter_map(|u| u.as_str()).collect();
+        let mut names: Vec<&str> = list["users"].as_array().unwrap().iter().filter_map(|u| u.as_str()).collect();
+        names.sort_unstable();
         assert_eq!(names, vec!["erin", "frank"]);
+        assert!(list["next"].is_null(), "{list}");
         let (code, st) = http_get(format!("{}/v1/status", http(&mesh, 0))).await;
         assert_eq!(code, 200);
         assert_eq!(st["members_up"], 3);

@@ -446,12 +446,11 @@ impl Dialogs {
             })
             .collect();
         let ks = self.mesh.keyspace();
-        if let Ok(parts) = ks.partitions() {
-            for (_, table, pk) in parts {
-                if table != DIALOGS_OF_NODE {
-                    continue;
-                }
-                if let Ok(p) = ks.read_partition(DIALOGS_OF_NODE, &pk) {
+        let mut after: Option<Vec<u8>> = None;
+        // The per-node buckets, a page of partition keys at a time.
+        while let Ok((keys, more)) = ks.partitions_of(DIALOGS_OF_NODE, after.as_deref(), 256) {
+            for pk in &keys {
+                if let Ok(p) = ks.read_partition(DIALOGS_OF_NODE, pk) {
                     out.extend(
                         p.rows
                             .iter()
@@ -463,6 +462,10 @@ impl Dialogs {
                             }),
                     );
                 }
+            }
+            match keys.last() {
+                Some(last) if more => after = Some(last.clone()),
+                _ => break,
             }
         }
         out

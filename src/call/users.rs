@@ -248,15 +248,19 @@ impl Users {
             .store((cache.len() * 2).max(PRUNE_FLOOR), Ordering::Relaxed);
     }
 
-    /// The users whose partitions this node holds (one part of a mesh-wide listing).
-    pub fn local_users(&self) -> Result<Vec<String>> {
-        let ks = self.mesh.keyspace();
-        let mut out = Vec::new();
-        for (_, table, pk) in ks.partitions()? {
-            if table == USERS && ks.read_row(USERS, &pk, b"")?.is_some() {
-                out.push(String::from_utf8_lossy(&pk).into_owned());
-            }
-        }
-        Ok(out)
+    /// A page of the user partitions this node holds, in token order after user `after`: at
+    /// most `max` names, and whether there may be more (one part of a mesh-wide listing). A
+    /// name may be of a user deleted since (its partition lives until compaction): the
+    /// listing checks each. Reads the keyspace: run it on the blocking pool.
+    pub fn local_users(&self, after: Option<&str>, max: usize) -> Result<(Vec<String>, bool)> {
+        let (keys, more) =
+            self.mesh
+                .keyspace()
+                .partitions_of(USERS, after.map(str::as_bytes), max)?;
+        let names = keys
+            .into_iter()
+            .map(|pk| String::from_utf8_lossy(&pk).into_owned())
+            .collect();
+        Ok((names, more))
     }
 }

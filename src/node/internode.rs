@@ -295,7 +295,8 @@ pub fn forward_verdict(
 /// A request between nodes that has an answer (admin listings).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum AppMessage {
-    /// List the users whose partitions you hold (for a mesh-wide listing).
+    /// List the users whose partitions you hold (from nodes before paged listings; answered
+    /// with the first page of at most [`USERS_PAGE_MAX`]).
     ListUsers,
     /// The answer to `ListUsers`.
     Users(Vec<String>),
@@ -307,7 +308,26 @@ pub enum AppMessage {
     EndDialog(String),
     /// The answer to `EndDialog`: whether it was found and ended.
     Ended(bool),
+    /// List a page of the users whose partitions you hold: at most `limit` (capped at
+    /// [`USERS_PAGE_MAX`]), in token order after user `after`.
+    ListUsersAfter {
+        /// Where the page starts (after this user); `None`: from the first.
+        after: Option<String>,
+        /// How many at most.
+        limit: u32,
+    },
+    /// The answer to `ListUsersAfter`: the names, and whether there may be more.
+    UsersPage {
+        /// Names in token order (some may be of users deleted since).
+        users: Vec<String>,
+        /// Whether there may be more after the last.
+        more: bool,
+    },
 }
+
+/// Users one page of a listing holds at most (a frame of ~64 bytes a name: far below any
+/// frame limit).
+pub const USERS_PAGE_MAX: usize = 10_000;
 
 impl AppMessage {
     /// Encode.

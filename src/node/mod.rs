@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{StreamExt, TryStreamExt};
 use sipmesh_net::shutdown::{Background, Shutdown};
 use sipmesh_net::{AppMessage as MeshMessage, Consistency, Mesh, MeshConfig};
 use sipmesh_storage::{Keyspace, KeyspaceConfig, Mutation, SyncPolicy};
@@ -43,12 +44,22 @@ use crate::metrics::Metrics;
 use crate::node::dispatch::Dispatcher;
 use crate::node::internode::{
     seal, AppMessage, Internode, Members, DATAGRAM_MAGIC, DATAGRAM_MAX_SIP, FORWARD_MAX_SIP,
+    USERS_PAGE_MAX,
 };
 use crate::sip::address::OwnNames;
 use crate::sip::flow::StreamKind;
 use crate::sip::transaction::Transactions;
 use crate::sip::transport::{SendError, Transport, TransportLimits};
 use crate::tables::{self, MESH};
+
+/// A page of a mesh-wide user listing ([`Node::list_users`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsersPage {
+    /// Names, in token order.
+    pub users: Vec<String>,
+    /// The user the next page starts after; `None`: this was the last page.
+    pub next: Option<String>,
+}
 
 /// Everything a node is configured with.
 #[derive(Debug, Clone)]
@@ -668,10 +679,26 @@ impl Node {
         self.metrics.get(name)
     }
 
-    /// Every user of the mesh: the union of what each up member holds.
-    pub(crate) async fn list_users(&self) -> Result<Vec<String>> {
-        let mut all: std::collections::BTreeSet<String> =
-            self.users.local_users()?.into_iter().collect();
+    /// A page of the mesh's users: the first `limit` (at most [`USERS_PAGE_MAX`]) in token
+    /// order after user `after`, from the union of what each up member holds, without the
+    /// users deleted since; and the user the next page starts after (`None`: this was the
+    /// last). Each member sends at most `limit` names, so a page costs the same however many
+    /// users the mesh has. A page may hold fewer than `limit` users and still have a next.
+    pub(crate) async fn list_users(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<UsersPage> {
+        let limit = limit.clamp(1, USERS_PAGE_MAX);
+        let users = self.users.clone();
+        let from = after.clone();
+        let (local, mut more) =
+            tokio::task::spawn_blocking(move || users.local_users(from.as_deref(), limit))
+                .await
+                .map_err(|e| sipmesh_storage::Error::Engine(e.to_string()))??;
+        let token = |u: &str| sipmesh_storage::token_of(u.as_bytes());
+        let mut all: std::collections::BTreeSet<(u64, String)> =
+            local.into_iter().map(|u| (token(&u), u)).collect();
         let peers: Vec<_> = self
             .mesh
             .members()
@@ -679,23 +706,41 @@ impl Node {
             .filter(|m| !m.local && m.state == sipmesh_net::MemberState::Up)
             .map(|m| m.peer_id)
             .collect();
+        let ask = AppMessage::ListUsersAfter {
+            after,
+            limit: limit as u32,
+        }
+        .encode();
         for p in peers {
             let answer = self
                 .mesh
-                .request_app(p, AppMessage::ListUsers.encode(), Duration::from_secs(5))
+                .request_app(p, ask.clone(), Duration::from_secs(5))
                 .await?;
-            if let Some(AppMessage::Users(u)) = AppMessage::decode(&answer) {
-                all.extend(u);
+            if let Some(AppMessage::UsersPage { users, more: m }) = AppMessage::decode(&answer) {
+                more |= m;
+                all.extend(users.into_iter().take(limit).map(|u| (token(&u), u)));
             }
         }
+        // The first `limit` of the union: each member's own next names come after its last,
+        // so after the page's last too.
+        more |= all.len() > limit;
+        let page: Vec<String> = all.into_iter().take(limit).map(|(_, u)| u).collect();
+        let next = if more { page.last().cloned() } else { None };
         // Drop users deleted since (a partition can outlive its row until compaction).
-        let mut out = Vec::new();
-        for u in all {
-            if self.users.get(&u).await?.is_some() {
-                out.push(u);
-            }
-        }
-        Ok(out)
+        let found: Vec<bool> = futures::stream::iter(page.clone())
+            .map(|u| {
+                let users = self.users.clone();
+                async move { users.get(&u).await.map(|r| r.is_some()) }
+            })
+            .buffered(16)
+            .try_collect()
+            .await?;
+        let users = page
+            .into_iter()
+            .zip(found)
+            .filter_map(|(u, f)| f.then_some(u))
+            .collect();
+        Ok(UsersPage { users, next })
     }
 
     /// Every dialog of the mesh: the union of what each up member holds.
@@ -823,8 +868,37 @@ async fn serve_internode(node: Node, mut rx: mpsc::Receiver<MeshMessage>, mut sh
             },
         };
         let answer = match AppMessage::decode(&msg.payload) {
-            Some(AppMessage::ListUsers) => {
-                AppMessage::Users(node.users.local_users().unwrap_or_default())
+            Some(AppMessage::ListUsers) => AppMessage::Users(
+                node.users
+                    .local_users(None, USERS_PAGE_MAX)
+                    .map(|(u, _)| u)
+                    .unwrap_or_default(),
+            ),
+            Some(AppMessage::ListUsersAfter { after, limit }) => {
+                // A scan of the keyspace: off this loop and off the async workers.
+                let users = node.users.clone();
+                tokio::spawn(async move {
+                    let limit = (limit as usize).clamp(1, USERS_PAGE_MAX);
+                    let page = tokio::task::spawn_blocking(move || {
+                        users.local_users(after.as_deref(), limit)
+                    })
+                    .await;
+                    let (users, more) = match page {
+                        Ok(Ok(p)) => p,
+                        Ok(Err(e)) => {
+                            warn!(error = %e, "cannot list users");
+                            return;
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "cannot list users");
+                            return;
+                        }
+                    };
+                    if let Some(reply) = msg.reply {
+                        let _ = reply.send(AppMessage::UsersPage { users, more }.encode());
+                    }
+                });
+                continue;
             }
             Some(AppMessage::ListDialogs) => {
                 AppMessage::Dialogs(node.proxy.dialogs().local_records())

@@ -3,7 +3,7 @@
 //! | method and path | what |
 //! | --- | --- |
 //! | `GET /v1/status` | this node and the mesh: members, load, registrations, dialogs |
-//! | `GET /v1/users` | every user of the mesh |
+//! | `GET /v1/users[?after=USER][&limit=N]` | a page of the mesh's users (token order; N ≤ 10,000, default 1,000) and `next` |
 //! | `POST /v1/users` | `{"user", "password", "display_name"?}`: add or replace (QUORUM) |
 //! | `POST /v1/users/import` | `{"csv": "user,password lines"}` (QUORUM) |
 //! | `GET /v1/users/{user}` | one user (never its HA1s) or 404 |
@@ -571,9 +571,43 @@ async fn delete_user(State(node): State<Node>, Path(user): Path<String>) -> Resp
     }
 }
 
-async fn list_users(State(node): State<Node>) -> Response {
-    match node.list_users().await {
-        Ok(users) => Json(json!({ "users": users })).into_response(),
+/// Users a listing page holds unless `limit` says otherwise.
+const USERS_PAGE_DEFAULT: usize = 1_000;
+
+#[derive(Deserialize)]
+struct UsersQuery {
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET /v1/users[?after=USER][&limit=N]`: a page of the mesh's users in token order (as
+/// Cassandra pages a table), `{"users": [...], "next": USER | null}`; `next` is the `after`
+/// of the following page.
+async fn list_users(
+    State(node): State<Node>,
+    axum::extract::Query(q): axum::extract::Query<UsersQuery>,
+) -> Response {
+    let max = crate::node::internode::USERS_PAGE_MAX;
+    let limit = match q.limit.as_deref().map(str::parse::<usize>) {
+        None => USERS_PAGE_DEFAULT,
+        Some(Ok(n)) if (1..=max).contains(&n) => n,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("limit: expected a number from 1 to {max}"),
+            )
+        }
+    };
+    if let Some(after) = &q.after {
+        if crate::call::users::validate_user(after).is_err() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("after: {after:?} is not a user name"),
+            );
+        }
+    }
+    match node.list_users(q.after, limit).await {
+        Ok(page) => Json(json!({ "users": page.users, "next": page.next })).into_response(),
         Err(e) => internal(e),
     }
 }

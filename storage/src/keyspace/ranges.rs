@@ -159,21 +159,33 @@ impl Keyspace {
         Ok(out)
     }
 
-    /// The distinct `(token, table, partition key)` triples stored, in order.
-    pub fn partitions(&self) -> Result<Vec<(Token, TableId, Vec<u8>)>> {
-        let mut out: Vec<(Token, TableId, Vec<u8>)> = Vec::new();
-        for kv in self.inner.cells.range(Bound::Unbounded, Bound::Unbounded) {
+    /// The partition keys of `table` stored here, in token order, starting after partition
+    /// `after` of that table (from the first when `None`), at most `max` of them; and whether
+    /// there may be more. For listings: it reads past the other tables' entries in the token
+    /// range it covers, and holds at most `max` keys.
+    pub fn partitions_of(
+        &self,
+        table: TableId,
+        after: Option<&[u8]>,
+        max: usize,
+    ) -> Result<(Vec<Vec<u8>>, bool)> {
+        let start = match after {
+            Some(pk) => after_partition(table, pk),
+            None => Bound::Unbounded,
+        };
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        for kv in self.inner.cells.range(start, Bound::Unbounded) {
             let (k, _) = kv?;
             let d = decode_key(&k)?;
-            if out
-                .last()
-                .map(|l| l.1 != d.table || l.2 != d.partition_key)
-                .unwrap_or(true)
-            {
-                out.push((d.token, d.table, d.partition_key));
+            if d.table != table || out.last() == Some(&d.partition_key) {
+                continue;
             }
+            if out.len() == max {
+                return Ok((out, true));
+            }
+            out.push(d.partition_key);
         }
-        Ok(out)
+        Ok((out, false))
     }
 
     /// The stored rows of a partition as (row key, hash of its stored bytes): what
@@ -262,6 +274,58 @@ mod tests {
         // a later correct write is not shadowed by anything
         let m = Mutation::new(1, b"p".to_vec()).upsert(b"r", [("v", vec![2])], now, None);
         assert_eq!(ks.apply(&m).unwrap(), 1);
+    }
+
+    #[test]
+    fn partitions_of_a_table_page_in_token_order_past_other_tables() {
+        let ks = Keyspace::in_memory(vec![
+            TableSchema::new(1, "t", "k", &["v"]).clustered("c", ClusteringOrder::Asc),
+            TableSchema::new(2, "u", "k", &["v"]),
+        ]);
+        for i in 0..300u32 {
+            fill(&ks, format!("p{i}").as_bytes(), 1 + i % 3, 5);
+            // The same keys in another table, and keys only it has.
+            for pk in [format!("p{i}"), format!("q{i}")] {
+                let m = Mutation::new(2, pk.into_bytes()).upsert(
+                    b"",
+                    [("v", vec![1])],
+                    Timestamp(5),
+                    None,
+                );
+                ks.apply(&m).unwrap();
+            }
+        }
+        let mut want: Vec<(u64, Vec<u8>)> = (0..300u32)
+            .map(|i| format!("p{i}").into_bytes())
+            .map(|pk| (crate::token_of(&pk), pk))
+            .collect();
+        want.sort();
+        let want: Vec<Vec<u8>> = want.into_iter().map(|(_, pk)| pk).collect();
+        let (all, more) = ks.partitions_of(1, None, usize::MAX).unwrap();
+        assert_eq!((all, more), (want.clone(), false));
+        for max in [1, 7, 100, 300] {
+            let (mut got, mut after) = (Vec::new(), None::<Vec<u8>>);
+            loop {
+                let (page, more) = ks.partitions_of(1, after.as_deref(), max).unwrap();
+                assert!(page.len() <= max);
+                after = page.last().cloned();
+                got.extend(page);
+                if !more {
+                    break;
+                }
+            }
+            assert_eq!(got, want, "pages of {max}");
+        }
+        // After the last key: nothing; a key that is not stored still places the cursor.
+        let last = want.last().unwrap();
+        assert_eq!(ks.partitions_of(1, Some(last), 5).unwrap(), (vec![], false));
+        let (page, _) = ks.partitions_of(1, Some(b"gone"), 1_000).unwrap();
+        let from = crate::token_of(b"gone");
+        assert!(page.iter().all(|pk| crate::token_of(pk) > from));
+        assert_eq!(
+            page.len(),
+            want.iter().filter(|pk| crate::token_of(pk) > from).count()
+        );
     }
 
     #[test]
