@@ -1047,20 +1047,32 @@ fn bans_command(cmd: BanCommand, token: Option<&str>) -> Result<()> {
 fn dialogs_command(cmd: DialogCommand, token: Option<&str>) -> Result<()> {
     match cmd {
         DialogCommand::List { node } => {
-            let v = call(agent().get(&format!("{node}/v1/dialogs")), token, None)?;
-            let list = v["dialogs"].as_array().cloned().unwrap_or_default();
-            if list.is_empty() {
-                println!("no dialogs");
+            // Page by page (by id), printed as they come.
+            let (mut after, mut listed) = (None::<String>, 0usize);
+            loop {
+                let mut url = format!("{node}/v1/dialogs?limit={LIST_PAGE}");
+                if let Some(a) = &after {
+                    url.push_str(&format!("&after={}", encode_path(a)));
+                }
+                let v = call(agent().get(&url), token, None)?;
+                for d in v["dialogs"].as_array().into_iter().flatten() {
+                    listed += 1;
+                    println!(
+                        "{}\n    {} -> {}  since {} ms  stored {}",
+                        d["id"].as_str().unwrap_or_default(),
+                        d["caller_uri"].as_str().unwrap_or_default(),
+                        d["callee_uri"].as_str().unwrap_or_default(),
+                        d["started_ms"],
+                        d["stored"]
+                    );
+                }
+                match v["next"].as_str() {
+                    Some(n) if after.as_deref() != Some(n) => after = Some(n.to_string()),
+                    _ => break,
+                }
             }
-            for d in list {
-                println!(
-                    "{}\n    {} -> {}  since {} ms  stored {}",
-                    d["id"].as_str().unwrap_or_default(),
-                    d["caller_uri"].as_str().unwrap_or_default(),
-                    d["callee_uri"].as_str().unwrap_or_default(),
-                    d["started_ms"],
-                    d["stored"]
-                );
+            if listed == 0 {
+                println!("no dialogs");
             }
         }
         DialogCommand::End { id, node } => {

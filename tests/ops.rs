@@ -376,6 +376,13 @@ async fn operator_commands_on_real_nodes() {
             .unwrap()
             .trim()
             .to_string();
+        let (code, v) = http_get(format!("{}/v1/dialogs?limit=1", http(1))).await;
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(v["dialogs"][0]["id"], id.as_str(), "{v}");
+        assert!(v["next"].is_null(), "one dialog, one page: {v}");
+        let (code, v) = http_get(format!("{}/v1/dialogs?limit=2001", http(1))).await;
+        assert_eq!(code, 400, "{v}");
+        assert!(v["error"].as_str().unwrap().starts_with("limit"), "{v}");
         let (ok, out, err) = cli(&["dialogs", "end", &id, "--node", &http(1)]).await;
         assert!(ok, "{out}{err}");
         for ua in [&mut alice, &mut bob] {

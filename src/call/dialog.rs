@@ -434,33 +434,74 @@ impl Dialogs {
         Ok(out)
     }
 
-    /// What this node knows of dialogs, for a mesh-wide listing: those in its memory, and
-    /// the stored records its keyspace holds (a scan: for the admin API, not the call path).
-    pub fn local_records(&self) -> Vec<Listed> {
-        let mut out: Vec<Listed> = self
-            .lock()
-            .values()
-            .map(|l| Listed {
-                dialog: l.record.clone(),
-                stored: l.stored,
-            })
-            .collect();
+    /// A page of what this node knows of dialogs, for a mesh-wide listing: those in its
+    /// memory and the stored records its keyspace holds, with ids after `after`, the first
+    /// `limit` by id; and whether there are more. Memory for at most `limit` records however
+    /// many there are; the stored ones are read bucket by bucket (for the admin API, not the
+    /// call path: run it on the blocking pool).
+    pub fn local_page(&self, after: Option<&str>, limit: usize) -> (Vec<Listed>, bool) {
+        let mut page = Selection::new(after, limit);
+        for l in self.lock().values() {
+            if page.wants(&l.record.id) {
+                page.add(Listed {
+                    dialog: l.record.clone(),
+                    stored: l.stored,
+                });
+            }
+        }
+        self.stored_records(|id, raw| {
+            if page.wants(id) {
+                if let Some(dialog) = decode(raw) {
+                    page.add(Listed {
+                        dialog,
+                        stored: true,
+                    });
+                }
+            }
+        });
+        page.finish()
+    }
+
+    /// The dialog with this id, if this node knows of it (in memory or stored here).
+    pub fn local_find(&self, id: &str) -> Option<Listed> {
+        let known = self.lock().get(id).map(|l| Listed {
+            dialog: l.record.clone(),
+            stored: l.stored,
+        });
+        let mut stored = None;
+        self.stored_records(|i, raw| {
+            if i == id && stored.is_none() {
+                stored = decode(raw);
+            }
+        });
+        match (known, stored) {
+            (Some(mut k), s) => {
+                k.stored |= s.is_some();
+                Some(k)
+            }
+            (None, s) => s.map(|dialog| Listed {
+                dialog,
+                stored: true,
+            }),
+        }
+    }
+
+    /// Each stored record this node's keyspace holds, as its id and its encoded bytes (the
+    /// caller decodes what it wants): the per-node buckets a page of partition keys at a time.
+    fn stored_records(&self, mut visit: impl FnMut(&str, &[u8])) {
         let ks = self.mesh.keyspace();
         let mut after: Option<Vec<u8>> = None;
-        // The per-node buckets, a page of partition keys at a time.
         while let Ok((keys, more)) = ks.partitions_of(DIALOGS_OF_NODE, after.as_deref(), 256) {
             for pk in &keys {
-                if let Ok(p) = ks.read_partition(DIALOGS_OF_NODE, pk) {
-                    out.extend(
-                        p.rows
-                            .iter()
-                            .filter_map(|r| r.get("dialog"))
-                            .filter_map(decode)
-                            .map(|dialog| Listed {
-                                dialog,
-                                stored: true,
-                            }),
-                    );
+                let Ok(p) = ks.read_partition(DIALOGS_OF_NODE, pk) else {
+                    continue;
+                };
+                for row in &p.rows {
+                    if let (Ok(id), Some(raw)) =
+                        (std::str::from_utf8(&row.clustering), row.get("dialog"))
+                    {
+                        visit(id, raw);
+                    }
                 }
             }
             match keys.last() {
@@ -468,7 +509,70 @@ impl Dialogs {
                 _ => break,
             }
         }
-        out
+    }
+}
+
+/// The first `limit` dialogs by id after `after`, from records offered in any order and
+/// possibly twice (in memory and stored; on several nodes): one entry per id, stored if any
+/// copy is. Holds at most `limit` records.
+pub struct Selection<'a> {
+    after: Option<&'a str>,
+    limit: usize,
+    kept: std::collections::BTreeMap<String, Listed>,
+    more: bool,
+}
+
+impl<'a> Selection<'a> {
+    /// An empty page of at most `limit` (at least 1) after `after`.
+    pub fn new(after: Option<&'a str>, limit: usize) -> Self {
+        Selection {
+            after,
+            limit: limit.max(1),
+            kept: std::collections::BTreeMap::new(),
+            more: false,
+        }
+    }
+
+    /// Whether a record with this id could be on the page (so is worth decoding or cloning).
+    pub fn wants(&mut self, id: &str) -> bool {
+        if self.after.is_some_and(|a| id <= a) {
+            return false;
+        }
+        if self.kept.len() >= self.limit && !self.kept.contains_key(id) {
+            if let Some((last, _)) = self.kept.last_key_value() {
+                if id > last.as_str() {
+                    self.more = true;
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Offer a record (one [`Selection::wants`] accepted).
+    pub fn add(&mut self, l: Listed) {
+        if !self.wants(&l.dialog.id) {
+            return;
+        }
+        if let Some(k) = self.kept.get_mut(&l.dialog.id) {
+            k.stored |= l.stored;
+            return;
+        }
+        self.kept.insert(l.dialog.id.clone(), l);
+        if self.kept.len() > self.limit {
+            self.kept.pop_last();
+            self.more = true;
+        }
+    }
+
+    /// Note that more may follow what was offered (a member said so).
+    pub fn more_after(&mut self) {
+        self.more = true;
+    }
+
+    /// The page by id, and whether more follow.
+    pub fn finish(self) -> (Vec<Listed>, bool) {
+        (self.kept.into_values().collect(), self.more)
     }
 }
 
@@ -498,6 +602,74 @@ mod tests {
         assert_eq!(session_interval(&with("")), None);
         assert_eq!(session_interval(&with("Session-Expires: soon\r\n")), None);
         assert_eq!(session_interval(&with("Session-Expires: 0\r\n")), None);
+    }
+
+    fn listed(id: &str, stored: bool) -> Listed {
+        Listed {
+            dialog: Dialog {
+                id: id.into(),
+                call_id: id.into(),
+                caller_tag: "a".into(),
+                callee_tag: "b".into(),
+                caller_uri: "sip:a@x".into(),
+                callee_uri: "sip:b@x".into(),
+                caller_contact: "sip:a@192.0.2.1".into(),
+                callee_contact: "sip:b@192.0.2.2".into(),
+                caller_route_set: vec![],
+                callee_route_set: vec![],
+                caller_cseq: 1,
+                nodes: vec![],
+                caller_flow: Flow::Udp("192.0.2.1:5060".parse().unwrap()),
+                started_ms: 0,
+            },
+            stored,
+        }
+    }
+
+    /// Pages of a listing: records offered in any order, twice (memory and store, several
+    /// nodes), give each id once, stored if any copy is, the first `limit` after the cursor,
+    /// and `more` exactly while some are left.
+    #[test]
+    fn a_selection_pages_by_id_once_each_and_knows_when_more_are_left() {
+        let ids: Vec<String> = (0..250)
+            .map(|i| format!("d{:03}", (i * 97) % 250))
+            .collect();
+        let offers: Vec<Listed> = ids
+            .iter()
+            .map(|id| listed(id, false))
+            .chain(ids.iter().rev().step_by(3).map(|id| listed(id, true)))
+            .collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        for limit in [1, 7, 100, 250, 400] {
+            let (mut got, mut after) = (Vec::new(), None::<String>);
+            loop {
+                let mut page = Selection::new(after.as_deref(), limit);
+                for l in &offers {
+                    page.add(l.clone());
+                }
+                let (list, more) = page.finish();
+                assert!(list.len() <= limit);
+                after = list.last().map(|l| l.dialog.id.clone());
+                got.extend(list);
+                if !more {
+                    break;
+                }
+            }
+            let got_ids: Vec<&str> = got.iter().map(|l| l.dialog.id.as_str()).collect();
+            assert_eq!(got_ids, sorted, "pages of {limit}");
+            for l in &got {
+                let stored = offers
+                    .iter()
+                    .any(|o| o.dialog.id == l.dialog.id && o.stored);
+                assert_eq!(l.stored, stored, "{}", l.dialog.id);
+            }
+        }
+        // A member that says more follow makes the page say so too.
+        let mut page = Selection::new(None, 10);
+        page.add(listed("a", false));
+        page.more_after();
+        assert!(page.finish().1);
     }
 
     #[test]

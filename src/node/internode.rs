@@ -300,7 +300,8 @@ pub enum AppMessage {
     ListUsers,
     /// The answer to `ListUsers`.
     Users(Vec<String>),
-    /// List the dialogs you hold.
+    /// List the dialogs you hold (from nodes before paged listings; answered with the first
+    /// page of at most [`DIALOGS_PAGE_MAX`]).
     ListDialogs,
     /// The answer to `ListDialogs`.
     Dialogs(Vec<crate::call::dialog::Listed>),
@@ -323,7 +324,30 @@ pub enum AppMessage {
         /// Whether there may be more after the last.
         more: bool,
     },
+    /// List a page of the dialogs you know of: at most `limit` (capped at
+    /// [`DIALOGS_PAGE_MAX`]), by id after `after`.
+    ListDialogsAfter {
+        /// Where the page starts (after this id); `None`: from the first.
+        after: Option<String>,
+        /// How many at most.
+        limit: u32,
+    },
+    /// The answer to `ListDialogsAfter`.
+    DialogsPage {
+        /// The dialogs, by id.
+        dialogs: Vec<crate::call::dialog::Listed>,
+        /// Whether there are more after the last.
+        more: bool,
+    },
+    /// The dialog with this id, if you know of it.
+    FindDialog(String),
+    /// The answer to `FindDialog`.
+    Found(Option<Box<crate::call::dialog::Listed>>),
 }
+
+/// Dialogs one page of a listing holds at most (~1 KB each encoded: a few MB a frame, far
+/// below the frame limit, however many calls a node carries).
+pub const DIALOGS_PAGE_MAX: usize = 2_000;
 
 /// Users one page of a listing holds at most (a frame of ~64 bytes a name: far below any
 /// frame limit).

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::call::auth::Authenticator;
-use crate::call::dialog::{Dialogs, Listed};
+use crate::call::dialog::{Dialogs, Listed, Selection};
 use crate::call::flow_token::NodeId;
 use crate::call::policy::{Policy, PolicyConfig};
 use crate::call::proxy::{Proxy, ProxyConfig};
@@ -43,14 +43,23 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::node::dispatch::Dispatcher;
 use crate::node::internode::{
-    seal, AppMessage, Internode, Members, DATAGRAM_MAGIC, DATAGRAM_MAX_SIP, FORWARD_MAX_SIP,
-    USERS_PAGE_MAX,
+    seal, AppMessage, Internode, Members, DATAGRAM_MAGIC, DATAGRAM_MAX_SIP, DIALOGS_PAGE_MAX,
+    FORWARD_MAX_SIP, USERS_PAGE_MAX,
 };
 use crate::sip::address::OwnNames;
 use crate::sip::flow::StreamKind;
 use crate::sip::transaction::Transactions;
 use crate::sip::transport::{SendError, Transport, TransportLimits};
 use crate::tables::{self, MESH};
+
+/// A page of a mesh-wide dialog listing ([`Node::list_dialogs`]).
+#[derive(Debug, Clone)]
+pub struct DialogsPage {
+    /// The dialogs, by id.
+    pub dialogs: Vec<Listed>,
+    /// The id the next page starts after; `None`: this was the last page.
+    pub next: Option<String>,
+}
 
 /// A page of a mesh-wide user listing ([`Node::list_users`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -679,6 +688,29 @@ impl Node {
         self.metrics.get(name)
     }
 
+    /// The other members that are up: whom a mesh-wide listing asks.
+    fn up_peers(&self) -> Vec<sipmesh_net::PeerId> {
+        self.mesh
+            .members()
+            .into_iter()
+            .filter(|m| !m.local && m.state == sipmesh_net::MemberState::Up)
+            .map(|m| m.peer_id)
+            .collect()
+    }
+
+    /// Ask one member; its answer decoded (`None`: not one this version knows).
+    async fn ask_member(
+        &self,
+        peer: sipmesh_net::PeerId,
+        ask: &[u8],
+    ) -> Result<Option<AppMessage>> {
+        let answer = self
+            .mesh
+            .request_app(peer, ask.to_vec(), Duration::from_secs(5))
+            .await?;
+        Ok(AppMessage::decode(&answer))
+    }
+
     /// A page of the mesh's users: the first `limit` (at most [`USERS_PAGE_MAX`]) in token
     /// order after user `after`, from the union of what each up member holds, without the
     /// users deleted since; and the user the next page starts after (`None`: this was the
@@ -699,24 +731,14 @@ impl Node {
         let token = |u: &str| sipmesh_storage::token_of(u.as_bytes());
         let mut all: std::collections::BTreeSet<(u64, String)> =
             local.into_iter().map(|u| (token(&u), u)).collect();
-        let peers: Vec<_> = self
-            .mesh
-            .members()
-            .into_iter()
-            .filter(|m| !m.local && m.state == sipmesh_net::MemberState::Up)
-            .map(|m| m.peer_id)
-            .collect();
         let ask = AppMessage::ListUsersAfter {
             after,
             limit: limit as u32,
         }
         .encode();
-        for p in peers {
-            let answer = self
-                .mesh
-                .request_app(p, ask.clone(), Duration::from_secs(5))
-                .await?;
-            if let Some(AppMessage::UsersPage { users, more: m }) = AppMessage::decode(&answer) {
+        for p in self.up_peers() {
+            if let Some(AppMessage::UsersPage { users, more: m }) = self.ask_member(p, &ask).await?
+            {
                 more |= m;
                 all.extend(users.into_iter().take(limit).map(|u| (token(&u), u)));
             }
@@ -743,41 +765,79 @@ impl Node {
         Ok(UsersPage { users, next })
     }
 
-    /// Every dialog of the mesh: the union of what each up member holds.
-    pub(crate) async fn list_dialogs(&self) -> Result<Vec<Listed>> {
-        let mut all: Vec<Listed> = self.proxy.dialogs().local_records();
-        for m in self.mesh.members() {
-            if m.local || m.state != sipmesh_net::MemberState::Up {
-                continue;
-            }
-            let answer = self
-                .mesh
-                .request_app(
-                    m.peer_id,
-                    AppMessage::ListDialogs.encode(),
-                    Duration::from_secs(5),
-                )
-                .await?;
-            if let Some(AppMessage::Dialogs(d)) = AppMessage::decode(&answer) {
-                all.extend(d);
+    /// A page of the mesh's dialogs: the first `limit` (at most [`DIALOGS_PAGE_MAX`]) by id
+    /// after `after`, from the union of what each up member knows (one entry per dialog,
+    /// stored if any copy is); and the id the next page starts after (`None`: the last page).
+    /// Each member sends at most `limit`, so no answer grows with the calls a node carries.
+    pub(crate) async fn list_dialogs(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<DialogsPage> {
+        let limit = limit.clamp(1, DIALOGS_PAGE_MAX);
+        let dialogs = self.proxy.dialogs().clone();
+        let from = after.clone();
+        let (local, more) =
+            tokio::task::spawn_blocking(move || dialogs.local_page(from.as_deref(), limit))
+                .await
+                .map_err(|e| sipmesh_storage::Error::Engine(e.to_string()))?;
+        let mut page = Selection::new(after.as_deref(), limit);
+        if more {
+            page.more_after();
+        }
+        for l in local {
+            page.add(l);
+        }
+        let ask = AppMessage::ListDialogsAfter {
+            after: after.clone(),
+            limit: limit as u32,
+        }
+        .encode();
+        for p in self.up_peers() {
+            if let Some(AppMessage::DialogsPage { dialogs, more }) =
+                self.ask_member(p, &ask).await?
+            {
+                if more {
+                    page.more_after();
+                }
+                for l in dialogs.into_iter().take(limit) {
+                    page.add(l);
+                }
             }
         }
-        // One entry per dialog; stored if any copy says so.
-        all.sort_by(|a, b| a.dialog.id.cmp(&b.dialog.id).then(b.stored.cmp(&a.stored)));
-        all.dedup_by(|a, b| a.dialog.id == b.dialog.id);
-        Ok(all)
+        let (dialogs, more) = page.finish();
+        let next = if more {
+            dialogs.last().map(|l| l.dialog.id.clone())
+        } else {
+            None
+        };
+        Ok(DialogsPage { dialogs, next })
+    }
+
+    /// The dialog with this id, from this node or the first up member that knows of it.
+    async fn find_dialog(&self, id: &str) -> Result<Option<Listed>> {
+        let dialogs = self.proxy.dialogs().clone();
+        let wanted = id.to_string();
+        let here = tokio::task::spawn_blocking(move || dialogs.local_find(&wanted))
+            .await
+            .map_err(|e| sipmesh_storage::Error::Engine(e.to_string()))?;
+        if here.is_some() {
+            return Ok(here);
+        }
+        let ask = AppMessage::FindDialog(id.to_string()).encode();
+        for p in self.up_peers() {
+            if let Some(AppMessage::Found(Some(l))) = self.ask_member(p, &ask).await? {
+                return Ok(Some(*l));
+            }
+        }
+        Ok(None)
     }
 
     /// End a dialog for an operator: BYE to both parties (`Reason: ... ended by the operator`)
     /// and its record removed, by the node holding it (asked over the mesh when it is another
     /// up member). `Ok(false)`: no dialog with this id in the mesh.
     pub(crate) async fn end_dialog(&self, id: &str) -> Result<bool> {
-        let Some(listed) = self
-            .list_dialogs()
-            .await?
-            .into_iter()
-            .find(|l| l.dialog.id == id)
-        else {
+        let Some(listed) = self.find_dialog(id).await? else {
             return Ok(false);
         };
         let me = self.mesh.peer_id();
@@ -901,18 +961,44 @@ async fn serve_internode(node: Node, mut rx: mpsc::Receiver<MeshMessage>, mut sh
                 continue;
             }
             Some(AppMessage::ListDialogs) => {
-                AppMessage::Dialogs(node.proxy.dialogs().local_records())
+                AppMessage::Dialogs(node.proxy.dialogs().local_page(None, DIALOGS_PAGE_MAX).0)
+            }
+            Some(AppMessage::ListDialogsAfter { after, limit }) => {
+                // Reads the stored records: off this loop and off the async workers.
+                let dialogs = node.proxy.dialogs().clone();
+                tokio::spawn(async move {
+                    let limit = (limit as usize).clamp(1, DIALOGS_PAGE_MAX);
+                    let page = tokio::task::spawn_blocking(move || {
+                        dialogs.local_page(after.as_deref(), limit)
+                    })
+                    .await;
+                    if let (Ok((dialogs, more)), Some(reply)) = (page, msg.reply) {
+                        let _ = reply.send(AppMessage::DialogsPage { dialogs, more }.encode());
+                    }
+                });
+                continue;
+            }
+            Some(AppMessage::FindDialog(id)) => {
+                let dialogs = node.proxy.dialogs().clone();
+                tokio::spawn(async move {
+                    let found = tokio::task::spawn_blocking(move || dialogs.local_find(&id))
+                        .await
+                        .unwrap_or(None);
+                    if let Some(reply) = msg.reply {
+                        let _ = reply.send(AppMessage::Found(found.map(Box::new)).encode());
+                    }
+                });
+                continue;
             }
             Some(AppMessage::EndDialog(id)) => {
                 // Ending sends BYEs: off this loop.
                 let node = node.clone();
                 tokio::spawn(async move {
-                    let found = node
-                        .proxy
-                        .dialogs()
-                        .local_records()
-                        .into_iter()
-                        .find(|l| l.dialog.id == id);
+                    let dialogs = node.proxy.dialogs().clone();
+                    let wanted = id.clone();
+                    let found = tokio::task::spawn_blocking(move || dialogs.local_find(&wanted))
+                        .await
+                        .unwrap_or(None);
                     if let Some(l) = &found {
                         node.end_here(&l.dialog).await;
                     }

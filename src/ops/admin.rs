@@ -9,7 +9,7 @@
 //! | `GET /v1/users/{user}` | one user (never its HA1s) or 404 |
 //! | `DELETE /v1/users/{user}` | remove a user |
 //! | `GET /v1/registrations/{user}` | the AOR's bindings, read at QUORUM |
-//! | `GET /v1/dialogs` | every active dialog of the mesh |
+//! | `GET /v1/dialogs[?after=ID][&limit=N]` | a page of the mesh's active dialogs by id (N ≤ 2,000, default 500) and `next` |
 //! | `GET /v1/bootstrap` | the least-loaded live nodes to register with (SIP URIs, load, q) |
 //! | `POST /v1/mesh/remove` | `{"peer_id", "force"?}`: remove a dead member from the ring once every up member streamed its ranges (409 if it is up, if data could be lost and not `force`, or if a member could not stream yet) |
 //! | `DELETE /v1/dialogs/{id}` | end a dialog: BYE to both parties, record removed |
@@ -574,10 +574,25 @@ async fn delete_user(State(node): State<Node>, Path(user): Path<String>) -> Resp
 /// Users a listing page holds unless `limit` says otherwise.
 const USERS_PAGE_DEFAULT: usize = 1_000;
 
+/// `?after=…&limit=…` of a listing.
 #[derive(Deserialize)]
-struct UsersQuery {
+struct PageQuery {
     after: Option<String>,
     limit: Option<String>,
+}
+
+/// A listing's `limit`: `default` when absent, else a number from 1 to `max`; otherwise the
+/// message of a 400 naming the parameter.
+fn page_limit(
+    limit: Option<&str>,
+    default: usize,
+    max: usize,
+) -> std::result::Result<usize, String> {
+    match limit.map(str::parse::<usize>) {
+        None => Ok(default),
+        Some(Ok(n)) if (1..=max).contains(&n) => Ok(n),
+        Some(_) => Err(format!("limit: expected a number from 1 to {max}")),
+    }
 }
 
 /// `GET /v1/users[?after=USER][&limit=N]`: a page of the mesh's users in token order (as
@@ -585,18 +600,12 @@ struct UsersQuery {
 /// of the following page.
 async fn list_users(
     State(node): State<Node>,
-    axum::extract::Query(q): axum::extract::Query<UsersQuery>,
+    axum::extract::Query(q): axum::extract::Query<PageQuery>,
 ) -> Response {
     let max = crate::node::internode::USERS_PAGE_MAX;
-    let limit = match q.limit.as_deref().map(str::parse::<usize>) {
-        None => USERS_PAGE_DEFAULT,
-        Some(Ok(n)) if (1..=max).contains(&n) => n,
-        Some(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("limit: expected a number from 1 to {max}"),
-            )
-        }
+    let limit = match page_limit(q.limit.as_deref(), USERS_PAGE_DEFAULT, max) {
+        Ok(l) => l,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
     if let Some(after) = &q.after {
         if crate::call::users::validate_user(after).is_err() {
@@ -717,10 +726,27 @@ async fn bootstrap(State(node): State<Node>) -> Response {
     Json(json!({ "nodes": crate::call::redirect::least_loaded(&node.mesh, 3) })).into_response()
 }
 
-async fn dialogs(State(node): State<Node>) -> Response {
-    match node.list_dialogs().await {
-        Ok(d) => {
-            let list: Vec<serde_json::Value> = d
+/// Dialogs a listing page holds unless `limit` says otherwise.
+const DIALOGS_PAGE_DEFAULT: usize = 500;
+
+/// `GET /v1/dialogs[?after=ID][&limit=N]`: a page of the mesh's dialogs by id,
+/// `{"dialogs": [...], "next": ID | null}`; `next` is the `after` of the following page.
+async fn dialogs(
+    State(node): State<Node>,
+    axum::extract::Query(q): axum::extract::Query<PageQuery>,
+) -> Response {
+    let max = crate::node::internode::DIALOGS_PAGE_MAX;
+    let limit = match page_limit(q.limit.as_deref(), DIALOGS_PAGE_DEFAULT, max) {
+        Ok(l) => l,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+    };
+    if q.after.as_ref().is_some_and(|a| a.len() > 4096) {
+        return error(StatusCode::BAD_REQUEST, "after: longer than a dialog id");
+    }
+    match node.list_dialogs(q.after, limit).await {
+        Ok(page) => {
+            let list: Vec<serde_json::Value> = page
+                .dialogs
                 .into_iter()
                 .map(|l| {
                     let mut v = serde_json::to_value(&l.dialog).unwrap_or_default();
@@ -728,7 +754,7 @@ async fn dialogs(State(node): State<Node>) -> Response {
                     v
                 })
                 .collect();
-            Json(json!({ "dialogs": list })).into_response()
+            Json(json!({ "dialogs": list, "next": page.next })).into_response()
         }
         Err(e) => internal(e),
     }
