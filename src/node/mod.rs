@@ -52,6 +52,9 @@ use crate::sip::transaction::Transactions;
 use crate::sip::transport::{SendError, Transport, TransportLimits};
 use crate::tables::{self, MESH};
 
+/// Members a mesh-wide listing asks at once.
+const ASK_AT_ONCE: usize = 16;
+
 /// A page of a mesh-wide dialog listing ([`Node::list_dialogs`]).
 #[derive(Debug, Clone)]
 pub struct DialogsPage {
@@ -698,17 +701,24 @@ impl Node {
             .collect()
     }
 
-    /// Ask one member; its answer decoded (`None`: not one this version knows).
-    async fn ask_member(
+    /// Ask every other up member, [`ASK_AT_ONCE`] at a time; their answers decoded as they
+    /// come (`None`: not one this version knows).
+    fn ask_up_members(
         &self,
-        peer: sipmesh_net::PeerId,
-        ask: &[u8],
-    ) -> Result<Option<AppMessage>> {
-        let answer = self
-            .mesh
-            .request_app(peer, ask.to_vec(), Duration::from_secs(5))
-            .await?;
-        Ok(AppMessage::decode(&answer))
+        ask: Vec<u8>,
+    ) -> impl futures::Stream<Item = Result<Option<AppMessage>>> + '_ {
+        futures::stream::iter(self.up_peers())
+            .map(move |peer| {
+                let ask = ask.clone();
+                async move {
+                    let answer = self
+                        .mesh
+                        .request_app(peer, ask, Duration::from_secs(5))
+                        .await?;
+                    Ok(AppMessage::decode(&answer))
+                }
+            })
+            .buffer_unordered(ASK_AT_ONCE)
     }
 
     /// A page of the mesh's users: the first `limit` (at most [`USERS_PAGE_MAX`]) in token
@@ -736,16 +746,20 @@ impl Node {
             limit: limit as u32,
         }
         .encode();
-        for p in self.up_peers() {
-            if let Some(AppMessage::UsersPage { users, more: m }) = self.ask_member(p, &ask).await?
-            {
+        let mut answers = std::pin::pin!(self.ask_up_members(ask));
+        while let Some(answer) = answers.next().await {
+            if let Some(AppMessage::UsersPage { users, more: m }) = answer? {
                 more |= m;
                 all.extend(users.into_iter().take(limit).map(|u| (token(&u), u)));
+                // The first `limit` of the union so far: what falls off could never be on
+                // the page. Each member's own next names come after its last, so after the
+                // page's last too.
+                while all.len() > limit {
+                    all.pop_last();
+                    more = true;
+                }
             }
         }
-        // The first `limit` of the union: each member's own next names come after its last,
-        // so after the page's last too.
-        more |= all.len() > limit;
         let page: Vec<String> = all.into_iter().take(limit).map(|(_, u)| u).collect();
         let next = if more { page.last().cloned() } else { None };
         // Drop users deleted since (a partition can outlive its row until compaction).
@@ -793,10 +807,9 @@ impl Node {
             limit: limit as u32,
         }
         .encode();
-        for p in self.up_peers() {
-            if let Some(AppMessage::DialogsPage { dialogs, more }) =
-                self.ask_member(p, &ask).await?
-            {
+        let mut answers = std::pin::pin!(self.ask_up_members(ask));
+        while let Some(answer) = answers.next().await {
+            if let Some(AppMessage::DialogsPage { dialogs, more }) = answer? {
                 if more {
                     page.more_after();
                 }
@@ -825,8 +838,9 @@ impl Node {
             return Ok(here);
         }
         let ask = AppMessage::FindDialog(id.to_string()).encode();
-        for p in self.up_peers() {
-            if let Some(AppMessage::Found(Some(l))) = self.ask_member(p, &ask).await? {
+        let mut answers = std::pin::pin!(self.ask_up_members(ask));
+        while let Some(answer) = answers.next().await {
+            if let Some(AppMessage::Found(Some(l))) = answer? {
                 return Ok(Some(*l));
             }
         }
