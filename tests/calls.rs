@@ -393,3 +393,104 @@ async fn a_call_crosses_a_cut_between_the_caller_s_and_the_callee_s_nodes() {
     })
     .await;
 }
+
+/// Percent-encode a query value or path segment.
+fn pct(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Admin listings of dialogs come in pages by id (each member sends at most a page), and a
+/// dialog is found by id through a node that holds only its stored record: three calls
+/// stored after 100 ms, listed one a page through node 1 (not on their path), and one ended
+/// through node 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialogs_are_listed_in_pages_and_ended_through_a_node_holding_only_the_record() {
+    within(120, async {
+        let mesh = mesh_with_users(3, PHONES, |c| {
+            c.dialog_write_after = std::time::Duration::from_millis(100)
+        })
+        .await;
+        let mut alice = Ua::new("alice", sip(&mesh, 0)).await;
+        let mut bob = Ua::new("bob", sip(&mesh, 2)).await;
+        assert_eq!(alice.register("a-pw").await, 200);
+        assert_eq!(bob.register("b-pw").await, 200);
+        let mut calls = Vec::new();
+        for tag in ["t1", "t2", "t3"] {
+            calls.push(
+                answered_call(&mut alice, "a-pw", &mut bob, tag)
+                    .await
+                    .call_id,
+            );
+        }
+        let http = mesh.node(1).node().unwrap().http_addr().unwrap();
+        let pages = || async {
+            let (mut ids, mut after, mut nexts) = (Vec::new(), None::<String>, 0);
+            loop {
+                let mut url = format!("http://{http}/v1/dialogs?limit=1");
+                if let Some(a) = &after {
+                    url.push_str(&format!("&after={}", pct(a)));
+                }
+                let (code, v) = http_get(url).await;
+                assert_eq!(code, 200, "{v}");
+                let list = v["dialogs"].as_array().unwrap().clone();
+                assert!(list.len() <= 1, "{v}");
+                for d in list {
+                    ids.push((d["id"].as_str().unwrap().to_string(), d["stored"] == true));
+                }
+                match v["next"].as_str() {
+                    Some(n) => {
+                        nexts += 1;
+                        after = Some(n.to_string())
+                    }
+                    None => break,
+                }
+                assert!(nexts <= 10, "{nexts} pages");
+            }
+            ids
+        };
+        eventually(20, "three stored dialogs, one a page, by id", || async {
+            let ids = pages().await;
+            let mut sorted = ids.clone();
+            sorted.sort();
+            ids.len() == 3 && ids == sorted && ids.iter().all(|(_, stored)| *stored)
+        })
+        .await;
+        let ids = pages().await;
+        for call_id in &calls {
+            assert!(
+                ids.iter().any(|(id, _)| id.starts_with(call_id.as_str())),
+                "{ids:?}"
+            );
+        }
+        // End the middle one through node 1: found from its stored record there.
+        let id = &ids[1].0;
+        let url = format!("http://{http}/v1/dialogs/{}", pct(id));
+        let token = mesh
+            .node(1)
+            .node()
+            .unwrap()
+            .admin_token()
+            .unwrap()
+            .to_string();
+        let (code, v) = http_call("DELETE", url, Some(token), None, vec![]).await;
+        assert_eq!(code, 200, "{v}");
+        for ua in [&mut alice, &mut bob] {
+            assert!(
+                ua.wait_request("BYE", LONG).await.is_some(),
+                "a BYE for each party"
+            );
+        }
+        eventually(10, "two dialogs left", || async {
+            pages().await.len() == 2
+        })
+        .await;
+    })
+    .await;
+}

@@ -3,6 +3,7 @@
 //! traffic refreshes. What a custodian needs to close the calls of a dead node.
 
 use std::collections::HashMap;
+use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -156,8 +157,12 @@ const MAX_LOCAL_DIALOGS: usize = 200_000;
 
 /// The partition key of a node's bucket of stored dialogs.
 fn bucket_key(node: &PeerId, call_id: &str) -> Vec<u8> {
-    let bucket = (xxhash_rust::xxh3::xxh3_64(call_id.as_bytes()) % DIALOG_BUCKETS as u64) as u16;
-    bucket_partition(node, bucket)
+    bucket_partition(node, bucket_of(call_id))
+}
+
+/// The bucket of a call's dialogs under its writer.
+fn bucket_of(call_id: &str) -> u16 {
+    (xxhash_rust::xxh3::xxh3_64(call_id.as_bytes()) % DIALOG_BUCKETS as u64) as u16
 }
 
 fn bucket_partition(node: &PeerId, bucket: u16) -> Vec<u8> {
@@ -449,15 +454,18 @@ impl Dialogs {
                 });
             }
         }
-        self.stored_records(|id, raw| {
-            if page.wants(id) {
-                if let Some(dialog) = decode(raw) {
-                    page.add(Listed {
-                        dialog,
-                        stored: true,
-                    });
-                }
+        // Each bucket in id order from the cursor, up to the first id past the page's end.
+        self.stored_records(after, |id, raw| {
+            if !page.wants(id) {
+                return false;
             }
+            if let Some(dialog) = decode(raw) {
+                page.add(Listed {
+                    dialog,
+                    stored: true,
+                });
+            }
+            true
         });
         page.finish()
     }
@@ -468,12 +476,23 @@ impl Dialogs {
             dialog: l.record.clone(),
             stored: l.stored,
         });
+        // One point read per writer: the bucket follows from the Call-ID, which holds no `;`.
+        let call_id = id.split(';').next().unwrap_or(id);
+        let bucket = bucket_of(call_id).to_be_bytes();
+        let ks = self.mesh.keyspace();
         let mut stored = None;
-        self.stored_records(|i, raw| {
-            if i == id && stored.is_none() {
-                stored = decode(raw);
+        let mut after: Option<Vec<u8>> = None;
+        while let Ok((keys, more)) = ks.partitions_of(DIALOGS_OF_NODE, after.as_deref(), 256) {
+            for pk in keys.iter().filter(|pk| pk.ends_with(&bucket)) {
+                if let Ok(Some(row)) = ks.read_row(DIALOGS_OF_NODE, pk, id.as_bytes()) {
+                    stored = stored.or_else(|| row.get("dialog").and_then(decode));
+                }
             }
-        });
+            match keys.last() {
+                Some(last) if more && stored.is_none() => after = Some(last.clone()),
+                _ => break,
+            }
+        }
         match (known, stored) {
             (Some(mut k), s) => {
                 k.stored |= s.is_some();
@@ -486,26 +505,44 @@ impl Dialogs {
         }
     }
 
-    /// Each stored record this node's keyspace holds, as its id and its encoded bytes (the
-    /// caller decodes what it wants): the per-node buckets a page of partition keys at a time.
-    fn stored_records(&self, mut visit: impl FnMut(&str, &[u8])) {
+    /// The stored records this node's keyspace holds with ids after `after`, as id and
+    /// encoded bytes (the caller decodes what it wants), bucket by bucket in id order, a few
+    /// rows at a time; `visit` returning false ends the bucket. The buckets are listed a page
+    /// of partition keys at a time.
+    fn stored_records(&self, after: Option<&str>, mut visit: impl FnMut(&str, &[u8]) -> bool) {
+        const ROWS_AT_ONCE: usize = 32;
         let ks = self.mesh.keyspace();
-        let mut after: Option<Vec<u8>> = None;
-        while let Ok((keys, more)) = ks.partitions_of(DIALOGS_OF_NODE, after.as_deref(), 256) {
+        let mut bucket_after: Option<Vec<u8>> = None;
+        while let Ok((keys, more)) = ks.partitions_of(DIALOGS_OF_NODE, bucket_after.as_deref(), 256)
+        {
             for pk in &keys {
-                let Ok(p) = ks.read_partition(DIALOGS_OF_NODE, pk) else {
-                    continue;
-                };
-                for row in &p.rows {
-                    if let (Ok(id), Some(raw)) =
-                        (std::str::from_utf8(&row.clustering), row.get("dialog"))
-                    {
-                        visit(id, raw);
+                let mut from: Option<Vec<u8>> = after.map(|a| a.as_bytes().to_vec());
+                'bucket: loop {
+                    let start = from.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+                    let Ok(rows) =
+                        ks.slice(DIALOGS_OF_NODE, pk, start, Bound::Unbounded, ROWS_AT_ONCE)
+                    else {
+                        break;
+                    };
+                    for row in &rows {
+                        if let (Ok(id), Some(raw)) =
+                            (std::str::from_utf8(&row.clustering), row.get("dialog"))
+                        {
+                            if !visit(id, raw) {
+                                break 'bucket;
+                            }
+                        }
+                    }
+                    match rows.last() {
+                        Some(last) if rows.len() == ROWS_AT_ONCE => {
+                            from = Some(last.clustering.clone())
+                        }
+                        _ => break,
                     }
                 }
             }
             match keys.last() {
-                Some(last) if more => after = Some(last.clone()),
+                Some(last) if more => bucket_after = Some(last.clone()),
                 _ => break,
             }
         }
