@@ -26,8 +26,8 @@ source "$ROOT/bench/lib.sh"
 start_sipmesh "$NODES"
 echo "nodes up; $NUSERS users imported through node 0"
 res=$(run_step reg "$RATE" "$SIP0" -sf "$ROOT/bench/scenarios/reg.xml" -inf "$WORK/reg.csv" -key contact_hp 127.0.0.1:5099 -t u1)
-read -r ok failed retrans _ _ cpu achieved <<<"$res"
-echo "REGISTERs into node 0: ok $ok failed $failed retrans $retrans, $cpu µs CPU each (all nodes), $achieved/s"
+read -r ok failed retrans p50 p99 cpu achieved <<<"$res"
+echo "REGISTERs into node 0: ok $ok failed $failed retrans $retrans, p50/p99 $p50/$p99 ms, $cpu µs CPU each (all nodes), $achieved/s"
 log0="$WORK/node$NODES-0.log"
 moved() { grep -h 'handoff round' "$log0" 2>/dev/null | sed -n 's/.*moved=\([0-9]*\).*/\1/p' | awk '{s += $1} END {print s + 0}'; }
 echo "window | ms CPU per second, per node | all nodes | handed off by node 0 so far | node 0's longest call, ms"
