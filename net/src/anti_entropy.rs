@@ -872,25 +872,7 @@ mod tests {
 
     /// A settled ring of nine members, this node the first, three replicas of every key.
     fn ring_of_nine() -> Snapshot {
-        use crate::placement::{peer_position, RingMember};
-        let peers: Vec<PeerId> = (0..9).map(|_| PeerId::random()).collect();
-        let mut ring: Vec<RingMember> = peers
-            .iter()
-            .map(|p| RingMember {
-                peer: *p,
-                position: peer_position(p),
-                up: true,
-                standing: Standing::Normal,
-            })
-            .collect();
-        ring.sort_by_key(|m| m.position);
-        Snapshot {
-            local: peers[0],
-            ring,
-            replication_factor: 3,
-            version: 1,
-            shared: std::sync::OnceLock::new(),
-        }
+        crate::placement::tests::ring(9)
     }
 
     /// Handoff lists exactly the partitions this node is not a replica of, in key order, in

@@ -320,12 +320,13 @@ impl Snapshot {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use sipmesh_storage::merkle::{leaf_of, MERKLE_LEAVES};
     use sipmesh_storage::token_of;
 
-    fn ring(n: usize) -> Snapshot {
+    /// A settled ring of `n` random members, the first this node, three replicas of a key.
+    pub(crate) fn ring(n: usize) -> Snapshot {
         let peers: Vec<PeerId> = (0..n).map(|_| PeerId::random()).collect();
         let mut ring: Vec<RingMember> = peers
             .iter()

@@ -52,6 +52,14 @@ use crate::sip::transaction::Transactions;
 use crate::sip::transport::{SendError, Transport, TransportLimits};
 use crate::tables::{self, MESH};
 
+/// Run keyspace work (a listing's scan) on the blocking pool: off the async workers and off
+/// the loop that serves other nodes.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| sipmesh_storage::Error::Engine(e.to_string()).into())
+}
+
 /// Members a mesh-wide listing asks at once.
 const ASK_AT_ONCE: usize = 16;
 
@@ -735,9 +743,7 @@ impl Node {
         let users = self.users.clone();
         let from = after.clone();
         let (local, mut more) =
-            tokio::task::spawn_blocking(move || users.local_users(from.as_deref(), limit))
-                .await
-                .map_err(|e| sipmesh_storage::Error::Engine(e.to_string()))??;
+            blocking(move || users.local_users(from.as_deref(), limit)).await??;
         let token = |u: &str| sipmesh_storage::token_of(u.as_bytes());
         let mut all: std::collections::BTreeSet<(u64, String)> =
             local.into_iter().map(|u| (token(&u), u)).collect();
@@ -791,10 +797,7 @@ impl Node {
         let limit = limit.clamp(1, DIALOGS_PAGE_MAX);
         let dialogs = self.proxy.dialogs().clone();
         let from = after.clone();
-        let (local, more) =
-            tokio::task::spawn_blocking(move || dialogs.local_page(from.as_deref(), limit))
-                .await
-                .map_err(|e| sipmesh_storage::Error::Engine(e.to_string()))?;
+        let (local, more) = blocking(move || dialogs.local_page(from.as_deref(), limit)).await?;
         let mut page = Selection::new(after.as_deref(), limit);
         if more {
             page.more_after();
@@ -831,9 +834,7 @@ impl Node {
     async fn find_dialog(&self, id: &str) -> Result<Option<Listed>> {
         let dialogs = self.proxy.dialogs().clone();
         let wanted = id.to_string();
-        let here = tokio::task::spawn_blocking(move || dialogs.local_find(&wanted))
-            .await
-            .map_err(|e| sipmesh_storage::Error::Engine(e.to_string()))?;
+        let here = blocking(move || dialogs.local_find(&wanted)).await?;
         if here.is_some() {
             return Ok(here);
         }
@@ -953,16 +954,9 @@ async fn serve_internode(node: Node, mut rx: mpsc::Receiver<MeshMessage>, mut sh
                 let users = node.users.clone();
                 tokio::spawn(async move {
                     let limit = (limit as usize).clamp(1, USERS_PAGE_MAX);
-                    let page = tokio::task::spawn_blocking(move || {
-                        users.local_users(after.as_deref(), limit)
-                    })
-                    .await;
-                    let (users, more) = match page {
-                        Ok(Ok(p)) => p,
-                        Ok(Err(e)) => {
-                            warn!(error = %e, "cannot list users");
-                            return;
-                        }
+                    let page = blocking(move || users.local_users(after.as_deref(), limit)).await;
+                    let (users, more) = match page.and_then(|r| r) {
+                        Ok(p) => p,
                         Err(e) => {
                             warn!(error = %e, "cannot list users");
                             return;
@@ -982,10 +976,7 @@ async fn serve_internode(node: Node, mut rx: mpsc::Receiver<MeshMessage>, mut sh
                 let dialogs = node.proxy.dialogs().clone();
                 tokio::spawn(async move {
                     let limit = (limit as usize).clamp(1, DIALOGS_PAGE_MAX);
-                    let page = tokio::task::spawn_blocking(move || {
-                        dialogs.local_page(after.as_deref(), limit)
-                    })
-                    .await;
+                    let page = blocking(move || dialogs.local_page(after.as_deref(), limit)).await;
                     if let (Ok((dialogs, more)), Some(reply)) = (page, msg.reply) {
                         let _ = reply.send(AppMessage::DialogsPage { dialogs, more }.encode());
                     }
@@ -995,9 +986,10 @@ async fn serve_internode(node: Node, mut rx: mpsc::Receiver<MeshMessage>, mut sh
             Some(AppMessage::FindDialog(id)) => {
                 let dialogs = node.proxy.dialogs().clone();
                 tokio::spawn(async move {
-                    let found = tokio::task::spawn_blocking(move || dialogs.local_find(&id))
+                    let found = blocking(move || dialogs.local_find(&id))
                         .await
-                        .unwrap_or(None);
+                        .ok()
+                        .flatten();
                     if let Some(reply) = msg.reply {
                         let _ = reply.send(AppMessage::Found(found.map(Box::new)).encode());
                     }
@@ -1010,9 +1002,10 @@ async fn serve_internode(node: Node, mut rx: mpsc::Receiver<MeshMessage>, mut sh
                 tokio::spawn(async move {
                     let dialogs = node.proxy.dialogs().clone();
                     let wanted = id.clone();
-                    let found = tokio::task::spawn_blocking(move || dialogs.local_find(&wanted))
+                    let found = blocking(move || dialogs.local_find(&wanted))
                         .await
-                        .unwrap_or(None);
+                        .ok()
+                        .flatten();
                     if let Some(l) = &found {
                         node.end_here(&l.dialog).await;
                     }
